@@ -1,0 +1,81 @@
+"""The command line: fast help without heavy imports, synth, cohort, demo, and one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from conftest import write_manifest_rows
+
+from Rad4XCNNLogic.cli import main
+
+
+def test_help_imports_no_heavy_library():
+    code = (
+        "import sys\n"
+        "from Rad4XCNNLogic.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'radiomics', 'xgboost', 'timm', 'sklearn', 'matplotlib', 'slicer')"
+        " if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "usage: rad4xcnn" in out
+    assert "HEAVY []" in out
+
+
+def test_console_script_is_installed():
+    import shutil
+
+    exe = shutil.which("rad4xcnn") or str(__import__("pathlib").Path(sys.executable).parent / "rad4xcnn")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("rad4xcnn ")
+
+
+def test_synth_and_cohort_commands(tmp_path, capsys):
+    assert (
+        main(["synth", "--n", "8", "--external", "2", "--out", str(tmp_path / "s"), "--shape", "96x96"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "wrote 10 synthetic cases" in out
+    manifest = tmp_path / "s" / "manifest.csv"
+    written = tmp_path / "with_splits.csv"
+    assert main(["cohort", str(manifest), "--check-images", "--write", str(written)]) == 0
+    assert "10 cases (10 with a lesion), 0 left out" in capsys.readouterr().out
+    assert "train" in written.read_text()
+
+
+def test_bad_manifest_prints_one_line_without_traceback(tmp_path, make_case):
+    row = make_case("a")
+    del row["image"]
+    manifest = write_manifest_rows(tmp_path / "m.csv", [row])
+    proc = subprocess.run(
+        [sys.executable, "-m", "Rad4XCNNLogic", "cohort", str(manifest)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "lacks the required column(s) image" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_cases_are_listed_and_strict_fails(tmp_path, make_case, capsys):
+    good, bad = make_case("good"), make_case("bad", split="holdout")
+    manifest = write_manifest_rows(tmp_path / "m.csv", [good, bad])
+    assert main(["cohort", str(manifest)]) == 0
+    assert "left out: case bad: unknown split 'holdout'" in capsys.readouterr().out
+    assert main(["cohort", str(manifest), "--strict"]) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["synth", "--n", "0", "--out", "x"], "expected a number of at least 1"),
+        (["synth", "--out", "x", "--shape", "big"], "expected ROWSxCOLS"),
+    ],
+)
+def test_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
