@@ -49,6 +49,8 @@ SERIES_COLOURS = (
     (0.549, 0.337, 0.294),
 )
 _ATTRIBUTE = "Rad4XCNN.role"
+# vtkSlicerVolumesLogic loading options (bit flags of AddArchetypeVolume)
+_LABEL_MAP, _SINGLE_FILE = 1, 4
 _PLOT_TABLE_LAYOUTS = tuple(
     getattr(slicer.vtkMRMLLayoutNode, name)
     for name in dir(slicer.vtkMRMLLayoutNode)
@@ -306,6 +308,22 @@ def volume_node_from_array(array: np.ndarray, like, name: str, node=None, node_c
     _set_ijk_to_ras(node, ijk_to_ras_array(like))
     slicer.util.updateVolumeFromArray(node, np.expand_dims(array, axis=2 - thin))
     node.CreateDefaultDisplayNodes()
+    return node
+
+
+def load_volume_file(path, name: str | None = None, labelmap: bool = False):
+    """Read one image file into the scene with Slicer's volume reader, as a single-slice volume.
+
+    The file is read on its own (Slicer's "single file" option): otherwise Slicer takes numbered files beside
+    it (``case (1).png``, ``case (2).png``, ... as in BUSI) for the slices of one 3D series.
+    """
+    from pathlib import Path
+
+    path = Path(path)
+    options = _SINGLE_FILE | (_LABEL_MAP if labelmap else 0)
+    node = slicer.modules.volumes.logic().AddArchetypeVolume(str(path), name or path.stem, options)
+    if node is None:
+        raise Rad4XCNNError(f"Slicer could not read {path}")
     return node
 
 

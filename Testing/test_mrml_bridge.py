@@ -99,6 +99,20 @@ def test_volume_written_by_slicer_reads_back_in_the_engine(mrml, tmp_path):
     np.testing.assert_allclose(back.array, image.array)
 
 
+def test_numbered_files_load_one_at_a_time(mrml, tmp_path):
+    """Slicer would read "case (1).nrrd", "case (2).nrrd", ... as one 3D series; each is a 2D image here."""
+    for i in (1, 2, 3):
+        write_image(tmp_path / f"case ({i}).nrrd", np.full((6, 7), i, np.float32))
+    node = mb.load_volume_file(tmp_path / "case (2).nrrd")
+    assert node.GetName() == "case (2)"
+    image = mb.image_from_volume_node(node)
+    assert image.shape == (6, 7) and (image.array == 2).all()
+    label = mb.load_volume_file(tmp_path / "case (3).nrrd", "mask", labelmap=True)
+    assert label.IsA("vtkMRMLLabelMapVolumeNode")
+    with pytest.raises(Rad4XCNNError, match="could not read"):
+        mb.load_volume_file(tmp_path / "missing.nrrd")
+
+
 def test_rgb_vector_volume_becomes_grey(mrml):
     rgb = np.zeros((1, 8, 10, 3), np.uint8)
     rgb[0, ..., 0], rgb[0, ..., 1], rgb[0, ..., 2] = 200, 100, 50
