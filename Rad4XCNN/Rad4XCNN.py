@@ -8,6 +8,7 @@ The engine package is imported under other names because this module's logic cla
 convention, called ``Rad4XCNNLogic`` too.
 """
 
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +23,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-import Rad4XCNNLogic as rad4xcnn_engine
+try:  # installed extension: the engine package lies next to this file
+    import Rad4XCNNLogic as rad4xcnn_engine
+except ImportError:  # source tree added as a module path: the engine is one folder up
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import Rad4XCNNLogic as rad4xcnn_engine
 from Rad4XCNNLogic import background, dependencies
 from Rad4XCNNLogic import mrml_bridge as bridge
 from Rad4XCNNLogic import mrml_parameters as settings
