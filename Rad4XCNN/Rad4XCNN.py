@@ -34,6 +34,7 @@ from Rad4XCNNLogic import mrml_parameters as settings
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
 POLL_INTERVAL_MS = 250
+THRESHOLD_DELAY_MS = 300
 
 
 #
@@ -77,6 +78,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._jobKind = None
         self._jobFolder = None
         self._timer = None
+        self._thresholdTimer = None
 
     # ----------------------------------------------------------------------------------------------- setup
     def setup(self):
@@ -92,7 +94,14 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
         self.ui.caseRunButton.connect("clicked(bool)", self.onExplainCase)
-        self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
+        # Moving M re-thresholds the stored correlations once the slider rests for a moment.
+        self._thresholdTimer = qt.QTimer()
+        self._thresholdTimer.setSingleShot(True)
+        self._thresholdTimer.setInterval(THRESHOLD_DELAY_MS)
+        self._thresholdTimer.connect("timeout()", self.onThresholdChanged)
+        self.ui.thresholdSliderWidget.connect(
+            "valueChanged(double)", lambda _value: self._thresholdTimer.start()
+        )
         self.ui.camOpacitySliderWidget.connect("valueChanged(double)", bridge.set_overlay_opacity)
         self.ui.caseMaskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._fillSegments)
         for button, reference in (
@@ -304,10 +313,11 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             summary = self.logic.loadResults(self._parameterNode)
             self.ui.summaryLabel.text = summary
 
-    def onThresholdChanged(self, value):
-        if self._updatingGUI or self._parameterNode is None or self.logic.results is None:
+    def onThresholdChanged(self):
+        if self._parameterNode is None or self.logic.results is None:
             return
-        with slicer.util.tryWithErrorDisplay("Could not apply the new M.", waitCursor=False):
+        value = settings.get(self._parameterNode, "Threshold")
+        with slicer.util.tryWithErrorDisplay("Could not apply the new M.", waitCursor=True):
             self.ui.summaryLabel.text = self.logic.applyThreshold(self._parameterNode, value)
 
     def onOpenReport(self):
@@ -465,29 +475,32 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         """Show the run folder's tables and plots; returns a one-line summary."""
         from Rad4XCNNLogic import mrml_results
 
-        folder = settings.get(parameterNode, "OutputFolder")
-        self.results = mrml_results.load_run(folder)
-        summary = mrml_results.show_run(self.results, parameterNode, settings.get(parameterNode, "Threshold"))
-        node = settings.get(parameterNode, "ExplanationsTable")
-        if node is not None:
-            bridge.show_table(node)
-        chart = settings.get(parameterNode, "CoverageChart")
-        if chart is not None:
-            bridge.show_chart(chart)
+        results = mrml_results.load_run(settings.get(parameterNode, "OutputFolder"))
+        self.results, summary = mrml_results.show_run(
+            results, parameterNode, settings.get(parameterNode, "Threshold")
+        )
+        for reference, show in (
+            ("ExplanationsTable", bridge.show_table),
+            ("CoverageChart", bridge.show_chart),
+        ):
+            node = settings.get(parameterNode, reference)
+            if node is not None:
+                show(node)
         return summary
 
     def applyThreshold(self, parameterNode, threshold):
         """Re-threshold the loaded correlations at a new M (no recomputation); returns the new summary."""
         from Rad4XCNNLogic import mrml_results
 
-        return mrml_results.apply_threshold(self.results, parameterNode, threshold)
+        self.results, summary = mrml_results.apply_threshold(self.results, parameterNode, threshold)
+        return summary
 
     def showCase(self, parameterNode, caseFolder):
         """Show the case's CAM over its image and its radiomic values against the cohort."""
         from Rad4XCNNLogic import mrml_results
 
         if self.results is None:
-            self.results = mrml_results.load_run(settings.get(parameterNode, "OutputFolder"))
+            self.loadResults(parameterNode)
         return mrml_results.show_case(self.results, parameterNode, caseFolder)
 
 
