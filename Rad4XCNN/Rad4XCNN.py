@@ -289,17 +289,17 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------------- actions
     def onRunCohort(self):
         values = settings.read_all(self._parameterNode)
-        if not self.logic.ensureDependencies("pipeline"):
-            return
-        with slicer.util.tryWithErrorDisplay("Could not start the run.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay("Could not start the run."):
+            if not self.logic.ensureDependencies("pipeline"):
+                return
             job = self.logic.startCohortRun(values)
             self._startJob(job, "cohort", Path(values["OutputFolder"]))
 
     def onExplainCase(self):
         values = settings.read_all(self._parameterNode)
-        if not self.logic.ensureDependencies("pipeline"):
-            return
-        with slicer.util.tryWithErrorDisplay("Could not explain this case.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay("Could not explain this case."):
+            if not self.logic.ensureDependencies("pipeline"):
+                return
             job, caseFolder = self.logic.startCaseRun(values)
             self._startJob(job, "case", caseFolder)
 
@@ -343,9 +343,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             self._timer.stop()
             return
-        logged = len(job.log)
         job.poll()
-        for line in list(job.log)[logged:]:
+        for line in job.take_new_lines():
             self.ui.logTextEdit.appendPlainText(line)
         fraction = job.progress.fraction
         if fraction is None:

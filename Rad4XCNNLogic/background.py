@@ -157,6 +157,7 @@ class BackgroundJob:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=200)
         self.progress = JobProgress()
         self.cancelled = False
+        self._new_lines: list[str] = []
         self._process: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
         self._readers: list[threading.Thread] = []
@@ -244,12 +245,23 @@ class BackgroundJob:
                 self.progress.update(event)
                 events.append(event)
                 if event.get("event") == "message" and event.get("message"):
-                    self.log.append(f"[{event.get('stage', '')}] {event['message']}")
+                    self._log(f"[{event.get('stage', '')}] {event['message']}")
                 continue
-            self.log.append(line)
+            self._log(line)
             if name == "err":
                 self.stderr_tail.append(line)
         return events
+
+    def _log(self, line: str) -> None:
+        self.log.append(line)
+        self._new_lines.append(line)
+        if len(self._new_lines) > self.log.maxlen:
+            del self._new_lines[: -self.log.maxlen]
+
+    def take_new_lines(self) -> list[str]:
+        """The log lines that arrived since the last call (for a log view that appends them)."""
+        lines, self._new_lines = self._new_lines, []
+        return lines
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the process ends (or ``timeout`` seconds pass), reading its output; the exit status."""
@@ -269,7 +281,7 @@ class BackgroundJob:
         if self._process is None or self._process.poll() is not None:
             return
         self.cancelled = True
-        self.log.append("cancelled by the user")
+        self._log("cancelled by the user")
         _end_process_tree(self._process, grace)
 
     def __del__(self):  # never leave an orphan behind when the widget is closed

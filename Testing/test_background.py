@@ -82,6 +82,7 @@ def test_progress_events_are_parsed_and_kept_apart_from_the_log():
     assert progress.stage == "deep" and progress.message == "loading resnet50"
     lines = job.log_text().splitlines()
     assert "plain output line" in lines and "a warning" in lines
+    assert job.take_new_lines() == list(job.log) and job.take_new_lines() == []
     assert "[deep] loading resnet50" in lines
     assert not any(line.startswith("@rad4xcnn") for line in lines)
 
