@@ -35,6 +35,7 @@ from Rad4XCNNLogic.errors import Rad4XCNNError
 
 POLL_INTERVAL_MS = 250
 THRESHOLD_DELAY_MS = 300
+SELF_TEST_DEPENDENCIES = "module"
 
 
 #
@@ -525,6 +526,8 @@ class Rad4XCNNTest(ScriptedLoadableModuleTest):
     def test_Rad4XCNN_scenarios(self):
         from Rad4XCNNLogic import mrml_scenarios
 
+        # The scenarios need the engine's packages; a fresh Slicer gets them here (no dialog in a test).
+        self.assertTrue(Rad4XCNNLogic().ensureDependencies(SELF_TEST_DEPENDENCIES, askConfirmation=False))
         self.delayDisplay("Rad4XCNN self-test: synthetic cohort")
         with tempfile.TemporaryDirectory(prefix="rad4xcnn-selftest-") as folder:
             for name, outcome in mrml_scenarios.run_all(Path(folder)):
