@@ -1,13 +1,15 @@
 """Radiomic features of a cohort with PyRadiomics: presets, parallel and cached extraction, Dask, outputs.
 
-Each lesion case is handed to PyRadiomics as a true 2D SimpleITK image (float64 grey values, the image's
-pixel spacing) with its 0/1 mask; results are cached on disk by content, cases run in worker processes or
-on a Dask cluster, and bad cases become :class:`~Rad4XCNNLogic.errors.CaseFailure` records.
-(The module is not called ``radiomics.py``: that name would shadow PyRadiomics' own ``radiomics`` package.)
+Each lesion case goes to PyRadiomics as a true 2D SimpleITK image in its pixel spacing (integer grey
+values stay integers, others become float64) with its 0/1 mask; results are cached on disk by content,
+cases run in worker processes or on a Dask cluster, and bad cases become
+:class:`~Rad4XCNNLogic.errors.CaseFailure` records. (The module is not called ``radiomics.py``: that
+name would shadow PyRadiomics' own ``radiomics`` package.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -21,13 +23,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .cohort import Case, Cohort
 from .errors import CaseError, CaseFailure, Rad4XCNNError
 from .storage import ResultCache, file_sha256, settings_hash, write_csv_atomic, write_json_atomic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,8 @@ PRESETS = {"paper": "radiomics_paper.yaml", "extended": "radiomics_extended.yaml
 PAPER_FEATURE_COUNT = 474
 #: Namespace of the radiomics entries in a :class:`~Rad4XCNNLogic.storage.ResultCache`.
 CACHE_NAMESPACE = "radiomics"
+#: How long to try to reach a Dask scheduler before giving up.
+DASK_CONNECT_TIMEOUT = "20s"
 # Bump when the cached document or the way an image is prepared for PyRadiomics changes.
 _CACHE_FORMAT = 1
 _TOP_KEYS = ("setting", "imageType", "featureClass", "voxelSetting")
@@ -153,13 +160,30 @@ def resolve_params(params: str | os.PathLike | RadiomicsParams = "paper") -> Rad
     return RadiomicsParams(name, path.resolve(), text, config, settings_hash(config))
 
 
+@contextlib.contextmanager
+def _ignore_warnings(category: type[Warning]) -> Iterator[None]:
+    """Hide warnings of ``category`` from the libraries we call, in the main thread only.
+
+    ``warnings.catch_warnings`` changes process-wide state and is not thread-safe; in the threads of a
+    Dask worker the warnings are left alone (Python shows each once per location).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category)
+        yield
+
+
 def _make_extractor(params: RadiomicsParams):
     """A PyRadiomics extractor for ``params``; a setting PyRadiomics rejects becomes a one-line error."""
     from radiomics import featureextractor
 
     _quiet_pyradiomics()
     try:
-        return featureextractor.RadiomicsFeatureExtractor(params.pyradiomics_config())
+        # pykwalify, which checks the schema, loads PyRadiomics' schema functions with a deprecated call
+        with _ignore_warnings(DeprecationWarning):
+            return featureextractor.RadiomicsFeatureExtractor(params.pyradiomics_config())
     except Exception as exc:  # pykwalify's SchemaError, ValueError, KeyError ...
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise Rad4XCNNError(
@@ -296,19 +320,16 @@ def _extract_case(extractor, case: Case) -> _Outcome:
     except CaseError as exc:
         return _Outcome(case.case_id, problem=exc.problem, seconds=time.perf_counter() - start)
     if not loaded.mask.any():
-        return _Outcome(
-            case.case_id, problem="mask is empty (no lesion pixel): no radiomic features", seconds=0.0
-        )
-    # float64: PyWavelets keeps float32 input in float32, which would shift wavelet features by ~1e-5.
-    image = loaded.image.to_sitk(loaded.image.array.astype(np.float64))
+        problem = "mask is empty (no lesion pixel): no radiomic features"
+        return _Outcome(case.case_id, problem=problem, seconds=time.perf_counter() - start)
+    image = loaded.image.to_sitk(_pixels_for_pyradiomics(loaded.image.array))
     mask = loaded.image.to_sitk(loaded.mask.astype(np.uint8))
     try:
-        with warnings.catch_warnings():
-            # empty texture matrices (e.g. no two neighbouring lesion pixels) give NaN, reported per feature
-            warnings.simplefilter("ignore", RuntimeWarning)
+        # empty texture matrices (e.g. no two neighbouring lesion pixels) give NaN, reported per feature
+        with _ignore_warnings(RuntimeWarning):
             result = extractor.execute(image, mask, label=1)
-    except ValueError as exc:  # PyRadiomics' checks of the mask: too small, too few dimensions, ...
-        problem = f"PyRadiomics refused the mask: {_first_line(exc)}"
+    except ValueError as exc:  # PyRadiomics' checks of the mask (too small, a line, ...) raise ValueError
+        problem = f"PyRadiomics refused the case: {_first_line(exc)}"
         return _Outcome(case.case_id, problem=problem, seconds=time.perf_counter() - start)
     except Exception as exc:
         problem = f"PyRadiomics failed: {type(exc).__name__}: {_first_line(exc)}"
@@ -323,6 +344,24 @@ def _extract_case(extractor, case: Case) -> _Outcome:
         else:
             features[name] = _to_float(value)
     return _Outcome(case.case_id, features, diagnostics, seconds=time.perf_counter() - start)
+
+
+def _pixels_for_pyradiomics(array: np.ndarray) -> np.ndarray:
+    """The grey values in the type PyRadiomics should see: the smallest exact integer type, or float64.
+
+    Integer images (8-bit PNG, 16-bit DICOM) go in as integers, as when PyRadiomics reads the file itself:
+    the features are identical to float64's and the image hashes and crops are cheaper. Other images go
+    in as float64, never float32: PyWavelets keeps float32 input in float32, which shifts wavelet
+    features by about 1e-5 (relative).
+    """
+    values = np.asarray(array)
+    if values.size and np.array_equal(values, np.rint(values)):
+        lo, hi = float(values.min()), float(values.max())
+        for kind in (np.uint8, np.int16, np.uint16, np.int32):
+            info = np.iinfo(kind)
+            if info.min <= lo and hi <= info.max:
+                return values.astype(kind)
+    return values.astype(np.float64)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -363,11 +402,11 @@ class RadiomicsResult:
     seconds : wall time of the extraction.
     """
 
-    features: Any
-    diagnostics: Any
+    features: pd.DataFrame
+    diagnostics: pd.DataFrame
     failures: list[CaseFailure]
     settings: dict
-    nonfinite: Any
+    nonfinite: pd.Series
     constant: list[str]
     cache_hits: int = 0
     cache_misses: int = 0
@@ -375,7 +414,7 @@ class RadiomicsResult:
     case_ids: list[str] = field(default_factory=list)
 
     @property
-    def quality(self):
+    def quality(self) -> pd.DataFrame:
         """Per-feature quality table: ``n_nan``, ``n_inf`` and ``constant`` for every feature."""
         import pandas as pd
 
@@ -384,7 +423,7 @@ class RadiomicsResult:
             {
                 "n_nan": np.isnan(values).sum(axis=0).astype(int),
                 "n_inf": np.isinf(values).sum(axis=0).astype(int),
-                "constant": [c in set(self.constant) for c in self.features.columns],
+                "constant": self.features.columns.isin(self.constant),
             },
             index=pd.Index(self.features.columns, name="feature"),
         )
@@ -536,7 +575,7 @@ def _connect(scheduler: Any):
         return scheduler, False
     address = str(scheduler)
     try:
-        client = Client(address, timeout="20s", set_as_default=False)
+        client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise Rad4XCNNError(f"cannot reach the Dask scheduler at {address}: {_first_line(exc)}") from None
     return client, True
@@ -564,7 +603,7 @@ def _run_dask(
             for chunk in chunks
         }
         try:
-            for future in as_completed(futures):
+            for future in as_completed(list(futures), loop=client.loop):
                 chunk = futures[future]
                 try:
                     outcomes = future.result()
@@ -631,7 +670,7 @@ def extract_radiomics(
     started = time.perf_counter()
     params = resolve_params(params)
     _check_params(params)
-    _make_extractor(params)  # validates the settings before any work is sent out
+    _extractor_for(params)  # validates the settings before any work is sent out
     versions = library_versions()
     if jobs is not None and jobs < 1:
         raise Rad4XCNNError(f"jobs must be at least 1, got {jobs}")
@@ -797,7 +836,8 @@ def _assemble(
         "pyradiomics": versions["pyradiomics"],
         "versions": versions,
         "lesion_only": lesion_only,
-        "image_preparation": "2D SimpleITK image, float64 grey values, the file's pixel spacing; mask 0/1",
+        "image_preparation": "2D SimpleITK image in the file's pixel spacing; grey values as the smallest "
+        "exact integer type (8-bit PNG: uint8) or float64; mask 0/1, label 1",
         "n_features": len(columns),
     }
     return RadiomicsResult(
@@ -814,21 +854,19 @@ def _assemble(
     )
 
 
-def _constant_features(features) -> list[str]:
+def _constant_features(features: pd.DataFrame) -> list[str]:
     """Features with fewer than two distinct finite values (up to rounding) over the cases."""
     if len(features) < 2:
         return []
-    constant = []
-    for name in features.columns:
-        column = features[name].to_numpy()
-        finite = column[np.isfinite(column)]
-        if finite.size < 2:
-            constant.append(name)
-            continue
-        lo, hi = float(finite.min()), float(finite.max())
-        if hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi)):
-            constant.append(name)
-    return constant
+    values = features.to_numpy(dtype=np.float64)
+    finite = np.isfinite(values)
+    lo = np.where(finite, values, np.inf).min(axis=0)
+    hi = np.where(finite, values, -np.inf).max(axis=0)
+    with np.errstate(invalid="ignore"):
+        spread = hi - lo  # -inf where a feature has no finite value
+        scale = np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
+        flat = (finite.sum(axis=0) < 2) | ~(spread > 1e-12 * scale)
+    return [name for name, is_flat in zip(features.columns, flat, strict=True) if is_flat]
 
 
 def side_files(out_csv: str | os.PathLike) -> dict[str, Path]:

@@ -1,0 +1,138 @@
+"""Benchmark of the radiomics stage against its anchors (DESIGN.md §7), measured in the same run.
+
+1. Overhead: our serial extraction per image vs a direct PyRadiomics loop over the same files with the
+   same parameter file (target: at most 5% slower).
+2. Scaling: wall time with N worker processes vs one (target: speed-up of at least 0.85 x N on N cores).
+3. Cache: a re-run that finds every case in the cache vs the first run (target: at least 100x faster).
+
+    python benchmarks/bench_radiomics.py            # 48 cases of 256 x 320 pixels
+    python benchmarks/bench_radiomics.py --quick    # 12 cases of 128 x 160, for a smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def direct_loop(cases, params_path: Path) -> float:
+    """Seconds for PyRadiomics alone: one extractor, execute() on each image and mask file."""
+    from radiomics import featureextractor
+
+    extractor = featureextractor.RadiomicsFeatureExtractor(str(params_path))
+    start = time.perf_counter()
+    for case in cases:
+        extractor.execute(str(case.image), str(case.masks[0]), label=255)
+    return time.perf_counter() - start
+
+
+def ours(cases, params: str, jobs: int, cache_dir=None) -> tuple[float, object]:
+    from Rad4XCNNLogic.radiomic_features import extract_radiomics
+
+    start = time.perf_counter()
+    result = extract_radiomics(cases, params, jobs=jobs, cache_dir=cache_dir, progress=False)
+    return time.perf_counter() - start, result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=48, help="cases in the synthetic cohort (default 48)")
+    parser.add_argument("--shape", default="256x320", help="image size ROWSxCOLS (default 256x320)")
+    parser.add_argument("--params", default="paper", help="preset or YAML file (default paper)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats of the overhead pair (median)")
+    parser.add_argument("--jobs", type=int, nargs="*", help="process counts to time (default 1..cores)")
+    parser.add_argument("--quick", action="store_true", help="12 cases of 128x160, one repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n, args.shape, args.repeats = 12, "128x160", 1
+    rows, cols = (int(v) for v in args.shape.lower().split("x"))
+
+    import numpy as np
+    import radiomics
+
+    from Rad4XCNNLogic.cohort import read_manifest
+    from Rad4XCNNLogic.radiomic_features import (
+        _quiet_pyradiomics,
+        available_cpus,
+        library_versions,
+        resolve_params,
+    )
+    from Rad4XCNNLogic.synthetic import make_synthetic_cohort
+
+    logging.basicConfig(level=logging.WARNING)
+    _quiet_pyradiomics()
+    cores = available_cpus()
+    jobs_list = args.jobs or sorted({1, *range(2, cores + 1)})
+    params = resolve_params(args.params)
+    versions = library_versions()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    print(f"machine: {cpu}, {cores} cores usable; Python {platform.python_version()}")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
+    print(f"cohort: {args.n} synthetic cases of {rows}x{cols} pixels; params {params.name}")
+
+    with tempfile.TemporaryDirectory(prefix="bench_radiomics_") as tmp:
+        tmp = Path(tmp)
+        manifest = make_synthetic_cohort(tmp / "cohort", args.n, seed=0, shape=(rows, cols))
+        cases = read_manifest(manifest).cases
+
+        # warm both paths (imports, extractor construction, file cache) before timing
+        direct_loop(cases[:1], params.path)
+        ours(cases[:1], args.params, 1)
+
+        # 1. overhead, alternating the two so that a busy neighbour slows both alike
+        direct_t, ours_t = [], []
+        for _ in range(args.repeats):
+            direct_t.append(direct_loop(cases, params.path))
+            seconds, result = ours(cases, args.params, 1)
+            ours_t.append(seconds)
+        d, o = statistics.median(direct_t), statistics.median(ours_t)
+        n_features = result.features.shape[1]
+        print(
+            f"\n1. per image: direct PyRadiomics {1000 * d / len(cases):.1f} ms, ours (1 job) "
+            f"{1000 * o / len(cases):.1f} ms; ours/direct = {o / d:.3f} "
+            f"(overhead {100 * (o / d - 1):+.1f}%, target <= +5%); {n_features} features"
+        )
+
+        # 2. scaling with processes (the pool's start-up included: it is part of a user's run)
+        print("\n2. processes   wall s   speed-up   speed-up/N (target >= 0.85)")
+        base = None
+        reference = None
+        for jobs in jobs_list:
+            seconds, result = ours(cases, args.params, jobs)
+            base = base or seconds
+            reference = result.features if reference is None else reference
+            same = np.array_equal(result.features.to_numpy(), reference.to_numpy(), equal_nan=True)
+            print(
+                f"   {jobs:>9}   {seconds:6.2f}   {base / seconds:8.2f}   {base / seconds / jobs:10.2f}"
+                f"   {'same values' if same else 'VALUES DIFFER'}"
+            )
+
+        # 3. cache: first run fills it, the second reads it
+        cache = tmp / "cache"
+        cold, first = ours(cases, args.params, 1, cache)
+        warm, again = ours(cases, args.params, 1, cache)
+        same = np.array_equal(first.features.to_numpy(), again.features.to_numpy(), equal_nan=True)
+        print(
+            f"\n3. cache: first run {cold:.2f} s, cached re-run {warm:.3f} s "
+            f"({again.cache_hits} hits); first/cached = {cold / warm:.0f}x (target >= 100x); "
+            f"{'same values' if same else 'VALUES DIFFER'}"
+        )
+    print(f"\ncommand: {' '.join([Path(sys.executable).name, *sys.argv])}; radiomics {radiomics.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
