@@ -28,6 +28,8 @@ from Rad4XCNNLogic.radiomic_features import (
 )
 
 pytest.importorskip("radiomics")
+# pykwalify (PyRadiomics' schema check) loads its extensions with a call Python deprecates
+pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 WAVELET_2D = {"wavelet-LL", "wavelet-LH", "wavelet-HL", "wavelet-HH"}
 
