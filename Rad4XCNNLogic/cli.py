@@ -221,7 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="'paper' (474 features: shape2D, original, 4 wavelet sub-bands; default), 'extended' "
         "(adds LoG and other filters) or a PyRadiomics YAML file",
     )
-    p.add_argument("--jobs", type=_positive_int, help="worker processes (default: all cores)")
+    p.add_argument(
+        "--jobs", type=_positive_int, help="worker processes (default: all cores; not with --scheduler)"
+    )
     p.add_argument(
         "--scheduler", metavar="ADDR", help="run the cases on this Dask scheduler (tcp://host:8786)"
     )

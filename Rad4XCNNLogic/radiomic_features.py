@@ -726,9 +726,11 @@ def extract_radiomics(
     if todo:
         _extractor_for(params)  # checks the settings before any work is sent out (cached: they were fine)
     jobs = available_cpus() if jobs is None else jobs
-    if scheduler is not None:
-        computed = _run_dask(todo, params, scheduler, chunk_size)
-        mode = "dask"
+    computed: Iterator[_Outcome]
+    if not todo:
+        computed, mode = iter(()), "nothing"
+    elif scheduler is not None:
+        computed, mode = _run_dask(todo, params, scheduler, chunk_size), "dask"
     else:
         size = chunk_size or _auto_chunk_size(len(todo), jobs)
         workers = min(jobs, math.ceil(len(todo) / size)) if todo else 0
@@ -742,7 +744,7 @@ def extract_radiomics(
         len(cases),
         len(cached),
         len(todo),
-        mode if todo else "nothing",
+        mode,
     )
 
     def stream() -> Iterator[_Outcome]:

@@ -290,6 +290,12 @@ def test_parallel_results_equal_serial_ones(cohort, serial):
     assert parallel.features.columns.tolist() == serial.features.columns.tolist()
 
 
+def test_column_order_does_not_depend_on_the_case_order(cohort, serial):
+    backwards = extract_radiomics(list(reversed(cohort.cases[:3])), jobs=1, progress=False)
+    assert backwards.features.columns.tolist() == serial.features.columns.tolist()
+    assert backwards.features.index.tolist() == [c.case_id for c in reversed(cohort.cases[:3])]
+
+
 @pytest.fixture(scope="module")
 def dask_cluster():
     distributed = pytest.importorskip("distributed")
