@@ -223,6 +223,7 @@ class _DropNoise(logging.Filter):
 
 _PREPARED: dict[str, bool] = {}
 _LOCAL = threading.local()
+_BUILD_LOCK = threading.Lock()
 
 
 def _quiet_pyradiomics(level: int = logging.WARNING) -> None:
@@ -268,12 +269,17 @@ def _prepare_process(limit_threads: bool) -> None:
 
 
 def _extractor_for(params: RadiomicsParams):
-    """The extractor of this thread for ``params`` (built once; extractors are not shared by threads)."""
+    """The extractor of this thread for ``params`` (built once; extractors are not shared by threads).
+
+    Building one is serialised: PyRadiomics' schema check (pykwalify) is not thread-safe, and two Dask
+    worker threads building at once fail with YAML parser errors.
+    """
     cache = getattr(_LOCAL, "extractors", None)
     if cache is None:
         cache = _LOCAL.extractors = {}
     if params.sha256 not in cache:
-        cache[params.sha256] = _make_extractor(params)
+        with _BUILD_LOCK:
+            cache[params.sha256] = _make_extractor(params)
     return cache[params.sha256]
 
 
@@ -457,8 +463,14 @@ def available_cpus() -> int:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that determine the feature values."""
-    import pywt
-    import radiomics
+    try:
+        import pywt
+        import radiomics
+    except ImportError as exc:
+        raise Rad4XCNNError(
+            f"radiomics needs PyRadiomics and PyWavelets ({exc.name} is missing): "
+            "pip install 'rad4xcnn[radiomics]'"
+        ) from None
     import SimpleITK as sitk
 
     return {
@@ -683,7 +695,6 @@ def extract_radiomics(
     >>> result.features.shape, len(result.failures)  # doctest: +SKIP
     ((437, 474), 0)
     """
-
     from .progress import track
 
     started = time.perf_counter()
@@ -709,7 +720,8 @@ def extract_radiomics(
         try:
             hashes[case.case_id] = (file_sha256(case.image), [file_sha256(m) for m in case.masks])
         except OSError as exc:
-            outcomes[case.case_id] = _Outcome(case.case_id, problem=f"cannot read its files: {exc}")
+            problem = f"cannot read {exc.filename or 'its files'}: {exc.strerror or exc}"
+            outcomes[case.case_id] = _Outcome(case.case_id, problem=problem)
             continue
         if cache is not None:
             key = keys[case.case_id] = _cache_key(cache, *hashes[case.case_id], params, versions)
@@ -733,7 +745,7 @@ def extract_radiomics(
         computed, mode = _run_dask(todo, params, scheduler, chunk_size), "dask"
     else:
         size = chunk_size or _auto_chunk_size(len(todo), jobs)
-        workers = min(jobs, math.ceil(len(todo) / size)) if todo else 0
+        workers = min(jobs, math.ceil(len(todo) / size))
         if workers <= 1:
             computed, mode = _run_serial(todo, params), "serial"
         else:

@@ -356,6 +356,10 @@ def test_bad_cases_are_failures_and_the_run_goes_on(tmp_path, make_case):
             cohort["good"], case_id="corrupt", image=tmp_path / "img" / "corrupt.png"
         )
     )
+    vanished = tmp_path / "img" / "vanished.png"
+    vanished.write_bytes((tmp_path / "img" / "good.png").read_bytes())
+    cohort.cases.append(__import__("dataclasses").replace(cohort["good"], case_id="vanished", image=vanished))
+    vanished.unlink()  # deleted after the manifest was read
     result = extract_radiomics(cohort, jobs=2, chunk_size=1, progress=False)
     assert list(result.features.index) == ["good", "good2"]
     problems = {f.case_id: f.problem for f in result.failures}
@@ -365,6 +369,7 @@ def test_bad_cases_are_failures_and_the_run_goes_on(tmp_path, make_case):
     assert "too small (minimum size: 15, ROI size: 9" in problems["tiny"]
     assert "mask is empty" in problems["empty"]
     assert "cannot read image corrupt.png" in problems["corrupt"]
+    assert problems["vanished"] == f"cannot read {vanished}: No such file or directory"
     paths = write_radiomics(result, tmp_path / "out" / "radiomics.csv")
     failures = pd.read_csv(paths["failures"], index_col=0)
     assert sorted(failures.index) == sorted(problems)
