@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
+_UMASK: int | None = None
 
 
 @contextlib.contextmanager
@@ -45,9 +46,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    # Reading the umask means setting it; doing so on every write would race with other threads.
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0)
+        os.umask(_UMASK)
+    return _UMASK
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

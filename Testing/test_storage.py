@@ -32,11 +32,9 @@ def test_outputs_get_umask_permissions(tmp_path):
     import os
 
     mask = os.umask(0o022)
-    try:
-        path = write_json_atomic(tmp_path / "r.json", {"a": 1})
-    finally:
-        os.umask(mask)
-    assert path.stat().st_mode & 0o777 == 0o644
+    os.umask(mask)
+    path = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_csv_and_json_writes(tmp_path):
