@@ -95,6 +95,47 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     return 1 if (args.strict and cohort.failures) else 0
 
 
+def cmd_radiomics(args: argparse.Namespace) -> int:
+    from .cohort import read_manifest
+    from .radiomic_features import extract_radiomics, side_files, write_radiomics
+
+    out = Path(args.out)
+    cohort = read_manifest(args.manifest, seed=args.seed)
+    cache_dir = None if args.no_cache else Path(args.cache_dir or out.parent / ".rad4xcnn_cache")
+    result = extract_radiomics(
+        cohort,
+        args.params,
+        jobs=args.jobs,
+        cache_dir=cache_dir,
+        scheduler=args.scheduler,
+        lesion_only=not args.include_normal,
+    )
+    paths = write_radiomics(result, out, extra_failures=cohort.failures)
+    s = result.summary()
+    left_out = len(cohort) - s["cases"]
+    print(
+        f"radiomics ({s['params']}, {s['features']} features): "
+        f"{s['extracted']} of {s['cases']} cases extracted"
+        + (f", {left_out} without a lesion left out" if left_out else "")
+        + f"; {s['cache_hits']} from the cache, {s['cache_misses']} computed in {s['seconds']:.1f} s"
+    )
+    failed = len(cohort.failures) + len(result.failures)
+    if failed:
+        print(f"  {failed} case(s) failed (reasons above), listed in {paths['failures']}")
+    if len(result.nonfinite):
+        print(f"  {len(result.nonfinite)} feature(s) have NaN or infinite values: see {paths['quality']}")
+    if result.constant:
+        print(
+            f"  {len(result.constant)} feature(s) are constant across the cases and cannot be correlated "
+            f"(e.g. {result.constant[0]}): see {paths['quality']}"
+        )
+    extras = ", ".join(p.name for role, p in side_files(out).items() if role != "features")
+    print(f"wrote {out} (and {extras})")
+    if s["extracted"] == 0:
+        raise Rad4XCNNError(f"no case gave radiomic features; the reasons are in {paths['failures']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .cohort import format_summary, read_manifest
     from .synthetic import make_synthetic_cohort
@@ -165,6 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", metavar="CSV", help="write the manifest with the assigned splits")
     p.add_argument("--strict", action="store_true", help="exit 1 if any case was left out")
     p.set_defaults(func=cmd_cohort)
+
+    p = sub.add_parser(
+        "radiomics",
+        help="compute PyRadiomics features for every lesion case of a manifest",
+        description="Radiomic features (PyRadiomics) of every lesion case, in parallel, cached and "
+        "resumable; writes radiomics.csv and its side files (diagnostics, failures, quality, settings).",
+    )
+    p.add_argument("--manifest", required=True, help="the cohort manifest CSV")
+    p.add_argument("--out", required=True, help="features CSV to write (e.g. run/radiomics.csv)")
+    p.add_argument(
+        "--params",
+        default="paper",
+        help="'paper' (474 features: shape2D, original, 4 wavelet sub-bands; default), 'extended' "
+        "(adds LoG and other filters) or a PyRadiomics YAML file",
+    )
+    p.add_argument(
+        "--jobs", type=_positive_int, help="worker processes (default: all cores; not with --scheduler)"
+    )
+    p.add_argument(
+        "--scheduler", metavar="ADDR", help="run the cases on this Dask scheduler (tcp://host:8786)"
+    )
+    p.add_argument(
+        "--cache-dir", help="on-disk cache of per-case results (default: OUT's folder/.rad4xcnn_cache)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="compute every case, read and write no cache")
+    p.add_argument(
+        "--include-normal",
+        action="store_true",
+        help="also try cases with has_lesion=false (empty masks fail)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split for cases without one")
+    p.set_defaults(func=cmd_radiomics)
 
     p = sub.add_parser(
         "demo",

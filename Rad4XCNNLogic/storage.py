@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
+_UMASK: int | None = None
 
 
 @contextlib.contextmanager
@@ -36,10 +37,21 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates the file readable by its owner only; outputs get the usual umask permissions.
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _umask() -> int:
+    # Reading the umask means setting it; doing so on every write would race with other threads.
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0)
+        os.umask(_UMASK)
+    return _UMASK
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

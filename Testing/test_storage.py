@@ -28,6 +28,15 @@ def test_atomic_path_leaves_nothing_behind_on_error(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_outputs_get_umask_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = write_json_atomic(tmp_path / "r.json", {"a": 1})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_csv_and_json_writes(tmp_path):
     frame = pd.DataFrame({"x": [1.5, 2.0]}, index=pd.Index(["a", "b"], name="case_id"))
     write_csv_atomic(tmp_path / "t.csv", frame)
