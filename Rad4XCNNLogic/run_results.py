@@ -190,6 +190,33 @@ class RunResults:
         return "; ".join(lines)
 
 
+def case_radiomics_params(run: str | os.PathLike | None, fallback: str, out: str | os.PathLike) -> str:
+    """The radiomics parameters for one case compared with the cohort of ``run``: the very parameter file
+    recorded by the run (``radiomics_settings.json``), copied to ``out``; ``fallback`` when there is none.
+
+    Values computed with other settings (bin count, filters) would not compare with the cohort's.
+    """
+    import json
+
+    settings_file = Path(run) / "radiomics_settings.json" if run else None
+    if settings_file is None or not settings_file.is_file():
+        if run:
+            log.warning("%s records no radiomics settings; using %s", run, fallback)
+        return fallback
+    try:
+        recorded = json.loads(settings_file.read_text(encoding="utf-8"))
+        text = recorded["params_yaml"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise Rad4XCNNError(
+            f"cannot read the radiomics settings of the run: {settings_file}: {exc}"
+        ) from None
+    from .storage import write_text_atomic
+
+    path = Path(out) / f"radiomics_params_{Path(str(recorded.get('params') or 'run')).stem}.yaml"
+    write_text_atomic(path, text)
+    return str(path)
+
+
 def case_comparison(case_values: pd.Series, cohort: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """Set one case's radiomic values against the cohort's, for the radiomic features of ``pairs``.
 

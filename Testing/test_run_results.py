@@ -64,3 +64,50 @@ def test_explanation_folder_is_found_below_the_run(tmp_path):
     assert find_explanation_folder(tmp_path) == tmp_path / "explanation"
     (tmp_path / "correlation.json").write_text("{}")
     assert find_explanation_folder(tmp_path) == tmp_path
+
+
+# ------------------------------------------------------------------------------------------- the case command
+SMALL_PARAMS = """\
+imageType:
+  Original: {}
+featureClass:
+  firstorder: [Mean, Median]
+setting:
+  binCount: 16
+  force2D: true
+  force2Ddimension: 0
+"""
+
+
+def test_case_command_uses_the_run_radiomics_settings(tmp_path, make_case):
+    import json
+
+    from conftest import write_manifest_rows
+
+    from Rad4XCNNLogic.cli import main
+
+    manifest = write_manifest_rows(tmp_path / "case.csv", [make_case("us1")])
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "radiomics_settings.json").write_text(
+        json.dumps({"params": "small.yaml", "params_yaml": SMALL_PARAMS})
+    )
+    out = tmp_path / "out"
+    assert main(["case", "--manifest", str(manifest), "--run", str(run), "--out", str(out)]) == 0
+    features = pd.read_csv(out / "radiomics.csv", index_col=0)
+    assert list(features.index) == ["us1"]
+    assert list(features.columns) == ["original_firstorder_Mean", "original_firstorder_Median"]
+    assert (out / "radiomics_params_small.yaml").read_text() == SMALL_PARAMS
+
+
+def test_case_command_errors(tmp_path, make_case, capsys):
+    from conftest import write_manifest_rows
+
+    from Rad4XCNNLogic.cli import main
+
+    two = write_manifest_rows(tmp_path / "two.csv", [make_case("a"), make_case("b")])
+    assert main(["case", "--manifest", str(two), "--out", str(tmp_path / "o")]) == 2
+    assert "a case manifest holds one case" in capsys.readouterr().err
+    bad = write_manifest_rows(tmp_path / "bad.csv", [{**make_case("c"), "mask": "missing.png"}])
+    assert main(["case", "--manifest", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "case c:" in capsys.readouterr().err
