@@ -139,7 +139,7 @@ def coverage_curve(
             rows.append(
                 {
                     "model": model,
-                    "M": float(m),
+                    "M": round(float(m), 10),
                     "n_explained": explained,
                     "n_features": int(in_model.sum()),
                     "n_constant": int((in_model & constant).sum()),
