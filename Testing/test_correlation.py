@@ -238,15 +238,19 @@ def test_read_feature_table_keeps_ids_as_text_and_refuses_duplicate_headers(tmp_
 # ------------------------------------------------------------------------------------ permutation test
 def test_permutation_null_is_the_max_abs_rho_of_shuffled_cases():
     deep, rad = tables(n=30, n_deep=6, n_rad=5, ties=True, seed=15)
-    null = permutation_null(deep, rad, 20, seed=4, backend="numpy", chunk_size=2)
+    null = permutation_null(deep, rad, 20, seed=4, backend="numpy", chunk_size=2, single_precision=False)
     # Recompute the first shuffle by hand: the same seeded permutation applied to the deep table.
     perm = np.random.default_rng(4).permuted(np.tile(np.arange(30), (20, 1)), axis=1)[0]
     shuffled = deep.sort_index().to_numpy()[perm]
     ref = stats.spearmanr(shuffled, rad.sort_index().to_numpy()).statistic[:6, 6:]
     assert null[0] == pytest.approx(np.abs(ref).max(), abs=1e-12)
-    for backend, chunk in (("torch:cpu", 4), ("numpy", 6)):
-        other = permutation_null(deep, rad, 20, seed=4, backend=backend, chunk_size=chunk)
+    for backend, chunk in (("torch:cpu", 4), ("numpy", 6)):  # either side shuffled, either backend
+        other = permutation_null(
+            deep, rad, 20, seed=4, backend=backend, chunk_size=chunk, single_precision=False
+        )
         assert np.allclose(other, null, atol=1e-12, rtol=0)
+        single = permutation_null(deep, rad, 20, seed=4, backend=backend, chunk_size=chunk)
+        assert np.allclose(single, null, atol=1e-6, rtol=0)  # float32 products: rounding only
 
 
 def test_permutation_threshold_and_fwer_pvalues_agree():
