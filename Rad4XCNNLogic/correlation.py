@@ -31,9 +31,9 @@ MIN_CASES_RESAMPLING = 8
 """Below this, a permutation test or bootstrap has too few distinct resamples to mean anything."""
 DEFAULT_MEMORY_MB = 512
 """Working memory of one chunk of ranks (the input tables are not counted)."""
-_SORT_COPIES = (
-    6  # arrays of a chunk's size alive while it is ranked: values, order, flags, starts, ends, ranks
-)
+# Arrays of a chunk's size alive while it is ranked: input, sorted values, order, run flags, run index,
+# ranks and their unsorted copy.
+_SORT_COPIES = 8
 
 
 # --------------------------------------------------------------------------------------------- backends
@@ -609,6 +609,10 @@ def _spearman(prep: _Prepared, progress: bool) -> CorrelationResult:
         "radiomic": [c for c, k in zip(aligned.radiomic.columns, prep.r_constant, strict=True) if k],
     }
     for label, names in zero_variance.items():
+        if len(names) == rho.shape[0 if label == "deep" else 1]:
+            raise Rad4XCNNError(
+                f"every {label} feature is constant over the {prep.n} cases: there is nothing to correlate"
+            )
         if names:
             log.warning(
                 "%d %s feature(s) are constant over the cases and get no rho: %s",

@@ -127,8 +127,9 @@ def coverage_curve(
     abs_rho = np.abs(rho)
     if fdr is not None:
         abs_rho = np.where(q <= fdr, abs_rho, np.nan)
-    with np.errstate(invalid="ignore"):
-        best = np.nan_to_num(np.nanmax(np.where(np.isnan(abs_rho), -1.0, abs_rho), axis=1), nan=-1.0)
+    with np.errstate(invalid="ignore"):  # NaN (undefined, or failing the FDR) counts as no partner
+        unusable = np.isnan(abs_rho)
+    best = np.where(unusable, -1.0, abs_rho).max(axis=1, initial=-1.0)
     rows = []
     for model in dict.fromkeys(models):
         in_model = (models == model).to_numpy()

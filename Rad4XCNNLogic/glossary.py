@@ -63,6 +63,7 @@ class RadiomicName:
         return f"{self.image_type} {self.category}" if self.is_pyradiomics else "other"
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_radiomic_name(name: str) -> RadiomicName:
     """Split ``<image type>_<feature class>_<feature>``; a name of another form keeps only ``feature``.
 
@@ -165,6 +166,7 @@ def short_meaning(name: str) -> str:
     return entry["short"] if entry else ""
 
 
+@functools.lru_cache(maxsize=8192)
 def summary_line(name: str) -> str:
     """One line for tables: the feature, its class, the image and the short meaning; empty if unknown.
 

@@ -126,6 +126,13 @@ def test_zero_variance_features_get_no_rho_and_are_reported():
     assert np.isfinite(np.delete(np.delete(result.rho, 2, 0), 1, 1)).all()
 
 
+def test_all_constant_features_on_one_side_is_an_error():
+    deep, rad = tables(n=30, n_deep=3, n_rad=4, seed=5)
+    rad[:] = 1.0
+    with pytest.raises(Rad4XCNNError, match="every radiomic feature is constant over the 30 cases"):
+        spearman(deep, rad, backend="numpy")
+
+
 # ----------------------------------------------------------------------------------------- bad input
 def test_case_ids_that_differ_use_the_intersection_and_report_the_rest():
     deep, rad = tables(n=40, seed=6)
