@@ -836,8 +836,8 @@ def _bootstrap(
             idx = ops.index(rng.integers(0, prep.n, prep.n))
             zd, d_const = _standardise(_average_ranks(raw_d[:, idx], ops), ops)
             zr, r_const = _standardise(_average_ranks(raw_r[:, idx], ops), ops)
-            # Only the requested pairs are needed: a row-wise dot product of the matched rows.
-            sample = ops.to_numpy((zd[pick_d] * zr[pick_r]).sum(-1))
+            # The product of the features involved is at most deep x radiomic; the pairs are picked from it.
+            sample = ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
             sample[d_const[deep_pos] | r_const[rad_pos]] = np.nan  # a resample where a feature is constant
             values[b] = sample
             bar.update()

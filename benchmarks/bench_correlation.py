@@ -30,9 +30,9 @@ def make_tables(n: int, n_deep: int, n_rad: int, seed: int = 0) -> tuple[pd.Data
     """ReLU-like deep features (many tied zeros, float32 as a network writes them) and radiomic features
     that share a few latent factors with them, so that some rhos are large."""
     rng = np.random.default_rng(seed)
-    latent = rng.normal(size=(n, 16)).astype(np.float32)
+    latent = rng.standard_normal((n, 16), dtype=np.float32)
     deep = latent @ rng.normal(size=(16, n_deep)).astype(np.float32) * 0.3
-    deep += rng.normal(size=(n, n_deep)).astype(np.float32)
+    deep += rng.standard_normal((n, n_deep), dtype=np.float32)
     np.maximum(deep, 0, out=deep)
     rad = latent @ rng.normal(size=(16, n_rad)) * 0.3 + rng.normal(size=(n, n_rad))
     cases = [f"case{i:06d}" for i in range(n)]
