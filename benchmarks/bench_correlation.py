@@ -6,7 +6,7 @@ the ratio. Then it times the max-|rho| permutation null on the CPU and, where to
 
     python benchmarks/bench_correlation.py            # N = 780 and 10,000; 2048 x 474; 1,000 permutations
     python benchmarks/bench_correlation.py --quick    # a small run, seconds
-    python benchmarks/bench_correlation.py --n 100000 --no-anchor --permutations 0  # memory at scale
+    python benchmarks/bench_correlation.py --n 100000 --no-anchor --permutations 0 --memory  # at scale
 """
 
 from __future__ import annotations
@@ -99,6 +99,16 @@ def bench_one_n(n: int, args: argparse.Namespace, backends: list[str], gpu: str 
             line += f"  {anchor[0] / seconds:6.1f}x faster; max|d rho| {d_rho:.1e}, max rel d p {rel_p:.1e}"
         print(line)
     print(f"  peak memory of the process: {peak_rss_gb():.2f} GB (before this N: {rss_before:.2f} GB)")
+    if args.memory:
+        import tracemalloc  # numpy reports its buffers to tracemalloc: the engine's own working memory
+
+        tracemalloc.start()
+        spearman(deep, rad, backend=backends[0])
+        peak = tracemalloc.get_traced_memory()[1] / 2**30
+        tracemalloc.stop()
+        print(
+            f"  working memory of rad4xcnn spearman ({backends[0]}), beyond the input tables: {peak:.2f} GB"
+        )
     if not permutations:
         return
     runs = [(b, args.permutations) for b in backends if b != "torch:cuda" and args.permutations]
@@ -129,6 +139,7 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=1, help="repeats; the best time is kept")
     parser.add_argument("--no-anchor", action="store_true", help="skip scipy (for very large N)")
+    parser.add_argument("--memory", action="store_true", help="also measure the engine's working memory")
     parser.add_argument("--quick", action="store_true", help="N = 300, 256 x 64 features, 50 permutations")
     args = parser.parse_args()
     if args.quick:
