@@ -46,6 +46,26 @@ def _shape(text: str) -> tuple[int, int]:
     return rows, cols
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
+    return value
+
+
 # --------------------------------------------------------------------------------------------- commands
 def cmd_synth(args: argparse.Namespace) -> int:
     from .cohort import format_summary, read_manifest
@@ -133,6 +153,79 @@ def cmd_radiomics(args: argparse.Namespace) -> int:
     print(f"wrote {out} (and {extras})")
     if s["extracted"] == 0:
         raise Rad4XCNNError(f"no case gave radiomic features; the reasons are in {paths['failures']}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .cohort import read_manifest
+    from .correlation import read_feature_table
+    from .explanation import explain, rank_by_importance, replicate, write_explanation, write_replicability
+    from .storage import write_csv_atomic
+
+    deep = read_feature_table(args.deep, "deep-feature")
+    radiomics = read_feature_table(args.radiomics, "radiomics")
+    importances = None
+    if args.importances:
+        if not Path(args.importances).is_file():
+            raise Rad4XCNNError(f"importances table not found: {args.importances}")
+        importances = pd.read_csv(args.importances)
+    groups = None
+    if args.cohorts:
+        cohort = read_manifest(args.cohorts, check_files=False, assign_split=False)
+        groups = pd.Series({case.case_id: case.cohort for case in cohort.cases}, dtype=object)
+    result = explain(
+        deep,
+        radiomics,
+        args.threshold,
+        fdr=args.fdr,
+        permutations=args.permutations,
+        alpha=args.alpha,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        backend=args.backend,
+        chunk_size=args.chunk_size,
+        progress=args.verbosity >= 0,
+    )
+    out = Path(args.out)
+    written = write_explanation(result, out)
+    summary = result.summary()
+    rule = f"|rho| >= {args.threshold:.2f}" + (f" and q <= {args.fdr:g}" if args.fdr is not None else "")
+    n_left = len(result.dropped_cases)
+    print(
+        f"{summary['n_cases']} cases ({n_left} left out), {summary['n_deep_features']} deep x "
+        f"{summary['n_radiomic_features']} radiomic features; {len(result.correlations)} pairs with {rule}"
+    )
+    status = result.explanations.groupby("model", sort=False)["status"].value_counts().unstack(fill_value=0)
+    for model, counts in status.iterrows():
+        varying = int(counts.get("explained", 0) + counts.get("unexplained", 0))
+        print(f"  {model}: {int(counts.get('explained', 0))} of {varying} varying deep features explained")
+    zero = result.zero_variance
+    if zero["deep"] or zero["radiomic"]:
+        print(f"  constant, no rho: {len(zero['deep'])} deep and {len(zero['radiomic'])} radiomic feature(s)")
+    if result.permutation_threshold is not None:
+        print(
+            f"  permutation test ({args.permutations} shuffles): |rho| > {result.permutation_threshold:.3f} "
+            f"keeps the family-wise error at {args.alpha:g}; suggested M >= {result.suggested_M:.2f}"
+        )
+    if importances is not None:
+        ranked = rank_by_importance(result, importances, classifier=args.classifier)
+        written["by_importance"] = write_csv_atomic(out / "explanations_by_importance.csv", ranked)
+        top = ranked.head(args.top)
+        print(
+            f"  of the {len(top)} most important deep features, {int((top['status'] == 'explained').sum())} "
+            "are explained"
+        )
+    if groups is not None:
+        rep = replicate(deep, radiomics, groups, args.threshold, fdr=args.fdr, backend=args.backend)
+        written.update(write_replicability(rep, out))
+        for row in rep.summary.itertuples():
+            print(
+                f"  replicability {row.cohort_a} -> {row.cohort_b}: {row.n_replicated} of {row.n_kept_a} "
+                f"pairs hold in both; rho agreement r = {row.rho_agreement:.2f}"
+            )
+    print(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {out}")
     return 0
 
 
@@ -238,6 +331,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split for cases without one")
     p.set_defaults(func=cmd_radiomics)
+
+    p = sub.add_parser(
+        "explain",
+        help="explain deep features by correlated radiomic features (Spearman, |rho| >= M)",
+        description=(
+            "Correlate every deep feature with every radiomic feature (Spearman's rho over the cases in "
+            "both tables) and explain each deep feature by the radiomic features with |rho| >= M. Writes "
+            "correlations.csv, explanations.csv, coverage.csv, explanation.json and the rho/p/q matrices."
+        ),
+    )
+    p.add_argument("--deep", required=True, help="deep_features.csv (case_id x deep features)")
+    p.add_argument("--radiomics", required=True, help="radiomics.csv (case_id x radiomic features)")
+    p.add_argument("--threshold", "-M", type=_unit_interval, default=0.6, help="M, the smallest |rho| (0.6)")
+    p.add_argument("--fdr", type=_unit_interval, help="also require a Benjamini-Hochberg q-value <= this")
+    p.add_argument("--permutations", type=_count, default=0, help="case shuffles for the max-|rho| null (0)")
+    p.add_argument("--alpha", type=_unit_interval, default=0.05, help="family-wise error level (0.05)")
+    p.add_argument("--bootstrap", type=_count, default=200, help="resamples for rho intervals (200; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap (0)")
+    p.add_argument("--cohorts", metavar="MANIFEST", help="manifest with a cohort column: replicability")
+    p.add_argument("--importances", metavar="CSV", help="importances.csv: explain important features first")
+    p.add_argument("--classifier", help="the classifier whose importances to use (default: all, averaged)")
+    p.add_argument("--top", type=_positive_int, default=20, help="important features to report (20)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "numpy", "torch", "torch:cpu", "torch:cuda"),
+        help="auto: torch on a GPU when present, else numpy",
+    )
+    p.add_argument("--chunk-size", type=_positive_int, help="deep features per chunk (default: by memory)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
         "demo",
