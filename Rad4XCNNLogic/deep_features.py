@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -83,7 +83,8 @@ def grey_input(loaded: LoadedCase, config: PreprocessConfig) -> tuple[np.ndarray
     """The case's crop as a grey ``(input_size, input_size)`` float32 array in [0, 1], and the crop."""
     crop = case_crop(loaded, config)
     scaled = scale_intensity(loaded.image.array, config.intensity)
-    return crop.to_input(scaled, config.input_size, config.interpolation), crop
+    array = crop.to_input(scaled, config.input_size, config.interpolation)
+    return np.require(array, np.float32, ["C_CONTIGUOUS", "WRITEABLE"]), crop  # Pillow's arrays are read-only
 
 
 def normalize_batch(grey: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
@@ -365,9 +366,10 @@ def extract_deep_features(
     compute_dtype = resolve_dtype(dtype, dev)
     if isinstance(model, Backbone):
         backbone = model
-        if margin is not None or input_size is not None:
+        if margin is not None or input_size is not None:  # the caller's backbone is left as it was
             changes = {k: v for k, v in (("margin", margin), ("input_size", input_size)) if v is not None}
-            backbone.preprocess = PreprocessConfig.from_dict({**backbone.preprocess.to_dict(), **changes})
+            preprocess = PreprocessConfig.from_dict({**backbone.preprocess.to_dict(), **changes})
+            backbone = replace(backbone, preprocess=preprocess)
     else:
         backbone = build_backbone(
             model, weights, pretrained=pretrained, seed=seed, input_size=input_size, margin=margin
@@ -378,7 +380,7 @@ def extract_deep_features(
     net = backbone.model.eval().to(dev)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape: let cuDNN pick its fastest
 
     weights_id = {
         "source": backbone.weights.source,
