@@ -181,13 +181,16 @@ def available_cpus() -> int:
 
 
 def default_workers(device_type: str, n_items: int, batch_size: int) -> int:
-    """Worker processes for decoding: none for a single batch; one on a CPU run (the model needs the
-    cores); on a GPU as many as there are spare cores, up to 16, so that decoding keeps up."""
+    """Decoding processes: on a GPU one per spare core, up to 16, so that decoding keeps up with the model;
+    none on a CPU run or for a single batch.
+
+    On a CPU the model already uses every core, and reading and cropping a case costs a few per cent of a
+    ResNet50 forward pass: a worker would only compete with the model's threads (measured in
+    BENCHMARKS.md: 0 workers gave a higher share of the raw forward rate than 1 on 2 cores).
+    """
     cpus = available_cpus()
-    if n_items <= batch_size or cpus < 2:
+    if device_type == "cpu" or n_items <= batch_size or cpus < 2:
         return 0
-    if device_type == "cpu":
-        return 1
     return max(1, min(16, cpus - 1))
 
 

@@ -262,7 +262,7 @@ def train_model(
     import torch
     from tqdm.auto import tqdm
 
-    from .deep_features import available_cpus, make_loader, normalize_batch
+    from .deep_features import default_workers, make_loader, normalize_batch
     from .models import build_backbone, resolve_device, resolve_dtype, save_checkpoint
 
     if epochs < 1:
@@ -330,7 +330,7 @@ def train_model(
     y_train = np.array([index_of[c.label] for c in train])
     y_val = np.array([index_of[c.label] for c in val])
     if num_workers is None:
-        num_workers = 0 if len(train) <= batch_size else min(8, max(1, available_cpus() - 1))
+        num_workers = default_workers(dev.type, len(train), batch_size)
     batch = min(batch_size, len(train))
     train_loader = make_loader(
         train_set,
@@ -460,10 +460,10 @@ def train_model(
         auc = roc_auc(labels, proba)
         record = {
             "epoch": epoch,
-            "train_loss": round(total_loss / seen, 6),
-            "val_loss": round(val_loss / len(labels), 6),
-            "val_auc": round(auc, 6),
-            "val_accuracy": round(float(np.mean(proba.argmax(1) == np.asarray(labels))), 6),
+            "train_loss": total_loss / seen,
+            "val_loss": val_loss / len(labels),
+            "val_auc": auc,
+            "val_accuracy": float(np.mean(proba.argmax(1) == np.asarray(labels))),
             "lr": float(optimizer.param_groups[0]["lr"]),
             "seconds": round(time.perf_counter() - t0, 3),
         }

@@ -26,13 +26,6 @@ from Rad4XCNNLogic.models import (  # noqa: E402
 )
 
 
-def run_deep(manifest, tmp_path, *args, env=None):
-    """``rad4xcnn deep`` in a subprocess, as a user runs it."""
-    command = [sys.executable, "-m", "Rad4XCNNLogic", "deep", "--manifest", str(manifest)]
-    command += [*args, "--out", str(tmp_path / "d.csv")]
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def two_case_cohort(tmp_path_factory):
     from Rad4XCNNLogic.cohort import read_manifest
@@ -44,7 +37,7 @@ def two_case_cohort(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "name, size",
-    [("resnet50", 2048), ("densenet121", 1024), ("vit_base_patch16_224", 768), ("vit_base_patch32_224", 768)],
+    [("resnet50", 2048), ("densenet121", 1024), ("vit_base_patch16_224", 768)],
 )
 def test_feature_size_per_architecture(name, size, two_case_cohort):
     from Rad4XCNNLogic.deep_features import extract_deep_features
@@ -93,12 +86,16 @@ def test_unknown_model_names_get_suggestions():
         check_model_name("resnet18.nope")
 
 
-def test_unknown_model_name_on_the_cli_is_one_line(synthetic_manifest, tmp_path):
-    proc = run_deep(synthetic_manifest, tmp_path, "--model", "vit_base_patch16_2244")
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr
-    assert "unknown model 'vit_base_patch16_2244'; closest timm names: vit_base_patch16_224" in proc.stderr
-    assert not (tmp_path / "d.csv").exists()
+def test_unknown_model_name_on_the_cli_is_one_line(synthetic_manifest, tmp_path, capsys):
+    from Rad4XCNNLogic.cli import main
+
+    out = tmp_path / "d.csv"
+    argv = ["deep", "--manifest", str(synthetic_manifest), "--model", "vit_base_patch16_2244"]
+    assert main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rad4xcnn: error: unknown model 'vit_base_patch16_2244'; closest timm names: ")
+    assert "vit_base_patch16_224" in err and "\n" not in err
+    assert not out.exists()
 
 
 def test_random_initialisation_is_seeded_and_reported(caplog):
@@ -207,16 +204,19 @@ def test_preprocess_config_for_models():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_asked_for_without_cuda(synthetic_manifest, tmp_path):
+def test_cuda_asked_for_without_cuda(synthetic_manifest, tmp_path, capsys):
     assert resolve_device("auto").type in ("cpu", "mps")
     assert resolve_dtype("auto", resolve_device("cpu")) == torch.float32
     with pytest.raises(Rad4XCNNError, match="device cuda was asked for but CUDA is not available"):
         resolve_device("cuda")
     with pytest.raises(Rad4XCNNError, match="unknown device 'tpu'"):
         resolve_device("tpu")
-    proc = run_deep(synthetic_manifest, tmp_path, "--model", "resnet18", "--device", "cuda")
-    assert proc.returncode == 2
-    assert "CUDA is not available on this machine" in proc.stderr and "Traceback" not in proc.stderr
+    from Rad4XCNNLogic.cli import main
+
+    argv = ["deep", "--manifest", str(synthetic_manifest), "--model", "resnet18", "--device", "cuda"]
+    assert main([*argv, "--out", str(tmp_path / "d.csv")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rad4xcnn: error: device cuda was asked for but CUDA is not available")
 
 
 def test_imagenet_weights_offline_say_how_to_give_a_file(synthetic_manifest, tmp_path):
@@ -231,8 +231,11 @@ def test_imagenet_weights_offline_say_how_to_give_a_file(synthetic_manifest, tmp
         "HF_HUB_ETAG_TIMEOUT": "2",
         "HF_HUB_DOWNLOAD_TIMEOUT": "2",
     }
-    # offline mode fails at once; run_deep's timeout only guards the test run
-    proc = run_deep(synthetic_manifest, tmp_path, "--model", "resnet18", "--weights", "imagenet", env=env)
+    # a subprocess, since huggingface_hub reads HF_HUB_OFFLINE when imported; offline mode fails at once,
+    # the timeout only guards the test run
+    command = [sys.executable, "-m", "Rad4XCNNLogic", "deep", "--manifest", str(synthetic_manifest)]
+    command += ["--model", "resnet18", "--weights", "imagenet", "--out", str(tmp_path / "d.csv")]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
