@@ -46,6 +46,26 @@ def _shape(text: str) -> tuple[int, int]:
     return rows, cols
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {value}")
+    return value
+
+
 # --------------------------------------------------------------------------------------------- commands
 def cmd_synth(args: argparse.Namespace) -> int:
     from .cohort import format_summary, read_manifest
@@ -136,6 +156,79 @@ def cmd_radiomics(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .cohort import read_manifest
+    from .correlation import read_feature_table
+    from .explanation import explain, rank_by_importance, replicate, write_explanation, write_replicability
+    from .storage import write_csv_atomic
+
+    deep = read_feature_table(args.deep, "deep-feature")
+    radiomics = read_feature_table(args.radiomics, "radiomics")
+    importances = None
+    if args.importances:
+        if not Path(args.importances).is_file():
+            raise Rad4XCNNError(f"importances table not found: {args.importances}")
+        importances = pd.read_csv(args.importances)
+    groups = None
+    if args.cohorts:
+        cohort = read_manifest(args.cohorts, check_files=False, assign_split=False)
+        groups = pd.Series({case.case_id: case.cohort for case in cohort.cases}, dtype=object)
+    result = explain(
+        deep,
+        radiomics,
+        args.threshold,
+        fdr=args.fdr,
+        permutations=args.permutations,
+        alpha=args.alpha,
+        bootstrap=args.bootstrap,
+        seed=args.seed,
+        backend=args.backend,
+        chunk_size=args.chunk_size,
+        progress=args.verbosity >= 0,
+    )
+    out = Path(args.out)
+    written = write_explanation(result, out)
+    summary = result.summary()
+    rule = f"|rho| >= {args.threshold:.2f}" + (f" and q <= {args.fdr:g}" if args.fdr is not None else "")
+    n_left = len(result.dropped_cases)
+    print(
+        f"{summary['n_cases']} cases ({n_left} left out), {summary['n_deep_features']} deep x "
+        f"{summary['n_radiomic_features']} radiomic features; {len(result.correlations)} pairs with {rule}"
+    )
+    status = result.explanations.groupby("model", sort=False)["status"].value_counts().unstack(fill_value=0)
+    for model, counts in status.iterrows():
+        varying = int(counts.get("explained", 0) + counts.get("unexplained", 0))
+        print(f"  {model}: {int(counts.get('explained', 0))} of {varying} varying deep features explained")
+    zero = result.zero_variance
+    if zero["deep"] or zero["radiomic"]:
+        print(f"  constant, no rho: {len(zero['deep'])} deep and {len(zero['radiomic'])} radiomic feature(s)")
+    if result.permutation_threshold is not None:
+        print(
+            f"  permutation test ({args.permutations} shuffles): |rho| > {result.permutation_threshold:.3f} "
+            f"keeps the family-wise error at {args.alpha:g}; suggested M >= {result.suggested_M:.2f}"
+        )
+    if importances is not None:
+        ranked = rank_by_importance(result, importances, classifier=args.classifier)
+        written["by_importance"] = write_csv_atomic(out / "explanations_by_importance.csv", ranked)
+        top = ranked.head(args.top)
+        print(
+            f"  of the {len(top)} most important deep features, {int((top['status'] == 'explained').sum())} "
+            "are explained"
+        )
+    if groups is not None:
+        rep = replicate(deep, radiomics, groups, args.threshold, fdr=args.fdr, backend=args.backend)
+        written.update(write_replicability(rep, out))
+        for row in rep.summary.itertuples():
+            print(
+                f"  replicability {row.cohort_a} -> {row.cohort_b}: {row.n_replicated} of {row.n_kept_a} "
+                f"pairs hold in both; rho agreement r = {row.rho_agreement:.2f}"
+            )
+    print(f"wrote {', '.join(sorted(p.name for p in written.values()))} to {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .cohort import format_summary, read_manifest
     from .synthetic import make_synthetic_cohort
@@ -145,6 +238,110 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cohort = read_manifest(manifest, check_images=True, seed=args.seed)
     print(f"Rad4XCNN demo: synthetic breast-ultrasound cohort in {out / 'cohort'}")
     print(format_summary(cohort))
+    return 0
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 5.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 5, got {value}")
+    return value
+
+
+def _print_failures(failures, what: str) -> None:
+    if failures:
+        print(f"{len(failures)} case(s) left out of {what}:")
+        for failure in failures:
+            print(f"  {failure}")
+
+
+def cmd_deep(args: argparse.Namespace) -> int:
+    from .cohort import read_manifest
+    from .deep_features import extract_deep_features, write_deep_features
+
+    if args.model is None and args.weights is None:
+        raise Rad4XCNNError(
+            "give --model NAME (a timm name such as resnet50), or --weights with a checkpoint"
+        )
+    cohort = read_manifest(args.manifest, seed=args.seed)
+    result = extract_deep_features(
+        cohort,
+        args.model,
+        args.weights,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        margin=args.margin,
+        input_size=args.input_size,
+        stage=args.stage,
+        dtype=args.dtype,
+        include_normal=args.include_normal,
+        cache_dir=args.cache,
+        progress=not args.no_progress and args.verbosity >= 0,
+        seed=args.seed,
+    )
+    out = write_deep_features(result, args.out)
+    s = result.settings
+    weights = s["weights"]
+    source = {
+        "random": f"random initialisation (seed {weights['seed']}): NOT a trained model",
+        "imagenet": f"ImageNet ({weights['tag']})",
+        "file": f"{weights['path']} (sha256 {str(weights['sha256'])[:12]})",
+    }[weights["source"]]
+    print(f"wrote {out}: {len(result.features)} cases x {s['feature_dim']} features of {s['model']}")
+    print(f"  weights: {source}")
+    print(
+        f"  {s['device']}, {s['dtype']}, batch {s['batch_size_used']}, "
+        f"input {s['preprocess']['input_size']} px, margin {s['preprocess']['margin']}; "
+        f"{result.cache_hits} from the cache, {result.computed} computed "
+        f"in {s['seconds']:.1f} s"
+    )
+    _print_failures(cohort.failures + result.failures, "the deep features")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .cohort import DEFAULT_COHORT, read_manifest
+    from .training import train_model
+
+    if args.model is None and args.weights is None:
+        raise Rad4XCNNError(
+            "give --model NAME (a timm name such as resnet50), or --weights with a checkpoint"
+        )
+    cohort = read_manifest(args.manifest, seed=args.seed, train_cohort=args.cohort or DEFAULT_COHORT)
+    result = train_model(
+        cohort,
+        args.model,
+        epochs=args.epochs,
+        device=args.device,
+        out=args.out,
+        weights=args.weights,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        input_size=args.input_size,
+        margin=args.margin,
+        augment=not args.no_augment,
+        train_cohort=args.cohort,
+        val_fraction=args.val_fraction,
+        include_normal=args.include_normal,
+        num_workers=args.workers,
+        dtype=args.dtype,
+        seed=args.seed,
+        progress=not args.no_progress and args.verbosity >= 0,
+    )
+    s = result.settings
+    print(
+        f"wrote {result.checkpoint}: {s['model']} for {', '.join(result.class_names)}, best validation AUC "
+        f"{result.best_val_auc:.4f} at epoch {result.best_epoch} of {len(result.history)} "
+        f"({s['train_cases']} train / {s['val_cases']} val cases, {s['seconds']:.0f} s on {s['device']})"
+    )
+    if s["base_weights"]["random_init"]:
+        print("  started from random weights (no --weights): expect less than with --weights imagenet")
+    _print_failures(cohort.failures + result.failures, "training")
     return 0
 
 
@@ -237,6 +434,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit 1 if any case was left out")
     p.set_defaults(func=cmd_cohort)
 
+    device_help = "auto (CUDA, else MPS, else CPU), cpu, cuda[:N] or mps (default auto)"
+    weights_help = (
+        "imagenet (timm's weights; needs network once), a state dict file (.pth/.safetensors), or a "
+        "checkpoint of 'rad4xcnn train'; none: random weights (seed), for testing only"
+    )
+    p = sub.add_parser(
+        "deep",
+        help="extract deep features (one pooled vector per lesion) with a timm backbone",
+        description="Crop each lesion, run it through the backbone and write deep_features.csv.",
+    )
+    p.add_argument("--manifest", required=True, help="cohort manifest CSV")
+    p.add_argument("--model", help="timm model name, e.g. resnet50, densenet121, vit_base_patch16_224")
+    p.add_argument("--weights", help=weights_help)
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    p.add_argument("--workers", type=int, help="image-decoding processes (default: by device)")
+    p.add_argument("--margin", type=_fraction, help="crop margin, fraction of the lesion size (default 0.1)")
+    p.add_argument("--input-size", type=_positive_int, help="model input size (default: the model's)")
+    p.add_argument("--stage", type=int, help="pool this intermediate stage instead of the final features")
+    p.add_argument("--include-normal", action="store_true", help="keep cases without a lesion (whole image)")
+    p.add_argument("--cache", metavar="DIR", help="cache folder: reruns reuse finished cases")
+    p.add_argument("--seed", type=int, default=0, help="seed of random weights and of missing splits")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="deep_features.csv to write")
+    p.set_defaults(func=cmd_deep)
+
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a backbone on the manifest's train split, validating on val",
+        description=(
+            "Transfer learning with ultrasound augmentation, class-weighted loss, AdamW and early stopping "
+            "on the validation AUC. Two-phase protocol: train on one cohort, then --weights PHASE1.pt "
+            "--cohort OTHER."
+        ),
+    )
+    p.add_argument("--manifest", required=True, help="cohort manifest CSV")
+    p.add_argument("--model", help="timm model name (default: the --weights checkpoint's)")
+    p.add_argument("--weights", help="starting weights: " + weights_help)
+    p.add_argument("--epochs", type=_positive_int, default=30, help="at most this many epochs (default 30)")
+    p.add_argument("--patience", type=_positive_int, default=8, help="early-stopping patience (default 8)")
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate (default 3e-4)")
+    p.add_argument("--input-size", type=_positive_int, help="model input size (default: the model's)")
+    p.add_argument("--margin", type=_fraction, help="crop margin, fraction of the lesion size (default 0.1)")
+    p.add_argument("--cohort", help="train and validate on this cohort only (default: every train/val case)")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="val share of train when no val split")
+    p.add_argument("--no-augment", action="store_true", help="no data augmentation")
+    p.add_argument("--include-normal", action="store_true", help="keep cases without a lesion (whole image)")
+    p.add_argument("--workers", type=int, help="image-decoding processes (default: by machine)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="checkpoint to write, e.g. model.pt")
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser(
         "radiomics",
         help="compute PyRadiomics features for every lesion case of a manifest",
@@ -268,6 +522,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split for cases without one")
     p.set_defaults(func=cmd_radiomics)
+
+    p = sub.add_parser(
+        "explain",
+        help="explain deep features by correlated radiomic features (Spearman, |rho| >= M)",
+        description=(
+            "Correlate every deep feature with every radiomic feature (Spearman's rho over the cases in "
+            "both tables) and explain each deep feature by the radiomic features with |rho| >= M. Writes "
+            "correlations.csv, explanations.csv, coverage.csv, explanation.json and the rho/p/q matrices."
+        ),
+    )
+    p.add_argument("--deep", required=True, help="deep_features.csv (case_id x deep features)")
+    p.add_argument("--radiomics", required=True, help="radiomics.csv (case_id x radiomic features)")
+    p.add_argument("--threshold", "-M", type=_unit_interval, default=0.6, help="M, the smallest |rho| (0.6)")
+    p.add_argument("--fdr", type=_unit_interval, help="also require a Benjamini-Hochberg q-value <= this")
+    p.add_argument("--permutations", type=_count, default=0, help="case shuffles for the max-|rho| null (0)")
+    p.add_argument("--alpha", type=_unit_interval, default=0.05, help="family-wise error level (0.05)")
+    p.add_argument("--bootstrap", type=_count, default=200, help="resamples for rho intervals (200; 0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of permutations and bootstrap (0)")
+    p.add_argument("--cohorts", metavar="MANIFEST", help="manifest with a cohort column: replicability")
+    p.add_argument("--importances", metavar="CSV", help="importances.csv: explain important features first")
+    p.add_argument("--classifier", help="the classifier whose importances to use (default: all, averaged)")
+    p.add_argument("--top", type=_positive_int, default=20, help="important features to report (20)")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "numpy", "torch", "torch:cpu", "torch:cuda"),
+        help="auto: torch on a GPU when present, else numpy",
+    )
+    p.add_argument("--chunk-size", type=_positive_int, help="deep features per chunk (default: by memory)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_explain)
 
     p = sub.add_parser(
         "demo",
