@@ -35,7 +35,7 @@ from Rad4XCNNLogic.errors import Rad4XCNNError
 
 POLL_INTERVAL_MS = 250
 THRESHOLD_DELAY_MS = 300
-SELF_TEST_DEPENDENCIES = "module"
+SELF_TEST_DEPENDENCIES = "pipeline"
 
 
 #
@@ -440,7 +440,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
     # ----------------------------------------------------------------------------------- background runs
     @staticmethod
     def _environment():
-        return background.engine_environment(slicer.util.startupEnvironment())
+        return bridge.engine_process_environment()
 
     def startCohortRun(self, values):
         """Start ``rad4xcnn run`` on the manifest (or on the scene's image/segmentation pairs)."""

@@ -93,14 +93,13 @@ class JobProgress:
         return max(0.0, min(1.0, self.done / self.total))
 
     def text(self) -> str:
-        """One line for a status label, e.g. ``radiomics: 12/40 cases``."""
+        """One line for a status label, e.g. ``radiomics: 12/40``."""
         if not self.stage:
             return self.message or "starting"
+        message = self.message if self.message and self.message != self.stage else ""
         if self.total:
-            return f"{self.stage}: {self.done or 0}/{self.total}" + (
-                f" - {self.message}" if self.message else ""
-            )
-        return f"{self.stage}" + (f": {self.message}" if self.message else "")
+            return f"{self.stage}: {self.done or 0}/{self.total}" + (f" - {message}" if message else "")
+        return f"{self.stage}" + (f": {message}" if message else "")
 
     def update(self, event: Mapping) -> None:
         kind = event.get("event")

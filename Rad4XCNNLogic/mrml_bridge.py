@@ -147,6 +147,14 @@ def headless_slicer() -> HeadlessSlicer:
     return _HEADLESS
 
 
+def engine_process_environment() -> dict[str, str]:
+    """The environment of a background engine process: Slicer's start-up environment inside Slicer (its
+    launcher, PythonSlicer, sets up the rest), else this process's; with the engine's progress settings."""
+    from .background import engine_environment
+
+    return engine_environment(slicer.util.startupEnvironment() if in_slicer_application() else None)
+
+
 def _scene():
     scene = getattr(slicer, "mrmlScene", None)
     if scene is None:

@@ -62,7 +62,7 @@ class RunResults:
         --------
         >>> results = RunResults.load("runs/busi", threshold=0.7)  # doctest: +SKIP
         >>> results.summary()  # doctest: +SKIP
-        'resnet50: 1187 of 2048 deep features explained at M = 0.70 (58%)'
+        'resnet50: 1187 of 2031 varying deep features explained at M = 0.70 (58%), 17 constant'
         """
         folder = Path(folder)
         if not folder.is_dir():
@@ -181,12 +181,12 @@ class RunResults:
         lines = []
         for model, rows in table.groupby("model", sort=False):
             explained = int((rows["status"] == "explained").sum())
-            varying = int((rows["status"] != "zero variance").sum())
+            constant = int((rows["status"] == "zero variance").sum())
+            varying = len(rows) - constant
             share = f" ({explained / varying:.0%})" if varying else ""
-            lines.append(
-                f"{model}: {explained} of {len(rows)} deep features explained "
-                f"at M = {self.threshold:.2f}{share}"
-            )
+            line = f"{model}: {explained} of {varying} varying deep features explained"
+            line += f" at M = {self.threshold:.2f}"
+            lines.append(line + share + (f", {constant} constant" if constant else ""))
         return "; ".join(lines)
 
 

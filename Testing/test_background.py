@@ -180,6 +180,8 @@ def test_progress_bookkeeping():
     assert progress.text() == "starting" and progress.fraction is None
     progress.update({"event": "progress", "stage": "radiomics", "done": 2, "total": 8, "message": "cases"})
     assert progress.fraction == 0.25 and progress.text() == "radiomics: 2/8 - cases"
+    progress.update({"event": "progress", "stage": "radiomics", "done": 3, "message": "radiomics"})
+    assert progress.text() == "radiomics: 3/8"  # a message that repeats the stage is not shown twice
     progress.update({"event": "stage-start", "stage": "deep"})
     assert progress.fraction is None and progress.stage == "deep"
     progress.update({"event": "stage-end", "stage": "deep"})

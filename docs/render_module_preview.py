@@ -65,9 +65,8 @@ EXAMPLE = {
     "caseSegmentComboBox": ["lesion"],
     "camMethodComboBox": ["gradcam", "gradcam++", "eigencam", "scorecam", "layercam"],
     "scenePairsLabel": "1 image(s) with a segmentation: malignant (12)",
-    "statusLabel": "radiomics: 468/780 - radiomic features",
-    "summaryLabel": "resnet50: 1187 of 2048 deep features explained at M = 0.60 (58%); 9 of the "
-    "classifier's 10 most important deep features are explained.",
+    "statusLabel": "radiomics: 468/780",
+    "summaryLabel": "resnet50: 1187 of 2031 varying deep features explained at M = 0.60 (58%), 17 constant",
 }
 SLIDERS = {"thresholdSliderWidget": (0.05, 1.0, 0.6), "camOpacitySliderWidget": (0.0, 1.0, 0.5)}
 
