@@ -112,6 +112,151 @@ def export_mask(scene_case: LoadedScene, folder: Path) -> Path:
     return manifest
 
 
+def _run_engine(name: str, *args: str, timeout: float = 900.0):
+    """Run one engine command as the module does (a background process with progress); the finished job."""
+    from .background import BackgroundJob, engine_command
+
+    job = BackgroundJob(engine_command(*args), env=bridge.engine_process_environment()).start()
+    code = job.wait(timeout=timeout)
+    if code is None:
+        job.cancel()
+    _check(code == 0, f"{name} failed: {job.error_message() or 'timed out'}\n{job.log_text()[-2000:]}")
+    return job
+
+
+def _explained_at(rho: np.ndarray, threshold: float) -> int:
+    """How many deep features have a radiomic partner with |rho| >= M, straight from the rho matrix."""
+    best = np.where(np.isnan(rho), -1.0, np.abs(rho)).max(axis=1) if rho.shape[1] else np.full(len(rho), -1.0)
+    return int((best >= threshold - 1e-12).sum())
+
+
+def run_small_correlation(manifest: Path, folder: Path, threshold: float = 0.6):
+    """Scenario 3: radiomic and deep features of the cohort and their Spearman correlations, computed by the
+    engine's commands in background processes (as the module runs them), then read back for a new M.
+
+    Deep features come from a randomly initialised ResNet-18 (no weights are downloaded). Returns the run's
+    :class:`~Rad4XCNNLogic.run_results.RunResults`.
+    """
+    import pandas as pd
+    from scipy import stats
+
+    from .run_results import RunResults
+
+    run = Path(folder) / "run"
+    job = _run_engine(
+        "radiomics", "radiomics", "--manifest", str(manifest), "--out", str(run / "radiomics.csv")
+    )
+    _check(
+        job.progress.stage == "radiomics" and job.progress.done == job.progress.total, "no radiomics progress"
+    )
+    _run_engine(
+        "deep features",
+        *("deep", "--manifest", str(manifest), "--out", str(run / "deep_features.csv")),
+        *("--model", "resnet18", "--input-size", "64", "--device", "cpu"),
+    )
+    _run_engine(
+        "correlation",
+        *("explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv")),
+        *("--out", str(run), "--threshold", str(threshold), "--bootstrap", "0"),
+    )
+    results = RunResults.load(run)
+    deep = pd.read_csv(run / "deep_features.csv", index_col=0)
+    radiomics = pd.read_csv(run / "radiomics.csv", index_col=0)
+    rho = results.rho
+    _check(rho.shape == (deep.shape[1], radiomics.shape[1]), f"rho is {rho.shape}, not deep x radiomic")
+    # one pair checked against SciPy, on the tables the engine wrote
+    i, j = np.unravel_index(int(np.nanargmax(np.abs(rho))), rho.shape)
+    expected = stats.spearmanr(deep.iloc[:, i], radiomics.loc[deep.index].iloc[:, j]).statistic
+    _check(abs(rho[i, j] - expected) < 1e-6, f"rho {rho[i, j]:.6f} differs from SciPy's {expected:.6f}")
+    for m in (threshold, 0.8):
+        at_m = results.with_threshold(m)
+        explained = int((at_m.explanations["status"] == "explained").sum())
+        _check(explained == _explained_at(rho, m), f"at M = {m}: {explained} explained, rho says otherwise")
+    fractions = results.coverage().to_numpy()
+    _check(bool(np.all(np.diff(fractions, axis=0) <= 1e-12)), "the coverage curve rises with M")
+    return results
+
+
+def fill_tables_and_plots(results, threshold: float = 0.6, new_threshold: float = 0.8):
+    """Scenario 4: the run's tables and plots as Slicer nodes, and a new M applied to the same nodes.
+
+    Returns the module's parameter node, which references the result nodes.
+    """
+    from . import mrml_parameters as settings
+    from . import mrml_results
+
+    scene = slicer.mrmlScene
+    node = settings.parameter_node(scene)
+    settings.set_value(node, "OutputFolder", str(results.folder))
+    results, _ = mrml_results.show_run(results, node, threshold)
+    rho = results.rho
+    table = bridge.dataframe_from_table_node(settings.get(node, "ExplanationsTable"))
+    _check(len(table) == rho.shape[0], f"the explanations table has {len(table)} rows, not {rho.shape[0]}")
+    _check(
+        int((table["status"] == "explained").sum()) == _explained_at(rho, threshold), "wrong explained count"
+    )
+    pairs = bridge.dataframe_from_table_node(settings.get(node, "CorrelationsTable"), index_col=None)
+    _check(len(pairs) == min(len(results.correlations), mrml_results.MAX_TABLE_ROWS), "correlation rows lost")
+    _check(bool((pairs["rho"].abs() >= threshold - 1e-12).all()), "a kept pair has |rho| < M")
+    coverage = settings.get(node, "CoverageChart")
+    for model, fractions in results.coverage().items():
+        _, y = bridge.series_values(coverage, str(model))
+        _check(np.allclose(y, fractions.to_numpy(), equal_nan=True), f"coverage of {model} differs")
+    histogram = settings.get(node, "RhoChart")
+    _, below = bridge.series_values(histogram, "below M")
+    _, above = bridge.series_values(histogram, "|rho| >= M")
+    _check(int(below.sum() + above.sum()) == int(np.isfinite(rho).sum()), "the histogram lost rho values")
+    bridge.show_table(settings.get(node, "ExplanationsTable"))
+    bridge.show_chart(coverage)
+    selection = bridge._application_logic().GetSelectionNode()
+    _check(selection.GetActiveTableID() == settings.get(node, "ExplanationsTable").GetID(), "table not shown")
+    _check(selection.GetActivePlotChartID() == coverage.GetID(), "coverage plot not shown")
+
+    # the M slider: the same nodes refilled from the stored rho, nothing recomputed, no node added
+    ids = {ref: settings.get(node, ref).GetID() for ref in ("ExplanationsTable", "CoverageChart", "RhoChart")}
+    n_nodes = scene.GetNumberOfNodes()
+    results, _ = mrml_results.apply_threshold(results, node, new_threshold)
+    _check(scene.GetNumberOfNodes() == n_nodes, "moving M added nodes")
+    _check(all(settings.get(node, ref).GetID() == i for ref, i in ids.items()), "moving M replaced nodes")
+    table = bridge.dataframe_from_table_node(settings.get(node, "ExplanationsTable"))
+    _check(int((table["status"] == "explained").sum()) == _explained_at(rho, new_threshold), "M not applied")
+    marker, _ = bridge.series_values(coverage, "M")
+    _check(np.allclose(marker, new_threshold), "the coverage plot's M marker did not move")
+    centres, counts = bridge.series_values(histogram, "below M")
+    _check(not bool(((np.abs(centres) >= new_threshold) & (counts > 0)).any()), "histogram not split at M")
+    return node
+
+
+def explain_case(scene_case: LoadedScene, parameter_node, results, folder: Path):
+    """Scenario 6: one case against the cohort (the Case panel): export it, compute its radiomic features
+    with the run's parameters in the background, and fill the case table."""
+    import pandas as pd
+
+    from . import mrml_parameters as settings
+    from . import mrml_results
+
+    settings.write_all(
+        parameter_node,
+        {"CaseImage": scene_case.volume, "CaseMask": scene_case.segmentation, "CaseSegment": "lesion"},
+    )
+    case_folder = Path(folder) / "case"
+    values = settings.read_all(parameter_node)
+    args = mrml_results.case_command(values, case_folder)
+    _run_engine("the case", *args)
+    summary = mrml_results.show_case(results, parameter_node, case_folder)
+    table = bridge.dataframe_from_table_node(settings.get(parameter_node, "CaseTable"), index_col=None)
+    _check(len(table) > 0, f"the case table is empty ({summary})")
+    cohort = pd.read_csv(Path(results.folder) / "radiomics.csv", index_col=0)
+    row = table.iloc[0]
+    # the case is one of the cohort: its values must be the cohort's own values for that case
+    own = cohort.loc[scene_case.case_id, row["radiomic_feature"]]
+    _check(abs(row["case_value"] - own) <= 1e-6 * max(1.0, abs(own)), "the case's radiomic value differs")
+    values = cohort[row["radiomic_feature"]].dropna()
+    expected = 100.0 * ((values < own).sum() + 0.5 * (values == own).sum()) / len(values)
+    _check(abs(row["percentile"] - expected) < 1e-9, "wrong percentile of the case in the cohort")
+    return table
+
+
 def lesion_map(scene_case: LoadedScene) -> np.ndarray:
     """A smooth map peaking inside the lesion: a stand-in for a CAM, to check the overlay's placement."""
     from scipy import ndimage
@@ -156,5 +301,11 @@ def run_all(folder: Path) -> Iterator[tuple[str, str]]:
     yield "load image and segmentation", scene_case.case_id
     exported = export_mask(scene_case, folder)
     yield "export the mask", str(exported)
+    results = run_small_correlation(manifest, folder)
+    yield "run a small correlation", results.summary()
+    parameter_node = fill_tables_and_plots(results)
+    yield "fill the tables and plots", "explanations, correlations, coverage and rho plots; M moved to 0.8"
+    table = explain_case(scene_case, parameter_node, results, folder)
+    yield "one case against the cohort", f"{len(table)} radiomic values compared"
     node = add_cam_overlay(scene_case)
     yield "CAM overlay", node.GetName()

@@ -46,8 +46,42 @@ def test_cam_overlay_places_any_map_faithfully(scene_case):
         scenarios.add_cam_overlay(scene_case, cam=shifted[:, :100])
 
 
+@pytest.fixture(scope="module")
+def correlation(cohort, tmp_path_factory):
+    """Scenario 3 once for the module: the engine's commands in background processes on the cohort."""
+    return scenarios.run_small_correlation(cohort, tmp_path_factory.mktemp("correlation"))
+
+
+def test_run_a_small_correlation(correlation):
+    assert correlation.rho.shape[0] == 512  # ResNet-18's pooled features
+    assert correlation.threshold == 0.6
+    assert "varying deep features explained at M = 0.60" in correlation.summary()
+
+
+def test_fill_tables_and_plots_and_move_m(scene_case, correlation):
+    node = scenarios.fill_tables_and_plots(correlation, threshold=0.6, new_threshold=0.75)
+    from Rad4XCNNLogic import mrml_parameters as settings
+
+    assert settings.get(node, "ExplanationsTable").GetName() == "Rad4XCNN explanations"
+    assert settings.get(node, "CoverageChart").GetNumberOfPlotSeriesNodes() == 2  # resnet18 and the M marker
+
+
+def test_one_case_against_the_cohort(scene_case, correlation, tmp_path):
+    node = scenarios.fill_tables_and_plots(correlation)
+    table = scenarios.explain_case(scene_case, node, correlation, tmp_path)
+    assert set(table["deep_feature"]) <= set(correlation.explanations.index)
+    assert table["percentile"].between(0, 100).all()
+
+
 def test_run_all_in_order(tmp_path):
     mb.headless_slicer()
     names = [name for name, _ in scenarios.run_all(tmp_path)]
-    assert names[:3] == ["synthetic cohort", "load image and segmentation", "export the mask"]
-    assert names[-1] == "CAM overlay"
+    assert names == [
+        "synthetic cohort",
+        "load image and segmentation",
+        "export the mask",
+        "run a small correlation",
+        "fill the tables and plots",
+        "one case against the cohort",
+        "CAM overlay",
+    ]
