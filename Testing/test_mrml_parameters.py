@@ -156,3 +156,16 @@ def test_every_parameter_is_well_formed():
             assert p.parse(p.format(p.default)) == p.default, p.name
     widgets = [p.widget for p in mp.PARAMETERS if p.widget]
     assert len(widgets) == len(set(widgets))
+
+
+def test_pipeline_arguments_parse_with_the_engine_cli(tmp_path):
+    """The Run button's command line must be one that ``rad4xcnn run`` accepts (once the pipeline exists)."""
+    from Rad4XCNNLogic.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    if "run" not in commands:
+        pytest.skip("the engine has no 'rad4xcnn run' command yet (the pipeline stage)")
+    values = {"Backbone": "resnet18", "WeightsSource": "random", "Threshold": 0.7, "Device": "cpu"}
+    args = parser.parse_args(mp.pipeline_arguments(values, tmp_path / "m.csv", tmp_path / "out"))
+    assert args.command == "run"

@@ -134,4 +134,8 @@ def test_case_errors(scene, tmp_path):
         mrml_results.load_run("")
     args = mrml_results.case_command({**values, "OutputFolder": str(tmp_path)}, tmp_path / "y")
     assert args[:2] == ["case", "--manifest"] and args[args.index("--cam") + 1] == "gradcam"
+    from Rad4XCNNLogic.cli import build_parser
+
+    parsed = build_parser().parse_args(args)  # the command line the module starts is one the CLI accepts
+    assert parsed.func.__name__ == "cmd_case" and parsed.weights == "imagenet"
     assert slicer.mrmlScene is env.scene
