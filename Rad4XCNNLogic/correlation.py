@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -478,13 +477,12 @@ def _prepare(
 
 
 def _progress_bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    from .progress import ProgressBar
 
     # delay: a bar appears only for work that lasts, so that small runs stay quiet.
-    return tqdm(total=total, desc=desc, disable=not enabled, leave=False, file=sys.stderr, delay=2.0)
+    return ProgressBar(total, desc=desc, stage="explain", enabled=enabled, delay=2.0)
 
 
-# ------------------------------------------------------------------------------------------- statistics
 def spearman_pvalues(rho: np.ndarray, n_cases: int) -> np.ndarray:
     """Two-sided p-values of Spearman's rho from ``n_cases`` cases: the t-distribution approximation with
     ``n - 2`` degrees of freedom, exactly as ``scipy.stats.spearmanr`` computes it. NaN stays NaN.

@@ -21,6 +21,7 @@ import numpy as np
 from .cohort import Case, Cohort, LoadedCase
 from .errors import CaseError, CaseFailure, Rad4XCNNError
 from .models import Backbone, PreprocessConfig
+from .progress import ProgressBar
 from .roi import SquareCrop
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -348,7 +349,6 @@ def extract_deep_features(
     import pandas as pd
     import timm
     import torch
-    from tqdm.auto import tqdm
 
     from .models import build_backbone, check_stage, pooled_features, resolve_device, resolve_dtype
     from .storage import ResultCache, settings_hash
@@ -440,11 +440,12 @@ def extract_deep_features(
             with torch.autocast(device_type=dev.type, dtype=compute_dtype, enabled=autocast):
                 return pooled_features(net, x, stage).float()
 
-        bar = tqdm(
-            total=len(pending),
+        bar = ProgressBar(
+            len(pending),
             desc=f"deep features ({backbone.architecture})",
+            stage=STAGE,
             unit="img",
-            disable=not progress,
+            enabled=progress,
         )
         with torch.inference_mode(), bar:
             for indices, grey, bad in loader:

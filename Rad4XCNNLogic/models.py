@@ -464,7 +464,11 @@ def build_backbone(
 
     if meta is not None:
         pre = PreprocessConfig.from_dict({**meta.get("preprocess", {}), "model_name": name})
-        changes = {k: v for k, v in (("input_size", input_size), ("margin", margin)) if v is not None}
+        changes = {
+            k: v
+            for k, v in (("input_size", input_size), ("margin", margin))
+            if v is not None and v != getattr(pre, k)
+        }
         if changes:
             log.warning("preprocessing %s differs from the one the checkpoint was trained with", changes)
             pre = PreprocessConfig.from_dict({**pre.to_dict(), **changes})

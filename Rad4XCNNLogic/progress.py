@@ -90,3 +90,86 @@ def track(
         dynamic_ncols=True,
         disable=None,
     )
+
+
+class ProgressBar:
+    """A manually advanced progress bar: tqdm on stderr for people, progress events in JSON-lines mode.
+
+    Use it where the work is not a plain loop over items (batches, epochs, chunks); :func:`track` wraps an
+    iterable. tqdm stays silent when stderr is not a terminal, so logs and CI output hold no bar lines.
+
+    Examples
+    --------
+    >>> with ProgressBar(total=100, desc="rho", stage="explain") as bar:  # doctest: +SKIP
+    ...     bar.update(10)
+    ...     bar.set_postfix(loss="0.41")
+    """
+
+    def __init__(
+        self,
+        total: int | None = None,
+        *,
+        desc: str = "",
+        stage: str = "",
+        enabled: bool = True,
+        unit: str = "it",
+        delay: float = 0.0,
+    ):
+        self.total = total
+        self.desc = desc
+        self.stage = stage or desc
+        self.done = 0
+        self.postfix = ""
+        self._last = 0.0
+        self._bar = None
+        self._events = enabled and machine_readable()
+        if enabled and not self._events:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total,
+                desc=desc,
+                unit=unit,
+                leave=False,
+                file=sys.stderr,
+                dynamic_ncols=True,
+                disable=None,
+                delay=delay,
+            )
+        if self._events:
+            emit("progress", self.stage, done=0, total=total, message=desc)
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        if self._events:
+            now = time.monotonic()
+            if now - self._last >= _MIN_INTERVAL_S or self.done == self.total:
+                self._last = now
+                message = f"{self.desc} {self.postfix}".strip()
+                emit("progress", self.stage, done=self.done, total=self.total, message=message)
+
+    def set_postfix(self, **values: Any) -> None:
+        self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
+        if self._bar is not None:
+            self._bar.set_postfix(**values)
+        if self._events:
+            emit(
+                "progress",
+                self.stage,
+                done=self.done,
+                total=self.total,
+                message=f"{self.desc} {self.postfix}",
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -24,6 +24,7 @@ import numpy as np
 from .cohort import Case, Cohort, LoadedCase
 from .errors import CaseFailure, Rad4XCNNError
 from .models import Backbone, PreprocessConfig
+from .progress import ProgressBar
 from .roi import SquareCrop
 
 log = logging.getLogger(__name__)
@@ -260,7 +261,6 @@ def train_model(
     """
     import timm
     import torch
-    from tqdm.auto import tqdm
 
     from .deep_features import default_workers, make_loader, normalize_batch
     from .models import build_backbone, resolve_device, resolve_dtype, save_checkpoint
@@ -419,10 +419,10 @@ def train_model(
         settings["dtype"],
         dev,
     )
-    bar = tqdm(
-        range(1, epochs + 1), desc=f"train {backbone.architecture}", unit="epoch", disable=not progress
+    bar = ProgressBar(
+        epochs, desc=f"train {backbone.architecture}", stage="train", unit="epoch", enabled=progress
     )
-    for epoch in bar:
+    for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         net.train()
         train_set.epoch = epoch
@@ -469,6 +469,7 @@ def train_model(
         }
         history.append(record)
         bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{auc:.3f}")
+        bar.update(1)
         log.info(
             "epoch %d/%d: train loss %.4f, val loss %.4f, val AUC %.4f",
             epoch,
