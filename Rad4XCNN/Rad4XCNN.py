@@ -310,9 +310,11 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelling..."
 
     def onLoadResults(self):
-        with slicer.util.tryWithErrorDisplay("Could not load the results.", waitCursor=True):
-            summary = self.logic.loadResults(self._parameterNode)
-            self.ui.summaryLabel.text = summary
+        with slicer.util.tryWithErrorDisplay("Could not load the results."):
+            if not self.logic.ensureDependencies("module"):
+                return
+            with slicer.util.WaitCursor():
+                self.ui.summaryLabel.text = self.logic.loadResults(self._parameterNode)
 
     def onThresholdChanged(self):
         if self._parameterNode is None or self.logic.results is None:
