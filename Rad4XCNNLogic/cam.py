@@ -61,6 +61,7 @@ __all__ = [
     "compute_cams",
     "default_target_layer",
     "energy_inside",
+    "first_component_projection",
     "heat_colours",
     "layer_candidates",
     "map_metrics",
@@ -435,12 +436,65 @@ def _hooks_paused(cam) -> Iterator[None]:
             handles.append(layer.register_forward_hook(holder.save_gradient))
 
 
+# ------------------------------------------------------------------------------------------------ EigenCAM
+def first_component_projection(activations: np.ndarray) -> np.ndarray:
+    """Each image's activations ``(C, h, w)`` projected on their first principal component: ``(B, h, w)``.
+
+    The computation of pytorch-grad-cam's ``get_2d_projection`` (centred over positions, SVD, projection
+    on the first right singular vector), with the economy SVD: the library asks for the full ``C x C``
+    matrix of right singular vectors and uses its first row, which costs 1.3 s per image for ResNet50's
+    2048 channels on a CPU against 8 ms. The first singular vector, sign included, is the same.
+
+    Examples
+    --------
+    >>> a = np.random.default_rng(0).random((1, 8, 3, 3)).astype(np.float32)
+    >>> first_component_projection(a).shape
+    (1, 3, 3)
+    """
+    activations = np.nan_to_num(np.asarray(activations, dtype=np.float32), nan=0.0)
+    projections = []
+    for image in activations:
+        flat = image.reshape(image.shape[0], -1).T
+        flat = flat - flat.mean(axis=0)
+        vt = np.linalg.svd(flat, full_matrices=False)[2]
+        projections.append((flat @ vt[0]).reshape(image.shape[1:]))
+    return np.float32(projections)
+
+
+_EIGEN_CLASSES: dict[str, type] = {}
+
+
+def _eigen_class(name: str):
+    """pytorch-grad-cam's EigenCAM / EigenGradCAM with one override, ``get_cam_image``: the economy SVD
+    of :func:`first_component_projection`."""
+    if name in _EIGEN_CLASSES:
+        return _EIGEN_CLASSES[name]
+    from pytorch_grad_cam import EigenCAM, EigenGradCAM
+
+    class FastEigenCAM(EigenCAM):
+        def get_cam_image(
+            self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth
+        ):
+            return first_component_projection(activations)
+
+    class FastEigenGradCAM(EigenGradCAM):
+        def get_cam_image(
+            self, input_tensor, target_layer, target_category, activations, grads, eigen_smooth
+        ):
+            return first_component_projection(grads * activations)
+
+    _EIGEN_CLASSES.update(eigencam=FastEigenCAM, eigengradcam=FastEigenGradCAM)
+    return _EIGEN_CLASSES[name]
+
+
 def _make_cam(method: str, model, layer: TargetLayer, batch_size: int, progress: bool):
     import pytorch_grad_cam
 
     transform = ActivationTransform(layer.prefix_tokens, layer.grid)
     if method == "scorecam":
         return _scorecam_class()(model, [layer.module], transform, batch_size=batch_size, progress=progress)
+    if method in ("eigencam", "eigengradcam"):
+        return _eigen_class(method)(model, [layer.module], reshape_transform=transform)
     cls = getattr(pytorch_grad_cam, METHODS[method].library_class)
     return cls(model, [layer.module], reshape_transform=transform)
 

@@ -383,6 +383,21 @@ def test_batched_scorecam_equals_the_librarys(tiny_model, capsys):
     np.testing.assert_allclose(ours, library, atol=1e-4)
 
 
+def test_eigencam_with_the_economy_svd_equals_the_librarys(tiny_model):
+    from pytorch_grad_cam import EigenCAM, EigenGradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    from Rad4XCNNLogic.cam import _eigen_class
+
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    targets = [ClassifierOutputTarget(i % 2) for i in range(3)]
+    for layer in (tiny_model.layer3, tiny_model.layer4):
+        ours = _eigen_class("eigencam")(tiny_model, [layer], ActivationTransform())(x, None)
+        np.testing.assert_allclose(ours, EigenCAM(tiny_model, [layer])(x, None), atol=1e-5)
+        ours = _eigen_class("eigengradcam")(tiny_model, [layer], ActivationTransform())(x, targets)
+        np.testing.assert_allclose(ours, EigenGradCAM(tiny_model, [layer])(x, targets), atol=1e-5)
+
+
 def test_maps_do_not_depend_on_the_batch(tmp_path, synthetic_manifest):
     from Rad4XCNNLogic.models import PreprocessConfig, build_backbone, save_checkpoint
 
