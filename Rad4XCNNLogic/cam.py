@@ -200,9 +200,11 @@ def default_target_layer(model) -> tuple[str, str]:
     The rule is the layer whose output the classifier pools, the convention of Grad-CAM:
 
     * ResNet family (``layer4``): the last block of the last stage, ``layer4.<last>``.
-    * DenseNet: ``features.norm5``, the final batch norm + ReLU over the concatenated features of the last
-      dense block. It is what the classifier pools; the raw ``denseblock4`` output is a concatenation of
-      un-normalised features of every layer of the block, whose scales differ, and its maps are noisier.
+    * DenseNet: ``features.norm5``, the final batch norm + ReLU over the last dense block's concatenated
+      features: exactly what the classifier pools, so Grad-CAM's channel weights are the classifier's own
+      (as for the last stage of a ResNet). The raw ``denseblock4`` output would be the same channels
+      before that normalisation, each on its own scale (the block's input and every layer's new
+      features), which skews the channel sums of EigenCAM and ScoreCAM's normalisation.
     * ViT and other token models (``blocks`` + ``patch_embed``): ``blocks.<last>.norm1``, reshaped from
       tokens to the patch grid (the class token attends to it in the last block).
     * EfficientNet / MobileNetV2 (``bn2``), ConvNeXt (``stages.<last>``); otherwise timm's last feature
@@ -216,7 +218,8 @@ def default_target_layer(model) -> tuple[str, str]:
     import torch
 
     if _is_token_model(model):
-        return f"blocks.{len(model.blocks) - 1}", "vit_block"  # replaced by norm1 below when present
+        last = len(model.blocks) - 1
+        return (f"blocks.{last}.norm1" if hasattr(model.blocks[last], "norm1") else f"blocks.{last}"), "vit"
     layer4 = getattr(model, "layer4", None)
     if isinstance(layer4, torch.nn.Sequential) and len(layer4) > 0:
         return f"layer4.{len(layer4) - 1}", "resnet"
@@ -303,11 +306,6 @@ def resolve_target_layer(model, name: str | None = None, input_size: int = 224) 
     token_model = _is_token_model(model)
     if name is None or not str(name).strip():
         layer_name, family = default_target_layer(model)
-        if family == "vit_block":
-            block = model.get_submodule(layer_name)
-            if hasattr(block, "norm1"):
-                layer_name += ".norm1"
-            family = "vit"
         found = _walk(model, layer_name)
         assert found is not None, layer_name
     else:
@@ -451,7 +449,8 @@ def first_component_projection(activations: np.ndarray) -> np.ndarray:
     >>> first_component_projection(a).shape
     (1, 3, 3)
     """
-    activations = np.nan_to_num(np.asarray(activations, dtype=np.float32), nan=0.0)
+    activations = np.array(activations, dtype=np.float32)  # a copy, as the library makes
+    activations[np.isnan(activations)] = 0.0
     projections = []
     for image in activations:
         flat = image.reshape(image.shape[0], -1).T

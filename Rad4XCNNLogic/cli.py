@@ -254,7 +254,8 @@ def cmd_cam(args: argparse.Namespace) -> int:
     agreement = result.agreement_summary()
     if not agreement.empty:
         iou = next(c for c in agreement.columns if c.endswith("_iou"))
-        print(f"  agreement between methods (mean over cases): Spearman, {iou.replace('_', ' ')}")
+        share = round(100 * s["top_fraction"])
+        print(f"  agreement between methods (mean over cases): Spearman, top-{share}% IoU")
         for (a, b), row in agreement.iterrows():
             print(f"  {a} vs {b}: {row['spearman']:.3f}, {row[iou]:.3f}")
     _print_failures(cohort.failures + result.failures, "the saliency maps")
