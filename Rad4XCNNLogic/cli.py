@@ -345,9 +345,60 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cam(args: argparse.Namespace) -> int:
+    from .cam import compute_cams
+    from .cohort import read_manifest
+
+    if args.model is None and args.weights is None:
+        raise Rad4XCNNError("give --weights with a checkpoint of 'rad4xcnn train' (or --model NAME)")
+    cohort = read_manifest(args.manifest, seed=args.seed)
+    if args.split:
+        cohort = cohort.subset(split=args.split)
+    result = compute_cams(
+        cohort,
+        args.weights,
+        model=args.model,
+        methods=args.methods,
+        cases=args.cases,
+        target_class=args.target_class,
+        target_layer=args.target_layer,
+        device=args.device,
+        batch_size=args.batch_size,
+        pointing_tolerance=args.tolerance,
+        out_dir=args.out,
+        seed=args.seed,
+        progress=not args.no_progress and args.verbosity >= 0,
+    )
+    s = result.settings
+    folder = Path(args.out) / "cam"
+    print(
+        f"wrote {s['maps']} maps of {s['cases']} case(s) to {folder} ({s['model']}, "
+        f"layer {s['target_layer']}, {s['device']}, {s['seconds']:.1f} s)"
+    )
+    if not s["task_classifier"]:
+        print("  the model has no classifier trained for the task: the maps are not meaningful for it")
+    summary = result.summary()
+    if not summary.empty:
+        print("  method        pointing game   energy in lesion (chance)   empty maps")
+        for method, row in summary.iterrows():
+            print(
+                f"  {method:<12}  {row['pointing_game']:>13.3f}   {row['energy_inside']:>16.3f} "
+                f"({row['energy_chance']:.3f})   {int(row['empty_maps']):>10d}"
+            )
+    agreement = result.agreement_summary()
+    if not agreement.empty:
+        iou = next(c for c in agreement.columns if c.endswith("_iou"))
+        share = round(100 * s["top_fraction"])
+        print(f"  agreement between methods (mean over cases): Spearman, top-{share}% IoU")
+        for (a, b), row in agreement.iterrows():
+            print(f"  {a} vs {b}: {row['spearman']:.3f}, {row[iou]:.3f}")
+    _print_failures(cohort.failures + result.failures, "the saliency maps")
+    return 0
+
+
 def cmd_case(args: argparse.Namespace) -> int:
-    """One case against a finished run: its radiomic features with the run's own parameters (and its CAM
-    once the CAM stage is part of the engine); the 3D Slicer module runs this in the background."""
+    """One case against a finished run: its radiomic features with the run's own parameters, and its CAM;
+    the 3D Slicer module runs this in the background."""
     from .cohort import read_manifest
     from .radiomic_features import extract_radiomics, write_radiomics
     from .run_results import case_radiomics_params
@@ -370,8 +421,21 @@ def cmd_case(args: argparse.Namespace) -> int:
         f"(parameters: {params})"
     )
     if args.cam:
-        # The CAM stage (issue of the lead: cam.py) writes cam/<case>_<method>.nrrd in the image's geometry.
-        log.warning("CAMs are not part of this build of the engine yet; %s was not computed", args.cam)
+        from .cam import compute_cams
+
+        # writes <out>/cam/<case>_<method>.nrrd in the image's geometry, which the module overlays
+        cams = compute_cams(
+            cohort,
+            args.weights,
+            model=args.model,
+            methods=[args.cam],
+            device=args.device,
+            out_dir=out,
+            progress=args.verbosity >= 0,
+        )
+        if cams.failures:
+            raise Rad4XCNNError(str(cams.failures[0]))
+        print(f"case {case.case_id}: {args.cam} map in {out / 'cam'}")
     return 0
 
 
@@ -553,6 +617,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-size", type=_positive_int, help="deep features per chunk (default: by memory)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser(
+        "cam",
+        help="saliency maps (Grad-CAM, EigenCAM, ScoreCAM, ...) in image geometry, with their metrics",
+        description=(
+            "Compute class activation maps of a trained model on each case's lesion crop, map them back onto "
+            "the image (NRRD in the image's size, spacing and origin, and a PNG overlay) and measure them: "
+            "the CAM energy inside the lesion, the pointing game, and the agreement between methods "
+            "(Spearman correlation, top-20% IoU); writes OUT/cam/. Cost: ScoreCAM runs one forward pass "
+            "per channel of the target layer for every case (2048 for ResNet50's last stage, 1024 for "
+            "DenseNet121, 768 for ViT-B, 512 for ResNet18), --batch-size at a time: hundreds of times "
+            "Grad-CAM's cost."
+        ),
+    )
+    p.add_argument("--manifest", required=True, help="cohort manifest CSV")
+    p.add_argument(
+        "--weights",
+        help="checkpoint of 'rad4xcnn train' (the model with its trained classifier); with --model also "
+        "imagenet or a state dict file, whose maps explain ImageNet's classes, not the task",
+    )
+    p.add_argument("--model", help="timm model name (default: the checkpoint's)")
+    p.add_argument(
+        "--methods",
+        default="gradcam,eigencam,scorecam",
+        help="comma-separated: gradcam, gradcam++, xgradcam, hirescam, layercam, eigencam, eigengradcam, "
+        "scorecam (default gradcam,eigencam,scorecam)",
+    )
+    p.add_argument("--cases", help="comma-separated case ids (default: every case)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="only the cases of this split")
+    p.add_argument("--target-class", help="the class explained, by name (default: each case's prediction)")
+    p.add_argument(
+        "--target-layer",
+        help="dotted module name, e.g. layer4.1 or layer4[-1] (default: layer4[-1] for ResNets, "
+        "features.norm5 for DenseNets, blocks[-1].norm1 for ViTs)",
+    )
+    p.add_argument("--device", default="auto", help=device_help)
+    p.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=32,
+        help="images per forward pass: cases for Grad-CAM and EigenCAM, masked inputs for ScoreCAM "
+        "(default 32)",
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=0.0, help="pointing game: pixels around the lesion that count"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of missing splits (and of random weights)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="output folder; the maps and tables go to OUT/cam/")
+    p.set_defaults(func=cmd_cam)
 
     p = sub.add_parser(
         "demo",

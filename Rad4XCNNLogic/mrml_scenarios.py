@@ -229,7 +229,11 @@ def fill_tables_and_plots(results, threshold: float = 0.6, new_threshold: float 
 
 def explain_case(scene_case: LoadedScene, parameter_node, results, folder: Path):
     """Scenario 6: one case against the cohort (the Case panel): export it, compute its radiomic features
-    with the run's parameters in the background, and fill the case table."""
+    (with the run's parameters) and its Grad-CAM in the background, fill the case table and show the CAM.
+
+    The CAM comes from a randomly initialised ResNet-18 (nothing is downloaded): its map checks the plumbing,
+    not the network. Returns the case table and the CAM array.
+    """
     import pandas as pd
 
     from . import mrml_parameters as settings
@@ -237,7 +241,16 @@ def explain_case(scene_case: LoadedScene, parameter_node, results, folder: Path)
 
     settings.write_all(
         parameter_node,
-        {"CaseImage": scene_case.volume, "CaseMask": scene_case.segmentation, "CaseSegment": "lesion"},
+        {
+            "CaseImage": scene_case.volume,
+            "CaseMask": scene_case.segmentation,
+            "CaseSegment": "lesion",
+            "Backbone": "resnet18",
+            "WeightsSource": "random",
+            "Device": "cpu",
+            "CamMethod": "gradcam",
+            "CamOpacity": 0.45,
+        },
     )
     case_folder = Path(folder) / "case"
     values = settings.read_all(parameter_node)
@@ -254,7 +267,16 @@ def explain_case(scene_case: LoadedScene, parameter_node, results, folder: Path)
     values = cohort[row["radiomic_feature"]].dropna()
     expected = 100.0 * ((values < own).sum() + 0.5 * (values == own).sum()) / len(values)
     _check(abs(row["percentile"] - expected) < 1e-9, "wrong percentile of the case in the cohort")
-    return table
+    _, cam = mrml_results.read_case_outputs(case_folder)
+    _check(cam is not None, "the case command wrote no CAM")
+    overlay = settings.get(parameter_node, "CamVolume")
+    _check(overlay is not None, "the CAM is not shown")
+    _check(
+        np.allclose(bridge.ijk_to_ras_array(overlay), bridge.ijk_to_ras_array(scene_case.volume)),
+        "the case's CAM is not in the image's geometry",
+    )
+    _check(all(abs(layer["opacity"] - 0.45) < 1e-9 for layer in bridge.slice_layers()), "opacity not applied")
+    return table, cam
 
 
 def lesion_map(scene_case: LoadedScene) -> np.ndarray:
@@ -269,7 +291,8 @@ def lesion_map(scene_case: LoadedScene) -> np.ndarray:
 def add_cam_overlay(scene_case: LoadedScene, cam: np.ndarray | None = None, opacity: float = 0.4):
     """Scenario 5: show a CAM over the image: heat colours, foreground layer, the image's geometry.
 
-    ``cam`` defaults to :func:`lesion_map`. Returns the CAM volume node.
+    ``cam`` is a map of the image's pixel grid, e.g. the Grad-CAM of :func:`explain_case`; it defaults to
+    :func:`lesion_map`. Returns the CAM volume node.
     """
     cam = lesion_map(scene_case) if cam is None else np.asarray(cam)
     node = bridge.cam_overlay(cam, scene_case.volume, opacity=opacity)
@@ -305,7 +328,7 @@ def run_all(folder: Path) -> Iterator[tuple[str, str]]:
     yield "run a small correlation", results.summary()
     parameter_node = fill_tables_and_plots(results)
     yield "fill the tables and plots", "explanations, correlations, coverage and rho plots; M moved to 0.8"
-    table = explain_case(scene_case, parameter_node, results, folder)
+    table, cam = explain_case(scene_case, parameter_node, results, folder)
     yield "one case against the cohort", f"{len(table)} radiomic values compared"
-    node = add_cam_overlay(scene_case)
+    node = add_cam_overlay(scene_case, cam=cam)
     yield "CAM overlay", node.GetName()

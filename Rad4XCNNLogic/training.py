@@ -374,7 +374,7 @@ def train_model(
         return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
     history: list[dict] = []
-    best_auc, best_epoch, best_state = -math.inf, 0, None
+    best_auc, best_loss, best_epoch, best_state = -math.inf, math.inf, 0, None
     out = Path(out)
 
     def save() -> None:
@@ -478,8 +478,10 @@ def train_model(
             record["val_loss"],
             auc,
         )
-        if auc > best_auc + 1e-6:
-            best_auc, best_epoch = auc, epoch
+        # a tie in AUC (common at 1.0 on a small validation set) goes to the lower validation loss: the
+        # better calibrated model, whose batch-norm statistics have caught up with its weights
+        if auc > best_auc + 1e-6 or (auc >= best_auc - 1e-6 and record["val_loss"] < best_loss):
+            best_auc, best_loss, best_epoch = auc, record["val_loss"], epoch
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
             save()
         elif epoch - best_epoch >= patience:

@@ -68,9 +68,11 @@ def test_fill_tables_and_plots_and_move_m(scene_case, correlation):
 
 def test_one_case_against_the_cohort(scene_case, correlation, tmp_path):
     node = scenarios.fill_tables_and_plots(correlation)
-    table = scenarios.explain_case(scene_case, node, correlation, tmp_path)
+    table, cam = scenarios.explain_case(scene_case, node, correlation, tmp_path)
     assert set(table["deep_feature"]) <= set(correlation.explanations.index)
     assert table["percentile"].between(0, 100).all()
+    assert cam.shape == scenarios.SHAPE and np.isfinite(cam).all()
+    assert (tmp_path / "case" / "cam").is_dir()
 
 
 def test_run_all_in_order(tmp_path):

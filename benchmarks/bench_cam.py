@@ -1,0 +1,170 @@
+"""Benchmark: seconds per case of each CAM method, against the model's raw forward pass.
+
+For each model, ``compute_cams`` runs on a synthetic cohort (crop, resize, CAM, map back to the image,
+metrics, agreement; no files written) with each method on its own. The anchor is the raw forward pass of
+the same model on random tensors at the same batch size, measured in the same run: the ratio says how many
+forward passes' worth of time a method costs per case (Grad-CAM: a forward and a backward pass; ScoreCAM:
+one forward pass per channel of the target layer). ScoreCAM is also timed against pytorch-grad-cam's own
+ScoreCAM on one case (the library builds every masked input of a case at once).
+
+    python benchmarks/bench_cam.py --quick                        # resnet18 at 112 px, a few cases
+    python benchmarks/bench_cam.py                                # resnet18 and resnet50 at 224 px, CPU
+    python benchmarks/bench_cam.py --device cuda --cases 64 --batch-size 128
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def cpu_name() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def forward_seconds_per_image(net, size: int, batch: int, device, repeats: int = 3) -> float:
+    """The raw anchor: the model's forward pass on random tensors already on the device."""
+    import torch
+
+    x = torch.randn(batch, 3, size, size, device=device)
+    with torch.no_grad():
+        net(x)  # warm-up
+        best = float("inf")
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            net(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t0)
+    return best / batch
+
+
+def library_scorecam_seconds(net, layer, x, target: int, batch: int) -> float:
+    """pytorch-grad-cam's ScoreCAM on one case, with the same channel batch size."""
+    import torch
+    from pytorch_grad_cam import ScoreCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cam = ScoreCAM(net, [layer])
+    cam.batch_size = batch
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        cam(x, [ClassifierOutputTarget(target)])
+    seconds = time.perf_counter() - t0
+    cam.activations_and_grads.release()
+    return seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument("--methods", default="gradcam,gradcam++,layercam,eigencam,scorecam")
+    parser.add_argument("--cases", type=int, default=8, help="cases per gradient / EigenCAM method")
+    parser.add_argument("--scorecam-cases", type=int, default=1, help="cases for ScoreCAM (slow on a CPU)")
+    parser.add_argument("--input-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--library-models", default="resnet18", help="models whose ScoreCAM is also timed in the library"
+    )
+    parser.add_argument("--quick", action="store_true", help="resnet18 at 112 px, 4 cases")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.input_size, args.cases = "resnet18", 112, 4
+    logging.basicConfig(level=logging.ERROR)
+
+    import timm
+    import torch
+
+    from Rad4XCNNLogic.cam import check_methods, compute_cams, resolve_target_layer
+    from Rad4XCNNLogic.cohort import read_manifest
+    from Rad4XCNNLogic.deep_features import preprocess_case
+    from Rad4XCNNLogic.models import PreprocessConfig, build_backbone, resolve_device, save_checkpoint
+    from Rad4XCNNLogic.synthetic import make_synthetic_cohort
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    methods = check_methods(args.methods)
+    print(f"machine: {cpu_name()}, {torch.get_num_threads()} torch threads; device {device}")
+    if device.type == "cuda":
+        print(f"card: {torch.cuda.get_device_name(device)}")
+    try:
+        from importlib.metadata import version
+
+        grad_cam = version("grad-cam")
+    except Exception:
+        grad_cam = "?"
+    print(f"torch {torch.__version__}, timm {timm.__version__}, grad-cam {grad_cam}")
+    print(
+        f"input {args.input_size} px, batch {args.batch_size}, {args.cases} cases per method "
+        f"({args.scorecam_cases} for ScoreCAM)"
+    )
+    size = args.input_size
+    with tempfile.TemporaryDirectory() as tmp:
+        n = max(args.cases, args.scorecam_cases)
+        cohort = read_manifest(make_synthetic_cohort(Path(tmp) / "cohort", n, seed=0, shape=(256, 320)))
+        for name in args.models.split(","):
+            backbone = build_backbone(name, num_classes=2, input_size=size)
+            config = PreprocessConfig.for_model(name, input_size=size)
+            path = Path(tmp) / f"{name}.pt"
+            ckpt = save_checkpoint(path, backbone.model, name, config, class_names=["a", "b"])
+            net = backbone.model.eval().to(device)
+            anchor = forward_seconds_per_image(net, size, args.batch_size, device)
+            layer = resolve_target_layer(net, None, size)
+            common = {
+                "device": args.device,
+                "batch_size": args.batch_size,
+                "progress": False,
+                "keep_maps": False,
+            }
+            compute_cams(cohort, ckpt, methods="gradcam", cases=cohort.case_ids[:1], **common)  # warm-up
+            print(f"\n{name}: target layer {layer.name}; raw forward pass {1000 * anchor:.1f} ms per image")
+            print(f"  {'method':<10} {'CAM s/case':>11} {'x forward':>10} {'all-in s/case':>14}")
+            for method in methods:
+                cases = cohort.case_ids[: args.scorecam_cases if method == "scorecam" else args.cases]
+                t0 = time.perf_counter()
+                result = compute_cams(cohort, ckpt, methods=[method], cases=cases, **common)
+                wall = (time.perf_counter() - t0) / len(cases)
+                cam_s = result.settings["seconds_per_case"][method]
+                extra = ""
+                if method == "scorecam":
+                    channels = result.settings["target_layer_channels"]
+                    extra = f"  ({channels} forward passes per case)"
+                print(f"  {method:<10} {cam_s:>11.3f} {cam_s / anchor:>10.1f} {wall:>14.3f}{extra}")
+                if method == "scorecam" and name in args.library_models.split(","):
+                    x, _ = preprocess_case(cohort.cases[0].load(), config)
+                    lib = library_scorecam_seconds(net, layer.module, x[None].to(device), 1, args.batch_size)
+                    ours = compute_cams(
+                        cohort, ckpt, methods=["scorecam"], cases=cohort.case_ids[:1], **common
+                    )
+                    ours_s = ours.settings["seconds_per_case"]["scorecam"]
+                    mb = 4 * 3 * size * size / 2**20  # one masked float32 input
+                    print(
+                        f"  ScoreCAM, one case: ours {ours_s:.2f} s, pytorch-grad-cam's {lib:.2f} s "
+                        f"(ours / library = {ours_s / lib:.2f}); masked inputs held at once: ours "
+                        f"{args.batch_size * mb:.0f} MB, the library's {channels * mb:.0f} MB"
+                    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
