@@ -396,6 +396,49 @@ def cmd_cam(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_case(args: argparse.Namespace) -> int:
+    """One case against a finished run: its radiomic features with the run's own parameters, and its CAM;
+    the 3D Slicer module runs this in the background."""
+    from .cohort import read_manifest
+    from .radiomic_features import extract_radiomics, write_radiomics
+    from .run_results import case_radiomics_params
+
+    cohort = read_manifest(args.manifest)
+    if cohort.failures:
+        raise Rad4XCNNError(str(cohort.failures[0]))
+    if len(cohort) != 1:
+        raise Rad4XCNNError(f"a case manifest holds one case; {args.manifest} holds {len(cohort)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = case_radiomics_params(args.run, args.radiomics_params, out)
+    result = extract_radiomics(cohort, params, jobs=1, cache_dir=None, lesion_only=False)
+    if result.failures:
+        raise Rad4XCNNError(str(result.failures[0]))
+    write_radiomics(result, out / "radiomics.csv")
+    case = cohort.cases[0]
+    print(
+        f"case {case.case_id}: {result.features.shape[1]} radiomic features in {out / 'radiomics.csv'} "
+        f"(parameters: {params})"
+    )
+    if args.cam:
+        from .cam import compute_cams
+
+        # writes <out>/cam/<case>_<method>.nrrd in the image's geometry, which the module overlays
+        cams = compute_cams(
+            cohort,
+            args.weights,
+            model=args.model,
+            methods=[args.cam],
+            device=args.device,
+            out_dir=out,
+            progress=args.verbosity >= 0,
+        )
+        if cams.failures:
+            raise Rad4XCNNError(str(cams.failures[0]))
+        print(f"case {case.case_id}: {args.cam} map in {out / 'cam'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -635,6 +678,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external", type=int, default=40, help="external cases (default 40)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser(
+        "case",
+        help="compute one case's radiomic features (and CAM) against a finished run",
+        description="For the 3D Slicer module: the radiomic features of the one case of MANIFEST, with the "
+        "radiomics parameters of the run folder RUN (so that they compare with its cohort), written to OUT.",
+    )
+    p.add_argument("--manifest", required=True, help="a manifest with one case")
+    p.add_argument("--run", help="the cohort's run folder (its radiomics settings are reused)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--radiomics-params", default="paper", help="preset or YAML file when the run folder records none"
+    )
+    p.add_argument("--model", default="resnet50", help="backbone of the CAM (timm name)")
+    p.add_argument("--weights", help="weights of the CAM's network: imagenet or a checkpoint file")
+    p.add_argument("--cam", help="CAM method (gradcam, eigencam, ...)")
+    p.add_argument("--device", default="auto", help="where the network runs (auto, cpu, cuda)")
+    p.set_defaults(func=cmd_case)
     return parser
 
 

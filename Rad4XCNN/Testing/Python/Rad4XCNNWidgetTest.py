@@ -1,0 +1,50 @@
+"""GUI test of the Rad4XCNN widget in 3D Slicer: widgets and the parameter node stay in step.
+
+Run by ctest (``py_Rad4XCNNWidgetTest``) or from Slicer's Python console. The analysis behind the widget is
+tested by Rad4XCNNTest and by the pytest suite on the slicer-core wheel.
+"""
+
+import unittest
+
+import numpy as np
+import slicer
+
+from Rad4XCNNLogic import mrml_bridge as bridge
+from Rad4XCNNLogic import mrml_parameters as settings
+from Rad4XCNNLogic.imageio import Image2D
+
+
+class Rad4XCNNWidgetTest(unittest.TestCase):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+        slicer.util.selectModule("Rad4XCNN")
+        self.widget = slicer.util.getModuleWidget("Rad4XCNN")
+        self.node = self.widget.logic.getParameterNode()
+
+    def test_parameter_node_drives_the_widgets(self):
+        settings.write_all(self.node, {"Threshold": 0.75, "CamMethod": "eigencam", "Backbone": "densenet121"})
+        ui = self.widget.ui
+        self.assertAlmostEqual(ui.thresholdSliderWidget.value, 0.75)
+        self.assertEqual(ui.camMethodComboBox.currentText, "eigencam")
+        self.assertEqual(ui.backboneComboBox.currentText, "densenet121")
+
+    def test_widgets_drive_the_parameter_node(self):
+        ui = self.widget.ui
+        ui.thresholdSliderWidget.value = 0.8
+        ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+        self.assertAlmostEqual(settings.get(self.node, "Threshold"), 0.8)
+        self.assertEqual(settings.get(self.node, "Device"), "cpu")
+
+    def test_case_selectors_and_segments(self):
+        volume = bridge.volume_node_from_image(Image2D(np.zeros((16, 20), np.float32)), "us")
+        mask = np.zeros((16, 20), bool)
+        mask[4:9, 5:12] = True
+        segmentation = bridge.segmentation_from_mask(mask, volume, "us segmentation")
+        ui = self.widget.ui
+        ui.caseImageSelector.setCurrentNode(volume)
+        ui.caseMaskSelector.setCurrentNode(segmentation)
+        self.assertIs(settings.get(self.node, "CaseImage"), volume)
+        self.assertIs(settings.get(self.node, "CaseMask"), segmentation)
+        self.assertEqual(ui.caseSegmentComboBox.currentText, "lesion")
+        self.assertEqual(settings.get(self.node, "CaseSegment"), "lesion")
+        self.assertIn("us", ui.scenePairsLabel.text)
