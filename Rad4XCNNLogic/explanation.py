@@ -274,7 +274,8 @@ def _explanations_table(
         summary_line(n) if isinstance(n, str) else "" for n in table["strongest_partner"]
     ]
     for column in ("partners", "strongest_partner", "top_family", "families"):
-        table[column] = table[column].fillna("")
+        # object first: with no explained feature the column is all-NaN float, which "" cannot fill
+        table[column] = table[column].astype(object).fillna("")
     return table.set_index("deep_feature")
 
 
