@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .cohort import Case, Cohort, LoadedCase
+from .environment import available_cpus
 from .errors import CaseError, CaseFailure, Rad4XCNNError
 from .models import Backbone, PreprocessConfig
 from .progress import ProgressBar
@@ -172,13 +173,6 @@ def collate_cases(items):
         return [], None, bad
     batch = torch.from_numpy(np.stack([a for _, a in good])[:, None])
     return [i for i, _ in good], batch, bad
-
-
-def available_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def default_workers(device_type: str, n_items: int, batch_size: int) -> int:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .cohort import Case, Cohort
+from .environment import available_cpus
 from .errors import CaseError, CaseFailure, Rad4XCNNError
 from .storage import ResultCache, file_sha256, settings_hash, write_csv_atomic, write_json_atomic
 
@@ -453,14 +454,6 @@ class RadiomicsResult:
 
 
 # ------------------------------------------------------------------------------------------ helpers
-def available_cpus() -> int:
-    """Cores this process may use (respects CPU affinity, e.g. under Slurm or taskset)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that determine the feature values."""
     try:

@@ -16,25 +16,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def forward_seconds_per_image(net, size: int, batch: int, device, repeats: int = 3) -> float:
@@ -97,6 +84,7 @@ def main(argv=None) -> int:
     from Rad4XCNNLogic.cam import check_methods, compute_cams, resolve_target_layer
     from Rad4XCNNLogic.cohort import read_manifest
     from Rad4XCNNLogic.deep_features import preprocess_case
+    from Rad4XCNNLogic.environment import cpu_name
     from Rad4XCNNLogic.models import PreprocessConfig, build_backbone, resolve_device, save_checkpoint
     from Rad4XCNNLogic.synthetic import make_synthetic_cohort
 

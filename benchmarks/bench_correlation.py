@@ -99,9 +99,7 @@ def bench_one_n(n: int, args: argparse.Namespace, backends: list[str], gpu: str 
             stats.spearmanr(d_arr[:, i], r_arr[:, j])
         per_pair = (time.perf_counter() - t0) / len(d_cols)
         loop_seconds = per_pair * args.deep * args.radiomic
-        print(
-            f"  scipy.stats.spearmanr, one call per pair: ~{loop_seconds:8.0f} s (from 200 pairs, scaled)"
-        )
+        print(f"  scipy.stats.spearmanr, one call per pair: ~{loop_seconds:8.0f} s (from 200 pairs, scaled)")
     for backend in backends:
         spearman(deep.iloc[:50], rad.iloc[:50], backend=backend)  # warm-up: imports, CUDA context
         seconds, result = timed(lambda b=backend: spearman(deep, rad, backend=b), args.repeat)

@@ -17,7 +17,6 @@ import argparse
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,17 +24,6 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def make_cohort(folder: Path, n_images: int, unique: int, shape: tuple[int, int], fmt: str):
@@ -103,6 +91,8 @@ def raw_forward(backbone, device, dtype, batch_size: int, images: int, channels_
 
 
 def main(argv=None) -> int:
+    from Rad4XCNNLogic.environment import cpu_name
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

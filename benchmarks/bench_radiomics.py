@@ -60,12 +60,8 @@ def main(argv=None) -> int:
     import radiomics
 
     from Rad4XCNNLogic.cohort import read_manifest
-    from Rad4XCNNLogic.radiomic_features import (
-        _quiet_pyradiomics,
-        available_cpus,
-        library_versions,
-        resolve_params,
-    )
+    from Rad4XCNNLogic.environment import available_cpus, cpu_name
+    from Rad4XCNNLogic.radiomic_features import _quiet_pyradiomics, library_versions, resolve_params
     from Rad4XCNNLogic.synthetic import make_synthetic_cohort
 
     logging.basicConfig(level=logging.WARNING)
@@ -74,7 +70,7 @@ def main(argv=None) -> int:
     jobs_list = sorted({1, *(args.jobs or range(2, cores + 1))})  # one process is the baseline
     params = resolve_params(args.params)
     versions = library_versions()
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_name()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
