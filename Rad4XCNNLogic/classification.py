@@ -512,6 +512,27 @@ def _used_features(classifier: str, estimator, n_features: int) -> np.ndarray:
     return np.ones(n_features, dtype=bool)
 
 
+def ranking_model(pipeline) -> tuple[Any, str]:
+    """The estimator and method whose output ranks cases for AUCs, ROC curves and permutation importance.
+
+    For a two-class SVM, its own decision function: Platt's sigmoid is fitted on cross-validated decision
+    values, and when those happen to anti-correlate with the label (a weak, unstable SVM) the sigmoid
+    comes out decreasing and would reverse the ranking of the SVM fitted on all the training data. When
+    it does not, the two rank alike and give the same AUC. For every other model, ``predict_proba``.
+    Its input is the pipeline's transformed features (``pipeline[:-1].transform(X)``).
+    """
+    clf = pipeline.steps[-1][1]
+    if hasattr(clf, "calibrated_classifiers_") and len(clf.classes_) == 2:
+        return clf.calibrated_classifiers_[0].estimator, "decision_function"
+    return clf, "predict_proba"
+
+
+def ranking_score(pipeline, X: np.ndarray) -> np.ndarray:
+    """The AUC's score of each case: (n,) for a two-class SVM's decision function, else (n, K)."""
+    model, method = ranking_model(pipeline)
+    return getattr(model, method)(pipeline[:-1].transform(X))
+
+
 def permutation_importance_batched(
     estimator,
     X: np.ndarray,
@@ -520,6 +541,7 @@ def permutation_importance_batched(
     n_repeats: int = 5,
     rng: np.random.Generator | int | None = 0,
     columns: np.ndarray | None = None,
+    method: str = "predict_proba",
     batch_bytes: int = 64 * 2**20,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Drop in AUC when each column of ``X`` is permuted: (mean, std) over ``n_repeats`` permutations.
@@ -527,7 +549,8 @@ def permutation_importance_batched(
     The same quantity as :func:`sklearn.inspection.permutation_importance` with AUC scoring, computed
     with many permuted copies of ``X`` stacked into one ``predict_proba`` call: with thousands of deep
     features, one call per feature and repeat spends most of its time in per-call overhead. Columns not
-    in ``columns`` (a boolean mask) are not permuted and get 0.
+    in ``columns`` (a boolean mask) are not permuted and get 0. ``method`` names the estimator's scoring
+    method (``predict_proba``, or ``decision_function`` for a two-class SVM).
 
     Examples
     --------
@@ -536,7 +559,8 @@ def permutation_importance_batched(
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     X = np.asarray(X)
     n, p = X.shape
-    base = auc_score(y, estimator.predict_proba(X))
+    respond = getattr(estimator, method)
+    base = auc_score(y, respond(X))
     perms = rng.permuted(np.broadcast_to(np.arange(n), (p, n_repeats, n)), axis=-1)
     todo = np.flatnonzero(np.ones(p, dtype=bool) if columns is None else columns)
     drops = np.zeros((p, n_repeats))
@@ -549,11 +573,11 @@ def permutation_importance_batched(
             for r in range(n_repeats):
                 offset = (a * n_repeats + r) * n
                 block[offset : offset + n, j] = X[perms[j, r], j]
-        proba = estimator.predict_proba(block)
+        scores = respond(block)
         for a, j in enumerate(cols):
             for r in range(n_repeats):
                 offset = (a * n_repeats + r) * n
-                drops[j, r] = base - auc_score(y, proba[offset : offset + n])
+                drops[j, r] = base - auc_score(y, scores[offset : offset + n])
     return drops.mean(axis=1), drops.std(axis=1)
 
 
@@ -580,6 +604,7 @@ class ClassificationResult:
     failures : cases left out (no label, no features, unknown class, not in the manifest).
     counts : number of cases used per role, and left out per reason.
     task_failures : (feature set, classifier) fits that failed, with the reason; the others went on.
+    warnings : (feature set, classifier) results to read with care, with the reason.
     classes : the class names; for two classes, [negative, positive].
     feature_sets : the feature sets used, name -> columns.
     settings : every setting, for ``run.json``.
@@ -594,6 +619,7 @@ class ClassificationResult:
     failures: list[CaseFailure]
     counts: dict[str, int]
     task_failures: list[dict[str, str]]
+    warnings: list[dict[str, str]]
     classes: list[str]
     feature_sets: dict[str, list[str]]
     settings: dict[str, Any]
@@ -906,6 +932,7 @@ def classify(
     rows, roc_rows, imp_frames, pred_frames = [], [], [], []
     best_params: dict[str, dict] = {}
     task_failures: list[dict[str, str]] = []
+    warnings: list[dict[str, str]] = []
     models: dict[tuple[str, str], Any] = {}
     y_train = np.array([design.y[i] for i in design.train])
     tasks = [(s, c) for s in sets for c in classifiers]
@@ -918,7 +945,7 @@ def classify(
             columns = sets[set_name]
             X_train = features.loc[design.train, columns].to_numpy(dtype=float)
             try:
-                fitted, params, cv_auc = _fit_one(
+                fitted, params, cv_auc, note = _fit_one(
                     clf_name,
                     X_train,
                     y_train,
@@ -938,46 +965,22 @@ def classify(
                 continue
             models[(set_name, clf_name)] = fitted
             best_params[f"{set_name}/{clf_name}"] = params
-            support = fitted.named_steps["filter"].support_
+            if note:
+                log.warning("feature set %s, classifier %s: %s", set_name, clf_name, note)
+                warnings.append({"feature_set": set_name, "classifier": clf_name, "problem": note})
             for eval_name, ids in design.evaluations.items():
-                X_eval = features.loc[ids, columns].to_numpy(dtype=float)
-                y_eval = np.array([design.y[i] for i in ids])
-                proba = fitted.predict_proba(X_eval)
-                estimates = evaluate_predictions(
-                    y_eval,
-                    proba,
+                row, points, pred = _evaluate(
+                    fitted,
+                    (set_name, clf_name, eval_name),
+                    features.loc[ids, columns],
+                    np.array([design.y[i] for i in ids]),
+                    design.classes,
                     n_bootstrap=n_bootstrap,
                     confidence=confidence,
-                    rng=_eval_rng(seed, eval_name),
+                    seed=seed,
                 )
-                row: dict[str, Any] = {
-                    "feature_set": set_name,
-                    "classifier": clf_name,
-                    "evaluated_on": eval_name,
-                    "n_cases": len(ids),
-                    "n_features": len(columns),
-                    "n_features_used": int(support.sum()),
-                    "cv_auc": cv_auc,
-                }
-                for metric in METRICS:
-                    est = estimates[metric]
-                    row.update(
-                        {metric: est.value, f"{metric}_ci_low": est.ci_low, f"{metric}_ci_high": est.ci_high}
-                    )
-                rows.append(row)
-                roc_rows.extend(_roc_points(set_name, clf_name, eval_name, y_eval, proba, design.classes))
-                pred = pd.DataFrame(proba, columns=[f"p_{c}" for c in design.classes])
-                pred.insert(0, "predicted", [design.classes[k] for k in predicted_classes(proba)])
-                pred.insert(0, "label", [design.classes[k] for k in y_eval])
-                for pos, (name, value) in enumerate(
-                    (
-                        ("case_id", ids),
-                        ("feature_set", set_name),
-                        ("classifier", clf_name),
-                        ("evaluated_on", eval_name),
-                    )
-                ):
-                    pred.insert(pos, name, value)
+                rows.append({**row, "n_features": len(columns), "cv_auc": cv_auc})
+                roc_rows.extend(points)
                 pred_frames.append(pred)
             ids = design.evaluations[importance_on]
             imp_frames.append(
@@ -1038,6 +1041,7 @@ def classify(
         failures=design.failures,
         counts=design.counts,
         task_failures=task_failures,
+        warnings=warnings,
         classes=design.classes,
         feature_sets={k: list(v) for k, v in sets.items()},
         settings=settings,
@@ -1141,7 +1145,59 @@ def _fit_one(
     final = make_pipeline(clf_name, probability=True, **options)
     final.set_params(**{f"{classifier_param_prefix(final)}{k}": v for k, v in params.items()})
     final.fit(X, y, **fit_params)
-    return final, params, float(search.best_score_)
+    note = None
+    if clf_name == "svm" and binary:
+        model, method = ranking_model(final)
+        Z = final[:-1].transform(X)
+        if np.corrcoef(getattr(model, method)(Z), final.predict_proba(X)[:, 1])[0, 1] < 0:
+            note = (
+                "Platt scaling came out decreasing (cross-validated decision values anti-correlate with the "
+                "label): AUC and ROC use the SVM's decision function, thresholded metrics the probabilities"
+            )
+    return final, params, float(search.best_score_), note
+
+
+def _evaluate(fitted, key, X_eval, y_eval, classes, *, n_bootstrap, confidence, seed):
+    """Metrics row, ROC points and per-case predictions of one fitted pipeline on one evaluation set."""
+    import pandas as pd
+
+    set_name, clf_name, eval_name = key
+    X = X_eval.to_numpy(dtype=float)
+    proba = fitted.predict_proba(X)
+    score = ranking_score(fitted, X)
+    # the same draws for every model on this evaluation set: paired intervals
+    estimates = evaluate_predictions(
+        y_eval,
+        proba,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        rng=_eval_rng(seed, eval_name),
+        score=score,
+    )
+    row: dict[str, Any] = {
+        "feature_set": set_name,
+        "classifier": clf_name,
+        "evaluated_on": eval_name,
+        "n_cases": len(y_eval),
+        "n_features_used": int(fitted.named_steps["filter"].support_.sum()),
+    }
+    for metric in METRICS:
+        est = estimates[metric]
+        row.update({metric: est.value, f"{metric}_ci_low": est.ci_low, f"{metric}_ci_high": est.ci_high})
+    pred = pd.DataFrame(
+        {
+            "case_id": list(X_eval.index),
+            "feature_set": set_name,
+            "classifier": clf_name,
+            "evaluated_on": eval_name,
+            "label": [classes[k] for k in y_eval],
+            "predicted": [classes[k] for k in predicted_classes(proba)],
+            **{f"p_{c}": proba[:, k] for k, c in enumerate(classes)},
+        }
+    )
+    if len(classes) == 2:
+        pred["score"] = score if score.ndim == 1 else score[:, 1]
+    return row, _roc_points(set_name, clf_name, eval_name, y_eval, score, classes), pred
 
 
 def _plain(value):
@@ -1152,13 +1208,15 @@ def _eval_rng(seed: int, eval_name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(eval_name.encode("utf-8"))])
 
 
-def _roc_points(set_name, clf_name, eval_name, y, proba, classes) -> list[tuple]:
+def _roc_points(set_name, clf_name, eval_name, y, score, classes) -> list[tuple]:
     from sklearn.metrics import roc_curve
 
+    if score.ndim == 1:
+        score = np.c_[-score, score]
     targets = [1] if len(classes) == 2 else range(len(classes))
     out = []
     for k in targets:
-        fpr, tpr, thr = roc_curve(y == k, proba[:, k])
+        fpr, tpr, thr = roc_curve(y == k, score[:, k])
         out.extend(
             (set_name, clf_name, eval_name, classes[k], float(a), float(b), float(t))
             for a, b, t in zip(fpr, tpr, thr, strict=True)
@@ -1171,6 +1229,7 @@ def _importances(fitted, clf_name, set_name, columns, X_eval, y_eval, eval_name,
 
     support = fitted.named_steps["filter"].support_
     estimator = fitted.steps[-1][1]
+    ranker, method = ranking_model(fitted)
     Z = fitted[:-1].transform(X_eval)
     kept = np.asarray(columns, dtype=object)[support]
     frames = []
@@ -1195,12 +1254,13 @@ def _importances(fitted, clf_name, set_name, columns, X_eval, y_eval, eval_name,
 
     if repeats > 0:
         mean, std = permutation_importance_batched(
-            estimator,
+            ranker,
             Z,
             y_eval,
             n_repeats=repeats,
             rng=np.random.default_rng([seed, zlib.crc32(f"{set_name}/{clf_name}".encode())]),
             columns=_used_features(clf_name, estimator, len(kept)),
+            method=method,
         )
         frames.append(frame(mean, std, "permutation", eval_name))
     if hasattr(estimator, "feature_importances_"):
@@ -1250,6 +1310,7 @@ def write_classification(result: ClassificationResult, out_dir: str | os.PathLik
             "counts": result.counts,
             "feature_sets": result.feature_sets,
             "task_failures": result.task_failures,
+            "warnings": result.warnings,
             "failures": [f.to_dict() for f in result.failures],
         },
     )

@@ -53,14 +53,18 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return out
 
 
-def weighted_metrics(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+def weighted_metrics(
+    y: np.ndarray, proba: np.ndarray, weights: np.ndarray, score: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Every metric of :data:`METRICS` for each row of case weights.
 
     Parameters
     ----------
     y : (n,) class indices 0..K-1 (for two classes, 1 is the positive class).
-    proba : (n, K) class probabilities.
+    proba : (n, K) class probabilities; the predicted class comes from them (:func:`predicted_classes`).
     weights : (B, n) non-negative case weights (row of ones: the plain metric).
+    score : the ranking score for the AUC, if not the probabilities: (n,) for two classes (higher means
+        more likely positive, e.g. an SVM's decision function), (n, K) for more.
 
     Returns
     -------
@@ -79,6 +83,12 @@ def weighted_metrics(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> d
     proba = np.asarray(proba, dtype=float)
     weights = np.atleast_2d(np.asarray(weights, dtype=float))
     n_classes = proba.shape[1]
+    if score is None:
+        score = proba
+    else:
+        score = np.asarray(score, dtype=float)
+        if score.ndim == 1:
+            score = np.c_[-score, score]
     pred = predicted_classes(proba)
     correct = (pred == y).astype(float)
     total = weights.sum(axis=1)
@@ -94,7 +104,7 @@ def weighted_metrics(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> d
         sens = _ratio(tp, tp + fn)
         spec = _ratio(tn, tn + fp)
         f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-        auc = _weighted_auc(truth, proba[:, k], weights)
+        auc = _weighted_auc(truth, score[:, k], weights)
         return auc, sens, spec, f1
 
     if n_classes == 2:
@@ -113,9 +123,19 @@ def weighted_metrics(y: np.ndarray, proba: np.ndarray, weights: np.ndarray) -> d
     }
 
 
-def auc_score(y: np.ndarray, proba: np.ndarray) -> float:
-    """AUC of class probabilities (binary: of class 1; multi-class: one-vs-rest, macro-averaged)."""
-    return float(weighted_metrics(y, proba, np.ones((1, len(y))))["auc"][0])
+def auc_score(y: np.ndarray, score: np.ndarray) -> float:
+    """AUC of a score: (n,) the positive class's score, or (n, K) per class scores or probabilities
+    (two columns: of the second; more: one-vs-rest, macro-averaged).
+
+    Examples
+    --------
+    >>> auc_score(np.array([0, 1, 1]), np.array([0.2, 0.1, 0.9]))
+    0.5
+    """
+    score = np.asarray(score, dtype=float)
+    n_classes = 2 if score.ndim == 1 else score.shape[1]
+    dummy = np.full((len(y), n_classes), 1.0 / n_classes)
+    return float(weighted_metrics(y, dummy, np.ones((1, len(y))), score=score)["auc"][0])
 
 
 def stratified_bootstrap_weights(y: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
@@ -159,13 +179,14 @@ def evaluate_predictions(
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     rng: np.random.Generator | int | None = 0,
+    score: np.ndarray | None = None,
 ) -> dict[str, MetricEstimate]:
     """Point estimates of :data:`METRICS` with stratified percentile-bootstrap confidence intervals.
 
     The interval is the percentile interval of ``n_bootstrap`` stratified resamples. When a bootstrap
     distribution is so skewed that the percentile interval misses the point estimate (possible with very
     few cases), the interval is widened to include it, so that every reported interval contains its value.
-    With ``n_bootstrap=0`` the bounds are NaN.
+    With ``n_bootstrap=0`` the bounds are NaN. ``score`` is passed to :func:`weighted_metrics`.
 
     Examples
     --------
@@ -178,9 +199,11 @@ def evaluate_predictions(
         raise ValueError(f"confidence must be between 0 and 1, got {confidence}")
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     y = np.asarray(y)
-    point = weighted_metrics(y, proba, np.ones((1, len(y))))
+    point = weighted_metrics(y, proba, np.ones((1, len(y))), score)
     boot = (
-        weighted_metrics(y, proba, stratified_bootstrap_weights(y, n_bootstrap, rng)) if n_bootstrap else None
+        weighted_metrics(y, proba, stratified_bootstrap_weights(y, n_bootstrap, rng), score)
+        if n_bootstrap
+        else None
     )
     alpha = (1 - confidence) / 2
     result = {}

@@ -124,7 +124,9 @@ def test_metrics_table_matches_sklearn_on_the_predictions(bc_result):
         y = (group["label"] == "malignant").to_numpy()
         called = (group["predicted"] == "malignant").to_numpy()
         row = rows.loc[(fs, clf, where)]
-        assert row["auc"] == pytest.approx(roc_auc_score(y, group["p_malignant"]))
+        assert row["auc"] == pytest.approx(roc_auc_score(y, group["score"]))
+        if clf != "svm":  # the SVM ranks by its decision function, see test_svm_auc_...
+            assert np.array_equal(group["score"], group["p_malignant"])
         assert row["sensitivity"] == pytest.approx(recall_score(y, called))
         assert row["specificity"] == pytest.approx(recall_score(~y, ~called))
         assert row["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, called))
@@ -286,6 +288,40 @@ def test_variance_filter_imputation_and_scaler_are_learnt_on_training_only(bc, b
     assert pipe.named_steps["filter"].medians_[gappy] == np.median(X_train[:, gappy])
     base = bc_result.metrics.set_index(["classifier", "evaluated_on"])["auc"].xs("svm")
     assert (result.metrics.set_index("evaluated_on")["auc"] - base).abs().max() < 0.01
+
+
+def test_svm_auc_uses_its_decision_function_when_platt_scaling_reverses_it():
+    # weak, noisy features: the SVM's cross-validated decision values anti-correlate with the label, so
+    # Platt's sigmoid comes out decreasing; the SVM fitted on all training cases still ranks well
+    rng = np.random.default_rng(0)
+    n = 260
+    y = (rng.random(n) < 210 / 647).astype(int)
+    latent = rng.normal(size=(n, 16))
+    latent[:, :2] += 0.8 * y[:, None]
+    deep = np.maximum(latent @ rng.normal(size=(16, 256)) * 0.3 + rng.normal(size=(n, 256)), 0)[:, ::4]
+    ids = [f"case{i:05d}" for i in range(n)]
+    frame = pd.DataFrame(deep, index=ids, columns=[f"resnet50_{k}" for k in range(deep.shape[1])])
+    labels = np.array(["benign", "malignant"])[y]
+    cohort = Cohort(
+        assign_splits(
+            [
+                Case(c, Path("x"), (), str(lab), cohort="internal" if i < 200 else "external")
+                for i, (c, lab) in enumerate(zip(ids, labels, strict=True))
+            ]
+        )
+    )
+    result = classify(frame, cohort, classifiers=("svm",), **QUICK)
+    assert [w["problem"].split(" (")[0] for w in result.warnings] == ["Platt scaling came out decreasing"]
+    pipe = result.models[("deep", "svm")]
+    svc = pipe.named_steps["clf"].calibrated_classifiers_[0].estimator
+    from sklearn.metrics import roc_auc_score
+
+    ext = [c.case_id for c in cohort.cases if c.cohort == "external"]
+    decision = svc.decision_function(pipe[:-1].transform(frame.loc[ext].to_numpy()))
+    auc = result.metrics.set_index("evaluated_on").loc["external", "auc"]
+    assert auc == pytest.approx(roc_auc_score(y[200:], decision)) and auc > 0.7
+    p_malignant = pipe.predict_proba(frame.loc[ext].to_numpy())[:, 1]
+    assert roc_auc_score(y[200:], p_malignant) < 0.5  # what the reversed probabilities would have said
 
 
 # ------------------------------------------------------------------------------------------ multi-class
