@@ -70,7 +70,8 @@ def weighted_metrics(
     -------
     dict of metric name -> (B,) array. With two classes, sensitivity is the recall of class 1 and
     specificity that of class 0; with more, every metric except accuracy is the unweighted mean over the
-    classes taken one-vs-rest (AUC as scikit-learn's ``roc_auc_score(multi_class="ovr")``).
+    classes present in ``y``, each taken one-vs-rest (AUC as scikit-learn's
+    ``roc_auc_score(multi_class="ovr")`` when all are present).
 
     Examples
     --------
@@ -110,7 +111,7 @@ def weighted_metrics(
     if n_classes == 2:
         auc, sens, spec, f1 = one_vs_rest(1)
     else:
-        parts = [one_vs_rest(k) for k in range(n_classes)]
+        parts = [one_vs_rest(k) for k in np.unique(y)]
         auc, sens, spec, f1 = (np.mean([p[i] for p in parts], axis=0) for i in range(4))
     balanced = (sens + spec) / 2 if n_classes == 2 else sens
     return {

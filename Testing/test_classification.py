@@ -351,6 +351,24 @@ def test_multiclass_one_vs_rest(wine):
     assert row["balanced_accuracy"] == pytest.approx(row["sensitivity"])
 
 
+def test_multiclass_evaluation_set_lacking_a_class(wine):
+    from sklearn.metrics import roc_auc_score
+
+    frame, cohort = wine
+    # 30 barolo / grignolino cases become an external cohort without barbera
+    moved = [c.case_id for c in cohort.cases if c.label != "barbera" and c.split == "train"][::4][:30]
+    cases = [Case(c.case_id, c.image, (), c.label, "test" if c.case_id in moved else c.split,
+                  "external" if c.case_id in moved else "internal") for c in cohort.cases]  # fmt: skip
+    result = classify(
+        frame, Cohort(cases), feature_sets={"all": list(frame.columns)}, classifiers=("svm",), **QUICK
+    )
+    row = result.metrics.set_index("evaluated_on").loc["external"]
+    pred = result.predictions[result.predictions["evaluated_on"] == "external"]
+    expected = np.mean([roc_auc_score(pred["label"] == c, pred[f"p_{c}"]) for c in ("barolo", "grignolino")])
+    assert row["auc"] == pytest.approx(expected)
+    assert np.isfinite(row[[m for m in METRICS]].astype(float)).all()
+
+
 def test_positive_class_by_name_makes_a_binary_task(wine):
     frame, cohort = wine
     result = classify(
@@ -484,6 +502,25 @@ def test_batched_permutation_importance_agrees_with_sklearn():
     assert masked[1] == 0
 
 
+def test_svm_permutation_shortcut_equals_the_generic_computation():
+    from sklearn.svm import SVC
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(160, 40))
+    y = (X[:, 0] + X[:, 1] + rng.normal(size=160) > 0).astype(int)
+    svm = SVC(gamma="scale", class_weight="balanced").fit(X[:100], y[:100])
+
+    class Opaque:  # only the decision function shows: the generic, copy-and-predict path runs
+        def decision_function(self, Z):
+            return svm.decision_function(Z)
+
+    kw = {"n_repeats": 4, "rng": 3, "method": "decision_function"}
+    fast = permutation_importance_batched(svm, X[100:], y[100:], **kw)
+    generic = permutation_importance_batched(Opaque(), X[100:], y[100:], **kw)
+    np.testing.assert_allclose(fast, generic, atol=1e-12)
+    assert fast[0][:2].min() > max(fast[0][2:])
+
+
 def test_read_feature_tables_joins_on_case_id(tmp_path):
     pd.DataFrame({"case_id": ["001", "002", "003"], "resnet50_0": [1.0, 2.0, 3.0]}).to_csv(
         tmp_path / "deep.csv", index=False
@@ -562,7 +599,9 @@ def test_missing_labels_are_left_out_and_counted():
             for c in cohort.cases
         ]
     )
+    cohort.cases.append(Case("normal1", Path("x"), (), "normal", "train", has_lesion=False))
     result = classify(features, cohort, **TOY)
+    assert result.counts["left_out:no_lesion"] == 1  # no features, as expected: counted, not a failure
     assert result.counts["left_out:no_label"] == 3
     assert {f.case_id for f in result.failures} == unlabelled
     assert all(f.problem == "no label" and f.stage == "classify" for f in result.failures)
