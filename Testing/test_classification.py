@@ -521,6 +521,27 @@ def test_svm_permutation_shortcut_equals_the_generic_computation():
     assert fast[0][:2].min() > max(fast[0][2:])
 
 
+def test_forest_permutation_shortcut_equals_the_generic_computation():
+    from sklearn.ensemble import RandomForestClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(160, 60))
+    y = (X[:, 0] + X[:, 1] + rng.normal(size=160) > 0).astype(int)
+    forest = RandomForestClassifier(40, min_samples_leaf=3, class_weight="balanced", random_state=0)
+    forest.fit(X[:100], y[:100])
+
+    class Opaque:  # only predict_proba shows: the generic, copy-and-predict path runs
+        def predict_proba(self, Z):
+            return forest.predict_proba(Z)
+
+    kw = {"n_repeats": 3, "rng": 5}
+    fast = permutation_importance_batched(forest, X[100:], y[100:], **kw)
+    generic = permutation_importance_batched(Opaque(), X[100:], y[100:], **kw)
+    # the same up to the order of floating-point sums, which can break an exact tie between two cases
+    np.testing.assert_allclose(fast, generic, atol=1e-3)
+    assert fast[0][:2].min() > np.percentile(fast[0][2:], 90)
+
+
 def test_read_feature_tables_joins_on_case_id(tmp_path):
     pd.DataFrame({"case_id": ["001", "002", "003"], "resnet50_0": [1.0, 2.0, 3.0]}).to_csv(
         tmp_path / "deep.csv", index=False
