@@ -18,9 +18,10 @@ Which cases are used
 
 Preprocessing (:class:`TrainingFeatureFilter`, fitted on the training data of each fit, so inside every
 cross-validation fold too): training medians replace missing values; near-zero-variance features are
-dropped; optionally, of every group of features correlated above a threshold (|Spearman rho|) the one most
-associated with the label is kept; optionally, only the ``select_k`` features with the smallest univariate
-p-value (Mann–Whitney U for two classes, Kruskal–Wallis for more) are kept. The SVM also standardises.
+dropped; of every group of features correlated above a threshold (|Spearman rho| 0.95 by default, None
+turns it off) the one most associated with the label is kept; optionally, only the ``select_k`` features
+with the smallest univariate p-value (Mann–Whitney U for two classes, Kruskal–Wallis for more) are kept.
+The SVM also standardises. AUCs rank cases by P(positive), or by a two-class SVM's decision function.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 import tempfile
 import zlib
 from collections import Counter
@@ -579,7 +581,7 @@ def permutation_importance_batched(
             after = (X[perms[j], j][:, :, None] - support[None, None, :, j]) ** 2  # (repeats, n, n_sv)
             changed = np.maximum(distances[None] - before[None] + after, 0.0)
             decision = np.exp(-gamma * changed) @ coef + intercept
-            drops[j] = [base - auc_score(y, d) for d in decision]
+            drops[j] = base - _auc_rows(y, decision)
         return drops.mean(axis=1), drops.std(axis=1)
     forest = _forest_terms(estimator, X) if method == "predict_proba" else None
     if forest is not None:
@@ -595,7 +597,7 @@ def permutation_importance_batched(
                 change = trees[t].predict_proba(buffer, check_input=False).reshape(n_repeats, n, -1)
                 proba += change - per_tree[t][None]
             buffer[:, j] = original
-            drops[j] = [base - auc_score(y, proba[r] / len(trees)) for r in range(n_repeats)]
+            drops[j] = base - _auc_rows(y, proba / len(trees))
         return drops.mean(axis=1), drops.std(axis=1)
     per_feature = max(1, n_repeats * n * p * X.itemsize)
     chunk = max(1, batch_bytes // per_feature)
@@ -606,12 +608,25 @@ def permutation_importance_batched(
             for r in range(n_repeats):
                 offset = (a * n_repeats + r) * n
                 block[offset : offset + n, j] = X[perms[j, r], j]
-        scores = respond(block)
+        scores = np.asarray(respond(block))
+        scores = scores.reshape(len(cols), n_repeats, n, *scores.shape[1:])
         for a, j in enumerate(cols):
-            for r in range(n_repeats):
-                offset = (a * n_repeats + r) * n
-                drops[j, r] = base - auc_score(y, scores[offset : offset + n])
+            drops[j] = base - _auc_rows(y, scores[a])
     return drops.mean(axis=1), drops.std(axis=1)
+
+
+def _auc_rows(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUC of each row of scores: (R, n) positive-class scores or (R, n, K) class scores or probabilities."""
+    from scipy.stats import rankdata
+
+    if scores.ndim == 3 and scores.shape[2] == 2:
+        scores = scores[..., 1]
+    if scores.ndim == 3:
+        return np.array([auc_score(y, s) for s in scores])
+    positive = np.asarray(y) == 1
+    n_pos, n_neg = positive.sum(), (~positive).sum()
+    ranks = rankdata(scores, axis=1)  # ties get their average rank: they count one half, as in the AUC
+    return (ranks[:, positive].sum(axis=1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def _forest_terms(estimator, X: np.ndarray):
@@ -674,7 +689,8 @@ class ClassificationResult:
         XGBoost), selected (kept by the training filter; others have importance 0), evaluated_on
         (the held-out set for ``permutation``, ``training`` for ``model``).
     predictions : per case: case_id, feature_set, classifier, evaluated_on, label, predicted,
-        ``p_<class>`` for every class.
+        ``p_<class>`` for every class, and for two classes ``score``, what the AUC ranks by (P(positive),
+        or the SVM's decision function: see :func:`ranking_model`).
     best_params : ``"<feature_set>/<classifier>"`` -> the chosen hyper-parameters.
     failures : cases left out (no label, no features, unknown class, not in the manifest).
     counts : number of cases used per role, and left out per reason.
@@ -1015,10 +1031,10 @@ def classify(
     models: dict[tuple[str, str], Any] = {}
     y_train = np.array([design.y[i] for i in design.train])
     tasks = [(s, c) for s in sets for c in classifiers]
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     with tempfile.TemporaryDirectory(prefix="rad4xcnn-classify-") as cache_dir:
-        bar = tqdm(tasks, desc="classify", unit="model", disable=not progress, leave=False)
+        bar = tqdm(tasks, desc="classify", unit="model", disable=not progress, leave=False, file=sys.stderr)
         for set_name, clf_name in bar:
             bar.set_postfix_str(f"{set_name}/{clf_name}")
             columns = sets[set_name]
