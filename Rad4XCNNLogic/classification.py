@@ -9,8 +9,11 @@ Which cases are used
 * **Training**: the training cohort's (``internal`` by default) ``train`` and ``val`` splits together.
   Hyper-parameters are chosen by stratified k-fold cross-validation on them, so a separate validation
   split would only shrink the training data; pass ``train_splits=("train",)`` to keep ``val`` out.
-* **Evaluation**: the training cohort's ``test`` split (``evaluated_on="internal-test"``), then every other
-  cohort as a whole (``evaluated_on`` = the cohort's name, e.g. ``external``), whatever its split column.
+* **Evaluation**: the training cohort's ``test`` split (``evaluated_on="internal-test"``), then the ``test``
+  split of every other cohort (``evaluated_on`` = the cohort's name, e.g. ``external``) - all its cases
+  when the manifest gives it no split, as :func:`~Rad4XCNNLogic.cohort.assign_splits` marks them ``test``.
+  Cases of another cohort marked ``train`` or ``val`` (e.g. used to fine-tune the network) are not
+  held-out data: they are left out and counted (``not_held_out``).
 * Cases without a label, without features, or with a label the classifier was not trained on are left
   out, counted and recorded as :class:`~Rad4XCNNLogic.errors.CaseFailure` (stage ``classify``). Cases
   without a lesion (``has_lesion=false``) and without features are only counted (``no_lesion``): the
@@ -872,7 +875,8 @@ def _design(
         evaluations[INTERNAL_TEST] = internal_test
     for name in cohorts:
         if name != train_cohort:
-            members = [c.case_id for c in kept if c.cohort == name]
+            members = [c.case_id for c in kept if c.cohort == name and c.split in ("test", None)]
+            reasons["not_held_out"] += sum(c.cohort == name and c.split not in ("test", None) for c in kept)
             if members:
                 evaluations[name] = members
     if not evaluations:
@@ -889,7 +893,7 @@ def _design(
                 f"{len(members)} cases): AUC, sensitivity and specificity need both classes"
             )
     counts = {"train": len(train), **{f"evaluated_on:{k}": len(v) for k, v in evaluations.items()}}
-    counts.update({f"left_out:{k}": v for k, v in sorted(reasons.items())})
+    counts.update({f"left_out:{k}": v for k, v in sorted(reasons.items()) if v})
     return _Design(classes, y, train, evaluations, failures, counts, positive, train_cohort)
 
 

@@ -625,14 +625,19 @@ def test_missing_labels_are_left_out_and_counted():
         ]
     )
     cohort.cases.append(Case("normal1", Path("x"), (), "normal", "train", has_lesion=False))
+    # an external case used elsewhere for training (e.g. fine-tuning the network) is not held out
+    cohort.cases[-2] = Case(
+        cohort.cases[-2].case_id, Path("x"), (), cohort.cases[-2].label, "train", "external"
+    )
     result = classify(features, cohort, **TOY)
     assert result.counts["left_out:no_lesion"] == 1  # no features, as expected: counted, not a failure
     assert result.counts["left_out:no_label"] == 3
+    assert result.counts["left_out:not_held_out"] == 1
     assert {f.case_id for f in result.failures} == unlabelled
     assert all(f.problem == "no label" and f.stage == "classify" for f in result.failures)
     assert result.counts["train"] == 19
     n = result.metrics.set_index("evaluated_on")["n_cases"]
-    assert n[INTERNAL_TEST] == 9 and n["external"] == 9
+    assert n[INTERNAL_TEST] == 9 and n["external"] == 8
 
 
 def test_too_few_cases_for_the_folds():
