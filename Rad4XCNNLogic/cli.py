@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Train each classifier on each feature set (deep, radiomic, deep+radiomic, explained deep), "
             "choosing hyper-parameters by cross-validation on the training split (train + val), and "
-            "evaluate on the internal test split and every other cohort, with bootstrap 95%% CIs. "
+            "evaluate on the internal test split and every other cohort, with bootstrap 95% CIs. "
             "Writes classification.csv, roc.csv, importances.csv, predictions.csv and classification.json."
         ),
     )
