@@ -439,6 +439,61 @@ def cmd_case(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold_or_none(text: str) -> float | None:
+    if text.strip().lower() in {"none", "off"}:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {text!r}") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'none', got {value}")
+    return value
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from .classification import classify, read_explained, read_feature_tables, write_classification
+    from .cohort import read_manifest
+
+    features, missing = read_feature_tables(args.features)
+    cohort = read_manifest(args.manifest, check_files=False, seed=args.seed)
+    explained = read_explained(args.explained) if args.explained else None
+    result = classify(
+        features,
+        cohort,
+        explained=explained,
+        feature_failures=missing,
+        classifiers=args.classifiers,
+        positive=args.positive,
+        seed=args.seed,
+        cv_folds=args.cv_folds,
+        n_bootstrap=args.bootstrap,
+        correlation_threshold=args.correlation_threshold,
+        select_k=args.select_k,
+        train_cohort=args.train_cohort,
+        jobs=args.jobs,
+        progress=args.verbosity >= 0,
+    )
+    paths = write_classification(result, args.out)
+    print(
+        f"classes: {' / '.join(result.classes)}; cases: "
+        + ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    )
+    table = result.metrics
+    width = max(len(s) for s in table["feature_set"]) + 2
+    print(f"{'feature set':<{width}}{'clf':<5}{'evaluated on':<16}{'AUC (95% CI)':<22}{'bal. acc.':>10}")
+    for _, row in table.iterrows():
+        auc = f"{row.auc:.3f} ({row.auc_ci_low:.3f}-{row.auc_ci_high:.3f})"
+        print(
+            f"{row.feature_set:<{width}}{row.classifier:<5}{row.evaluated_on:<16}{auc:<22}"
+            f"{row.balanced_accuracy:>10.3f}"
+        )
+    for failure in result.task_failures:
+        print(f"  failed: {failure['feature_set']}/{failure['classifier']}: {failure['problem']}")
+    print(f"wrote {', '.join(p.name for p in paths.values())} to {Path(args.out)}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -667,6 +722,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="output folder; the maps and tables go to OUT/cam/")
     p.set_defaults(func=cmd_cam)
+
+    p = sub.add_parser(
+        "classify",
+        help="train RandomForest, XGBoost and SVM on feature tables and validate them",
+        description=(
+            "Train each classifier on each feature set (deep, radiomic, deep+radiomic, explained deep), "
+            "choosing hyper-parameters by cross-validation on the training split (train + val), and "
+            "evaluate on the internal test split and every other cohort, with bootstrap 95% CIs. "
+            "Writes classification.csv, roc.csv, importances.csv, predictions.csv and classification.json."
+        ),
+    )
+    p.add_argument(
+        "--features", nargs="+", required=True, metavar="FILE", help="feature CSVs, joined on case_id"
+    )
+    p.add_argument("--manifest", required=True, help="the cohort manifest (labels, splits, cohorts)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--explained",
+        metavar="CSV",
+        help="explanations.csv (columns deep_feature, n_partners): its deep features with n_partners > 0 "
+        "form the 'explained-deep' feature set",
+    )
+    p.add_argument(
+        "--classifiers",
+        nargs="+",
+        choices=("rf", "xgb", "svm"),
+        default=["rf", "xgb", "svm"],
+        metavar="CLF",
+        help="some of rf, xgb, svm (default: all three)",
+    )
+    p.add_argument(
+        "--positive",
+        help="name of the positive class (default: e.g. 'malignant'); with more "
+        "than two labels, gives a positive-vs-rest task instead of a multi-class one",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed, also of the manifest's split (default 0)"
+    )
+    p.add_argument("--cv-folds", type=_positive_int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)"
+    )
+    p.add_argument(
+        "--correlation-threshold",
+        type=_threshold_or_none,
+        default=0.95,
+        help="drop features correlated above this |Spearman rho| with a stronger one (default 0.95; 'none')",
+    )
+    p.add_argument(
+        "--select-k", type=_positive_int, help="keep the k features with the smallest Mann-Whitney p"
+    )
+    p.add_argument("--train-cohort", help="cohort that trains (default: internal)")
+    p.add_argument("--jobs", type=_positive_int, help="parallel fits (default: all cores)")
+    p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser(
         "demo",
