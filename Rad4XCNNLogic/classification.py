@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
 import tempfile
 import zlib
 from collections import Counter
@@ -1035,12 +1034,14 @@ def classify(
     models: dict[tuple[str, str], Any] = {}
     y_train = np.array([design.y[i] for i in design.train])
     tasks = [(s, c) for s in sets for c in classifiers]
-    from tqdm import tqdm
+    from .progress import ProgressBar
 
-    with tempfile.TemporaryDirectory(prefix="rad4xcnn-classify-") as cache_dir:
-        bar = tqdm(tasks, desc="classify", unit="model", disable=not progress, leave=False, file=sys.stderr)
-        for set_name, clf_name in bar:
-            bar.set_postfix_str(f"{set_name}/{clf_name}")
+    with (
+        tempfile.TemporaryDirectory(prefix="rad4xcnn-classify-") as cache_dir,
+        ProgressBar(len(tasks), desc="classify", stage="classify", unit="model", enabled=progress) as bar,
+    ):
+        for set_name, clf_name in tasks:
+            bar.set_postfix(model=f"{set_name}/{clf_name}")
             columns = sets[set_name]
             X_train = features.loc[design.train, columns].to_numpy(dtype=float)
             try:
@@ -1061,6 +1062,7 @@ def classify(
             except Rad4XCNNError as exc:
                 log.warning("feature set %s, classifier %s: %s", set_name, clf_name, exc)
                 task_failures.append({"feature_set": set_name, "classifier": clf_name, "problem": str(exc)})
+                bar.update(1)
                 continue
             models[(set_name, clf_name)] = fitted
             best_params[f"{set_name}/{clf_name}"] = params
@@ -1095,7 +1097,7 @@ def classify(
                     seed,
                 )
             )
-        bar.close()
+            bar.update(1)
 
     metric_columns = [
         "feature_set",

@@ -229,16 +229,94 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_run(result) -> int:
+    failures = result.failures
+    print(f"\nrun folder: {result.out}")
+    if result.report.is_file():
+        print(f"report:     {result.report}")
+    if failures:
+        print(f"{len(failures)} case failure(s), listed in run.json and the report")
+    for record in result.failed_stages:
+        print(f"stage {record.name} failed: {record.error}", file=sys.stderr)
+    if result.failed_stages:
+        print(
+            "the outputs of the stages before it are kept; fix the cause and run again to continue",
+            file=sys.stderr,
+        )
+    return 0 if result.ok else 1
+
+
+def _run_overrides(args: argparse.Namespace) -> dict:
+    overrides: dict = {}
+    for key in ("manifest", "out", "seed", "device"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    if args.model:
+        weights = args.weights or []
+        if len(weights) > len(args.model):
+            raise Rad4XCNNError("more --weights than --model: give one --weights per --model, in order")
+        overrides["models"] = [
+            {"name": name, "weights": weights[i] if i < len(weights) and weights[i] != "none" else None}
+            for i, name in enumerate(args.model)
+        ]
+    elif args.weights:
+        raise Rad4XCNNError("--weights needs --model")
+    sections = {
+        "radiomics": {"params": args.radiomics_params, "jobs": args.jobs},
+        "explain": {
+            "thresholds": args.threshold,
+            "fdr": args.fdr,
+            "permutations": args.permutations,
+            "bootstrap": args.bootstrap,
+        },
+        "training": {"epochs": args.epochs, "pretrained": args.pretrained},
+        "classification": {"enabled": False if args.no_classify else None},
+        "cam": {"enabled": False if args.no_cam else None},
+    }
+    for section, values in sections.items():
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            overrides[section] = values
+    return overrides
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config, reference_yaml
+    from .pipeline import run_pipeline
+
+    if args.print_config:
+        print(reference_yaml(), end="")
+        return 0
+    config = load_config(args.config, _run_overrides(args))
+    result = run_pipeline(config, progress=args.verbosity >= 0, force=args.force)
+    return _print_run(result)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .cohort import format_summary, read_manifest
+    import json
+
+    from .pipeline import demo_config, run_pipeline
     from .synthetic import make_synthetic_cohort
 
     out = Path(args.out)
-    manifest = make_synthetic_cohort(out / "cohort", args.n, seed=args.seed, n_external=args.external)
-    cohort = read_manifest(manifest, check_images=True, seed=args.seed)
-    print(f"Rad4XCNN demo: synthetic breast-ultrasound cohort in {out / 'cohort'}")
-    print(format_summary(cohort))
-    return 0
+    cohort_dir = out / "cohort"
+    spec = {"n": args.n, "n_external": args.external, "seed": args.seed}
+    spec_file = cohort_dir / "synthetic.json"
+    try:
+        written = json.loads(spec_file.read_text(encoding="utf-8"))
+        same = all(written.get(k) == v for k, v in spec.items())
+    except (OSError, ValueError):
+        same = False
+    manifest = cohort_dir / "manifest.csv"
+    if not (same and manifest.is_file()):
+        print(f"writing the synthetic cohort ({args.n} + {args.external} external cases) to {cohort_dir}")
+        manifest = make_synthetic_cohort(cohort_dir, args.n, seed=args.seed, n_external=args.external)
+    config = demo_config(out / "run", manifest, args.seed)
+    result = run_pipeline(config, progress=args.verbosity >= 0, force=args.force)
+    code = _print_run(result)
+    if result.report.is_file():
+        print(f"open {result.report} in a browser to read the explanation")
+    return code
 
 
 def _fraction(text: str) -> float:
@@ -778,14 +856,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_classify)
 
     p = sub.add_parser(
+        "run",
+        help="run the whole pipeline (config file and/or flags) into a run folder",
+        description="Cohort -> fine-tuning -> deep features -> radiomics -> explanation -> classification -> "
+        "CAMs -> report, in one run folder; a re-run recomputes only what changed. Settings come from "
+        "CONFIG (see --print-config for every setting and its default), then from the flags.",
+    )
+    p.add_argument("config", nargs="?", help="YAML configuration file")
+    p.add_argument(
+        "--print-config", action="store_true", help="print every setting with its default and exit"
+    )
+    p.add_argument("--manifest", help="cohort manifest CSV")
+    p.add_argument("--out", help="run folder")
+    p.add_argument("--model", action="append", help="timm backbone (repeat for several)")
+    p.add_argument(
+        "--weights",
+        action="append",
+        help="weights of each --model, in order: none, imagenet, trained (fine-tune here) or a file",
+    )
+    p.add_argument("--radiomics-params", help="paper, extended or a PyRadiomics YAML file")
+    p.add_argument("--threshold", "-M", action="append", type=_unit_interval, help="M (repeat for several)")
+    p.add_argument("--fdr", type=_unit_interval, help="also require q <= this")
+    p.add_argument("--permutations", type=_count, help="permutations of the max-|rho| null")
+    p.add_argument("--bootstrap", type=_count, help="bootstrap resamples for rho intervals")
+    p.add_argument("--epochs", type=_positive_int, help="fine-tuning epochs")
+    p.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fine-tune from ImageNet weights (default) or, with --no-pretrained, from random initialisation",
+    )
+    p.add_argument("--jobs", type=_positive_int, help="radiomics worker processes")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    p.add_argument("--seed", type=int)
+    p.add_argument("--no-classify", action="store_true", help="skip the classifiers")
+    p.add_argument("--no-cam", action="store_true", help="skip the saliency maps")
+    p.add_argument("--force", action="store_true", help="recompute every stage")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
         "demo",
-        help="run Rad4XCNN on the built-in synthetic cohort",
-        description="Generate the synthetic demo cohort and run the pipeline on it.",
+        help="run the whole pipeline on the built-in synthetic cohort (a few minutes on a laptop)",
+        description="Write the synthetic demo cohort (if not there yet) and run the whole pipeline on it: "
+        "a ResNet18 fine-tuned on the cohort, compared with the same network left random.",
     )
     p.add_argument("--out", default="demo_run", help="output folder (default ./demo_run)")
     p.add_argument("--n", type=_positive_int, default=120, help="internal cases (default 120)")
     p.add_argument("--external", type=int, default=40, help="external cases (default 40)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="recompute every stage")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser(
         "case",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -44,7 +45,12 @@ class ModelConfig:
     weights: str | None = _opt(
         None,
         "null: random initialisation from the seed; 'imagenet': timm's pretrained weights (online); "
-        "'trained': the checkpoint of the training stage; or a path to a checkpoint file",
+        "'trained': fine-tuned on the cohort by the training stage; or a path to a checkpoint file",
+    )
+    label: str | None = _opt(
+        None,
+        "name of this backbone's features and files (null: the model name); lets one architecture appear "
+        "twice, e.g. fine-tuned and randomly initialised",
     )
     stage: int | None = _opt(
         None,
@@ -64,15 +70,13 @@ class SplitConfig:
 
 @dataclass
 class TrainingConfig:
-    """Optional fine-tuning before feature extraction (the paper fine-tunes its CNNs on BUSI)."""
+    """Fine-tuning of every backbone whose ``weights`` is ``trained`` (the paper fine-tunes its CNNs)."""
 
-    enabled: bool = _opt(False, "fine-tune a backbone on the train split before extracting features")
-    model: str = _opt("resnet18", "timm model name to fine-tune")
-    pretrained: bool = _opt(False, "start from ImageNet weights (needs network access or a timm cache)")
-    epochs: int = _opt(10, "maximum number of epochs", minimum=1)
+    pretrained: bool = _opt(True, "start from ImageNet weights (needs network access or timm's cache)")
+    epochs: int = _opt(30, "maximum number of epochs", minimum=1)
     batch_size: int = _opt(32, "training batch size", minimum=1)
     learning_rate: float = _opt(3e-4, "AdamW learning rate", minimum=0)
-    patience: int = _opt(5, "early stopping: epochs without a better validation AUC", minimum=1)
+    patience: int = _opt(8, "early stopping: epochs without a better validation AUC", minimum=1)
     input_size: int | None = _opt(None, "model input size in pixels (null: the model's default)", minimum=16)
     finetune_manifest: str | None = _opt(
         None, "second phase: fine-tune the trained model on this cohort's manifest (the paper's protocol)"
@@ -132,7 +136,10 @@ class ClassificationConfig:
 class CamConfig:
     """Saliency maps for a gallery of cases (needs a model with a classifier head)."""
 
-    enabled: bool = _opt(True, "compute CAMs (needs the training stage or a trained checkpoint)")
+    enabled: bool = _opt(True, "compute CAMs (needs a fine-tuned backbone or a rad4xcnn checkpoint)")
+    model: str | None = _opt(
+        None, "the backbone whose CAMs are shown (null: the first one with a classifier)"
+    )
     methods: list[str] = _opt(["gradcam", "eigencam", "scorecam"], "CAM methods", choices=CAM_METHODS)
     gallery: int = _opt(6, "number of test cases in the gallery (half per class where possible)", minimum=0)
     cases: list[str] = _opt([], "explicit case ids for the gallery (overrides 'gallery')")
@@ -157,7 +164,9 @@ class RunConfig:
     device: str = _opt("auto", "where the networks run", choices=DEVICES)
     lesion_only: bool = _opt(True, "leave out cases with has_lesion=false")
     split: SplitConfig = field(default_factory=SplitConfig, metadata={"help": "split assignment"})
-    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"help": "fine-tuning"})
+    training: TrainingConfig = field(
+        default_factory=TrainingConfig, metadata={"help": "fine-tuning (of the models with weights: trained)"}
+    )
     models: list[ModelConfig] = field(
         default_factory=lambda: [ModelConfig()], metadata={"help": "backbones whose features are explained"}
     )
@@ -251,11 +260,14 @@ def config_from_dict(data: dict | None) -> RunConfig:
         _fail("models", "name at least one backbone")
     if not cfg.explain.thresholds or not all(0 < m <= 1 for m in cfg.explain.thresholds):
         _fail("explain.thresholds", f"must be values of M in (0, 1], got {cfg.explain.thresholds}")
-    names = [m.name for m in cfg.models]
+    names = [m.label or m.name for m in cfg.models]
     if len(set(names)) != len(names):
-        _fail("models", f"each backbone may appear once, got {names}")
-    if any(m.weights == "trained" for m in cfg.models) and not cfg.training.enabled:
-        _fail("models.weights", "'trained' needs training.enabled: true")
+        _fail("models", f"each backbone may appear once (give a 'label' to use one twice), got {names}")
+    for model in cfg.models:
+        if model.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model.label):
+            _fail("models.label", f"{model.label!r} must be letters, digits, '_', '.' or '-'")
+    if cfg.cam.model is not None and cfg.cam.model not in names:
+        _fail("cam.model", f"{cfg.cam.model!r} is not one of the models: {', '.join(names)}")
     return cfg
 
 
@@ -305,7 +317,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
 
 def _absolute(text: str, base: Path) -> Path:
     p = Path(os.path.expanduser(text))
-    return p if p.is_absolute() else (base / p)
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
 def _merge(base: dict, overrides: dict) -> dict:

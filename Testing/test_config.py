@@ -30,13 +30,14 @@ def test_reference_documents_every_setting_and_round_trips():
         ({"classification": {"classifiers": ["rf", "knn"]}}, "classification.classifiers[1]: 'knn' is not"),
         ({"explain": {"fdr": 2}}, "explain.fdr: must be at most 1, got 2"),
         ({"seed": "zero"}, "seed: must be a whole number, got 'zero'"),
-        ({"training": {"enabled": "yes"}}, "training.enabled: must be true or false"),
+        ({"training": {"pretrained": "yes"}}, "training.pretrained: must be true or false"),
         (
             {"split": {"fractions": [0.5, 0.5, 0.5]}},
             "split.fractions: must be three fractions adding up to 1",
         ),
         ({"models": [{"name": "resnet50"}, {"name": "resnet50"}]}, "models: each backbone may appear once"),
-        ({"models": [{"name": "resnet18", "weights": "trained"}]}, "'trained' needs training.enabled: true"),
+        ({"models": [{"name": "resnet50", "label": "my net"}]}, "models.label: 'my net' must be letters"),
+        ({"cam": {"model": "vgg16"}}, "cam.model: 'vgg16' is not one of the models: resnet50"),
         ({"explain": {"thresholds": [0.6, 1.5]}}, "explain.thresholds: must be values of M in (0, 1]"),
         ({"cam": "yes"}, "cam: must be a mapping of keys to values"),
     ],
@@ -46,6 +47,18 @@ def test_bad_values_name_the_key_and_the_allowed_values(data, message):
         config_from_dict(data)
     assert message in str(exc.value)
     assert str(exc.value).startswith("configuration: ")
+
+
+def test_one_architecture_twice_with_labels():
+    cfg = config_from_dict(
+        {
+            "models": [
+                {"name": "resnet18", "weights": "trained"},
+                {"name": "resnet18", "label": "resnet18-random"},
+            ]
+        }
+    )
+    assert [m.label or m.name for m in cfg.models] == ["resnet18", "resnet18-random"]
 
 
 def test_load_resolves_paths_from_the_file_folder(tmp_path):
@@ -78,3 +91,14 @@ def test_bad_files(tmp_path):
     unsafe.write_text("seed: !!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(Rad4XCNNError, match="not valid YAML"):
         load_config(unsafe)
+
+
+def test_the_paper_example_configuration_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "paper.yaml"
+    cfg = load_config(example)
+    assert [m.name for m in cfg.models] == ["resnet50", "densenet121", "vit_base_patch16_224"]
+    assert all(m.weights == "trained" for m in cfg.models)
+    assert cfg.radiomics.params == "paper" and cfg.classification.classifiers == ["rf", "xgb", "svm"]
+    assert len(cfg.explain.thresholds) > 1
