@@ -566,6 +566,8 @@ class Pipeline:
         }
 
         def compute() -> dict:
+            import pandas as pd
+
             from .classification import classify, infer_feature_sets, read_explained, write_classification
             from .correlation import read_feature_table
             from .explanation import load_explanation, rank_by_importance
@@ -598,12 +600,23 @@ class Pipeline:
             outputs = [str(Path(p).relative_to(self.out)) for p in written.values()]
             deep_sets = [n for n in sets if _feature_set_kind(n) == "deep"]
             imp = result.importances
-            imp = imp[imp["feature_set"].isin(deep_sets) & (imp["method"] == "permutation")]
+            imp = imp[imp["feature_set"].isin(deep_sets)]
             if not imp.empty:
+                # One ranking per backbone (importances of different feature sets are not comparable), by
+                # permutation importance, or by the models' own where no single feature moves the AUC.
                 explanation = load_explanation(self.out)
-                ranked = rank_by_importance(explanation, imp)
-                write_csv_atomic(self.path("explanations_by_importance.csv"), ranked)
-                outputs.append("explanations_by_importance.csv")
+                parts = []
+                for name, part in imp.groupby("feature_set", sort=False):
+                    perm = part[part["method"] == "permutation"]
+                    method = "permutation" if (perm["importance_mean"] > 0).any() else "model"
+                    chosen = part[part["method"] == method]
+                    if chosen.empty:
+                        continue
+                    ranked_set = rank_by_importance(explanation, chosen)
+                    parts.append(ranked_set.assign(feature_set=name, importance_method=method))
+                if parts:
+                    write_csv_atomic(self.path("explanations_by_importance.csv"), pd.concat(parts))
+                    outputs.append("explanations_by_importance.csv")
             metrics = result.metrics
             internal = metrics[metrics["evaluated_on"] == "internal-test"]
             best = internal.sort_values("auc", ascending=False).head(1)

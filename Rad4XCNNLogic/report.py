@@ -146,21 +146,31 @@ def heatmap_figure(block, deep_labels: Sequence[str], radiomic_labels: Sequence[
     return _png(fig)
 
 
-def roc_figure(roc) -> str:
+def roc_figure(roc, metrics=None) -> str:
+    """ROC curves, one panel per evaluation set; with ``metrics``, one curve per feature set: its
+    classifier with the best internal-test AUC (all classifiers are in ``roc.csv``)."""
     plt = _pyplot()
+    if metrics is not None and len(metrics):
+        ranked = metrics.sort_values("auc", ascending=False, kind="stable")
+        internal = ranked[ranked["evaluated_on"] == "internal-test"]
+        best = (internal if len(internal) else ranked).drop_duplicates("feature_set")
+        keep = set(zip(best["feature_set"], best["classifier"], strict=True))
+        roc = roc[[(f, c) in keep for f, c in zip(roc["feature_set"], roc["classifier"], strict=True)]]
     sets = list(dict.fromkeys(roc["evaluated_on"]))
-    fig, axes = plt.subplots(1, len(sets), figsize=(4.2 * len(sets), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.8 * len(sets) + 2.6, 3.8), squeeze=False)
     for ax, where in zip(axes[0], sets, strict=True):
         part = roc[roc["evaluated_on"] == where]
         for (fs, clf), curve in part.groupby(["feature_set", "classifier"], sort=False):
             if "class" in curve and curve["class"].nunique() > 1:
                 curve = curve[curve["class"] == curve["class"].iloc[0]]
-            ax.plot(curve["fpr"], curve["tpr"], lw=1.2, label=f"{fs} / {clf}")
+            ax.plot(curve["fpr"], curve["tpr"], lw=1.3, label=f"{fs} / {clf}")
         ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
         ax.set_title(str(where), fontsize=10)
         ax.set_xlabel("1 - specificity")
         ax.set_ylabel("sensitivity")
-        ax.legend(fontsize=6, loc="lower right")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
     return _png(fig)
 
 
@@ -263,38 +273,47 @@ def _explain_section(out: Path, cfg, top: int, heat_n: int) -> dict:
     table = ranked if ranked is not None else _read_csv(out / "explanations.csv", index_col=0)
     if table is not None and len(table):
         result["ranked"] = ranked is not None
-        if ranked is None:
+        if ranked is None:  # no classifier: the explained features with the strongest partners
             explained = table[table["status"] == "explained"]
-            table = explained.reindex(explained["strongest_rho"].abs().sort_values(ascending=False).index)
+            order = explained["strongest_rho"].abs().sort_values(ascending=False, kind="stable").index
+            table = explained.loc[order]
+        group = "feature_set" if "feature_set" in table else "model"
+        if ranked is not None:
+            table = table[table["importance"] > 0]
+            if table.empty:
+                result["ranked_note"] = (
+                    "No single deep feature changed the classifiers' held-out performance when shuffled "
+                    "(the features are redundant), so none is listed by importance."
+                )
+        table = table.groupby(group, sort=False).head(top)
         columns = [
-            c
-            for c in (
-                "importance_rank",
-                "importance",
-                "status",
-                "n_partners",
-                "families",
-                "strongest_partner",
-                "strongest_rho",
-                "strongest_meaning",
+            c for c in (group, "importance_rank", "importance_method", "status", "summary") if c in table
+        ]
+        shown = (
+            table[columns]
+            .reset_index()
+            .rename(
+                columns={
+                    "feature_set": "feature set",
+                    "importance_rank": "rank",
+                    "importance_method": "ranked by",
+                    "deep_feature": "deep feature",
+                }
             )
-            if c in table
-        ]
-        shown = table[columns].head(top).reset_index()
-        result["explained_table"] = html_table(
-            shown,
-            {
-                "importance": lambda v: f"{v:.3g}",
-                "strongest_rho": lambda v: "" if pd.isna(v) else f"{v:+.2f}",
-            },
         )
-        partners = [
-            p for p in table["strongest_partner"].head(top).dropna().unique() if isinstance(p, str) and p
-        ]
+        result["explained_table"] = html_table(shown)
+        partners = [p for p in table["strongest_partner"].dropna().unique() if isinstance(p, str) and p]
         if partners:
-            from .glossary import describe
+            from .glossary import describe_feature, image_type_label, parse_radiomic_name
 
-            gl = pd.DataFrame({"radiomic feature": partners, "meaning": [describe(p) for p in partners]})
+            parsed = [parse_radiomic_name(p) for p in partners]
+            gl = pd.DataFrame(
+                {
+                    "radiomic feature": partners,
+                    "computed on": [image_type_label(n.image_type) for n in parsed],
+                    "what it measures": [describe_feature(n.feature_class, n.feature) for n in parsed],
+                }
+            )
             result["glossary_table"] = html_table(gl)
     return result
 
@@ -317,9 +336,18 @@ def _classification_section(out: Path) -> dict:
             if metric in metrics:
                 shown[metric.replace("_", " ")] = _with_ci(metrics, metric)
         result["metrics_table"] = html_table(shown)
+        auc = metrics.assign(auc_text=_with_ci(metrics, "auc")).pivot_table(
+            index=["feature_set", "classifier"],
+            columns="evaluated_on",
+            values="auc_text",
+            aggfunc="first",
+            sort=False,
+        )
+        auc.columns = [f"AUC, {c}" for c in auc.columns]
+        result["auc_table"] = html_table(auc.reset_index().rename(columns={"feature_set": "feature set"}))
     roc = _read_csv(out / "roc.csv")
     if roc is not None and len(roc):
-        result["roc_fig"] = roc_figure(roc)
+        result["roc_fig"] = roc_figure(roc, metrics)
     history = _read_csv(out / "training_history.csv")
     if history is not None and len(history):
         result["training_fig"] = training_figure(history)
