@@ -178,8 +178,20 @@ class Pipeline:
         assert self.state is not None
         return {dep: self.state.output_hashes(dep) for dep in DEPENDS[stage]}
 
-    def _run_stage(self, name: str, settings: dict, compute: Callable[[], dict]) -> None:
-        """Run one stage unless it is up to date; ``compute`` returns its summary with ``outputs``."""
+    def _skip(self, name: str, reason: str) -> None:
+        """Record that the configuration leaves stage ``name`` out (and forget its earlier outputs)."""
+        record = self.records[name]
+        record.status, record.error = "skipped", reason
+        assert self.state is not None
+        self.state.forget(name)
+        log.info("%s", record.line())
+
+    def _run_stage(
+        self, name: str, settings: dict, compute: Callable[[], dict], started: float | None = None
+    ) -> None:
+        """Run one stage unless it is up to date; ``compute`` returns its summary with ``outputs``.
+
+        ``started`` counts work done before the fingerprint could be known (reading and hashing inputs)."""
         assert self.state is not None
         record = self.records[name]
         # The report is written whatever failed: it shows the failures.
@@ -205,7 +217,7 @@ class Pipeline:
         )
         record.fingerprint = fingerprint
         emit("stage-start", name)
-        start = time.perf_counter()
+        start = time.perf_counter() if started is None else started
         saved = None if self.force else self.state.fresh(name, fingerprint, self.out)
         if saved is not None:
             record.status = "cached"
@@ -245,6 +257,7 @@ class Pipeline:
     def _cohort(self):
         from .cohort import read_manifest, write_manifest
 
+        started = time.perf_counter()
         manifest = Path(self.cfg.manifest)
         cohort = read_manifest(
             manifest,
@@ -287,7 +300,7 @@ class Pipeline:
             summary["failures"] = cohort.failures
             return summary
 
-        self._run_stage("cohort", settings, compute)
+        self._run_stage("cohort", settings, compute, started)
 
     def load_cohort(self):
         from .cohort import read_manifest
@@ -303,10 +316,7 @@ class Pipeline:
         tc = self.cfg.training
         trained = [(m.label or m.name, m.name) for m in self.cfg.models if m.weights == "trained"]
         if not trained:
-            self.records["train"].status = "skipped"
-            self.records["train"].error = "no model has weights: trained"
-            self.state.forget("train")
-            log.info("%s", self.records["train"].line())
+            self._skip("train", "no model has weights: trained")
             return
         settings = {
             "training": asdict(tc),
@@ -554,10 +564,7 @@ class Pipeline:
     def _classify(self):
         cc = self.cfg.classification
         if not cc.enabled:
-            self.records["classify"].status = "skipped"
-            self.records["classify"].error = "classification.enabled is false"
-            self.state.forget("classify")
-            log.info("%s", self.records["classify"].line())
+            self._skip("classify", "classification.enabled is false")
             return
         settings = {
             "classification": asdict(cc),
@@ -654,14 +661,12 @@ class Pipeline:
         camc = self.cfg.cam
         chosen = self._cam_checkpoint() if camc.enabled else None
         if chosen is None or not camc.methods:
-            self.records["cam"].status = "skipped"
-            self.records["cam"].error = (
+            self._skip(
+                "cam",
                 "cam.enabled is false"
                 if not camc.enabled
-                else "no backbone with a classifier: use weights: trained, or a rad4xcnn checkpoint"
+                else "no backbone with a classifier: use weights: trained, or a rad4xcnn checkpoint",
             )
-            self.state.forget("cam")
-            log.info("%s", self.records["cam"].line())
             return
         model_name, checkpoint = chosen
         trained = checkpoint == self.trained_checkpoint(model_name)

@@ -55,7 +55,7 @@ def track(
     enabled: bool = True,
     unit: str = "case",
 ) -> Iterator[T]:
-    """Iterate with a progress bar (tqdm on stderr) or progress events; silent when ``enabled`` is False.
+    """Iterate with a :class:`ProgressBar` (tqdm on stderr, or progress events); silent when not ``enabled``.
 
     Examples
     --------
@@ -67,29 +67,10 @@ def track(
     if not enabled:
         yield from iterable
         return
-    if machine_readable():
-        name = stage or desc
-        last = 0.0
-        emit("progress", name, done=0, total=total, message=desc)
-        for done, item in enumerate(iterable, start=1):
+    with ProgressBar(total, desc=desc, stage=stage, unit=unit) as bar:
+        for item in iterable:
             yield item
-            now = time.monotonic()
-            if now - last >= _MIN_INTERVAL_S or done == total:
-                emit("progress", name, done=done, total=total, message=desc)
-                last = now
-        return
-    from tqdm.auto import tqdm
-
-    yield from tqdm(
-        iterable,
-        total=total,
-        desc=desc,
-        unit=unit,
-        leave=False,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        disable=None,
-    )
+            bar.update(1)
 
 
 class ProgressBar:
