@@ -22,13 +22,14 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import timed
 
 from Rad4XCNNLogic.classification import DEFAULT_GRIDS, classify, permutation_importance_batched
 from Rad4XCNNLogic.cohort import Case, Cohort, assign_splits
@@ -59,16 +60,6 @@ def make_cohort(n: int, n_deep: int, n_rad: int, n_external: int, seed: int = 0)
     ]
     explained = [f"resnet50_{k}" for k in range(0, n_deep, 4)]
     return frame, Cohort(assign_splits(cases, seed=seed)), explained
-
-
-def timed(fn, repeat: int = 1):
-    """Best wall time of ``repeat`` calls, and the last value."""
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, value
 
 
 def bench_bootstrap(n_test: int, n_bootstrap: int) -> None:

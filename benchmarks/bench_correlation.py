@@ -23,6 +23,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timing import timed
+
 from Rad4XCNNLogic.correlation import permutation_null, spearman
 
 
@@ -40,15 +42,6 @@ def make_tables(n: int, n_deep: int, n_rad: int, seed: int = 0) -> tuple[pd.Data
         pd.DataFrame(deep, index=cases, columns=[f"resnet50_{k}" for k in range(n_deep)]),
         pd.DataFrame(rad, index=cases, columns=[f"original_firstorder_F{k}" for k in range(n_rad)]),
     )
-
-
-def timed(fn, repeat: int = 1):
-    best, value = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, value
 
 
 def peak_rss_gb() -> float:
