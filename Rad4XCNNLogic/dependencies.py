@@ -59,6 +59,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("xgboost", "xgboost>=2.0", "XGBoost classifier"),
     Requirement("pytorch_grad_cam", "grad-cam>=1.5.4", "saliency maps (CAMs)"),
     Requirement("matplotlib", "matplotlib>=3.8", "report plots"),
+    Requirement("jinja2", "jinja2>=3.1", "the HTML report"),
 )
 
 #: The module that the PyTorch extension adds to Slicer, and the one of SlicerRadiomics.
