@@ -101,10 +101,6 @@ class RunResult:
         return self.out / "report.html"
 
 
-class _StageFailed(Exception):
-    pass
-
-
 class _RunState:
     """The fingerprints and output hashes of the stages finished in a run folder."""
 
@@ -186,6 +182,16 @@ class Pipeline:
         self.state.forget(name)
         log.info("%s", record.line())
 
+    def _fail(self, name: str, exc: BaseException, seconds: float = 0.0) -> None:
+        """Record that stage ``name`` failed; the stages that need it will be blocked, the others run."""
+        record = self.records[name]
+        record.status, record.seconds, record.error = "failed", seconds, _one_line(exc)
+        assert self.state is not None
+        self.state.forget(name)
+        log.debug("stage %s failed:\n%s", name, traceback.format_exc())
+        log.error("%s", record.line())
+        emit("stage-end", name, status="failed", seconds=record.seconds, message=record.error)
+
     def _run_stage(
         self, name: str, settings: dict, compute: Callable[[], dict], started: float | None = None
     ) -> None:
@@ -228,13 +234,8 @@ class Pipeline:
             self.state.forget(name)
             try:
                 summary = compute()
-            except (Rad4XCNNError, ImportError, RuntimeError, ValueError, OSError, MemoryError) as exc:
-                record.status = "failed"
-                record.seconds = time.perf_counter() - start
-                record.error = _one_line(exc)
-                log.debug("stage %s failed:\n%s", name, traceback.format_exc())
-                log.error("%s", record.line())
-                emit("stage-end", name, status="failed", seconds=record.seconds, message=record.error)
+            except Exception as exc:  # any failure ends this stage only; the traceback goes to run.log
+                self._fail(name, exc, time.perf_counter() - start)
                 return
             outputs = {rel: file_sha256(self.out / rel) for rel in summary.pop("outputs", [])}
             failures = _failure_dicts(summary.pop("failures", []))
@@ -789,17 +790,20 @@ class Pipeline:
                     h.setLevel(previous_level or logging.INFO)
         log.info("Rad4XCNN %s: run folder %s", __version__, self.out)
         try:
-            for step in (
-                self._cohort,
-                self._train,
-                self._deep,
-                self._radiomics,
-                self._explain,
-                self._classify,
-                self._cam,
-                self._report,
+            self._cohort()  # without a cohort nothing can run: its errors end the run
+            for name, step in (
+                ("train", self._train),
+                ("deep", self._deep),
+                ("radiomics", self._radiomics),
+                ("explain", self._explain),
+                ("classify", self._classify),
+                ("cam", self._cam),
+                ("report", self._report),
             ):
-                step()
+                try:
+                    step()
+                except Exception as exc:  # a bad setting found while preparing the stage (a missing file...)
+                    self._fail(name, exc)
         finally:
             self._write_run_json()
             root.removeHandler(handler)

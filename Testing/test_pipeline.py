@@ -263,3 +263,14 @@ def test_gallery_takes_internal_test_cases_first_and_alternates_classes(cohort_m
     assert len({c.label for c in cases[:2]}) == 2
     assert gallery_cases(cohort, 4, seed=0) == chosen
     assert np.unique(chosen).size == 4
+
+
+def test_a_bad_setting_fails_its_stage_and_the_independent_stages_still_run(cohort_manifest, tmp_path):
+    settings = _light(cohort_manifest, tmp_path / "run", models=[{"name": "resnet18", "weights": "gone.pt"}])
+    result = run_pipeline(config_from_dict(settings), progress=False)
+    statuses = _statuses(result)
+    assert statuses["deep"] == "failed"
+    assert "weights file not found for resnet18" in result.stages["deep"].error
+    assert statuses["radiomics"] == "computed" and statuses["explain"] == "blocked"
+    assert statuses["report"] == "computed" and not result.ok
+    assert (tmp_path / "run" / "radiomics.csv").is_file()
