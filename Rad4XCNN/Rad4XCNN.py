@@ -28,9 +28,9 @@ try:  # installed extension: the engine package lies next to this file
 except ImportError:  # source tree added as a module path: the engine is one folder up
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     import Rad4XCNNLogic as rad4xcnn_engine
-from Rad4XCNNLogic import background, dependencies
-from Rad4XCNNLogic import mrml_bridge as bridge
-from Rad4XCNNLogic import mrml_parameters as settings
+from Rad4XCNNLib import background, bridge, dependencies
+from Rad4XCNNLib import parameters as settings
+
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
 POLL_INTERVAL_MS = 250
@@ -463,7 +463,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
 
     def startCaseRun(self, values):
         """Export the chosen image and lesion; start the engine on this case against the run folder."""
-        from Rad4XCNNLogic import mrml_results
+        from Rad4XCNNLib import results as mrml_results
 
         caseFolder = Path(tempfile.mkdtemp(prefix="rad4xcnn-case-"))
         argv = mrml_results.case_command(values, caseFolder)
@@ -475,7 +475,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------------------------------ results
     def loadResults(self, parameterNode):
         """Show the run folder's tables and plots; returns a one-line summary."""
-        from Rad4XCNNLogic import mrml_results
+        from Rad4XCNNLib import results as mrml_results
 
         results = mrml_results.load_run(settings.get(parameterNode, "OutputFolder"))
         self.results, summary = mrml_results.show_run(
@@ -492,14 +492,14 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
 
     def applyThreshold(self, parameterNode, threshold):
         """Re-threshold the loaded correlations at a new M (no recomputation); returns the new summary."""
-        from Rad4XCNNLogic import mrml_results
+        from Rad4XCNNLib import results as mrml_results
 
         self.results, summary = mrml_results.apply_threshold(self.results, parameterNode, threshold)
         return summary
 
     def showCase(self, parameterNode, caseFolder):
         """Show the case's CAM over its image and its radiomic values against the cohort."""
-        from Rad4XCNNLogic import mrml_results
+        from Rad4XCNNLib import results as mrml_results
 
         if self.results is None:
             self.loadResults(parameterNode)
@@ -510,7 +510,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
 # Rad4XCNNTest
 #
 class Rad4XCNNTest(ScriptedLoadableModuleTest):
-    """Runs the self-test scenarios of Rad4XCNNLogic.mrml_scenarios in Slicer on a synthetic cohort.
+    """Runs the self-test scenarios of Rad4XCNNLib.scenarios in Slicer on a synthetic cohort.
 
     The same scenario functions run in the pytest suite on the slicer-core wheel
     (Testing/test_mrml_scenarios.py), so this test and CI check the same behaviour.
@@ -526,7 +526,7 @@ class Rad4XCNNTest(ScriptedLoadableModuleTest):
         self.test_Rad4XCNN_parameter_node()
 
     def test_Rad4XCNN_scenarios(self):
-        from Rad4XCNNLogic import mrml_scenarios
+        from Rad4XCNNLib import scenarios as mrml_scenarios
 
         # The scenarios need the engine's packages; a fresh Slicer gets them here (no dialog in a test).
         self.assertTrue(Rad4XCNNLogic().ensureDependencies(SELF_TEST_DEPENDENCIES, askConfirmation=False))

@@ -12,8 +12,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
-from .errors import Rad4XCNNError
+from Rad4XCNNLogic import __version__
+from Rad4XCNNLogic.errors import Rad4XCNNError
 
 log = logging.getLogger("Rad4XCNNLogic")
 #: The demo's classes overlap somewhat, so that its classifiers and explanations are not trivially perfect.
@@ -70,8 +70,8 @@ def _count(text: str) -> int:
 
 # --------------------------------------------------------------------------------------------- commands
 def cmd_synth(args: argparse.Namespace) -> int:
-    from .cohort import format_summary, read_manifest
-    from .synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.cohort.manifest import format_summary, read_manifest
+    from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
 
     manifest = make_synthetic_cohort(
         args.out,
@@ -92,8 +92,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_import_busi(args: argparse.Namespace) -> int:
-    from .busi import import_busi
-    from .cohort import format_summary
+    from Rad4XCNNLogic.cohort.busi import import_busi
+    from Rad4XCNNLogic.cohort.manifest import format_summary
 
     result = import_busi(args.folder, args.out)
     cohort = result.cohort
@@ -107,7 +107,7 @@ def cmd_import_busi(args: argparse.Namespace) -> int:
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
-    from .cohort import format_summary, read_manifest, write_manifest
+    from Rad4XCNNLogic.cohort.manifest import format_summary, read_manifest, write_manifest
 
     cohort = read_manifest(args.manifest, check_images=args.check_images, seed=args.seed)
     print(format_summary(cohort))
@@ -118,8 +118,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_radiomics(args: argparse.Namespace) -> int:
-    from .cohort import read_manifest
-    from .radiomic_features import extract_radiomics, side_files, write_radiomics
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics, side_files, write_radiomics
 
     out = Path(args.out)
     cohort = read_manifest(args.manifest, seed=args.seed)
@@ -161,10 +161,16 @@ def cmd_radiomics(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .cohort import read_manifest
-    from .correlation import read_feature_table
-    from .explanation import explain, rank_by_importance, replicate, write_explanation, write_replicability
-    from .storage import write_csv_atomic
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.explain.correlation import read_feature_table
+    from Rad4XCNNLogic.explain.explanation import (
+        explain,
+        rank_by_importance,
+        replicate,
+        write_explanation,
+        write_replicability,
+    )
+    from Rad4XCNNLogic.infra.storage import write_csv_atomic
 
     deep = read_feature_table(args.deep, "deep-feature")
     radiomics = read_feature_table(args.radiomics, "radiomics")
@@ -283,8 +289,8 @@ def _run_overrides(args: argparse.Namespace) -> dict:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config, reference_yaml
-    from .pipeline import run_pipeline
+    from Rad4XCNNLogic.run.config import load_config, reference_yaml
+    from Rad4XCNNLogic.run.runner import run_pipeline
 
     if args.print_config:
         print(reference_yaml(), end="")
@@ -297,8 +303,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     import json
 
-    from .pipeline import demo_config, run_pipeline
-    from .synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.run.runner import demo_config, run_pipeline
 
     out = Path(args.out)
     cohort_dir = out / "cohort"
@@ -341,8 +347,8 @@ def _print_failures(failures, what: str) -> None:
 
 
 def cmd_deep(args: argparse.Namespace) -> int:
-    from .cohort import read_manifest
-    from .deep_features import extract_deep_features, write_deep_features
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.features.deep import extract_deep_features, write_deep_features
 
     if args.model is None and args.weights is None:
         raise Rad4XCNNError(
@@ -386,8 +392,8 @@ def cmd_deep(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .cohort import DEFAULT_COHORT, read_manifest
-    from .training import train_model
+    from Rad4XCNNLogic.cohort.manifest import DEFAULT_COHORT, read_manifest
+    from Rad4XCNNLogic.features.training import train_model
 
     if args.model is None and args.weights is None:
         raise Rad4XCNNError(
@@ -428,8 +434,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_cam(args: argparse.Namespace) -> int:
-    from .cam import compute_cams
-    from .cohort import read_manifest
+    from Rad4XCNNLogic.cam.maps import compute_cams
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
 
     if args.model is None and args.weights is None:
         raise Rad4XCNNError("give --weights with a checkpoint of 'rad4xcnn train' (or --model NAME)")
@@ -481,9 +487,9 @@ def cmd_cam(args: argparse.Namespace) -> int:
 def cmd_case(args: argparse.Namespace) -> int:
     """One case against a finished run: its radiomic features with the run's own parameters, and its CAM;
     the 3D Slicer module runs this in the background."""
-    from .cohort import read_manifest
-    from .radiomic_features import extract_radiomics, write_radiomics
-    from .run_results import case_radiomics_params
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics, write_radiomics
+    from Rad4XCNNLogic.run.results import case_radiomics_params
 
     cohort = read_manifest(args.manifest)
     if cohort.failures:
@@ -503,7 +509,7 @@ def cmd_case(args: argparse.Namespace) -> int:
         f"(parameters: {params})"
     )
     if args.cam:
-        from .cam import compute_cams
+        from Rad4XCNNLogic.cam.maps import compute_cams
 
         # writes <out>/cam/<case>_<method>.nrrd in the image's geometry, which the module overlays
         cams = compute_cams(
@@ -534,8 +540,13 @@ def _threshold_or_none(text: str) -> float | None:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from .classification import classify, read_explained, read_feature_tables, write_classification
-    from .cohort import read_manifest
+    from Rad4XCNNLogic.classify.classifiers import (
+        classify,
+        read_explained,
+        read_feature_tables,
+        write_classification,
+    )
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
 
     features, missing = read_feature_tables(args.features)
     cohort = read_manifest(args.manifest, check_files=False, seed=args.seed)

@@ -11,7 +11,7 @@ import pytest
 @pytest.fixture(scope="session")
 def synthetic_manifest(tmp_path_factory) -> Path:
     """A 24-case internal + 6-case external synthetic cohort, written once per test session."""
-    from Rad4XCNNLogic.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
 
     out = tmp_path_factory.mktemp("synthetic")
     return make_synthetic_cohort(out, n=24, n_external=6, seed=3, shape=(128, 160))

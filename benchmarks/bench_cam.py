@@ -81,12 +81,17 @@ def main(argv=None) -> int:
     import timm
     import torch
 
-    from Rad4XCNNLogic.cam import check_methods, compute_cams, resolve_target_layer
-    from Rad4XCNNLogic.cohort import read_manifest
-    from Rad4XCNNLogic.deep_features import preprocess_case
-    from Rad4XCNNLogic.environment import cpu_name
-    from Rad4XCNNLogic.models import PreprocessConfig, build_backbone, resolve_device, save_checkpoint
-    from Rad4XCNNLogic.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.cam.maps import check_methods, compute_cams, resolve_target_layer
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.features.backbones import (
+        PreprocessConfig,
+        build_backbone,
+        resolve_device,
+        save_checkpoint,
+    )
+    from Rad4XCNNLogic.features.deep import preprocess_case
+    from Rad4XCNNLogic.infra.environment import cpu_name
 
     if args.threads:
         torch.set_num_threads(args.threads)

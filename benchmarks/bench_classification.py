@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import timed
 
-from Rad4XCNNLogic.classification import DEFAULT_GRIDS, classify, permutation_importance_batched
-from Rad4XCNNLogic.cohort import Case, Cohort, assign_splits
-from Rad4XCNNLogic.metrics import evaluate_predictions, stratified_bootstrap_weights
+from Rad4XCNNLogic.classify.classifiers import DEFAULT_GRIDS, classify, permutation_importance_batched
+from Rad4XCNNLogic.classify.metrics import evaluate_predictions, stratified_bootstrap_weights
+from Rad4XCNNLogic.cohort.manifest import Case, Cohort, assign_splits
 
 
 def make_cohort(n: int, n_deep: int, n_rad: int, n_external: int, seed: int = 0):
@@ -125,7 +125,7 @@ def bench_classify(frame, cohort, explained, jobs: int, n_bootstrap: int) -> Non
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
     from sklearn.pipeline import Pipeline
 
-    from Rad4XCNNLogic.classification import class_weights, classifier_param_prefix, make_pipeline
+    from Rad4XCNNLogic.classify.classifiers import class_weights, classifier_param_prefix, make_pipeline
 
     t_ours, result = timed(
         lambda: classify(

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import timed
 
-from Rad4XCNNLogic.correlation import permutation_null, spearman
+from Rad4XCNNLogic.explain.correlation import permutation_null, spearman
 
 
 def make_tables(n: int, n_deep: int, n_rad: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def make_cohort(folder: Path, n_images: int, unique: int, shape: tuple[int, int], fmt: str):
     """``n_images`` cases over ``unique`` synthetic files (each case still decodes its own file read)."""
-    from Rad4XCNNLogic.cohort import Cohort, read_manifest
-    from Rad4XCNNLogic.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.cohort.manifest import Cohort, read_manifest
+    from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
 
     base = read_manifest(make_synthetic_cohort(folder, unique, seed=0, shape=shape, fmt=fmt))
     cases = [replace(base.cases[i % unique], case_id=f"case{i:06d}") for i in range(n_images)]
@@ -45,7 +45,7 @@ def cpu_seconds() -> float:
 def decode_rate(cohort, backbone, n: int = 32) -> float:
     """Images per second of one process reading, cropping and resizing cases (no model): the input
     pipeline's cost per worker."""
-    from Rad4XCNNLogic.deep_features import CaseDataset
+    from Rad4XCNNLogic.features.deep import CaseDataset
 
     dataset = CaseDataset(cohort.cases[:n], backbone.preprocess)
     dataset[0]
@@ -59,7 +59,7 @@ def raw_forward(backbone, device, dtype, batch_size: int, images: int, channels_
     """Images per second of the model alone on inputs already on the device, and images per CPU second."""
     import torch
 
-    from Rad4XCNNLogic.models import pooled_features
+    from Rad4XCNNLogic.features.backbones import pooled_features
 
     net = backbone.model.eval().to(device)
     size = backbone.preprocess.input_size
@@ -91,7 +91,7 @@ def raw_forward(backbone, device, dtype, batch_size: int, images: int, channels_
 
 
 def main(argv=None) -> int:
-    from Rad4XCNNLogic.environment import cpu_name
+    from Rad4XCNNLogic.infra.environment import cpu_name
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -114,8 +114,8 @@ def main(argv=None) -> int:
     import timm
     import torch
 
-    from Rad4XCNNLogic.deep_features import extract_deep_features, write_deep_features
-    from Rad4XCNNLogic.models import build_backbone, resolve_device, resolve_dtype
+    from Rad4XCNNLogic.features.backbones import build_backbone, resolve_device, resolve_dtype
+    from Rad4XCNNLogic.features.deep import extract_deep_features, write_deep_features
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     device = resolve_device(args.device)

@@ -38,7 +38,7 @@ def report(title: str, run_dir: Path, wall: float) -> None:
 
 
 def run_timed(config, label: str) -> float:
-    from Rad4XCNNLogic.pipeline import run_pipeline
+    from Rad4XCNNLogic.run.runner import run_pipeline
 
     start = time.perf_counter()
     result = run_pipeline(config, progress=False)
@@ -52,8 +52,8 @@ def run_timed(config, label: str) -> float:
 
 def bench_demo(root: Path, seed: int) -> None:
     from Rad4XCNNLogic.cli import DEMO_SEPARATION
-    from Rad4XCNNLogic.pipeline import demo_config
-    from Rad4XCNNLogic.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.run.runner import demo_config
 
     start = time.perf_counter()
     manifest = make_synthetic_cohort(
@@ -66,8 +66,8 @@ def bench_demo(root: Path, seed: int) -> None:
 
 
 def bench_busi(root: Path, args: argparse.Namespace) -> None:
-    from Rad4XCNNLogic.config import config_from_dict
-    from Rad4XCNNLogic.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.run.config import config_from_dict
 
     start = time.perf_counter()
     manifest = make_synthetic_cohort(
@@ -106,7 +106,7 @@ def bench_busi(root: Path, args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    from Rad4XCNNLogic.environment import cpu_name, device_info
+    from Rad4XCNNLogic.infra.environment import cpu_name, device_info
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

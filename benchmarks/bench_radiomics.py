@@ -34,7 +34,7 @@ def direct_loop(cases, params_path: Path) -> tuple[float, float]:
 
 def ours(cases, params: str, jobs: int, cache_dir=None) -> tuple[float, object, float]:
     """Wall seconds, the result, and this process's CPU seconds (all of it when jobs is 1)."""
-    from Rad4XCNNLogic.radiomic_features import extract_radiomics
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics
 
     start, cpu = time.perf_counter(), time.process_time()
     result = extract_radiomics(cases, params, jobs=jobs, cache_dir=cache_dir, progress=False)
@@ -59,10 +59,10 @@ def main(argv=None) -> int:
     import numpy as np
     import radiomics
 
-    from Rad4XCNNLogic.cohort import read_manifest
-    from Rad4XCNNLogic.environment import available_cpus, cpu_name
-    from Rad4XCNNLogic.radiomic_features import _quiet_pyradiomics, library_versions, resolve_params
-    from Rad4XCNNLogic.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
+    from Rad4XCNNLogic.features.radiomics import _quiet_pyradiomics, library_versions, resolve_params
+    from Rad4XCNNLogic.infra.environment import available_cpus, cpu_name
 
     logging.basicConfig(level=logging.WARNING)
     _quiet_pyradiomics()

@@ -8,10 +8,10 @@ import unittest
 
 import numpy as np
 import slicer
+from Rad4XCNNLib import bridge
+from Rad4XCNNLib import parameters as settings
 
-from Rad4XCNNLogic import mrml_bridge as bridge
-from Rad4XCNNLogic import mrml_parameters as settings
-from Rad4XCNNLogic.imageio import Image2D
+from Rad4XCNNLogic.cohort.imageio import Image2D
 
 
 class Rad4XCNNWidgetTest(unittest.TestCase):

@@ -1,0 +1,183 @@
+"""A run's results as Slicer nodes: tables, coverage and rho plots, a case's table and CAM overlay.
+
+The module's logic calls these; the nodes are kept as references on the module's parameter node, so moving
+the M slider refills the same nodes (from the stored correlations, without recomputing) and a saved scene
+keeps them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from Rad4XCNNLib import bridge
+from Rad4XCNNLib import parameters as settings
+from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.run.results import RunResults, case_comparison
+
+log = logging.getLogger(__name__)
+
+#: Rows of the correlations table shown in Slicer (the strongest pairs); the CSV in the run folder has all.
+MAX_TABLE_ROWS = 5000
+_TABLE_NAMES = {
+    "ExplanationsTable": "Rad4XCNN explanations",
+    "CorrelationsTable": "Rad4XCNN correlations",
+    "ClassificationTable": "Rad4XCNN classification",
+    "CaseTable": "Rad4XCNN case",
+}
+_DESCRIPTIONS = {
+    "status": "explained: at least one radiomic feature with |rho| >= M",
+    "n_partners": "how many radiomic features explain this deep feature",
+    "strongest_partner": "the radiomic feature with the largest |rho|",
+    "rho": "Spearman's rank correlation across the cohort's cases",
+    "p": "two-sided p-value of rho",
+    "q": "Benjamini-Hochberg q-value over all pairs",
+    "meaning": "what the radiomic feature measures",
+    "case_value": "this case's value of the radiomic feature",
+    "percentile": "share of the cohort's cases with a lower value (ties count half), in %",
+    "z": "(case value - cohort mean) / cohort standard deviation",
+}
+
+
+def load_run(folder, threshold: float | None = None) -> RunResults:
+    """Read a run folder's results (see :class:`~Rad4XCNNLogic.run.results.RunResults`)."""
+    if not folder:
+        raise Rad4XCNNError("choose the run folder (the output folder of a cohort run)")
+    return RunResults.load(folder, threshold=threshold)
+
+
+def _table(parameter_node, reference: str, frame, index: bool = True):
+    node = settings.get(parameter_node, reference)
+    node = bridge.table_node_from_dataframe(
+        frame, _TABLE_NAMES[reference], node=node, index=index, descriptions=_DESCRIPTIONS
+    )
+    settings.set_value(parameter_node, reference, node)
+    return node
+
+
+def show_run(results: RunResults, parameter_node, threshold: float | None = None) -> tuple[RunResults, str]:
+    """Fill (or refill) the result nodes of ``results`` at ``threshold``; returns the results at that M and a
+    one-line summary. Tables: explanations, correlations (the strongest :data:`MAX_TABLE_ROWS` pairs) and
+    classification; charts: coverage against M with a marker at M, and the histogram of rho."""
+    if threshold is not None and results.explanation is not None:
+        results = results.with_threshold(threshold)
+    if results.explanation is not None:
+        _table(parameter_node, "ExplanationsTable", results.explanations)
+        _table(parameter_node, "CorrelationsTable", results.correlations.head(MAX_TABLE_ROWS), index=False)
+        coverage = bridge.plot_coverage(
+            results.coverage(),
+            threshold=results.threshold,
+            chart=settings.get(parameter_node, "CoverageChart"),
+        )
+        settings.set_value(parameter_node, "CoverageChart", coverage)
+        histogram = bridge.plot_rho_histogram(
+            results.rho, threshold=results.threshold, chart=settings.get(parameter_node, "RhoChart")
+        )
+        settings.set_value(parameter_node, "RhoChart", histogram)
+    if results.classification is not None:
+        _table(parameter_node, "ClassificationTable", results.classification)
+    return results, results.summary()
+
+
+def apply_threshold(results: RunResults, parameter_node, threshold: float) -> tuple[RunResults, str]:
+    """The M slider: re-threshold the stored correlations and refill the same nodes."""
+    return show_run(results, parameter_node, threshold)
+
+
+# ------------------------------------------------------------------------------------------------ a case
+def export_case(values: Mapping[str, Any], folder: Path) -> Path:
+    """Write the chosen image and lesion (segment or labelmap) of the Case panel as a one-case manifest."""
+    from Rad4XCNNLogic.cohort.imageio import write_image
+    from Rad4XCNNLogic.infra.storage import write_csv_atomic
+
+    image_node, mask_node = values.get("CaseImage"), values.get("CaseMask")
+    if image_node is None:
+        raise Rad4XCNNError("choose the case's image volume")
+    if mask_node is None:
+        raise Rad4XCNNError("choose the case's segmentation or labelmap")
+    image = bridge.image_from_volume_node(image_node)
+    if mask_node.IsA("vtkMRMLSegmentationNode"):
+        mask = bridge.mask_from_segment(mask_node, values.get("CaseSegment") or None, image_node)
+    else:
+        mask = bridge.mask_from_labelmap(mask_node, image_node)
+    if not mask.any():
+        raise Rad4XCNNError(f"the lesion of '{image_node.GetName()}' is empty in the image's geometry")
+    import pandas as pd
+
+    case_id = bridge._safe_name(image_node.GetName())
+    folder = Path(folder)
+    write_image(folder / "images" / f"{case_id}.nrrd", image.array, like=image)
+    write_image(folder / "masks" / f"{case_id}_mask.nrrd", mask.astype(np.uint8), like=image)
+    manifest = folder / "manifest.csv"
+    row = {"case_id": case_id, "image": f"images/{case_id}.nrrd", "mask": f"masks/{case_id}_mask.nrrd"}
+    write_csv_atomic(manifest, pd.DataFrame([row]).set_index("case_id"))
+    return manifest
+
+
+def case_command(values: Mapping[str, Any], folder: Path) -> list[str]:
+    """Export the case and return the ``rad4xcnn case`` arguments that compute its radiomic features (with
+    the run's preset) and its CAM into ``folder``."""
+    manifest = export_case(values, folder)
+    run = values.get("OutputFolder") or ""
+    if not run or not Path(run).is_dir():
+        raise Rad4XCNNError("choose the run folder of the cohort (Output folder) before explaining a case")
+    args = ["case", "--manifest", str(manifest), "--run", str(run), "--out", str(folder)]
+    args += ["--model", str(values.get("Backbone") or "resnet50")]
+    weights = settings.weights_argument(values)
+    if weights is not None:
+        args += ["--weights", weights]
+    args += ["--radiomics-params", settings.radiomics_argument(values)]
+    args += [
+        "--cam",
+        str(values.get("CamMethod") or "gradcam"),
+        "--device",
+        str(values.get("Device") or "auto"),
+    ]
+    return args
+
+
+def read_case_outputs(folder: Path) -> tuple[object | None, np.ndarray | None]:
+    """The case's radiomic values (a Series) and CAM (a 2D array), where the case command wrote them."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.cohort.imageio import read_image
+
+    folder = Path(folder)
+    values = None
+    table = folder / "radiomics.csv"
+    if table.is_file():
+        frame = pd.read_csv(table, index_col=0)
+        if len(frame):
+            values = frame.iloc[0]
+    cams = sorted((folder / "cam").glob("*.nrrd")) if (folder / "cam").is_dir() else []
+    cam = read_image(cams[0]).array if cams else None
+    return values, cam
+
+
+def show_case(results: RunResults, parameter_node, folder: Path) -> str:
+    """Show a finished case: its CAM over the image, and its radiomic values against the cohort for the
+    radiomic features that explain the classifier's most important deep features."""
+    values = settings.read_all(parameter_node)
+    case_values, cam = read_case_outputs(folder)
+    notes = []
+    if cam is not None:
+        node = bridge.cam_overlay(
+            cam, values["CaseImage"], opacity=values["CamOpacity"], node=values["CamVolume"]
+        )
+        settings.set_value(parameter_node, "CamVolume", node)
+        notes.append(f"{values['CamMethod']} map shown over {values['CaseImage'].GetName()}")
+    if case_values is not None and results.explanation is not None and results.radiomics is not None:
+        top = results.ranked_deep_features(values["TopFeatures"])
+        pairs = results.explaining_pairs(list(top.index))
+        table = case_comparison(case_values, results.radiomics, pairs)
+        _table(parameter_node, "CaseTable", table, index=False)
+        explained = int((top["status"] == "explained").sum())
+        notes.append(
+            f"{explained} of the {len(top)} most important deep features "
+            f"explained at M = {results.threshold:.2f}"
+        )
+    return "; ".join(notes) or "the case produced no CAM and no radiomic values"

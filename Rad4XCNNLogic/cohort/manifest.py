@@ -1,0 +1,427 @@
+"""The cohort manifest (DESIGN.md §4): read, validate, split and write it, and load its cases.
+
+A manifest is a UTF-8 CSV with the columns ``case_id``, ``image``, ``mask`` (required) and ``label``,
+``split``, ``cohort``, ``has_lesion`` (optional). Bad rows do not stop a load: they become
+:class:`~Rad4XCNNLogic.errors.CaseFailure` records naming the case and the problem, and the good cases load.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from Rad4XCNNLogic.cohort.imageio import Image2D, read_image, read_mask
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
+
+log = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS = ("case_id", "image", "mask")
+OPTIONAL_COLUMNS = ("label", "split", "cohort", "has_lesion")
+SPLITS = ("train", "val", "test")
+DEFAULT_COHORT = "internal"
+DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+MASK_SEPARATOR = ";"
+_TRUE = {"1", "true", "yes", "y", "t"}
+_FALSE = {"0", "false", "no", "n", "f"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One row of a manifest, with paths resolved against the manifest's folder.
+
+    ``has_lesion`` is False for cases without a lesion (e.g. BUSI's ``normal`` class): their mask may be
+    empty, and lesion analyses (radiomics, ROI crops, correlations) leave them out by default.
+    """
+
+    case_id: str
+    image: Path
+    masks: tuple[Path, ...]
+    label: str | None = None
+    split: str | None = None
+    cohort: str = DEFAULT_COHORT
+    has_lesion: bool = True
+    split_assigned: bool = False
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def load(self) -> LoadedCase:
+        """Read the image and the merged mask, and check them; raises :class:`CaseError` on bad input."""
+        image = read_image(self.image, self.case_id)
+        mask = read_mask(self.masks, image.shape, self.case_id)
+        if self.has_lesion and not mask.any():
+            raise CaseError(
+                self.case_id,
+                "mask is empty (no lesion pixel); mark the case has_lesion=false if it has no lesion",
+            )
+        return LoadedCase(self, image, mask)
+
+
+@dataclass(frozen=True)
+class LoadedCase:
+    """A case with its pixels: the grey image with geometry and the boolean lesion mask."""
+
+    case: Case
+    image: Image2D
+    mask: np.ndarray
+
+    @property
+    def case_id(self) -> str:
+        return self.case.case_id
+
+
+@dataclass
+class Cohort:
+    """The good cases of a manifest and the failures of the bad ones."""
+
+    cases: list[Case]
+    failures: list[CaseFailure] = field(default_factory=list)
+    source: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __iter__(self) -> Iterator[Case]:
+        return iter(self.cases)
+
+    def __getitem__(self, case_id: str) -> Case:
+        for case in self.cases:
+            if case.case_id == case_id:
+                return case
+        raise KeyError(case_id)
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c.case_id for c in self.cases]
+
+    def subset(
+        self,
+        keep: Iterable[str] | None = None,
+        *,
+        split: str | None = None,
+        cohort: str | None = None,
+        lesion_only: bool = False,
+    ) -> Cohort:
+        """A cohort of the cases that match every filter given (the failures are kept)."""
+        wanted = None if keep is None else set(keep)
+        cases = [
+            c
+            for c in self.cases
+            if (wanted is None or c.case_id in wanted)
+            and (split is None or c.split == split)
+            and (cohort is None or c.cohort == cohort)
+            and (not lesion_only or c.has_lesion)
+        ]
+        return Cohort(cases, list(self.failures), self.source)
+
+    def lesion_cases(self) -> Cohort:
+        """The cases with a lesion: what radiomics, deep features and correlations use by default."""
+        return self.subset(lesion_only=True)
+
+    @property
+    def labels(self) -> list[str]:
+        """The class names present, sorted."""
+        return sorted({c.label for c in self.cases if c.label is not None})
+
+    @property
+    def cohorts(self) -> list[str]:
+        """The cohort names present, the default (internal) first."""
+        names = {c.cohort for c in self.cases}
+        return sorted(names, key=lambda n: (n != DEFAULT_COHORT, n))
+
+    def frame(self, relative_to: str | os.PathLike | None = None):
+        """The cohort as a pandas DataFrame indexed by case_id (paths relative to ``relative_to``)."""
+        import pandas as pd
+
+        rows = []
+        for c in self.cases:
+            rows.append(
+                {
+                    "case_id": c.case_id,
+                    "image": _rel(c.image, relative_to),
+                    "mask": MASK_SEPARATOR.join(_rel(m, relative_to) for m in c.masks),
+                    "label": c.label or "",
+                    "split": c.split or "",
+                    "cohort": c.cohort,
+                    "has_lesion": "true" if c.has_lesion else "false",
+                    **{k: v for k, v in c.extra.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS},
+                }
+            )
+        columns = list(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+        frame = pd.DataFrame(rows)
+        if frame.empty:
+            frame = pd.DataFrame(columns=columns)
+        return frame.set_index("case_id")
+
+    def summary(self) -> dict:
+        """Counts by cohort, split and label, and the number of failures."""
+        table: dict[str, dict[str, dict[str, int]]] = {}
+        for c in self.cases:
+            per = table.setdefault(c.cohort, {}).setdefault(c.split or "unassigned", {})
+            key = c.label if c.label is not None else "unlabelled"
+            per[key] = per.get(key, 0) + 1
+        return {
+            "cases": len(self.cases),
+            "with_lesion": sum(c.has_lesion for c in self.cases),
+            "labels": dict(Counter(c.label or "unlabelled" for c in self.cases)),
+            "by_cohort_split_label": table,
+            "failures": len(self.failures),
+        }
+
+    def iter_loaded(
+        self, failures: list[CaseFailure] | None = None, stage: str = "load"
+    ) -> Iterator[LoadedCase]:
+        """Load each case in turn; a case that fails is appended to ``failures`` (or raises if None)."""
+        for case in self.cases:
+            try:
+                yield case.load()
+            except CaseError as exc:
+                if failures is None:
+                    raise
+                failures.append(CaseFailure(case.case_id, stage, exc.problem))
+                log.warning("%s", exc)
+
+
+def _rel(path: Path, relative_to: str | os.PathLike | None) -> str:
+    if relative_to is None:
+        return os.fspath(path)
+    try:
+        return Path(os.path.relpath(path, Path(relative_to).resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return os.fspath(path)
+
+
+def _parse_bool(text: str) -> bool | None:
+    t = text.strip().lower()
+    if t == "" or t in _TRUE:
+        return True
+    if t in _FALSE:
+        return False
+    return None
+
+
+def read_manifest(
+    path: str | os.PathLike,
+    *,
+    check_files: bool = True,
+    check_images: bool = False,
+    assign_split: bool = True,
+    seed: int = 0,
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    train_cohort: str = DEFAULT_COHORT,
+) -> Cohort:
+    """Read and validate a manifest; bad rows become failures and the good cases are returned.
+
+    Parameters
+    ----------
+    path : the manifest CSV. Relative paths in it are taken from its folder.
+    check_files : check that every image and mask file exists.
+    check_images : also read every case (readable, same size, binary mask, lesion not empty). Slower.
+    assign_split : give a seeded, stratified split to cases whose ``split`` is empty
+        (see :func:`assign_splits`).
+    seed, fractions, train_cohort : passed to :func:`assign_splits`.
+
+    Raises
+    ------
+    Rad4XCNNError
+        when the file cannot be read as CSV or lacks a required column.
+
+    Examples
+    --------
+    >>> cohort = read_manifest("manifest.csv")  # doctest: +SKIP
+    >>> len(cohort), [str(f) for f in cohort.failures]  # doctest: +SKIP
+    (198, ['case b12: mask file not found: masks/b12.png [manifest]', ...])
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise Rad4XCNNError(f"manifest not found: {path}")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Rad4XCNNError(f"manifest {path.name} is not a readable UTF-8 CSV: {first}") from None
+    frame.columns = [str(c).strip().lower() for c in frame.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise Rad4XCNNError(
+            f"manifest {path.name} lacks the required column(s) {', '.join(missing)}; "
+            f"found: {', '.join(frame.columns) or 'none'}"
+        )
+    root = path.resolve().parent
+    cases: list[Case] = []
+    failures: list[CaseFailure] = []
+    ids = [str(v).strip() for v in frame["case_id"]]
+    counts = Counter(ids)
+    for row_number, (case_id, (_, row)) in enumerate(zip(ids, frame.iterrows(), strict=True), start=2):
+
+        def fail(problem: str, cid: str = case_id) -> None:
+            failures.append(CaseFailure(cid, "manifest", problem))
+
+        if not case_id:
+            fail(f"row {row_number} has an empty case_id", f"row{row_number}")
+            continue
+        if counts[case_id] > 1:
+            fail(f"duplicate case_id ({counts[case_id]} rows use it; row {row_number} left out)")
+            continue
+        values = {k: str(row.get(k, "")).strip() for k in frame.columns}
+        split = values.get("split", "").lower() or None
+        if split is not None and split not in SPLITS:
+            fail(f"unknown split {values['split']!r} (expected one of {', '.join(SPLITS)}, or empty)")
+            continue
+        has_lesion = _parse_bool(values.get("has_lesion", ""))
+        if has_lesion is None:
+            fail(f"has_lesion must be true or false, got {values['has_lesion']!r}")
+            continue
+        if not values["image"]:
+            fail("no image file given")
+            continue
+        mask_names = [m.strip() for m in values["mask"].split(MASK_SEPARATOR) if m.strip()]
+        if not mask_names:
+            fail("no mask file given")
+            continue
+        image = _resolve(root, values["image"])
+        masks = tuple(_resolve(root, m) for m in mask_names)
+        if check_files:
+            absent = [p for p in (image, *masks) if not p.is_file()]
+            if absent:
+                kind = "image" if absent[0] == image else "mask"
+                fail(f"{kind} file not found: {absent[0]}")
+                continue
+        extra = {k: v for k, v in values.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
+        cases.append(
+            Case(
+                case_id=case_id,
+                image=image,
+                masks=masks,
+                label=values.get("label") or None,
+                split=split,
+                cohort=values.get("cohort") or DEFAULT_COHORT,
+                has_lesion=has_lesion,
+                extra=extra,
+            )
+        )
+    cohort = Cohort(cases, failures, path)
+    if check_images:
+        cohort = validate_images(cohort)
+    if assign_split:
+        cohort.cases = assign_splits(cohort.cases, fractions=fractions, seed=seed, train_cohort=train_cohort)
+    for failure in cohort.failures:
+        log.warning("%s", failure)
+    return cohort
+
+
+def _resolve(root: Path, text: str) -> Path:
+    p = Path(os.path.expanduser(text))
+    return Path(os.path.normpath(p if p.is_absolute() else root / p))
+
+
+def validate_images(cohort: Cohort) -> Cohort:
+    """Read every case; those that fail move to the cohort's failures with the reason."""
+    good: list[Case] = []
+    failures = list(cohort.failures)
+    for case in cohort.cases:
+        try:
+            case.load()
+        except CaseError as exc:
+            failures.append(CaseFailure(case.case_id, "manifest", exc.problem))
+            continue
+        good.append(case)
+    return Cohort(good, failures, cohort.source)
+
+
+def _allocate(n: int, fractions: Sequence[float]) -> list[int]:
+    """Split ``n`` items into counts proportional to ``fractions`` (largest remainder, exact total)."""
+    total = float(sum(fractions))
+    quotas = [n * f / total for f in fractions]
+    counts = [int(np.floor(q)) for q in quotas]
+    order = sorted(range(len(quotas)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def assign_splits(
+    cases: Sequence[Case],
+    fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    seed: int = 0,
+    train_cohort: str = DEFAULT_COHORT,
+) -> list[Case]:
+    """Give a split to every case whose ``split`` is empty; splits already given are kept.
+
+    The rule: in the training cohort (``internal`` by default) the cases without a split are divided into
+    train/val/test in the proportions ``fractions``, stratified by label (each label's cases shuffled with
+    ``seed`` after sorting by case_id, so the result does not depend on row order); cases of every other
+    cohort are external validation data and get ``test``.
+
+    Examples
+    --------
+    >>> cases = assign_splits(cohort.cases, fractions=(0.7, 0.1, 0.2), seed=0)  # doctest: +SKIP
+    """
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
+        raise Rad4XCNNError(f"split fractions must be three non-negative numbers, got {tuple(fractions)}")
+    assigned: dict[str, str] = {}
+    pending = sorted(
+        (c for c in cases if c.split is None and c.cohort == train_cohort), key=lambda c: c.case_id
+    )
+    by_label: dict[str, list[Case]] = {}
+    for c in pending:
+        by_label.setdefault(c.label or "", []).append(c)
+    rng = np.random.default_rng(seed)
+    for label in sorted(by_label):
+        group = by_label[label]
+        order = rng.permutation(len(group))
+        counts = _allocate(len(group), fractions)
+        names = [s for s, k in zip(SPLITS, counts, strict=True) for _ in range(k)]
+        for idx, split in zip(order, names, strict=True):
+            assigned[group[idx].case_id] = split
+    result = []
+    for c in cases:
+        if c.split is not None:
+            result.append(c)
+        elif c.cohort == train_cohort:
+            result.append(replace(c, split=assigned[c.case_id], split_assigned=True))
+        else:
+            result.append(replace(c, split="test", split_assigned=True))
+    return result
+
+
+def write_manifest(cohort: Cohort | Sequence[Case], path: str | os.PathLike) -> Path:
+    """Write cases as a manifest CSV (paths relative to the manifest's folder), atomically."""
+    from Rad4XCNNLogic.infra.storage import write_csv_atomic
+
+    path = Path(path)
+    if not isinstance(cohort, Cohort):
+        cohort = Cohort(list(cohort))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_csv_atomic(path, cohort.frame(relative_to=path.parent))
+
+
+def format_summary(cohort: Cohort) -> str:
+    """A short human-readable table of the cohort: cases per cohort, split and label, and the failures."""
+    lines = []
+    summary = cohort.summary()
+    labels = sorted(summary["labels"])
+    header = f"{'cohort':<12}{'split':<12}" + "".join(f"{lab:>12}" for lab in labels) + f"{'total':>10}"
+    lines.append(header)
+    for name in cohort.cohorts:
+        splits = summary["by_cohort_split_label"].get(name, {})
+        for split in [*SPLITS, "unassigned"]:
+            if split not in splits:
+                continue
+            per = splits[split]
+            lines.append(
+                f"{name:<12}{split:<12}"
+                + "".join(f"{per.get(lab, 0):>12}" for lab in labels)
+                + f"{sum(per.values()):>10}"
+            )
+    lines.append(
+        f"{summary['cases']} cases ({summary['with_lesion']} with a lesion), {summary['failures']} left out"
+    )
+    lines.extend(f"  left out: {f}" for f in cohort.failures)
+    return "\n".join(lines)

@@ -1,0 +1,513 @@
+"""Fine-tuning a backbone on a cohort's lesion crops (``rad4xcnn train``).
+
+Transfer learning on the ``train`` split with validation on ``val``: augmentation suited to ultrasound,
+class-weighted cross-entropy, AdamW with warm-up and cosine decay, early stopping on the validation AUC, and
+the best model saved as a checkpoint that carries its preprocessing (see
+:mod:`Rad4XCNNLogic.features.backbones`).
+The paper's two-phase protocol is two calls: train on one cohort, then ``weights=<first checkpoint>`` and
+``train_cohort=<second cohort>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
+from Rad4XCNNLogic.cohort.roi import SquareCrop
+from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
+from Rad4XCNNLogic.infra.progress import ProgressBar
+
+log = logging.getLogger(__name__)
+
+STAGE = "train"
+
+
+# ------------------------------------------------------------------------------------------- augmentation
+@dataclass(frozen=True)
+class UltrasoundAugmentation:
+    """Random changes that keep an ultrasound image plausible, applied to the lesion crop when training.
+
+    * left-right flip (``hflip``: probability). No up-down flip: depth has a direction in ultrasound
+      (posterior shadowing or enhancement lies below a lesion), and a flipped image is not a real one.
+    * small affine: rotation up to ``rotate_deg``, zoom in ``scale``, shift up to ``shift`` of the crop. The
+      crop is taken with ``context`` times its size first, so that the transformed view is filled with real
+      image rather than with padding.
+    * intensity: gamma in ``gamma`` (gain curve), contrast and brightness jitter.
+    * speckle jitter: multiplicative noise of a random strength up to ``speckle``.
+
+    Examples
+    --------
+    >>> aug = UltrasoundAugmentation(rotate_deg=5)
+    >>> x = aug(case.load(), preprocess_config, np.random.default_rng(0))  # doctest: +SKIP
+    """
+
+    hflip: float = 0.5
+    rotate_deg: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    shift: float = 0.05
+    gamma: tuple[float, float] = (0.8, 1.25)
+    contrast: float = 0.15
+    brightness: float = 0.1
+    speckle: float = 0.15
+    context: float = 1.5
+
+    def __call__(self, loaded: LoadedCase, config: PreprocessConfig, rng: np.random.Generator) -> np.ndarray:
+        from scipy.ndimage import affine_transform
+
+        from Rad4XCNNLogic.features.deep import case_crop, scale_intensity
+
+        crop = case_crop(loaded, config)
+        n = int(config.input_size)
+        big_side = math.ceil(crop.side * self.context)
+        centre_r, centre_c = crop.top + crop.side / 2.0, crop.left + crop.side / 2.0
+        big = SquareCrop(
+            round(centre_r - big_side / 2.0), round(centre_c - big_side / 2.0), big_side, crop.image_shape
+        )
+        size_big = round(n * self.context)
+        scaled = scale_intensity(loaded.image.array, config.intensity)
+        patch = big.to_input(scaled, size_big, config.interpolation)
+        # output pixel o maps to patch pixel A @ (o - c_out) + c_patch + t (scipy's pull convention)
+        unit = (crop.side / n) * (size_big / big_side)
+        angle = math.radians(rng.uniform(-self.rotate_deg, self.rotate_deg))
+        zoom = rng.uniform(*self.scale)
+        flip = -1.0 if rng.random() < self.hflip else 1.0
+        rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        matrix = unit * zoom * rot @ np.diag([1.0, flip])
+        shift = rng.uniform(-self.shift, self.shift, 2) * crop.side * size_big / big_side
+        c_out, c_patch = (n - 1) / 2.0, (size_big - 1) / 2.0
+        offset = np.array([c_patch, c_patch]) + shift - matrix @ np.array([c_out, c_out])
+        x = affine_transform(patch, matrix, offset=offset, output_shape=(n, n), order=1, mode="constant")
+        x = np.clip(x, 0.0, 1.0) ** np.exp(rng.uniform(math.log(self.gamma[0]), math.log(self.gamma[1])))
+        mean = float(x.mean())
+        x = (x - mean) * (1.0 + rng.uniform(-self.contrast, self.contrast)) + mean
+        x = x + rng.uniform(-self.brightness, self.brightness)
+        x = x * (1.0 + rng.uniform(0.0, self.speckle) * rng.standard_normal(x.shape))
+        return np.clip(x, 0.0, 1.0).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- metrics
+def roc_auc(y_true: Sequence[int], proba: np.ndarray) -> float:
+    """Area under the ROC curve: binary (score = probability of class 1) or macro one-vs-rest.
+
+    Written here (Mann-Whitney U on ranks, ties averaged) so that training needs no scikit-learn;
+    it equals ``sklearn.metrics.roc_auc_score(y, p, multi_class="ovr", average="macro")``. NaN when no
+    class has both positives and negatives.
+
+    Examples
+    --------
+    >>> roc_auc([0, 0, 1, 1], np.array([[0.9, 0.1], [0.6, 0.4], [0.65, 0.35], [0.2, 0.8]]))
+    0.75
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(y_true, dtype=int)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim == 1:
+        proba = np.stack([1.0 - proba, proba], axis=1)
+    classes = [1] if proba.shape[1] == 2 else range(proba.shape[1])
+    aucs = []
+    for c in classes:
+        positive = y == c
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = rankdata(proba[:, c])
+        aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    """What :func:`train_model` returns.
+
+    ``backbone`` holds the best model (eval mode, CPU) with its preprocessing and class names, the same
+    as :func:`~Rad4XCNNLogic.features.backbones.load_checkpoint` gives from ``checkpoint``.
+    """
+
+    checkpoint: Path
+    history: list[dict]
+    best_val_auc: float
+    best_epoch: int
+    class_names: list[str]
+    backbone: Backbone
+    failures: list[CaseFailure] = field(default_factory=list)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def _split_validation(train: list[Case], fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Move a seeded, label-stratified ``fraction`` of the training cases to validation."""
+    by_label: dict[str, list[Case]] = {}
+    for c in sorted(train, key=lambda c: c.case_id):
+        by_label.setdefault(c.label or "", []).append(c)
+    rng = np.random.default_rng(seed)
+    val_ids: set[str] = set()
+    for label in sorted(by_label):
+        group = by_label[label]
+        k = min(len(group) - 1, max(1, round(fraction * len(group)))) if len(group) > 1 else 0
+        val_ids.update(group[i].case_id for i in rng.permutation(len(group))[:k])
+    return [c for c in train if c.case_id not in val_ids], [c for c in train if c.case_id in val_ids]
+
+
+def _select_cases(
+    cohort: Cohort | Sequence[Case],
+    train_cohort: str | None,
+    include_normal: bool,
+    val_fraction: float,
+    seed: int,
+) -> tuple[list[Case], list[Case], list[CaseFailure]]:
+    cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
+    if train_cohort is not None:
+        names = sorted({c.cohort for c in cases})
+        cases = [c for c in cases if c.cohort == train_cohort]
+        if not cases:
+            raise Rad4XCNNError(f"no case of cohort {train_cohort!r} to train on; the cohorts are {names}")
+    if not include_normal:
+        cases = [c for c in cases if c.has_lesion]
+    failures = [
+        CaseFailure(c.case_id, STAGE, "no label: left out of training")
+        for c in cases
+        if c.split in ("train", "val") and not c.label
+    ]
+    train = [c for c in cases if c.split == "train" and c.label]
+    val = [c for c in cases if c.split == "val" and c.label]
+    if not train:
+        raise Rad4XCNNError(
+            "no labelled case in the train split"
+            + (f" of cohort {train_cohort!r}" if train_cohort else "")
+            + "; give splits in the manifest or let 'rad4xcnn cohort' assign them"
+        )
+    if not val:
+        train, val = _split_validation(train, val_fraction, seed)
+        log.info(
+            "no val split given: %d of the training cases (%.0f%%, stratified, seed %d) validate",
+            len(val),
+            100 * val_fraction,
+            seed,
+        )
+    return train, val, failures
+
+
+def _lr_lambda(warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def train_model(
+    cohort: Cohort | Sequence[Case],
+    model: str | None = None,
+    *,
+    epochs: int = 30,
+    device: str = "auto",
+    out: str | os.PathLike = "model.pt",
+    weights: str | os.PathLike | None = None,
+    pretrained: bool = False,
+    batch_size: int = 32,
+    lr: float = 3e-4,
+    weight_decay: float = 0.05,
+    warmup_epochs: int = 1,
+    patience: int = 8,
+    input_size: int | None = None,
+    margin: float | None = None,
+    augment: bool | UltrasoundAugmentation = True,
+    train_cohort: str | None = None,
+    val_fraction: float = 0.15,
+    include_normal: bool = False,
+    num_workers: int | None = None,
+    dtype: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainResult:
+    """Fine-tune a backbone to classify the cohort's labels; the best epoch (validation AUC) is saved.
+
+    Parameters
+    ----------
+    cohort : cases with ``split`` train / val (val is carved out of train, ``val_fraction`` of it,
+        stratified, when absent) and ``label``. Cases without a lesion are left out unless
+        ``include_normal``.
+    model : timm name; None with a rad4xcnn checkpoint as ``weights`` continues that model (phase two).
+    epochs, patience : at most ``epochs``; stop when the validation AUC has not improved for ``patience``.
+    device, dtype : as in :func:`~Rad4XCNNLogic.features.deep.extract_deep_features` (bf16 on CUDA).
+    out : checkpoint path, written atomically at each improvement.
+    weights, pretrained : the starting point: ``"imagenet"``, a state dict file, or a rad4xcnn checkpoint;
+        none gives a seeded random initialisation (the run says so).
+    batch_size, lr, weight_decay, warmup_epochs : AdamW with linear warm-up then cosine decay to 0.
+    input_size, margin : preprocessing (default: the model's input size and a 0.1 margin, or the
+        checkpoint's).
+    augment : True for :class:`UltrasoundAugmentation` defaults, False for none, or your own.
+    train_cohort : train and validate on this cohort only (two-phase protocol).
+
+    Examples
+    --------
+    >>> r = train_model(cohort, "resnet18", epochs=20, weights="imagenet", out="phase1.pt")  # doctest: +SKIP
+    >>> r2 = train_model(cohort, weights=r.checkpoint, train_cohort="site2", out="p2.pt")  # doctest: +SKIP
+    >>> r2.best_val_auc  # doctest: +SKIP
+    0.91
+    """
+    import timm
+    import torch
+
+    from Rad4XCNNLogic.features.backbones import (
+        build_backbone,
+        resolve_device,
+        resolve_dtype,
+        save_checkpoint,
+    )
+    from Rad4XCNNLogic.features.deep import default_workers, make_loader, normalize_batch
+
+    if epochs < 1:
+        raise Rad4XCNNError(f"epochs must be at least 1, got {epochs}")
+    if batch_size < 2:
+        raise Rad4XCNNError(f"training needs a batch size of at least 2 (batch norm), got {batch_size}")
+    if not 0.0 < val_fraction < 1.0:
+        raise Rad4XCNNError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    started = time.perf_counter()
+    train, val, failures = _select_cases(cohort, train_cohort, include_normal, val_fraction, seed)
+
+    train_labels = sorted({c.label for c in train})
+    backbone = build_backbone(
+        model,
+        weights,
+        pretrained=pretrained,
+        num_classes=len(train_labels),
+        seed=seed,
+        input_size=input_size,
+        margin=margin,
+    )
+    if backbone.class_names and sorted(backbone.class_names) == train_labels:
+        class_names = list(backbone.class_names)  # continue a checkpoint: keep its class order and head
+    else:
+        class_names = train_labels
+    if len(class_names) < 2:
+        raise Rad4XCNNError(f"training needs at least two classes; the train split has only {class_names}")
+    index_of = {name: i for i, name in enumerate(class_names)}
+    unknown = [c for c in val if c.label not in index_of]
+    failures += [
+        CaseFailure(c.case_id, STAGE, f"validation label {c.label!r} is not a training class {class_names}")
+        for c in unknown
+    ]
+    val = [c for c in val if c.label in index_of]
+    val_classes = sorted({c.label for c in val})
+    if len(val_classes) < 2:
+        raise Rad4XCNNError(
+            f"the validation split has {len(val)} case(s) of {val_classes or 'no class'}; the validation AUC "
+            "needs cases of at least two classes (add val cases or raise val_fraction)"
+        )
+    net = backbone.model
+    if backbone.num_classes != len(class_names) or (backbone.class_names or class_names) != class_names:
+        # a checkpoint trained on other classes: keep its body, give it a new head
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net.reset_classifier(len(class_names))
+        if backbone.class_names:
+            log.info("new classifier head for %s (the checkpoint had %s)", class_names, backbone.class_names)
+    config = backbone.preprocess
+
+    dev = resolve_device(device)
+    compute_dtype = resolve_dtype(dtype, dev)
+    autocast = compute_dtype != torch.float32
+    channels_last = dev.type == "cuda"
+    net = net.to(dev)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    torch.manual_seed(seed)  # dropout, stochastic depth
+
+    augmenter = UltrasoundAugmentation() if augment is True else (augment or None)
+    from Rad4XCNNLogic.features.deep import CaseDataset
+
+    train_set = CaseDataset(train, config, augment=augmenter, seed=seed)
+    val_set = CaseDataset(val, config)
+    y_train = np.array([index_of[c.label] for c in train])
+    y_val = np.array([index_of[c.label] for c in val])
+    if num_workers is None:
+        num_workers = default_workers(dev.type, len(train), batch_size)
+    batch = min(batch_size, len(train))
+    train_loader = make_loader(
+        train_set,
+        batch_size=batch,
+        num_workers=num_workers,
+        device_type=dev.type,
+        shuffle=True,
+        drop_last=len(train) % batch == 1,  # a batch of one breaks batch norm
+        seed=seed,
+    )
+    val_loader = make_loader(val_set, batch_size=batch_size, num_workers=num_workers, device_type=dev.type)
+
+    counts = Counter(y_train.tolist())
+    class_weight = torch.tensor(
+        [len(y_train) / (len(class_names) * max(1, counts.get(i, 0))) for i in range(len(class_names))],
+        dtype=torch.float32,
+        device=dev,
+    )
+    criterion = torch.nn.CrossEntropyLoss(weight=class_weight)
+    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+    )
+    steps = max(1, len(train_loader))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(min(warmup_epochs * steps, epochs * steps - 1) or 1, epochs * steps)
+    )
+    failed_ids: set[str] = {f.case_id for f in failures}
+
+    def note_failures(dataset, bad) -> None:
+        for index, problem in bad:
+            case_id = dataset.cases[index].case_id
+            if case_id not in failed_ids:
+                failed_ids.add(case_id)
+                failures.append(CaseFailure(case_id, STAGE, problem))
+                log.warning("case %s: %s", case_id, problem)
+
+    def to_input(grey):
+        x = normalize_batch(grey.to(dev, non_blocking=True), config)
+        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+    history: list[dict] = []
+    best_auc, best_loss, best_epoch, best_state = -math.inf, math.inf, 0, None
+    out = Path(out)
+
+    def save() -> None:
+        save_checkpoint(
+            out,
+            best_state,
+            backbone.name,
+            config,
+            class_names=class_names,
+            history=history,
+            best_metric={"name": "val_auc", "value": float(best_auc), "epoch": int(best_epoch)},
+            seed=seed,
+            extra={"training": settings},
+        )
+
+    settings = {
+        "model": backbone.name,
+        "epochs": epochs,
+        "batch_size": batch,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs,
+        "patience": patience,
+        "augment": asdict(augmenter) if augmenter is not None else None,
+        "train_cohort": train_cohort,
+        "train_cases": len(train),
+        "val_cases": len(val),
+        "class_counts": {class_names[i]: int(k) for i, k in sorted(counts.items())},
+        "class_weight": [round(float(w), 6) for w in class_weight.cpu()],
+        "device": str(dev),
+        "dtype": str(compute_dtype).replace("torch.", ""),
+        "num_workers": num_workers,
+        "base_weights": backbone.weights.to_dict(),
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+    }
+    log.info(
+        "training %s on %d cases, validating on %d (%s), %s on %s",
+        backbone.name,
+        len(train),
+        len(val),
+        ", ".join(f"{k}: {v}" for k, v in settings["class_counts"].items()),
+        settings["dtype"],
+        dev,
+    )
+    bar = ProgressBar(
+        epochs, desc=f"train {backbone.architecture}", stage="train", unit="epoch", enabled=progress
+    )
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        train_set.epoch = epoch
+        total_loss, seen = 0.0, 0
+        for indices, grey, bad in train_loader:
+            note_failures(train_set, bad)
+            if grey is None or len(indices) < 2:
+                continue
+            target = torch.as_tensor(y_train[indices], device=dev)
+            with torch.autocast(device_type=dev.type, dtype=compute_dtype, enabled=autocast):
+                logits = net(to_input(grey))
+            loss = criterion(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.detach().item() * len(indices)
+            seen += len(indices)
+        net.eval()
+        probs, labels, val_loss = [], [], 0.0
+        with torch.inference_mode():
+            for indices, grey, bad in val_loader:
+                note_failures(val_set, bad)
+                if grey is None:
+                    continue
+                with torch.autocast(device_type=dev.type, dtype=compute_dtype, enabled=autocast):
+                    logits = net(to_input(grey)).float()
+                target = torch.as_tensor(y_val[indices], device=dev)
+                val_loss += float(criterion(logits, target)) * len(indices)
+                probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+                labels.extend(y_val[indices].tolist())
+        if not probs or seen == 0:
+            raise Rad4XCNNError("no training or validation case could be read; see the failures above")
+        proba = np.concatenate(probs)
+        auc = roc_auc(labels, proba)
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / seen,
+            "val_loss": val_loss / len(labels),
+            "val_auc": auc,
+            "val_accuracy": float(np.mean(proba.argmax(1) == np.asarray(labels))),
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{auc:.3f}")
+        bar.update(1)
+        log.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val AUC %.4f",
+            epoch,
+            epochs,
+            record["train_loss"],
+            record["val_loss"],
+            auc,
+        )
+        # a tie in AUC (common at 1.0 on a small validation set) goes to the lower validation loss: the
+        # better calibrated model, whose batch-norm statistics have caught up with its weights
+        if auc > best_auc + 1e-6 or (auc >= best_auc - 1e-6 and record["val_loss"] < best_loss):
+            best_auc, best_loss, best_epoch = auc, record["val_loss"], epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+            save()
+        elif epoch - best_epoch >= patience:
+            log.info("early stop: no better validation AUC for %d epochs (best %.4f)", patience, best_auc)
+            break
+    bar.close()
+    assert best_state is not None
+    save()
+    final = net.to("cpu")
+    final.load_state_dict(best_state)
+    final = final.to(memory_format=torch.contiguous_format).eval()
+    best = Backbone(
+        final,
+        backbone.name,
+        config,
+        backbone.weights,
+        len(class_names),
+        class_names,
+        {"model_name": backbone.name, "class_names": class_names, "history": history},
+    )
+    settings["seconds"] = round(time.perf_counter() - started, 3)
+    log.info("best validation AUC %.4f at epoch %d; checkpoint %s", best_auc, best_epoch, out)
+    return TrainResult(out, history, float(best_auc), best_epoch, class_names, best, failures, settings)

@@ -1,0 +1,1 @@
+"""Shared machinery with no knowledge of the method: atomic storage and caches, progress, machine facts."""

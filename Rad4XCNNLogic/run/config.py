@@ -1,0 +1,376 @@
+"""The run configuration: every setting of ``rad4xcnn run``, its default, its allowed values and its meaning.
+
+A configuration is a YAML file (read with ``yaml.safe_load``) whose keys mirror the dataclasses below;
+anything left out takes its default. A wrong key or value fails with one line naming the key and what is
+allowed. :func:`reference_yaml` writes the documented defaults (``rad4xcnn run --print-config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from Rad4XCNNLogic.errors import Rad4XCNNError
+
+CLASSIFIERS = ("rf", "xgb", "svm")
+FEATURE_SETS = ("deep", "radiomic", "combined", "explained")
+CAM_METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam", "layercam")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _opt(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
+    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    """One backbone whose deep features are explained."""
+
+    name: str = _opt("resnet50", "timm model name (resnet50, densenet121, vit_base_patch16_224, ...)")
+    weights: str | None = _opt(
+        None,
+        "null: random initialisation from the seed; 'imagenet': timm's pretrained weights (online); "
+        "'trained': fine-tuned on the cohort by the training stage; or a path to a checkpoint file",
+    )
+    label: str | None = _opt(
+        None,
+        "name of this backbone's features and files (null: the model name); lets one architecture appear "
+        "twice, e.g. fine-tuned and randomly initialised",
+    )
+    stage: int | None = _opt(
+        None,
+        "take the pooled output of this intermediate CNN stage instead of the "
+        "pre-logits features (null: pre-logits)",
+        minimum=0,
+    )
+
+
+@dataclass
+class SplitConfig:
+    """How cases without a ``split`` in the manifest are assigned one."""
+
+    fractions: list[float] = _opt([0.7, 0.1, 0.2], "train/val/test fractions for the training cohort")
+    train_cohort: str = _opt("internal", "the cohort that is split; every other cohort is external test data")
+
+
+@dataclass
+class TrainingConfig:
+    """Fine-tuning of every backbone whose ``weights`` is ``trained`` (the paper fine-tunes its CNNs)."""
+
+    pretrained: bool = _opt(True, "start from ImageNet weights (needs network access or timm's cache)")
+    epochs: int = _opt(30, "maximum number of epochs", minimum=1)
+    batch_size: int = _opt(32, "training batch size", minimum=1)
+    learning_rate: float = _opt(3e-4, "AdamW learning rate", minimum=0)
+    patience: int = _opt(8, "early stopping: epochs without a better validation AUC", minimum=1)
+    input_size: int | None = _opt(None, "model input size in pixels (null: the model's default)", minimum=16)
+    finetune_manifest: str | None = _opt(
+        None, "second phase: fine-tune the trained model on this cohort's manifest (the paper's protocol)"
+    )
+
+
+@dataclass
+class DeepConfig:
+    """Deep feature extraction."""
+
+    batch_size: int = _opt(32, "images per forward pass", minimum=1)
+    margin: float = _opt(0.1, "ROI margin around the lesion, as a fraction of its longer side", minimum=0)
+    input_size: int | None = _opt(
+        None, "model input size in pixels (null: the model's or checkpoint's)", minimum=16
+    )
+    num_workers: int | None = _opt(None, "image-decoding worker processes (null: automatic)", minimum=0)
+
+
+@dataclass
+class RadiomicsConfig:
+    """Radiomic features with PyRadiomics."""
+
+    params: str = _opt(
+        "paper",
+        "'paper' (474 features: shape2D, original, 4 wavelet sub-bands), "
+        "'extended' (adds LoG and other filters) or a path to a PyRadiomics YAML file",
+    )
+    jobs: int | None = _opt(None, "worker processes (null: all cores)", minimum=1)
+    scheduler: str | None = _opt(None, "address of a Dask scheduler to run the cases on (null: local)")
+
+
+@dataclass
+class ExplainConfig:
+    """Correlation of deep and radiomic features, and the explanation rule |rho| >= M."""
+
+    thresholds: list[float] = _opt([0.6], "values of M; the first is the primary one used downstream")
+    fdr: float | None = _opt(
+        0.05, "also require q <= fdr (Benjamini-Hochberg); null: |rho| >= M alone", minimum=0, maximum=1
+    )
+    permutations: int = _opt(1000, "permutations for the family-wise null of max |rho| (0: none)", minimum=0)
+    bootstrap: int = _opt(200, "bootstrap resamples for the 95% intervals of kept pairs (0: none)", minimum=0)
+
+
+@dataclass
+class ClassificationConfig:
+    """Shallow classifiers on deep, radiomic and combined features."""
+
+    enabled: bool = _opt(True, "train and validate the classifiers")
+    classifiers: list[str] = _opt(list(CLASSIFIERS), "classifiers to train", choices=CLASSIFIERS)
+    feature_sets: list[str] = _opt(list(FEATURE_SETS), "feature sets to compare", choices=FEATURE_SETS)
+    positive: str | None = _opt(None, "the positive class name (null: 'malignant' if present, else the last)")
+    cv_folds: int = _opt(5, "stratified cross-validation folds for the hyper-parameter search", minimum=2)
+    n_bootstrap: int = _opt(1000, "bootstrap resamples for the metrics' 95% intervals", minimum=0)
+
+
+@dataclass
+class CamConfig:
+    """Saliency maps for a gallery of cases (needs a model with a classifier head)."""
+
+    enabled: bool = _opt(True, "compute CAMs (needs a fine-tuned backbone or a rad4xcnn checkpoint)")
+    model: str | None = _opt(
+        None, "the backbone whose CAMs are shown (null: the first one with a classifier)"
+    )
+    methods: list[str] = _opt(["gradcam", "eigencam", "scorecam"], "CAM methods", choices=CAM_METHODS)
+    gallery: int = _opt(6, "number of test cases in the gallery (half per class where possible)", minimum=0)
+    cases: list[str] = _opt([], "explicit case ids for the gallery (overrides 'gallery')")
+    batch_size: int = _opt(32, "ScoreCAM batch size (it runs one forward pass per channel)", minimum=1)
+
+
+@dataclass
+class ReportConfig:
+    """The HTML report."""
+
+    top_features: int = _opt(10, "explained deep features listed per backbone", minimum=1)
+    heatmap_features: int = _opt(30, "deep and radiomic features in the clustered heatmap", minimum=2)
+
+
+@dataclass
+class RunConfig:
+    """A whole Rad4XCNN run."""
+
+    manifest: str | None = _opt(None, "the cohort manifest CSV (required)")
+    out: str | None = _opt(None, "the run folder (required)")
+    seed: int = _opt(0, "seed of every random choice (splits, initialisation, permutations, bootstrap)")
+    device: str = _opt("auto", "where the networks run", choices=DEVICES)
+    lesion_only: bool = _opt(True, "leave out cases with has_lesion=false")
+    split: SplitConfig = field(default_factory=SplitConfig, metadata={"help": "split assignment"})
+    training: TrainingConfig = field(
+        default_factory=TrainingConfig, metadata={"help": "fine-tuning (of the models with weights: trained)"}
+    )
+    models: list[ModelConfig] = field(
+        default_factory=lambda: [ModelConfig()], metadata={"help": "backbones whose features are explained"}
+    )
+    deep: DeepConfig = field(default_factory=DeepConfig, metadata={"help": "deep feature extraction"})
+    radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig, metadata={"help": "radiomics"})
+    explain: ExplainConfig = field(default_factory=ExplainConfig, metadata={"help": "correlation"})
+    classification: ClassificationConfig = field(
+        default_factory=ClassificationConfig, metadata={"help": "classification"}
+    )
+    cam: CamConfig = field(default_factory=CamConfig, metadata={"help": "saliency maps"})
+    report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "report"})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ------------------------------------------------------------------------------------------- validation
+def _fail(key: str, problem: str) -> typing.NoReturn:
+    raise Rad4XCNNError(f"configuration: {key}: {problem}")
+
+
+def _type_name(tp: Any) -> str:
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}.get(tp, str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        non_null = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, non_null[0], meta)
+    if origin is list:
+        if not isinstance(value, list):
+            value = [value]
+        (item_tp,) = args
+        return [_coerce(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if value is None:
+        _fail(key, f"must be {_type_name(tp)}, not empty")
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(key, f"must be true or false, got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, f"must be a whole number, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, f"must be a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            _fail(key, f"must be a text, got {value!r}")
+        value = str(value)
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        _fail(key, f"{value!r} is not allowed; allowed values: {', '.join(map(str, choices))}")
+    if meta.get("min") is not None and value < meta["min"]:
+        _fail(key, f"must be at least {meta['min']}, got {value}")
+    if meta.get("max") is not None and value > meta["max"]:
+        _fail(key, f"must be at most {meta['max']}, got {value}")
+    return value
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        _fail(prefix or "configuration", f"must be a mapping of keys to values, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
+        _fail(where, f"unknown key; allowed keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(key, value, hints[name], dict(fields[name].metadata))
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict | None) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a (YAML-loaded) dictionary."""
+    cfg = _build(RunConfig, data or {})
+    if abs(sum(cfg.split.fractions) - 1.0) > 1e-6 or len(cfg.split.fractions) != 3:
+        _fail("split.fractions", f"must be three fractions adding up to 1, got {cfg.split.fractions}")
+    if not cfg.models:
+        _fail("models", "name at least one backbone")
+    if not cfg.explain.thresholds or not all(0 < m <= 1 for m in cfg.explain.thresholds):
+        _fail("explain.thresholds", f"must be values of M in (0, 1], got {cfg.explain.thresholds}")
+    names = [m.label or m.name for m in cfg.models]
+    if len(set(names)) != len(names):
+        _fail("models", f"each backbone may appear once (give a 'label' to use one twice), got {names}")
+    for model in cfg.models:
+        if model.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model.label):
+            _fail("models.label", f"{model.label!r} must be letters, digits, '_', '.' or '-'")
+    if cfg.cam.model is not None and cfg.cam.model not in names:
+        _fail("cam.model", f"{cfg.cam.model!r} is not one of the models: {', '.join(names)}")
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> RunConfig:
+    """Read a YAML configuration (if given), apply ``overrides`` (nested dict), and validate.
+
+    Relative paths (``manifest``, ``out``, checkpoint ``weights``) are taken from the file's folder.
+
+    Examples
+    --------
+    >>> cfg = load_config("paper.yaml", {"out": "runs/paper"})  # doctest: +SKIP
+    >>> cfg.explain.thresholds  # doctest: +SKIP
+    [0.6, 0.7, 0.8]
+    """
+    import yaml
+
+    data: dict = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise Rad4XCNNError(f"configuration file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise Rad4XCNNError(f"configuration {path.name} is not valid YAML{where}") from None
+        if not isinstance(data, dict):
+            raise Rad4XCNNError(f"configuration {path.name} must be a mapping of keys to values")
+        base = path.resolve().parent
+    data = _merge(data, overrides or {})
+    cfg = config_from_dict(data)
+    for attr in ("manifest", "out"):
+        value = getattr(cfg, attr)
+        if value is not None:
+            setattr(cfg, attr, str(_absolute(value, base)))
+    for model in cfg.models:
+        if model.weights not in (None, "imagenet", "trained"):
+            model.weights = str(_absolute(model.weights, base))
+    if cfg.training.finetune_manifest:
+        cfg.training.finetune_manifest = str(_absolute(cfg.training.finetune_manifest, base))
+    if cfg.radiomics.params not in ("paper", "extended"):
+        cfg.radiomics.params = str(_absolute(cfg.radiomics.params, base))
+    return cfg
+
+
+def _absolute(text: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(text))
+    return Path(os.path.normpath(p if p.is_absolute() else base / p))
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+# ------------------------------------------------------------------------------------------ reference
+def _yaml_value(value: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
+
+
+def _reference_lines(cls: type, indent: int) -> list[str]:
+    pad = "  " * indent
+    lines = []
+    default = cls()
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}# {meta.get('help', '')}")
+            lines.append(f"{pad}{f.name}:")
+            lines.extend(_reference_lines(type(value), indent + 1))
+            continue
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            lines.append(f"{pad}# {meta.get('help', '')}")
+            lines.append(f"{pad}{f.name}:")
+            item = _reference_lines(type(value[0]), indent + 2)
+            first = next(i for i, line in enumerate(item) if not line.strip().startswith("#"))
+            for i in range(first):
+                item[i] = "  " * (indent + 1) + item[i].strip()
+            item[first] = "  " * (indent + 1) + "- " + item[first].strip()
+            lines.extend(item)
+            continue
+        note = meta.get("help", "")
+        if meta.get("choices"):
+            note += f" [allowed: {', '.join(meta['choices'])}]"
+        lines.append(f"{pad}# {note}")
+        lines.append(f"{pad}{f.name}: {_yaml_value(value)}")
+    return lines
+
+
+def reference_yaml() -> str:
+    """Every setting with its default and a comment saying what it does: a starting configuration."""
+    header = [
+        "# Rad4XCNN run configuration: every setting, with its default. Keys left out take the default.",
+        "# Relative paths are taken from this file's folder. Run: rad4xcnn run CONFIG.yaml",
+    ]
+    return "\n".join(header + _reference_lines(RunConfig, 0)) + "\n"

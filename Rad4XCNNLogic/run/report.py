@@ -1,0 +1,434 @@
+"""The run's HTML report: one self-contained file (figures inline) that a clinician can read.
+
+It is built from the files of the run folder alone, so it can be re-made from any finished or partly finished
+run. Every string from the data (case ids, labels, feature names, error messages) is HTML-escaped: the
+template is rendered by Jinja2 with autoescaping, and tables are built here cell by cell with escaping.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from Rad4XCNNLogic import __version__
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "report.html.j2"
+
+
+# -------------------------------------------------------------------------------------------- tables
+def html_table(
+    frame,
+    formats: Mapping[str, Callable[[Any], str]] | None = None,
+    index: bool = False,
+    max_rows: int | None = None,
+):
+    """An HTML table of a DataFrame with every header and cell escaped; numbers right-aligned."""
+    import pandas as pd
+    from markupsafe import Markup, escape
+
+    if frame is None or len(frame) == 0:
+        return Markup("")
+    if index:
+        frame = frame.reset_index()
+    if max_rows is not None:
+        frame = frame.head(max_rows)
+    formats = dict(formats or {})
+    head = "".join(f"<th>{escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for col in frame.columns:
+            value = row[col]
+            numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if col in formats:
+                text = formats[col](value)
+            elif value is None or (numeric and pd.isna(value)):
+                text = ""
+            elif isinstance(value, (float, np.floating)):
+                text = f"{value:.3g}"
+            else:
+                text = str(value)
+            cls = ' class="num"' if numeric else ""
+            cells.append(f"<td{cls}>{escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return Markup(f"<table><tr>{head}</tr>{''.join(rows)}</table>")
+
+
+def _with_ci(frame, metric: str) -> list[str]:
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    out = []
+    for _, row in frame.iterrows():
+        value = row.get(metric)
+        if value is None or not np.isfinite(value):
+            out.append("")
+        elif low in row and np.isfinite(row[low]) and np.isfinite(row[high]):
+            out.append(f"{value:.3f} ({row[low]:.2f}–{row[high]:.2f})")
+        else:
+            out.append(f"{value:.3f}")
+    return out
+
+
+# ------------------------------------------------------------------------------------------- figures
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def coverage_figure(coverage) -> str:
+    """Fraction explained versus M, one line per backbone (base64 PNG)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    for model, group in coverage.groupby("model", sort=False):
+        ax.plot(group["M"], group["fraction"], marker="o", label=str(model))
+    ax.set_xlabel("M (smallest |rho| that explains)")
+    ax.set_ylabel("fraction of deep features explained")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(title="backbone", fontsize=8)
+    return _png(fig)
+
+
+def select_heatmap(rho, deep_names: Sequence[str], radiomic_names: Sequence[str], n: int):
+    """The ``n`` deep and ``n`` radiomic features with the strongest |rho|, ordered by clustering."""
+    from scipy.cluster.hierarchy import leaves_list, linkage
+
+    abs_rho = np.nan_to_num(np.abs(rho), nan=0.0)
+    rows = np.argsort(-abs_rho.max(axis=1), kind="stable")[:n]
+    cols = np.argsort(-abs_rho[rows].max(axis=0), kind="stable")[:n]
+    block = np.nan_to_num(rho[np.ix_(rows, cols)], nan=0.0)
+
+    def order(matrix):
+        if matrix.shape[0] < 3:
+            return np.arange(matrix.shape[0])
+        return leaves_list(linkage(matrix, method="average", metric="euclidean"))
+
+    r_order, c_order = order(block), order(block.T)
+    return (
+        block[np.ix_(r_order, c_order)],
+        [deep_names[i] for i in rows[r_order]],
+        [radiomic_names[j] for j in cols[c_order]],
+    )
+
+
+def heatmap_figure(block, deep_labels: Sequence[str], radiomic_labels: Sequence[str]) -> str:
+    plt = _pyplot()
+    height = max(3.0, 0.18 * len(deep_labels) + 2.2)
+    width = max(5.0, 0.2 * len(radiomic_labels) + 3.0)
+    fig, ax = plt.subplots(figsize=(width, height))
+    image = ax.imshow(block, cmap="RdBu_r", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_yticks(range(len(deep_labels)), deep_labels, fontsize=6)
+    ax.set_xticks(range(len(radiomic_labels)), radiomic_labels, fontsize=6, rotation=90)
+    fig.colorbar(image, ax=ax, label="Spearman rho", shrink=0.6)
+    return _png(fig)
+
+
+def roc_figure(roc, metrics=None) -> str:
+    """ROC curves, one panel per evaluation set; with ``metrics``, one curve per feature set: its
+    classifier with the best internal-test AUC (all classifiers are in ``roc.csv``)."""
+    plt = _pyplot()
+    if metrics is not None and len(metrics):
+        ranked = metrics.sort_values("auc", ascending=False, kind="stable")
+        internal = ranked[ranked["evaluated_on"] == "internal-test"]
+        best = (internal if len(internal) else ranked).drop_duplicates("feature_set")
+        keep = set(zip(best["feature_set"], best["classifier"], strict=True))
+        roc = roc[[(f, c) in keep for f, c in zip(roc["feature_set"], roc["classifier"], strict=True)]]
+    sets = list(dict.fromkeys(roc["evaluated_on"]))
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.8 * len(sets) + 2.6, 3.8), squeeze=False)
+    for ax, where in zip(axes[0], sets, strict=True):
+        part = roc[roc["evaluated_on"] == where]
+        for (fs, clf), curve in part.groupby(["feature_set", "classifier"], sort=False):
+            if "class" in curve and curve["class"].nunique() > 1:
+                curve = curve[curve["class"] == curve["class"].iloc[0]]
+            ax.plot(curve["fpr"], curve["tpr"], lw=1.3, label=f"{fs} / {clf}")
+        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+        ax.set_title(str(where), fontsize=10)
+        ax.set_xlabel("1 - specificity")
+        ax.set_ylabel("sensitivity")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def training_figure(history) -> str:
+    """Training loss and validation AUC per epoch, one panel per fine-tuned backbone (base64 PNG)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    groups = list(history.groupby("model", sort=False)) if "model" in history else [("", history)]
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.0 * len(groups), 3.2), squeeze=False)
+    for ax, (name, part) in zip(axes[0], groups, strict=True):
+        epochs = np.arange(1, len(part) + 1)
+        ax.plot(epochs, part["train_loss"], color="tab:blue", marker=".", label="training loss")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("training loss", color="tab:blue")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(str(name), fontsize=10)
+        twin = ax.twinx()
+        twin.plot(epochs, part["val_auc"], color="tab:red", marker=".", label="validation AUC")
+        twin.set_ylabel("validation AUC", color="tab:red")
+        twin.set_ylim(0, 1.02)
+    fig.tight_layout()
+    return _png(fig)
+
+
+# ------------------------------------------------------------------------------------------ sections
+def _read_csv(path: Path, **kwargs):
+    import pandas as pd
+
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        log.warning("report: cannot read %s: %s", path.name, exc)
+        return None
+
+
+def _cohort_section(out: Path) -> dict:
+    import pandas as pd
+
+    frame = _read_csv(out / "cohort.csv", dtype=str, keep_default_na=False)
+    if frame is None:
+        return {"cohort_table": None, "cohort_note": ""}
+    frame["label"] = frame["label"].replace("", "unlabelled")
+    table = pd.crosstab([frame["cohort"], frame["split"]], frame["label"], margins=True, margins_name="total")
+    note = f"{len(frame)} cases"
+    if "has_lesion" in frame:
+        n_no = int((frame["has_lesion"].str.lower() == "false").sum())
+        if n_no:
+            note += f"; {n_no} without a lesion (left out of lesion analyses)"
+    return {"cohort_table": html_table(table, index=True), "cohort_note": note}
+
+
+def _explain_section(out: Path, cfg, top: int, heat_n: int) -> dict:
+    import pandas as pd
+
+    result: dict[str, Any] = {}
+    coverage = _read_csv(out / "coverage.csv")
+    if coverage is not None and len(coverage):
+        result["coverage_fig"] = coverage_figure(coverage)
+    by_m = _read_csv(out / "explained_by_threshold.csv")
+    if by_m is not None:
+        shown = by_m[
+            ["model", "threshold", "n_explained", "n_deep_features", "fraction_explained", "n_pairs"]
+        ]
+        result["threshold_table"] = html_table(shown, {"fraction_explained": lambda v: f"{100 * v:.1f}%"})
+    summary_path = out / "explanation.json"
+    if summary_path.is_file():
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        pt = summary.get("permutation_threshold")
+        if pt is not None:
+            n_perm = summary.get("settings", {}).get("permutations")
+            result["permutation_note"] = (
+                f"Permutation test ({n_perm} shuffles of the cases): by chance alone, the largest |rho| of "
+                f"all pairs exceeds {pt:.3f} in only 5% of shuffles; M = {summary.get('suggested_M')} keeps "
+                "the family-wise error below 5%."
+            )
+    rep = _read_csv(out / "replicability" / "replicability.csv")
+    if rep is not None:
+        result["replicability_table"] = html_table(rep)
+    try:
+        from Rad4XCNNLogic.explain.explanation import load_explanation
+
+        if not (out / "correlation.json").is_file():
+            raise FileNotFoundError("the explanation stage wrote no correlation matrices")
+        explanation = load_explanation(out)
+        rho = explanation.correlation.rho
+        if rho.size and np.isfinite(rho).any():
+            block, rows, cols = select_heatmap(
+                rho, explanation.correlation.deep_features, explanation.correlation.radiomic_features, heat_n
+            )
+            result["heatmap_fig"] = heatmap_figure(block, rows, cols)
+            result["heatmap_n"] = len(rows)
+    except FileNotFoundError:
+        pass
+    except Exception as exc:  # the report shows what exists; a broken matrix file is reported, not fatal
+        log.warning("report: no heatmap (%s)", exc)
+    ranked = _read_csv(out / "explanations_by_importance.csv", index_col=0)
+    table = ranked if ranked is not None else _read_csv(out / "explanations.csv", index_col=0)
+    if table is not None and len(table):
+        result["ranked"] = ranked is not None
+        if ranked is None:  # no classifier: the explained features with the strongest partners
+            explained = table[table["status"] == "explained"]
+            order = explained["strongest_rho"].abs().sort_values(ascending=False, kind="stable").index
+            table = explained.loc[order]
+        group = "feature_set" if "feature_set" in table else "model"
+        if ranked is not None:
+            table = table[table["importance"] > 0]
+            if table.empty:
+                result["ranked_note"] = (
+                    "No single deep feature changed the classifiers' held-out performance when shuffled "
+                    "(the features are redundant), so none is listed by importance."
+                )
+        table = table.groupby(group, sort=False).head(top)
+        columns = [
+            c for c in (group, "importance_rank", "importance_method", "status", "summary") if c in table
+        ]
+        shown = (
+            table[columns]
+            .reset_index()
+            .rename(
+                columns={
+                    "feature_set": "feature set",
+                    "importance_rank": "rank",
+                    "importance_method": "ranked by",
+                    "deep_feature": "deep feature",
+                }
+            )
+        )
+        result["explained_table"] = html_table(shown)
+        partners = [p for p in table["strongest_partner"].dropna().unique() if isinstance(p, str) and p]
+        if partners:
+            from Rad4XCNNLogic.explain.glossary import describe_feature, image_type_label, parse_radiomic_name
+
+            parsed = [parse_radiomic_name(p) for p in partners]
+            gl = pd.DataFrame(
+                {
+                    "radiomic feature": partners,
+                    "computed on": [image_type_label(n.image_type) for n in parsed],
+                    "what it measures": [describe_feature(n.feature_class, n.feature) for n in parsed],
+                }
+            )
+            result["glossary_table"] = html_table(gl)
+    return result
+
+
+def _classification_section(out: Path) -> dict:
+    import pandas as pd
+
+    result: dict[str, Any] = {}
+    metrics = _read_csv(out / "classification.csv")
+    if metrics is not None and len(metrics):
+        shown = pd.DataFrame(
+            {
+                "feature set": metrics["feature_set"],
+                "classifier": metrics["classifier"],
+                "evaluated on": metrics["evaluated_on"],
+                "cases": metrics.get("n_cases"),
+            }
+        )
+        for metric in ("auc", "balanced_accuracy", "sensitivity", "specificity", "f1", "accuracy"):
+            if metric in metrics:
+                shown[metric.replace("_", " ")] = _with_ci(metrics, metric)
+        result["metrics_table"] = html_table(shown)
+        auc = metrics.assign(auc_text=_with_ci(metrics, "auc")).pivot_table(
+            index=["feature_set", "classifier"],
+            columns="evaluated_on",
+            values="auc_text",
+            aggfunc="first",
+            sort=False,
+        )
+        auc.columns = [f"AUC, {c}" for c in auc.columns]
+        result["auc_table"] = html_table(auc.reset_index().rename(columns={"feature_set": "feature set"}))
+    roc = _read_csv(out / "roc.csv")
+    if roc is not None and len(roc):
+        result["roc_fig"] = roc_figure(roc, metrics)
+    history = _read_csv(out / "training_history.csv")
+    if history is not None and len(history):
+        result["training_fig"] = training_figure(history)
+    return result
+
+
+def _cam_section(out: Path, cohort_labels: Mapping[str, str]) -> dict:
+    cam_dir = out / "cam"
+    metrics = _read_csv(cam_dir / "cam_metrics.csv")
+    if metrics is None or not len(metrics):
+        return {
+            "cam_note": "Not available: saliency maps need a fine-tuned backbone (weights: trained) or a "
+            "checkpoint with its classifier head."
+        }
+    methods = list(dict.fromkeys(metrics["method"]))
+    gallery = []
+    for case_id in dict.fromkeys(metrics["case_id"].astype(str)):
+        images = []
+        for method in methods:
+            png = cam_dir / f"{case_id}_{method}.png"
+            images.append(base64.b64encode(png.read_bytes()).decode("ascii") if png.is_file() else None)
+        gallery.append({"case_id": case_id, "label": cohort_labels.get(case_id, ""), "images": images})
+    summary_cols = [c for c in ("energy_inside", "pointing_hit") if c in metrics]
+    summary = (
+        metrics.groupby("method", sort=False)[summary_cols].mean().reset_index() if summary_cols else None
+    )
+    if summary is not None:
+        summary = summary.rename(
+            columns={"energy_inside": "mean energy inside lesion", "pointing_hit": "pointing game (hit rate)"}
+        )
+    agreement = _read_csv(cam_dir / "cam_agreement.csv")
+    agree_table = None
+    if agreement is not None and len(agreement):
+        value_cols = [c for c in ("spearman", "top20_iou") if c in agreement]
+        agree_table = html_table(agreement.groupby(["method_a", "method_b"])[value_cols].mean().reset_index())
+    return {
+        "gallery": gallery,
+        "cam_methods": methods,
+        "cam_summary_table": html_table(summary),
+        "agreement_table": agree_table,
+    }
+
+
+def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failures: Sequence[Any]) -> Path:
+    """Write ``report.html`` into the run folder ``out`` from the files there; return its path."""
+    import pandas as pd
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    from Rad4XCNNLogic.infra.storage import write_text_atomic
+
+    out = Path(out)
+    env = Environment(
+        loader=PackageLoader("Rad4XCNNLogic.run", "data"), autoescape=select_autoescape(["j2", "html"])
+    )
+    template = env.get_template(TEMPLATE)
+    cohort = _read_csv(out / "cohort.csv", dtype=str, keep_default_na=False)
+    labels = dict(zip(cohort["case_id"], cohort["label"], strict=True)) if cohort is not None else {}
+    context: dict[str, Any] = {
+        "title": out.name,
+        "generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "version": __version__,
+        "fdr": cfg.explain.fdr,
+        "failed_stages": [r for r in records.values() if getattr(r, "status", "") == "failed"],
+    }
+    context.update(_cohort_section(out))
+    context.update(_explain_section(out, cfg, cfg.report.top_features, cfg.report.heatmap_features))
+    context.update(_classification_section(out))
+    context.update(_cam_section(out, labels))
+    if failures:
+        frame = pd.DataFrame([f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in failures])
+        context["failures_table"] = html_table(frame)
+    stages = pd.DataFrame(
+        [
+            {
+                "stage": r.name,
+                "status": r.status,
+                "seconds": round(r.seconds, 2),
+                "summary": r.error or r.summary.get("text", ""),
+            }
+            for r in records.values()
+        ]
+    )
+    context["stages_table"] = html_table(stages)
+    return write_text_atomic(out / "report.html", template.render(**context))
