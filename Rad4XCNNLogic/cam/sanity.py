@@ -69,7 +69,7 @@ def map_flags(
         flags.append("non-finite")
     finite = raw[np.isfinite(raw)]
     cam = np.nan_to_num(np.asarray(cam, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    if finite.size and np.ptp(finite) <= 1e-7 * max(float(np.abs(finite).max()), 1e-30):
+    if finite.size > 1 and np.ptp(finite) <= 1e-7 * max(float(np.abs(finite).max()), 1e-30):
         flags.append("constant")
         return flags
     window = cam if box is None else cam[box[0] : box[2], box[1] : box[3]]

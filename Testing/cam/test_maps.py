@@ -140,6 +140,51 @@ def test_gradcam_of_the_trained_detector_points_at_the_blob(blob_detector):
         assert cam.shape == (64, 80) and cam.min() >= 0.0 and cam.max() <= 1.0 + 1e-6
 
 
+@pytest.mark.parametrize("svd_sign", [1.0, -1.0])
+def test_eigencam_of_the_detector_points_at_the_blob_for_either_svd_sign(
+    blob_detector, monkeypatch, svd_sign
+):
+    cohort, blobs = blob_detector["cohort"], blob_detector["blobs"]
+    test_blobs = [c.case_id for c in cohort.cases if c.split == "test" and c.case_id in blobs]
+    svd = np.linalg.svd
+    seen = []
+
+    def signed_svd(a, *args, **kwargs):
+        u, s, vt = svd(a, *args, **kwargs)
+        seen.append(True)
+        return svd_sign * u, s, svd_sign * vt
+
+    monkeypatch.setattr(np.linalg, "svd", signed_svd)
+    args = {"cases": test_blobs, "target_layer": "layer3", "device": "cpu", "progress": False}
+    result = compute_cams(
+        cohort,
+        blob_detector["checkpoint"],
+        methods="eigencam",
+        faithfulness=False,
+        randomisation="none",
+        **args,
+    )
+    assert seen  # the SVD ran with the sign this test forces
+    hits = [pointing_game(result.maps[(c, "eigencam")], blobs[c]) for c in test_blobs]
+    assert np.mean(hits) >= 0.8
+    assert (result.metrics["flags"] == "").mean() >= 0.8
+
+
+def test_the_unoriented_component_depends_on_the_svd_sign(blob_detector, monkeypatch):
+    """The reason for the orientation: the library's projection of a flipped SVD is the negated map."""
+    from Rad4XCNNLogic.cam.methods import first_component_projection
+
+    activations = np.random.default_rng(0).random((2, 8, 5, 5)).astype(np.float32)
+    plain = first_component_projection(activations, orient=False)
+    oriented = first_component_projection(activations)
+    svd = np.linalg.svd
+    monkeypatch.setattr(
+        np.linalg, "svd", lambda a, *k, **kw: (lambda u, s, vt: (-u, s, -vt))(*svd(a, *k, **kw))
+    )
+    np.testing.assert_allclose(first_component_projection(activations, orient=False), -plain, atol=1e-6)
+    np.testing.assert_allclose(first_component_projection(activations), oriented, atol=1e-6)
+
+
 def test_cli_writes_maps_overlays_and_tables(blob_detector, tmp_path, capsys):
     out = tmp_path / "run"
     ids = ["c120", "c121", "c122"]
