@@ -115,7 +115,7 @@ def check_feature_names(names: str | Sequence[str]) -> tuple[list[str], list[str
         )
         if not known:
             prefixes = ["original", "wavelet-LL", "wavelet-LH", "wavelet-HL", "wavelet-HH"]
-            if prefix and _image_type_of(prefix) is not None:
+            if prefix and _image_type_of(prefix) is not None and prefix not in prefixes:
                 prefixes.insert(0, prefix)
             close = difflib.get_close_matches(name, _known_names(vocabulary, prefixes), n=5, cutoff=0.6)
             hint = f"; close names: {', '.join(close)}" if close else ""
