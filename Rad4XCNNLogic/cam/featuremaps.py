@@ -225,7 +225,7 @@ def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int =
     extractor.enableImageTypeByName("Original")
     extractor.disableAllFeatures()
     extractor.enableFeaturesByName(**{feature_class: [feature]})
-    image3d, mask3d = sitk.JoinSeries(sitk.Cast(filtered, sitk.sitkFloat64)), sitk.JoinSeries(mask2d)
+    image3d, mask3d = sitk.JoinSeries(filtered), sitk.JoinSeries(mask2d)
     try:
         result = extractor.execute(image3d, mask3d, label=1, voxelBased=True)
     except ValueError as exc:
