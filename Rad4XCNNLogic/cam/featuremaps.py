@@ -448,7 +448,8 @@ def compute_feature_maps(
         "top": int(top) if from_run is not None and pairs is not None else None,
         "pairs": None if pairs is None else pairs.to_dict(orient="records"),
         "cam_dir": None if cam_dir is None else str(cam_dir),
-        "values": "the feature of each lesion pixel's kernel; 0 outside the lesion, NaN where undefined",
+        "values": "the feature of each lesion pixel's kernel; 0 outside the lesion and, in the files, where "
+        "the feature is undefined for a pixel's kernel (nan_pixels in the table)",
         "jobs": int(jobs),
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -465,7 +466,10 @@ def _write_map(out_dir, case: Case, name: str, value: np.ndarray) -> Path:
 
     path = Path(out_dir) / f"{file_stem(case.case_id)}_{file_stem(name)}.nrrd"
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_image(path, value.astype(np.float32), like=read_image(case.image, case.case_id))
+    # undefined pixels (NaN, counted in the table) are written as 0: image readers, ours included, refuse
+    # NaN pixels as a sign of a broken file
+    value = np.nan_to_num(value.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    return write_image(path, value, like=read_image(case.image, case.case_id))
 
 
 def write_feature_maps(result: FeatureMapResult, out_dir: str | os.PathLike) -> dict[str, Path]:
