@@ -22,7 +22,7 @@ import numpy as np
 from Rad4XCNNLogic.cam.images import file_stem
 from Rad4XCNNLogic.cam.measures import spearman_agreement
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
-from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -94,7 +94,7 @@ def check_feature_names(names: str | Sequence[str]) -> tuple[list[str], list[str
     >>> check_feature_names("original_glcm_Contrast, original_shape2D_Elongation")
     (['original_glcm_Contrast'], ['original_shape2D_Elongation'])
     """
-    from Rad4XCNNLogic.features.radiomics import split_feature_name
+    from Rad4XCNNLogic.names import parse_radiomic_name
 
     if isinstance(names, str):
         names = names.split(",")
@@ -104,10 +104,8 @@ def check_feature_names(names: str | Sequence[str]) -> tuple[list[str], list[str
     vocabulary = _feature_vocabulary()
     usable, skipped = [], []
     for name in wanted:
-        try:
-            prefix, feature_class, feature = split_feature_name(name)
-        except ValueError:
-            prefix, feature_class, feature = "", "", ""
+        parsed = parse_radiomic_name(name)
+        prefix, feature_class, feature = parsed.image_type, parsed.feature_class, parsed.feature
         known = (
             _image_type_of(prefix) is not None
             and feature_class in vocabulary
@@ -196,7 +194,8 @@ def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int =
     import SimpleITK as sitk
     from radiomics import featureextractor
 
-    from Rad4XCNNLogic.features.radiomics import _pixels_for_pyradiomics, split_feature_name
+    from Rad4XCNNLogic.features.radiomics import _pixels_for_pyradiomics
+    from Rad4XCNNLogic.names import parse_radiomic_name
 
     mask = np.asarray(loaded.mask, bool)
     rows, cols = np.nonzero(mask)
@@ -208,7 +207,8 @@ def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int =
             f"the kernel of radius {kernel_radius} ({side} x {side} pixels) is larger than the lesion "
             f"({height} x {width} pixels); choose a kernel radius of at most {(min(height, width) - 1) // 2}",
         )
-    prefix, feature_class, feature = split_feature_name(name)
+    parsed = parse_radiomic_name(name)
+    prefix, feature_class, feature = parsed.image_type, parsed.feature_class, parsed.feature
     image_type = _image_type_of(prefix)
     settings = _settings_for(params)
     image2d = loaded.image.to_sitk(_pixels_for_pyradiomics(loaded.image.array))
@@ -229,7 +229,7 @@ def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int =
     try:
         result = extractor.execute(image3d, mask3d, label=1, voxelBased=True)
     except ValueError as exc:
-        problem = f"{name}: PyRadiomics refused the case: {str(exc).splitlines()[0]}"
+        problem = f"{name}: PyRadiomics refused the case: {first_line(exc)}"
         raise CaseError(loaded.case_id, problem) from None
     key = f"original_{feature_class}_{feature}"
     if key not in result:
@@ -310,7 +310,7 @@ def _task(case: Case, name: str, params, kernel_radius: int) -> tuple[str, str, 
     except CaseError as exc:
         return case.case_id, name, exc.problem, time.perf_counter() - start
     except Exception as exc:  # PyRadiomics' own failures: one case and feature, not the batch
-        problem = f"{name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        problem = f"{name}: {type(exc).__name__}: {first_line(exc, 200)}"
         return case.case_id, name, problem, time.perf_counter() - start
 
 

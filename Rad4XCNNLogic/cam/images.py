@@ -160,7 +160,7 @@ def write_case_maps(
     direction, and as PNG overlays, with each raw map (``raw_maps``, see :func:`raw_map_to_image`) beside
     its normalised one; returns ``{method: {"nrrd": path, "png": path[, "raw": path]}}``."""
     from Rad4XCNNLogic.cohort.imageio import write_image
-    from Rad4XCNNLogic.features.deep import scale_intensity
+    from Rad4XCNNLogic.features.preprocessing import scale_intensity
 
     grey = scale_intensity(loaded.image.array, intensity)
     mask = loaded.mask if loaded.case.has_lesion else None

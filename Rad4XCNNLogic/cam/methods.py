@@ -389,7 +389,7 @@ class MapComputer:
     def __call__(self, method: str, net, layer: TargetLayer, x, targets, ids=None):
         import torch
 
-        from Rad4XCNNLogic.features.deep import is_out_of_memory
+        from Rad4XCNNLogic.features.preprocessing import is_out_of_memory
 
         ids = list(ids) if ids is not None else [str(i) for i in range(len(x))]
         try:
