@@ -169,7 +169,7 @@ class CamResult:
         """The flagged maps: case_id, method, flags (they are left out of the agreement figures)."""
         if self.metrics.empty or "flags" not in self.metrics:
             return self.metrics.reindex(columns=["case_id", "method", "flags"]).iloc[:0]
-        chosen = self.metrics[self.metrics["flags"].fillna("").astype(str) != ""]
+        chosen = self.metrics[self.metrics["flags"].astype("string").fillna("") != ""]
         return chosen[["case_id", "method", "flags"]].reset_index(drop=True)
 
     def agreement_summary(self) -> pd.DataFrame:

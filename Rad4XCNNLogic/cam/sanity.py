@@ -128,7 +128,7 @@ def method_verdicts(
         return pd.DataFrame(columns=columns)
     rows = {}
     for method, group in metrics.groupby("method", sort=False):
-        flags = group["flags"].fillna("").astype(str) if "flags" in group else pd.Series("", group.index)
+        flags = group["flags"].astype("string").fillna("") if "flags" in group else pd.Series("", group.index)
         counts: dict[str, int] = {}
         for text in flags:
             for flag in filter(None, text.split(";")):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from Rad4XCNNLogic.cam.maps import METHODS as CAM_METHOD_RECORDS
+from Rad4XCNNLogic.cam.maps import RANDOMISATIONS
 from Rad4XCNNLogic.classify.classifiers import CLASSIFIERS
 from Rad4XCNNLogic.errors import UsageError
 from Rad4XCNNLogic.explain.correlation import ALPHA_RANGE, BACKENDS
@@ -195,6 +196,15 @@ class CamConfig:
     )
     target_class: str | None = _opt(None, "the class explained, by name (null: each case's prediction)")
     tolerance: float = _opt(0.0, "pointing game: pixels around the lesion that count", minimum=0)
+    faithfulness: bool = _opt(
+        True, "measure each map's faithfulness: ROAD (most/least relevant first), deletion and insertion AUC"
+    )
+    deletion_steps: int = _opt(16, "removal steps of the deletion and insertion curves", minimum=1)
+    randomisation: str = _opt(
+        "cascade",
+        "model-randomisation test: cascade (top layers first, then all), all (fully random only) or none",
+        choices=RANDOMISATIONS,
+    )
 
 
 @dataclass

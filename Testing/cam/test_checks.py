@@ -267,3 +267,27 @@ def test_bad_check_settings(synthetic_manifest):
         compute_cams(cohort, randomisation="some", **args)
     with pytest.raises(Rad4XCNNError, match=r"deletion steps must be at least 1, got 0"):
         compute_cams(cohort, deletion_steps=0, **args)
+
+
+def test_report_says_which_map_to_trust_escaped(tmp_path):
+    from Rad4XCNNLogic.run.report import _cam_section
+
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    pd.DataFrame(
+        {
+            "case_id": ["<b>c1</b>", "c2"],
+            "method": ["gradcam", "gradcam"],
+            "energy_inside": [0.5, 0.6],
+            "pointing_hit": [1, 0],
+            "flags": ["saturated", None],
+        }
+    ).to_csv(cam / "cam_metrics.csv", index=False)
+    summary = method_verdicts(_metrics("gradcam", 2, similarity=0.8))
+    summary.loc["gradcam", "verdict"] += " <script>x</script>"
+    summary.to_csv(cam / "cam_summary.csv")
+    section = _cam_section(tmp_path, {})
+    trust, flagged = str(section["trust_table"]), str(section["flagged_table"])
+    assert "not trustworthy: its maps barely change" in trust and "&lt;script&gt;" in trust
+    assert "<script>" not in trust and "Spearman with randomised weights (median)" in trust
+    assert "&lt;b&gt;c1&lt;/b&gt;" in flagged and "saturated" in flagged and "c2" not in flagged

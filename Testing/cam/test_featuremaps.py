@@ -180,3 +180,33 @@ def test_features_are_picked_from_a_run(cohort, tmp_path):
         features_from_run(run, 0)
     with pytest.raises(Rad4XCNNError, match=r"name the radiomic features \(--features\), or give a run"):
         compute_feature_maps(cohort, None, cases="big")
+
+
+def test_cli_featuremaps_and_case(cohort, tmp_path, capsys):
+    from Rad4XCNNLogic.cli import main
+
+    manifest = tmp_path / "manifest.csv"
+    out = tmp_path / "cli"
+    args = ["featuremaps", "--manifest", str(manifest), "--cases", "big", "--kernel-radius", "1"]
+    code = main(
+        [*args, "--features", "original_firstorder_Mean,original_shape2D_Perimeter", "--out", str(out)]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert (
+        "wrote 1 feature map(s) of 1 case(s)" in printed and "skipped original_shape2D_Perimeter" in printed
+    )
+    assert (out / "big_original_firstorder_Mean.nrrd").is_file() and (out / "featuremaps.csv").is_file()
+    assert main([*args, "--features", "original_glcm_Contrastt", "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "close names: original_glcm_Contrast" in err
+    assert main([*args, "--out", str(out)]) == 2
+    assert "--from-run RUN --top K" in capsys.readouterr().err
+    # the same from 'rad4xcnn case' (one case; no run: the paper preset)
+    single = write_manifest_rows(tmp_path / "one.csv", [pd.read_csv(manifest).iloc[0].to_dict()])
+    case_out = tmp_path / "case"
+    case_args = ["case", "--manifest", str(single), "--out", str(case_out), "--kernel-radius", "1"]
+    code = main([*case_args, "--features", "original_firstorder_Mean"])
+    assert code == 0
+    assert (case_out / "featuremaps" / "big_original_firstorder_Mean.nrrd").is_file()
+    assert (case_out / "radiomics.csv").is_file()

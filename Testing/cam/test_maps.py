@@ -170,7 +170,7 @@ def test_eigencam_of_the_detector_points_at_the_blob_for_either_svd_sign(
     assert (result.metrics["flags"] == "").mean() >= 0.8
 
 
-def test_the_unoriented_component_depends_on_the_svd_sign(blob_detector, monkeypatch):
+def test_the_unoriented_component_depends_on_the_svd_sign(monkeypatch):
     """The reason for the orientation: the library's projection of a flipped SVD is the negated map."""
     from Rad4XCNNLogic.cam.methods import first_component_projection
 
@@ -205,6 +205,9 @@ def test_cli_writes_maps_overlays_and_tables(blob_detector, tmp_path, capsys):
             "cpu",
             "--batch-size",
             "64",
+            "--randomisation",
+            "all",
+            "--no-faithfulness",
             "--no-progress",
             "--out",
             str(out),
@@ -213,6 +216,7 @@ def test_cli_writes_maps_overlays_and_tables(blob_detector, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "wrote 9 maps of 3 case(s)" in printed and "pointing game" in printed
+    assert "which map to trust:" in printed and printed.count("\n  scorecam: ") == 1
     assert "gradcam vs scorecam" in printed
     import pandas as pd
     import SimpleITK as sitk
@@ -222,13 +226,21 @@ def test_cli_writes_maps_overlays_and_tables(blob_detector, tmp_path, capsys):
     assert metrics.index.name == "case_id"
     assert sorted(metrics["method"].unique()) == ["eigencam", "gradcam", "scorecam"]
     assert len(metrics) == 9 and set(metrics.index) == set(ids)
+    for column in ("flags", "road_combined", "deletion_auc", "insertion_auc", "randomisation_similarity"):
+        assert column in metrics
+    assert metrics["road_combined"].isna().all()  # --no-faithfulness (measured in test_checks.py)
+    assert metrics["randomisation_similarity"].dropna().between(-1, 1).all()
+    steps = pd.read_csv(out / "cam" / "cam_randomisation.csv")
+    assert set(steps["step"]) == {"all"} and len(steps) == 9
     agreement = pd.read_csv(out / "cam" / "cam_agreement.csv", index_col=0)
-    assert len(agreement) == 9
+    flagged = metrics[metrics["flags"].astype("string").fillna("") != ""]
+    assert len(agreement) == 9 - sum(2 for _ in flagged.itertuples())  # a flagged map leaves two pairs
     assert list(agreement.columns) == ["method_a", "method_b", "spearman", "top20_iou"]
     assert agreement["spearman"].between(-1, 1).all() and agreement["top20_iou"].between(0, 1).all()
     run = json.loads((out / "cam" / "cam_run.json").read_text())
     assert run["settings"]["scorecam_forward_passes_per_case"] == 192  # test_resnet's layer3 channels
-    assert run["failures"] == []
+    assert run["failures"] == [] and run["settings"]["randomisation"] == "all"
+    assert len(run["flagged_maps"]) == len(flagged)
     for case_id in ids:
         for method in ("gradcam", "eigencam", "scorecam"):
             img = sitk.ReadImage(str(out / "cam" / f"{case_id}_{method}.nrrd"))
