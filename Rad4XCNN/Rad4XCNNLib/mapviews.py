@@ -139,3 +139,29 @@ def load_feature_maps(folder, case_id: str, image_volume, colour: str = DEFAULT_
             continue
         nodes[row.feature] = feature_map_volume(path, image_volume, row.feature, colour)
     return nodes
+
+
+def _table_by_name(name: str):
+    node = slicer.mrmlScene.GetFirstNodeByName(name)
+    return node if node is not None and node.IsA("vtkMRMLTableNode") else None
+
+
+def show_case_maps(folder, image_volume, colour: str = DEFAULT_FEATURE_COLOUR) -> list[str]:
+    """What ``rad4xcnn case`` left in ``folder`` beside the CAM: the trust table (``cam/cam_summary.csv``)
+    and the feature maps (``featuremaps/``), loaded into the scene; returns one note per thing shown."""
+    import pandas as pd
+
+    folder = Path(folder)
+    manifest = folder / "manifest.csv"
+    if not manifest.is_file():
+        return []
+    case_id = str(pd.read_csv(manifest, dtype={"case_id": str})["case_id"].iloc[0])
+    notes = []
+    if (folder / "cam" / "cam_summary.csv").is_file():
+        node = show_cam_trust(folder / "cam", case_id, node=_table_by_name("Rad4XCNN CAM trust"))
+        notes.append(f"which map to trust: table '{node.GetName()}'")
+    if (folder / "featuremaps" / "featuremaps.csv").is_file():
+        maps = load_feature_maps(folder / "featuremaps", case_id, image_volume, colour)
+        if maps:
+            notes.append(f"{len(maps)} radiomic feature map(s) loaded ({', '.join(maps)})")
+    return notes

@@ -119,3 +119,29 @@ def test_load_the_feature_maps_of_a_case(scene, tmp_path):
     assert nodes["original_glcm_Contrast"].GetAttribute("Rad4XCNN.featuremap") == "original_glcm_Contrast"
     assert mapviews.load_feature_maps(folder, "c06", volume) == {}
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 3  # image + 2 maps
+
+
+def test_show_case_maps_after_the_case_command(scene, tmp_path):
+    _, volume, image = scene
+    folder = tmp_path / "case"
+    write_cam_folder(folder / "cam")
+    pd.DataFrame({"case_id": ["c05"], "image": ["images/c05.nrrd"], "mask": ["masks/c05_mask.nrrd"]}).to_csv(
+        folder / "manifest.csv", index=False
+    )
+    maps = folder / "featuremaps"
+    write_image(maps / "c05_original_firstorder_Mean.nrrd", np.full((20, 24), 3.0, np.float32), like=image)
+    pd.DataFrame(
+        {
+            "case_id": ["c05"],
+            "feature": ["original_firstorder_Mean"],
+            "file": ["c05_original_firstorder_Mean.nrrd"],
+        }
+    ).to_csv(maps / "featuremaps.csv", index=False)
+    notes = mapviews.show_case_maps(folder, volume)
+    assert notes == [
+        "which map to trust: table 'Rad4XCNN CAM trust'",
+        "1 radiomic feature map(s) loaded (original_firstorder_Mean)",
+    ]
+    mapviews.show_case_maps(folder, volume)  # again: the trust table is refilled, not duplicated
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
+    assert mapviews.show_case_maps(tmp_path / "nothing", volume) == []
