@@ -201,8 +201,9 @@ class CamConfig:
     )
     deletion_steps: int = _opt(16, "removal steps of the deletion and insertion curves", minimum=1)
     randomisation: str = _opt(
-        "cascade",
-        "model-randomisation test: cascade (top layers first, then all), all (fully random only) or none",
+        "all",
+        "model-randomisation test: all (every weight random: one more map per method), cascade (top layers "
+        "first, then all: about 7-10 maps per method; ScoreCAM's cost times that) or none",
         choices=RANDOMISATIONS,
     )
 
