@@ -408,3 +408,22 @@ def run_plan(plan: InstallPlan, folder: str | Path, slicer_module=None, install_
         for step in pip_steps:
             slicer_module.util.pip_install(pip_arguments(step, constraints))
             constraints = write_constraints(folder)
+
+
+def install_torch_with_extension(torch_requirement: str, torchvision_requirement: str):
+    """Install torch and torchvision through the PyTorch extension; the torch module.
+
+    ``PyTorchUtilsLogic().installTorch(askConfirmation, forceComputationBackend, torchVersionRequirement,
+    torchvisionVersionRequirement)`` is the extension's API (PyTorchUtils/PyTorchUtils.py of
+    fepegar/SlicerPyTorch); it picks the build that suits the computer's GPU driver.
+    """
+    import PyTorchUtils
+
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=False,
+        torchVersionRequirement=torch_requirement,
+        torchvisionVersionRequirement=torchvision_requirement,
+    )
+    if torch is None:
+        raise RuntimeError("PyTorch could not be installed")
+    return torch
