@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import re
 from pathlib import Path
@@ -13,15 +14,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _hiding(*names: str):
-    """importlib's real lookup, except that ``names`` look uninstalled (as in a fresh Slicer)."""
+    """A lookup in which every package is installed except ``names`` (as in a fresh Slicer, whatever the
+    Python that runs the tests holds); PyTorchUtils and SlicerRadiomics count as packages too."""
 
     def find_spec(name):
-        return None if name in names else importlib.util.find_spec(name)
+        return None if name in names else importlib.machinery.ModuleSpec(name, None)
 
     return find_spec
 
 
 def test_this_environment_has_everything():
+    for module in ("torch", "radiomics", "xgboost", "pytorch_grad_cam"):
+        pytest.importorskip(module)
     assert deps.missing_requirements("module") == []
     assert deps.missing_requirements("pipeline") == []
     assert deps.check("pipeline").empty
@@ -155,22 +159,26 @@ def test_without_the_pytorch_extension_torch_comes_from_pypi():
 
 def test_extension_detection_uses_the_module_path(tmp_path, monkeypatch):
     """Inside Slicer an extension's module folder is on sys.path: finding PyTorchUtils means it is there."""
+
+    def hiding_torch(name):  # the real lookup, with torch and torchvision absent
+        return None if name in ("torch", "torchvision") else importlib.util.find_spec(name)
+
     (tmp_path / "PyTorchUtils.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
-    plan = deps.check("pipeline", _hiding("torch"))
-    assert [s.kind for s in plan.steps] == ["pytorch"]
+    plan = deps.check("pipeline", hiding_torch)
+    assert plan.steps[0].kind == "pytorch"
     monkeypatch.undo()
     importlib.invalidate_caches()
-    plan = deps.check("pipeline", _hiding("torch", "PyTorchUtils"))
-    assert [s.kind for s in plan.steps] == ["pip"]
+    plan = deps.check("pipeline", hiding_torch)
+    assert plan.steps[0].kind == "pip" and plan.steps[0].requirements == ("torch>=2.4", "torchvision>=0.19")
 
 
 def test_broken_package_counts_as_missing():
     def find_spec(name):
         if name == "xgboost":
             raise ValueError("xgboost.__spec__ is None")
-        return importlib.util.find_spec(name)
+        return _hiding()(name)
 
     assert [r.module for r in deps.missing_requirements("pipeline", find_spec)] == ["xgboost"]
 
