@@ -11,6 +11,8 @@ grad-cam, pyradiomics-bhklab) are installed with ``--no-deps`` and their real ne
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -19,7 +21,6 @@ import re
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -344,7 +345,7 @@ class InstallInProgress(RuntimeError):
     """An install was asked for while another one runs (e.g. a second click on Run)."""
 
 
-@contextmanager
+@contextlib.contextmanager
 def one_install_at_a_time():
     """Hold the module's install lock for the ``with`` block; raise :class:`InstallInProgress` if taken.
 
@@ -366,7 +367,13 @@ def install_in_progress() -> bool:
     return _install_lock.locked()
 
 
-def run_plan(plan: InstallPlan, folder: str | Path, slicer_module=None, install_torch=None) -> None:
+def run_plan(
+    plan: InstallPlan,
+    folder: str | Path,
+    slicer_module=None,
+    install_torch=None,
+    installed: Callable[[], Mapping[str, str]] = installed_distributions,
+) -> None:
     """Carry out ``plan`` inside 3D Slicer: torch with ``install_torch``, the pip steps under constraints.
 
     The constraints file is written afresh before each pip step (so torch, once installed, is pinned too).
@@ -374,16 +381,15 @@ def run_plan(plan: InstallPlan, folder: str | Path, slicer_module=None, install_
     v5.10.0) its ``pip_install(requirements, constraints=..., no_deps_requirements=..., requester=...)`` is
     used; Slicer 5.10 has only ``slicer.util.pip_install(requirements)`` (Base/Python/slicer/util.py at
     v5.10.0), which takes a list of pip arguments, so ``-c`` and ``--no-deps`` are passed in it.
-    ``install_torch(torch_requirement, torchvision_requirement)`` is the PyTorch extension's installer.
+    ``install_torch(torch_requirement, torchvision_requirement)`` is the PyTorch extension's installer;
+    ``installed()`` lists what the target Python holds (default: this Python's distributions).
     """
     if slicer_module is None:
         import slicer as slicer_module
+
+        with contextlib.suppress(ImportError):  # Slicer after 5.10; the import makes it slicer.packaging
+            importlib.import_module("slicer.packaging")
     packaging = getattr(slicer_module, "packaging", None)
-    if packaging is None:
-        try:
-            packaging = importlib.import_module("slicer.packaging")
-        except ImportError:
-            packaging = None
     with one_install_at_a_time():
         pip_steps = [s for s in plan.steps if s.kind == "pip"]
         for step in plan.steps:
@@ -393,7 +399,7 @@ def run_plan(plan: InstallPlan, folder: str | Path, slicer_module=None, install_
                 install_torch(step.version_of("torch"), step.version_of("torchvision"))
         if not pip_steps:
             return
-        constraints = write_constraints(folder)
+        constraints = write_constraints(folder, installed())
         if packaging is not None and hasattr(packaging, "pip_install"):
             regular = [r for s in pip_steps if not s.no_deps for r in s.requirements]
             no_deps = [r for s in pip_steps if s.no_deps for r in s.requirements]
@@ -407,7 +413,7 @@ def run_plan(plan: InstallPlan, folder: str | Path, slicer_module=None, install_
             return
         for step in pip_steps:
             slicer_module.util.pip_install(pip_arguments(step, constraints))
-            constraints = write_constraints(folder)
+            constraints = write_constraints(folder, installed())
 
 
 def install_torch_with_extension(torch_requirement: str, torchvision_requirement: str):
