@@ -906,7 +906,7 @@ def write_radiomics(
     """Write ``radiomics.csv`` and its side files, each atomically; return their paths by role.
 
     ============================  ==================================================================
-    ``radiomics.csv``             case_id x features (DESIGN.md §4), full float64 precision
+    ``radiomics.csv``             case_id x features (docs/ARCHITECTURE.md), full float64 precision
     ``radiomics_diagnostics.csv`` case_id x PyRadiomics diagnostics and the input hashes
     ``radiomics_failures.csv``    case_id, stage, problem of every case left out (``extra_failures``,
                                   e.g. the manifest's, first); written even when empty

@@ -1,5 +1,5 @@
 """The runner of a whole Rad4XCNN run: the stages of :mod:`Rad4XCNNLogic.run.stages` in order, writing the
-run folder (docs/ARCHITECTURE.md, "The run folder") with ``run.json`` and ``run.log``.
+run folder (docs/ARCHITECTURE.md) with ``run.json`` and ``run.log``.
 
 Each stage has a fingerprint: its settings and the content hashes of the files it reads. A stage whose
 fingerprint and outputs are unchanged is not recomputed, so a re-run with nothing changed recomputes nothing
