@@ -219,7 +219,7 @@ def fill_tables_and_plots(results, threshold: float = 0.6, new_threshold: float 
     _check(int(below.sum() + above.sum()) == int(np.isfinite(rho).sum()), "the histogram lost rho values")
     bridge.show_table(settings.get(node, "ExplanationsTable"))
     bridge.show_chart(coverage)
-    selection = bridge._application_logic().GetSelectionNode()
+    selection = bridge.application_logic().GetSelectionNode()
     _check(selection.GetActiveTableID() == settings.get(node, "ExplanationsTable").GetID(), "table not shown")
     _check(selection.GetActivePlotChartID() == coverage.GetID(), "coverage plot not shown")
 

@@ -37,7 +37,7 @@ from Rad4XCNNLogic.cam.measures import (
 )
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
-from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 from Rad4XCNNLogic.infra.progress import track
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -602,7 +602,7 @@ def write_case_maps(
     """Write one case's maps (in image geometry) as NRRD, in the image's size, spacing, origin and
     direction, and as PNG overlays; returns ``{method: {"nrrd": path, "png": path}}``."""
     from Rad4XCNNLogic.cohort.imageio import write_image
-    from Rad4XCNNLogic.features.deep import scale_intensity
+    from Rad4XCNNLogic.features.preprocessing import scale_intensity
 
     grey = scale_intensity(loaded.image.array, intensity)
     mask = loaded.mask if loaded.case.has_lesion else None
@@ -860,7 +860,7 @@ def compute_cams(
     import torch
 
     from Rad4XCNNLogic.features.backbones import resolve_device
-    from Rad4XCNNLogic.features.deep import is_out_of_memory, preprocess_case
+    from Rad4XCNNLogic.features.preprocessing import is_out_of_memory, preprocess_case
 
     started = time.perf_counter()
     names = check_methods(methods)
@@ -976,7 +976,7 @@ def compute_cams(
                 log.warning("%s", exc)
                 continue
             except (ValueError, OSError, RuntimeError, MemoryError) as exc:
-                problem = f"preprocessing failed: {type(exc).__name__}: {str(exc)[:200]}"
+                problem = f"preprocessing failed: {type(exc).__name__}: {first_line(exc, 200)}"
                 failures.append(CaseFailure(case.case_id, STAGE, problem))
                 log.warning("case %s: %s", case.case_id, problem)
                 continue
@@ -1006,9 +1006,7 @@ def compute_cams(
             except Rad4XCNNError:
                 raise
             except Exception as exc:  # one method failing on a batch must not lose the others
-                bad_methods[method] = (
-                    f"{method} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                )
+                bad_methods[method] = f"{method} failed: {type(exc).__name__}: {first_line(exc, 200)}"
                 log.warning("%s on cases %s: %s", method, ", ".join(ids), bad_methods[method])
             method_seconds[method] += time.perf_counter() - t0
         for problem in bad_methods.values():

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import zlib
 from collections import Counter
@@ -45,7 +44,8 @@ import numpy as np
 
 from Rad4XCNNLogic.classify.metrics import METRICS, auc_score, evaluate_predictions, predicted_classes
 from Rad4XCNNLogic.cohort.manifest import DEFAULT_COHORT, Cohort
-from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError, first_line
+from Rad4XCNNLogic.names import RADIOMIC_SET, deep_model, feature_set_name, is_radiomic_feature
 
 log = logging.getLogger(__name__)
 
@@ -81,42 +81,8 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "svm": {"C": [0.1, 1.0, 10.0, 100.0]},
 }
 
-_RADIOMIC_IMAGE_TYPE = (
-    r"original|wavelet-[LH]{2,3}|log-sigma-[0-9]+(?:-[0-9]+)?-mm-[23]D|square|squareroot|logarithm"
-    r"|exponential|gradient|lbp-2D|lbp-3D-[A-Za-z0-9]+"
-)
-_RADIOMIC_CLASS = r"shape|shape2D|firstorder|glcm|glrlm|glszm|gldm|ngtdm"
-_RADIOMIC_RE = re.compile(rf"^(?:{_RADIOMIC_IMAGE_TYPE})_(?:{_RADIOMIC_CLASS})_[A-Za-z0-9]+$")
-_DEEP_RE = re.compile(r"^(?P<model>.+)_(?P<index>[0-9]+)$")
-
 
 # ------------------------------------------------------------------------------------------ feature sets
-def is_radiomic_feature(name: str) -> bool:
-    """Whether ``name`` is a PyRadiomics feature name (``<image type>_<class>_<feature>``).
-
-    Examples
-    --------
-    >>> is_radiomic_feature("wavelet-HL_glcm_Contrast"), is_radiomic_feature("resnet50_17")
-    (True, False)
-    """
-    return bool(_RADIOMIC_RE.match(str(name)))
-
-
-def deep_feature_model(name: str) -> str | None:
-    """The backbone of a deep feature named ``<model>_<index>``, or None for any other name.
-
-    Examples
-    --------
-    >>> deep_feature_model("vit_base_patch16_224_5"), deep_feature_model("original_glcm_Contrast")
-    ('vit_base_patch16_224', None)
-    """
-    name = str(name)
-    if is_radiomic_feature(name):
-        return None
-    match = _DEEP_RE.match(name)
-    return match.group("model") if match else None
-
-
 def infer_feature_sets(
     columns: Iterable[str], explained: Iterable[str] | None = None
 ) -> dict[str, list[str]]:
@@ -137,27 +103,27 @@ def infer_feature_sets(
     radiomic = [c for c in columns if is_radiomic_feature(c)]
     by_model: dict[str, list[str]] = {}
     for c in columns:
-        model = deep_feature_model(c)
+        model = deep_model(c)
         if model is not None:
             by_model.setdefault(model, []).append(c)
     explained_set = None if explained is None else {str(e) for e in explained}
     sets: dict[str, list[str]] = {}
     single = len(by_model) == 1
     for model, deep in by_model.items():
-        suffix = "" if single else f"-{model}"
-        sets[f"deep{suffix}"] = deep
+        key = None if single else model
+        sets[feature_set_name("deep", key)] = deep
         if radiomic:
-            sets[f"deep{suffix}+radiomic"] = deep + radiomic
+            sets[feature_set_name("combined", key)] = deep + radiomic
         if explained_set is not None:
             kept = [c for c in deep if c in explained_set]
             if kept:
-                sets[f"explained-deep{suffix}"] = kept
+                sets[feature_set_name("explained", key)] = kept
             else:
                 log.warning("no deep feature of %s is among the explained features: no explained set", model)
     if radiomic:
         # radiomic goes second, after the first deep set, as in the paper's tables
         ordered = dict(list(sets.items())[:1])
-        ordered["radiomic"] = radiomic
+        ordered[RADIOMIC_SET] = radiomic
         ordered.update(sets)
         sets = ordered
     return sets
@@ -191,7 +157,7 @@ def read_feature_tables(paths: Sequence[str | os.PathLike]) -> tuple[Any, list[C
             first = header.columns[0]
             frame = pd.read_csv(path, dtype={first: str}, encoding="utf-8-sig")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             raise Rad4XCNNError(f"feature table {path.name} is not a readable CSV: {text}") from None
         frame = frame.set_index(first)
         frame.index = frame.index.astype(str).str.strip()
@@ -241,187 +207,6 @@ def read_explained(path: str | os.PathLike) -> list[str]:
     return [str(n) for n, k in zip(names, counts, strict=True) if k > 0]
 
 
-# ------------------------------------------------------------------------------------------ preprocessing
-def univariate_pvalues(X: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per-column p-value of a class difference: Mann–Whitney U (two classes) or Kruskal–Wallis (more).
-
-    Columns that are constant within the data get p = 1.
-
-    Examples
-    --------
-    >>> X = np.c_[np.arange(10.0), np.ones(10)]; y = np.repeat([0, 1], 5)
-    >>> p = univariate_pvalues(X, y); bool(p[0] < 0.01), float(p[1])
-    (True, 1.0)
-    """
-    from scipy import stats
-
-    X = np.asarray(X, dtype=float)
-    y = np.asarray(y)
-    groups = [X[y == k] for k in np.unique(y)]
-    if len(groups) < 2:
-        return np.ones(X.shape[1])
-    with np.errstate(all="ignore"):
-        if len(groups) == 2:
-            p = stats.mannwhitneyu(groups[0], groups[1], axis=0, alternative="two-sided").pvalue
-        else:
-            p = stats.kruskal(*groups, axis=0).pvalue
-    p = np.asarray(p, dtype=float)
-    p[~np.isfinite(p)] = 1.0
-    p[np.ptp(X, axis=0) == 0] = 1.0
-    return p
-
-
-def near_zero_variance(X: np.ndarray, freq_ratio: float = 95 / 5, unique_fraction: float = 0.1) -> np.ndarray:
-    """Mask of near-zero-variance columns (caret's ``nearZeroVar`` rule, which does not depend on scale).
-
-    A column is near-zero-variance when it is constant, or when its most common value is more than
-    ``freq_ratio`` times as frequent as the second most common *and* its distinct values are at most
-    ``unique_fraction`` of the rows (e.g. a feature that is 0 in all but two cases).
-
-    Examples
-    --------
-    >>> X = np.c_[np.arange(40.0), np.r_[np.zeros(39), 1.0], np.ones(40)]
-    >>> near_zero_variance(X).tolist()
-    [False, True, True]
-    """
-    X = np.asarray(X, dtype=float)
-    n = X.shape[0]
-    ordered = np.sort(X, axis=0)
-    changes = ordered[1:] != ordered[:-1]
-    n_unique = 1 + changes.sum(axis=0)
-    nzv = n_unique <= 1
-    for j in np.flatnonzero(~nzv & (n_unique <= unique_fraction * n)):
-        _, counts = np.unique(ordered[:, j], return_counts=True)
-        top = np.sort(counts)[::-1]
-        nzv[j] = top[0] > freq_ratio * top[1]
-    return nzv
-
-
-def _spearman_redundant(Xr: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
-    """Mask of columns to drop: walking ``order``, a column correlated above ``threshold`` (|rho|) with a
-    column already kept is dropped."""
-    from scipy.stats import rankdata
-
-    ranks = rankdata(Xr, axis=0)
-    ranks -= ranks.mean(axis=0)
-    norms = np.linalg.norm(ranks, axis=0)
-    norms[norms == 0] = 1.0
-    z = ranks / norms
-    corr = np.abs(z.T @ z)
-    dropped = np.zeros(Xr.shape[1], dtype=bool)
-    for j in order:
-        if dropped[j]:
-            continue
-        too_close = corr[j] > threshold
-        too_close[j] = False
-        dropped |= too_close
-    return dropped
-
-
-def _filter_fit(X, y, correlation_threshold, select_k):
-    X = np.array(X, dtype=float)
-    X[~np.isfinite(X)] = np.nan
-    p = X.shape[1]
-    observed = ~np.all(np.isnan(X), axis=0)
-    with np.errstate(all="ignore"):
-        medians = np.where(observed, np.nanmedian(np.where(observed, X, 0.0), axis=0), 0.0)
-    X = np.where(np.isnan(X), medians, X)
-    keep = observed & ~near_zero_variance(X)
-    if not keep.any():
-        raise Rad4XCNNError(f"none of the {p} features varies on the training data (all near-constant)")
-    if correlation_threshold is not None or select_k is not None:
-        pvalues = np.ones(p)
-        pvalues[keep] = univariate_pvalues(X[:, keep], y)
-        if correlation_threshold is not None:
-            columns = np.flatnonzero(keep)
-            order = np.lexsort((columns, pvalues[columns]))  # strongest association first, then column order
-            keep[columns[_spearman_redundant(X[:, columns], order, correlation_threshold)]] = False
-        if select_k is not None and keep.sum() > select_k:
-            columns = np.flatnonzero(keep)
-            best = columns[np.lexsort((columns, pvalues[columns]))[:select_k]]
-            keep[:] = False
-            keep[best] = True
-    return keep, medians
-
-
-_LAZY_CLASSES: dict[str, type] = {}
-
-
-def _make_filter_class() -> type:
-    # Built on first use so that importing this module does not import scikit-learn; module __getattr__
-    # hands out the same class, which lets pickle (joblib's worker processes) find it by name.
-    if "TrainingFeatureFilter" in _LAZY_CLASSES:
-        return _LAZY_CLASSES["TrainingFeatureFilter"]
-    from sklearn.base import BaseEstimator, TransformerMixin
-
-    class TrainingFeatureFilter(TransformerMixin, BaseEstimator):
-        """Median imputation, near-zero-variance removal, optional correlation and univariate selection.
-
-        Everything is learnt in :meth:`fit` from the data it is given (the training split, or a
-        cross-validation fold's training part), never from the data it later transforms.
-
-        Parameters
-        ----------
-        correlation_threshold : float or None
-            Of features correlated above this |Spearman rho|, keep the one with the smallest univariate
-            p-value (ties: the earlier column). None: no redundancy removal.
-        select_k : int or None
-            Keep at most this many features, those with the smallest univariate p-values (Mann–Whitney U,
-            or Kruskal–Wallis for more than two classes). None: no univariate selection.
-
-        Attributes
-        ----------
-        support_ : bool array, which input columns are kept.
-        medians_ : the training median of every input column (replaces NaN and inf).
-
-        Examples
-        --------
-        >>> f = TrainingFeatureFilter(correlation_threshold=0.95).fit(X_train, y_train)  # doctest: +SKIP
-        >>> f.transform(X_test).shape[1] == f.support_.sum()  # doctest: +SKIP
-        True
-        """
-
-        def __init__(self, correlation_threshold: float | None = None, select_k: int | None = None):
-            self.correlation_threshold = correlation_threshold
-            self.select_k = select_k
-
-        def fit(self, X, y):
-            X = np.asarray(X, dtype=float)
-            if X.ndim != 2:
-                raise ValueError(f"expected a 2D array of features, got shape {X.shape}")
-            self.support_, self.medians_ = _filter_fit(
-                X, np.asarray(y), self.correlation_threshold, self.select_k
-            )
-            self.n_features_in_ = X.shape[1]
-            return self
-
-        def transform(self, X):
-            X = np.array(np.asarray(X, dtype=float)[:, self.support_])
-            bad = ~np.isfinite(X)
-            if bad.any():
-                X[bad] = np.broadcast_to(self.medians_[self.support_], X.shape)[bad]
-            return X
-
-        def get_feature_names_out(self, input_features=None):
-            names = (
-                np.asarray(input_features, dtype=object)
-                if input_features is not None
-                else np.array([f"x{i}" for i in range(self.n_features_in_)], dtype=object)
-            )
-            return names[self.support_]
-
-    TrainingFeatureFilter.__module__ = __name__
-    TrainingFeatureFilter.__qualname__ = "TrainingFeatureFilter"
-    _LAZY_CLASSES["TrainingFeatureFilter"] = TrainingFeatureFilter
-    return TrainingFeatureFilter
-
-
-def __getattr__(name: str):
-    if name == "TrainingFeatureFilter":
-        return _make_filter_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def make_pipeline(
     classifier: str,
     *,
@@ -450,7 +235,9 @@ def make_pipeline(
     """
     from sklearn.pipeline import Pipeline
 
-    filt = _make_filter_class()(correlation_threshold=correlation_threshold, select_k=select_k)
+    from Rad4XCNNLogic.classify.feature_filter import TrainingFeatureFilter
+
+    filt = TrainingFeatureFilter(correlation_threshold=correlation_threshold, select_k=select_k)
     weight = "balanced" if balanced else None
     steps: list[tuple[str, Any]] = [("filter", filt)]
     if classifier == "rf":
@@ -1242,7 +1029,7 @@ def _fit_one(
     except Rad4XCNNError:
         raise
     except ValueError as exc:
-        raise Rad4XCNNError(f"fit failed: {str(exc).splitlines()[0]}") from None
+        raise Rad4XCNNError(f"fit failed: {first_line(exc)}") from None
     params = {k.removeprefix(prefix): _plain(v) for k, v in search.best_params_.items()}
     final = make_pipeline(clf_name, probability=True, **options)
     final.set_params(**{f"{classifier_param_prefix(final)}{k}": v for k, v in params.items()})

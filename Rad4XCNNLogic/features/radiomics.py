@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
-from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 from Rad4XCNNLogic.infra.environment import available_cpus
 from Rad4XCNNLogic.infra.storage import (
     ResultCache,
@@ -343,10 +343,10 @@ def _extract_case(extractor, case: Case) -> _Outcome:
         with _ignore_warnings(RuntimeWarning):
             result = extractor.execute(image, mask, label=1)
     except ValueError as exc:  # PyRadiomics' checks of the mask (too small, a line, ...) raise ValueError
-        problem = f"PyRadiomics refused the case: {_first_line(exc)}"
+        problem = f"PyRadiomics refused the case: {first_line(exc)}"
         return _Outcome(case.case_id, problem=problem, seconds=time.perf_counter() - start)
     except Exception as exc:
-        problem = f"PyRadiomics failed: {type(exc).__name__}: {_first_line(exc)}"
+        problem = f"PyRadiomics failed: {type(exc).__name__}: {first_line(exc)}"
         return _Outcome(case.case_id, problem=problem, seconds=time.perf_counter() - start)
     features: dict[str, float] = {}
     diagnostics: dict[str, Any] = {}
@@ -376,11 +376,6 @@ def _pixels_for_pyradiomics(array: np.ndarray) -> np.ndarray:
             if info.min <= lo and hi <= info.max:
                 return values.astype(kind)
     return values.astype(np.float64)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _extract_chunk(
@@ -478,20 +473,6 @@ def library_versions() -> dict[str, str]:
         "PyWavelets": pywt.__version__,
         "numpy": np.__version__,
     }
-
-
-def split_feature_name(name: str) -> tuple[str, str, str]:
-    """Split a PyRadiomics feature name into (image type, feature class, feature).
-
-    Examples
-    --------
-    >>> split_feature_name("wavelet-LH_glcm_Contrast")
-    ('wavelet-LH', 'glcm', 'Contrast')
-    """
-    parts = name.split("_", 2)
-    if len(parts) != 3:
-        raise ValueError(f"not a PyRadiomics feature name: {name!r}")
-    return parts[0], parts[1], parts[2]
 
 
 def _chunks(items: Sequence, size: int) -> list[list]:
@@ -607,7 +588,7 @@ def _connect(scheduler: Any):
     try:
         client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise Rad4XCNNError(f"cannot reach the Dask scheduler at {address}: {_first_line(exc)}") from None
+        raise Rad4XCNNError(f"cannot reach the Dask scheduler at {address}: {first_line(exc)}") from None
     return client, True
 
 
@@ -638,7 +619,7 @@ def _run_dask(
                 try:
                     outcomes = future.result()
                 except Exception as exc:  # KilledWorker, a lost connection, ...
-                    problem = f"the Dask task failed: {type(exc).__name__}: {_first_line(exc)}"
+                    problem = f"the Dask task failed: {type(exc).__name__}: {first_line(exc)}"
                     outcomes = [_Outcome(c.case_id, problem=problem) for c in chunk]
                 yield from outcomes
         finally:
@@ -925,7 +906,7 @@ def write_radiomics(
     """Write ``radiomics.csv`` and its side files, each atomically; return their paths by role.
 
     ============================  ==================================================================
-    ``radiomics.csv``             case_id x features (DESIGN.md §4), full float64 precision
+    ``radiomics.csv``             case_id x features (docs/ARCHITECTURE.md), full float64 precision
     ``radiomics_diagnostics.csv`` case_id x PyRadiomics diagnostics and the input hashes
     ``radiomics_failures.csv``    case_id, stage, problem of every case left out (``extra_failures``,
                                   e.g. the manifest's, first); written even when empty

@@ -15,12 +15,12 @@ from Rad4XCNNLogic.explain.explanation import (
     coverage_curve,
     explain,
     load_explanation,
-    model_of,
-    parse_radiomic_name,
     rank_by_importance,
     replicate,
     write_explanation,
 )
+from Rad4XCNNLogic.explain.glossary import family_of
+from Rad4XCNNLogic.names import model_of, parse_radiomic_name
 
 IMAGE_TYPES = ("original", "wavelet-LL", "wavelet-HL", "wavelet-LH", "wavelet-HH")
 FEATURES = (
@@ -170,7 +170,7 @@ def test_family_summary_counts_partners_by_family():
 
 def test_rejects_bad_settings(data):
     deep, rad, _ = data
-    with pytest.raises(Rad4XCNNError, match="threshold M must lie between 0 and 1"):
+    with pytest.raises(Rad4XCNNError, match=r"threshold M must lie in \(0, 1\]"):
         explain(deep, rad, 1.5)
     with pytest.raises(Rad4XCNNError, match="FDR level"):
         explain(deep, rad, 0.6, fdr=0)
@@ -310,10 +310,11 @@ def test_replicability_needs_two_cohorts(data):
 def test_name_parsing():
     parsed = parse_radiomic_name("wavelet-HL_glcm_Contrast")
     assert (parsed.image_type, parsed.feature_class, parsed.feature) == ("wavelet-HL", "glcm", "Contrast")
-    assert parsed.family == "wavelet-HL texture" and parse_radiomic_name(
-        "original_shape2D_Perimeter"
-    ).family == ("original shape")
-    assert parse_radiomic_name("my_custom_feature").family == "other"
+    assert (
+        family_of(parsed) == "wavelet-HL texture"
+        and family_of("original_shape2D_Perimeter") == "original shape"
+    )
+    assert family_of("my_custom_feature") == "other"
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -347,8 +348,18 @@ def test_cli_explain_writes_the_outputs(tmp_path, capsys):
         "118 cases (2 left out)" in printed and "resnet50: 4 of 11 varying deep features explained" in printed
     )
     assert "suggested M" in printed and "replicability internal -> external" in printed
-    for name in ("correlations.csv", "explanations.csv", "coverage.csv", "replicability.csv", "rho.npy"):
+    for name in (
+        "correlations.csv",
+        "explanations.csv",
+        "coverage.csv",
+        "explained_by_threshold.csv",
+        "rho.npy",
+    ):
         assert (out / name).is_file()
+    # the replicability tables go where 'rad4xcnn run' writes them (the command wrote them beside the rest)
+    assert (out / "replicability" / "replicability.csv").is_file() and not (
+        out / "replicability.csv"
+    ).exists()
     corr = pd.read_csv(out / "correlations.csv")
     assert list(corr.columns[:5]) == ["deep_feature", "radiomic_feature", "rho", "p", "q"]
     assert len(corr) == 4
@@ -367,7 +378,7 @@ def test_cli_explain_bad_input_is_one_line(tmp_path, capsys, content, message):
         tmp_path / "rad.csv"
     )
     argv = ["explain", "--deep", str(tmp_path / "deep.csv"), "--radiomics", str(tmp_path / "rad.csv")]
-    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
     assert not (tmp_path / "o" / "correlations.csv").exists()

@@ -19,7 +19,8 @@ from Rad4XCNNLogic.cli import main
 from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
 from Rad4XCNNLogic.infra.progress import ENV, parse_progress_line
 from Rad4XCNNLogic.run.config import config_from_dict
-from Rad4XCNNLogic.run.runner import gallery_cases, run_pipeline
+from Rad4XCNNLogic.run.runner import run_pipeline
+from Rad4XCNNLogic.run.stages import gallery_cases
 
 
 def _settings(manifest: Path, out: Path, **sections) -> dict:
@@ -274,3 +275,51 @@ def test_a_bad_setting_fails_its_stage_and_the_independent_stages_still_run(coho
     assert statuses["radiomics"] == "computed" and statuses["explain"] == "blocked"
     assert statuses["report"] == "computed" and not result.ok
     assert (tmp_path / "run" / "radiomics.csv").is_file()
+
+
+def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
+    """Each stage command runs its run stage's work: on the run's inputs and settings it writes the very
+    tables ``rad4xcnn run`` wrote (docs/ARCHITECTURE.md, "Stages")."""
+    import json
+
+    from Rad4XCNNLogic.cli import main
+
+    config, _ = first_run
+    run = Path(config.out)
+    other = tmp_path / "commands"
+    manifest = str(run / "cohort.csv")
+    checkpoint = str(run / "models" / "resnet18.pt")
+    cam_cases = json.loads((run / "run.json").read_text())["stages"]["cam"]["summary"]["cases"]
+    commands = [
+        ["deep", "--manifest", manifest, "--weights", checkpoint, "--input-size", "64", "--device", "cpu",
+         "--out", str(other / "deep_features.csv")],
+        ["radiomics", "--manifest", manifest, "--jobs", "1", "--no-cache",
+         "--out", str(other / "radiomics.csv")],
+        ["explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv"),
+         "-M", "0.6", "-M", "0.8", "--fdr", "0.05", "--permutations", "20", "--bootstrap", "10",
+         "--cohorts", manifest, "--out", str(other)],
+        ["classify", "--features", str(run / "deep_features.csv"), str(run / "radiomics.csv"),
+         "--manifest", manifest, "--explained", str(run / "explanations.csv"), "--classifiers", "rf", "svm",
+         "--cv-folds", "2", "--bootstrap", "20", "--train-cohort", "internal", "--out", str(other)],
+        ["cam", "--manifest", manifest, "--weights", checkpoint, "--methods", "gradcam,eigencam",
+         "--cases", ",".join(cam_cases), "--device", "cpu", "--out", str(other)],
+    ]  # fmt: skip
+    for argv in commands:
+        assert main(["-q", *argv, "--no-progress"]) == 0, argv[0]
+    tables = [
+        "deep_features.csv",
+        "radiomics.csv",
+        "correlations.csv",
+        "explanations.csv",
+        "coverage.csv",
+        "explained_by_threshold.csv",
+        "replicability/replicability.csv",
+        "replicability/replicated_pairs.csv",
+        "classification.csv",
+        "roc.csv",
+        "importances.csv",
+    ]
+    tables += sorted(str(p.relative_to(run)) for p in (run / "cam").glob("*.csv"))
+    assert len(tables) > 11
+    for name in tables:
+        assert (other / name).read_bytes() == (run / name).read_bytes(), name
