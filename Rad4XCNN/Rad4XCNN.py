@@ -357,7 +357,6 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _ensure(self, group):
         """Install what ``group`` needs (after asking), with Run, Explain and Load disabled meanwhile."""
-        self.updateGUIFromParameterNode()  # install_in_progress() is read by _updateStates
         try:
             return self.logic.ensureDependencies(group, onStart=self.updateGUIFromParameterNode)
         finally:
@@ -372,11 +371,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onReinstallTorch(self):
         backend = self.ui.torchBackendComboBox.currentText
-        if not slicer.util.confirmOkCancelDisplay(
-            f"Reinstall PyTorch for the backend '{backend}' through the PyTorch extension? "
-            "Slicer must be restarted afterwards.",
-            "Rad4XCNN: PyTorch",
-        ):
+        if not slicer.util.confirmOkCancelDisplay(device.reinstall_question(backend), "Rad4XCNN: PyTorch"):
             return
         with slicer.util.tryWithErrorDisplay("Could not reinstall PyTorch.", waitCursor=True):
             self.logic.reinstallTorch(backend, onStart=self.updateGUIFromParameterNode)

@@ -32,8 +32,8 @@ def slicer_version_problem(
     --------
     >>> slicer_version_problem((5, 10), (3, 12, 4)) is None
     True
-    >>> slicer_version_problem((5, 8), (3, 9, 10)).split(".")[0]
-    'Rad4XCNN needs 3D Slicer 5.10 or later; this is Slicer 5'
+    >>> slicer_version_problem((5, 8), (3, 9, 10)).split(";")[0]
+    'Rad4XCNN needs 3D Slicer 5.10 or later'
     """
     need = f"{MINIMUM_SLICER[0]}.{MINIMUM_SLICER[1]}"
     python = ".".join(str(v) for v in python_version[:3])

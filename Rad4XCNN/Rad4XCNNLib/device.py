@@ -113,6 +113,20 @@ def reinstall_torch(backend: str, uninstall: Callable[[], object], install: Call
         return install(False, None if backend == AUTOMATIC else backend, torch_spec, vision_spec)
 
 
+def reinstall_question(backend: str) -> str:
+    """The confirmation asked before :func:`reinstall_torch`.
+
+    Examples
+    --------
+    >>> reinstall_question("cpu").split("?")[0]
+    "Reinstall PyTorch for the backend 'cpu' through the PyTorch extension"
+    """
+    return (
+        f"Reinstall PyTorch for the backend '{backend or AUTOMATIC}' through the PyTorch extension? "
+        "It removes torch and torchvision first; Slicer must be restarted afterwards."
+    )
+
+
 # ------------------------------------------------------------------------------------------- estimates
 @dataclass
 class Rates:
@@ -161,7 +175,7 @@ def estimate_run_time(cases: int, rates: Rates, processes: int = 1, efficiency: 
     Examples
     --------
     >>> estimate_run_time(780, Rates(deep=0.25, radiomics=0.05), processes=2).text()
-    '780 cases on the CPU: about 4 min (deep features 3 min, radiomics 22 s)'
+    '780 cases on the CPU: about 4 min (deep features 3 min, radiomics 21 s)'
     """
     if cases < 0:
         raise ValueError(f"a cohort cannot have {cases} cases")

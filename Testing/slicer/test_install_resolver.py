@@ -17,10 +17,25 @@ import venv
 from pathlib import Path
 
 import pytest
-import resolver_wheelhouse as wheelhouse
 from Rad4XCNNLib import dependencies as deps
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_wheelhouse_module():
+    # by path: slicer-core's "slicer" package also imports every module of a folder named "slicer" on
+    # sys.path (this one, under pytest), before this folder itself is on sys.path
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "resolver_wheelhouse", Path(__file__).with_name("resolver_wheelhouse.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+wheelhouse = _load_wheelhouse_module()
 FOLDER = Path(
     os.environ.get(
         "RAD4XCNN_WHEELHOUSE", ROOT / ".wheelhouse" / f"py{sys.version_info[0]}{sys.version_info[1]}"
