@@ -377,9 +377,9 @@ def run_plan(
     """Carry out ``plan`` inside 3D Slicer: torch with ``install_torch``, the pip steps under constraints.
 
     The constraints file is written afresh before each pip step (so torch, once installed, is pinned too).
-    Where the Slicer version has ``slicer.packaging`` (Base/Python/slicer/packaging.py on main, after
-    v5.10.0) its ``pip_install(requirements, constraints=..., no_deps_requirements=..., requester=...)`` is
-    used; Slicer 5.10 has only ``slicer.util.pip_install(requirements)`` (Base/Python/slicer/util.py at
+    Where the Slicer version has ``slicer.packaging`` (Base/Python/slicer/packaging.py at v5.12.0, v5.12.3
+    and main; absent at v5.10.0) its ``pip_install(requirements, constraints=..., no_deps_requirements=...,
+    requester=...)`` is used; Slicer 5.10 has only ``slicer.util.pip_install(requirements)`` (Base/Python/slicer/util.py at
     v5.10.0), which takes a list of pip arguments, so ``-c`` and ``--no-deps`` are passed in it.
     ``install_torch(torch_requirement, torchvision_requirement)`` is the PyTorch extension's installer;
     ``installed()`` lists what the target Python holds (default: this Python's distributions).
@@ -387,7 +387,7 @@ def run_plan(
     if slicer_module is None:
         import slicer as slicer_module
 
-        with contextlib.suppress(ImportError):  # Slicer after 5.10; the import makes it slicer.packaging
+        with contextlib.suppress(ImportError):  # Slicer 5.12 and later; the import sets slicer.packaging
             importlib.import_module("slicer.packaging")
     packaging = getattr(slicer_module, "packaging", None)
     with one_install_at_a_time():
