@@ -155,7 +155,7 @@ def test_without_constraints_pip_would_replace_numpy(old_numpy_python, tmp_path)
 
 
 def test_the_install_plan_replaces_nothing_with_slicer_packaging(old_numpy_python, tmp_path):
-    """The same plan through ``slicer.packaging`` (Slicer 5.12 and later): one call, no-deps packages inside."""
+    """The same plan through ``slicer.packaging`` (Slicer 5.12 and later): one call, --no-deps inside."""
     before = {_canonical(n) for n in _distributions(old_numpy_python)}
     pip = _DryRunPip(old_numpy_python, tmp_path)
     slicer_like = types.SimpleNamespace(util=None, packaging=_DryRunPackaging(pip))
