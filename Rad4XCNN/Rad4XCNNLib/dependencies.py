@@ -380,7 +380,8 @@ def run_plan(
     Where the Slicer version has ``slicer.packaging`` (Base/Python/slicer/packaging.py at v5.12.0, v5.12.3
     and main; absent at v5.10.0) its ``pip_install(requirements, constraints=..., no_deps_requirements=...,
     requester=...)`` is used; Slicer 5.10 has only ``slicer.util.pip_install(requirements)``
-    (Base/Python/slicer/util.py at v5.10.0), which takes a list of pip arguments, so ``-c`` and ``--no-deps`` are passed in it.
+    (Base/Python/slicer/util.py at v5.10.0), which takes a list of pip arguments, so ``-c`` and
+    ``--no-deps`` are passed in it.
     ``install_torch(torch_requirement, torchvision_requirement)`` is the PyTorch extension's installer;
     ``installed()`` lists what the target Python holds (default: this Python's distributions).
     """
