@@ -18,7 +18,7 @@ BIN312 := $(VENV312)/bin
 STAMP312 := $(VENV312)/.installed-$(DEPS_HASH)
 WHEELHOUSE312 ?= .wheelhouse/py312
 CORE_TESTS ?= Testing/cohort Testing/explain Testing/infra Testing/run/test_config.py \
-	Testing/run/test_run_results.py Testing/slicer
+	Testing/run/test_run_results.py Testing/slicer_side
 
 .PHONY: demo test test312 wheelhouse lint format venv venv312 clean
 
@@ -47,9 +47,9 @@ $(STAMP312): pyproject.toml
 
 wheelhouse: $(WHEELHOUSE312)/COMPLETE
 
-$(WHEELHOUSE312)/COMPLETE: $(STAMP312) Testing/slicer/resolver_wheelhouse.py Rad4XCNN/Rad4XCNNLib/dependencies.py
+$(WHEELHOUSE312)/COMPLETE: $(STAMP312) Testing/slicer_side/resolver_wheelhouse.py Rad4XCNN/Rad4XCNNLib/dependencies.py
 	rm -rf $(WHEELHOUSE312)
-	$(BIN312)/python Testing/slicer/resolver_wheelhouse.py $(WHEELHOUSE312)
+	$(BIN312)/python Testing/slicer_side/resolver_wheelhouse.py $(WHEELHOUSE312)
 
 test312: $(STAMP312) $(WHEELHOUSE312)/COMPLETE
 	@start=$$(date +%s); \

@@ -629,7 +629,7 @@ class Rad4XCNNTest(ScriptedLoadableModuleTest):
     MRML scenarios, plus a tiny engine run when the engine's packages are already installed. With
     ``RAD4XCNN_FULL_SELFTEST=1`` in the environment it installs what is missing and runs every scenario.
     The same scenario functions run in the pytest suite on the slicer-core wheel
-    (Testing/slicer/test_scenarios.py), so this test and CI check the same behaviour.
+    (Testing/slicer_side/test_scenarios.py), so this test and CI check the same behaviour.
     """
 
     def setUp(self):

@@ -3,7 +3,7 @@
 The module file imports this before anything else of the engine, so it must import on an old Slicer too:
 it is written in the Python of Slicer 5.8 (3.9: annotations stay strings, no ``match``, no
 ``zip(strict=...)``) and imports nothing outside the standard library.
-Testing/slicer/test_compatibility.py parses it (and the module file) as Python 3.9.
+Testing/slicer_side/test_compatibility.py parses it (and the module file) as Python 3.9.
 """
 
 from __future__ import annotations

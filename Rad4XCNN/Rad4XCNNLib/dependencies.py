@@ -53,7 +53,7 @@ class Requirement:
         return self.requirement[len(self.name) :].strip()
 
 
-# Floors are those of pyproject.toml (Testing/slicer/test_dependencies.py checks that they agree).
+# Floors are those of pyproject.toml (Testing/slicer_side/test_dependencies.py checks that they agree).
 REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("numpy", "numpy>=1.24", "arrays", ("module", "pipeline")),
     Requirement("scipy", "scipy>=1.10", "statistics", ("module", "pipeline")),

@@ -1,7 +1,8 @@
 """Self-test scenarios of the Slicer module, written once and run in two places.
 
-Slicer's test runner runs them through ``Rad4XCNNTest`` (in ``Rad4XCNN/Rad4XCNN.py``); the pytest suite runs
-each one on the ``slicer-core`` wheel with real MRML classes (``Testing/slicer/test_scenarios.py``). They work
+Slicer's test runner runs them through ``Rad4XCNNTest`` (in ``Rad4XCNN/Rad4XCNN.py``); the pytest suite
+runs each one on the ``slicer-core`` wheel with real MRML classes (``Testing/slicer_side/test_scenarios.py``).
+They work
 on ``slicer.mrmlScene`` and ``slicer.modules``, whichever application set them up, on a small synthetic
 cohort that the scenario writes itself. A failed check raises :class:`ScenarioError` saying what was expected.
 

@@ -4,7 +4,7 @@ The test runs pip's own resolver on the module's install plan with ``--no-index 
 of wheels, so that it needs no network when it runs. ``make wheelhouse`` (called by ``make test312``, which
 CI runs) fills the folder once with ``pip download`` from PyPI:
 
-    python Testing/slicer/resolver_wheelhouse.py .wheelhouse/py312
+    python Testing/slicer_side/resolver_wheelhouse.py .wheelhouse/py312
 
 It holds: the older Slicer-like base (numpy 1.26.4, scipy 1.13.1: what Slicer 5.8 shipped); everything the
 plan's pip steps resolve to under that base's constraints; the ``--no-deps`` packages themselves; setuptools
@@ -59,7 +59,7 @@ def fill(out: str | Path, python: str = sys.executable) -> Path:
                 _pip(python, "-d", str(out), "-c", str(constraints), *step.requirements)
         _pip(python, "-d", str(out), *BUILD_BACKEND)
         _pip(python, "-d", str(out), *CONTROL)
-    (out / "COMPLETE").write_text("filled by Testing/slicer/resolver_wheelhouse.py\n")
+    (out / "COMPLETE").write_text("filled by Testing/slicer_side/resolver_wheelhouse.py\n")
     return out
 
 
