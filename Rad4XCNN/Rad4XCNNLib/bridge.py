@@ -163,7 +163,8 @@ def _scene():
     return scene
 
 
-def _application_logic():
+def application_logic():
+    """Slicer's application logic: the real one inside Slicer, a headless one on the slicer-core wheel."""
     if in_slicer_application():
         return slicer.app.applicationLogic()
     if _HEADLESS is None:
@@ -734,7 +735,7 @@ def series_values(chart, series_name: str) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------ showing
 def show_table(table_node) -> None:
     """Make ``table_node`` the active table and show it in Slicer's table view."""
-    app = _application_logic()
+    app = application_logic()
     if in_slicer_application():
         layout_manager = slicer.app.layoutManager()
         if layout_manager is not None:
@@ -754,21 +755,48 @@ def _colour_at(position: float) -> tuple[float, float, float]:
     return tuple(float(np.interp(position, anchors[:, 0], anchors[:, c])) for c in (1, 2, 3))
 
 
-def heat_colour_node(name: str = HEAT_COLOUR_NAME, size: int = 256):
-    """The scene's heat colour table for CAMs (black, red, orange, yellow, white), added once per scene."""
-    scene = _scene()
-    existing = scene.GetFirstNodeByName(name)
-    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
-        return existing
-    node = slicer.vtkMRMLColorTableNode()
-    node.SetName(name)
-    node.SetTypeToUser()
+def _fill_heat(node, size: int) -> None:
     node.SetNumberOfColors(size)
     for i in range(size):
         r, g, b = _colour_at(i / (size - 1))
         node.SetColor(i, f"{i}", r, g, b, 1.0)
+
+
+def _holds_heat(node, size: int) -> bool:
+    """True when ``node`` holds the heat colours (checked at the ends and the middle of the table)."""
+    if node.GetNumberOfColors() != size or node.GetLookupTable() is None:
+        return False
+    for i in (0, size // 2, size - 1):
+        rgba = [0.0, 0.0, 0.0, 0.0]
+        if not node.GetColor(i, rgba) or not np.allclose(rgba[:3], _colour_at(i / (size - 1)), atol=1e-2):
+            return False
+    return True
+
+
+def heat_colour_node(name: str = HEAT_COLOUR_NAME, size: int = 256):
+    """The scene's heat colour table for CAMs (black, red, orange, yellow, white), added once per scene.
+
+    It is an ordinary node, not a singleton: a singleton User colour table outlives File > Close Scene
+    (vtkMRMLScene::Clear keeps singletons and only resets them, Libs/MRML/Core/vtkMRMLScene.cxx and
+    vtkMRMLColorTableNode::Reset at v5.10.0), so it could come back without its colours and be reused by
+    name; a singleton tag with a space also put a space in the node id. A node of that name that has lost
+    its colours (from an old scene, or edited) is filled again.
+    """
+    scene = _scene()
+    nodes = scene.GetNodesByName(name)
+    for i in range(nodes.GetNumberOfItems()):
+        existing = nodes.GetItemAsObject(i)
+        if existing.IsA("vtkMRMLColorTableNode") and existing.GetAttribute("Category") == "Rad4XCNN":
+            if not _holds_heat(existing, size):
+                log.debug("colour table %s had lost its colours; filled again", existing.GetID())
+                _fill_heat(existing, size)
+            return existing
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(name)
+    node.SetTypeToUser()
+    _fill_heat(node, size)
     node.SetAttribute("Category", "Rad4XCNN")
-    node.SetSingletonTag(name)
+    node.SetHideFromEditors(False)
     return scene.AddNode(node)
 
 
@@ -885,12 +913,12 @@ def scene_image_segmentation_pairs(label_attribute: str = "Rad4XCNN.label") -> l
             or not volume.IsA("vtkMRMLScalarVolumeNode")
             or volume.IsA("vtkMRMLLabelMapVolumeNode")
         ):
-            log.info("segmentation %s has no reference image volume; skipped", segmentation.GetName())
+            log.debug("segmentation %s has no reference image volume; skipped", segmentation.GetName())
             continue
         try:
             segment_id = segment_id_of(segmentation)
         except Rad4XCNNError as exc:
-            log.info("%s; skipped", exc)
+            log.debug("%s; skipped", exc)
             continue
         pairs.append(ScenePair(volume, segmentation, segment_id, volume.GetAttribute(label_attribute)))
     return pairs
@@ -900,7 +928,7 @@ def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     """Write image/segmentation pairs as NRRD files and a cohort manifest; returns the manifest's path.
 
     Each image keeps its geometry; each mask is written in its image's grid. Case ids are the volume names
-    (made unique). The manifest is the one ``rad4xcnn`` reads (DESIGN.md §4).
+    (made unique). The manifest is the one ``rad4xcnn`` reads (docs/ARCHITECTURE.md).
     """
     from pathlib import Path
 
@@ -913,7 +941,7 @@ def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     rows = []
     used: set[str] = set()
     for pair in pairs:
-        case_id = _unique(_safe_name(pair.case_id), used)
+        case_id = _unique(safe_name(pair.case_id), used)
         image = image_from_volume_node(pair.volume)
         mask = mask_from_segment(pair.segmentation, pair.segment_id, pair.volume)
         write_image(folder / "images" / f"{case_id}.nrrd", image.array, like=image)
@@ -934,7 +962,14 @@ def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     return manifest
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
+    """``text`` reduced to letters, digits, ``-``, ``_`` and ``.``: a case id or file name from a node name.
+
+    Examples
+    --------
+    >>> safe_name(" Case 1/left "), safe_name("...")
+    ('Case_1_left', 'case')
+    """
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text.strip())
     return keep.strip("._") or "case"
 
