@@ -367,7 +367,7 @@ def compute_feature_maps(
     """
     import pandas as pd
 
-    from Rad4XCNNLogic.cam.maps import _select_cases
+    from Rad4XCNNLogic.cam.maps import select_cases
     from Rad4XCNNLogic.features.radiomics import resolve_params
 
     started = time.perf_counter()
@@ -387,7 +387,7 @@ def compute_feature_maps(
         raise Rad4XCNNError(f"no feature with a voxel-based form among {', '.join(skipped)} (shape features)")
     params = resolve_params(params)
     failures: list[CaseFailure] = []
-    chosen = _select_cases(cohort, cases, failures)
+    chosen = select_cases(cohort, cases, failures)
     if cam_dir is None and from_run is not None and (Path(from_run) / "cam").is_dir():
         cam_dir = Path(from_run) / "cam"
     keep = (out_dir is None) if keep_maps is None else bool(keep_maps)

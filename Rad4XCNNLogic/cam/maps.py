@@ -94,6 +94,7 @@ __all__ = [
     "overlay_image",
     "pointing_game",
     "resolve_target_layer",
+    "select_cases",
     "spearman_agreement",
     "top_fraction_iou",
     "top_region",
@@ -210,7 +211,12 @@ RANDOMISATION_COLUMNS = ["case_id", "method", "step", "order", "spearman"]
 
 
 # ---------------------------------------------------------------------------------------------- compute
-def _select_cases(cohort, cases, failures: list[CaseFailure]) -> list[Case]:
+def select_cases(cohort, cases, failures: list[CaseFailure]) -> list[Case]:
+    """The cases of ``cohort`` named by ``cases`` (ids, a list or comma-separated; None: all), in that order.
+
+    An unknown id raises :class:`Rad4XCNNError` with the closest ids; an id left out when the manifest was
+    read is appended to ``failures``.
+    """
     all_cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
     if cases is not None:
         wanted = [
@@ -352,7 +358,7 @@ def compute_cams(
     names = check_methods(methods)
     _check_settings(batch_size, top_fraction, pointing_tolerance, randomisation, deletion_steps)
     failures: list[CaseFailure] = []
-    all_cases = _select_cases(cohort, cases, failures)
+    all_cases = select_cases(cohort, cases, failures)
 
     loaded_model = load_cam_model(checkpoint, model, seed)
     config = loaded_model.preprocess
