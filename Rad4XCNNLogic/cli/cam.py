@@ -98,6 +98,9 @@ def cmd_case(args: argparse.Namespace) -> int:
             methods=[args.cam],
             device=cfg.device,
             out_dir=out,
+            faithfulness=cfg.cam.faithfulness,
+            deletion_steps=cfg.cam.deletion_steps,
+            randomisation=cfg.cam.randomisation,
             progress=args.verbosity >= 0,
         )
         if cams.failures:
