@@ -36,7 +36,6 @@ __all__ = [
     "FeatureMapResult",
     "check_feature_names",
     "compute_feature_maps",
-    "features_from_run",
     "map_agreement",
     "read_cam_maps",
     "write_feature_maps",
@@ -81,7 +80,7 @@ def _known_names(vocabulary: dict[str, list[str]], prefixes: Sequence[str]) -> l
     return [f"{p}_{c}_{f}" for p in prefixes for c, names in vocabulary.items() for f in names]
 
 
-def check_feature_names(names: str | Sequence[str]) -> tuple[list[str], list[str]]:
+def check_feature_names(names: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
     """Validate PyRadiomics feature names: ``(with a voxel-based form, shape features skipped)``.
 
     A name is ``<image type>_<class>_<feature>`` (``original_glcm_Contrast``, ``wavelet-LH_firstorder_Mean``).
@@ -96,7 +95,9 @@ def check_feature_names(names: str | Sequence[str]) -> tuple[list[str], list[str
     """
     from Rad4XCNNLogic.names import parse_radiomic_name
 
-    if isinstance(names, str):
+    if names is None:
+        names = []
+    elif isinstance(names, str):
         names = names.split(",")
     wanted = list(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
     if not wanted:
@@ -125,33 +126,6 @@ def check_feature_names(names: str | Sequence[str]) -> tuple[list[str], list[str
     for name in skipped:
         log.warning("%s is a shape feature: it has no voxel-based form and is skipped", name)
     return usable, skipped
-
-
-def features_from_run(run: str | os.PathLike, top: int) -> tuple[list[str], pd.DataFrame]:
-    """The radiomic features that explain a run's ``top`` most important deep features.
-
-    Reads the run folder's explanations (the stored correlations at the run's M) and the classifier's
-    importances (``importances.csv``; without it deep features are ranked by their strongest |rho|, see
-    :meth:`~Rad4XCNNLogic.run.results.RunResults.ranked_deep_features`). Returns the radiomic feature names,
-    in order of first appearance, and the pairs used (deep_feature, radiomic_feature, rho).
-    """
-    from Rad4XCNNLogic.run.results import RunResults
-
-    if int(top) < 1:
-        raise Rad4XCNNError(f"--top must be at least 1, got {top}")
-    results = RunResults.load(run)
-    if results.explanation is None:
-        raise Rad4XCNNError(f"run folder {run} holds no explanation (correlations) to pick features from")
-    deep = list(results.ranked_deep_features(top=int(top)).index)
-    pairs = results.explaining_pairs(deep)
-    names = list(dict.fromkeys(pairs["radiomic_feature"].astype(str))) if len(pairs) else []
-    if not names:
-        raise Rad4XCNNError(
-            f"none of the {len(deep)} most important deep features of {run} is explained by a radiomic "
-            f"feature at M = {results.threshold}"
-        )
-    columns = [c for c in ("deep_feature", "radiomic_feature", "rho") if c in pairs.columns]
-    return names, pairs[columns].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------------------------- one map
@@ -336,27 +310,26 @@ def compute_feature_maps(
     features: str | Sequence[str] | None = None,
     *,
     cases: str | Sequence[str] | None = None,
-    from_run: str | os.PathLike | None = None,
-    top: int = 5,
     params: str | os.PathLike | RadiomicsParams = "paper",
     kernel_radius: int = DEFAULT_KERNEL_RADIUS,
     cam_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     keep_maps: bool | None = None,
     jobs: int = 1,
+    source: dict | None = None,
 ) -> FeatureMapResult:
     """Voxel-based radiomic feature maps of each case, with their agreement with the case's CAMs.
 
     Parameters
     ----------
     cohort : the cases (a :class:`Cohort` or a list); ``cases`` picks ids (a list or comma-separated).
-    features : PyRadiomics feature names (``original_glcm_Contrast``); or None with ``from_run``: the
-        radiomic features explaining that run's ``top`` most important deep features
-        (:func:`features_from_run`). Shape features are skipped (no voxel-based form).
+    features : PyRadiomics feature names (``original_glcm_Contrast``), e.g. those explaining a run's most
+        important deep features (:func:`Rad4XCNNLogic.run.results.features_from_run`). Shape features are
+        skipped (no voxel-based form).
     params : the radiomics preset or parameter file (discretisation, filters), as in the run.
     kernel_radius : see :data:`DEFAULT_KERNEL_RADIUS`; a kernel larger than a case's lesion fails that case.
-    cam_dir : a CAM folder (``<run>/cam``) whose maps are compared with each feature map; default: the
-        run's ``cam/`` with ``from_run``, else none.
+    cam_dir : a CAM folder (``<run>/cam``) whose maps are compared with each feature map.
+    source : where the feature names came from (run, top, pairs), recorded in the settings.
     out_dir : where ``<case>_<feature>.nrrd`` (in the image's size, spacing, origin and direction) and the
         tables go (see :func:`write_feature_maps`).
     jobs : worker processes, one (case, feature) map per task.
@@ -375,21 +348,12 @@ def compute_feature_maps(
         raise Rad4XCNNError(f"kernel radius must be at least 1 pixel, got {kernel_radius}")
     if int(jobs) < 1:
         raise Rad4XCNNError(f"jobs must be at least 1, got {jobs}")
-    pairs = None
-    if features is None or (isinstance(features, str) and not features.strip()):
-        if from_run is None:
-            raise Rad4XCNNError(
-                "name the radiomic features (--features), or give a run (--from-run RUN --top K)"
-            )
-        features, pairs = features_from_run(from_run, top)
     usable, skipped = check_feature_names(features)
     if not usable:
         raise Rad4XCNNError(f"no feature with a voxel-based form among {', '.join(skipped)} (shape features)")
     params = resolve_params(params)
     failures: list[CaseFailure] = []
     chosen = select_cases(cohort, cases, failures)
-    if cam_dir is None and from_run is not None and (Path(from_run) / "cam").is_dir():
-        cam_dir = Path(from_run) / "cam"
     keep = (out_dir is None) if keep_maps is None else bool(keep_maps)
     by_id = {c.case_id: c for c in chosen}
     masks: dict[str, np.ndarray] = {}
@@ -444,9 +408,7 @@ def compute_feature_maps(
         "kernel": f"{2 * int(kernel_radius) + 1} x {2 * int(kernel_radius) + 1} pixels, lesion pixels only",
         "features": usable,
         "skipped": {name: "shape feature: no voxel-based form" for name in skipped},
-        "from_run": None if from_run is None else str(from_run),
-        "top": int(top) if from_run is not None and pairs is not None else None,
-        "pairs": None if pairs is None else pairs.to_dict(orient="records"),
+        "source": dict(source or {}),
         "cam_dir": None if cam_dir is None else str(cam_dir),
         "values": "the feature of each lesion pixel's kernel; 0 outside the lesion and, in the files, where "
         "the feature is undefined for a pixel's kernel (nan_pixels in the table)",
