@@ -21,6 +21,7 @@ from Rad4XCNNLogic.classify.classifiers import CLASSIFIERS
 from Rad4XCNNLogic.errors import UsageError
 from Rad4XCNNLogic.explain.correlation import ALPHA_RANGE, BACKENDS
 from Rad4XCNNLogic.explain.explanation import FDR_RANGE, THRESHOLD_RANGE
+from Rad4XCNNLogic.explain.probes import DEFAULT_PENALTIES, PENALTY_RANGE
 from Rad4XCNNLogic.features.backbones import DEVICES, DTYPES, check_device_name
 from Rad4XCNNLogic.features.radiomics import PRESETS
 from Rad4XCNNLogic.infra.interval import Interval
@@ -156,6 +157,24 @@ class ExplainConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Probes (ridge regressions from each layer's deep features to each radiomic feature's ranks) and
+    representation similarity (linear CKA): where each radiomic concept lives in the network."""
+
+    penalties: list[float] = _opt(
+        list(DEFAULT_PENALTIES),
+        "the grid of ridge penalties (on standardised deep features) searched by cross-validation",
+        interval=PENALTY_RANGE,
+    )
+    folds: int = _opt(5, "cross-validation folds over the training cases that choose each penalty", minimum=2)
+    bootstrap: int = _opt(
+        1000, "bootstrap resamples of the held-out cases for the 95% interval of R² (0: none)", minimum=0
+    )
+    permutations: int = _opt(200, "case shuffles of the CKA permutation baseline (0: none)", minimum=0)
+    backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
+
+
+@dataclass
 class ClassificationConfig:
     """Shallow classifiers on deep, radiomic and combined features."""
 
@@ -226,6 +245,7 @@ class RunConfig:
     deep: DeepConfig = field(default_factory=DeepConfig, metadata={"help": "deep feature extraction"})
     radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig, metadata={"help": "radiomics"})
     explain: ExplainConfig = field(default_factory=ExplainConfig, metadata={"help": "correlation"})
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "probes and CKA"})
     classification: ClassificationConfig = field(
         default_factory=ClassificationConfig, metadata={"help": "classification"}
     )
