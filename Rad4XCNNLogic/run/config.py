@@ -73,6 +73,11 @@ class ModelConfig:
         "pre-logits features (null: pre-logits)",
         minimum=0,
     )
+    layers: list[str] = _opt(
+        [],
+        "pool these layers instead, side by side, as columns <model>.<layer>_<index> (timm's feature_info "
+        "modules, e.g. layer2, layer4 or blocks.11 (the CLS token), and pre_logits); empty: pre-logits only",
+    )
 
     @property
     def key(self) -> str:
@@ -424,6 +429,10 @@ def config_from_dict(data: dict | None) -> RunConfig:
     for model in cfg.models:
         if model.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model.label):
             _fail("models.label", f"{model.label!r} must be letters, digits, '_', '.' or '-'")
+        if model.layers and model.stage is not None:
+            _fail("models.layers", f"{model.key}: give either a stage or layers, not both")
+        if model.layers and "." in model.key:
+            _fail("models.label", f"{model.key!r}: a backbone with layers needs a label without '.'")
     if cfg.cam.model is not None and cfg.cam.model not in names:
         _fail("cam.model", f"{cfg.cam.model!r} is not one of the models: {', '.join(names)}")
     return cfg

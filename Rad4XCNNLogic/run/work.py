@@ -118,13 +118,14 @@ def train_stage(
 @dataclass(frozen=True)
 class DeepJob:
     """One backbone whose deep features are extracted: label (column prefix; None: the architecture), timm
-    name (None: the checkpoint's), weights file, ImageNet weights, pooled stage."""
+    name (None: the checkpoint's), weights file, ImageNet weights, pooled stage, or pooled layers."""
 
     label: str | None
     model: str | None
     weights: str | None = None
     pretrained: bool = False
     stage: int | None = None
+    layers: tuple[str, ...] | None = None
 
 
 def deep_stage(
@@ -158,6 +159,7 @@ def deep_stage(
             margin=deep.margin,
             input_size=deep.input_size,
             stage=job.stage,
+            layers=job.layers,
             dtype=deep.dtype,
             cache_dir=cache_dir,
             progress=progress,
