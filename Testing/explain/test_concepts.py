@@ -1,0 +1,98 @@
+"""Concept directions and TCAV-style sensitivity: the probe's direction is the planted one, the one-pass
+directional derivatives equal finite differences through the network, and a linear head gives 0 or 1."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.explain.concepts import (
+    concept_directions,
+    directional_derivatives,
+    tcav_scores,
+)
+from Rad4XCNNLogic.names import FINAL_LAYER
+
+
+def test_concept_direction_is_the_planted_one_in_raw_feature_space():
+    rng = np.random.default_rng(0)
+    scales = np.array([0.1, 1.0, 10.0, 3.0, 0.5, 2.0])
+    x = rng.normal(size=(400, 6)) * scales
+    a = np.array([5.0, 0.0, 0.1, 0.0, -1.0, 0.0])  # in raw units
+    y = np.column_stack([np.tanh(x @ a / 2) + 0.01 * rng.normal(size=400), rng.normal(size=400)])
+    d = concept_directions(x, y, [1.0, 1.0])
+    assert d.shape == (2, 6)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=1), 1.0)
+    assert d[0] @ a / np.linalg.norm(a) > 0.95
+    assert abs(d[1] @ a / np.linalg.norm(a)) < 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier():
+    torch = pytest.importorskip("torch")
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=2).double().eval()
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    return model, x
+
+
+@pytest.mark.parametrize("layer", ["layer3", FINAL_LAYER])
+def test_directional_derivatives_equal_finite_differences(tiny_classifier, layer):
+    import torch
+
+    model, x = tiny_classifier
+    width = 256 if layer == "layer3" else 512
+    v = np.random.default_rng(2).normal(size=(2, width))
+    ours = directional_derivatives(model, layer, x, v, target=1)
+    assert ours.shape == (4, 2)
+    eps = 1e-7  # float64: small enough that no ReLU changes side, large enough for rounding
+    for j in range(2):
+        shift = torch.as_tensor(v[j], dtype=torch.float64)
+
+        def logit(sign, shift=shift):
+            if layer == FINAL_LAYER:
+                module = model.get_classifier()
+                handle = module.register_forward_pre_hook(lambda _m, i: (i[0] + sign * eps * shift,))
+            else:
+                module = model.get_submodule(layer)
+                handle = module.register_forward_hook(
+                    lambda _m, _i, o: o + sign * eps * shift[None, :, None, None]
+                )
+            with torch.no_grad():
+                out = model(x)[:, 1].numpy()
+            handle.remove()
+            return out
+
+        np.testing.assert_allclose(ours[:, j], (logit(1) - logit(-1)) / (2 * eps), rtol=1e-6, atol=1e-9)
+
+
+def test_tcav_scores_and_their_null(tiny_classifier):
+    model, x = tiny_classifier
+    rng = np.random.default_rng(3)
+    directions = {
+        "original_glcm_Contrast": rng.normal(size=256),
+        "original_firstorder_Mean": rng.normal(size=256),
+    }
+    table = tcav_scores(model, "layer3", x, directions, target=1, random=50, seed=0)
+    assert list(table["radiomic_feature"]) == list(directions)
+    assert table["tcav"].between(0, 1).all() and (table["n_cases"] == 4).all()
+    assert table["p"].between(1 / 51, 1).all()
+    assert table["tcav_random_mean"].between(0, 1).all()
+    # under the linear head, every case moves the same way: the score is 0 or 1, the sign of W_c . v
+    head = model.get_classifier().weight.detach().numpy()
+    v = rng.normal(size=512)
+    last = tcav_scores(model, FINAL_LAYER, x, {"f": v}, target=0, random=0)
+    assert last["tcav"].iloc[0] == float(head[0] @ v > 0)
+    assert np.isnan(last["p"].iloc[0])
+
+
+def test_bad_layer_class_and_width_are_named(tiny_classifier):
+    model, x = tiny_classifier
+    with pytest.raises(Rad4XCNNError, match="no layer 'layer9'"):
+        directional_derivatives(model, "layer9", x, np.ones((1, 8)), 0)
+    with pytest.raises(Rad4XCNNError, match="class 5 is not an output"):
+        directional_derivatives(model, "layer3", x, np.ones((1, 256)), 5)
+    with pytest.raises(Rad4XCNNError, match="directions have 8 values, layer layer3 has 256"):
+        directional_derivatives(model, "layer3", x, np.ones((1, 8)), 0)
