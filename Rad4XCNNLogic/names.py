@@ -289,6 +289,7 @@ class RunFiles:
     PROBES = "probes.csv"
     PROBES_SETTINGS = "probes.json"
     CKA = "cka.csv"
+    CONCEPTS = "concepts.csv"
     REPLICABILITY = "replicability"
     BY_IMPORTANCE = "explanations_by_importance.csv"
     CLASSIFICATION = "classification.csv"

@@ -35,6 +35,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
         seed=cfg.seed,
         train_cohort=cfg.split.train_cohort,
         control_csv=Path(args.control) if args.control else None,
+        checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+        concept_layer=args.concept_layer,
+        target_class=args.target_class,
     )
     probes = summary["probes"]
     print(
@@ -59,6 +62,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
             f"  CKA {row.model_a}.{row.layer_a} ~ radiomics: {row.cka:.3f} "
             f"(null {row.null_mean:.3f}, p {row.p:.3g})"
         )
+    concepts = summary["concepts"]
+    if concepts is not None:
+        print(f"  sensitivity of class {concepts['target_class'].iloc[0]!r} (TCAV, held-out cases):")
+        for row in concepts.itertuples():
+            print(
+                f"    {row.radiomic_feature} in {row.model}.{row.layer}: {row.tcav:.2f} of "
+                f"{row.n_cases} cases (random directions {row.tcav_random_mean:.2f}, p {row.p:.3g})"
+            )
     print(f"wrote {', '.join(Path(p).name for p in summary['outputs'])} to {out}")
     return 0
 
@@ -94,5 +105,21 @@ def register(sub, parents: dict) -> None:
     add_setting(p, "probe.bootstrap", "--bootstrap")
     add_setting(p, "probe.permutations", "--permutations")
     add_setting(p, "probe.backend", "--backend")
+    p.add_argument(
+        "--checkpoint",
+        metavar="PT",
+        help="a fine-tuned checkpoint whose features --deep holds: also measure its classifier's "
+        "sensitivity to the most selective concepts on the held-out cases (concepts.csv; reads the images)",
+    )
+    p.add_argument(
+        "--concept-layer",
+        metavar="MODEL.LAYER",
+        help="the probed layer of the concept directions (default: the first backbone's last layer probed)",
+    )
+    p.add_argument(
+        "--target-class", help="the class whose logit is followed (default: malignant, else the last)"
+    )
+    add_setting(p, "probe.concepts", "--concepts")
+    add_setting(p, "probe.random_directions", "--random-directions")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_probe)

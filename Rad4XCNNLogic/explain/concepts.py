@@ -119,12 +119,17 @@ def _layer_gradients(model, layer: str, x: torch.Tensor, target: int) -> torch.T
     return grad.flatten(1)
 
 
-def directional_derivatives(
-    model, layer: str, x: torch.Tensor, directions: np.ndarray, target: int
-) -> np.ndarray:
+def directional_derivatives(model, layer: str, x, directions: np.ndarray, target: int) -> np.ndarray:
     """``(cases, directions)``: the derivative of the ``target`` logit of each case along each direction
-    (rows of ``directions``) of ``layer``'s pooled feature space, from one backward pass."""
-    grad = _layer_gradients(model, layer, x, target).detach().double().cpu().numpy()
+    (rows of ``directions``) of ``layer``'s pooled feature space, from one backward pass per batch.
+
+    ``x`` is a batch of model inputs, or an iterable of batches (their results are stacked)."""
+    batches = [x] if hasattr(x, "ndim") else list(x)
+    if not batches:
+        raise Rad4XCNNError("no case to measure the concepts' sensitivity on")
+    grad = np.vstack(
+        [_layer_gradients(model, layer, b, target).detach().double().cpu().numpy() for b in batches]
+    )
     directions = np.atleast_2d(np.asarray(directions, np.float64))
     if directions.shape[1] != grad.shape[1]:
         raise Rad4XCNNError(
@@ -136,14 +141,15 @@ def directional_derivatives(
 def tcav_scores(
     model,
     layer: str,
-    x: torch.Tensor,
+    x,
     directions: Mapping[str, np.ndarray],
     target: int,
     *,
     random: int = 100,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """TCAV-style sensitivity of class ``target`` to each concept direction at ``layer``, on the cases ``x``.
+    """TCAV-style sensitivity of class ``target`` to each concept direction at ``layer``, on the cases ``x``
+    (a batch of model inputs or an iterable of batches).
 
     ``tcav``: the fraction of cases whose logit increases along the direction; ``tcav_random_mean``: its
     mean over ``random`` random unit directions; ``p``: the share of random directions whose score is at
@@ -186,3 +192,85 @@ def tcav_scores(
             }
         )
     return pd.DataFrame(rows)
+
+
+def concept_sensitivity(
+    probes: pd.DataFrame,
+    deep: pd.DataFrame,
+    radiomics: pd.DataFrame,
+    train_ids: Sequence[str],
+    cases: Sequence,
+    checkpoint,
+    *,
+    model: str,
+    layer: str,
+    concepts: int = 5,
+    target_class: str | None = None,
+    random: int = 100,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> pd.DataFrame:
+    """The sensitivity of a fine-tuned classifier to the ``concepts`` most selective radiomic concepts of
+    its layer ``layer`` (rows :data:`CONCEPT_COLUMNS`).
+
+    ``probes`` is :attr:`~Rad4XCNNLogic.explain.probes.ProbeResult.probes` (with the chosen ``penalty``);
+    ``model`` the backbone's label in ``deep``, whose features at ``layer`` must be the checkpoint's;
+    ``cases`` the held-out :class:`~Rad4XCNNLogic.cohort.manifest.Case` objects, read and preprocessed as
+    the checkpoint says (a case that cannot be read is left out with a warning). ``target_class``: a class
+    name of the checkpoint (default: ``malignant`` if it has it, else its last class).
+
+    Examples
+    --------
+    >>> concept_sensitivity(result.probes, deep, rad, train, held_cases, "model.pt",
+    ...                     model="resnet50", layer="layer3")  # doctest: +SKIP
+    """
+    import logging
+
+    import torch
+
+    from Rad4XCNNLogic.errors import CaseError
+    from Rad4XCNNLogic.explain.probes import layer_groups
+    from Rad4XCNNLogic.features.backbones import load_checkpoint
+    from Rad4XCNNLogic.features.preprocessing import preprocess_case
+
+    log = logging.getLogger(__name__)
+    columns = layer_groups(deep.columns).get((model, layer))
+    if not columns:
+        raise Rad4XCNNError(f"the deep table has no features of {model}.{layer}")
+    rows = probes[(probes["model"] == model) & (probes["layer"] == layer)]
+    if rows.empty:
+        raise Rad4XCNNError(f"no probe of {model}.{layer}")
+    net, preprocess, meta = load_checkpoint(checkpoint)
+    classes = list(meta.get("class_names") or [])
+    if target_class is None:
+        target_class = "malignant" if "malignant" in classes else (classes[-1] if classes else None)
+    if target_class not in classes:
+        raise Rad4XCNNError(f"class {target_class!r} is not a class of the checkpoint ({', '.join(classes)})")
+    order = "selectivity" if rows["selectivity"].notna().any() else "r2"
+    top = rows.sort_values(order, ascending=False).head(int(concepts))
+    train = [c for c in train_ids if c in deep.index and c in radiomics.index]
+    directions = concept_directions(
+        deep.loc[train, columns].to_numpy(np.float64),
+        radiomics.loc[train, list(top["radiomic_feature"])].to_numpy(np.float64),
+        top["penalty"].to_numpy(np.float64),
+    )
+    inputs = []
+    for case in cases:
+        try:
+            inputs.append(preprocess_case(case.load(), preprocess)[0])
+        except CaseError as exc:
+            log.warning("%s: left out of the concept sensitivity", exc)
+    batches = [torch.stack(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
+    table = tcav_scores(
+        net,
+        layer,
+        batches,
+        dict(zip(top["radiomic_feature"], directions, strict=True)),
+        classes.index(target_class),
+        random=random,
+        seed=seed,
+    )
+    table.insert(0, "model", model)
+    table.insert(1, "layer", layer)
+    table.insert(3, "target_class", target_class)
+    return table[list(CONCEPT_COLUMNS)]

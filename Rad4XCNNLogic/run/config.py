@@ -176,6 +176,10 @@ class ProbeConfig:
         1000, "bootstrap resamples of the held-out cases for the 95% interval of R² (0: none)", minimum=0
     )
     permutations: int = _opt(200, "case shuffles of the CKA permutation baseline (0: none)", minimum=0)
+    concepts: int = _opt(
+        5, "most selective radiomic concepts whose classifier sensitivity is measured (TCAV-style)", minimum=1
+    )
+    random_directions: int = _opt(100, "random directions of the concept sensitivity's null", minimum=0)
     backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
 
 

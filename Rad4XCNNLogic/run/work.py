@@ -392,11 +392,18 @@ def probe_stage(
     seed: int,
     train_cohort: str | None = None,
     control_csv: Path | None = None,
+    checkpoint: Path | None = None,
+    concept_layer: str | None = None,
+    target_class: str | None = None,
 ) -> dict:
     """Where each radiomic concept lives: ridge probes of every radiomic feature from every (backbone, layer)
     against the control network's same layer (``probes.csv``, settings in ``probes.json``), and linear CKA
     with its permutation baseline (``cka.csv``). Training and held-out cases follow ``cohort``'s splits
-    (:func:`~Rad4XCNNLogic.explain.probes.probe_cases`)."""
+    (:func:`~Rad4XCNNLogic.explain.probes.probe_cases`).
+
+    With a fine-tuned ``checkpoint``, also the classifier's sensitivity to the most selective concepts of
+    ``concept_layer`` (``<model>.<layer>`` of the deep table, the checkpoint's features; default: the last
+    layer probed of the first backbone) on the held-out cases (``concepts.csv``)."""
     import numpy as np
 
     from Rad4XCNNLogic.explain.correlation import read_feature_table
@@ -461,7 +468,29 @@ def probe_stage(
             f"; most selective: {row['radiomic_feature']} in {row['model']}.{row['layer']} "
             f"(R² {row['r2']:.2f}, control {row['r2_control']:.2f})"
         )
+    concepts = None
+    if checkpoint is not None:
+        from Rad4XCNNLogic.explain.concepts import concept_sensitivity
+
+        model, layer = _concept_layer(list(result.pairs), concept_layer)
+        held_ids = set(held)
+        concepts = concept_sensitivity(
+            result.probes,
+            deep,
+            rad,
+            train,
+            [c for c in cohort.cases if c.case_id in held_ids and c.case_id in deep.index],
+            checkpoint,
+            model=model,
+            layer=layer,
+            concepts=probe.concepts,
+            target_class=target_class,
+            random=probe.random_directions,
+            seed=seed,
+        )
+        outputs.append(write_csv_atomic(out_dir / RunFiles.CONCEPTS, concepts, index=False))
     return {
+        "concepts": concepts,
         "train_cases": result.settings["train_cases"],
         "heldout_cases": result.settings["heldout_cases"],
         "layers": result.settings["layers"],
@@ -471,6 +500,22 @@ def probe_stage(
         "probes": probes,
         "cka": cka,
     }
+
+
+def _concept_layer(probed: list[tuple[str, str]], wanted: str | None) -> tuple[str, str]:
+    """(model, layer) of ``<model>.<layer>`` (or ``<model>`` alone: its pre-logits) among the probed layers;
+    None: the last layer probed of the first backbone."""
+    from Rad4XCNNLogic.names import FINAL_LAYER
+
+    if wanted is None:
+        first = probed[0][0]
+        return [key for key in probed if key[0] == first][-1]
+    model, _, layer = wanted.partition(".")
+    key = (model, layer or FINAL_LAYER)
+    if key not in probed:
+        known = ", ".join(f"{m}.{lay}" for m, lay in probed)
+        raise Rad4XCNNError(f"concept layer {wanted!r} was not probed; the layers probed are {known}")
+    return key
 
 
 # ---------------------------------------------------------------------------------------- classification

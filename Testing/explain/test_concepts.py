@@ -95,3 +95,55 @@ def test_bad_layer_class_and_width_are_named(tiny_classifier):
         directional_derivatives(model, "layer3", x, np.ones((1, 256)), 5)
     with pytest.raises(Rad4XCNNError, match="directions have 8 values, layer layer3 has 256"):
         directional_derivatives(model, "layer3", x, np.ones((1, 8)), 0)
+
+
+def test_probe_command_measures_the_concepts_of_a_checkpoint(synthetic_manifest, tmp_path, capsys):
+    """End to end on a checkpoint of random weights with a two-class head: its layer3 features, a radiomic
+    table with one feature planted in them, probes, then the classifier's sensitivity (concepts.csv)."""
+    import pandas as pd
+    import timm
+
+    from Rad4XCNNLogic.cli import main
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.explain.concepts import CONCEPT_COLUMNS
+    from Rad4XCNNLogic.features.backbones import PreprocessConfig, save_checkpoint
+    from Rad4XCNNLogic.features.deep import extract_deep_features
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+    checkpoint = save_checkpoint(
+        tmp_path / "model.pt",
+        model,
+        "resnet18",
+        PreprocessConfig.for_model("resnet18", input_size=32),
+        class_names=["benign", "malignant"],
+    )
+    cohort = read_manifest(synthetic_manifest, seed=0)
+    deep = extract_deep_features(
+        cohort, weights=checkpoint, layers=["layer3"], device="cpu", progress=False, num_workers=0
+    ).features
+    rng = np.random.default_rng(0)
+    rad = pd.DataFrame(
+        {
+            "original_firstorder_Mean": deep.to_numpy() @ rng.normal(size=deep.shape[1]),
+            "original_glcm_Contrast": rng.normal(size=len(deep)),
+        },
+        index=deep.index,
+    )
+    deep.to_csv(tmp_path / "deep.csv", index_label="case_id")
+    rad.to_csv(tmp_path / "rad.csv", index_label="case_id")
+    out = tmp_path / "out"
+    args = ["probe", "--deep", str(tmp_path / "deep.csv"), "--radiomics", str(tmp_path / "rad.csv")]
+    args += ["--manifest", str(synthetic_manifest), "--checkpoint", str(checkpoint), "--folds", "3"]
+    args += ["--bootstrap", "50", "--permutations", "10", "--random-directions", "20", "--out", str(out)]
+    assert main(args) == 0
+    assert "sensitivity of class 'malignant'" in capsys.readouterr().out
+    concepts = pd.read_csv(out / "concepts.csv")
+    assert tuple(concepts.columns) == CONCEPT_COLUMNS
+    assert concepts["radiomic_feature"].iloc[0] == "original_firstorder_Mean"  # the best probed first
+    assert set(concepts["layer"]) == {"layer3"} and set(concepts["target_class"]) == {"malignant"}
+    assert concepts["tcav"].between(0, 1).all() and concepts["p"].between(1 / 21, 1).all()
+    bad = [*args[:-1], str(tmp_path / "bad"), "--concept-layer", "resnet18.layer9"]
+    assert main(bad) == 1
+    assert "concept layer 'resnet18.layer9' was not probed; the layers probed are resnet18.layer3" in (
+        capsys.readouterr().err
+    )
