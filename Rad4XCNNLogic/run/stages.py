@@ -355,6 +355,12 @@ def plan_report(run: Pipeline) -> Plan:
             for n, r in run.records.items()
             if n != "report"
         },
+        # 'rad4xcnn probe --out RUN' writes these beside the stages' files: a new one remakes the report
+        "probes": {
+            name: file_sha256(run.path(name))
+            for name in (RunFiles.PROBES, RunFiles.CKA, RunFiles.CONCEPTS)
+            if run.path(name).is_file()
+        },
     }
 
     def compute() -> dict:
