@@ -157,7 +157,9 @@ def run_small_correlation(manifest: Path, folder: Path, threshold: float = 0.6):
     _run_engine(
         "correlation",
         *("explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv")),
-        *("--out", str(run), "--threshold", str(threshold), "--bootstrap", "0"),
+        # the paper's rule alone (no FDR) and no permutation null: the check below recounts |rho| >= M
+        *("--out", str(run), "--threshold", str(threshold), "--bootstrap", "0", "--fdr", "none"),
+        *("--permutations", "0"),
     )
     results = RunResults.load(run)
     deep = pd.read_csv(run / "deep_features.csv", index_col=0)

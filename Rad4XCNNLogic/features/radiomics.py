@@ -3,8 +3,12 @@
 Each lesion case goes to PyRadiomics as a true 2D SimpleITK image in its pixel spacing (integer grey
 values stay integers, others become float64) with its 0/1 mask; results are cached on disk by content,
 cases run in worker processes or on a Dask cluster, and bad cases become
-:class:`~Rad4XCNNLogic.errors.CaseFailure` records. (The module is not called ``radiomics.py``: that
-name would shadow PyRadiomics' own ``radiomics`` package.)
+:class:`~Rad4XCNNLogic.errors.CaseFailure` records. (``import radiomics`` here is PyRadiomics: the engine's
+imports are absolute, so this module's name shadows nothing.)
+
+The module is not split although it is long: the per-case extraction, the three runners (serial, worker
+processes, Dask) and the assembly of their results share the worker-side state (PyRadiomics' logging,
+thread limits, the cached extractor) that a worker process preloads as this one module.
 """
 
 from __future__ import annotations
