@@ -344,6 +344,12 @@ def match_controls(
 
 
 def _finite_columns(frame: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The numeric columns of ``frame`` without a missing or infinite value (the others are logged)."""
+    numeric = frame.select_dtypes("number")
+    if numeric.shape[1] < frame.shape[1]:
+        other = [c for c in frame.columns if c not in set(numeric.columns)]
+        log.warning("%d non-numeric %s column(s) left out, e.g. %s", len(other), what, other[0])
+    frame = numeric
     values = frame.to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values).all(axis=0)
     if bad.any():

@@ -186,3 +186,10 @@ def test_bad_penalties_are_refused():
     x = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(Rad4XCNNError, match="penalties must be positive"):
         ridge_probe(x[:15], x[:15], x[15:], x[15:], penalties=[0.0, 1.0], folds=3)
+
+
+def test_text_and_missing_radiomic_columns_are_left_out():
+    deep, _, rad, train, held = planted_tables(n=60, p=8)
+    rad = rad.assign(diagnostics_Versions_PyRadiomics="3.1", original_shape2D_Area=np.nan)
+    result = run_probes(deep, rad, train, held, bootstrap=0)
+    assert set(result.probes["radiomic_feature"]) == {ENCODED, NOWHERE}
