@@ -86,7 +86,8 @@ def register(sub, parents: dict) -> None:
             "(its test split and the other cohorts) with a bootstrap interval; the same probe on the control "
             "network's layer gives r2_control, and selectivity = r2 - r2_control. Also linear CKA of each "
             "layer with the radiomic table, between layers and backbones, and against the control, with a "
-            "permutation baseline. Writes probes.csv, probes.json and cka.csv. Give a run's cohort.csv as "
+            "permutation baseline. Writes probes.csv, probes.json and cka.csv (and concepts.csv with "
+            "--checkpoint). Give a run's cohort.csv as "
             "the manifest to use the run's splits."
         ),
     )
