@@ -21,6 +21,7 @@ from Rad4XCNNLogic.classify.classifiers import CLASSIFIERS
 from Rad4XCNNLogic.errors import UsageError
 from Rad4XCNNLogic.explain.correlation import ALPHA_RANGE, BACKENDS
 from Rad4XCNNLogic.explain.explanation import FDR_RANGE, THRESHOLD_RANGE
+from Rad4XCNNLogic.explain.probes import DEFAULT_PENALTIES, PENALTY_RANGE
 from Rad4XCNNLogic.features.backbones import DEVICES, DTYPES, check_device_name
 from Rad4XCNNLogic.features.radiomics import PRESETS
 from Rad4XCNNLogic.infra.interval import Interval
@@ -71,6 +72,11 @@ class ModelConfig:
         "take the pooled output of this intermediate CNN stage instead of the "
         "pre-logits features (null: pre-logits)",
         minimum=0,
+    )
+    layers: list[str] = _opt(
+        [],
+        "pool these layers instead, side by side, as columns <model>.<layer>_<index> (timm's feature_info "
+        "modules, e.g. layer2, layer4 or blocks.11 (the CLS token), and pre_logits); empty: pre-logits only",
     )
 
     @property
@@ -156,6 +162,28 @@ class ExplainConfig:
 
 
 @dataclass
+class ProbeConfig:
+    """Probes (ridge regressions from each layer's deep features to each radiomic feature's ranks) and
+    representation similarity (linear CKA): where each radiomic concept lives in the network."""
+
+    penalties: list[float] = _opt(
+        list(DEFAULT_PENALTIES),
+        "the grid of ridge penalties (on standardised deep features) searched by cross-validation",
+        interval=PENALTY_RANGE,
+    )
+    folds: int = _opt(5, "cross-validation folds over the training cases that choose each penalty", minimum=2)
+    bootstrap: int = _opt(
+        1000, "bootstrap resamples of the held-out cases for the 95% interval of R² (0: none)", minimum=0
+    )
+    permutations: int = _opt(200, "case shuffles of the CKA permutation baseline (0: none)", minimum=0)
+    concepts: int = _opt(
+        5, "most selective radiomic concepts whose classifier sensitivity is measured (TCAV-style)", minimum=1
+    )
+    random_directions: int = _opt(100, "random directions of the concept sensitivity's null", minimum=0)
+    backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
+
+
+@dataclass
 class ClassificationConfig:
     """Shallow classifiers on deep, radiomic and combined features."""
 
@@ -226,6 +254,7 @@ class RunConfig:
     deep: DeepConfig = field(default_factory=DeepConfig, metadata={"help": "deep feature extraction"})
     radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig, metadata={"help": "radiomics"})
     explain: ExplainConfig = field(default_factory=ExplainConfig, metadata={"help": "correlation"})
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "probes and CKA"})
     classification: ClassificationConfig = field(
         default_factory=ClassificationConfig, metadata={"help": "classification"}
     )
@@ -404,6 +433,10 @@ def config_from_dict(data: dict | None) -> RunConfig:
     for model in cfg.models:
         if model.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model.label):
             _fail("models.label", f"{model.label!r} must be letters, digits, '_', '.' or '-'")
+        if model.layers and model.stage is not None:
+            _fail("models.layers", f"{model.key}: give either a stage or layers, not both")
+        if model.layers and "." in model.key:
+            _fail("models.label", f"{model.key!r}: a backbone with layers needs a label without '.'")
     if cfg.cam.model is not None and cfg.cam.model not in names:
         _fail("cam.model", f"{cfg.cam.model!r} is not one of the models: {', '.join(names)}")
     return cfg

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from Rad4XCNNLogic import __version__
+from Rad4XCNNLogic.run.concepts_report import concepts_section
 
 log = logging.getLogger(__name__)
 
@@ -415,6 +416,13 @@ def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failur
     context.update(_cohort_section(out))
     context.update(_explain_section(out, cfg, cfg.report.top_features, cfg.report.heatmap_features))
     context.update(_classification_section(out))
+    concepts = concepts_section(out)
+    context.update(
+        concepts_fig=None if concepts.figure is None else _png(concepts.figure),
+        concepts_measure=concepts.measure,
+        cka_table=html_table(concepts.cka),
+        sensitivity_table=html_table(concepts.sensitivity),
+    )
     context.update(_cam_section(out, labels))
     if failures:
         frame = pd.DataFrame([f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in failures])

@@ -144,17 +144,18 @@ def plan_train(run: Pipeline) -> Plan:
 # ---------------------------------------------------------------------------------------- deep features
 def _deep_job(run: Pipeline, model) -> tuple[work.DeepJob, str | None]:
     """The extraction job of a configured backbone, and what identifies its weights (for the fingerprint)."""
+    where = {"stage": model.stage, "layers": tuple(model.layers) or None}
     if model.weights is None:
-        return work.DeepJob(model.key, model.name, stage=model.stage), None
+        return work.DeepJob(model.key, model.name, **where), None
     if model.weights == "imagenet":
-        return work.DeepJob(model.key, model.name, pretrained=True, stage=model.stage), "imagenet"
+        return work.DeepJob(model.key, model.name, pretrained=True, **where), "imagenet"
     if model.weights == "trained":
         checkpoint = str(run.path(RunFiles.checkpoint(model.key)))
-        return work.DeepJob(model.key, model.name, checkpoint, stage=model.stage), "trained"
+        return work.DeepJob(model.key, model.name, checkpoint, **where), "trained"
     path = Path(model.weights)
     if not path.is_file():
         raise Rad4XCNNError(f"weights file not found for {model.name}: {path}")
-    return work.DeepJob(model.key, model.name, str(path), stage=model.stage), file_sha256(path)
+    return work.DeepJob(model.key, model.name, str(path), **where), file_sha256(path)
 
 
 def plan_deep(run: Pipeline) -> Plan:
@@ -353,6 +354,12 @@ def plan_report(run: Pipeline) -> Plan:
             n: (r.status if r.status in ("failed", "blocked", "skipped") else "done", r.error)
             for n, r in run.records.items()
             if n != "report"
+        },
+        # 'rad4xcnn probe --out RUN' writes these beside the stages' files: a new one remakes the report
+        "probes": {
+            name: file_sha256(run.path(name))
+            for name in (RunFiles.PROBES, RunFiles.CKA, RunFiles.CONCEPTS)
+            if run.path(name).is_file()
         },
     }
 
