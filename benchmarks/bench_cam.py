@@ -1,4 +1,5 @@
-"""Benchmark: seconds per case of each CAM method, against the model's raw forward pass.
+"""Benchmark: seconds per case of each CAM method against the model's raw forward pass; the cost of checking
+each map (faithfulness, randomisation test) against the map itself; voxel-based radiomic maps per feature.
 
 For each model, ``compute_cams`` runs on a synthetic cohort (crop, resize, CAM, map back to the image,
 metrics, agreement; no files written) with each method on its own. The anchor is the raw forward pass of
@@ -10,6 +11,13 @@ ScoreCAM on one case (the library builds every masked input of a case at once).
     python benchmarks/bench_cam.py --quick                        # resnet18 at 112 px, a few cases
     python benchmarks/bench_cam.py                                # resnet18 and resnet50 at 224 px, CPU
     python benchmarks/bench_cam.py --device cuda --cases 64 --batch-size 128
+    python benchmarks/bench_cam.py --checks --quick               # faithfulness + randomisation cost
+    python benchmarks/bench_cam.py --featuremaps                  # voxel maps of a 100 x 100 px lesion
+
+The checks' anchor is the map itself: ``compute_cams`` reports the seconds per case spent on the map, on
+ROAD + deletion + insertion, and on the randomisation cascade, in the same run. The voxel-based maps'
+anchor is a direct PyRadiomics voxel-based call on the same image and feature (``extractor.execute(...,
+voxelBased=True)``), measured in the same run; maps then run over features in 1 and 2 worker processes.
 """
 
 from __future__ import annotations
@@ -73,10 +81,24 @@ def main(argv=None) -> int:
         "--library-models", default="resnet18", help="models whose ScoreCAM is also timed in the library"
     )
     parser.add_argument("--quick", action="store_true", help="resnet18 at 112 px, 4 cases")
+    parser.add_argument(
+        "--checks", action="store_true", help="time faithfulness and randomisation per method"
+    )
+    parser.add_argument("--randomisation", default="cascade", help="cascade or all (with --checks)")
+    parser.add_argument("--featuremaps", action="store_true", help="time voxel-based radiomic maps instead")
+    parser.add_argument(
+        "--features",
+        default="original_firstorder_Mean,original_glcm_Contrast,original_glrlm_RunEntropy,"
+        "original_glszm_ZoneEntropy,original_gldm_DependenceEntropy,original_ngtdm_Coarseness",
+    )
+    parser.add_argument("--kernel-radius", type=int, default=2)
+    parser.add_argument("--lesion", type=int, default=100, help="side of the square lesion, pixels")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.input_size, args.cases = "resnet18", 112, 4
     logging.basicConfig(level=logging.ERROR)
+    if args.featuremaps:
+        return bench_featuremaps(args)
 
     import timm
     import torch
@@ -128,8 +150,13 @@ def main(argv=None) -> int:
                 "batch_size": args.batch_size,
                 "progress": False,
                 "keep_maps": False,
+                "faithfulness": False,
+                "randomisation": "none",
             }
             compute_cams(cohort, ckpt, methods="gradcam", cases=cohort.case_ids[:1], **common)  # warm-up
+            if args.checks:
+                bench_checks(args, cohort, ckpt, methods, common, name, layer)
+                continue
             print(f"\n{name}: target layer {layer.name}; raw forward pass {1000 * anchor:.1f} ms per image")
             print(f"  {'method':<10} {'CAM s/case':>11} {'x forward':>10} {'all-in s/case':>14}")
             for method in methods:
@@ -156,6 +183,90 @@ def main(argv=None) -> int:
                         f"(ours / library = {ours_s / lib:.2f}); masked inputs held at once: ours "
                         f"{args.batch_size * mb:.0f} MB, the library's {channels * mb:.0f} MB"
                     )
+    return 0
+
+
+def bench_checks(args, cohort, ckpt, methods, common, name, layer) -> None:
+    """Seconds per case of each method's map, its faithfulness scores and its randomisation test."""
+    from Rad4XCNNLogic.cam.maps import compute_cams
+
+    checks = {**common, "faithfulness": True, "randomisation": args.randomisation}
+    print(f"\n{name}: target layer {layer.name}; randomisation {args.randomisation}")
+    print(
+        f"  {'method':<10} {'map s/case':>11} {'faithful s':>11} {'x map':>7} {'random s':>10} {'x map':>7}"
+    )
+    for method in methods:
+        cases = cohort.case_ids[: args.scorecam_cases if method == "scorecam" else args.cases]
+        result = compute_cams(cohort, ckpt, methods=[method], cases=cases, **checks)
+        cam_s = result.settings["seconds_per_case"][method]
+        faith = result.settings["check_seconds_per_case"]["faithfulness"]
+        rand = result.settings["check_seconds_per_case"]["randomisation"]
+        steps = result.randomisation["step"].nunique()
+        print(
+            f"  {method:<10} {cam_s:>11.3f} {faith:>11.3f} {faith / cam_s:>7.1f} {rand:>10.3f} "
+            f"{rand / cam_s:>7.1f}  ({steps} randomisation steps)"
+        )
+
+
+def bench_featuremaps(args) -> int:
+    """Seconds per feature of a voxel-based map of one square lesion, against a direct PyRadiomics call."""
+    import numpy as np
+    import SimpleITK as sitk
+    from radiomics import featureextractor
+
+    from Rad4XCNNLogic.cam.featuremaps import compute_feature_maps
+    from Rad4XCNNLogic.cohort.imageio import Image2D, write_image
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.features.radiomics import _quiet_pyradiomics, resolve_params
+    from Rad4XCNNLogic.infra.environment import cpu_name
+
+    _quiet_pyradiomics()
+    features = [f.strip() for f in args.features.split(",") if f.strip()]
+    side, pad, r = int(args.lesion), 20, int(args.kernel_radius)
+    rng = np.random.default_rng(0)
+    shape = (side + 2 * pad, side + 2 * pad)
+    image = rng.normal(90, 25, shape).clip(0, 255).astype(np.uint8)
+    mask = np.zeros(shape, np.uint8)
+    mask[pad : pad + side, pad : pad + side] = 1
+    print(f"machine: {cpu_name()}; lesion {side} x {side} = {side * side} pixels, kernel radius {r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_image(folder / "img.nrrd", image, like=Image2D(image))
+        write_image(folder / "msk.nrrd", mask, like=Image2D(mask))
+        (folder / "m.csv").write_text("case_id,image,mask\nc,img.nrrd,msk.nrrd\n")
+        cohort = read_manifest(folder / "m.csv")
+        params = resolve_params("paper")
+        setting = {**params.setting, "label": 1, "force2D": True, "force2Ddimension": 0}
+        image3d = sitk.JoinSeries(sitk.GetImageFromArray(image))
+        mask3d = sitk.JoinSeries(sitk.GetImageFromArray(mask))
+        print(f"  {'feature':<34} {'ours s':>8} {'direct s':>9} {'ours/direct':>12}")
+        total = 0.0
+        for name in features:
+            _, feature_class, feature = name.split("_", 2)
+            extractor = featureextractor.RadiomicsFeatureExtractor(
+                {"setting": setting, "voxelSetting": {"kernelRadius": r, "maskedKernel": True}}
+            )
+            extractor.disableAllFeatures()
+            extractor.enableFeaturesByName(**{feature_class: [feature]})
+            ours = direct = float("inf")
+            for _ in range(2):  # interleaved, best of two: the machine is shared
+                t0 = time.perf_counter()
+                compute_feature_maps(cohort, name, params=params, kernel_radius=r, keep_maps=False)
+                ours = min(ours, time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                extractor.execute(image3d, mask3d, label=1, voxelBased=True)
+                direct = min(direct, time.perf_counter() - t0)
+            total += ours
+            print(f"  {name:<34} {ours:>8.2f} {direct:>9.2f} {ours / direct:>12.2f}")
+        for jobs in (1, 2):
+            t0 = time.perf_counter()
+            compute_feature_maps(cohort, features, params=params, kernel_radius=r, keep_maps=False, jobs=jobs)
+            wall = time.perf_counter() - t0
+            per = wall / len(features)
+            print(
+                f"  all {len(features)} features, {jobs} process(es): {wall:.2f} s ({per:.2f} s per feature)"
+            )
+        print(f"  sum of the single-feature runs: {total:.2f} s")
     return 0
 
 

@@ -154,6 +154,7 @@ def read_case_outputs(folder: Path) -> tuple[object | None, np.ndarray | None]:
         if len(frame):
             values = frame.iloc[0]
     cams = sorted((folder / "cam").glob("*.nrrd")) if (folder / "cam").is_dir() else []
+    cams = [p for p in cams if not p.name.endswith("_raw.nrrd")]  # raw maps sit beside the scaled ones
     cam = read_image(cams[0]).array if cams else None
     return values, cam
 
@@ -170,6 +171,10 @@ def show_case(results: RunResults, parameter_node, folder: Path) -> str:
         )
         settings.set_value(parameter_node, "CamVolume", node)
         notes.append(f"{values['CamMethod']} map shown over {values['CaseImage'].GetName()}")
+    from Rad4XCNNLib.mapviews import show_case_maps  # trust table and feature maps, where the case has them
+
+    if values["CaseImage"] is not None:
+        notes += show_case_maps(folder, values["CaseImage"])
     if case_values is not None and results.explanation is not None and results.radiomics is not None:
         top = results.ranked_deep_features(values["TopFeatures"])
         pairs = results.explaining_pairs(list(top.index))

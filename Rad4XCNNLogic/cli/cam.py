@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from Rad4XCNNLogic.cli.featuremaps import add_featuremap_flags
 from Rad4XCNNLogic.cli.options import add_setting, config_from_args, print_failures, show_progress
 from Rad4XCNNLogic.errors import Rad4XCNNError, UsageError
 
@@ -41,12 +42,16 @@ def cmd_cam(args: argparse.Namespace) -> int:
         print("  the model has no classifier trained for the task: the maps are not meaningful for it")
     table = result.summary()
     if not table.empty:
-        print("  method        pointing game   energy in lesion (chance)   empty maps")
+        print("  method        pointing game   energy in lesion (chance)   empty maps   flagged")
         for method, row in table.iterrows():
             print(
                 f"  {method:<12}  {row['pointing_game']:>13.3f}   {row['energy_inside']:>16.3f} "
-                f"({row['energy_chance']:.3f})   {int(row['empty_maps']):>10d}"
+                f"({row['energy_chance']:.3f})   {int(row['empty_maps']):>10d}   "
+                f"{int(row['flagged_maps']):>7d}"
             )
+        print("  which map to trust:")
+        for method, row in table.iterrows():
+            print(f"  {method}: {row['verdict']}")
     agreement = result.agreement_summary()
     if not agreement.empty:
         iou = next(c for c in agreement.columns if c.endswith("_iou"))
@@ -93,11 +98,34 @@ def cmd_case(args: argparse.Namespace) -> int:
             methods=[args.cam],
             device=cfg.device,
             out_dir=out,
+            faithfulness=cfg.cam.faithfulness,
+            deletion_steps=cfg.cam.deletion_steps,
+            randomisation=cfg.cam.randomisation,
             progress=args.verbosity >= 0,
         )
         if cams.failures:
             raise Rad4XCNNError(str(cams.failures[0]))
         print(f"case {case.case_id}: {args.cam} map in {out / 'cam'}")
+    if args.features or args.top_from_run:
+        from Rad4XCNNLogic.cam.featuremaps import compute_feature_maps
+        from Rad4XCNNLogic.cli.featuremaps import print_feature_maps
+
+        if args.top_from_run and not args.run:
+            raise UsageError("--top-from-run needs the run folder (--run)")
+        maps = compute_feature_maps(
+            cohort,
+            args.features,
+            from_run=args.run if args.top_from_run else None,
+            top=args.top,
+            params=params,
+            kernel_radius=args.kernel_radius,
+            cam_dir=out / "cam" if (out / "cam").is_dir() else None,
+            out_dir=out / "featuremaps",
+            jobs=args.jobs,
+        )
+        if maps.failures:
+            raise Rad4XCNNError(str(maps.failures[0]))
+        print_feature_maps(maps, out / "featuremaps")
     return 0
 
 
@@ -135,6 +163,9 @@ def register(sub, parents: dict) -> None:
         help="images per forward pass: cases for Grad-CAM and EigenCAM, masked inputs for ScoreCAM",
     )
     add_setting(p, "cam.tolerance", "--tolerance")
+    add_setting(p, "cam.faithfulness", "--faithfulness")
+    add_setting(p, "cam.deletion_steps", "--deletion-steps")
+    add_setting(p, "cam.randomisation", "--randomisation")
     p.add_argument("--out", required=True, help="output folder; the maps and tables go to OUT/cam/")
     p.set_defaults(func=cmd_cam)
 
@@ -154,4 +185,10 @@ def register(sub, parents: dict) -> None:
     p.add_argument("--model", default="resnet50", help="backbone of the CAM (timm name)")
     p.add_argument("--weights", help="weights of the CAM's network: imagenet or a checkpoint file")
     p.add_argument("--cam", help="CAM method (gradcam, eigencam, ...)")
+    add_featuremap_flags(p, with_run=False)
+    p.add_argument(
+        "--top-from-run",
+        action="store_true",
+        help="map the radiomic features that explain the run's --top most important deep features",
+    )
     p.set_defaults(func=cmd_case)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from Rad4XCNNLogic.cam.maps import METHODS as CAM_METHOD_RECORDS
+from Rad4XCNNLogic.cam.maps import RANDOMISATIONS
 from Rad4XCNNLogic.classify.classifiers import CLASSIFIERS
 from Rad4XCNNLogic.errors import UsageError
 from Rad4XCNNLogic.explain.correlation import ALPHA_RANGE, BACKENDS
@@ -223,6 +224,16 @@ class CamConfig:
     )
     target_class: str | None = _opt(None, "the class explained, by name (null: each case's prediction)")
     tolerance: float = _opt(0.0, "pointing game: pixels around the lesion that count", minimum=0)
+    faithfulness: bool = _opt(
+        True, "measure each map's faithfulness: ROAD (most/least relevant first), deletion and insertion AUC"
+    )
+    deletion_steps: int = _opt(16, "removal steps of the deletion and insertion curves", minimum=1)
+    randomisation: str = _opt(
+        "all",
+        "model-randomisation test: all (every weight random: one more map per method), cascade (top layers "
+        "first, then all: about 7-10 maps per method; ScoreCAM's cost times that) or none",
+        choices=RANDOMISATIONS,
+    )
 
 
 @dataclass

@@ -363,12 +363,15 @@ def _cam_section(out: Path, cohort_labels: Mapping[str, str]) -> dict:
             "cam_note": "Not available: saliency maps need a fine-tuned backbone (weights: trained) or a "
             "checkpoint with its classifier head."
         }
+    from Rad4XCNNLogic.cam.images import cam_paths
+    from Rad4XCNNLogic.cam.methods import METHODS
+
     methods = list(dict.fromkeys(metrics["method"]))
     gallery = []
     for case_id in dict.fromkeys(metrics["case_id"].astype(str)):
         images = []
         for method in methods:
-            png = cam_dir / f"{case_id}_{method}.png"
+            png = cam_paths(out, case_id, method)["png"] if method in METHODS else cam_dir / "-"
             images.append(base64.b64encode(png.read_bytes()).decode("ascii") if png.is_file() else None)
         gallery.append({"case_id": case_id, "label": cohort_labels.get(case_id, ""), "images": images})
     summary_cols = [c for c in ("energy_inside", "pointing_hit") if c in metrics]
@@ -389,7 +392,31 @@ def _cam_section(out: Path, cohort_labels: Mapping[str, str]) -> dict:
         "cam_methods": methods,
         "cam_summary_table": html_table(summary),
         "agreement_table": agree_table,
+        **_trust_section(cam_dir, metrics),
     }
+
+
+def _trust_section(cam_dir: Path, metrics) -> dict:
+    """Which map to trust: per method the flags, faithfulness, randomisation result and verdict
+    (``cam_summary.csv``), and the flagged maps (left out of the agreement table)."""
+    summary = _read_csv(cam_dir / "cam_summary.csv", index_col=0)
+    if summary is None or "verdict" not in summary:
+        return {}
+    columns = {
+        "verdict": "verdict on this cohort",
+        "flagged_maps": "flagged maps",
+        "road_combined": "ROAD (combined)",
+        "deletion_auc": "deletion AUC (lower is better)",
+        "insertion_auc": "insertion AUC (higher is better)",
+        "randomisation_similarity": "Spearman with randomised weights (median)",
+    }
+    table = summary[[c for c in columns if c in summary]].rename(columns=columns)
+    table.index.name = "method"
+    flagged = None
+    if "flags" in metrics:
+        chosen = metrics[metrics["flags"].astype("string").fillna("") != ""]
+        flagged = chosen[["case_id", "method", "flags"]] if len(chosen) else None
+    return {"trust_table": html_table(table, index=True), "flagged_table": html_table(flagged)}
 
 
 def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failures: Sequence[Any]) -> Path:

@@ -616,6 +616,9 @@ def cam_stage(
             device=device,
             batch_size=cam.batch_size,
             pointing_tolerance=cam.tolerance,
+            faithfulness=cam.faithfulness,
+            deletion_steps=cam.deletion_steps,
+            randomisation=cam.randomisation,
             out_dir=staging,
             seed=seed,
             progress=progress,
@@ -632,6 +635,9 @@ def cam_stage(
     if "pointing_hit" in metrics and len(metrics):
         rates = metrics.groupby("method", sort=False)["pointing_hit"].mean()
         text += "; pointing game " + ", ".join(f"{m} {v:.2f}" for m, v in rates.items())
+    flagged = len(result.flagged)
+    if flagged:
+        text += f"; {flagged} flagged map(s) left out of the agreement"
     return {
         "model": s["model"],
         "cases": list(cases) if cases is not None else sorted(metrics["case_id"].unique().tolist()),

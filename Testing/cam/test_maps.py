@@ -140,6 +140,51 @@ def test_gradcam_of_the_trained_detector_points_at_the_blob(blob_detector):
         assert cam.shape == (64, 80) and cam.min() >= 0.0 and cam.max() <= 1.0 + 1e-6
 
 
+@pytest.mark.parametrize("svd_sign", [1.0, -1.0])
+def test_eigencam_of_the_detector_points_at_the_blob_for_either_svd_sign(
+    blob_detector, monkeypatch, svd_sign
+):
+    cohort, blobs = blob_detector["cohort"], blob_detector["blobs"]
+    test_blobs = [c.case_id for c in cohort.cases if c.split == "test" and c.case_id in blobs]
+    svd = np.linalg.svd
+    seen = []
+
+    def signed_svd(a, *args, **kwargs):
+        u, s, vt = svd(a, *args, **kwargs)
+        seen.append(True)
+        return svd_sign * u, s, svd_sign * vt
+
+    monkeypatch.setattr(np.linalg, "svd", signed_svd)
+    args = {"cases": test_blobs, "target_layer": "layer3", "device": "cpu", "progress": False}
+    result = compute_cams(
+        cohort,
+        blob_detector["checkpoint"],
+        methods="eigencam",
+        faithfulness=False,
+        randomisation="none",
+        **args,
+    )
+    assert seen  # the SVD ran with the sign this test forces
+    hits = [pointing_game(result.maps[(c, "eigencam")], blobs[c]) for c in test_blobs]
+    assert np.mean(hits) >= 0.8
+    assert (result.metrics["flags"] == "").mean() >= 0.8
+
+
+def test_the_unoriented_component_depends_on_the_svd_sign(monkeypatch):
+    """The reason for the orientation: the library's projection of a flipped SVD is the negated map."""
+    from Rad4XCNNLogic.cam.methods import first_component_projection
+
+    activations = np.random.default_rng(0).random((2, 8, 5, 5)).astype(np.float32)
+    plain = first_component_projection(activations, orient=False)
+    oriented = first_component_projection(activations)
+    svd = np.linalg.svd
+    monkeypatch.setattr(
+        np.linalg, "svd", lambda a, *k, **kw: (lambda u, s, vt: (-u, s, -vt))(*svd(a, *k, **kw))
+    )
+    np.testing.assert_allclose(first_component_projection(activations, orient=False), -plain, atol=1e-6)
+    np.testing.assert_allclose(first_component_projection(activations), oriented, atol=1e-6)
+
+
 def test_cli_writes_maps_overlays_and_tables(blob_detector, tmp_path, capsys):
     out = tmp_path / "run"
     ids = ["c120", "c121", "c122"]
@@ -160,6 +205,9 @@ def test_cli_writes_maps_overlays_and_tables(blob_detector, tmp_path, capsys):
             "cpu",
             "--batch-size",
             "64",
+            "--randomisation",
+            "all",
+            "--no-faithfulness",
             "--no-progress",
             "--out",
             str(out),
@@ -168,6 +216,7 @@ def test_cli_writes_maps_overlays_and_tables(blob_detector, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "wrote 9 maps of 3 case(s)" in printed and "pointing game" in printed
+    assert "which map to trust:" in printed and printed.count("\n  scorecam: ") == 1
     assert "gradcam vs scorecam" in printed
     import pandas as pd
     import SimpleITK as sitk
@@ -177,13 +226,21 @@ def test_cli_writes_maps_overlays_and_tables(blob_detector, tmp_path, capsys):
     assert metrics.index.name == "case_id"
     assert sorted(metrics["method"].unique()) == ["eigencam", "gradcam", "scorecam"]
     assert len(metrics) == 9 and set(metrics.index) == set(ids)
+    for column in ("flags", "road_combined", "deletion_auc", "insertion_auc", "randomisation_similarity"):
+        assert column in metrics
+    assert metrics["road_combined"].isna().all()  # --no-faithfulness (measured in test_checks.py)
+    assert metrics["randomisation_similarity"].dropna().between(-1, 1).all()
+    steps = pd.read_csv(out / "cam" / "cam_randomisation.csv")
+    assert set(steps["step"]) == {"all"} and len(steps) == 9
     agreement = pd.read_csv(out / "cam" / "cam_agreement.csv", index_col=0)
-    assert len(agreement) == 9
+    flagged = metrics[metrics["flags"].astype("string").fillna("") != ""]
+    assert len(agreement) == 9 - sum(2 for _ in flagged.itertuples())  # a flagged map leaves two pairs
     assert list(agreement.columns) == ["method_a", "method_b", "spearman", "top20_iou"]
     assert agreement["spearman"].between(-1, 1).all() and agreement["top20_iou"].between(0, 1).all()
     run = json.loads((out / "cam" / "cam_run.json").read_text())
     assert run["settings"]["scorecam_forward_passes_per_case"] == 192  # test_resnet's layer3 channels
-    assert run["failures"] == []
+    assert run["failures"] == [] and run["settings"]["randomisation"] == "all"
+    assert len(run["flagged_maps"]) == len(flagged)
     for case_id in ids:
         for method in ("gradcam", "eigencam", "scorecam"):
             img = sitk.ReadImage(str(out / "cam" / f"{case_id}_{method}.nrrd"))
@@ -372,7 +429,7 @@ def test_batched_scorecam_equals_the_librarys(tiny_model, capsys):
     from pytorch_grad_cam import ScoreCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from Rad4XCNNLogic.cam.maps import _scorecam_class
+    from Rad4XCNNLogic.cam.methods import _scorecam_class
 
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(0)]
@@ -383,19 +440,21 @@ def test_batched_scorecam_equals_the_librarys(tiny_model, capsys):
     np.testing.assert_allclose(ours, library, atol=1e-4)
 
 
-def test_eigencam_with_the_economy_svd_equals_the_librarys(tiny_model):
-    from pytorch_grad_cam import EigenCAM, EigenGradCAM
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+def test_eigencam_with_the_economy_svd_equals_the_librarys_up_to_its_sign(tiny_model):
+    from pytorch_grad_cam.utils.svd_on_activations import get_2d_projection
 
-    from Rad4XCNNLogic.cam.maps import _eigen_class
+    from Rad4XCNNLogic.cam.methods import first_component_projection
 
-    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    targets = [ClassifierOutputTarget(i % 2) for i in range(3)]
-    for layer in (tiny_model.layer3, tiny_model.layer4):
-        ours = _eigen_class("eigencam")(tiny_model, [layer], ActivationTransform())(x, None)
-        np.testing.assert_allclose(ours, EigenCAM(tiny_model, [layer])(x, None), atol=1e-5)
-        ours = _eigen_class("eigengradcam")(tiny_model, [layer], ActivationTransform())(x, targets)
-        np.testing.assert_allclose(ours, EigenGradCAM(tiny_model, [layer])(x, targets), atol=1e-5)
+    activations = np.random.default_rng(1).random((3, 16, 4, 4)).astype(np.float32)
+    library = get_2d_projection(activations)
+    np.testing.assert_allclose(first_component_projection(activations, orient=False), library, atol=1e-4)
+    oriented = first_component_projection(activations)
+    flipped = 0
+    for ours, theirs, image in zip(oriented, library, activations, strict=True):
+        assert np.allclose(ours, theirs, atol=1e-4) or np.allclose(ours, -theirs, atol=1e-4)
+        flipped += int(not np.allclose(ours, theirs, atol=1e-4))
+        # the oriented component rises where the layer is active on average
+        assert np.corrcoef(ours.ravel(), image.mean(axis=0).ravel())[0, 1] > 0
 
 
 def test_maps_do_not_depend_on_the_batch(tmp_path, synthetic_manifest):
