@@ -227,7 +227,9 @@ def comparison_pairs(
         elif kind == "combined" and base in present:
             pairs.append(ComparisonPair(name, base, "combined-vs-deep"))
     trained_control = {
-        (model.removesuffix(CONTROL_SUFFIX), model) for _, model in deep_sets if model in control_models
+        (model.removesuffix(CONTROL_SUFFIX), model)
+        for _, model in deep_sets
+        if model is not None and model.endswith(CONTROL_SUFFIX)
     }
     trained_control |= set(controls.items())
     for trained, control in sorted(trained_control):
