@@ -56,12 +56,12 @@ from Rad4XCNNLogic.classify.metrics import (
     predicted_classes,
 )
 from Rad4XCNNLogic.classify.tables import (
-    _resolve_feature_sets,
     deep_feature_model,
     infer_feature_sets,
     is_radiomic_feature,
     read_explained,
     read_feature_tables,
+    resolve_feature_sets,
 )
 from Rad4XCNNLogic.cohort.manifest import Cohort
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
@@ -103,6 +103,7 @@ __all__ = [
     "ranking_score",
     "read_explained",
     "read_feature_tables",
+    "resolve_feature_sets",
     "univariate_pvalues",
     "write_classification",
 ]
@@ -516,7 +517,7 @@ def classify(
         dup = features.index[features.index.duplicated()].unique().tolist()
         raise Rad4XCNNError(f"the feature table repeats case_id {', '.join(map(repr, dup[:5]))}")
 
-    sets = _resolve_feature_sets(features, feature_sets, explained)
+    sets = resolve_feature_sets(features, feature_sets, explained)
     design = _design(
         list(features.index),
         cohort,

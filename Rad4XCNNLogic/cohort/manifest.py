@@ -222,6 +222,7 @@ def read_manifest(
     seed: int = 0,
     fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
     train_cohort: str = DEFAULT_COHORT,
+    require_images: bool = True,
 ) -> Cohort:
     """Read and validate a manifest; bad rows become failures and the good cases are returned.
 
@@ -233,6 +234,8 @@ def read_manifest(
     assign_split : give a seeded, stratified split to cases whose ``split`` is empty
         (see :func:`assign_splits`).
     seed, fractions, train_cohort : passed to :func:`assign_splits`.
+    require_images : False for a manifest of labels only (classifying a feature table: ``case_id``,
+        ``label``, ``split``, ``cohort``, ``patient_id``): ``image`` and ``mask`` may then be absent.
 
     Raises
     ------
@@ -256,7 +259,7 @@ def read_manifest(
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise Rad4XCNNError(f"manifest {path.name} is not a readable UTF-8 CSV: {first}") from None
     frame.columns = [str(c).strip().lower() for c in frame.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    missing = [c for c in (REQUIRED_COLUMNS if require_images else ("case_id",)) if c not in frame.columns]
     if missing:
         raise Rad4XCNNError(
             f"manifest {path.name} lacks the required column(s) {', '.join(missing)}; "
@@ -289,16 +292,16 @@ def read_manifest(
         if has_lesion is None:
             fail(f"has_lesion must be true or false, got {values['has_lesion']!r}")
             continue
-        if not values["image"]:
+        if not values.get("image") and require_images:
             fail("no image file given")
             continue
-        mask_names = [m.strip() for m in values["mask"].split(MASK_SEPARATOR) if m.strip()]
-        if not mask_names:
+        mask_names = [m.strip() for m in values.get("mask", "").split(MASK_SEPARATOR) if m.strip()]
+        if not mask_names and require_images:
             fail("no mask file given")
             continue
-        image = _resolve(root, values["image"])
+        image = _resolve(root, values.get("image") or ".")
         masks = tuple(_resolve(root, m) for m in mask_names)
-        if check_files:
+        if check_files and require_images:
             absent = [p for p in (image, *masks) if not p.is_file()]
             if absent:
                 kind = "image" if absent[0] == image else "mask"

@@ -677,8 +677,10 @@ def test_other_bad_arguments():
         Rad4XCNNError, match=r"feature set 'a': 1 column\(s\) not in the feature table, e\.g\. 'zz'"
     ):
         classify(features, cohort, feature_sets={"a": ["cnn_0", "zz"]}, **TOY)
-    with pytest.raises(Rad4XCNNError, match="no feature column recognised"):
-        classify(features.set_axis(["age", "size", "depth", "site"], axis=1), cohort, **TOY)
+    generic = classify(features.set_axis(["age", "size", "depth", "site"], axis=1), cohort, **TOY)
+    assert generic.feature_sets == {"other": ["age", "size", "depth", "site"]}
+    with pytest.raises(Rad4XCNNError, match="no numeric feature column in the feature table"):
+        classify(features.astype(str), cohort, **TOY)
     with pytest.raises(Rad4XCNNError, match="at least 2 folds"):
         classify(features, cohort, **{**TOY, "cv_folds": 1})
 
