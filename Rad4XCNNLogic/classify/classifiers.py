@@ -56,7 +56,6 @@ from Rad4XCNNLogic.classify.metrics import (
     predicted_classes,
 )
 from Rad4XCNNLogic.classify.tables import (
-    deep_feature_model,
     infer_feature_sets,
     is_radiomic_feature,
     read_explained,
@@ -93,7 +92,6 @@ __all__ = [
     "class_weights",
     "classifier_param_prefix",
     "classify",
-    "deep_feature_model",
     "infer_feature_sets",
     "is_radiomic_feature",
     "make_pipeline",

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from Rad4XCNNLogic.classify.metrics import evaluation_rng, stratified_bootstrap_weights, weighted_metrics
+from Rad4XCNNLogic.names import RADIOMIC_SET, feature_set_kind, feature_set_model, feature_set_name
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,6 @@ _TRANSFORMER_RE = re.compile(
     r"|samvit|sam_vit|dinov2|pit_|gcvit|nest_|efficientformer|fastvit_ma|tiny_vit|hiera|davit|focalnet)",
     re.IGNORECASE,
 )
-_SET_RE = re.compile(r"^(?P<explained>explained-)?deep(?:-(?P<model>[^+]+))?(?P<combined>\+radiomic)?$")
 
 
 # ------------------------------------------------------------------------------------------ DeLong
@@ -161,14 +161,9 @@ class ComparisonPair:
 
 
 def _parse_set(name: str) -> tuple[str, str | None] | None:
-    """(kind, model) of a default feature set name: kind one of deep, explained, combined."""
-    match = _SET_RE.match(name)
-    if not match:
-        return None
-    if match.group("explained") and match.group("combined"):
-        return None
-    kind = "explained" if match.group("explained") else ("combined" if match.group("combined") else "deep")
-    return kind, match.group("model")
+    """(kind, model) of a deep, combined or explained feature set name; None for any other set."""
+    kind = feature_set_kind(name)
+    return (kind, feature_set_model(name)) if kind in ("deep", "combined", "explained") else None
 
 
 def comparison_pairs(
@@ -210,13 +205,13 @@ def comparison_pairs(
         return (families or {}).get(model or "", backbone_family(model or ""))
 
     def deep_set(model: str | None) -> str:
-        return "deep" if model is None else f"deep-{model}"
+        return feature_set_name("deep", model)
 
     pairs: list[ComparisonPair] = []
     deep_sets = [(n, model) for n, (kind, model) in parsed.items() if kind == "deep"]
     contenders = [(n, model) for n, model in deep_sets if model not in control_models]
-    if "radiomic" in present:
-        pairs += [ComparisonPair(n, "radiomic", "deep-vs-radiomic") for n, _ in contenders]
+    if RADIOMIC_SET in present:
+        pairs += [ComparisonPair(n, RADIOMIC_SET, "deep-vs-radiomic") for n, _ in contenders]
     cnns = [n for n, model in contenders if model is not None and family(model) == "cnn"]
     vits = [n for n, model in contenders if model is not None and family(model) == "vit"]
     pairs += [ComparisonPair(a, b, "cnn-vs-vit") for a in cnns for b in vits]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,21 +37,19 @@ from Rad4XCNNLogic.explain.correlation import (
     spearman,
     suggest_threshold,
 )
-from Rad4XCNNLogic.explain.glossary import RadiomicName, parse_radiomic_name, short_meaning, summary_line
+from Rad4XCNNLogic.explain.glossary import family_of, short_meaning, summary_line
 from Rad4XCNNLogic.infra.storage import atomic_path, write_csv_atomic, write_json_atomic
+from Rad4XCNNLogic.names import model_of, parse_radiomic_name
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_COVERAGE_THRESHOLDS",
     "Explanation",
-    "RadiomicName",
     "Replicability",
     "coverage_curve",
     "explain",
     "load_explanation",
-    "model_of",
-    "parse_radiomic_name",
     "rank_by_importance",
     "replicate",
     "write_explanation",
@@ -61,13 +58,6 @@ __all__ = [
 
 DEFAULT_COVERAGE_THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(13))
 """M from 0.30 to 0.90 in steps of 0.05."""
-_DEEP_NAME = re.compile(r"^(?P<model>.+)_(?P<index>\d+)$")
-
-
-def model_of(deep_feature: str) -> str:
-    """The model a deep feature comes from: ``resnet50`` for ``resnet50_17``; the name itself otherwise."""
-    match = _DEEP_NAME.match(str(deep_feature))
-    return match["model"] if match else str(deep_feature)
 
 
 def _check_threshold(threshold: float, fdr: float | None) -> None:
@@ -186,7 +176,7 @@ def _pairs_table(
     table["image_type"] = [p.image_type for p in parsed]
     table["feature_class"] = [p.feature_class for p in parsed]
     table["feature"] = [p.feature for p in parsed]
-    table["family"] = [p.family for p in parsed]
+    table["family"] = [family_of(p) for p in parsed]
     table["meaning"] = [summary_line(name) for name in radiomic]
     return table
 
