@@ -221,7 +221,7 @@ def read_manifest(
     assign_split: bool = True,
     seed: int = 0,
     fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-    train_cohort: str = DEFAULT_COHORT,
+    train_cohort: str | Sequence[str] = DEFAULT_COHORT,
     require_images: bool = True,
 ) -> Cohort:
     """Read and validate a manifest; bad rows become failures and the good cases are returned.
@@ -372,14 +372,15 @@ def assign_splits(
     cases: Sequence[Case],
     fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
     seed: int = 0,
-    train_cohort: str = DEFAULT_COHORT,
+    train_cohort: str | Sequence[str] = DEFAULT_COHORT,
 ) -> list[Case]:
     """Give a split to every case whose ``split`` is empty; splits already given are kept.
 
     The rule: in the training cohort (``internal`` by default) the cases without a split are divided into
     train/val/test in the proportions ``fractions``, stratified by label (each label's cases shuffled with
     ``seed`` after sorting by case_id, so the result does not depend on row order); cases of every other
-    cohort are external validation data and get ``test``.
+    cohort are external validation data and get ``test``. ``train_cohort`` may name several cohorts (e.g.
+    the cohorts of a two-phase training): each is split the same way, on its own.
 
     Patients (``patient_id``) are never divided: a patient's cases are shuffled and assigned as one unit
     (stratified by the patient's most common label), so the proportions hold in cases up to one patient's
@@ -392,13 +393,14 @@ def assign_splits(
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise Rad4XCNNError(f"split fractions must be three non-negative numbers, got {tuple(fractions)}")
+    split_here = {train_cohort} if isinstance(train_cohort, str) else set(train_cohort)
     assigned: dict[str, str] = {}
     given: dict[str, set[str]] = {}
     for c in cases:
-        if c.split is not None and c.cohort == train_cohort:
+        if c.split is not None and c.cohort in split_here:
             given.setdefault(c.patient, set()).add(c.split)
     pending = sorted(
-        (c for c in cases if c.split is None and c.cohort == train_cohort), key=lambda c: c.case_id
+        (c for c in cases if c.split is None and c.cohort in split_here), key=lambda c: c.case_id
     )
     units: dict[str, list[Case]] = {}
     for c in pending:
@@ -406,11 +408,11 @@ def assign_splits(
             assigned[c.case_id] = next(iter(given[c.patient]))  # join the patient's other cases
         else:
             units.setdefault(c.patient, []).append(c)
-    by_label: dict[str, list[list[Case]]] = {}
+    by_label: dict[tuple[str, str], list[list[Case]]] = {}
     for members in units.values():
         labels = Counter(c.label or "" for c in members)
         label = sorted(labels, key=lambda lab: (-labels[lab], lab))[0]
-        by_label.setdefault(label, []).append(members)
+        by_label.setdefault((members[0].cohort, label), []).append(members)
     rng = np.random.default_rng(seed)
     for label in sorted(by_label):
         group = by_label[label]
@@ -429,7 +431,7 @@ def assign_splits(
     for c in cases:
         if c.split is not None:
             result.append(c)
-        elif c.cohort == train_cohort:
+        elif c.cohort in split_here:
             result.append(replace(c, split=assigned[c.case_id], split_assigned=True))
         else:
             result.append(replace(c, split="test", split_assigned=True))
