@@ -446,6 +446,7 @@ def classify(
     progress: bool = True,
     controls: Mapping[str, str] | None = None,
     comparisons: bool = True,
+    evaluate_on: Sequence[str] | None = None,
 ) -> ClassificationResult:
     """Train and validate every classifier on every feature set.
 
@@ -479,6 +480,9 @@ def classify(
         ``trained-vs-control`` besides every ``<model>-random``
         (see :func:`~Rad4XCNNLogic.classify.comparisons.comparison_pairs`).
     comparisons : compute the paired comparisons between feature sets (``result.comparisons``).
+    evaluate_on : the other cohorts evaluated (external validation); None: every other cohort. A cohort
+        that trained the network (a training phase) should be left out: its cases are counted
+        ``not_evaluated``.
 
     Raises
     ------
@@ -524,6 +528,7 @@ def classify(
         train_splits=tuple(train_splits),
         cv_folds=cv_folds,
         feature_failures=list(feature_failures),
+        evaluate_on=None if evaluate_on is None else list(evaluate_on),
     )
     grid_by_clf = {c: {**DEFAULT_GRIDS[c], **dict((grids or {}).get(c, {}))} for c in classifiers}
     n_jobs = os.cpu_count() if jobs is None else jobs
@@ -555,6 +560,7 @@ def classify(
         "importance_evaluated_on": importance_on,
         "train_cohort": design.train_cohort,
         "train_splits": list(train_splits),
+        "evaluate_on": list(design.evaluations),
         "versions": _versions(),
     }
     log.info(

@@ -73,6 +73,7 @@ def _design(
     train_splits: Sequence[str],
     cv_folds: int,
     feature_failures: Sequence[CaseFailure] = (),
+    evaluate_on: Sequence[str] | None = None,
 ) -> _Design:
     failures: list[CaseFailure] = []
     reasons: Counter[str] = Counter()
@@ -196,8 +197,17 @@ def _design(
     internal_test = [c.case_id for c in kept if c.cohort == train_cohort and c.split == "test"]
     if internal_test:
         evaluations[INTERNAL_TEST] = internal_test
+    if evaluate_on is not None:
+        unknown = [c for c in evaluate_on if c not in cohorts]
+        if unknown:
+            raise Rad4XCNNError(
+                f"evaluation cohort(s) {', '.join(unknown)} not in the manifest ({', '.join(cohorts)})"
+            )
+        reasons["not_evaluated"] += sum(
+            c.cohort != train_cohort and c.cohort not in evaluate_on for c in kept
+        )
     for name in cohorts:
-        if name != train_cohort:
+        if name != train_cohort and (evaluate_on is None or name in evaluate_on):
             members = [c.case_id for c in kept if c.cohort == name and c.split in ("test", None)]
             reasons["not_held_out"] += sum(c.cohort == name and c.split not in ("test", None) for c in kept)
             if members:

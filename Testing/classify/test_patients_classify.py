@@ -66,3 +66,21 @@ def test_too_few_patients_for_grouped_folds():
     features, cohort = _patients(n_patients=6, per_patient=4)
     with pytest.raises(Rad4XCNNError, match=r"too few patients for 3-fold grouped cross-validation"):
         classify(features, cohort, **TOY)
+
+
+def test_evaluate_on_leaves_a_training_phase_cohort_out():
+    features, cohort = _patients(n_patients=60, per_patient=1)
+    # a third of the patients form a cohort that trained the network: it must not be scored as external
+    cases = [
+        Case(c.case_id, c.image, (), c.label, "test", "busi" if i % 3 == 0 else "external")
+        if c.split == "test"
+        else c
+        for i, c in enumerate(cohort.cases)
+    ]
+    everything = classify(features, Cohort(cases), **TOY)
+    assert set(everything.metrics["evaluated_on"]) == {"busi", "external"}
+    chosen = classify(features, Cohort(cases), evaluate_on=["external"], **TOY)
+    assert set(chosen.metrics["evaluated_on"]) == {"external"}
+    assert chosen.counts["left_out:not_evaluated"] == sum(c.cohort == "busi" for c in cases)
+    with pytest.raises(Rad4XCNNError, match=r"evaluation cohort\(s\) mars not in the manifest"):
+        classify(features, Cohort(cases), evaluate_on=["mars"], **TOY)
