@@ -63,7 +63,7 @@ from Rad4XCNNLogic.classify.tables import (
     resolve_feature_sets,
 )
 from Rad4XCNNLogic.cohort.manifest import Cohort
-from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -766,7 +766,7 @@ def _fit_one(
     except Rad4XCNNError:
         raise
     except ValueError as exc:
-        raise Rad4XCNNError(f"fit failed: {str(exc).splitlines()[0]}") from None
+        raise Rad4XCNNError(f"fit failed: {first_line(exc)}") from None
     params = {k.removeprefix(prefix): _plain(v) for k, v in search.best_params_.items()}
     final = make_pipeline(clf_name, probability=True, **options)
     final.set_params(**{f"{classifier_param_prefix(final)}{k}": v for k, v in params.items()})

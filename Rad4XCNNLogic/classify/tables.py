@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from Rad4XCNNLogic.classify.design import STAGE
-from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError, first_line
 from Rad4XCNNLogic.names import RADIOMIC_SET, deep_model, feature_set_name, is_radiomic_feature
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def read_feature_tables(paths: Sequence) -> tuple[Any, list[CaseFailure]]:
             first = header.columns[0]
             frame = pd.read_csv(path, dtype={first: str}, encoding="utf-8-sig")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             raise Rad4XCNNError(f"feature table {path.name} is not a readable CSV: {text}") from None
         frame = frame.set_index(first)
         frame.index = frame.index.astype(str).str.strip()

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.errors import Rad4XCNNError, first_line
+from Rad4XCNNLogic.infra.interval import Interval
 from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -166,6 +167,10 @@ class _TorchOps(_NumpyOps):
         return a.to(self.torch.float32)
 
 
+#: The array backends (``torch:cuda:N`` picks a GPU by number).
+BACKENDS = ("auto", "numpy", "torch", "torch:cpu", "torch:cuda")
+
+
 def resolve_backend(backend: str = "auto") -> _NumpyOps:
     """Return the array backend: ``"numpy"``, ``"torch"`` (GPU if present, else CPU), ``"torch:cpu"``,
     ``"torch:cuda"``, or ``"auto"`` (torch on a GPU when one is present, numpy otherwise).
@@ -178,10 +183,8 @@ def resolve_backend(backend: str = "auto") -> _NumpyOps:
     text = str(backend).lower()
     if text == "numpy":
         return _NumpyOps()
-    if text not in {"auto", "torch", "torch:cpu", "torch:cuda"} and not text.startswith("torch:cuda:"):
-        raise Rad4XCNNError(
-            f"unknown backend {backend!r}: expected auto, numpy, torch, torch:cpu or torch:cuda"
-        )
+    if text not in BACKENDS and not text.startswith("torch:cuda:"):
+        raise Rad4XCNNError(f"unknown backend {backend!r}: expected {', '.join(BACKENDS)}")
     try:
         import torch
     except ImportError:
@@ -421,7 +424,7 @@ def read_feature_table(path: str | os.PathLike, label: str = "feature") -> pd.Da
             header = next(csv.reader(fh), [])
         frame = pd.read_csv(path, index_col=0, converters={0: str}, encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise Rad4XCNNError(f"{label} table {path.name} is not a readable CSV: {first}") from None
     names = [h.strip() for h in header[1:]]
     duplicated = sorted({n for n in names if names.count(n) > 1})
@@ -757,9 +760,14 @@ def permutation_null(
     return _permutation_null(prep, n_permutations, seed, progress, single_precision)
 
 
+#: The family-wise error level of the permutation null.
+ALPHA_RANGE = Interval(0, 1, low_open=True, high_open=True)
+
+
 def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        raise Rad4XCNNError(f"alpha must lie between 0 and 1, got {alpha}")
+    problem = ALPHA_RANGE.problem(alpha)
+    if problem:
+        raise Rad4XCNNError(f"alpha {problem}")
 
 
 def permutation_threshold(null: np.ndarray, alpha: float = 0.05) -> float:

@@ -101,7 +101,7 @@ def test_table_without_numbers_is_a_one_line_error(tmp_path, capsys):
     code = main(["classify", "--features", str(tmp_path / "notes.csv"), "--manifest", str(tmp_path / "m.csv"),
                  "--out", str(tmp_path / "o")])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "notes.csv has no numeric column" in err
+    assert code == 1 and err.count("\n") == 1 and "notes.csv has no numeric column" in err
 
 
 def test_a_file_stem_may_not_take_a_default_set_name(tmp_path):
