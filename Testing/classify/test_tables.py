@@ -124,3 +124,13 @@ def test_cli_classify_with_a_named_generic_table(wdbc, tmp_path, capsys):
     assert code == 0
     table = pd.read_csv(tmp_path / "out" / "classification.csv")
     assert set(table["feature_set"]) == {"wisconsin"} and (table["auc"] > 0.95).all()
+
+
+def test_cli_classify_with_a_label_only_manifest_and_evaluate_on(wdbc, tmp_path, capsys):
+    code = main(["classify", "--features", str(wdbc / "wdbc.csv"), "--manifest", str(wdbc / "labels.csv"),
+                 "--out", str(tmp_path / "out"), "--classifiers", "svm", "--cv-folds", "3",
+                 "--bootstrap", "50", "--jobs", "1", "--evaluate-on", "external"])  # fmt: skip
+    assert code == 0
+    table = pd.read_csv(tmp_path / "out" / "classification.csv")
+    assert set(table["evaluated_on"]) == {"internal-test", "external"}
+    assert "wrote" in capsys.readouterr().out

@@ -98,3 +98,22 @@ def test_unreadable_images_are_failures_not_stops(make_case, tmp_path):
     pairs, failures = find_near_duplicates(cohort.cases)
     assert pairs == [] and [f.case_id for f in failures] == ["b"]
     assert format_duplicates([]) == "near-duplicate images: none"
+
+
+def test_cohort_command_shows_duplicates_across_splits(synthetic_manifest, tmp_path, capsys):
+    from Rad4XCNNLogic.cli import main
+
+    rows = pd.read_csv(synthetic_manifest, dtype=str, keep_default_na=False)
+    folder = synthetic_manifest.parent
+    for column in ("image", "mask"):
+        rows[column] = [str(folder / p) for p in rows[column]]
+    first = rows.iloc[0]
+    twin = {**first.to_dict(), "case_id": "twin", "split": "test", "cohort": "external"}
+    manifest = tmp_path / "m.csv"
+    pd.concat([rows, pd.DataFrame([twin])]).to_csv(manifest, index=False)
+    assert main(["cohort", str(manifest)]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: 1 near-duplicate image pair(s) across splits:" in out
+    assert f"{first['case_id']} (internal/" in out and "twin (external/test): identical pixels" in out
+    assert main(["cohort", str(manifest), "--no-duplicates"]) == 0
+    assert "near-duplicate" not in capsys.readouterr().out
