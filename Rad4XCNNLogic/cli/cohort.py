@@ -65,16 +65,16 @@ def cmd_import_busi(args: argparse.Namespace) -> int:
         f"{len(result.multi_mask_cases)} with several masks, joined with ';')"
     )
     print(format_summary(cohort))
-    _print_duplicates(cohort)
+    _print_duplicates(cohort, every_pair=True)  # no split yet: every pair may end up on two sides
     return 0
 
 
-def _print_duplicates(cohort) -> None:
+def _print_duplicates(cohort, every_pair: bool = False) -> None:
     """Near-duplicate images across splits: a warning with the pairs (reads every image once)."""
     from Rad4XCNNLogic.cohort.duplicates import find_near_duplicates, format_duplicates
 
     pairs, _ = find_near_duplicates(cohort.cases)
-    print(format_duplicates(pairs))
+    print(format_duplicates(pairs, every_pair=every_pair))
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:

@@ -213,8 +213,9 @@ def find_near_duplicates(
     return pairs, failures
 
 
-def format_duplicates(pairs: Iterable[DuplicatePair], limit: int = 50) -> str:
-    """Lines for people: the near-duplicate pairs across splits (a warning), then how many within one.
+def format_duplicates(pairs: Iterable[DuplicatePair], limit: int = 50, *, every_pair: bool = False) -> str:
+    """Lines for people: the near-duplicate pairs across splits (a warning), then how many within one;
+    with ``every_pair``, every pair is listed (a cohort without splits yet: any pair may straddle one).
 
     Examples
     --------
@@ -222,10 +223,16 @@ def format_duplicates(pairs: Iterable[DuplicatePair], limit: int = 50) -> str:
     near-duplicate images: none
     """
     pairs = list(pairs)
-    across = [p for p in pairs if p.across_splits]
-    within = len(pairs) - len(across)
     if not pairs:
         return "near-duplicate images: none"
+    if every_pair:
+        lines = [f"WARNING: {len(pairs)} near-duplicate image pair(s); a split may put them on two sides:"]
+        lines += [f"  {p}" for p in pairs[:limit]]
+        if len(pairs) > limit:
+            lines.append(f"  ... and {len(pairs) - limit} more")
+        return "\n".join(lines)
+    across = [p for p in pairs if p.across_splits]
+    within = len(pairs) - len(across)
     lines = []
     if across:
         lines.append(f"WARNING: {len(across)} near-duplicate image pair(s) across splits:")
