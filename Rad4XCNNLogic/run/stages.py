@@ -109,11 +109,19 @@ def plan_cohort(run: Pipeline) -> Plan:
         write_manifest(cohort, run.path(RunFiles.COHORT))
         frame = pd.DataFrame([f.to_dict() for f in cohort.failures], columns=["case_id", "stage", "problem"])
         write_csv_atomic(run.path(RunFiles.COHORT_FAILURES), frame, index=False)
+        from Rad4XCNNLogic.cohort.duplicates import find_near_duplicates
+
         summary = cohort.summary()
         summary["text"] = (
             f"{summary['cases']} cases ({summary['with_lesion']} with a lesion), "
             f"{summary['failures']} left out"
         )
+        # near-duplicate images across splits: logged as a warning with the pairs, kept in run.json
+        pairs, _ = find_near_duplicates(cohort.cases)
+        across = [str(p) for p in pairs if p.across_splits]
+        summary["near_duplicates_across_splits"] = across
+        if across:
+            summary["text"] += f"; WARNING: {len(across)} near-duplicate image pair(s) across splits"
         summary["outputs"] = [run.path(RunFiles.COHORT), run.path(RunFiles.COHORT_FAILURES)]
         summary["failures"] = cohort.failures
         return summary

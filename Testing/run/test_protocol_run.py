@@ -59,6 +59,8 @@ def test_two_phases_then_classifiers_on_the_inhouse_cohort(three_cohorts, tmp_pa
     result = run_pipeline(config, progress=False)
     assert result.ok, [r.line() for r in result.stages.values()]
     out = tmp_path / "run"
+    cohort_summary = result.stages["cohort"].summary
+    assert cohort_summary["near_duplicates_across_splits"] == []  # 60 different synthetic images
     history = pd.read_csv(out / "training_history.csv")
     assert list(dict.fromkeys(history["phase"])) == ["train", "finetune"]
     cohort = pd.read_csv(out / "cohort.csv", dtype=str, keep_default_na=False)
