@@ -159,7 +159,7 @@ def find_leaks(
     >>> from pathlib import Path
     >>> a, b = Case("a", Path("a.png"), ()), Case("b", Path("b.png"), ())
     >>> [str(x) for x in find_leaks([a], {"external": [a, b]}, {"a": "h1", "b": "h1"})]
-    ['a (in external)']
+    ['a (in external)', 'a = b (same image, in external)']
     """
     trained = list(trained)
     trained_ids = {c.case_id for c in trained} if by_id else set()
