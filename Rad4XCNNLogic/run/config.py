@@ -110,8 +110,16 @@ class TrainingConfig:
         "share of the train cases held out for validation when the cohort has no val split",
         interval=UNIT_OPEN,
     )
+    phases: list[str] = _opt(
+        [],
+        "the network's training phases in order, by cohort of the manifest, each fitting on the cohort's "
+        "train split and early-stopping on its val split; e.g. [busi, palermo]: the paper's protocol "
+        "(empty: one phase on split.train_cohort). Cases used here may not be evaluated: the run stops",
+    )
     finetune_manifest: str | None = _opt(
-        None, "second phase: fine-tune the trained model on this cohort's manifest (the paper's protocol)"
+        None,
+        "a second phase on another manifest's train split (older form of 'phases'); its images go "
+        "through the same leakage check against the evaluation sets",
     )
 
 
@@ -203,6 +211,11 @@ class ClassificationConfig:
     )
     select_k: int | None = _opt(None, "keep the k features with the smallest Mann-Whitney p", minimum=1)
     jobs: int | None = _opt(None, "parallel fits (null: all cores)", minimum=1)
+    evaluate_on: list[str] | None = _opt(
+        None,
+        "external cohorts to validate on (their test or unassigned cases; null: every cohort that "
+        "trains neither the network nor the classifiers)",
+    )
 
 
 @dataclass

@@ -149,12 +149,13 @@ def heatmap_figure(block, deep_labels: Sequence[str], radiomic_labels: Sequence[
 
 def roc_figure(roc, metrics=None) -> str:
     """ROC curves, one panel per evaluation set; with ``metrics``, one curve per feature set: its
-    classifier with the best internal-test AUC (all classifiers are in ``roc.csv``)."""
+    classifier with the best cross-validated AUC on the training data - never chosen by a test AUC, which
+    would then be optimistic (all classifiers are in ``roc.csv``)."""
+    from Rad4XCNNLogic.classify.comparisons import select_by_cv
+
     plt = _pyplot()
-    if metrics is not None and len(metrics):
-        ranked = metrics.sort_values("auc", ascending=False, kind="stable")
-        internal = ranked[ranked["evaluated_on"] == "internal-test"]
-        best = (internal if len(internal) else ranked).drop_duplicates("feature_set")
+    if metrics is not None and len(metrics) and "cv_auc" in metrics:
+        best = select_by_cv(metrics)
         keep = set(zip(best["feature_set"], best["classifier"], strict=True))
         roc = roc[[(f, c) in keep for f, c in zip(roc["feature_set"], roc["classifier"], strict=True)]]
     sets = list(dict.fromkeys(roc["evaluated_on"]))
@@ -198,6 +199,75 @@ def training_figure(history) -> str:
 
 
 # ------------------------------------------------------------------------------------------ sections
+#: The paper's claims that the paired comparisons measure: (pair kind, what the paper states).
+CLAIMS = (
+    ("cnn-vs-vit", "CNN-derived deep features classify better than ViT-derived ones"),
+    ("deep-vs-radiomic", "deep features classify better than radiomic features"),
+    ("explained-vs-deep", "keeping only the explained deep features costs no accuracy"),
+)
+
+
+def _pair_kinds(comparisons) -> list[str]:
+    from Rad4XCNNLogic.classify.comparisons import comparison_pairs
+
+    names = list(dict.fromkeys([*comparisons["set_a"], *comparisons["set_b"]]))
+    kinds = {(p.set_a, p.set_b): p.kind for p in comparison_pairs(names)}
+    pairs = zip(comparisons["set_a"], comparisons["set_b"], strict=True)
+    return [kinds.get(pair, "other") for pair in pairs]
+
+
+def forest_figure(comparisons) -> str:
+    """Forest plot of ``comparisons.csv``: each difference of AUC (set a - set b) with its paired 95%
+    bootstrap interval, one row per pair and classifier, one panel per evaluation set."""
+    plt = _pyplot()
+    where = list(dict.fromkeys(comparisons["evaluated_on"]))
+    most = int(comparisons.groupby("evaluated_on").size().max())
+    fig, axes = plt.subplots(len(where), 1, figsize=(7.5, len(where) * (0.9 + 0.26 * most)), squeeze=False)
+    for ax, name in zip(axes[:, 0], where, strict=True):
+        part = comparisons[comparisons["evaluated_on"] == name]
+        y = np.arange(len(part))[::-1]
+        delta = part["delta_auc"].to_numpy(dtype=float)
+        low = part["ci_low"].to_numpy(dtype=float)
+        high = part["ci_high"].to_numpy(dtype=float)
+        colour = np.where(low > 0, "tab:blue", np.where(high < 0, "tab:red", "grey")).tolist()
+        for k in range(len(part)):
+            ax.plot([low[k], high[k]], [y[k], y[k]], color=colour[k], lw=1.4)
+        ax.scatter(delta, y, c=colour, s=18, zorder=3)
+        ax.axvline(0, color="black", lw=0.8, ls="--")
+        labels = [f"{r.set_a} - {r.set_b} ({r.classifier})" for r in part.itertuples()]
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_title(str(name), fontsize=10)
+    axes[-1, 0].set_xlabel("difference of AUC, 95% interval")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def claims_as_measured(comparisons) -> list[str]:
+    """The paper's claims (:data:`CLAIMS`) as measured by the paired comparisons: one sentence per claim and
+    evaluation set, counting the classifiers whose 95% interval of the difference lies above 0, below 0, or
+    across it (no difference shown - which is not a proof of equivalence)."""
+    if comparisons is None or not len(comparisons):
+        return []
+    kinds = _pair_kinds(comparisons)
+    table = comparisons.assign(kind=kinds)
+    lines = []
+    for kind, claim in CLAIMS:
+        part = table[table["kind"] == kind]
+        if part.empty:
+            lines.append(f"{claim}: not measured (no such pair of feature sets in this run).")
+            continue
+        for name, rows in part.groupby("evaluated_on", sort=False):
+            above = int((rows["ci_low"] > 0).sum())
+            below = int((rows["ci_high"] < 0).sum())
+            n = len(rows)
+            lines.append(
+                f"{claim} - on {name}: {n} comparison(s) ({', '.join(sorted(set(rows['classifier'])))}); "
+                f"difference of AUC from {rows['delta_auc'].min():+.3f} to {rows['delta_auc'].max():+.3f}; "
+                f"interval above 0 in {above}, below 0 in {below}, across 0 in {n - above - below}."
+            )
+    return lines
+
+
 def _read_csv(path: Path, **kwargs):
     import pandas as pd
 
@@ -349,6 +419,11 @@ def _classification_section(out: Path) -> dict:
     roc = _read_csv(out / "roc.csv")
     if roc is not None and len(roc):
         result["roc_fig"] = roc_figure(roc, metrics)
+    comparisons = _read_csv(out / "comparisons.csv")
+    if comparisons is not None and len(comparisons):
+        result["forest_fig"] = forest_figure(comparisons)
+        result["claims"] = claims_as_measured(comparisons)
+        result["comparisons_table"] = html_table(comparisons)
     history = _read_csv(out / "training_history.csv")
     if history is not None and len(history):
         result["training_fig"] = training_figure(history)

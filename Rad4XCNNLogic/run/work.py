@@ -530,16 +530,20 @@ def classify_stage(
     explained=None,
     feature_failures: Sequence = (),
     progress: bool = True,
+    evaluate_on: Sequence[str] | None = None,
 ) -> dict:
-    """Train and validate every classifier on the feature sets of ``classification.feature_sets`` (kinds);
-    writes ``classification.csv``, ``roc.csv``, ``importances.csv``, ``predictions.csv`` and
-    ``classification.json``."""
-    from Rad4XCNNLogic.classify.classifiers import classify, infer_feature_sets, write_classification
+    """Train and validate every classifier on the feature sets of ``classification.feature_sets`` (kinds),
+    and every set of other named features (a table of clinical variables, another tool's features);
+    writes ``classification.csv``, ``roc.csv``, ``importances.csv``, ``predictions.csv``,
+    ``comparisons.csv`` and ``classification.json``. ``evaluate_on``: the external cohorts (default
+    ``classification.evaluate_on``, or every other cohort)."""
+    from Rad4XCNNLogic.classify.classifiers import classify, resolve_feature_sets, write_classification
+    from Rad4XCNNLogic.classify.comparisons import select_by_cv
 
     sets = {
         name: cols
-        for name, cols in infer_feature_sets(features.columns, explained).items()
-        if feature_set_kind(name) in classification.feature_sets
+        for name, cols in resolve_feature_sets(features, None, explained).items()
+        if feature_set_kind(name) in classification.feature_sets or feature_set_kind(name) == "other"
     }
     if not sets:
         raise Rad4XCNNError(
@@ -561,14 +565,23 @@ def classify_stage(
         train_cohort=train_cohort,
         jobs=classification.jobs,
         progress=progress,
+        evaluate_on=classification.evaluate_on if evaluate_on is None else evaluate_on,
     )
     written = write_classification(result, out_dir)
-    internal = result.metrics[result.metrics["evaluated_on"] == "internal-test"]
-    best = internal.sort_values("auc", ascending=False).head(1)
     text = f"{len(sets)} feature sets x {len(classification.classifiers)} classifiers"
-    if not best.empty:
-        row = best.iloc[0]
-        text += f"; best internal-test AUC {row['auc']:.3f} ({row['feature_set']}, {row['classifier']})"
+    # the best model is chosen by its cross-validated AUC on the training data, never by a test AUC
+    chosen = select_by_cv(result.metrics).sort_values("cv_auc", ascending=False, kind="stable").head(1)
+    if not chosen.empty:
+        row = chosen.iloc[0]
+        tested = result.metrics[
+            (result.metrics["feature_set"] == row["feature_set"])
+            & (result.metrics["classifier"] == row["classifier"])
+        ]
+        text += (
+            f"; best by CV AUC {row['cv_auc']:.3f}: {row['feature_set']}, {row['classifier']} ("
+            + ", ".join(f"{r.evaluated_on} AUC {r.auc:.3f}" for r in tested.itertuples())
+            + ")"
+        )
     return {
         "feature_sets": {k: len(v) for k, v in sets.items()},
         "classes": result.classes,

@@ -98,7 +98,10 @@ def test_the_paper_example_configuration_is_valid():
 
     example = Path(__file__).resolve().parents[2] / "examples" / "paper.yaml"
     cfg = load_config(example)
-    assert [m.name for m in cfg.models] == ["resnet50", "densenet121", "vit_base_patch16_224"]
+    assert [m.name for m in cfg.models] == ["resnet50", "densenet121", "vit_base_patch32_224"]
     assert all(m.weights == "trained" for m in cfg.models)
+    # the paper's protocol: two phases by cohort, classifiers on the in-house cohort, external validation
+    assert cfg.training.phases == ["busi", "palermo"] and cfg.split.train_cohort == "palermo"
+    assert cfg.classification.evaluate_on == ["external"] and cfg.training.finetune_manifest is None
     assert cfg.radiomics.params == "paper" and cfg.classification.classifiers == ["rf", "xgb", "svm"]
     assert len(cfg.explain.thresholds) > 1
