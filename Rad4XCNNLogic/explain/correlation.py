@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,39 @@ DEFAULT_MEMORY_MB = 512
 # Arrays of a chunk's size alive while it is ranked: input, sorted values, order, run flags, run index,
 # ranks and their unsorted copy.
 _SORT_COPIES = 8
+_DEEP_NAME = re.compile(r"^(?P<model>.+)_(?P<index>\d+)$")
+
+
+def model_of(deep_feature: str) -> str:
+    """The model a deep feature comes from: ``resnet50`` for ``resnet50_17``; the name itself otherwise.
+
+    Statistics over a family of pairs (BH q, the permutation null) run per model, so that adding a backbone
+    never changes another's results.
+
+    Examples
+    --------
+    >>> model_of("resnet50_17"), model_of("vit_base_patch16_224_3")
+    ('resnet50', 'vit_base_patch16_224')
+    """
+    match = _DEEP_NAME.match(str(deep_feature))
+    return match["model"] if match else str(deep_feature)
+
+
+def model_runs(models: Sequence[str], chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` chunks of at most ``chunk`` rows that never span two models: each model's chunks
+    start at its own first row, so they do not depend on the other models in the table.
+
+    Examples
+    --------
+    >>> model_runs(["a", "a", "a", "b", "b"], 2)
+    [(0, 2), (2, 3), (3, 5)]
+    """
+    bounds, start = [], 0
+    for stop in range(1, len(models) + 1):
+        if stop == len(models) or models[stop] != models[start] or stop - start == chunk:
+            bounds.append((start, stop))
+            start = stop
+    return bounds
 
 
 # --------------------------------------------------------------------------------------------- backends
@@ -443,6 +477,8 @@ class _Prepared:
         self.ops = ops
         self.chunk = chunk_size
         self.n = len(aligned.cases)
+        self.models = [model_of(c) for c in aligned.deep.columns]
+        self.bounds = model_runs(self.models, chunk_size)
         radiomic = aligned.radiomic
         n_rad = len(radiomic.columns)
         self.zr = ops.zeros((n_rad, self.n))
@@ -453,13 +489,20 @@ class _Prepared:
             self.zr[start:stop], self.r_constant[start:stop] = _standardise(_average_ranks(block, ops), ops)
 
     def deep_chunks(self) -> Iterator[tuple[int, int, object, np.ndarray]]:
-        """Yield ``(start, stop, standardised ranks, constant flags)`` for each chunk of deep features."""
-        n_deep = len(self.aligned.deep.columns)
-        for start in range(0, n_deep, self.chunk):
-            stop = min(start + self.chunk, n_deep)
+        """Yield ``(start, stop, standardised ranks, constant flags)`` for each chunk of deep features (a
+        chunk holds the features of one model only)."""
+        for start, stop in self.bounds:
             block = self.ops.asarray(self.aligned.deep.block(slice(start, stop)))
             zd, constant = _standardise(_average_ranks(block, self.ops), self.ops)
             yield start, stop, zd, constant
+
+    def permutation_batches(self, n_permutations: int, batch: int, seed: int) -> Iterator[np.ndarray]:
+        """Seeded case orders, the same for every chunk whatever the batch size."""
+        return _permutation_batches(self.n, n_permutations, batch, seed)
+
+    def denominator(self, start: int, stop: int) -> np.ndarray | None:
+        """What the products of a chunk are divided by to give rho (None: nothing, they are rho)."""
+        return None
 
 
 def _prepare(
@@ -497,13 +540,26 @@ def spearman_pvalues(rho: np.ndarray, n_cases: int) -> np.ndarray:
     >>> round(float(spearman_pvalues(np.array(0.5), 30)), 4)
     0.0049
     """
+    return t_pvalues(rho, n_cases - 2)
+
+
+def t_pvalues(rho: np.ndarray, dof: float | np.ndarray) -> np.ndarray:
+    """Two-sided p-values of correlations from the t approximation ``t = rho sqrt(dof / (1 - rho^2))`` with
+    ``dof`` degrees of freedom (a number, or an array shaped like ``rho``); ``dof < 1`` gives NaN.
+
+    Examples
+    --------
+    >>> round(float(t_pvalues(np.array(0.5), 28)), 4)
+    0.0049
+    """
     from scipy import special
 
     rho = np.asarray(rho, dtype=np.float64)
-    dof = n_cases - 2
+    dof = np.asarray(dof, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = rho * np.sqrt((dof / ((rho + 1.0) * (1.0 - rho))).clip(0))
-    return 2 * special.stdtr(dof, -np.abs(t))
+        p = 2 * special.stdtr(np.maximum(dof, 1.0), -np.abs(t))
+    return np.where(dof >= 1, p, np.nan)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -527,6 +583,26 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
         scaled = p.ravel()[order] * (m / np.arange(1, m + 1))
         # q of the k-th smallest p is the smallest scaled value at rank k or above.
         q.ravel()[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
+
+
+def benjamini_hochberg_by_model(p: np.ndarray, models: Sequence[str]) -> np.ndarray:
+    """BH q-values computed separately over the rows (deep features) of each model: each backbone is its
+    own family of tests, so adding one never changes another's q.
+
+    Examples
+    --------
+    >>> p = np.array([[0.01, 0.04], [0.03, 0.5]])
+    >>> benjamini_hochberg_by_model(p, ["a", "b"])
+    array([[0.02, 0.04],
+           [0.06, 0.5 ]])
+    """
+    p = np.asarray(p, dtype=np.float64)
+    models = np.asarray(list(models), dtype=object)
+    q = np.full(p.shape, np.nan)
+    for model in dict.fromkeys(models.tolist()):
+        rows = np.flatnonzero(models == model)
+        q[rows] = benjamini_hochberg(p[rows])
     return q
 
 
@@ -629,7 +705,7 @@ def _spearman(prep: _Prepared, progress: bool) -> CorrelationResult:
     return CorrelationResult(
         rho=rho,
         p=p,
-        q=benjamini_hochberg(p),
+        q=benjamini_hochberg_by_model(p, prep.models),
         deep_features=list(aligned.deep.columns),
         radiomic_features=list(aligned.radiomic.columns),
         cases=list(aligned.cases),
@@ -649,7 +725,8 @@ def spearman(
     max_missing_fraction: float = 0.5,
     progress: bool = False,
 ) -> CorrelationResult:
-    """Spearman's rho, two-sided p and BH q between every deep and every radiomic feature.
+    """Spearman's rho, two-sided p and BH q (over each model's pairs) between every deep and every radiomic
+    feature.
 
     Parameters
     ----------
@@ -691,36 +768,44 @@ def _permutation_batches(n_cases: int, n_permutations: int, batch: int, seed: in
 
 def _permutation_null(
     prep: _Prepared, n_permutations: int, seed: int, progress: bool, single_precision: bool = True
-) -> np.ndarray:
+) -> dict[str, np.ndarray]:
+    """The max-|rho| null of each model's pairs (model -> ``n_permutations`` values)."""
     if prep.n < MIN_CASES_RESAMPLING:
         raise Rad4XCNNError(f"a permutation test needs at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
     ops = prep.ops
-    null = np.zeros(n_permutations)
+    nulls = {model: np.zeros(n_permutations) for model in dict.fromkeys(prep.models)}
     zr = ops.single(prep.zr) if single_precision else prep.zr
     n_rad = zr.shape[0]
-    n_chunks = math.ceil(len(prep.aligned.deep.columns) / prep.chunk)
-    with _progress_bar(n_chunks * n_permutations, "permutations", progress) as bar:
-        for _, _, zd, _ in prep.deep_chunks():
+    with _progress_bar(len(prep.bounds) * n_permutations, "permutations", progress) as bar:
+        for start, stop, zd, _ in prep.deep_chunks():
+            null = nulls[prep.models[start]]
             zd = ops.single(zd) if single_precision else zd
             # Shuffle the smaller side (the radiomic side by the inverse permutation, which gives the same
             # rhos); the shuffled copies are stacked so that a batch is one matrix product.
             shuffle_deep = zd.shape[0] <= n_rad
             moving, fixed = (zd, zr) if shuffle_deep else (zr, zd)
+            denominator = prep.denominator(start, stop)
+            if denominator is not None:  # stratified, a feature constant in a stratum: (moving, 1, fixed)
+                denominator = denominator if shuffle_deep else denominator.T
+                denominator = ops.asarray(denominator[:, None, :])
+                denominator = ops.single(denominator) if single_precision else denominator
             width = moving.shape[0]
             batch = max(
                 1, int(DEFAULT_MEMORY_MB * 2**20 // (zd.itemsize * width * (prep.n + fixed.shape[0])))
             )
             done = 0
-            for perms in _permutation_batches(prep.n, n_permutations, batch, seed):
+            for perms in prep.permutation_batches(n_permutations, batch, seed):
                 size = perms.shape[0]
                 order = perms if shuffle_deep else np.argsort(perms, axis=1)
                 shuffled = ops.stack_shuffled(moving, ops.index(order))
                 products = (shuffled @ fixed.T).reshape(width, size, fixed.shape[0])
+                if denominator is not None:
+                    products = products / denominator
                 block_max = ops.to_numpy(ops.abs_max_middle(products)).astype(np.float64)
                 np.maximum(null[done : done + size], block_max, out=null[done : done + size])
                 done += size
                 bar.update(size)
-    return np.minimum(null, 1.0)
+    return {model: np.minimum(null, 1.0) for model, null in nulls.items()}
 
 
 def permutation_null(
@@ -733,8 +818,9 @@ def permutation_null(
     chunk_size: int | None = None,
     max_missing_fraction: float = 0.5,
     single_precision: bool = True,
+    by_model: bool = False,
     progress: bool = False,
-) -> np.ndarray:
+) -> np.ndarray | dict[str, np.ndarray]:
     """The largest |rho| over all feature pairs in each of ``n_permutations`` shuffles of the case order.
 
     Shuffling one table's cases breaks every deep–radiomic relation while keeping each feature's
@@ -742,6 +828,8 @@ def permutation_null(
     alone reaches across the whole family of pairs. The same seed gives the same permutations on every
     backend. ``single_precision`` (default) multiplies in float32: twice as fast, and its rounding (about
     1e-6 in rho) is far below the null's own sampling error (about 1 / sqrt(n_permutations)).
+    ``by_model`` returns one null per model (``resnet50_17`` -> ``resnet50``), the family each backbone's
+    pairs are tested in; otherwise the largest over all models.
 
     Examples
     --------
@@ -754,7 +842,8 @@ def permutation_null(
     if n_permutations < 1:
         raise Rad4XCNNError(f"the number of permutations must be at least 1, got {n_permutations}")
     prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    return _permutation_null(prep, n_permutations, seed, progress, single_precision)
+    nulls = _permutation_null(prep, n_permutations, seed, progress, single_precision)
+    return nulls if by_model else np.maximum.reduce(list(nulls.values()))
 
 
 def _check_alpha(alpha: float) -> None:
