@@ -819,6 +819,7 @@ def permutation_null(
     max_missing_fraction: float = 0.5,
     single_precision: bool = True,
     by_model: bool = False,
+    strata: pd.Series | pd.DataFrame | None = None,
     progress: bool = False,
 ) -> np.ndarray | dict[str, np.ndarray]:
     """The largest |rho| over all feature pairs in each of ``n_permutations`` shuffles of the case order.
@@ -829,7 +830,10 @@ def permutation_null(
     backend. ``single_precision`` (default) multiplies in float32: twice as fast, and its rounding (about
     1e-6 in rho) is far below the null's own sampling error (about 1 / sqrt(n_permutations)).
     ``by_model`` returns one null per model (``resnet50_17`` -> ``resnet50``), the family each backbone's
-    pairs are tested in; otherwise the largest over all models.
+    pairs are tested in; otherwise the largest over all models. With ``strata`` (the stratum of each case,
+    see :func:`~Rad4XCNNLogic.explain.strata.spearman_within`) cases are shuffled only within their
+    stratum and the null is that of rho within strata: it breaks the relation within strata and keeps any
+    shift between them.
 
     Examples
     --------
@@ -842,6 +846,10 @@ def permutation_null(
     if n_permutations < 1:
         raise Rad4XCNNError(f"the number of permutations must be at least 1, got {n_permutations}")
     prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    if strata is not None:
+        from Rad4XCNNLogic.explain.strata import prepare_within  # it builds on this module
+
+        prep = prepare_within(prep, strata)
     nulls = _permutation_null(prep, n_permutations, seed, progress, single_precision)
     return nulls if by_model else np.maximum.reduce(list(nulls.values()))
 
@@ -949,10 +957,12 @@ def bootstrap_intervals(
     seed: int = 0,
     backend: str = "auto",
     max_missing_fraction: float = 0.5,
+    strata: pd.Series | pd.DataFrame | None = None,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Percentile bootstrap intervals of rho for the given (deep, radiomic) pairs: cases are resampled with
-    replacement ``n_boot`` times and each pair's rho recomputed on the resample's own ranks.
+    replacement ``n_boot`` times and each pair's rho recomputed on the resample's own ranks. With
+    ``strata``, the intervals are of rho within strata and cases are resampled within their stratum.
 
     Examples
     --------
@@ -972,6 +982,11 @@ def bootstrap_intervals(
         raise Rad4XCNNError(f"unknown feature pair(s) for the bootstrap: {_names(unknown)}")
     di = np.array([deep_pos[d] for d, _ in pairs], dtype=np.intp)
     ri = np.array([rad_pos[r] for _, r in pairs], dtype=np.intp)
-    low, high = _bootstrap(prep, di, ri, n_boot, confidence, seed, progress) if len(pairs) else ([], [])
+    run = _bootstrap
+    if strata is not None:
+        from Rad4XCNNLogic.explain.strata import _bootstrap_within, prepare_within
+
+        prep, run = prepare_within(prep, strata), _bootstrap_within
+    low, high = run(prep, di, ri, n_boot, confidence, seed, progress) if len(pairs) else ([], [])
     index = pd.MultiIndex.from_tuples(list(pairs), names=["deep_feature", "radiomic_feature"])
     return pd.DataFrame({"ci_low": low, "ci_high": high}, index=index)

@@ -152,12 +152,7 @@ class _WithinPrepared(_Prepared):
             bounds.append((len(positions), len(positions) + len(where)))
             positions.extend(where.tolist())
         positions = np.asarray(positions, dtype=np.intp)
-        n = len(positions)
-        if n - len(kept) - 1 < 1:
-            raise Rad4XCNNError(
-                f"{n} cases in {len(kept)} strata leave no degree of freedom for the within-stratum test "
-                f"(it needs n - strata - 1 >= 1)"
-            )
+        n = len(positions)  # strata of at least 3 cases leave n - strata - 1 >= 1 degrees of freedom
         grouped = [
             _Table(t.label, t.frame, t.rows[positions], t.columns, t.col_pos)
             for t in (pooled.aligned.deep, pooled.aligned.radiomic)
