@@ -90,7 +90,7 @@ def main(argv=None) -> int:
         resolve_device,
         save_checkpoint,
     )
-    from Rad4XCNNLogic.features.deep import preprocess_case
+    from Rad4XCNNLogic.features.preprocessing import preprocess_case
     from Rad4XCNNLogic.infra.environment import cpu_name
 
     if args.threads:

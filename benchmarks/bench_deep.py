@@ -45,7 +45,7 @@ def cpu_seconds() -> float:
 def decode_rate(cohort, backbone, n: int = 32) -> float:
     """Images per second of one process reading, cropping and resizing cases (no model): the input
     pipeline's cost per worker."""
-    from Rad4XCNNLogic.features.deep import CaseDataset
+    from Rad4XCNNLogic.features.preprocessing import CaseDataset
 
     dataset = CaseDataset(cohort.cases[:n], backbone.preprocess)
     dataset[0]

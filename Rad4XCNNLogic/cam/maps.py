@@ -602,7 +602,7 @@ def write_case_maps(
     """Write one case's maps (in image geometry) as NRRD, in the image's size, spacing, origin and
     direction, and as PNG overlays; returns ``{method: {"nrrd": path, "png": path}}``."""
     from Rad4XCNNLogic.cohort.imageio import write_image
-    from Rad4XCNNLogic.features.deep import scale_intensity
+    from Rad4XCNNLogic.features.preprocessing import scale_intensity
 
     grey = scale_intensity(loaded.image.array, intensity)
     mask = loaded.mask if loaded.case.has_lesion else None
@@ -860,7 +860,7 @@ def compute_cams(
     import torch
 
     from Rad4XCNNLogic.features.backbones import resolve_device
-    from Rad4XCNNLogic.features.deep import is_out_of_memory, preprocess_case
+    from Rad4XCNNLogic.features.preprocessing import is_out_of_memory, preprocess_case
 
     started = time.perf_counter()
     names = check_methods(methods)

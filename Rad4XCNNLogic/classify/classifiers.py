@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import zlib
 from collections import Counter
@@ -46,6 +45,7 @@ import numpy as np
 from Rad4XCNNLogic.classify.metrics import METRICS, auc_score, evaluate_predictions, predicted_classes
 from Rad4XCNNLogic.cohort.manifest import DEFAULT_COHORT, Cohort
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.names import RADIOMIC_SET, deep_model, feature_set_name, is_radiomic_feature
 
 log = logging.getLogger(__name__)
 
@@ -81,42 +81,8 @@ DEFAULT_GRIDS: dict[str, dict[str, list]] = {
     "svm": {"C": [0.1, 1.0, 10.0, 100.0]},
 }
 
-_RADIOMIC_IMAGE_TYPE = (
-    r"original|wavelet-[LH]{2,3}|log-sigma-[0-9]+(?:-[0-9]+)?-mm-[23]D|square|squareroot|logarithm"
-    r"|exponential|gradient|lbp-2D|lbp-3D-[A-Za-z0-9]+"
-)
-_RADIOMIC_CLASS = r"shape|shape2D|firstorder|glcm|glrlm|glszm|gldm|ngtdm"
-_RADIOMIC_RE = re.compile(rf"^(?:{_RADIOMIC_IMAGE_TYPE})_(?:{_RADIOMIC_CLASS})_[A-Za-z0-9]+$")
-_DEEP_RE = re.compile(r"^(?P<model>.+)_(?P<index>[0-9]+)$")
-
 
 # ------------------------------------------------------------------------------------------ feature sets
-def is_radiomic_feature(name: str) -> bool:
-    """Whether ``name`` is a PyRadiomics feature name (``<image type>_<class>_<feature>``).
-
-    Examples
-    --------
-    >>> is_radiomic_feature("wavelet-HL_glcm_Contrast"), is_radiomic_feature("resnet50_17")
-    (True, False)
-    """
-    return bool(_RADIOMIC_RE.match(str(name)))
-
-
-def deep_feature_model(name: str) -> str | None:
-    """The backbone of a deep feature named ``<model>_<index>``, or None for any other name.
-
-    Examples
-    --------
-    >>> deep_feature_model("vit_base_patch16_224_5"), deep_feature_model("original_glcm_Contrast")
-    ('vit_base_patch16_224', None)
-    """
-    name = str(name)
-    if is_radiomic_feature(name):
-        return None
-    match = _DEEP_RE.match(name)
-    return match.group("model") if match else None
-
-
 def infer_feature_sets(
     columns: Iterable[str], explained: Iterable[str] | None = None
 ) -> dict[str, list[str]]:
@@ -137,27 +103,27 @@ def infer_feature_sets(
     radiomic = [c for c in columns if is_radiomic_feature(c)]
     by_model: dict[str, list[str]] = {}
     for c in columns:
-        model = deep_feature_model(c)
+        model = deep_model(c)
         if model is not None:
             by_model.setdefault(model, []).append(c)
     explained_set = None if explained is None else {str(e) for e in explained}
     sets: dict[str, list[str]] = {}
     single = len(by_model) == 1
     for model, deep in by_model.items():
-        suffix = "" if single else f"-{model}"
-        sets[f"deep{suffix}"] = deep
+        key = None if single else model
+        sets[feature_set_name("deep", key)] = deep
         if radiomic:
-            sets[f"deep{suffix}+radiomic"] = deep + radiomic
+            sets[feature_set_name("combined", key)] = deep + radiomic
         if explained_set is not None:
             kept = [c for c in deep if c in explained_set]
             if kept:
-                sets[f"explained-deep{suffix}"] = kept
+                sets[feature_set_name("explained", key)] = kept
             else:
                 log.warning("no deep feature of %s is among the explained features: no explained set", model)
     if radiomic:
         # radiomic goes second, after the first deep set, as in the paper's tables
         ordered = dict(list(sets.items())[:1])
-        ordered["radiomic"] = radiomic
+        ordered[RADIOMIC_SET] = radiomic
         ordered.update(sets)
         sets = ordered
     return sets

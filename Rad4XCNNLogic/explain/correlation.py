@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
+from Rad4XCNNLogic.names import model_of
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +34,13 @@ DEFAULT_MEMORY_MB = 512
 # Arrays of a chunk's size alive while it is ranked: input, sorted values, order, run flags, run index,
 # ranks and their unsorted copy.
 _SORT_COPIES = 8
-_DEEP_NAME = re.compile(r"^(?P<model>.+)_(?P<index>\d+)$")
-
-
-def model_of(deep_feature: str) -> str:
-    """The model a deep feature comes from: ``resnet50`` for ``resnet50_17``; the name itself otherwise.
-
-    Statistics over a family of pairs (BH q, the permutation null) run per model, so that adding a backbone
-    never changes another's results.
-
-    Examples
-    --------
-    >>> model_of("resnet50_17"), model_of("vit_base_patch16_224_3")
-    ('resnet50', 'vit_base_patch16_224')
-    """
-    match = _DEEP_NAME.match(str(deep_feature))
-    return match["model"] if match else str(deep_feature)
 
 
 def model_runs(models: Sequence[str], chunk: int) -> list[tuple[int, int]]:
-    """``(start, stop)`` chunks of at most ``chunk`` rows that never span two models: each model's chunks
-    start at its own first row, so they do not depend on the other models in the table.
+    """``(start, stop)`` chunks of at most ``chunk`` rows that never span two models (backbones, or a
+    backbone's stages: :func:`~Rad4XCNNLogic.names.model_of`): each model's chunks start at its own first
+    row, so they do not depend on the other models in the table. BH q and the permutation null run per
+    model, so that adding a backbone never changes another's results.
 
     Examples
     --------

@@ -31,11 +31,9 @@ from Rad4XCNNLogic.explain.correlation import (
     _permutation_null,
     _prepare,
     _spearman,
-    model_of,
     permutation_threshold,
     suggest_threshold,
 )
-from Rad4XCNNLogic.explain.glossary import RadiomicName, parse_radiomic_name
 from Rad4XCNNLogic.explain.partners import CLUSTER_LEVEL, RadiomicClusters, cluster_radiomics
 from Rad4XCNNLogic.explain.replicability import Replicability, replicate, write_replicability
 from Rad4XCNNLogic.explain.strata import (
@@ -47,19 +45,17 @@ from Rad4XCNNLogic.explain.strata import (
 )
 from Rad4XCNNLogic.explain.tables import explanations_table, pairs_table
 from Rad4XCNNLogic.infra.storage import atomic_path, write_csv_atomic, write_json_atomic
+from Rad4XCNNLogic.names import model_of
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_COVERAGE_THRESHOLDS",
     "Explanation",
-    "RadiomicName",
     "Replicability",
     "coverage_curve",
     "explain",
     "load_explanation",
-    "model_of",
-    "parse_radiomic_name",
     "rank_by_importance",
     "replicate",
     "stratum_labels",

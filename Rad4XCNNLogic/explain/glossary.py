@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 import yaml
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.names import RadiomicName, parse_radiomic_name
 
 GLOSSARY_FILE = "radiomics_glossary.yaml"
-CATEGORIES = ("shape", "first-order", "texture")
 
 _LOG = re.compile(r"^log-sigma-(?P<whole>\d+)-(?P<frac>\d+)-mm-(?P<dim>[23]D)$")
-_WAVELET = re.compile(r"^wavelet(?P<level>\d*)-(?P<bands>[LH]{2,3})$")
 _LBP3D = re.compile(r"^lbp-3D-(?:m(?P<level>\d+)|(?P<kurtosis>k))$")
 _AXES = ("x (left-right)", "y (top-bottom)", "z (slice)")
 
@@ -40,48 +38,30 @@ def load_glossary() -> dict[str, Any]:
     return yaml.safe_load(text)
 
 
-@dataclass(frozen=True)
-class RadiomicName:
-    """A PyRadiomics feature name split into its parts; ``feature_class`` is empty if the name is not one."""
-
-    name: str
-    image_type: str
-    feature_class: str
-    feature: str
-
-    @property
-    def is_pyradiomics(self) -> bool:
-        return bool(self.feature_class)
-
-    @property
-    def category(self) -> str:
-        """``shape``, ``first-order`` or ``texture`` (empty for a name that is not a PyRadiomics name)."""
-        entry = load_glossary()["feature_classes"].get(self.feature_class)
-        return entry["category"] if entry else ""
-
-    @property
-    def family(self) -> str:
-        """Image type and category, the unit explanations are grouped by, e.g. ``wavelet-HL texture``."""
-        return f"{self.image_type} {self.category}" if self.is_pyradiomics else "other"
-
-
-@functools.lru_cache(maxsize=8192)
-def parse_radiomic_name(name: str) -> RadiomicName:
-    """Split ``<image type>_<feature class>_<feature>``; a name of another form keeps only ``feature``.
+def category_of(name: str | RadiomicName) -> str:
+    """``shape``, ``first-order`` or ``texture`` of a PyRadiomics feature; empty for any other name.
 
     Examples
     --------
-    >>> parse_radiomic_name("log-sigma-2-0-mm-3D_glszm_ZoneEntropy")
-    RadiomicName(name='log-sigma-2-0-mm-3D_glszm_ZoneEntropy', image_type='log-sigma-2-0-mm-3D', \
-feature_class='glszm', feature='ZoneEntropy')
-    >>> parse_radiomic_name("tumour_stiffness").is_pyradiomics
-    False
+    >>> category_of("original_shape2D_PixelSurface"), category_of("original_firstorder_Mean")
+    ('shape', 'first-order')
     """
-    parts = str(name).split("_", 2)
-    classes = load_glossary()["feature_classes"]
-    if len(parts) == 3 and parts[1] in classes and parts[2]:
-        return RadiomicName(str(name), parts[0], parts[1], parts[2])
-    return RadiomicName(str(name), "", "", str(name))
+    parsed = name if isinstance(name, RadiomicName) else parse_radiomic_name(name)
+    entry = load_glossary()["feature_classes"].get(parsed.feature_class)
+    return entry["category"] if entry else ""
+
+
+def family_of(name: str | RadiomicName) -> str:
+    """Image type and category, the unit explanations are grouped by (``wavelet-HL texture``); ``other``
+    for a name that is not a PyRadiomics feature.
+
+    Examples
+    --------
+    >>> family_of("wavelet-HL_glcm_Contrast"), family_of("my_custom_feature")
+    ('wavelet-HL texture', 'other')
+    """
+    parsed = name if isinstance(name, RadiomicName) else parse_radiomic_name(name)
+    return f"{parsed.image_type} {category_of(parsed)}" if parsed.is_pyradiomics else "other"
 
 
 def _image_type_entry(image_type: str) -> tuple[str, str]:
@@ -89,9 +69,9 @@ def _image_type_entry(image_type: str) -> tuple[str, str]:
     types = load_glossary()["image_types"]
     if image_type in types and image_type not in {"wavelet", "wavelet_bands", "log", "lbp-3D"}:
         return types[image_type]["label"], types[image_type]["meaning"]
-    match = _WAVELET.match(image_type)
-    if match:
-        bands, level = match["bands"], match["level"] or "1"
+    level = parse_radiomic_name(f"{image_type}_firstorder_Mean").wavelet_level
+    if level is not None:
+        bands, level = image_type.split("-", 1)[1], str(level)
         band_meaning = types["wavelet_bands"].get(bands) or ", ".join(
             f"{'low' if b == 'L' else 'high'}-pass along {axis}"
             for b, axis in zip(bands, _AXES, strict=False)

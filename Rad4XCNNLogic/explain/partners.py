@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.glossary import parse_radiomic_name, short_meaning
+from Rad4XCNNLogic.explain.glossary import family_of, short_meaning
 from Rad4XCNNLogic.infra.storage import write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def cluster_radiomics(
                 {
                     "radiomic_feature": names[j],
                     "cluster": names[central],
-                    "family": parse_radiomic_name(names[central]).family,
+                    "family": family_of(names[central]),
                     "n_members": len(members),
                     "centrality": float(centrality[k]),
                     "sign": 1 if signed[k] >= 0 else -1,
@@ -169,11 +169,7 @@ def group_partners(
     for key, members in found.items():
         strongest, rho = max(members, key=lambda m: abs(m[1]))
         sign = int(table.at[strongest, "sign"]) if table is not None and strongest in table.index else 1
-        family = (
-            table.at[key, "family"]
-            if table is not None and key in table.index
-            else parse_radiomic_name(key).family
-        )
+        family = table.at[key, "family"] if table is not None and key in table.index else family_of(key)
         groups.append(
             PartnerGroup(
                 cluster=key,

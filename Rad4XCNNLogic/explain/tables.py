@@ -11,10 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from Rad4XCNNLogic.explain.correlation import CorrelationResult, fwer_pvalues, model_of
-from Rad4XCNNLogic.explain.glossary import parse_radiomic_name, summary_line
+from Rad4XCNNLogic.explain.correlation import CorrelationResult, fwer_pvalues
+from Rad4XCNNLogic.explain.glossary import family_of, summary_line
 from Rad4XCNNLogic.explain.partners import RadiomicClusters, group_partners, groups_text
 from Rad4XCNNLogic.explain.strata import StratifiedResult
+from Rad4XCNNLogic.names import model_of, parse_radiomic_name
 
 EXPLANATION_COLUMNS = [
     "deep_feature",
@@ -97,7 +98,7 @@ def pairs_table(
     table["image_type"] = [p.image_type for p in parsed]
     table["feature_class"] = [p.feature_class for p in parsed]
     table["feature"] = [p.feature for p in parsed]
-    table["family"] = [p.family for p in parsed]
+    table["family"] = [family_of(p) for p in parsed]
     table["cluster"] = (
         clusters.table["cluster"].reindex(radiomic).fillna("").to_numpy() if clusters is not None else ""
     )

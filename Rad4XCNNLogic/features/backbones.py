@@ -656,7 +656,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> LoadedCheck
 
     Returns ``(model, PreprocessConfig, metadata)``; the metadata holds ``model_name``, ``class_names``,
     ``history``, ``best_metric``, ``seed`` and the rest of the file but the state dict. Map CAMs back to
-    the image with :func:`Rad4XCNNLogic.features.deep.preprocess_case`, which uses the same preprocessing.
+    the image with :func:`Rad4XCNNLogic.features.preprocessing.preprocess_case` (the same preprocessing).
 
     Examples
     --------

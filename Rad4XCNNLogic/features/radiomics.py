@@ -480,20 +480,6 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def split_feature_name(name: str) -> tuple[str, str, str]:
-    """Split a PyRadiomics feature name into (image type, feature class, feature).
-
-    Examples
-    --------
-    >>> split_feature_name("wavelet-LH_glcm_Contrast")
-    ('wavelet-LH', 'glcm', 'Contrast')
-    """
-    parts = name.split("_", 2)
-    if len(parts) != 3:
-        raise ValueError(f"not a PyRadiomics feature name: {name!r}")
-    return parts[0], parts[1], parts[2]
-
-
 def _chunks(items: Sequence, size: int) -> list[list]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 

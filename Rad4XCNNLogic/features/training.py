@@ -65,7 +65,7 @@ class UltrasoundAugmentation:
     def __call__(self, loaded: LoadedCase, config: PreprocessConfig, rng: np.random.Generator) -> np.ndarray:
         from scipy.ndimage import affine_transform
 
-        from Rad4XCNNLogic.features.deep import case_crop, scale_intensity
+        from Rad4XCNNLogic.features.preprocessing import case_crop, scale_intensity
 
         crop = case_crop(loaded, config)
         n = int(config.input_size)
@@ -269,7 +269,7 @@ def train_model(
         resolve_dtype,
         save_checkpoint,
     )
-    from Rad4XCNNLogic.features.deep import default_workers, make_loader, normalize_batch
+    from Rad4XCNNLogic.features.preprocessing import default_workers, make_loader, normalize_batch
 
     if epochs < 1:
         raise Rad4XCNNError(f"epochs must be at least 1, got {epochs}")
@@ -329,7 +329,7 @@ def train_model(
     torch.manual_seed(seed)  # dropout, stochastic depth
 
     augmenter = UltrasoundAugmentation() if augment is True else (augment or None)
-    from Rad4XCNNLogic.features.deep import CaseDataset
+    from Rad4XCNNLogic.features.preprocessing import CaseDataset
 
     train_set = CaseDataset(train, config, augment=augmenter, seed=seed)
     val_set = CaseDataset(val, config)

@@ -200,7 +200,7 @@ def _loaded(array, mask, spacing=(1.0, 1.0), origin=(0.0, 0.0), case_id="g"):
 
 def test_a_map_of_ones_maps_back_to_exactly_the_crop_box():
     from Rad4XCNNLogic.features.backbones import PreprocessConfig
-    from Rad4XCNNLogic.features.deep import preprocess_case
+    from Rad4XCNNLogic.features.preprocessing import preprocess_case
 
     shape = (70, 110)  # not square
     mask = np.zeros(shape, bool)

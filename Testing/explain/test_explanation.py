@@ -15,12 +15,12 @@ from Rad4XCNNLogic.explain.explanation import (
     coverage_curve,
     explain,
     load_explanation,
-    model_of,
-    parse_radiomic_name,
     rank_by_importance,
     replicate,
     write_explanation,
 )
+from Rad4XCNNLogic.explain.glossary import family_of
+from Rad4XCNNLogic.names import model_of, parse_radiomic_name
 
 IMAGE_TYPES = ("original", "wavelet-LL", "wavelet-HL", "wavelet-LH", "wavelet-HH")
 FEATURES = (
@@ -313,10 +313,11 @@ def test_replicability_needs_two_cohorts(data):
 def test_name_parsing():
     parsed = parse_radiomic_name("wavelet-HL_glcm_Contrast")
     assert (parsed.image_type, parsed.feature_class, parsed.feature) == ("wavelet-HL", "glcm", "Contrast")
-    assert parsed.family == "wavelet-HL texture" and parse_radiomic_name(
-        "original_shape2D_Perimeter"
-    ).family == ("original shape")
-    assert parse_radiomic_name("my_custom_feature").family == "other"
+    assert (
+        family_of(parsed) == "wavelet-HL texture"
+        and family_of("original_shape2D_Perimeter") == "original shape"
+    )
+    assert family_of("my_custom_feature") == "other"
 
 
 # ------------------------------------------------------------------------------------------------- CLI

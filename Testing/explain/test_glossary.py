@@ -9,17 +9,19 @@ import pytest
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.glossary import (
+    category_of,
     describe,
     describe_feature,
     describe_feature_class,
     describe_image_type,
+    family_of,
     glossary_features,
     image_type_label,
     load_glossary,
-    parse_radiomic_name,
     short_meaning,
     summary_line,
 )
+from Rad4XCNNLogic.names import RADIOMIC_CLASSES, parse_radiomic_name
 
 radiomics = pytest.importorskip("radiomics")
 
@@ -147,10 +149,14 @@ def test_unknown_names_are_clear_errors(call, message):
 def test_parse_names():
     assert parse_radiomic_name("wavelet2-LLH_firstorder_10Percentile").feature == "10Percentile"
     assert parse_radiomic_name("lbp-3D-k_gldm_DependenceEntropy").image_type == "lbp-3D-k"
-    assert parse_radiomic_name("original_shape2D_PixelSurface").category == "shape"
-    assert parse_radiomic_name("original_firstorder_Mean").category == "first-order"
+    assert category_of("original_shape2D_PixelSurface") == "shape"
+    assert category_of(parse_radiomic_name("original_firstorder_Mean")) == "first-order"
     other = parse_radiomic_name("age_at_diagnosis")
-    assert not other.is_pyradiomics and other.family == "other"
+    assert not other.is_pyradiomics and family_of(other) == "other"
+
+
+def test_glossary_knows_every_feature_class_the_name_parser_knows():
+    assert set(load_glossary()["feature_classes"]) == set(RADIOMIC_CLASSES)
 
 
 @pytest.mark.parametrize("preset", ["paper", "extended"])

@@ -16,14 +16,13 @@ from Rad4XCNNLogic.cohort.manifest import read_manifest  # noqa: E402
 from Rad4XCNNLogic.cohort.roi import SquareCrop  # noqa: E402
 from Rad4XCNNLogic.errors import Rad4XCNNError  # noqa: E402
 from Rad4XCNNLogic.features.backbones import PreprocessConfig, build_backbone  # noqa: E402
-from Rad4XCNNLogic.features.deep import (  # noqa: E402
-    extract_deep_features,
+from Rad4XCNNLogic.features.deep import extract_deep_features, write_deep_features  # noqa: E402
+from Rad4XCNNLogic.features.preprocessing import (  # noqa: E402
     forward_with_backoff,
     grey_input,
     is_out_of_memory,
     preprocess_case,
     scale_intensity,
-    write_deep_features,
 )
 
 SMALL = {"model": "resnet18", "input_size": 64, "device": "cpu", "progress": False}

@@ -6,6 +6,7 @@ import json
 import logging
 import multiprocessing as mp
 import re
+from dataclasses import astuple
 
 import numpy as np
 import pandas as pd
@@ -23,9 +24,9 @@ from Rad4XCNNLogic.features.radiomics import (
     preset_path,
     resolve_params,
     side_files,
-    split_feature_name,
     write_radiomics,
 )
+from Rad4XCNNLogic.names import parse_radiomic_name
 
 pytest.importorskip("radiomics")
 # pykwalify (PyRadiomics' schema check) loads its extensions with a call Python deprecates
@@ -89,7 +90,7 @@ def _bad_cohort(tmp_path, make_case, cases: dict[str, np.ndarray | None], **row_
 def test_paper_preset_gives_474_named_features_on_a_2d_case(serial):
     features = serial.features
     assert features.shape == (7, PAPER_FEATURE_COUNT)  # the case without a lesion is left out
-    parts = [split_feature_name(c) for c in features.columns]
+    parts = [astuple(parse_radiomic_name(c))[1:] for c in features.columns]
     assert {p[0] for p in parts} == {"original"} | WAVELET_2D
     assert sum(p[1] == "shape2D" for p in parts) == 9
     for image_type in {"original"} | WAVELET_2D:
@@ -101,7 +102,7 @@ def test_paper_preset_gives_474_named_features_on_a_2d_case(serial):
 
 def test_extended_preset_has_the_four_2d_wavelet_bands_and_log(cohort):
     result = extract_radiomics(cohort.cases[:1], "extended", jobs=1, progress=False)
-    image_types = {split_feature_name(c)[0] for c in result.features.columns}
+    image_types = {parse_radiomic_name(c).image_type for c in result.features.columns}
     assert image_types >= WAVELET_2D
     assert "wavelet-L" not in image_types and "wavelet-H" not in image_types  # what force2D would give
     assert {f"log-sigma-{s}-0-mm-3D" for s in (1, 2, 3, 5)} <= image_types
@@ -397,7 +398,7 @@ def test_nan_features_are_reported_per_feature(tmp_path, make_case, caplog):
     with caplog.at_level(logging.WARNING, logger="Rad4XCNNLogic"):
         result = extract_radiomics(cohort, jobs=1, progress=False)
     assert not result.failures and len(result.features) == 3
-    glcm = [c for c in result.features.columns if split_feature_name(c)[1] == "glcm"]
+    glcm = [c for c in result.features.columns if parse_radiomic_name(c).feature_class == "glcm"]
     assert len(glcm) == 5 * 24
     assert result.nonfinite.to_dict() == dict.fromkeys(glcm, 1)
     assert result.features.loc["sparse", glcm].isna().all()
@@ -410,7 +411,7 @@ def test_constant_features_are_flagged(tmp_path, make_case):
     # the same lesion outline in three different images: every shape feature is constant
     cohort = _bad_cohort(tmp_path, make_case, {"a": None, "b": None, "c": None})
     result = extract_radiomics(cohort, jobs=1, progress=False)
-    shape = [c for c in result.features.columns if split_feature_name(c)[1] == "shape2D"]
+    shape = [c for c in result.features.columns if parse_radiomic_name(c).feature_class == "shape2D"]
     assert set(shape) <= set(result.constant)
     assert "original_firstorder_Mean" not in result.constant
     assert result.quality.loc[shape, "constant"].all()

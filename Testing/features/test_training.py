@@ -14,7 +14,8 @@ from Rad4XCNNLogic.cli import main  # noqa: E402
 from Rad4XCNNLogic.cohort.manifest import Cohort, read_manifest  # noqa: E402
 from Rad4XCNNLogic.errors import Rad4XCNNError  # noqa: E402
 from Rad4XCNNLogic.features.backbones import PreprocessConfig, load_checkpoint  # noqa: E402
-from Rad4XCNNLogic.features.deep import extract_deep_features, grey_input, preprocess_case  # noqa: E402
+from Rad4XCNNLogic.features.deep import extract_deep_features  # noqa: E402
+from Rad4XCNNLogic.features.preprocessing import grey_input, preprocess_case  # noqa: E402
 from Rad4XCNNLogic.features.training import UltrasoundAugmentation, roc_auc, train_model  # noqa: E402
 from Rad4XCNNLogic.infra.storage import file_sha256  # noqa: E402
 

@@ -1,0 +1,248 @@
+"""Every encoded name of Rad4XCNN, encoded and decoded here and nowhere else: deep-feature columns,
+feature-set names, PyRadiomics feature names and the run folder's file names (docs/ARCHITECTURE.md).
+
+A name is written by one function of this module and read back by its inverse, so that a change of
+convention is one edit. Nothing here imports more than the standard library.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+# ------------------------------------------------------------------------------------------ deep features
+#: ``<model>_<index>`` (``resnet50_17``), ``<model>_stage<k>_<index>`` for a pooled intermediate stage.
+_DEEP = re.compile(r"^(?P<model>.+)_(?P<index>[0-9]+)$")
+
+
+def deep_prefix(model: str, stage: int | None = None) -> str:
+    """The prefix of a backbone's deep-feature columns: its label, and the stage when one is pooled.
+
+    Examples
+    --------
+    >>> deep_prefix("resnet50"), deep_prefix("resnet50", 3)
+    ('resnet50', 'resnet50_stage3')
+    """
+    return str(model) if stage is None else f"{model}_stage{int(stage)}"
+
+
+def deep_columns(model: str, n: int, stage: int | None = None) -> list[str]:
+    """The ``n`` deep-feature column names of a backbone.
+
+    Examples
+    --------
+    >>> deep_columns("resnet18", 3)
+    ['resnet18_0', 'resnet18_1', 'resnet18_2']
+    """
+    prefix = deep_prefix(model, stage)
+    return [f"{prefix}_{i}" for i in range(int(n))]
+
+
+def relabel_deep_columns(columns: Iterable[str], model: str, label: str) -> list[str]:
+    """The columns of backbone ``model`` named after ``label`` instead (one architecture used twice).
+
+    Examples
+    --------
+    >>> relabel_deep_columns(["resnet18_0", "resnet18_stage2_1"], "resnet18", "resnet18-random")
+    ['resnet18-random_0', 'resnet18-random_stage2_1']
+    """
+    return [label + c[len(model) :] if c.startswith(model) else c for c in map(str, columns)]
+
+
+def deep_model(name: str) -> str | None:
+    """The backbone (with its stage) of a deep-feature column, or None for a radiomic or any other name.
+
+    Examples
+    --------
+    >>> deep_model("vit_base_patch16_224_5"), deep_model("original_glcm_Contrast"), deep_model("age")
+    ('vit_base_patch16_224', None, None)
+    """
+    name = str(name)
+    if parse_radiomic_name(name).is_pyradiomics:
+        return None
+    match = _DEEP.match(name)
+    return match["model"] if match else None
+
+
+def model_of(name: str) -> str:
+    """The backbone of a deep feature (``resnet50`` for ``resnet50_17``); any other name is returned as is.
+
+    Examples
+    --------
+    >>> model_of("densenet121_1023"), model_of("tumour_size")
+    ('densenet121', 'tumour_size')
+    """
+    return deep_model(name) or str(name)
+
+
+# ---------------------------------------------------------------------------------------- radiomic names
+#: PyRadiomics' feature classes (the glossary has an entry for each; a test checks that they agree).
+RADIOMIC_CLASSES = ("shape2D", "shape", "firstorder", "glcm", "glrlm", "glszm", "gldm", "ngtdm")
+#: PyRadiomics' image types as they appear in feature names; wavelet names carry the level when it is not
+#: 1 (``wavelet2-LLH``), LoG names the sigma (``log-sigma-2-0-mm-3D``), 3D LBP the level or kurtosis.
+_IMAGE_TYPE = re.compile(
+    r"^(?:original|square|squareroot|logarithm|exponential|gradient|lbp-2D"
+    r"|wavelet(?P<level>[0-9]*)-(?P<bands>[LH]{2,3})"
+    r"|log-sigma-[0-9]+-[0-9]+-mm-[23]D"
+    r"|lbp-3D-(?:m[0-9]+|k))$"
+)
+_FEATURE = re.compile(r"^[A-Za-z0-9]+$")
+
+
+@dataclass(frozen=True)
+class RadiomicName:
+    """A PyRadiomics feature name split into its parts; ``feature_class`` is empty for any other name."""
+
+    name: str
+    image_type: str = ""
+    feature_class: str = ""
+    feature: str = ""
+
+    @property
+    def is_pyradiomics(self) -> bool:
+        """Whether the name has PyRadiomics' form ``<image type>_<feature class>_<feature>``."""
+        return bool(self.feature_class)
+
+    @property
+    def wavelet_level(self) -> int | None:
+        """The decomposition level of a wavelet image type (1 when the name gives none), else None."""
+        match = _IMAGE_TYPE.match(self.image_type)
+        if not match or not match["bands"]:
+            return None
+        return int(match["level"] or 1)
+
+
+def parse_radiomic_name(name: str) -> RadiomicName:
+    """Split ``<image type>_<feature class>_<feature>``; a name of another form keeps only ``name``.
+
+    This is the one PyRadiomics name parser of the project: classification, explanation, glossary and
+    report all read names through it.
+
+    Examples
+    --------
+    >>> parse_radiomic_name("wavelet2-LLH_glcm_Contrast").wavelet_level
+    2
+    >>> parse_radiomic_name("log-sigma-2-0-mm-3D_glszm_ZoneEntropy").image_type
+    'log-sigma-2-0-mm-3D'
+    >>> parse_radiomic_name("tumour_stiffness").is_pyradiomics
+    False
+    """
+    name = str(name)
+    parts = name.split("_", 2)
+    if (
+        len(parts) == 3
+        and parts[1] in RADIOMIC_CLASSES
+        and _IMAGE_TYPE.match(parts[0])
+        and _FEATURE.match(parts[2])
+    ):
+        return RadiomicName(name, parts[0], parts[1], parts[2])
+    return RadiomicName(name)
+
+
+def is_radiomic_feature(name: str) -> bool:
+    """Whether ``name`` is a PyRadiomics feature name.
+
+    Examples
+    --------
+    >>> is_radiomic_feature("wavelet-HL_glcm_Contrast"), is_radiomic_feature("resnet50_17")
+    (True, False)
+    """
+    return parse_radiomic_name(name).is_pyradiomics
+
+
+# ------------------------------------------------------------------------------------------ feature sets
+#: The kinds of feature set that classification compares (the configuration's ``feature_sets`` choices).
+FEATURE_SET_KINDS = ("deep", "radiomic", "combined", "explained")
+RADIOMIC_SET = "radiomic"
+
+
+def feature_set_name(kind: str, model: str | None = None) -> str:
+    """The name of a feature set: ``deep``, ``radiomic``, ``deep+radiomic``, ``explained-deep``, with
+    ``-<model>`` after ``deep`` when several backbones are compared.
+
+    Examples
+    --------
+    >>> [feature_set_name(k) for k in FEATURE_SET_KINDS]
+    ['deep', 'radiomic', 'deep+radiomic', 'explained-deep']
+    >>> feature_set_name("combined", "resnet50")
+    'deep-resnet50+radiomic'
+    """
+    if kind not in FEATURE_SET_KINDS:
+        raise ValueError(f"unknown feature-set kind {kind!r}; known: {', '.join(FEATURE_SET_KINDS)}")
+    if kind == "radiomic":
+        return RADIOMIC_SET
+    deep = "deep" if model is None else f"deep-{model}"
+    return {"deep": deep, "combined": f"{deep}+radiomic", "explained": f"explained-{deep}"}[kind]
+
+
+def feature_set_kind(name: str) -> str:
+    """The kind of a feature-set name made by :func:`feature_set_name`; any other name is ``other``.
+
+    Examples
+    --------
+    >>> [feature_set_kind(n) for n in ("explained-deep-vit", "deep+radiomic", "radiomic", "deep", "age")]
+    ['explained', 'combined', 'radiomic', 'deep', 'other']
+    """
+    name = str(name)
+    if name == RADIOMIC_SET:
+        return "radiomic"
+    if name.startswith("explained-deep"):
+        return "explained"
+    if name.startswith("deep") and name.endswith("+radiomic"):
+        return "combined"
+    if name == "deep" or name.startswith("deep-"):
+        return "deep"
+    return "other"
+
+
+def feature_set_model(name: str) -> str | None:
+    """The backbone a deep, combined or explained feature set belongs to (None: one backbone, or no deep set).
+
+    Examples
+    --------
+    >>> feature_set_model("explained-deep-resnet50"), feature_set_model("deep+radiomic")
+    ('resnet50', None)
+    """
+    kind = feature_set_kind(name)
+    if kind in ("radiomic", "other"):
+        return None
+    core = str(name).removeprefix("explained-").removesuffix("+radiomic")
+    return core[len("deep-") :] if core.startswith("deep-") else None
+
+
+# ---------------------------------------------------------------------------------------- the run folder
+class RunFiles:
+    """The file names of a run folder (docs/ARCHITECTURE.md, "The run folder"), relative to it."""
+
+    COHORT = "cohort.csv"
+    COHORT_FAILURES = "cohort_failures.csv"
+    MODELS = "models"
+    TRAINING_HISTORY = "training_history.csv"
+    DEEP = "deep_features.csv"
+    RADIOMICS = "radiomics.csv"
+    CORRELATIONS = "correlations.csv"
+    EXPLANATIONS = "explanations.csv"
+    EXPLANATION = "explanation.json"
+    COVERAGE = "coverage.csv"
+    EXPLAINED_BY_THRESHOLD = "explained_by_threshold.csv"
+    REPLICABILITY = "replicability"
+    BY_IMPORTANCE = "explanations_by_importance.csv"
+    CLASSIFICATION = "classification.csv"
+    IMPORTANCES = "importances.csv"
+    CAM = "cam"
+    REPORT = "report.html"
+    RUN = "run.json"
+    LOG = "run.log"
+    STATE = ".rad4xcnn/state.json"
+    CACHE = "cache"
+
+    @staticmethod
+    def checkpoint(label: str) -> str:
+        """Where the training stage writes the fine-tuned checkpoint of backbone ``label``."""
+        return f"{RunFiles.MODELS}/{label}.pt"
+
+    @staticmethod
+    def side_file(table: str, suffix: str) -> str:
+        """A table's side file: ``deep_features.csv`` -> ``deep_features.json`` for ``.json``."""
+        return table.rsplit(".", 1)[0] + suffix
