@@ -29,8 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import timed
 
-from Rad4XCNNLogic.explain.correlation import permutation_null, spearman
+from Rad4XCNNLogic.explain.correlation import spearman
 from Rad4XCNNLogic.explain.explanation import explain
+from Rad4XCNNLogic.explain.resampling import permutation_null
 from Rad4XCNNLogic.explain.strata import spearman_within
 
 

@@ -23,19 +23,16 @@ import pandas as pd
 
 from Rad4XCNNLogic import __version__
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.correlation import (
-    CorrelationResult,
+from Rad4XCNNLogic.explain.correlation import CorrelationResult, _names, _prepare, _spearman
+from Rad4XCNNLogic.explain.partners import CLUSTER_LEVEL, RadiomicClusters, cluster_radiomics
+from Rad4XCNNLogic.explain.replicability import Replicability, replicate, write_replicability
+from Rad4XCNNLogic.explain.resampling import (
     _bootstrap,
     _check_alpha,
-    _names,
     _permutation_null,
-    _prepare,
-    _spearman,
     permutation_threshold,
     suggest_threshold,
 )
-from Rad4XCNNLogic.explain.partners import CLUSTER_LEVEL, RadiomicClusters, cluster_radiomics
-from Rad4XCNNLogic.explain.replicability import Replicability, replicate, write_replicability
 from Rad4XCNNLogic.explain.strata import (
     StratifiedResult,
     _bootstrap_within,

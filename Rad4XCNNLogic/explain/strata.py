@@ -27,6 +27,7 @@ from Rad4XCNNLogic.explain.correlation import (
     _average_ranks,
     _names,
     _NumpyOps,
+    _prepare,
     _Prepared,
     _progress_bar,
     _standardise,
@@ -386,7 +387,5 @@ def spearman_within(
     >>> bool(abs(within.rho[0, 0]) < 0.3)
     True
     """
-    from Rad4XCNNLogic.explain.correlation import _prepare
-
     prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
     return _within_spearman(prepare_within(prep, strata), progress)

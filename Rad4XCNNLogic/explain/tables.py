@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from Rad4XCNNLogic.explain.correlation import CorrelationResult, fwer_pvalues
+from Rad4XCNNLogic.explain.correlation import CorrelationResult
 from Rad4XCNNLogic.explain.glossary import family_of, summary_line
 from Rad4XCNNLogic.explain.partners import RadiomicClusters, group_partners, groups_text
+from Rad4XCNNLogic.explain.resampling import fwer_pvalues
 from Rad4XCNNLogic.explain.strata import StratifiedResult
 from Rad4XCNNLogic.names import model_of, parse_radiomic_name
 

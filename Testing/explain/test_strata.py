@@ -9,13 +9,8 @@ import pytest
 from scipy import stats
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.correlation import (
-    _prepare,
-    bootstrap_intervals,
-    fwer_pvalues,
-    permutation_null,
-    spearman,
-)
+from Rad4XCNNLogic.explain.correlation import _prepare, spearman
+from Rad4XCNNLogic.explain.resampling import bootstrap_intervals, fwer_pvalues, permutation_null
 from Rad4XCNNLogic.explain.strata import prepare_within, spearman_within, stratum_labels
 
 BACKENDS = ["numpy", "torch:cpu"]
