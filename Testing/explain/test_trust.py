@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.explanation import explain, load_explanation, write_explanation
 from Rad4XCNNLogic.explain.partners import cluster_radiomics, group_partners, groups_text
 from Rad4XCNNLogic.explain.strata import stratum_labels
@@ -263,3 +264,60 @@ def test_planted_factors_correlate_within_class_with_the_radiomics_that_measure_
     # Posterior shadowing is drawn per class and lies below the lesion: whatever lesion feature it tracks
     # pooled over the classes, it tracks only through the class.
     assert result.explanations.loc["factor_4", "status"] == "confounded"
+
+
+# ------------------------------------------------------------------------------------- held out, control
+def test_kept_pairs_are_remeasured_on_held_out_cases():
+    from Rad4XCNNLogic.explain.heldout import remeasure
+
+    deep, rad, strata, real, _confounded = confounded_cohort(n_per=80, seed=6)
+    train = deep.index[::2]
+    held = pd.Series({c: ("test" if i % 4 == 1 else "external") for i, c in enumerate(deep.index) if i % 2})
+    result = explain(deep.loc[train], rad.loc[train], 0.5, strata=strata, bootstrap=0, backend="numpy")
+    out = remeasure(result, deep, rad, held, strata=strata, backend="numpy")
+    assert set(out.summary["set"]) == {"test", "external"}
+    assert (out.summary["n_cases"] == 80).all() and (out.summary["n_pairs"] == len(out.pairs)).all()
+    explained = result.correlations[result.correlations["status"] == "explained"]
+    assert len(out.pairs) == len(explained) and set(out.pairs["deep_feature"]) <= set(real)
+    # The real relations hold on cases the explanation never saw.
+    assert (out.summary["fraction_replicated"] >= 0.95).all()
+    manual = spearman_within_pair(deep, rad, strata, held[held == "test"].index, out.pairs.iloc[0])
+    assert out.pairs["rho_heldout_test"].iloc[0] == pytest.approx(manual, abs=1e-12)
+    with pytest.raises(Rad4XCNNError, match=r"1 held-out case\(s\) were used by the explanation"):
+        remeasure(result, deep, rad, pd.Series({train[0]: "test"}), strata=strata)
+    with pytest.raises(Rad4XCNNError, match="needs the strata"):
+        remeasure(result, deep, rad, held)
+
+
+def spearman_within_pair(deep, rad, strata, cases, row):
+    from Rad4XCNNLogic.explain.strata import spearman_within
+
+    one = spearman_within(
+        deep.loc[cases, [row["deep_feature"]]],
+        rad.loc[cases, [row["radiomic_feature"]]],
+        strata,
+        backend="numpy",
+    )
+    return one.rho[0, 0]
+
+
+def test_coverage_beside_the_random_control():
+    from Rad4XCNNLogic.explain.heldout import coverage_against_control
+
+    deep, rad, strata, *_ = confounded_cohort(seed=7, model="resnet18")
+    rng = np.random.default_rng(0)
+    control = pd.DataFrame(
+        rng.normal(size=deep.shape),
+        index=deep.index,
+        columns=[c.replace("resnet18", "resnet18-random") for c in deep.columns],
+    )
+    result = explain(
+        pd.concat([deep, control], axis=1), rad, 0.5, strata=strata, bootstrap=0, backend="numpy"
+    )
+    table = coverage_against_control(result.coverage, {"resnet18": "resnet18-random"})
+    at = table.set_index("M").loc[0.5]
+    assert at["fraction"] == pytest.approx(12 / 28) and at["fraction_control"] == 0.0
+    assert at["gain"] == pytest.approx(12 / 28) and "fraction_pooled_control" in table.columns
+    assert len(table) == len(result.coverage) // 2
+    with pytest.raises(Rad4XCNNError, match="no coverage for model"):
+        coverage_against_control(result.coverage, {"resnet18": "vit-random"})
