@@ -16,6 +16,11 @@ class Rad4XCNNError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class UsageError(Rad4XCNNError):
+    """A problem with how Rad4XCNN was asked to run (a setting, a flag, a configuration key), not with the
+    data: the command line exits with 2 for it, as for argparse's own usage errors."""
+
+
 class CaseError(Rad4XCNNError):
     """A problem with one case of a cohort; the message starts with ``case <id>:``."""
 
@@ -39,3 +44,32 @@ class CaseFailure:
 
     def __str__(self) -> str:
         return f"case {self.case_id}: {self.problem} [{self.stage}]"
+
+
+def first_line(exc: BaseException, limit: int = 300, prefer: str | None = None) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none), cut to
+    ``limit`` characters; with ``prefer``, the first line that contains it, if any (some libraries put the
+    reason on a later line).
+
+    Examples
+    --------
+    >>> first_line(ValueError("bad value\\n  more detail"))
+    'bad value'
+    >>> first_line(KeyError())
+    'KeyError'
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    chosen = next((line for line in lines if prefer and prefer in line), lines[0] if lines else "")
+    return (chosen or type(exc).__name__)[:limit]
+
+
+def describe_exception(exc: BaseException) -> str:
+    """One line for people: a :class:`Rad4XCNNError`'s own message, else ``Type: first line``.
+
+    Examples
+    --------
+    >>> describe_exception(Rad4XCNNError("case a: empty mask")), describe_exception(ZeroDivisionError("x"))
+    ('case a: empty mask', 'ZeroDivisionError: x')
+    """
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, Rad4XCNNError) else f"{type(exc).__name__}: {first_line(exc)}"

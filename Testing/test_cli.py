@@ -53,7 +53,7 @@ def test_bad_manifest_prints_one_line_without_traceback(tmp_path, make_case):
     proc = subprocess.run(
         [sys.executable, "-m", "Rad4XCNNLogic", "cohort", str(manifest)], capture_output=True, text=True
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0
     assert "lacks the required column(s) image" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -37,7 +37,7 @@ from Rad4XCNNLogic.cam.measures import (
 )
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
-from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 from Rad4XCNNLogic.infra.progress import track
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -976,7 +976,7 @@ def compute_cams(
                 log.warning("%s", exc)
                 continue
             except (ValueError, OSError, RuntimeError, MemoryError) as exc:
-                problem = f"preprocessing failed: {type(exc).__name__}: {str(exc)[:200]}"
+                problem = f"preprocessing failed: {type(exc).__name__}: {first_line(exc, 200)}"
                 failures.append(CaseFailure(case.case_id, STAGE, problem))
                 log.warning("case %s: %s", case.case_id, problem)
                 continue
@@ -1006,9 +1006,7 @@ def compute_cams(
             except Rad4XCNNError:
                 raise
             except Exception as exc:  # one method failing on a batch must not lose the others
-                bad_methods[method] = (
-                    f"{method} failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-                )
+                bad_methods[method] = f"{method} failed: {type(exc).__name__}: {first_line(exc, 200)}"
                 log.warning("%s on cases %s: %s", method, ", ".join(ids), bad_methods[method])
             method_seconds[method] += time.perf_counter() - t0
         for problem in bad_methods.values():

@@ -44,7 +44,7 @@ import numpy as np
 
 from Rad4XCNNLogic.classify.metrics import METRICS, auc_score, evaluate_predictions, predicted_classes
 from Rad4XCNNLogic.cohort.manifest import DEFAULT_COHORT, Cohort
-from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError, first_line
 from Rad4XCNNLogic.names import RADIOMIC_SET, deep_model, feature_set_name, is_radiomic_feature
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def read_feature_tables(paths: Sequence[str | os.PathLike]) -> tuple[Any, list[C
             first = header.columns[0]
             frame = pd.read_csv(path, dtype={first: str}, encoding="utf-8-sig")
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             raise Rad4XCNNError(f"feature table {path.name} is not a readable CSV: {text}") from None
         frame = frame.set_index(first)
         frame.index = frame.index.astype(str).str.strip()
@@ -1208,7 +1208,7 @@ def _fit_one(
     except Rad4XCNNError:
         raise
     except ValueError as exc:
-        raise Rad4XCNNError(f"fit failed: {str(exc).splitlines()[0]}") from None
+        raise Rad4XCNNError(f"fit failed: {first_line(exc)}") from None
     params = {k.removeprefix(prefix): _plain(v) for k, v in search.best_params_.items()}
     final = make_pipeline(clf_name, probability=True, **options)
     final.set_params(**{f"{classifier_param_prefix(final)}{k}": v for k, v in params.items()})

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from Rad4XCNNLogic.cohort.imageio import Image2D, read_image, read_mask
-from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def read_manifest(
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise Rad4XCNNError(f"manifest {path.name} is not a readable UTF-8 CSV: {first}") from None
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]

@@ -139,6 +139,10 @@ class _TorchOps(_NumpyOps):
         return a.to(self.torch.float32)
 
 
+#: The array backends (``torch:cuda:N`` picks a GPU by number).
+BACKENDS = ("auto", "numpy", "torch", "torch:cpu", "torch:cuda")
+
+
 def resolve_backend(backend: str = "auto") -> _NumpyOps:
     """Return the array backend: ``"numpy"``, ``"torch"`` (GPU if present, else CPU), ``"torch:cpu"``,
     ``"torch:cuda"``, or ``"auto"`` (torch on a GPU when one is present, numpy otherwise).
@@ -151,10 +155,8 @@ def resolve_backend(backend: str = "auto") -> _NumpyOps:
     text = str(backend).lower()
     if text == "numpy":
         return _NumpyOps()
-    if text not in {"auto", "torch", "torch:cpu", "torch:cuda"} and not text.startswith("torch:cuda:"):
-        raise Rad4XCNNError(
-            f"unknown backend {backend!r}: expected auto, numpy, torch, torch:cpu or torch:cuda"
-        )
+    if text not in BACKENDS and not text.startswith("torch:cuda:"):
+        raise Rad4XCNNError(f"unknown backend {backend!r}: expected {', '.join(BACKENDS)}")
     try:
         import torch
     except ImportError:

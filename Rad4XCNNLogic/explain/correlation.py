@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.errors import Rad4XCNNError, first_line
 from Rad4XCNNLogic.explain.backends import _NumpyOps, resolve_backend
 from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
 from Rad4XCNNLogic.names import model_of
@@ -278,7 +278,7 @@ def read_feature_table(path: str | os.PathLike, label: str = "feature") -> pd.Da
             header = next(csv.reader(fh), [])
         frame = pd.read_csv(path, index_col=0, converters={0: str}, encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise Rad4XCNNError(f"{label} table {path.name} is not a readable CSV: {first}") from None
     names = [h.strip() for h in header[1:]]
     duplicated = sorted({n for n in names if names.count(n) > 1})

@@ -41,6 +41,7 @@ from Rad4XCNNLogic.explain.strata import (
     stratum_labels,
 )
 from Rad4XCNNLogic.explain.tables import explanations_table, pairs_table
+from Rad4XCNNLogic.infra.interval import Interval
 from Rad4XCNNLogic.infra.storage import atomic_path, write_csv_atomic, write_json_atomic
 from Rad4XCNNLogic.names import model_of
 
@@ -64,11 +65,19 @@ DEFAULT_COVERAGE_THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(13)
 """M from 0.30 to 0.90 in steps of 0.05."""
 
 
+#: M, the smallest |rho| that explains: 0 would explain every deep feature by every radiomic feature.
+THRESHOLD_RANGE = Interval(0, 1, low_open=True)
+#: The Benjamini-Hochberg level of the optional q-value condition.
+FDR_RANGE = Interval(0, 1, low_open=True)
+
+
 def _check_threshold(threshold: float, fdr: float | None) -> None:
-    if not 0 <= threshold <= 1:
-        raise Rad4XCNNError(f"the threshold M must lie between 0 and 1, got {threshold}")
-    if fdr is not None and not 0 < fdr <= 1:
-        raise Rad4XCNNError(f"the FDR level must lie in (0, 1], got {fdr}")
+    problem = THRESHOLD_RANGE.problem(threshold)
+    if problem:
+        raise Rad4XCNNError(f"the threshold M {problem}")
+    problem = None if fdr is None else FDR_RANGE.problem(fdr)
+    if problem:
+        raise Rad4XCNNError(f"the FDR level {problem}")
 
 
 def keep_mask(rho: np.ndarray, threshold: float, *, q: np.ndarray | None = None, fdr: float | None = None):

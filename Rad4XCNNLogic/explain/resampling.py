@@ -23,6 +23,7 @@ from Rad4XCNNLogic.explain.correlation import (
     _standardise,
 )
 from Rad4XCNNLogic.explain.strata import _bootstrap_within, prepare_within
+from Rad4XCNNLogic.infra.interval import Interval
 
 
 def _permutation_null(
@@ -111,9 +112,14 @@ def permutation_null(
     return nulls if by_model else np.maximum.reduce(list(nulls.values()))
 
 
+#: The family-wise error level of the permutation null.
+ALPHA_RANGE = Interval(0, 1, low_open=True, high_open=True)
+
+
 def _check_alpha(alpha: float) -> None:
-    if not 0 < alpha < 1:
-        raise Rad4XCNNError(f"alpha must lie between 0 and 1, got {alpha}")
+    problem = ALPHA_RANGE.problem(alpha)
+    if problem:
+        raise Rad4XCNNError(f"alpha {problem}")
 
 
 def permutation_threshold(null: np.ndarray, alpha: float = 0.05) -> float:

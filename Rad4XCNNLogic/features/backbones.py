@@ -15,7 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.errors import Rad4XCNNError, first_line
+
+#: torch's weights-only refusal puts its reason on a later line of its message
+_WEIGHTS_ONLY_REASON = "WeightsUnpickler error"
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -123,6 +126,22 @@ def _three(values) -> tuple[float, float, float]:
 
 
 # ------------------------------------------------------------------------------------------------ devices
+def check_device_name(device: str) -> str | None:
+    """What is wrong with a device name (None when it is one of :data:`DEVICES` or ``cuda:N``); whether the
+    device exists on this machine is :func:`resolve_device`'s question.
+
+    Examples
+    --------
+    >>> check_device_name("cuda:1") is None, check_device_name("gpu")
+    (True, "unknown device 'gpu'; expected one of auto, cpu, cuda, mps (or cuda:N)")
+    """
+    text = str(device).strip().lower()
+    kind, _, number = text.partition(":")
+    if kind in DEVICES and (not number or (kind == "cuda" and number.isdigit())):
+        return None
+    return f"unknown device {device!r}; expected one of {', '.join(DEVICES)} (or cuda:N)"
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """The torch device for ``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda[:N]`` or ``mps``.
 
@@ -137,8 +156,9 @@ def resolve_device(device: str = "auto") -> torch.device:
 
     text = str(device or "auto").strip().lower()
     kind = text.split(":")[0]
-    if kind not in DEVICES:
-        raise Rad4XCNNError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)} (or cuda:N)")
+    problem = check_device_name(text)
+    if problem:
+        raise Rad4XCNNError(problem)
     mps_ok = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     if kind == "auto":
         if torch.cuda.is_available():
@@ -312,13 +332,14 @@ def read_weights_file(path: str | os.PathLike) -> tuple[dict, dict | None]:
         try:
             return _strip_prefix(load_file(os.fspath(path), device="cpu")), None
         except Exception as exc:
-            raise Rad4XCNNError(f"cannot read weights file {path.name}: {_first_line(exc)}") from None
+            raise Rad4XCNNError(f"cannot read weights file {path.name}: {first_line(exc)}") from None
     try:
         obj = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise Rad4XCNNError(
             f"cannot read weights file {path.name} safely (only tensors and plain data are loaded, "
-            f"never pickled code): {_first_line(exc)}; save the model's state_dict() instead"
+            f"never pickled code): {first_line(exc, prefer=_WEIGHTS_ONLY_REASON)}; "
+            "save the model's state_dict() instead"
         ) from None
     meta = None
     if isinstance(obj, dict) and obj.get("format") == CHECKPOINT_FORMAT:
@@ -346,13 +367,6 @@ def _strip_prefix(state_dict: dict) -> dict:
         if state_dict and all(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
     return dict(state_dict)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    # torch's weights-only refusal puts its reason on a later line
-    reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
-    return (reason or type(exc).__name__)[:300]
 
 
 def load_state_dict_checked(model, state_dict: dict, source: str, model_name: str) -> list[str]:
@@ -525,7 +539,7 @@ def _create_pretrained(name: str, num_classes: int, input_size: int | None, seed
         elif cfg is not None and cfg.url:
             where = f" ({cfg.url})"
         raise Rad4XCNNError(
-            f"ImageNet weights for {name} could not be obtained ({_first_line(exc)[:160]}); this machine may "
+            f"ImageNet weights for {name} could not be obtained ({first_line(exc, 160)}); this machine may "
             f"be offline. Download them on a machine with network access{where} and give the file with "
             "--weights PATH (Python: weights=PATH)"
         ) from None

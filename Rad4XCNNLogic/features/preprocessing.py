@@ -15,7 +15,7 @@ import numpy as np
 
 from Rad4XCNNLogic.cohort.manifest import Case, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
-from Rad4XCNNLogic.errors import CaseError, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, Rad4XCNNError, first_line
 from Rad4XCNNLogic.features.backbones import PreprocessConfig
 from Rad4XCNNLogic.infra.environment import available_cpus
 
@@ -148,7 +148,7 @@ class CaseDataset:
         except CaseError as exc:
             return index, None, exc.problem
         except (ValueError, OSError, RuntimeError, MemoryError) as exc:
-            return index, None, f"preprocessing failed: {type(exc).__name__}: {str(exc)[:200]}"
+            return index, None, f"preprocessing failed: {type(exc).__name__}: {first_line(exc, 200)}"
         return index, np.ascontiguousarray(array, dtype=np.float32), None
 
 

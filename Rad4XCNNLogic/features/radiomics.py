@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
-from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 from Rad4XCNNLogic.infra.environment import available_cpus
 from Rad4XCNNLogic.infra.storage import (
     ResultCache,
@@ -343,10 +343,10 @@ def _extract_case(extractor, case: Case) -> _Outcome:
         with _ignore_warnings(RuntimeWarning):
             result = extractor.execute(image, mask, label=1)
     except ValueError as exc:  # PyRadiomics' checks of the mask (too small, a line, ...) raise ValueError
-        problem = f"PyRadiomics refused the case: {_first_line(exc)}"
+        problem = f"PyRadiomics refused the case: {first_line(exc)}"
         return _Outcome(case.case_id, problem=problem, seconds=time.perf_counter() - start)
     except Exception as exc:
-        problem = f"PyRadiomics failed: {type(exc).__name__}: {_first_line(exc)}"
+        problem = f"PyRadiomics failed: {type(exc).__name__}: {first_line(exc)}"
         return _Outcome(case.case_id, problem=problem, seconds=time.perf_counter() - start)
     features: dict[str, float] = {}
     diagnostics: dict[str, Any] = {}
@@ -376,11 +376,6 @@ def _pixels_for_pyradiomics(array: np.ndarray) -> np.ndarray:
             if info.min <= lo and hi <= info.max:
                 return values.astype(kind)
     return values.astype(np.float64)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 def _extract_chunk(
@@ -593,7 +588,7 @@ def _connect(scheduler: Any):
     try:
         client = Client(address, timeout=DASK_CONNECT_TIMEOUT, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise Rad4XCNNError(f"cannot reach the Dask scheduler at {address}: {_first_line(exc)}") from None
+        raise Rad4XCNNError(f"cannot reach the Dask scheduler at {address}: {first_line(exc)}") from None
     return client, True
 
 
@@ -624,7 +619,7 @@ def _run_dask(
                 try:
                     outcomes = future.result()
                 except Exception as exc:  # KilledWorker, a lost connection, ...
-                    problem = f"the Dask task failed: {type(exc).__name__}: {_first_line(exc)}"
+                    problem = f"the Dask task failed: {type(exc).__name__}: {first_line(exc)}"
                     outcomes = [_Outcome(c.case_id, problem=problem) for c in chunk]
                 yield from outcomes
         finally:

@@ -16,12 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.cam.maps import METHODS as CAM_METHOD_RECORDS
+from Rad4XCNNLogic.classify.classifiers import CLASSIFIERS
+from Rad4XCNNLogic.errors import UsageError
+from Rad4XCNNLogic.explain.backends import BACKENDS
+from Rad4XCNNLogic.explain.explanation import FDR_RANGE, THRESHOLD_RANGE
+from Rad4XCNNLogic.explain.resampling import ALPHA_RANGE
+from Rad4XCNNLogic.features.backbones import DEVICES, DTYPES, check_device_name
+from Rad4XCNNLogic.features.radiomics import PRESETS
+from Rad4XCNNLogic.infra.interval import Interval
+from Rad4XCNNLogic.names import FEATURE_SET_KINDS
 
-CLASSIFIERS = ("rf", "xgb", "svm")
-FEATURE_SETS = ("deep", "radiomic", "combined", "explained")
-CAM_METHODS = ("gradcam", "gradcam++", "eigencam", "scorecam", "layercam")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+# Each vocabulary belongs to the module that uses it; the configuration only refers to it.
+CAM_METHODS = tuple(CAM_METHOD_RECORDS)
+UNIT = Interval(0, 1)
+UNIT_OPEN = Interval(0, 1, low_open=True, high_open=True)
 
 
 def _opt(
@@ -29,9 +38,15 @@ def _opt(
     help: str,
     choices: tuple | None = None,
     minimum: float | None = None,
-    maximum: float | None = None,
+    interval: Interval | None = None,
+    check: typing.Callable[[Any], str | None] | None = None,
 ) -> Any:
-    meta = {"help": help, "choices": choices, "min": minimum, "max": maximum}
+    """A setting: its default, its help, and its rule (choices, an interval, or a check that returns the
+    problem with a value). This metadata is the only statement of the rule: the configuration file, the
+    command line (:mod:`Rad4XCNNLogic.cli`) and the Slicer parameter node all read it."""
+    if minimum is not None:
+        interval = Interval(minimum)
+    meta = {"help": help, "choices": choices, "interval": interval, "check": check}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -59,6 +74,11 @@ class ModelConfig:
         minimum=0,
     )
 
+    @property
+    def key(self) -> str:
+        """The name of this backbone's features, checkpoint and files: its label, else the model name."""
+        return self.label or self.name
+
 
 @dataclass
 class SplitConfig:
@@ -78,6 +98,12 @@ class TrainingConfig:
     learning_rate: float = _opt(3e-4, "AdamW learning rate", minimum=0)
     patience: int = _opt(8, "early stopping: epochs without a better validation AUC", minimum=1)
     input_size: int | None = _opt(None, "model input size in pixels (null: the model's default)", minimum=16)
+    augment: bool = _opt(True, "ultrasound data augmentation (flips, small affine, gain, speckle, blur)")
+    val_fraction: float = _opt(
+        0.15,
+        "share of the train cases held out for validation when the cohort has no val split",
+        interval=UNIT_OPEN,
+    )
     finetune_manifest: str | None = _opt(
         None, "second phase: fine-tune the trained model on this cohort's manifest (the paper's protocol)"
     )
@@ -88,7 +114,10 @@ class DeepConfig:
     """Deep feature extraction."""
 
     batch_size: int = _opt(32, "images per forward pass", minimum=1)
-    margin: float = _opt(0.1, "ROI margin around the lesion, as a fraction of its longer side", minimum=0)
+    margin: float = _opt(
+        0.1, "ROI margin around the lesion, as a fraction of its longer side", interval=Interval(0, 5)
+    )
+    dtype: str = _opt("auto", "compute type of the forward pass (auto: bfloat16 on CUDA)", choices=DTYPES)
     input_size: int | None = _opt(
         None, "model input size in pixels (null: the model's or checkpoint's)", minimum=16
     )
@@ -101,8 +130,8 @@ class RadiomicsConfig:
 
     params: str = _opt(
         "paper",
-        "'paper' (474 features: shape2D, original, 4 wavelet sub-bands), "
-        "'extended' (adds LoG and other filters) or a path to a PyRadiomics YAML file",
+        f"a preset ({', '.join(PRESETS)}; paper: the 474 features of shape2D, original and 4 wavelet "
+        "sub-bands; extended: adds LoG and other filters) or a path to a PyRadiomics YAML file",
     )
     jobs: int | None = _opt(None, "worker processes (null: all cores)", minimum=1)
     scheduler: str | None = _opt(None, "address of a Dask scheduler to run the cases on (null: local)")
@@ -112,12 +141,19 @@ class RadiomicsConfig:
 class ExplainConfig:
     """Correlation of deep and radiomic features, and the explanation rule |rho| >= M."""
 
-    thresholds: list[float] = _opt([0.6], "values of M; the first is the primary one used downstream")
-    fdr: float | None = _opt(
-        0.05, "also require q <= fdr (Benjamini-Hochberg); null: |rho| >= M alone", minimum=0, maximum=1
+    thresholds: list[float] = _opt(
+        [0.6],
+        "values of M, the smallest |rho| that explains; the first is the primary one used downstream",
+        interval=THRESHOLD_RANGE,
     )
+    fdr: float | None = _opt(
+        0.05, "also require q <= fdr (Benjamini-Hochberg); null: |rho| >= M alone", interval=FDR_RANGE
+    )
+    alpha: float = _opt(0.05, "family-wise error level of the permutation null", interval=ALPHA_RANGE)
     permutations: int = _opt(1000, "permutations for the family-wise null of max |rho| (0: none)", minimum=0)
     bootstrap: int = _opt(200, "bootstrap resamples for the 95% intervals of kept pairs (0: none)", minimum=0)
+    backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
+    chunk_size: int | None = _opt(None, "deep features per chunk (null: by memory)", minimum=1)
 
 
 @dataclass
@@ -126,10 +162,19 @@ class ClassificationConfig:
 
     enabled: bool = _opt(True, "train and validate the classifiers")
     classifiers: list[str] = _opt(list(CLASSIFIERS), "classifiers to train", choices=CLASSIFIERS)
-    feature_sets: list[str] = _opt(list(FEATURE_SETS), "feature sets to compare", choices=FEATURE_SETS)
+    feature_sets: list[str] = _opt(
+        list(FEATURE_SET_KINDS), "feature sets to compare", choices=FEATURE_SET_KINDS
+    )
     positive: str | None = _opt(None, "the positive class name (null: 'malignant' if present, else the last)")
     cv_folds: int = _opt(5, "stratified cross-validation folds for the hyper-parameter search", minimum=2)
     n_bootstrap: int = _opt(1000, "bootstrap resamples for the metrics' 95% intervals", minimum=0)
+    correlation_threshold: float | None = _opt(
+        0.95,
+        "drop features correlated above this |Spearman rho| with a stronger one (null: keep all)",
+        interval=Interval(0, 1, low_open=True),
+    )
+    select_k: int | None = _opt(None, "keep the k features with the smallest Mann-Whitney p", minimum=1)
+    jobs: int | None = _opt(None, "parallel fits (null: all cores)", minimum=1)
 
 
 @dataclass
@@ -144,6 +189,13 @@ class CamConfig:
     gallery: int = _opt(6, "number of test cases in the gallery (half per class where possible)", minimum=0)
     cases: list[str] = _opt([], "explicit case ids for the gallery (overrides 'gallery')")
     batch_size: int = _opt(32, "ScoreCAM batch size (it runs one forward pass per channel)", minimum=1)
+    target_layer: str | None = _opt(
+        None,
+        "dotted module name, e.g. layer4.1 (null: layer4[-1] for ResNets, features.norm5 for DenseNets, "
+        "blocks[-1].norm1 for ViTs)",
+    )
+    target_class: str | None = _opt(None, "the class explained, by name (null: each case's prediction)")
+    tolerance: float = _opt(0.0, "pointing game: pixels around the lesion that count", minimum=0)
 
 
 @dataclass
@@ -161,7 +213,9 @@ class RunConfig:
     manifest: str | None = _opt(None, "the cohort manifest CSV (required)")
     out: str | None = _opt(None, "the run folder (required)")
     seed: int = _opt(0, "seed of every random choice (splits, initialisation, permutations, bootstrap)")
-    device: str = _opt("auto", "where the networks run", choices=DEVICES)
+    device: str = _opt(
+        "auto", f"where the networks run: {', '.join(DEVICES)} or cuda:N", check=check_device_name
+    )
     lesion_only: bool = _opt(True, "leave out cases with has_lesion=false")
     split: SplitConfig = field(default_factory=SplitConfig, metadata={"help": "split assignment"})
     training: TrainingConfig = field(
@@ -185,7 +239,7 @@ class RunConfig:
 
 # ------------------------------------------------------------------------------------------- validation
 def _fail(key: str, problem: str) -> typing.NoReturn:
-    raise Rad4XCNNError(f"configuration: {key}: {problem}")
+    raise UsageError(f"configuration: {key}: {problem}")
 
 
 def _type_name(tp: Any) -> str:
@@ -226,10 +280,12 @@ def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
     choices = meta.get("choices")
     if choices and value not in choices:
         _fail(key, f"{value!r} is not allowed; allowed values: {', '.join(map(str, choices))}")
-    if meta.get("min") is not None and value < meta["min"]:
-        _fail(key, f"must be at least {meta['min']}, got {value}")
-    if meta.get("max") is not None and value > meta["max"]:
-        _fail(key, f"must be at most {meta['max']}, got {value}")
+    interval = meta.get("interval")
+    problem = interval.problem(value) if interval is not None else None
+    if problem is None and meta.get("check") is not None:
+        problem = meta["check"](value)
+    if problem:
+        _fail(key, problem)
     return value
 
 
@@ -251,6 +307,89 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+@dataclass(frozen=True)
+class Setting:
+    """One setting of the configuration, by its dotted key, with the metadata that states its rule."""
+
+    key: str
+    type: Any
+    default: Any
+    help: str
+    choices: tuple | None
+    interval: Interval | None
+
+    @property
+    def item_type(self) -> Any:
+        """The scalar type of a value (of one item, for a list setting; None removed)."""
+        tp = self.type
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        if typing.get_origin(tp) is list:
+            (tp,) = typing.get_args(tp)
+        return tp
+
+    @property
+    def is_list(self) -> bool:
+        tp = self.type
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        return typing.get_origin(tp) is list
+
+    @property
+    def nullable(self) -> bool:
+        return typing.get_origin(self.type) in (typing.Union, types.UnionType)
+
+    def validate(self, value: Any) -> Any:
+        """``value`` converted and checked by the rule of this setting; :class:`Rad4XCNNError` names the key
+        and the problem. For a list setting, ``value`` may be one item."""
+        field_ = _field(self.key)
+        tp = self.item_type if self.is_list and not isinstance(value, list) else self.type
+        return _coerce(self.key, value, tp, dict(field_.metadata))
+
+
+def _field(key: str) -> dataclasses.Field:
+    cls: Any = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        if part not in fields:
+            raise KeyError(f"no setting {'.'.join(parts[: i + 1])!r}")
+        found = fields[part]
+        if i < len(parts) - 1:
+            tp = typing.get_type_hints(cls)[part]
+            if typing.get_origin(tp) is list:
+                (tp,) = typing.get_args(tp)
+            cls = tp
+    return found
+
+
+def setting(key: str) -> Setting:
+    """The setting ``key`` (``explain.thresholds``, ``models.weights``, ``seed``) and its rule.
+
+    Examples
+    --------
+    >>> s = setting("explain.thresholds")
+    >>> s.default, str(s.interval), s.item_type.__name__
+    ([0.6], '(0, 1]', 'float')
+    """
+    parts = key.split(".")
+    owner: Any = RunConfig
+    for part in parts[:-1]:
+        tp = typing.get_type_hints(owner)[part]
+        owner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
+    field_ = _field(key)
+    default = getattr(owner(), parts[-1])
+    meta = field_.metadata
+    return Setting(
+        key,
+        typing.get_type_hints(owner)[parts[-1]],
+        default,
+        meta.get("help", ""),
+        meta.get("choices"),
+        meta.get("interval"),
+    )
+
+
 def config_from_dict(data: dict | None) -> RunConfig:
     """Build and validate a :class:`RunConfig` from a (YAML-loaded) dictionary."""
     cfg = _build(RunConfig, data or {})
@@ -258,9 +397,9 @@ def config_from_dict(data: dict | None) -> RunConfig:
         _fail("split.fractions", f"must be three fractions adding up to 1, got {cfg.split.fractions}")
     if not cfg.models:
         _fail("models", "name at least one backbone")
-    if not cfg.explain.thresholds or not all(0 < m <= 1 for m in cfg.explain.thresholds):
-        _fail("explain.thresholds", f"must be values of M in (0, 1], got {cfg.explain.thresholds}")
-    names = [m.label or m.name for m in cfg.models]
+    if not cfg.explain.thresholds:
+        _fail("explain.thresholds", "name at least one value of M")
+    names = [m.key for m in cfg.models]
     if len(set(names)) != len(names):
         _fail("models", f"each backbone may appear once (give a 'label' to use one twice), got {names}")
     for model in cfg.models:
@@ -289,17 +428,17 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise Rad4XCNNError(f"configuration file not found: {path}")
+            raise UsageError(f"configuration file not found: {path}")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise Rad4XCNNError(f"configuration {path.name} is not valid YAML{where}") from None
+            raise UsageError(f"configuration {path.name} is not valid YAML{where}") from None
         if not isinstance(data, dict):
-            raise Rad4XCNNError(f"configuration {path.name} must be a mapping of keys to values")
+            raise UsageError(f"configuration {path.name} must be a mapping of keys to values")
         base = path.resolve().parent
-    data = _merge(data, overrides or {})
+    data = merge_settings(data, overrides or {})
     cfg = config_from_dict(data)
     for attr in ("manifest", "out"):
         value = getattr(cfg, attr)
@@ -320,11 +459,12 @@ def _absolute(text: str, base: Path) -> Path:
     return Path(os.path.normpath(p if p.is_absolute() else base / p))
 
 
-def _merge(base: dict, overrides: dict) -> dict:
+def merge_settings(base: dict, overrides: dict) -> dict:
+    """``base`` with ``overrides`` applied, section by section (a nested dict of settings)."""
     out = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_settings(out[key], value)
         else:
             out[key] = value
     return out
@@ -362,6 +502,8 @@ def _reference_lines(cls: type, indent: int) -> list[str]:
         note = meta.get("help", "")
         if meta.get("choices"):
             note += f" [allowed: {', '.join(meta['choices'])}]"
+        if meta.get("interval") is not None:
+            note += f" [range: {meta['interval']}]"
         lines.append(f"{pad}# {note}")
         lines.append(f"{pad}{f.name}: {_yaml_value(value)}")
     return lines

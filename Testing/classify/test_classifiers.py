@@ -736,5 +736,5 @@ def test_cli_classify_bad_input_is_one_line(tmp_path, capsys):
     code = main(["classify", "--features", str(tmp_path / "f.csv"), "--manifest", str(tmp_path / "m.csv"),
                  "--out", str(tmp_path / "o")])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 1
     assert err.count("\n") == 1 and "none of the 2 case ids of the feature table is in the manifest" in err

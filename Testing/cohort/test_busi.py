@@ -72,5 +72,5 @@ def test_not_a_busi_folder(tmp_path, capsys):
     with pytest.raises(Rad4XCNNError, match="BUSI folder not found"):
         import_busi(tmp_path / "absent", tmp_path / "m.csv")
     (tmp_path / "flat").mkdir()
-    assert main(["import-busi", str(tmp_path / "flat"), "--out", str(tmp_path / "m.csv")]) == 2
+    assert main(["import-busi", str(tmp_path / "flat"), "--out", str(tmp_path / "m.csv")]) == 1
     assert "holds no class sub-folders" in capsys.readouterr().err

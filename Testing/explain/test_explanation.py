@@ -173,7 +173,7 @@ def test_family_summary_counts_partners_by_family():
 
 def test_rejects_bad_settings(data):
     deep, rad, _ = data
-    with pytest.raises(Rad4XCNNError, match="threshold M must lie between 0 and 1"):
+    with pytest.raises(Rad4XCNNError, match=r"threshold M must lie in \(0, 1\]"):
         explain(deep, rad, 1.5)
     with pytest.raises(Rad4XCNNError, match="FDR level"):
         explain(deep, rad, 0.6, fdr=0)
@@ -351,8 +351,18 @@ def test_cli_explain_writes_the_outputs(tmp_path, capsys):
         "118 cases (2 left out)" in printed and "resnet50: 4 of 11 varying deep features explained" in printed
     )
     assert "suggested M" in printed and "replicability internal -> external" in printed
-    for name in ("correlations.csv", "explanations.csv", "coverage.csv", "replicability.csv", "rho.npy"):
+    for name in (
+        "correlations.csv",
+        "explanations.csv",
+        "coverage.csv",
+        "explained_by_threshold.csv",
+        "rho.npy",
+    ):
         assert (out / name).is_file()
+    # the replicability tables go where 'rad4xcnn run' writes them (the command wrote them beside the rest)
+    assert (out / "replicability" / "replicability.csv").is_file() and not (
+        out / "replicability.csv"
+    ).exists()
     corr = pd.read_csv(out / "correlations.csv")
     assert list(corr.columns[:5]) == ["deep_feature", "radiomic_feature", "rho", "p", "q"]
     assert len(corr) == 4
@@ -371,7 +381,7 @@ def test_cli_explain_bad_input_is_one_line(tmp_path, capsys, content, message):
         tmp_path / "rad.csv"
     )
     argv = ["explain", "--deep", str(tmp_path / "deep.csv"), "--radiomics", str(tmp_path / "rad.csv")]
-    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
     assert not (tmp_path / "o" / "correlations.csv").exists()

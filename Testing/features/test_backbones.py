@@ -91,7 +91,7 @@ def test_unknown_model_name_on_the_cli_is_one_line(synthetic_manifest, tmp_path,
 
     out = tmp_path / "d.csv"
     argv = ["deep", "--manifest", str(synthetic_manifest), "--model", "vit_base_patch16_2244"]
-    assert main([*argv, "--out", str(out)]) == 2
+    assert main([*argv, "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("rad4xcnn: error: unknown model 'vit_base_patch16_2244'; closest timm names: ")
     assert "vit_base_patch16_224" in err and "\n" not in err
@@ -214,7 +214,7 @@ def test_cuda_asked_for_without_cuda(synthetic_manifest, tmp_path, capsys):
     from Rad4XCNNLogic.cli import main
 
     argv = ["deep", "--manifest", str(synthetic_manifest), "--model", "resnet18", "--device", "cuda"]
-    assert main([*argv, "--out", str(tmp_path / "d.csv")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "d.csv")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("rad4xcnn: error: device cuda was asked for but CUDA is not available")
 
@@ -236,7 +236,7 @@ def test_imagenet_weights_offline_say_how_to_give_a_file(synthetic_manifest, tmp
     command = [sys.executable, "-m", "Rad4XCNNLogic", "deep", "--manifest", str(synthetic_manifest)]
     command += ["--model", "resnet18", "--weights", "imagenet", "--out", str(tmp_path / "d.csv")]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-    assert proc.returncode == 2, proc.stderr
+    assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     err = proc.stderr.strip().splitlines()[-1]
     assert err.startswith("rad4xcnn: error: ImageNet weights for resnet18 could not be obtained")

@@ -485,11 +485,11 @@ def test_cli_fails_in_one_line_when_no_case_works(tmp_path, make_case, capsys):
     write_png(tmp_path / row["mask"], empty)
     manifest = write_manifest_rows(tmp_path / "m.csv", [row])
     out = tmp_path / "radiomics.csv"
-    assert main(["radiomics", "--manifest", str(manifest), "--out", str(out), "--no-cache"]) == 2
+    assert main(["radiomics", "--manifest", str(manifest), "--out", str(out), "--no-cache"]) == 1
     err = capsys.readouterr().err
     assert "rad4xcnn: error: no case gave radiomic features" in err
     assert side_files(out)["failures"].is_file()
-    assert main(["radiomics", "--manifest", str(manifest), "--out", str(out), "--params", "nope"]) == 2
+    assert main(["radiomics", "--manifest", str(manifest), "--out", str(out), "--params", "nope"]) == 1
     assert "neither a preset" in capsys.readouterr().err
 
 

@@ -106,8 +106,8 @@ def test_case_command_errors(tmp_path, make_case, capsys):
     from Rad4XCNNLogic.cli import main
 
     two = write_manifest_rows(tmp_path / "two.csv", [make_case("a"), make_case("b")])
-    assert main(["case", "--manifest", str(two), "--out", str(tmp_path / "o")]) == 2
+    assert main(["case", "--manifest", str(two), "--out", str(tmp_path / "o")]) == 1
     assert "a case manifest holds one case" in capsys.readouterr().err
     bad = write_manifest_rows(tmp_path / "bad.csv", [{**make_case("c"), "mask": "missing.png"}])
-    assert main(["case", "--manifest", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert main(["case", "--manifest", str(bad), "--out", str(tmp_path / "o")]) == 1
     assert "case c:" in capsys.readouterr().err

@@ -19,7 +19,8 @@ from Rad4XCNNLogic.cli import main
 from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
 from Rad4XCNNLogic.infra.progress import ENV, parse_progress_line
 from Rad4XCNNLogic.run.config import config_from_dict
-from Rad4XCNNLogic.run.runner import gallery_cases, run_pipeline
+from Rad4XCNNLogic.run.runner import run_pipeline
+from Rad4XCNNLogic.run.stages import gallery_cases
 
 
 def _settings(manifest: Path, out: Path, **sections) -> dict:

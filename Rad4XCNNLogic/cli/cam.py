@@ -1,0 +1,157 @@
+"""Saliency commands: ``cam`` (the CAM stage of a run on a manifest) and ``case`` (one case against a finished
+run, which the 3D Slicer module runs in the background)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from Rad4XCNNLogic.cli.options import add_setting, config_from_args, print_failures, show_progress
+from Rad4XCNNLogic.errors import Rad4XCNNError, UsageError
+
+
+def cmd_cam(args: argparse.Namespace) -> int:
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.run.work import cam_stage
+
+    if args.model is None and args.weights is None:
+        raise UsageError("give --weights with a checkpoint of 'rad4xcnn train' (or --model NAME)")
+    cfg = config_from_args(args)
+    cohort = read_manifest(cfg.manifest, seed=cfg.seed)
+    if args.split:
+        cohort = cohort.subset(split=args.split)
+    summary = cam_stage(
+        cohort,
+        args.weights,
+        Path(args.out),
+        cam=cfg.cam,
+        device=cfg.device,
+        seed=cfg.seed,
+        cases=cfg.cam.cases or None,
+        model=args.model,
+        progress=show_progress(args),
+    )
+    result = summary["result"]
+    s = result.settings
+    print(
+        f"wrote {s['maps']} maps of {s['cases']} case(s) to {Path(args.out) / 'cam'} ({s['model']}, "
+        f"layer {s['target_layer']}, {s['device']}, {s['seconds']:.1f} s)"
+    )
+    if not s["task_classifier"]:
+        print("  the model has no classifier trained for the task: the maps are not meaningful for it")
+    table = result.summary()
+    if not table.empty:
+        print("  method        pointing game   energy in lesion (chance)   empty maps")
+        for method, row in table.iterrows():
+            print(
+                f"  {method:<12}  {row['pointing_game']:>13.3f}   {row['energy_inside']:>16.3f} "
+                f"({row['energy_chance']:.3f})   {int(row['empty_maps']):>10d}"
+            )
+    agreement = result.agreement_summary()
+    if not agreement.empty:
+        iou = next(c for c in agreement.columns if c.endswith("_iou"))
+        share = round(100 * s["top_fraction"])
+        print(f"  agreement between methods (mean over cases): Spearman, top-{share}% IoU")
+        for (a, b), row in agreement.iterrows():
+            print(f"  {a} vs {b}: {row['spearman']:.3f}, {row[iou]:.3f}")
+    print_failures(cohort.failures + summary["failures"], "the saliency maps")
+    return 0
+
+
+def cmd_case(args: argparse.Namespace) -> int:
+    """One case against a finished run: its radiomic features with the run's own parameters, and its CAM."""
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics, write_radiomics
+    from Rad4XCNNLogic.run.results import case_radiomics_params
+
+    cohort = read_manifest(args.manifest)
+    if cohort.failures:
+        raise Rad4XCNNError(str(cohort.failures[0]))
+    if len(cohort) != 1:
+        raise Rad4XCNNError(f"a case manifest holds one case; {args.manifest} holds {len(cohort)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    params = case_radiomics_params(args.run, args.radiomics_params, out)
+    result = extract_radiomics(cohort, params, jobs=1, cache_dir=None, lesion_only=False)
+    if result.failures:
+        raise Rad4XCNNError(str(result.failures[0]))
+    write_radiomics(result, out / "radiomics.csv")
+    case = cohort.cases[0]
+    print(
+        f"case {case.case_id}: {result.features.shape[1]} radiomic features in {out / 'radiomics.csv'} "
+        f"(parameters: {params})"
+    )
+    if args.cam:
+        from Rad4XCNNLogic.cam.maps import compute_cams
+
+        cfg = config_from_args(args)
+        # writes <out>/cam/<case>_<method>.nrrd in the image's geometry, which the module overlays
+        cams = compute_cams(
+            cohort,
+            args.weights,
+            model=args.model,
+            methods=[args.cam],
+            device=cfg.device,
+            out_dir=out,
+            progress=args.verbosity >= 0,
+        )
+        if cams.failures:
+            raise Rad4XCNNError(str(cams.failures[0]))
+        print(f"case {case.case_id}: {args.cam} map in {out / 'cam'}")
+    return 0
+
+
+def register(sub, parents: dict) -> None:
+    p = sub.add_parser(
+        "cam",
+        parents=[parents["seed"], parents["device"], parents["progress"]],
+        help="saliency maps (Grad-CAM, EigenCAM, ScoreCAM, ...) in image geometry, with their metrics",
+        description=(
+            "Compute class activation maps of a trained model on each case's lesion crop, map them back onto "
+            "the image (NRRD in the image's size, spacing and origin, and a PNG overlay) and measure them: "
+            "the CAM energy inside the lesion, the pointing game, and the agreement between methods "
+            "(Spearman correlation, top-20% IoU); writes OUT/cam/, as the CAM stage of 'rad4xcnn run'. "
+            "Cost: ScoreCAM runs one forward pass per channel of the target layer for every case (2048 for "
+            "ResNet50's last stage, 1024 for DenseNet121, 768 for ViT-B, 512 for ResNet18), --batch-size at "
+            "a time: hundreds of times Grad-CAM's cost."
+        ),
+    )
+    add_setting(p, "manifest", "--manifest", required=True)
+    p.add_argument(
+        "--weights",
+        help="checkpoint of 'rad4xcnn train' (the model with its trained classifier); with --model also "
+        "imagenet or a state dict file, whose maps explain ImageNet's classes, not the task",
+    )
+    p.add_argument("--model", help="timm model name (default: the checkpoint's)")
+    add_setting(p, "cam.methods", "--methods", comma=True, help="CAM methods, comma-separated")
+    add_setting(p, "cam.cases", "--cases", comma=True, help="case ids, comma-separated (default: every case)")
+    p.add_argument("--split", choices=("train", "val", "test"), help="only the cases of this split")
+    add_setting(p, "cam.target_class", "--target-class")
+    add_setting(p, "cam.target_layer", "--target-layer")
+    add_setting(
+        p,
+        "cam.batch_size",
+        "--batch-size",
+        help="images per forward pass: cases for Grad-CAM and EigenCAM, masked inputs for ScoreCAM",
+    )
+    add_setting(p, "cam.tolerance", "--tolerance")
+    p.add_argument("--out", required=True, help="output folder; the maps and tables go to OUT/cam/")
+    p.set_defaults(func=cmd_cam)
+
+    p = sub.add_parser(
+        "case",
+        parents=[parents["device"]],
+        help="compute one case's radiomic features (and CAM) against a finished run",
+        description="For the 3D Slicer module: the radiomic features of the one case of MANIFEST, with the "
+        "radiomics parameters of the run folder RUN (so that they compare with its cohort), written to OUT.",
+    )
+    p.add_argument("--manifest", required=True, help="a manifest with one case")
+    p.add_argument("--run", help="the cohort's run folder (its radiomics settings are reused)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--radiomics-params", default="paper", help="preset or YAML file when the run folder records none"
+    )
+    p.add_argument("--model", default="resnet50", help="backbone of the CAM (timm name)")
+    p.add_argument("--weights", help="weights of the CAM's network: imagenet or a checkpoint file")
+    p.add_argument("--cam", help="CAM method (gradcam, eigencam, ...)")
+    p.set_defaults(func=cmd_case)

@@ -1,0 +1,216 @@
+"""Commands that compute features: ``deep`` (deep features), ``train`` (fine-tuning) and ``radiomics``.
+Each runs the work of its run stage (:mod:`Rad4XCNNLogic.run.work`) on the files it is given."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from Rad4XCNNLogic.cli.options import add_setting, config_from_args, given, print_failures, show_progress
+from Rad4XCNNLogic.errors import UsageError
+from Rad4XCNNLogic.names import RunFiles
+
+WEIGHTS_HELP = (
+    "imagenet (timm's weights; needs network once), a state dict file (.pth/.safetensors), or a "
+    "checkpoint of 'rad4xcnn train'; none: random weights (seed), for testing only"
+)
+
+
+def _weights(text: str | None) -> tuple[str | None, bool]:
+    """(weights file, pretrained) of a ``--weights`` value."""
+    if text is None or text.lower() == "none":
+        return None, False
+    if text.lower() == "imagenet":
+        return None, True
+    return text, False
+
+
+def _need_model(args) -> None:
+    if args.model is None and args.weights is None:
+        raise UsageError("give --model NAME (a timm name such as resnet50), or --weights with a checkpoint")
+
+
+def cmd_deep(args: argparse.Namespace) -> int:
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.run.work import DeepJob, deep_stage
+
+    _need_model(args)
+    cfg = config_from_args(args)
+    cohort = read_manifest(cfg.manifest, seed=cfg.seed)
+    weights, pretrained = _weights(args.weights)
+    job = DeepJob(args.model, args.model, weights, pretrained, args.stage)
+    summary = deep_stage(
+        cohort,
+        [job],
+        Path(args.out),
+        deep=cfg.deep,
+        device=cfg.device,
+        seed=cfg.seed,
+        cache_dir=args.cache,
+        include_normal=not cfg.lesion_only,
+        progress=show_progress(args),
+    )
+    (info,) = summary["models"].values()
+    s = info["settings"]
+    w = s["weights"]
+    source = {
+        "random": f"random initialisation (seed {w['seed']}): NOT a trained model",
+        "imagenet": f"ImageNet ({w['tag']})",
+        "file": f"{w['path']} (sha256 {str(w['sha256'])[:12]})",
+    }[w["source"]]
+    print(f"wrote {args.out}: {summary['cases']} cases x {s['feature_dim']} features of {s['model']}")
+    print(f"  weights: {source}")
+    print(
+        f"  {s['device']}, {s['dtype']}, batch {s['batch_size_used']}, "
+        f"input {s['preprocess']['input_size']} px, margin {s['preprocess']['margin']}; "
+        f"{info['cache_hits']} from the cache, {info['computed']} computed in {s['seconds']:.1f} s"
+    )
+    print_failures(cohort.failures + summary["failures"], "the deep features")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.run.work import TrainJob, train_stage
+
+    _need_model(args)
+    cfg = config_from_args(args)
+    # --cohort restricts training to one cohort; without it every train/val case trains
+    train_cohort = cfg.split.train_cohort if given(args, "split.train_cohort") else None
+    cohort = read_manifest(cfg.manifest, seed=cfg.seed, train_cohort=cfg.split.train_cohort)
+    out = Path(args.out)
+    job = TrainJob(args.model or out.stem, args.model, out, weights=args.weights)
+    summary = train_stage(
+        cohort,
+        [job],
+        out.parent / RunFiles.TRAINING_HISTORY,
+        training=cfg.training,
+        deep=cfg.deep,
+        device=cfg.device,
+        seed=cfg.seed,
+        train_cohort=train_cohort,
+        include_normal=not cfg.lesion_only,
+        progress=show_progress(args),
+    )
+    info = summary["models"][job.label]
+    s = info["settings"]
+    print(
+        f"wrote {out}: {s['model']} for {', '.join(info['classes'])}, best validation AUC "
+        f"{info['best_val_auc']:.4f} at epoch {info['best_epoch']} of {info['epochs_run']} "
+        f"({s['train_cases']} train / {s['val_cases']} val cases, {s['seconds']:.0f} s on {s['device']})"
+    )
+    if s["base_weights"]["random_init"]:
+        print("  started from random weights (no --weights): expect less than with --weights imagenet")
+    print_failures(cohort.failures + summary["failures"], "training")
+    return 0
+
+
+def cmd_radiomics(args: argparse.Namespace) -> int:
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.features.radiomics import side_files
+    from Rad4XCNNLogic.run.work import radiomics_stage
+
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    cohort = read_manifest(cfg.manifest, seed=cfg.seed)
+    cache_dir = None if args.no_cache else Path(args.cache_dir or out.parent / ".rad4xcnn_cache")
+    s = radiomics_stage(
+        cohort,
+        out,
+        radiomics=cfg.radiomics,
+        cache_dir=cache_dir,
+        lesion_only=cfg.lesion_only,
+        progress=show_progress(args),
+    )
+    left_out = len(cohort) - s["cases"]
+    print(
+        f"radiomics ({s['params']}, {s['features']} features): {s['extracted']} of {s['cases']} cases "
+        "extracted"
+        + (f", {left_out} without a lesion left out" if left_out else "")
+        + f"; {s['cache_hits']} from the cache, {s['cache_misses']} computed in {s['seconds']:.1f} s"
+    )
+    failed = len(cohort.failures) + len(s["failures"])
+    if failed:
+        print(f"  {failed} case(s) failed (reasons above), listed in {s['paths']['failures']}")
+    if s["nonfinite"]:
+        print(f"  {len(s['nonfinite'])} feature(s) have NaN or infinite values: see {s['paths']['quality']}")
+    if s["constant"]:
+        print(
+            f"  {len(s['constant'])} feature(s) are constant across the cases and cannot be correlated "
+            f"(e.g. {s['constant'][0]}): see {s['paths']['quality']}"
+        )
+    extras = ", ".join(p.name for role, p in side_files(out).items() if role != "features")
+    print(f"wrote {out} (and {extras})")
+    return 0
+
+
+def register(sub, parents: dict) -> None:
+    common = [parents["seed"], parents["device"], parents["progress"], parents["normal"]]
+    p = sub.add_parser(
+        "deep",
+        parents=common,
+        help="extract deep features (one pooled vector per lesion) with a timm backbone",
+        description="Crop each lesion, run it through the backbone and write deep_features.csv (and its "
+        "settings, deep_features.json, beside it): the deep stage of 'rad4xcnn run'.",
+    )
+    add_setting(p, "manifest", "--manifest", required=True)
+    p.add_argument("--model", help="timm model name, e.g. resnet50, densenet121, vit_base_patch16_224")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
+    p.add_argument("--stage", type=int, help="pool this intermediate stage instead of the final features")
+    add_setting(p, "deep.dtype", "--dtype")
+    add_setting(p, "deep.batch_size", "--batch-size")
+    add_setting(p, "deep.num_workers", "--workers")
+    add_setting(p, "deep.margin", "--margin")
+    add_setting(p, "deep.input_size", "--input-size")
+    p.add_argument("--cache", metavar="DIR", help="cache folder: reruns reuse finished cases")
+    p.add_argument("--out", required=True, help="deep_features.csv to write")
+    p.set_defaults(func=cmd_deep)
+
+    p = sub.add_parser(
+        "train",
+        parents=common,
+        help="fine-tune a backbone on the manifest's train split, validating on val",
+        description=(
+            "Transfer learning with ultrasound augmentation, class-weighted loss, AdamW and early stopping "
+            "on the validation AUC: the training stage of 'rad4xcnn run', for one backbone. Writes the "
+            "checkpoint and training_history.csv beside it. Two-phase protocol: train on one cohort, then "
+            "--weights PHASE1.pt --cohort OTHER."
+        ),
+    )
+    add_setting(p, "manifest", "--manifest", required=True)
+    p.add_argument("--model", help="timm model name (default: the --weights checkpoint's)")
+    p.add_argument("--weights", help="starting weights: " + WEIGHTS_HELP)
+    add_setting(p, "training.epochs", "--epochs")
+    add_setting(p, "training.patience", "--patience")
+    add_setting(p, "training.batch_size", "--batch-size")
+    add_setting(p, "training.learning_rate", "--lr")
+    add_setting(p, "training.input_size", "--input-size")
+    add_setting(p, "training.val_fraction", "--val-fraction")
+    add_setting(p, "training.augment", "--augment")
+    add_setting(p, "deep.margin", "--margin")
+    add_setting(p, "deep.dtype", "--dtype")
+    add_setting(p, "deep.num_workers", "--workers")
+    add_setting(
+        p, "split.train_cohort", "--cohort", help="train and validate on this cohort only (default: all)"
+    )
+    p.add_argument("--out", required=True, help="checkpoint to write, e.g. model.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "radiomics",
+        parents=[parents["seed"], parents["progress"], parents["normal"]],
+        help="compute PyRadiomics features for every lesion case of a manifest",
+        description="Radiomic features (PyRadiomics) of every lesion case, in parallel, cached and "
+        "resumable; writes radiomics.csv and its side files (diagnostics, failures, quality, settings): "
+        "the radiomics stage of 'rad4xcnn run'.",
+    )
+    add_setting(p, "manifest", "--manifest", required=True)
+    p.add_argument("--out", required=True, help="features CSV to write (e.g. run/radiomics.csv)")
+    add_setting(p, "radiomics.params", "--params")
+    add_setting(p, "radiomics.jobs", "--jobs")
+    add_setting(p, "radiomics.scheduler", "--scheduler", metavar="ADDR")
+    p.add_argument(
+        "--cache-dir", help="on-disk cache of per-case results (default: OUT's folder/.rad4xcnn_cache)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="compute every case, read and write no cache")
+    p.set_defaults(func=cmd_radiomics)

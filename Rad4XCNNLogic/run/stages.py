@@ -1,0 +1,382 @@
+"""The stages of a run, as records in one list: name, version, the stages it reads from, and how it is
+planned (its settings, the fingerprint of what it reads, and its work). Adding a stage is one entry in
+:data:`STAGES` and one plan function; the work itself is in :mod:`Rad4XCNNLogic.run.work`, shared with the
+stage commands (docs/ARCHITECTURE.md, "Stages").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.infra.storage import file_sha256, write_csv_atomic
+from Rad4XCNNLogic.names import RunFiles
+from Rad4XCNNLogic.run import work
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from Rad4XCNNLogic.run.runner import Pipeline
+
+
+class Skip(Exception):
+    """The configuration leaves this stage out; the message says why."""
+
+
+@dataclass
+class Plan:
+    """A stage ready to run: the settings its fingerprint covers, and its work (which returns the summary
+    with ``outputs`` and ``failures``). ``started`` counts work done while planning (reading, hashing)."""
+
+    settings: dict
+    compute: Callable[[], dict]
+    started: float | None = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run."""
+
+    name: str
+    #: bumped when the stage's outputs change for the same inputs, so that old run folders recompute it
+    version: int
+    depends: tuple[str, ...]
+    plan: Callable[[Pipeline], Plan]
+    #: runs even when a stage it reads from failed (the report shows the failures)
+    always: bool = False
+
+
+# ----------------------------------------------------------------------------------------------- cohort
+def plan_cohort(run: Pipeline) -> Plan:
+    from Rad4XCNNLogic.cohort.manifest import read_manifest, write_manifest
+
+    started = time.perf_counter()
+    cfg = run.cfg
+    manifest = Path(cfg.manifest)
+    cohort = read_manifest(
+        manifest,
+        check_images=True,
+        seed=cfg.seed,
+        fractions=cfg.split.fractions,
+        train_cohort=cfg.split.train_cohort,
+    )
+    if not cohort.cases:
+        raise Rad4XCNNError(f"manifest {manifest.name}: no usable case ({len(cohort.failures)} left out)")
+    inputs = {
+        "manifest": file_sha256(manifest),
+        "cases": {
+            c.case_id: {"image": file_sha256(c.image), "masks": [file_sha256(m) for m in c.masks]}
+            for c in cohort.cases
+        },
+    }
+    run.inputs = inputs
+    settings = {
+        "inputs": inputs,
+        "seed": cfg.seed,
+        "split": asdict(cfg.split),
+        "lesion_only": cfg.lesion_only,
+    }
+
+    def compute() -> dict:
+        import pandas as pd
+
+        write_manifest(cohort, run.path(RunFiles.COHORT))
+        frame = pd.DataFrame([f.to_dict() for f in cohort.failures], columns=["case_id", "stage", "problem"])
+        write_csv_atomic(run.path(RunFiles.COHORT_FAILURES), frame, index=False)
+        summary = cohort.summary()
+        summary["text"] = (
+            f"{summary['cases']} cases ({summary['with_lesion']} with a lesion), "
+            f"{summary['failures']} left out"
+        )
+        summary["outputs"] = [run.path(RunFiles.COHORT), run.path(RunFiles.COHORT_FAILURES)]
+        summary["failures"] = cohort.failures
+        return summary
+
+    return Plan(settings, compute, started)
+
+
+# --------------------------------------------------------------------------------------------- training
+def plan_train(run: Pipeline) -> Plan:
+    cfg = run.cfg
+    tc = cfg.training
+    trained = [m for m in cfg.models if m.weights == "trained"]
+    if not trained:
+        raise Skip("no model has weights: trained")
+    settings = {
+        "training": asdict(tc),
+        "models": [(m.key, m.name) for m in trained],
+        "deep": {"margin": cfg.deep.margin, "dtype": cfg.deep.dtype},
+        "seed": cfg.seed,
+        "train_cohort": cfg.split.train_cohort,
+        "finetune": file_sha256(tc.finetune_manifest) if tc.finetune_manifest else None,
+    }
+
+    def compute() -> dict:
+        from Rad4XCNNLogic.cohort.manifest import read_manifest
+
+        finetune = None
+        if tc.finetune_manifest:
+            finetune = read_manifest(tc.finetune_manifest, seed=cfg.seed)
+            finetune = finetune.lesion_cases() if cfg.lesion_only else finetune
+        jobs = [
+            work.TrainJob(m.key, m.name, run.path(RunFiles.checkpoint(m.key)), pretrained=tc.pretrained)
+            for m in trained
+        ]
+        return work.train_stage(
+            run.load_cohort(),
+            jobs,
+            run.path(RunFiles.TRAINING_HISTORY),
+            training=tc,
+            deep=cfg.deep,
+            device=cfg.device,
+            seed=cfg.seed,
+            train_cohort=cfg.split.train_cohort,
+            include_normal=not cfg.lesion_only,
+            finetune=finetune,
+            progress=run.progress,
+        )
+
+    return Plan(settings, compute)
+
+
+# ---------------------------------------------------------------------------------------- deep features
+def _deep_job(run: Pipeline, model) -> tuple[work.DeepJob, str | None]:
+    """The extraction job of a configured backbone, and what identifies its weights (for the fingerprint)."""
+    if model.weights is None:
+        return work.DeepJob(model.key, model.name, stage=model.stage), None
+    if model.weights == "imagenet":
+        return work.DeepJob(model.key, model.name, pretrained=True, stage=model.stage), "imagenet"
+    if model.weights == "trained":
+        checkpoint = str(run.path(RunFiles.checkpoint(model.key)))
+        return work.DeepJob(model.key, model.name, checkpoint, stage=model.stage), "trained"
+    path = Path(model.weights)
+    if not path.is_file():
+        raise Rad4XCNNError(f"weights file not found for {model.name}: {path}")
+    return work.DeepJob(model.key, model.name, str(path), stage=model.stage), file_sha256(path)
+
+
+def plan_deep(run: Pipeline) -> Plan:
+    cfg = run.cfg
+    jobs = [(m, *_deep_job(run, m)) for m in cfg.models]
+    settings = {
+        "models": [dict(asdict(m), weights_hash=h) for m, _, h in jobs],
+        "deep": {k: v for k, v in asdict(cfg.deep).items() if k != "num_workers"},
+        "seed": cfg.seed,
+    }
+
+    def compute() -> dict:
+        return work.deep_stage(
+            run.load_cohort(),
+            [job for _, job, _ in jobs],
+            run.path(RunFiles.DEEP),
+            deep=cfg.deep,
+            device=cfg.device,
+            seed=cfg.seed,
+            cache_dir=run.path(RunFiles.CACHE),
+            include_normal=not cfg.lesion_only,
+            progress=run.progress,
+        )
+
+    return Plan(settings, compute)
+
+
+# -------------------------------------------------------------------------------------------- radiomics
+def plan_radiomics(run: Pipeline) -> Plan:
+    from Rad4XCNNLogic.features.radiomics import resolve_params
+
+    cfg = run.cfg
+    params = resolve_params(cfg.radiomics.params)
+    settings = {"params": params.sha256, "lesion_only": cfg.lesion_only}
+
+    def compute() -> dict:
+        summary = work.radiomics_stage(
+            run.load_cohort(),
+            run.path(RunFiles.RADIOMICS),
+            radiomics=cfg.radiomics,
+            cache_dir=run.path(RunFiles.CACHE),
+            lesion_only=cfg.lesion_only,
+            progress=run.progress,
+        )
+        for key in ("nonfinite", "constant", "paths"):
+            summary.pop(key)
+        return summary
+
+    return Plan(settings, compute)
+
+
+# ------------------------------------------------------------------------------------------- explanation
+def plan_explain(run: Pipeline) -> Plan:
+    cfg = run.cfg
+    settings = {"explain": asdict(cfg.explain), "seed": cfg.seed}
+
+    def compute() -> dict:
+        summary = work.explain_stage(
+            run.path(RunFiles.DEEP),
+            run.path(RunFiles.RADIOMICS),
+            run.out,
+            explain=cfg.explain,
+            seed=cfg.seed,
+            cohort=run.load_cohort(),
+            progress=run.progress,
+        )
+        summary.pop("result")
+        summary.pop("replicability")
+        return summary
+
+    return Plan(settings, compute)
+
+
+# ---------------------------------------------------------------------------------------- classification
+def plan_classify(run: Pipeline) -> Plan:
+    cfg = run.cfg
+    cc = cfg.classification
+    if not cc.enabled:
+        raise Skip("classification.enabled is false")
+    settings = {"classification": asdict(cc), "seed": cfg.seed, "train_cohort": cfg.split.train_cohort}
+
+    def compute() -> dict:
+        from Rad4XCNNLogic.classify.classifiers import read_explained, read_feature_tables
+        from Rad4XCNNLogic.explain.explanation import load_explanation
+
+        features, missing = read_feature_tables([run.path(RunFiles.DEEP), run.path(RunFiles.RADIOMICS)])
+        summary = work.classify_stage(
+            features,
+            run.load_cohort(),
+            run.out,
+            classification=cc,
+            seed=cfg.seed,
+            train_cohort=cfg.split.train_cohort,
+            explained=read_explained(run.path(RunFiles.EXPLANATIONS)),
+            feature_failures=missing,
+            progress=run.progress,
+        )
+        # Which explained features the classifiers rely on: written here, where the importances appear.
+        ranked = work.rank_by_backbone(load_explanation(run.out), summary.pop("result").importances)
+        if ranked is not None:
+            summary["outputs"].append(write_csv_atomic(run.path(RunFiles.BY_IMPORTANCE), ranked))
+        return summary
+
+    return Plan(settings, compute)
+
+
+# ------------------------------------------------------------------------------------------------- CAMs
+def _is_rad4xcnn_checkpoint(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        from Rad4XCNNLogic.features.backbones import read_weights_file
+
+        _, meta = read_weights_file(path)
+    except Exception:  # not a checkpoint we can read: treated as plain weights
+        return False
+    return meta is not None
+
+
+def cam_checkpoint(run: Pipeline) -> tuple[str, Path] | None:
+    """(label, checkpoint) of the backbone whose CAMs are computed: one with a classifier head."""
+    for model in run.cfg.models:
+        if run.cfg.cam.model not in (None, model.key):
+            continue
+        if model.weights == "trained":
+            return model.key, run.path(RunFiles.checkpoint(model.key))
+        if model.weights not in (None, "imagenet") and _is_rad4xcnn_checkpoint(Path(model.weights)):
+            return model.key, Path(model.weights)
+    return None
+
+
+def plan_cam(run: Pipeline) -> Plan:
+    cfg = run.cfg
+    camc = cfg.cam
+    if not camc.enabled:
+        raise Skip("cam.enabled is false")
+    chosen = cam_checkpoint(run)
+    if chosen is None or not camc.methods:
+        raise Skip("no backbone with a classifier: use weights: trained, or a rad4xcnn checkpoint")
+    label, checkpoint = chosen
+    trained = checkpoint == run.path(RunFiles.checkpoint(label))
+    settings = {
+        "cam": asdict(camc),
+        "model": label,
+        "seed": cfg.seed,
+        "checkpoint": "trained" if trained else file_sha256(checkpoint),
+    }
+
+    def compute() -> dict:
+        cohort = run.load_cohort()
+        cases = camc.cases or gallery_cases(cohort, camc.gallery, cfg.seed, cfg.split.train_cohort)
+        summary = work.cam_stage(
+            cohort,
+            checkpoint,
+            run.out,
+            cam=camc,
+            device=cfg.device,
+            seed=cfg.seed,
+            cases=cases,
+            progress=run.progress,
+        )
+        summary.pop("result")
+        summary["model"] = label
+        return summary
+
+    return Plan(settings, compute)
+
+
+def gallery_cases(cohort, n: int, seed: int = 0, train_cohort: str = "internal") -> list[str]:
+    """``n`` test cases for the CAM gallery: the internal test split first, then the other cohorts, taking
+    the classes in turn, chosen reproducibly by ``seed``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    test = [c for c in cohort.cases if c.split == "test"] or list(cohort.cases)
+    chosen: list[str] = []
+    for internal in (True, False):
+        pool = sorted((c for c in test if (c.cohort == train_cohort) == internal), key=lambda c: c.case_id)
+        by_label: dict[str, list[str]] = {}
+        for c in pool:
+            by_label.setdefault(c.label or "", []).append(c.case_id)
+        queues = {label: [str(i) for i in rng.permutation(ids)] for label, ids in sorted(by_label.items())}
+        while len(chosen) < n and any(queues.values()):
+            for label in sorted(queues):
+                if queues[label] and len(chosen) < n:
+                    chosen.append(queues[label].pop(0))
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------- report
+def plan_report(run: Pipeline) -> Plan:
+    settings = {
+        "report": asdict(run.cfg.report),
+        # what ran and what failed, not computed-or-cached: a fully cached run keeps its report
+        "outcomes": {
+            n: (r.status if r.status in ("failed", "blocked", "skipped") else "done", r.error)
+            for n, r in run.records.items()
+            if n != "report"
+        },
+    }
+
+    def compute() -> dict:
+        from Rad4XCNNLogic.run.report import write_report
+
+        run.write_run_json()
+        write_report(run.out, run.cfg, run.records, run.collect_failures())
+        return {"text": str(run.path(RunFiles.REPORT)), "outputs": [run.path(RunFiles.REPORT)]}
+
+    return Plan(settings, compute)
+
+
+#: The stages, in the order they run.
+STAGES: tuple[Stage, ...] = (
+    Stage("cohort", 1, (), plan_cohort),
+    Stage("train", 1, ("cohort",), plan_train),
+    Stage("deep", 2, ("cohort", "train"), plan_deep),
+    Stage("radiomics", 1, ("cohort",), plan_radiomics),
+    Stage("explain", 2, ("cohort", "deep", "radiomics"), plan_explain),
+    Stage("classify", 1, ("cohort", "deep", "radiomics", "explain"), plan_classify),
+    Stage("cam", 2, ("cohort", "train"), plan_cam),
+    Stage(
+        "report", 1, ("cohort", "train", "deep", "radiomics", "explain", "classify", "cam"), plan_report, True
+    ),
+)
+BY_NAME = {stage.name: stage for stage in STAGES}

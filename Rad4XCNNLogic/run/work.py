@@ -1,0 +1,504 @@
+"""The work of each stage, once: a function per stage that reads the files it is given and writes its
+outputs beside them. ``rad4xcnn run`` calls it on the run folder's files (:mod:`Rad4XCNNLogic.run.stages`);
+the stage commands (``rad4xcnn deep``, ``explain``, ``classify``, ...) call it on the files a user names, so
+both write the same files in the same places (docs/ARCHITECTURE.md, "One implementation per stage").
+
+Each function returns the stage's summary: counts for ``run.json``, a one-line ``text``, the ``outputs``
+written (paths) and the per-case ``failures``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.infra.storage import write_csv_atomic, write_json_atomic
+from Rad4XCNNLogic.names import RunFiles, feature_set_kind, model_of, relabel_deep_columns
+from Rad4XCNNLogic.run.config import CamConfig, ClassificationConfig, DeepConfig, ExplainConfig
+
+log = logging.getLogger(__name__)
+
+
+# -------------------------------------------------------------------------------------------- training
+@dataclass(frozen=True)
+class TrainJob:
+    """One backbone to fine-tune: its label (file names), timm name, checkpoint and starting weights."""
+
+    label: str
+    model: str | None
+    checkpoint: Path
+    weights: str | None = None
+    pretrained: bool = False
+
+
+def train_stage(
+    cohort,
+    jobs: Sequence[TrainJob],
+    history_csv: Path,
+    *,
+    training,
+    deep: DeepConfig,
+    device: str,
+    seed: int,
+    train_cohort: str | None,
+    include_normal: bool = False,
+    finetune=None,
+    progress: bool = True,
+) -> dict:
+    """Fine-tune each job's backbone (then, with ``finetune``, a second phase on that cohort); writes each
+    checkpoint and ``training_history.csv``."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.features.training import train_model
+
+    common = dict(
+        device=device,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        lr=training.learning_rate,
+        patience=training.patience,
+        input_size=training.input_size,
+        margin=deep.margin,
+        augment=training.augment,
+        val_fraction=training.val_fraction,
+        include_normal=include_normal,
+        num_workers=deep.num_workers,
+        dtype=deep.dtype,
+        seed=seed,
+        progress=progress,
+    )
+    history, failures, models, texts = [], [], {}, []
+    for job in jobs:
+        result = train_model(
+            cohort,
+            job.model,
+            out=job.checkpoint,
+            weights=job.weights,
+            pretrained=job.pretrained,
+            train_cohort=train_cohort,
+            **common,
+        )
+        history += [dict(h, model=job.label, phase="train") for h in result.history]
+        failures += list(result.failures)
+        if finetune is not None:
+            first_auc = result.best_val_auc
+            result = train_model(finetune, job.model, out=job.checkpoint, weights=job.checkpoint, **common)
+            history += [dict(h, model=job.label, phase="finetune") for h in result.history]
+            failures += list(finetune.failures) + list(result.failures)
+            log.info(
+                "%s fine-tuned: validation AUC %.3f (first phase %.3f)",
+                job.label,
+                result.best_val_auc,
+                first_auc,
+            )
+        models[job.label] = {
+            "best_val_auc": result.best_val_auc,
+            "best_epoch": result.best_epoch,
+            "epochs_run": len(result.history),
+            "classes": result.class_names,
+            "settings": result.settings,
+        }
+        texts.append(f"{job.label} val AUC {result.best_val_auc:.3f} (epoch {result.best_epoch})")
+    write_csv_atomic(history_csv, pd.DataFrame(history), index=False)
+    return {
+        "models": models,
+        "text": "; ".join(texts),
+        "outputs": [job.checkpoint for job in jobs] + [history_csv],
+        "failures": failures,
+    }
+
+
+# ----------------------------------------------------------------------------------------- deep features
+@dataclass(frozen=True)
+class DeepJob:
+    """One backbone whose deep features are extracted: label (column prefix; None: the architecture), timm
+    name (None: the checkpoint's), weights file, ImageNet weights, pooled stage."""
+
+    label: str | None
+    model: str | None
+    weights: str | None = None
+    pretrained: bool = False
+    stage: int | None = None
+
+
+def deep_stage(
+    cohort,
+    jobs: Sequence[DeepJob],
+    out_csv: Path,
+    *,
+    deep: DeepConfig,
+    device: str,
+    seed: int,
+    cache_dir: Path | None,
+    include_normal: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Deep features of every backbone, joined on the cases all of them have; writes ``out_csv`` and its
+    settings beside it (``deep_features.json``)."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.features.deep import extract_deep_features
+
+    frames, failures, per_model = [], [], {}
+    for job in jobs:
+        result = extract_deep_features(
+            cohort,
+            job.model,
+            job.weights,
+            pretrained=job.pretrained,
+            device=device,
+            batch_size=deep.batch_size,
+            num_workers=deep.num_workers,
+            margin=deep.margin,
+            input_size=deep.input_size,
+            stage=job.stage,
+            dtype=deep.dtype,
+            cache_dir=cache_dir,
+            progress=progress,
+            seed=seed,
+            include_normal=include_normal,
+        )
+        features = result.features
+        architecture = result.settings["model"]
+        label = job.label or architecture
+        if label != architecture:  # the engine names columns by architecture: rename to the label
+            features = features.set_axis(relabel_deep_columns(features.columns, architecture, label), axis=1)
+        frames.append(features)
+        failures += result.failures
+        per_model[label] = {
+            "features": int(features.shape[1]),
+            "cases": int(features.shape[0]),
+            "cache_hits": result.cache_hits,
+            "computed": result.computed,
+            "settings": result.settings,
+        }
+    features = pd.concat(frames, axis=1, join="inner")
+    features.index.name = "case_id"
+    out_csv = Path(out_csv)
+    side = out_csv.with_name(RunFiles.side_file(out_csv.name, ".json"))
+    write_csv_atomic(out_csv, features, float_format="%.9g")
+    write_json_atomic(side, per_model)
+    names = ", ".join(f"{n} ({v['features']})" for n, v in per_model.items())
+    return {
+        "models": per_model,
+        "cases": int(features.shape[0]),
+        "features": int(features.shape[1]),
+        "text": f"{features.shape[0]} cases x {features.shape[1]} deep features: {names}",
+        "outputs": [out_csv, side],
+        "failures": failures,
+    }
+
+
+# --------------------------------------------------------------------------------------------- radiomics
+def radiomics_stage(
+    cohort,
+    out_csv: Path,
+    *,
+    radiomics,
+    cache_dir: Path | None,
+    lesion_only: bool = True,
+    progress: bool = True,
+) -> dict:
+    """PyRadiomics features of every lesion case; writes ``out_csv`` and its side files (diagnostics,
+    failures, quality, settings). Fails when no case gives features."""
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics, resolve_params, write_radiomics
+
+    params = resolve_params(radiomics.params)
+    result = extract_radiomics(
+        cohort,
+        params,
+        jobs=radiomics.jobs,
+        cache_dir=cache_dir,
+        scheduler=radiomics.scheduler,
+        progress=progress,
+        lesion_only=lesion_only,
+    )
+    written = write_radiomics(result, out_csv, extra_failures=getattr(cohort, "failures", ()))
+    if result.features.empty:
+        raise Rad4XCNNError(
+            f"no case gave radiomic features ({len(result.failures)} failed); the reasons are in "
+            f"{written['failures']}"
+        )
+    summary = result.summary()
+    summary.update(
+        nonfinite=list(result.nonfinite),
+        constant=list(result.constant),
+        text=(
+            f"{summary['extracted']} cases x {summary['features']} features ({params.name}); "
+            f"{summary['failed']} failed, {summary['cache_hits']} from cache"
+        ),
+        outputs=list(written.values()),
+        failures=result.failures,
+        paths={role: str(path) for role, path in written.items()},
+    )
+    return summary
+
+
+# ------------------------------------------------------------------------------------------- explanation
+def explain_stage(
+    deep_csv: Path,
+    radiomics_csv: Path,
+    out_dir: Path,
+    *,
+    explain: ExplainConfig,
+    seed: int,
+    cohort=None,
+    importances: Any = None,
+    progress: bool = True,
+) -> dict:
+    """Correlate deep with radiomic features and explain each deep feature at every M of ``explain``.
+
+    Writes the explanation (``correlations.csv``, ``explanations.csv``, ``coverage.csv``, the matrices,
+    ``explanation.json``), ``explained_by_threshold.csv``, ``replicability/`` when ``cohort`` holds two
+    cohorts of at least 10 cases, and ``explanations_by_importance.csv`` when ``importances`` (the
+    classification stage's table) is given."""
+    from Rad4XCNNLogic.explain.correlation import read_feature_table
+    from Rad4XCNNLogic.explain.explanation import explain as explain_features
+    from Rad4XCNNLogic.explain.explanation import write_explanation
+
+    out_dir = Path(out_dir)
+    deep = read_feature_table(deep_csv, "deep feature")
+    rad = read_feature_table(radiomics_csv, "radiomic feature")
+    result = explain_features(
+        deep,
+        rad,
+        explain.thresholds[0],
+        fdr=explain.fdr,
+        permutations=explain.permutations,
+        alpha=explain.alpha,
+        bootstrap=explain.bootstrap,
+        seed=seed,
+        backend=explain.backend,
+        chunk_size=explain.chunk_size,
+        progress=progress,
+    )
+    outputs = list(write_explanation(result, out_dir).values())
+    outputs.append(
+        write_csv_atomic(
+            out_dir / RunFiles.EXPLAINED_BY_THRESHOLD,
+            threshold_table(result, explain.thresholds),
+            index=False,
+        )
+    )
+    replicability = None
+    if cohort is not None:
+        replicability = _replicability(deep, rad, cohort, result.threshold, explain, out_dir, progress)
+        if replicability is not None:
+            outputs += replicability[1]
+    if importances is not None:
+        ranked = rank_by_backbone(result, importances)
+        if ranked is not None:
+            outputs.append(write_csv_atomic(out_dir / RunFiles.BY_IMPORTANCE, ranked))
+    s = result.summary()
+    frac = s["fraction_explained"]
+    text = (
+        f"M={result.threshold:g}: {s['n_explained']} of {s['n_deep_features']} deep features explained "
+        f"({0 if frac is None else 100 * frac:.0f}%), {s['n_pairs_kept']} pairs"
+    )
+    if s["permutation_threshold"] is not None:
+        text += f"; permutation threshold {s['permutation_threshold']:.2f}"
+    return {
+        "threshold": result.threshold,
+        "fdr": explain.fdr,
+        **{k: s[k] for k in ("n_cases", "n_pairs_kept", "n_explained", "fraction_explained")},
+        "permutation_threshold": s["permutation_threshold"],
+        "suggested_M": s["suggested_M"],
+        "text": text,
+        "outputs": outputs,
+        "result": result,
+        "replicability": None if replicability is None else replicability[0],
+    }
+
+
+def _replicability(
+    deep, rad, cohort, threshold: float, explain: ExplainConfig, out_dir: Path, progress: bool
+):
+    """(result, written paths) of the explanation's replicability between cohorts, or None when fewer than
+    two cohorts have 10 cases."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.explain.explanation import replicate, write_replicability
+
+    groups = pd.Series({c.case_id: c.cohort for c in cohort.cases}, dtype=object)
+    groups = groups[groups.index.isin(deep.index) & groups.index.isin(rad.index)]
+    counts = groups.value_counts()
+    if (counts >= 10).sum() < 2:
+        log.info("replicability: needs two cohorts of at least 10 cases; found %s", counts.to_dict())
+        return None
+    rep = replicate(deep, rad, groups, threshold, fdr=explain.fdr, backend=explain.backend, progress=progress)
+    written = write_replicability(rep, out_dir / RunFiles.REPLICABILITY)
+    return rep, list(written.values())
+
+
+def threshold_table(result, thresholds: Sequence[float]):
+    """Per backbone and M: deep features, how many are explained, and the pairs kept."""
+    import pandas as pd
+
+    rows = []
+    for m in thresholds:
+        at = result if m == result.threshold else result.with_threshold(m)
+        table = at.explanations
+        for model, group in table.groupby(table.index.map(model_of)):
+            rows.append(
+                {
+                    "model": model,
+                    "threshold": m,
+                    "fdr": at.fdr,
+                    "n_deep_features": len(group),
+                    "n_explained": int((group["status"] == "explained").sum()),
+                    "fraction_explained": float((group["status"] == "explained").mean()),
+                    "n_pairs": int(group["n_partners"].sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def rank_by_backbone(explanation, importances):
+    """The explained deep features ranked by the classifiers' importances, one ranking per backbone (deep
+    feature set): importances of different feature sets are not comparable. Permutation importances are
+    used, or the models' own where no single feature moves the AUC. None when no deep set has any."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.explain.explanation import rank_by_importance
+
+    imp = importances[importances["feature_set"].map(feature_set_kind) == "deep"]
+    parts = []
+    for name, part in imp.groupby("feature_set", sort=False):
+        perm = part[part["method"] == "permutation"]
+        method = "permutation" if (perm["importance_mean"] > 0).any() else "model"
+        chosen = part[part["method"] == method]
+        if not chosen.empty:
+            ranked = rank_by_importance(explanation, chosen)
+            parts.append(ranked.assign(feature_set=name, importance_method=method))
+    return pd.concat(parts) if parts else None
+
+
+# ---------------------------------------------------------------------------------------- classification
+def classify_stage(
+    features,
+    cohort,
+    out_dir: Path,
+    *,
+    classification: ClassificationConfig,
+    seed: int,
+    train_cohort: str | None,
+    explained=None,
+    feature_failures: Sequence = (),
+    progress: bool = True,
+) -> dict:
+    """Train and validate every classifier on the feature sets of ``classification.feature_sets`` (kinds);
+    writes ``classification.csv``, ``roc.csv``, ``importances.csv``, ``predictions.csv`` and
+    ``classification.json``."""
+    from Rad4XCNNLogic.classify.classifiers import classify, infer_feature_sets, write_classification
+
+    sets = {
+        name: cols
+        for name, cols in infer_feature_sets(features.columns, explained).items()
+        if feature_set_kind(name) in classification.feature_sets
+    }
+    if not sets:
+        raise Rad4XCNNError(
+            f"classification: no feature set of the kinds {', '.join(classification.feature_sets)} in the "
+            "feature tables"
+        )
+    result = classify(
+        features,
+        cohort,
+        feature_sets=sets,
+        feature_failures=feature_failures,
+        classifiers=classification.classifiers,
+        positive=classification.positive,
+        seed=seed,
+        cv_folds=classification.cv_folds,
+        n_bootstrap=classification.n_bootstrap,
+        correlation_threshold=classification.correlation_threshold,
+        select_k=classification.select_k,
+        train_cohort=train_cohort,
+        jobs=classification.jobs,
+        progress=progress,
+    )
+    written = write_classification(result, out_dir)
+    internal = result.metrics[result.metrics["evaluated_on"] == "internal-test"]
+    best = internal.sort_values("auc", ascending=False).head(1)
+    text = f"{len(sets)} feature sets x {len(classification.classifiers)} classifiers"
+    if not best.empty:
+        row = best.iloc[0]
+        text += f"; best internal-test AUC {row['auc']:.3f} ({row['feature_set']}, {row['classifier']})"
+    return {
+        "feature_sets": {k: len(v) for k, v in sets.items()},
+        "classes": result.classes,
+        "counts": result.counts,
+        "task_failures": result.task_failures,
+        "text": text,
+        "outputs": list(written.values()),
+        "failures": result.failures,
+        "result": result,
+    }
+
+
+# ------------------------------------------------------------------------------------------------- CAMs
+def cam_stage(
+    cohort,
+    checkpoint,
+    out_dir: Path,
+    *,
+    cam: CamConfig,
+    device: str,
+    seed: int,
+    cases: Sequence[str] | None = None,
+    model: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """Saliency maps of ``cases`` (default: every case) with each method of ``cam``, and their metrics,
+    into ``<out_dir>/cam/``. The maps go to a fresh folder that replaces ``cam/`` only once every map is
+    done, so that a failed run keeps the previous maps and a new gallery leaves no stale ones."""
+    from Rad4XCNNLogic.cam.maps import compute_cams
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".cam-", dir=out_dir))
+    final = out_dir / RunFiles.CAM
+    try:
+        # compute_cams writes each case's maps as it goes and the tables at the end: once.
+        result = compute_cams(
+            cohort,
+            checkpoint,
+            model=model,
+            methods=cam.methods,
+            cases=cases,
+            target_class=cam.target_class,
+            target_layer=cam.target_layer,
+            device=device,
+            batch_size=cam.batch_size,
+            pointing_tolerance=cam.tolerance,
+            out_dir=staging,
+            seed=seed,
+            progress=progress,
+        )
+        if final.exists():
+            shutil.rmtree(final)
+        (staging / RunFiles.CAM).rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    metrics = result.metrics
+    s = result.settings
+    n_cases = metrics["case_id"].nunique() if len(metrics) else 0
+    text = f"{n_cases} cases x {len(cam.methods)} methods ({s['model']})"
+    if "pointing_hit" in metrics and len(metrics):
+        rates = metrics.groupby("method", sort=False)["pointing_hit"].mean()
+        text += "; pointing game " + ", ".join(f"{m} {v:.2f}" for m, v in rates.items())
+    return {
+        "model": s["model"],
+        "cases": list(cases) if cases is not None else sorted(metrics["case_id"].unique().tolist()),
+        "methods": list(cam.methods),
+        "text": text,
+        "outputs": sorted(p for p in final.rglob("*") if p.is_file()),
+        "failures": result.failures,
+        "result": result,
+    }
