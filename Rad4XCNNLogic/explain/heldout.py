@@ -18,8 +18,15 @@ from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.correlation import _names, spearman
 from Rad4XCNNLogic.explain.strata import spearman_within
 from Rad4XCNNLogic.infra.storage import write_csv_atomic
+from Rad4XCNNLogic.names import RunFiles
 
 log = logging.getLogger(__name__)
+
+#: The cases an explanation is computed on: ``train`` (train and val of the training cohort; the others
+#: re-measure it) or ``all``.
+CASES = ("train", "all")
+#: ``random``: a random-weights copy of each backbone with weights is explained beside it; ``none``.
+CONTROLS = ("random", "none")
 
 
 @dataclass
@@ -42,9 +49,43 @@ class HeldOut:
         """Write ``heldout_pairs.csv`` and ``heldout.csv``."""
         out = Path(out_dir)
         return {
-            "heldout_pairs": write_csv_atomic(out / "heldout_pairs.csv", self.pairs, index=False),
-            "heldout": write_csv_atomic(out / "heldout.csv", self.summary, index=False),
+            "heldout_pairs": write_csv_atomic(out / RunFiles.HELDOUT_PAIRS, self.pairs, index=False),
+            "heldout": write_csv_atomic(out / RunFiles.HELDOUT, self.summary, index=False),
         }
+
+
+def split_cases(manifest: pd.DataFrame, train_cohort: str) -> tuple[list[str], pd.Series]:
+    """The cases an explanation is computed on and the held-out sets that re-measure it.
+
+    ``manifest`` is indexed by case id with ``split`` and ``cohort`` columns (a cohort's ``frame()``).
+    Returns the training cases (split train or val of ``train_cohort``) and, for every other case, its
+    held-out set: ``<train_cohort>_test`` for the training cohort's test split, the cohort's name otherwise.
+
+    Examples
+    --------
+    >>> m = pd.DataFrame({"split": ["train", "val", "test", "test"], "cohort": ["in", "in", "in", "ext"]},
+    ...                  index=["a", "b", "c", "d"])
+    >>> train, held = split_cases(m, "in")
+    >>> train, held.to_dict()
+    (['a', 'b'], {'c': 'in_test', 'd': 'ext'})
+    """
+    missing = [c for c in ("split", "cohort") if c not in manifest.columns]
+    if missing:
+        raise Rad4XCNNError(
+            f"the manifest has no column {_names(missing)}: needed to find the training cases"
+        )
+    cohort = manifest["cohort"].astype(str)
+    split = manifest["split"].fillna("").astype(str).str.strip().str.lower()
+    in_cohort = cohort == str(train_cohort)
+    training = in_cohort & split.isin(["train", "val"])
+    if not training.any():
+        raise Rad4XCNNError(
+            f"no case of the training cohort {train_cohort!r} has split train or val: "
+            "explain.cases train has nothing to explain on (use explain.cases: all)"
+        )
+    held = pd.Series(np.where(in_cohort, f"{train_cohort}_test", cohort), index=manifest.index.map(str))
+    held = held[~training.to_numpy()]
+    return [str(c) for c in manifest.index[training.to_numpy()]], held
 
 
 def remeasure(

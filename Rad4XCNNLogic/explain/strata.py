@@ -135,17 +135,17 @@ class _WithinPrepared(_Prepared):
         sizes = pd.Series(of_case).value_counts(sort=False)
         small = {str(k): int(v) for k, v in sizes.items() if v < MIN_CASES}
         kept = sorted(str(k) for k, v in sizes.items() if v >= MIN_CASES)
+        if not kept:
+            raise Rad4XCNNError(
+                f"no stratum of {','.join(columns)} has at least {MIN_CASES} cases "
+                f"({_names([f'{k}: {v}' for k, v in sizes.items()])}): nothing to correlate within strata"
+            )
         if small:
             log.warning(
                 "%d stratum(s) with fewer than %d cases are left out of the within-stratum correlation: %s",
                 len(small),
                 MIN_CASES,
                 _names([f"{k} ({v})" for k, v in small.items()]),
-            )
-        if not kept:
-            raise Rad4XCNNError(
-                f"no stratum of {','.join(columns)} has at least {MIN_CASES} cases "
-                f"({_names([f'{k}: {v}' for k, v in sizes.items()])}): nothing to correlate within strata"
             )
         positions, bounds = [], []
         for name in kept:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from Rad4XCNNLogic.cli import main
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.explanation import explain, load_explanation, write_explanation
 from Rad4XCNNLogic.explain.partners import cluster_radiomics, group_partners, groups_text
@@ -321,3 +322,134 @@ def test_coverage_beside_the_random_control():
     assert len(table) == len(result.coverage) // 2
     with pytest.raises(Rad4XCNNError, match="no coverage for model"):
         coverage_against_control(result.coverage, {"resnet18": "vit-random"})
+
+
+# ------------------------------------------------------------------------ rad4xcnn explain --stratify
+@pytest.fixture
+def tables(tmp_path):
+    deep, rad, strata, real, confounded = confounded_cohort(n_per=40, seed=11)
+    site = strata.str.slice(4, 5).map({"0": "internal", "1": "external"})
+    label = strata.str.slice(-1).map({"0": "benign", "1": "malignant"})
+    rng = np.random.default_rng(0)
+    split = np.where(
+        site == "internal", rng.choice(["train", "val", "test"], len(site), p=[0.6, 0.15, 0.25]), "test"
+    )
+    manifest = pd.DataFrame(
+        {
+            "case_id": deep.index,
+            "image": "none.png",
+            "mask": "none_mask.png",
+            "label": label.to_numpy(),
+            "cohort": site.to_numpy(),
+            "split": split,
+        }
+    )
+    deep.to_csv(tmp_path / "deep.csv", index_label="case_id")
+    rad.to_csv(tmp_path / "rad.csv", index_label="case_id")
+    manifest.to_csv(tmp_path / "manifest.csv", index=False)
+    argv = [
+        "explain",
+        "--deep",
+        str(tmp_path / "deep.csv"),
+        "--radiomics",
+        str(tmp_path / "rad.csv"),
+        "-M",
+        "0.5",
+        "--permutations",
+        "0",
+        "--bootstrap",
+        "0",
+        "--backend",
+        "numpy",
+        "--no-progress",
+    ]
+    return tmp_path, argv, real, confounded
+
+
+def test_explain_stratify_flags_confounded_features(tables, capsys):
+    tmp_path, argv, real, confounded = tables
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                *argv,
+                "--manifest",
+                str(tmp_path / "manifest.csv"),
+                "--stratify",
+                "label,cohort",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "within label,cohort" in printed and f"{len(confounded)} confounded" in printed
+    corr = pd.read_csv(out / "correlations.csv")
+    assert {"rho", "rho_within", "p_within", "q_within", "status"} <= set(corr.columns)
+    table = pd.read_csv(out / "explanations.csv", index_col=0)
+    assert set(table.index[table["status"] == "confounded"]) == set(confounded)
+    assert set(table.index[table["status"] == "explained"]) == set(real)
+    assert {"n_clusters", "partner_clusters", "n_confounded"} <= set(table.columns)
+    summary = json.loads((out / "explanation.json").read_text())
+    assert summary["strata"]["columns"] == ["label", "cohort"] and len(summary["cases"]) == 160
+    assert not (out / "heldout.csv").exists()  # every case: nothing is held out
+
+
+def test_explain_cases_train_remeasures_on_held_out_cases(tables, capsys):
+    tmp_path, argv, real, _ = tables
+    out = tmp_path / "o"
+    manifest = pd.read_csv(tmp_path / "manifest.csv")
+    assert (
+        main(
+            [
+                *argv,
+                "--manifest",
+                str(tmp_path / "manifest.csv"),
+                "--stratify",
+                "label",
+                "--cases",
+                "train",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "held out internal_test" in printed and "held out external" in printed
+    summary = json.loads((out / "explanation.json").read_text())
+    training = manifest.loc[
+        (manifest["cohort"] == "internal") & manifest["split"].isin(["train", "val"]), "case_id"
+    ]
+    assert sorted(summary["cases"]) == sorted(training) and summary["settings"]["cases"] == "train"
+    held = pd.read_csv(out / "heldout.csv").set_index("set")
+    assert held.loc["external", "n_cases"] == 80
+    assert held.loc["internal_test", "n_cases"] == int(
+        ((manifest["cohort"] == "internal") & (manifest["split"] == "test")).sum()
+    )
+    pairs = pd.read_csv(out / "heldout_pairs.csv")
+    assert {"rho_heldout_external", "replicated_external", "rho_heldout_internal_test"} <= set(pairs.columns)
+    assert pairs["replicated_external"].mean() >= 0.9 and set(pairs["deep_feature"]) <= set(real)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--stratify", "label"], "--stratify and --cases train need --manifest"),
+        (["--manifest", "MANIFEST", "--stratify", "label,scanner"], "the manifest has no column scanner"),
+        (["--manifest", "SHORT", "--stratify", "label"], "are missing from the manifest"),
+        (["--manifest", "TINY", "--stratify", "label"], "no stratum of label has at least 3 cases"),
+    ],
+)
+def test_explain_stratify_bad_input_is_one_line(tables, capsys, extra, message):
+    tmp_path, argv, *_ = tables
+    manifest = pd.read_csv(tmp_path / "manifest.csv")
+    manifest.iloc[:-5].to_csv(tmp_path / "short.csv", index=False)  # 5 cases of the tables lack a row
+    manifest.assign(label=[f"c{i}" for i in range(len(manifest))]).to_csv(tmp_path / "tiny.csv", index=False)
+    paths = {"MANIFEST": "manifest.csv", "SHORT": "short.csv", "TINY": "tiny.csv"}
+    extra = [str(tmp_path / paths[e]) if e in paths else e for e in extra]
+    assert main([*argv, *extra, "--out", str(tmp_path / "o")]) in (1, 2)
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "o" / "correlations.csv").exists()
