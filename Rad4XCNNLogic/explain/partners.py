@@ -110,7 +110,7 @@ def cluster_radiomics(
                 }
             )
     table = pd.DataFrame(rows).set_index("radiomic_feature").reindex(names)
-    log.info(
+    log.debug(
         "%d radiomic features form %d redundancy clusters at |rho| >= %g",
         len(names),
         table["cluster"].nunique(),

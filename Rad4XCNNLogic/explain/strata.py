@@ -210,7 +210,11 @@ class _WithinPrepared(_Prepared):
             yield np.argsort(rng.random((size, self.n)) + offset, axis=1, kind="stable")
 
     def denominator(self, start: int, stop: int) -> np.ndarray | None:
-        return _denominator(self.d_informative[start:stop], self.r_informative, self.weights)
+        denominator = _denominator(self.d_informative[start:stop], self.r_informative, self.weights)
+        if denominator is not None:
+            # No stratum where both vary: the product is exactly 0, and 0 / inf keeps it 0 in the null.
+            denominator[denominator == 0] = np.inf
+        return denominator
 
     def resample(self, rng: np.random.Generator) -> np.ndarray:
         """Case positions drawn with replacement within each stratum (the bootstrap's resample)."""

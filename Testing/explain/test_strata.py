@@ -126,6 +126,8 @@ def test_within_null_is_the_max_rho_within_of_within_shuffles(backend, chunk):
     deep, rad = tables(n=36, n_deep=5, n_rad=4)  # chunks of 2 shuffle the deep side, of 5 the radiomic
     strata = three_strata(deep.index)
     deep.loc[strata == "b", "cnn_2"] = 0.0  # a denominator below 1 on the permutation path too
+    deep.loc[strata != "a", "cnn_3"] = 0.0
+    rad.loc[strata == "a", rad.columns[1]] = 1.0  # and a pair with no stratum where both vary
     null = permutation_null(
         deep, rad, 15, seed=2, backend=backend, chunk_size=chunk, strata=strata, single_precision=False
     )

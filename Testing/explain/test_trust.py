@@ -453,3 +453,43 @@ def test_explain_stratify_bad_input_is_one_line(tables, capsys, extra, message):
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
     assert not (tmp_path / "o" / "correlations.csv").exists()
+
+
+def test_report_says_what_explained_means_and_escapes_names(tables, capsys):
+    from Rad4XCNNLogic.run.report import _trust_section
+
+    tmp_path, argv, _, confounded = tables
+    # A hostile feature name: every string from the data reaches the report escaped.
+    deep = pd.read_csv(tmp_path / "deep.csv", index_col=0)
+    deep = deep.rename(columns={sorted(confounded)[0]: "<script>alert(1)</script>_0"})
+    deep.to_csv(tmp_path / "deep.csv")
+    out = tmp_path / "o"
+    assert (
+        main(
+            [
+                *argv,
+                "--manifest",
+                str(tmp_path / "manifest.csv"),
+                "--stratify",
+                "label,cohort",
+                "--cases",
+                "train",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    section = _trust_section(out)
+    assert section["stratified"] and "within the strata of label, cohort" in section["rule_note"]
+    assert "not proof" in section["rule_note"] and "training cases" in section["rule_note"]
+    counts = str(section["counts_table"])
+    assert "confounded" in counts and "explained by the pooled rule alone" in counts
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in counts and "<script>" not in counts
+    assert "rho within strata" in str(section["confounded_table"])
+    assert "internal_test" in str(section["heldout_table"])
+    pooled = tmp_path / "pooled"
+    assert main([*argv, "--out", str(pooled)]) == 0
+    section = _trust_section(pooled)
+    assert not section["stratified"] and "pooled rule" in section["rule_note"]
+    assert "confounded_table" not in section and "heldout_table" not in section
