@@ -109,6 +109,12 @@ class TrainingConfig:
     finetune_manifest: str | None = _opt(
         None, "second phase: fine-tune the trained model on this cohort's manifest (the paper's protocol)"
     )
+    dtype: str = _opt(
+        "auto",
+        "compute type of training (auto: bfloat16 autocast on CUDA, float32 elsewhere); the deep features "
+        "are extracted afterwards in deep.dtype",
+        choices=DTYPES,
+    )
 
 
 @dataclass

@@ -107,7 +107,7 @@ def plan_train(run: Pipeline) -> Plan:
     settings = {
         "training": asdict(tc),
         "models": [(m.key, m.name) for m in trained],
-        "deep": {"margin": cfg.deep.margin, "dtype": cfg.deep.dtype},
+        "deep": {"margin": cfg.deep.margin},
         "seed": cfg.seed,
         "train_cohort": cfg.split.train_cohort,
         "finetune": file_sha256(tc.finetune_manifest) if tc.finetune_manifest else None,

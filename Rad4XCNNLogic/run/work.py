@@ -69,7 +69,7 @@ def train_stage(
         val_fraction=training.val_fraction,
         include_normal=include_normal,
         num_workers=deep.num_workers,
-        dtype=deep.dtype,
+        dtype=training.dtype,
         seed=seed,
         progress=progress,
     )
