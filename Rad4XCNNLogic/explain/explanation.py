@@ -1,10 +1,9 @@
-"""Explain deep features by radiomic ones: the paper's rule |rho| >= M, grouped by feature family.
+"""Explain deep features by radiomic ones: the paper's rule |rho| >= M, pooled or within strata (class,
+site), with per-backbone statistics and partners grouped into redundancy clusters.
 
-Builds the kept-pair table (``correlations.csv``) and the per-deep-feature table (``explanations.csv``) from a
-:class:`~Rad4XCNNLogic.explain.correlation.CorrelationResult`, the coverage curve over M, explanations
-ordered by a
-classifier's feature importances, and the replicability of explanations between cohorts. A new M re-uses
-the stored rho matrix: nothing is recomputed.
+Builds the kept-pair table (``correlations.csv``) and the per-deep-feature table (``explanations.csv``, via
+:mod:`~Rad4XCNNLogic.explain.tables`), the coverage curve over M and explanations ordered by a classifier's
+feature importances. A new M re-uses the stored matrices: nothing is recomputed.
 """
 
 from __future__ import annotations
