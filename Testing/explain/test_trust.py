@@ -493,3 +493,14 @@ def test_report_says_what_explained_means_and_escapes_names(tables, capsys):
     section = _trust_section(pooled)
     assert not section["stratified"] and "pooled rule" in section["rule_note"]
     assert "confounded_table" not in section and "heldout_table" not in section
+
+
+def test_each_pooled_stage_is_its_own_family():
+    deep, rad, strata, *_ = confounded_cohort(seed=8, n_real=4, n_confounded=2, n_noise=2, model="resnet18")
+    stage = deep.set_axis([c.replace("resnet18", "resnet18_stage3") for c in deep.columns], axis=1)
+    both = pd.concat([deep, stage + 0.01], axis=1)
+    result = explain(both, rad, 0.5, strata=strata, permutations=30, bootstrap=0, backend="numpy")
+    assert set(result.permutation_nulls) == {"resnet18", "resnet18_stage3"}
+    alone = explain(deep, rad, 0.5, strata=strata, permutations=30, bootstrap=0, backend="numpy")
+    np.testing.assert_array_equal(result.permutation_nulls["resnet18"], alone.permutation_nulls["resnet18"])
+    assert set(result.explanations["model"]) == {"resnet18", "resnet18_stage3"}
