@@ -149,6 +149,11 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif parameter.kind == "path":
                 widget.connect("currentPathChanged(QString)", store)
             elif parameter.kind == "float":
+                # the range is the engine's rule for the setting (Parameter.of_setting), not the .ui file's
+                if parameter.minimum is not None:
+                    widget.minimum = parameter.minimum
+                if parameter.maximum is not None:
+                    widget.maximum = parameter.maximum
                 widget.connect("valueChanged(double)", store)
             elif parameter.kind == "int":
                 widget.connect("valueChanged(int)", store)
@@ -458,7 +463,8 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
             manifest = values["ManifestPath"]
             if not manifest or not Path(manifest).is_file():
                 raise Rad4XCNNError(f"manifest not found: {manifest or '(none chosen)'}")
-        argv = background.engine_command(*settings.pipeline_arguments(values, manifest, out))
+        config = settings.write_run_configuration(values, manifest, out)
+        argv = background.engine_command("run", str(config))
         return background.BackgroundJob(argv, env=self._environment(), cwd=out).start()
 
     def startCaseRun(self, values):

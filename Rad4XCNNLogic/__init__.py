@@ -8,6 +8,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import CaseError, CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
 
 __all__ = ["CaseError", "CaseFailure", "Rad4XCNNError", "__version__"]

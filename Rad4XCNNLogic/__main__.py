@@ -1,5 +1,5 @@
 """``python -m Rad4XCNNLogic`` runs the same command line as ``rad4xcnn``."""
 
-from .cli import main
+from Rad4XCNNLogic.cli import main
 
 raise SystemExit(main())

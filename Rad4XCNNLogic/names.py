@@ -224,7 +224,7 @@ def feature_set_model(name: str) -> str | None:
 
 # ---------------------------------------------------------------------------------------- the run folder
 class RunFiles:
-    """The file names of a run folder (docs/ARCHITECTURE.md, "The run folder"), relative to it."""
+    """The file names of a run folder (docs/ARCHITECTURE.md), relative to it."""
 
     COHORT = "cohort.csv"
     COHORT_FAILURES = "cohort_failures.csv"

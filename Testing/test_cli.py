@@ -79,3 +79,13 @@ def test_argument_errors(argv, message, capsys):
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_none_on_the_command_line_is_not_a_left_out_flag():
+    from Rad4XCNNLogic.cli import build_parser
+    from Rad4XCNNLogic.cli.options import settings_from_args
+
+    base = ["explain", "--deep", "d.csv", "--radiomics", "r.csv", "--out", "o"]
+    given = settings_from_args(build_parser().parse_args([*base, "--fdr", "none", "-M", "0.5"]))
+    assert given == {"explain": {"fdr": None, "thresholds": [0.5]}}
+    assert settings_from_args(build_parser().parse_args(base)) == {}

@@ -1,4 +1,4 @@
-"""Benchmark of the radiomics stage against its anchors (DESIGN.md §7), measured in the same run.
+"""Benchmark of the radiomics stage against its anchors, measured in the same run (figures in BENCHMARKS.md).
 
 1. Overhead: our serial extraction per image vs a direct PyRadiomics loop over the same files with the
    same parameter file (target: at most 5% slower).

@@ -163,7 +163,8 @@ def _scene():
     return scene
 
 
-def _application_logic():
+def application_logic():
+    """Slicer's application logic: the real one inside Slicer, a headless one on the slicer-core wheel."""
     if in_slicer_application():
         return slicer.app.applicationLogic()
     if _HEADLESS is None:
@@ -734,7 +735,7 @@ def series_values(chart, series_name: str) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------------------ showing
 def show_table(table_node) -> None:
     """Make ``table_node`` the active table and show it in Slicer's table view."""
-    app = _application_logic()
+    app = application_logic()
     if in_slicer_application():
         layout_manager = slicer.app.layoutManager()
         if layout_manager is not None:
@@ -900,7 +901,7 @@ def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     """Write image/segmentation pairs as NRRD files and a cohort manifest; returns the manifest's path.
 
     Each image keeps its geometry; each mask is written in its image's grid. Case ids are the volume names
-    (made unique). The manifest is the one ``rad4xcnn`` reads (DESIGN.md §4).
+    (made unique). The manifest is the one ``rad4xcnn`` reads (docs/ARCHITECTURE.md).
     """
     from pathlib import Path
 
@@ -913,7 +914,7 @@ def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     rows = []
     used: set[str] = set()
     for pair in pairs:
-        case_id = _unique(_safe_name(pair.case_id), used)
+        case_id = _unique(safe_name(pair.case_id), used)
         image = image_from_volume_node(pair.volume)
         mask = mask_from_segment(pair.segmentation, pair.segment_id, pair.volume)
         write_image(folder / "images" / f"{case_id}.nrrd", image.array, like=image)
@@ -934,7 +935,14 @@ def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     return manifest
 
 
-def _safe_name(text: str) -> str:
+def safe_name(text: str) -> str:
+    """``text`` reduced to letters, digits, ``-``, ``_`` and ``.``: a case id or file name from a node name.
+
+    Examples
+    --------
+    >>> safe_name(" Case 1/left "), safe_name("...")
+    ('Case_1_left', 'case')
+    """
     keep = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text.strip())
     return keep.strip("._") or "case"
 

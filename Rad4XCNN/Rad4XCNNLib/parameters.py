@@ -16,14 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.run.config import CAM_METHODS, DEVICES
+from Rad4XCNNLogic.features.backbones import DEVICES
+from Rad4XCNNLogic.features.radiomics import PRESETS
+from Rad4XCNNLogic.run.config import setting
 
 MODULE_NAME = "Rad4XCNN"
 
 #: Suggested backbones (any timm model name may be typed in).
 BACKBONES = ("resnet50", "densenet121", "resnet18", "vit_base_patch16_224")
 WEIGHT_SOURCES = ("imagenet", "checkpoint", "random")
-RADIOMICS_PRESETS = ("paper", "extended", "file")
+RADIOMICS_PRESETS = (*PRESETS, "file")
+#: The file the Run button writes into the run folder, and hands to ``rad4xcnn run``.
+RUN_CONFIGURATION = "rad4xcnn_run.yaml"
+#: The smallest step of the widgets that show a number (their lowest value above an open lower bound).
+STEP = 0.01
 COHORT_SOURCES = ("manifest", "scene")
 
 #: The Qt/CTK/MRML widget classes that can show each kind of parameter (checked against the .ui file).
@@ -51,6 +57,29 @@ class Parameter:
     minimum: float | None = None
     maximum: float | None = None
     node_classes: tuple[str, ...] = ()
+    #: the run-configuration setting this parameter stands for: its rule is the setting's
+    setting: str | None = None
+
+    @classmethod
+    def of_setting(cls, name: str, kind: str, key: str, widget: str | None = None, **kwargs) -> Parameter:
+        """A parameter that stands for run-configuration setting ``key``: its default, help, choices and
+        limits come from the configuration's metadata, and :meth:`format` checks values by its rule."""
+        s = setting(key)
+        default = s.default[0] if s.is_list and s.default else s.default
+        limits = {}
+        if s.interval is not None:
+            limits = {"minimum": s.interval.smallest(STEP), "maximum": s.interval.largest(STEP)}
+        return cls(
+            name,
+            kind,
+            default,
+            widget,
+            kwargs.pop("help", s.help),
+            choices=kwargs.pop("choices", s.choices or ()),
+            setting=key,
+            **limits,
+            **kwargs,
+        )
 
     def parse(self, text: str | None) -> Any:
         """The typed value of the stored ``text`` (the default when missing or unreadable)."""
@@ -78,6 +107,13 @@ class Parameter:
             if str(value) not in self.choices:
                 raise Rad4XCNNError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}")
             return str(value)
+        if self.setting is not None:
+            from Rad4XCNNLogic.run.config import setting as config_setting
+
+            try:
+                value = config_setting(self.setting).validate(value)
+            except Rad4XCNNError as exc:  # "configuration: key: problem" -> "Name: problem"
+                raise Rad4XCNNError(f"{self.name}: {str(exc).split(': ', 2)[-1]}") from None
         if self.kind in ("float", "int"):
             number = float(value)
             if not math.isfinite(number):
@@ -104,7 +140,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         choices=WEIGHT_SOURCES,
     ),
     Parameter("WeightsPath", "path", "", "weightsPathLineEdit", "checkpoint file (.pt, .pth, .safetensors)"),
-    Parameter("Device", "choice", "auto", "deviceComboBox", "where the network runs", choices=DEVICES),
+    Parameter.of_setting("Device", "choice", "device", "deviceComboBox", choices=DEVICES),
     # the case
     Parameter(
         "CaseImage",
@@ -121,7 +157,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         node_classes=("vtkMRMLSegmentationNode", "vtkMRMLLabelMapVolumeNode"),
     ),
     Parameter("CaseSegment", "text", "", "caseSegmentComboBox", "the segment of the segmentation"),
-    Parameter("CamMethod", "choice", "gradcam", "camMethodComboBox", "saliency method", choices=CAM_METHODS),
+    Parameter.of_setting("CamMethod", "choice", "cam.methods", "camMethodComboBox", help="saliency method"),
     Parameter(
         "CamOpacity",
         "float",
@@ -142,7 +178,13 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     # the cohort
     Parameter("CohortSource", "choice", "manifest", "cohortSourceComboBox", choices=COHORT_SOURCES),
-    Parameter("ManifestPath", "path", "", "manifestPathLineEdit", "cohort manifest CSV (DESIGN.md §4)"),
+    Parameter(
+        "ManifestPath",
+        "path",
+        "",
+        "manifestPathLineEdit",
+        "cohort manifest CSV (README: the cohort manifest)",
+    ),
     Parameter(
         "RadiomicsPreset",
         "choice",
@@ -152,14 +194,12 @@ PARAMETERS: tuple[Parameter, ...] = (
         choices=RADIOMICS_PRESETS,
     ),
     Parameter("RadiomicsParamsPath", "path", "", "radiomicsParamsPathLineEdit", "PyRadiomics parameter file"),
-    Parameter(
+    Parameter.of_setting(
         "Threshold",
         "float",
-        0.6,
+        "explain.thresholds",
         "thresholdSliderWidget",
-        "M: a deep feature is explained by a radiomic feature when |Spearman rho| >= M",
-        minimum=0.05,
-        maximum=1.0,
+        help="M: a deep feature is explained by a radiomic feature when |Spearman rho| >= M",
     ),
     Parameter("OutputFolder", "path", "", "outputFolderPathLineEdit", "the run folder"),
     # results (node references kept with the scene; no widget)
@@ -279,23 +319,40 @@ def radiomics_argument(values: Mapping[str, Any]) -> str:
     return str(path)
 
 
-def pipeline_arguments(values: Mapping[str, Any], manifest: str | Path, out: str | Path) -> list[str]:
-    """The ``rad4xcnn run`` arguments that the Cohort panel's Run button starts.
+def run_configuration(values: Mapping[str, Any], manifest: str | Path, out: str | Path) -> dict:
+    """The ``rad4xcnn run`` configuration of the Cohort panel's settings (validated by the engine's rules).
 
     Examples
     --------
-    >>> args = pipeline_arguments({"Backbone": "resnet50", "Threshold": 0.6}, "m.csv", "run")
-    >>> " ".join(args[6:])
-    'resnet50 --weights imagenet --radiomics-params paper --threshold 0.6 --device auto'
+    >>> config = run_configuration({"Backbone": "resnet50", "Threshold": 0.6}, "m.csv", "run")
+    >>> config["models"], config["explain"]
+    ([{'name': 'resnet50', 'weights': 'imagenet'}], {'thresholds': [0.6]})
     """
+    from Rad4XCNNLogic.run.config import config_from_dict
+
     backbone = str(values.get("Backbone") or "").strip()
     if not backbone:
         raise Rad4XCNNError("choose a backbone network")
-    args = ["run", "--manifest", str(manifest), "--out", str(out), "--model", backbone]
-    weights = weights_argument(values)
-    if weights is not None:
-        args += ["--weights", weights]
-    args += ["--radiomics-params", radiomics_argument(values)]
-    args += ["--threshold", f"{float(values.get('Threshold') or BY_NAME['Threshold'].default):g}"]
-    args += ["--device", str(values.get("Device") or "auto")]
-    return args
+    threshold = values.get("Threshold")
+    config = {
+        "manifest": str(manifest),
+        "out": str(out),
+        "device": str(values.get("Device") or BY_NAME["Device"].default),
+        "models": [{"name": backbone, "weights": weights_argument(values)}],
+        "radiomics": {"params": radiomics_argument(values)},
+        "explain": {"thresholds": [float(BY_NAME["Threshold"].default if threshold is None else threshold)]},
+    }
+    config_from_dict(config)  # the same rules as a configuration file: a bad value is named here
+    return config
+
+
+def write_run_configuration(values: Mapping[str, Any], manifest: str | Path, out: str | Path) -> Path:
+    """Write the run configuration of :func:`run_configuration` into the run folder (``rad4xcnn_run.yaml``),
+    for ``rad4xcnn run CONFIG``: the module and the command line share one representation of a run."""
+    import yaml
+
+    from Rad4XCNNLogic.infra.storage import write_text_atomic
+
+    config = run_configuration(values, manifest, out)
+    header = "# written by the Rad4XCNN Slicer module; run it again with: rad4xcnn run THIS_FILE\n"
+    return write_text_atomic(Path(out) / RUN_CONFIGURATION, header + yaml.safe_dump(config, sort_keys=False))

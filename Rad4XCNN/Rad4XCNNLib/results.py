@@ -108,7 +108,7 @@ def export_case(values: Mapping[str, Any], folder: Path) -> Path:
         raise Rad4XCNNError(f"the lesion of '{image_node.GetName()}' is empty in the image's geometry")
     import pandas as pd
 
-    case_id = bridge._safe_name(image_node.GetName())
+    case_id = bridge.safe_name(image_node.GetName())
     folder = Path(folder)
     write_image(folder / "images" / f"{case_id}.nrrd", image.array, like=image)
     write_image(folder / "masks" / f"{case_id}_mask.nrrd", mask.astype(np.uint8), like=image)

@@ -157,7 +157,9 @@ def run_small_correlation(manifest: Path, folder: Path, threshold: float = 0.6):
     _run_engine(
         "correlation",
         *("explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv")),
-        *("--out", str(run), "--threshold", str(threshold), "--bootstrap", "0"),
+        # the paper's rule alone (no FDR) and no permutation null: the check below recounts |rho| >= M
+        *("--out", str(run), "--threshold", str(threshold), "--bootstrap", "0", "--fdr", "none"),
+        *("--permutations", "0"),
     )
     results = RunResults.load(run)
     deep = pd.read_csv(run / "deep_features.csv", index_col=0)
@@ -208,7 +210,7 @@ def fill_tables_and_plots(results, threshold: float = 0.6, new_threshold: float 
     _check(int(below.sum() + above.sum()) == int(np.isfinite(rho).sum()), "the histogram lost rho values")
     bridge.show_table(settings.get(node, "ExplanationsTable"))
     bridge.show_chart(coverage)
-    selection = bridge._application_logic().GetSelectionNode()
+    selection = bridge.application_logic().GetSelectionNode()
     _check(selection.GetActiveTableID() == settings.get(node, "ExplanationsTable").GetID(), "table not shown")
     _check(selection.GetActivePlotChartID() == coverage.GetID(), "coverage plot not shown")
 

@@ -15,6 +15,16 @@ PREFIX = "cfg__"
 _NULL = {"none", "null", "off"}
 
 
+class _Null:
+    """``none`` given on the command line, told apart from a flag left out (argparse's None)."""
+
+    def __repr__(self) -> str:
+        return "none"
+
+
+NULL = _Null()
+
+
 def _dest(key: str) -> str:
     return PREFIX + key.replace(".", "__")
 
@@ -35,7 +45,7 @@ def setting_type(key: str, *, comma: bool = False):
 
     def parse_one(text: str) -> Any:
         if s.nullable and text.strip().lower() in _NULL:
-            return None
+            return NULL
         try:
             value = convert(text)
         except ValueError:
@@ -91,7 +101,7 @@ def settings_from_args(args: argparse.Namespace) -> dict:
         node = overrides
         for section in sections:
             node = node.setdefault(section, {})
-        node[name] = value
+        node[name] = None if value is NULL else value
     return overrides
 
 
@@ -140,6 +150,8 @@ def value(args: argparse.Namespace, key: str) -> Any:
     from Rad4XCNNLogic.run.config import setting
 
     given = getattr(args, _dest(key), None)
+    if given is NULL:
+        return None
     return setting(key).default if given is None else given
 
 

@@ -17,22 +17,6 @@ import numpy as np
 #: ITU-R BT.601 luma weights used to turn RGB into grey (the rule of most ultrasound and PACS viewers).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
-IMAGE_SUFFIXES = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".nrrd",
-    ".nhdr",
-    ".nii",
-    ".nii.gz",
-    ".dcm",
-    ".mha",
-    ".mhd",
-)
-
 
 @dataclass(frozen=True)
 class Image2D:

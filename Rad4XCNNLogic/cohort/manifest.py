@@ -1,4 +1,5 @@
-"""The cohort manifest (DESIGN.md §4): read, validate, split and write it, and load its cases.
+"""The cohort manifest (README, "Data: the cohort manifest"): read, validate, split and write it, and
+load its cases.
 
 A manifest is a UTF-8 CSV with the columns ``case_id``, ``image``, ``mask`` (required) and ``label``,
 ``split``, ``cohort``, ``has_lesion`` (optional). Bad rows do not stop a load: they become

@@ -67,9 +67,14 @@ class SquareCrop:
 
     Examples
     --------
-    >>> crop = SquareCrop.around_mask(mask, margin=0.1)  # doctest: +SKIP
-    >>> x = crop.to_input(image.array, 224)              # (224, 224) model input
-    >>> back = crop.from_input(cam_224)                  # same shape as image.array, 0 outside the crop
+    >>> import numpy as np
+    >>> mask = np.zeros((60, 80), bool); mask[20:40, 30:50] = True
+    >>> crop = SquareCrop.around_mask(mask, margin=0.1); crop
+    SquareCrop(top=18, left=28, side=24, image_shape=(60, 80))
+    >>> crop.to_input(np.ones((60, 80)), 224).shape     # the model input
+    (224, 224)
+    >>> crop.from_input(np.ones((224, 224))).shape      # back in the image, 0 outside the crop
+    (60, 80)
     """
 
     top: int

@@ -414,7 +414,7 @@ def explain(
     Parameters
     ----------
     deep_df, radiomic_df
-        Cases x features, indexed by case id (DESIGN.md §4). Cases in one table only are left out and
+        Cases x features, indexed by case id (docs/ARCHITECTURE.md). Cases in one table only are left out and
         reported; features and cases with missing values are handled as in
         :func:`~Rad4XCNNLogic.explain.correlation.spearman`.
     threshold

@@ -51,7 +51,7 @@ class PreprocessConfig:
     Examples
     --------
     >>> cfg = PreprocessConfig.for_model("resnet50", margin=0.2)  # doctest: +SKIP
-    >>> cfg.input_size, cfg.mean
+    >>> cfg.input_size, cfg.mean  # doctest: +SKIP
     (224, (0.485, 0.456, 0.406))
     """
 

@@ -2,8 +2,8 @@
 
 Worker processes of a torch DataLoader read and crop the images (grey, one channel, already at the model's
 input size); the device copies them to 3 channels, normalises them and runs the model in batches. Results
-go to ``deep_features.csv`` (DESIGN.md §4) and to an on-disk cache keyed by the input files' content and
-every setting that changes a feature, so a rerun computes only what is new.
+go to ``deep_features.csv`` (docs/ARCHITECTURE.md) and to an on-disk cache keyed by the input files'
+content and every setting that changes a feature, so a rerun computes only what is new.
 """
 
 from __future__ import annotations

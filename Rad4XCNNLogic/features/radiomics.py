@@ -3,8 +3,12 @@
 Each lesion case goes to PyRadiomics as a true 2D SimpleITK image in its pixel spacing (integer grey
 values stay integers, others become float64) with its 0/1 mask; results are cached on disk by content,
 cases run in worker processes or on a Dask cluster, and bad cases become
-:class:`~Rad4XCNNLogic.errors.CaseFailure` records. (The module is not called ``radiomics.py``: that
-name would shadow PyRadiomics' own ``radiomics`` package.)
+:class:`~Rad4XCNNLogic.errors.CaseFailure` records. (``import radiomics`` here is PyRadiomics: the engine's
+imports are absolute, so this module's name shadows nothing.)
+
+The module is not split although it is long: the per-case extraction, the three runners (serial, worker
+processes, Dask) and the assembly of their results share the worker-side state (PyRadiomics' logging,
+thread limits, the cached extractor) that a worker process preloads as this one module.
 """
 
 from __future__ import annotations
@@ -906,7 +910,7 @@ def write_radiomics(
     """Write ``radiomics.csv`` and its side files, each atomically; return their paths by role.
 
     ============================  ==================================================================
-    ``radiomics.csv``             case_id x features (DESIGN.md §4), full float64 precision
+    ``radiomics.csv``             case_id x features (docs/ARCHITECTURE.md), full float64 precision
     ``radiomics_diagnostics.csv`` case_id x PyRadiomics diagnostics and the input hashes
     ``radiomics_failures.csv``    case_id, stage, problem of every case left out (``extra_failures``,
                                   e.g. the manifest's, first); written even when empty

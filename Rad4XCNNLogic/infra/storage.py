@@ -67,7 +67,7 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def write_csv_atomic(path: str | os.PathLike, frame, **kwargs) -> Path:
-    """Write a pandas DataFrame to CSV atomically (``index=True`` by default, as DESIGN.md §4 asks)."""
+    """Write a pandas DataFrame to CSV atomically (``index=True`` by default: case_id first)."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, **kwargs)
     return Path(path)

@@ -163,9 +163,9 @@ class ExplainConfig:
     fdr: float | None = _opt(
         0.05, "also require q <= fdr (Benjamini-Hochberg); null: |rho| >= M alone", interval=FDR_RANGE
     )
-    alpha: float = _opt(0.05, "family-wise error level of the permutation null", interval=ALPHA_RANGE)
     permutations: int = _opt(1000, "permutations for the family-wise null of max |rho| (0: none)", minimum=0)
     bootstrap: int = _opt(200, "bootstrap resamples for the 95% intervals of kept pairs (0: none)", minimum=0)
+    alpha: float = _opt(0.05, "family-wise error level of the permutation null", interval=ALPHA_RANGE)
     backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
     chunk_size: int | None = _opt(None, "deep features per chunk (null: by memory)", minimum=1)
     stratify: list[str] = _opt(

@@ -56,7 +56,7 @@ class RunResults:
 
     @classmethod
     def load(cls, folder: str | os.PathLike, threshold: float | None = None) -> RunResults:
-        """Read a run folder (DESIGN.md §4); ``threshold`` None keeps the run's own M.
+        """Read a run folder (docs/ARCHITECTURE.md); ``threshold`` None keeps the run's own M.
 
         Examples
         --------

@@ -1,5 +1,5 @@
 """The runner of a whole Rad4XCNN run: the stages of :mod:`Rad4XCNNLogic.run.stages` in order, writing the
-run folder (docs/ARCHITECTURE.md, "The run folder") with ``run.json`` and ``run.log``.
+run folder (docs/ARCHITECTURE.md) with ``run.json`` and ``run.log``.
 
 Each stage has a fingerprint: its settings and the content hashes of the files it reads. A stage whose
 fingerprint and outputs are unchanged is not recomputed, so a re-run with nothing changed recomputes nothing
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from Rad4XCNNLogic import __version__
-from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError, describe_exception
+from Rad4XCNNLogic.errors import CaseFailure, UsageError, describe_exception
 from Rad4XCNNLogic.infra.environment import device_info, package_versions
 from Rad4XCNNLogic.infra.progress import emit
 from Rad4XCNNLogic.infra.storage import file_sha256, settings_hash, write_json_atomic
@@ -132,9 +132,9 @@ class Pipeline:
 
     def __init__(self, config: RunConfig, *, progress: bool = True, force: bool = False):
         if not config.manifest:
-            raise Rad4XCNNError("configuration: manifest: a cohort manifest is required (--manifest)")
+            raise UsageError("configuration: manifest: a cohort manifest is required (--manifest)")
         if not config.out:
-            raise Rad4XCNNError("configuration: out: a run folder is required (--out)")
+            raise UsageError("configuration: out: a run folder is required (--out)")
         self.cfg = config
         self.out = Path(config.out)
         self.progress = progress

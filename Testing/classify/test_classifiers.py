@@ -11,15 +11,17 @@ import pytest
 
 from Rad4XCNNLogic.classify.classifiers import (
     INTERNAL_TEST,
-    TrainingFeatureFilter,
     classify,
     infer_feature_sets,
-    near_zero_variance,
     permutation_importance_batched,
     read_explained,
     read_feature_tables,
-    univariate_pvalues,
     write_classification,
+)
+from Rad4XCNNLogic.classify.feature_filter import (
+    TrainingFeatureFilter,
+    near_zero_variance,
+    univariate_pvalues,
 )
 from Rad4XCNNLogic.classify.metrics import (
     METRICS,

@@ -300,3 +300,51 @@ def test_a_bad_setting_fails_its_stage_and_the_independent_stages_still_run(coho
     assert statuses["radiomics"] == "computed" and statuses["explain"] == "blocked"
     assert statuses["report"] == "computed" and not result.ok
     assert (tmp_path / "run" / "radiomics.csv").is_file()
+
+
+def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
+    """Each stage command runs its run stage's work: on the run's inputs and settings it writes the very
+    tables ``rad4xcnn run`` wrote (docs/ARCHITECTURE.md, "Stages")."""
+    import json
+
+    from Rad4XCNNLogic.cli import main
+
+    config, _ = first_run
+    run = Path(config.out)
+    other = tmp_path / "commands"
+    manifest = str(run / "cohort.csv")
+    checkpoint = str(run / "models" / "resnet18.pt")
+    cam_cases = json.loads((run / "run.json").read_text())["stages"]["cam"]["summary"]["cases"]
+    commands = [
+        ["deep", "--manifest", manifest, "--weights", checkpoint, "--input-size", "64", "--device", "cpu",
+         "--out", str(other / "deep_features.csv")],
+        ["radiomics", "--manifest", manifest, "--jobs", "1", "--no-cache",
+         "--out", str(other / "radiomics.csv")],
+        ["explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv"),
+         "-M", "0.6", "-M", "0.8", "--fdr", "0.05", "--permutations", "20", "--bootstrap", "10",
+         "--cohorts", manifest, "--out", str(other)],
+        ["classify", "--features", str(run / "deep_features.csv"), str(run / "radiomics.csv"),
+         "--manifest", manifest, "--explained", str(run / "explanations.csv"), "--classifiers", "rf", "svm",
+         "--cv-folds", "2", "--bootstrap", "20", "--train-cohort", "internal", "--out", str(other)],
+        ["cam", "--manifest", manifest, "--weights", checkpoint, "--methods", "gradcam,eigencam",
+         "--cases", ",".join(cam_cases), "--device", "cpu", "--out", str(other)],
+    ]  # fmt: skip
+    for argv in commands:
+        assert main(["-q", *argv, "--no-progress"]) == 0, argv[0]
+    tables = [
+        "deep_features.csv",
+        "radiomics.csv",
+        "correlations.csv",
+        "explanations.csv",
+        "coverage.csv",
+        "explained_by_threshold.csv",
+        "replicability/replicability.csv",
+        "replicability/replicated_pairs.csv",
+        "classification.csv",
+        "roc.csv",
+        "importances.csv",
+    ]
+    tables += sorted(str(p.relative_to(run)) for p in (run / "cam").glob("*.csv"))
+    assert len(tables) > 11
+    for name in tables:
+        assert (other / name).read_bytes() == (run / name).read_bytes(), name

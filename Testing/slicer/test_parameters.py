@@ -33,7 +33,7 @@ def test_typed_values_and_limits(mrml):
     assert node.GetParameter("Threshold") == "0.75" and mp.get(node, "Threshold") == 0.75
     mp.set_value(node, "TopFeatures", 12)
     assert mp.get(node, "TopFeatures") == 12
-    with pytest.raises(Rad4XCNNError, match=r"Threshold: 1.5 is outside \[0.05, 1.0\]"):
+    with pytest.raises(Rad4XCNNError, match=r"Threshold: must lie in \(0, 1\], got 1.5"):
         mp.set_value(node, "Threshold", 1.5)
     with pytest.raises(Rad4XCNNError, match="CamMethod: 'lime' is not one of gradcam"):
         mp.set_value(node, "CamMethod", "lime")
@@ -98,23 +98,16 @@ def test_saved_scene_restores_every_setting(mrml, tmp_path):
             assert values[name] == value, name
 
 
-def test_pipeline_arguments(tmp_path):
+def test_run_configuration(tmp_path):
     values = {"Backbone": "densenet121", "WeightsSource": "random", "Threshold": 0.65, "Device": "cuda"}
-    assert mp.pipeline_arguments(values, "m.csv", "out") == [
-        "run",
-        "--manifest",
-        "m.csv",
-        "--out",
-        "out",
-        "--model",
-        "densenet121",
-        "--radiomics-params",
-        "paper",
-        "--threshold",
-        "0.65",
-        "--device",
-        "cuda",
-    ]
+    assert mp.run_configuration(values, "m.csv", "out") == {
+        "manifest": "m.csv",
+        "out": "out",
+        "device": "cuda",
+        "models": [{"name": "densenet121", "weights": None}],
+        "radiomics": {"params": "paper"},
+        "explain": {"thresholds": [0.65]},
+    }
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"x")
     params = tmp_path / "params.yaml"
@@ -125,9 +118,9 @@ def test_pipeline_arguments(tmp_path):
         RadiomicsPreset="file",
         RadiomicsParamsPath=str(params),
     )
-    args = mp.pipeline_arguments(values, "m.csv", "out")
-    assert args[args.index("--weights") + 1] == str(checkpoint)
-    assert args[args.index("--radiomics-params") + 1] == str(params)
+    config = mp.run_configuration(values, "m.csv", "out")
+    assert config["models"][0]["weights"] == str(checkpoint)
+    assert config["radiomics"]["params"] == str(params)
 
 
 @pytest.mark.parametrize(
@@ -142,9 +135,9 @@ def test_pipeline_arguments(tmp_path):
         ({"Backbone": "resnet50", "RadiomicsPreset": "file"}, "parameter file not found: \\(none chosen\\)"),
     ],
 )
-def test_pipeline_argument_errors(values, message):
+def test_run_configuration_errors(values, message):
     with pytest.raises(Rad4XCNNError, match=message):
-        mp.pipeline_arguments(values, "m.csv", "out")
+        mp.run_configuration(values, "m.csv", "out")
 
 
 def test_every_parameter_is_well_formed():
@@ -158,14 +151,16 @@ def test_every_parameter_is_well_formed():
     assert len(widgets) == len(set(widgets))
 
 
-def test_pipeline_arguments_parse_with_the_engine_cli(tmp_path):
-    """The Run button's command line must be one that ``rad4xcnn run`` accepts (once the pipeline exists)."""
+def test_run_button_writes_a_configuration_that_rad4xcnn_run_reads(tmp_path):
+    """The Run button hands ``rad4xcnn run`` a configuration file: one representation of a run."""
     from Rad4XCNNLogic.cli import build_parser
+    from Rad4XCNNLogic.run.config import load_config
 
-    parser = build_parser()
-    commands = next(a for a in parser._actions if a.dest == "command").choices
-    if "run" not in commands:
-        pytest.skip("the engine has no 'rad4xcnn run' command yet (the pipeline stage)")
     values = {"Backbone": "resnet18", "WeightsSource": "random", "Threshold": 0.7, "Device": "cpu"}
-    args = parser.parse_args(mp.pipeline_arguments(values, tmp_path / "m.csv", tmp_path / "out"))
-    assert args.command == "run"
+    path = mp.write_run_configuration(values, tmp_path / "m.csv", tmp_path / "out")
+    assert path == tmp_path / "out" / mp.RUN_CONFIGURATION
+    args = build_parser().parse_args(["run", str(path)])
+    assert args.command == "run" and args.config == str(path)
+    config = load_config(path)
+    assert config.explain.thresholds == [0.7] and config.models[0].name == "resnet18"
+    assert config.models[0].weights is None and config.device == "cpu"

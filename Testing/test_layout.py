@@ -1,0 +1,134 @@
+"""The engine's layout: subpackages in layers, no cycle, no import from a lower layer to a higher one, no
+heavy import when the package or its CLI is imported, and modules of a readable size."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ENGINE = ROOT / "Rad4XCNNLogic"
+#: Lower layers first; a module may import its own layer and the ones below it (docs/ARCHITECTURE.md).
+LAYERS = [
+    {"errors", "names", "infra"},
+    {"cohort"},
+    {"features"},
+    {"explain", "classify", "cam"},
+    {"run"},
+    {"cli", "__init__", "__main__"},
+]
+
+
+def _part(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def _layer(part: str) -> int:
+    return next(i for i, layer in enumerate(LAYERS) if part in layer)
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every engine module ``path`` imports, at module level or inside functions."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("Rad4XCNNLogic"):
+            found.add(node.module)
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                if (ENGINE.parent / Path(*candidate.split("."))).with_suffix(".py").is_file():
+                    found.add(candidate)
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}: relative import; the engine uses absolute imports")
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("Rad4XCNNLogic")}
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    return {_module_name(p): _imports(p) for p in ENGINE.rglob("*.py")}
+
+
+def test_every_module_belongs_to_a_layer():
+    for module in _graph():
+        _layer(_part(module))
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one():
+    bad = []
+    for module, imports in _graph().items():
+        for target in imports:
+            if target == "Rad4XCNNLogic":
+                continue  # the package's version and public errors
+            if _layer(_part(target)) > _layer(_part(module)):
+                bad.append(f"{module} -> {target}")
+    assert not bad, bad
+
+
+def test_no_import_cycle_between_subpackages():
+    edges: dict[str, set[str]] = {}
+    for module, imports in _graph().items():
+        for target in imports:
+            a, b = _part(module), _part(target)
+            if a != b and target != "Rad4XCNNLogic":
+                edges.setdefault(a, set()).add(b)
+    seen, stack = set(), []
+
+    def visit(node):
+        if node in stack:
+            raise AssertionError(f"import cycle: {' -> '.join([*stack[stack.index(node) :], node])}")
+        if node in seen:
+            return
+        stack.append(node)
+        for nxt in edges.get(node, ()):
+            visit(nxt)
+        stack.pop()
+        seen.add(node)
+
+    for node in list(edges):
+        visit(node)
+
+
+def test_engine_never_imports_the_slicer_side():
+    for module, imports in _graph().items():
+        assert not any(t.startswith("Rad4XCNNLib") for t in imports), module
+    text = "\n".join(p.read_text(encoding="utf-8") for p in ENGINE.rglob("*.py"))
+    for name in ("slicer", "qt", "ctk"):
+        assert f"\nimport {name}\n" not in text and f"\nfrom {name} import" not in text
+
+
+def test_modules_are_of_a_readable_size():
+    """Over 700 lines a module must say in its docstring why it is not split."""
+    for path in ENGINE.rglob("*.py"):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        if len(lines) > 700:
+            doc = ast.get_docstring(ast.parse("\n".join(lines))) or ""
+            assert "not split" in doc, f"{path.relative_to(ROOT)} has {len(lines)} lines and no reason"
+
+
+def test_importing_the_engine_and_its_help_loads_no_heavy_library():
+    code = (
+        "import sys, contextlib, io\n"
+        "import Rad4XCNNLogic\n"
+        "from Rad4XCNNLogic.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        main(['--help'])\n    except SystemExit:\n        pass\n"
+        "    for command in ('run', 'explain', 'classify', 'cam', 'deep'):\n"
+        "        try:\n            main([command, '--help'])\n        except SystemExit:\n            pass\n"
+        "heavy = ('torch', 'timm', 'radiomics', 'sklearn', 'xgboost', 'matplotlib', 'slicer',\n"
+        "         'pytorch_grad_cam')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
