@@ -322,7 +322,8 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
          "--out", str(other / "radiomics.csv")],
         ["explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv"),
          "-M", "0.6", "-M", "0.8", "--fdr", "0.05", "--permutations", "20", "--bootstrap", "10",
-         "--cohorts", manifest, "--out", str(other)],
+         "--cohorts", manifest, "--manifest", manifest, "--stratify", "label,cohort", "--cases", "train",
+         "--out", str(other)],
         ["classify", "--features", str(run / "deep_features.csv"), str(run / "radiomics.csv"),
          "--manifest", manifest, "--explained", str(run / "explanations.csv"), "--classifiers", "rf", "svm",
          "--cv-folds", "2", "--bootstrap", "20", "--train-cohort", "internal", "--out", str(other)],
@@ -331,13 +332,20 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
     ]  # fmt: skip
     for argv in commands:
         assert main(["-q", *argv, "--no-progress"]) == 0, argv[0]
+    # run also extracted the random-weights control (control: random), which 'deep' extracts when asked
+    # for it alone: the trained backbone's columns are the very same
+    from_run = pd.read_csv(run / "deep_features.csv", index_col=0)
+    from_command = pd.read_csv(other / "deep_features.csv", index_col=0)
+    pd.testing.assert_frame_equal(from_run[from_command.columns], from_command, check_exact=True)
     tables = [
-        "deep_features.csv",
         "radiomics.csv",
         "correlations.csv",
         "explanations.csv",
         "coverage.csv",
         "explained_by_threshold.csv",
+        "heldout.csv",
+        "heldout_pairs.csv",
+        "radiomic_clusters.csv",
         "replicability/replicability.csv",
         "replicability/replicated_pairs.csv",
         "classification.csv",
@@ -345,6 +353,6 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
         "importances.csv",
     ]
     tables += sorted(str(p.relative_to(run)) for p in (run / "cam").glob("*.csv"))
-    assert len(tables) > 11
+    assert len(tables) > 13
     for name in tables:
         assert (other / name).read_bytes() == (run / name).read_bytes(), name
