@@ -291,6 +291,10 @@ def _within_spearman(prep: _WithinPrepared, progress: bool) -> StratifiedResult:
             bar.update(stop - start)
     denominator = _denominator(prep.d_informative, prep.r_informative, prep.weights)
     n_strata = len(prep.strata)
+    # Degrees of freedom n - strata - 1: centring the ranks in each stratum spends one per stratum (as a
+    # correlation adjusted for a categorical covariate does) and the slope one more; with one stratum this
+    # is Spearman's n - 2. The null variance of the weighted mean of per-stratum rhos,
+    # sum_s (n_s / n)^2 / (n_s - 1), is about 1 / (n - strata): the t approximation's 1 / (dof + 1).
     if denominator is None:
         dof: float | np.ndarray = prep.n - n_strata - 1
     else:
