@@ -10,6 +10,7 @@ The 3D Slicer module runs heavy work (deep features, radiomics, CAMs) through
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -19,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,6 +164,7 @@ class BackgroundJob:
         self._lines: queue.Queue = queue.Queue()
         self._readers: list[threading.Thread] = []
         self._returncode: int | None = None
+        self._force_at: float | None = None
 
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> BackgroundJob:
@@ -233,6 +235,7 @@ class BackgroundJob:
 
     def poll(self) -> list[dict]:
         """Read the output so far without blocking; the new progress events (also in :attr:`progress`)."""
+        self._force_if_due()
         events = []
         while True:
             try:
@@ -264,8 +267,12 @@ class BackgroundJob:
         lines, self._new_lines = self._new_lines, []
         return lines
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Block until the process ends (or ``timeout`` seconds pass), reading its output; the exit status."""
+    def wait(self, timeout: float | None = None, idle: Callable[[], object] | None = None) -> int | None:
+        """Wait until the process ends (or ``timeout`` seconds pass), reading its output; the exit status.
+
+        ``idle`` is called between reads: inside 3D Slicer, pass ``slicer.app.processEvents`` so that the
+        GUI stays responsive while a self-test waits for an engine run.
+        """
         if self._process is None:
             raise RuntimeError("the job has not been started")
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -273,22 +280,35 @@ class BackgroundJob:
             self.poll()
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+            if idle is not None:
+                idle()
             time.sleep(0.02)
         self.poll()
         return self.returncode
 
     def cancel(self, grace: float = 3.0) -> None:
-        """End the process and every process it started: politely first, then by force after ``grace`` s."""
-        if self._process is None or self._process.poll() is not None:
+        """Ask the process and every process it started to end, and return at once (never blocks).
+
+        The polite signal (SIGTERM to the process group; ``taskkill /T`` on Windows) goes now; if the
+        processes are still there ``grace`` seconds later, the next :meth:`poll` (the widget's timer, or
+        :meth:`wait`) ends them by force.
+        """
+        if self._process is None or self._process.poll() is not None or self.cancelled:
             return
         self.cancelled = True
         self._log("cancelled by the user")
-        _end_process_tree(self._process, grace)
+        self._force_at = time.monotonic() + grace
+        _signal_process_tree(self._process, force=False)
+
+    def _force_if_due(self) -> None:
+        if self._force_at is not None and time.monotonic() >= self._force_at:
+            self._force_at = None
+            _signal_process_tree(self._process, force=True)
 
     def __del__(self):  # never leave an orphan behind when the widget is closed
         process = getattr(self, "_process", None)
         if process is not None and process.poll() is None:
-            _end_process_tree(process, 0.5)
+            _signal_process_tree(process, force=True)
 
     # ------------------------------------------------------------------------------------------ errors
     def error_message(self) -> str:
@@ -310,32 +330,22 @@ class BackgroundJob:
         return "\n".join(self.log)
 
 
-def _end_process_tree(process: subprocess.Popen, grace: float) -> None:
-    """Terminate ``process`` and its descendants (its process group on POSIX, ``taskkill /T`` on Windows)."""
+def _signal_process_tree(process: subprocess.Popen, force: bool) -> None:
+    """Signal ``process`` and its descendants without waiting: SIGTERM (``force``: SIGKILL) to its process
+    group on POSIX; ``taskkill /T`` (``/F`` when forced) on Windows. A tree that is already gone is fine."""
     if os.name == "nt":
-        subprocess.run(
-            ["taskkill", "/T", "/F", "/PID", str(process.pid)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            check=False,
-        )
-        process.wait(timeout=max(grace, 1.0))
+        try:
+            subprocess.run(
+                ["taskkill", "/T", *(["/F"] if force else []), "/PID", str(process.pid)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError) as error:  # taskkill missing or hung: say so, go on
+            log.warning("could not end process %s: %s", process.pid, error)
         return
-    try:
-        group = os.getpgid(process.pid)
-    except ProcessLookupError:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(group, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            continue
-        # the launcher is gone; its children in the group get the same signal (and the kill, if they linger)
-        try:
-            os.killpg(group, 0)
-        except ProcessLookupError:
-            return
+    # start() made the process a session (and group) leader, so its group id is its pid; the group outlives
+    # the launcher, which lets a forced kill reach children that are still running.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL if force else signal.SIGTERM)

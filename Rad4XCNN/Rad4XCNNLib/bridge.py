@@ -755,21 +755,48 @@ def _colour_at(position: float) -> tuple[float, float, float]:
     return tuple(float(np.interp(position, anchors[:, 0], anchors[:, c])) for c in (1, 2, 3))
 
 
-def heat_colour_node(name: str = HEAT_COLOUR_NAME, size: int = 256):
-    """The scene's heat colour table for CAMs (black, red, orange, yellow, white), added once per scene."""
-    scene = _scene()
-    existing = scene.GetFirstNodeByName(name)
-    if existing is not None and existing.IsA("vtkMRMLColorTableNode"):
-        return existing
-    node = slicer.vtkMRMLColorTableNode()
-    node.SetName(name)
-    node.SetTypeToUser()
+def _fill_heat(node, size: int) -> None:
     node.SetNumberOfColors(size)
     for i in range(size):
         r, g, b = _colour_at(i / (size - 1))
         node.SetColor(i, f"{i}", r, g, b, 1.0)
+
+
+def _holds_heat(node, size: int) -> bool:
+    """True when ``node`` holds the heat colours (checked at the ends and the middle of the table)."""
+    if node.GetNumberOfColors() != size or node.GetLookupTable() is None:
+        return False
+    for i in (0, size // 2, size - 1):
+        rgba = [0.0, 0.0, 0.0, 0.0]
+        if not node.GetColor(i, rgba) or not np.allclose(rgba[:3], _colour_at(i / (size - 1)), atol=1e-2):
+            return False
+    return True
+
+
+def heat_colour_node(name: str = HEAT_COLOUR_NAME, size: int = 256):
+    """The scene's heat colour table for CAMs (black, red, orange, yellow, white), added once per scene.
+
+    It is an ordinary node, not a singleton: a singleton User colour table outlives File > Close Scene
+    (vtkMRMLScene::Clear keeps singletons and only resets them, Libs/MRML/Core/vtkMRMLScene.cxx and
+    vtkMRMLColorTableNode::Reset at v5.10.0), so it could come back without its colours and be reused by
+    name; a singleton tag with a space also put a space in the node id. A node of that name that has lost
+    its colours (from an old scene, or edited) is filled again.
+    """
+    scene = _scene()
+    nodes = scene.GetNodesByName(name)
+    for i in range(nodes.GetNumberOfItems()):
+        existing = nodes.GetItemAsObject(i)
+        if existing.IsA("vtkMRMLColorTableNode") and existing.GetAttribute("Category") == "Rad4XCNN":
+            if not _holds_heat(existing, size):
+                log.debug("colour table %s had lost its colours; filled again", existing.GetID())
+                _fill_heat(existing, size)
+            return existing
+    node = slicer.vtkMRMLColorTableNode()
+    node.SetName(name)
+    node.SetTypeToUser()
+    _fill_heat(node, size)
     node.SetAttribute("Category", "Rad4XCNN")
-    node.SetSingletonTag(name)
+    node.SetHideFromEditors(False)
     return scene.AddNode(node)
 
 
@@ -886,12 +913,12 @@ def scene_image_segmentation_pairs(label_attribute: str = "Rad4XCNN.label") -> l
             or not volume.IsA("vtkMRMLScalarVolumeNode")
             or volume.IsA("vtkMRMLLabelMapVolumeNode")
         ):
-            log.info("segmentation %s has no reference image volume; skipped", segmentation.GetName())
+            log.debug("segmentation %s has no reference image volume; skipped", segmentation.GetName())
             continue
         try:
             segment_id = segment_id_of(segmentation)
         except Rad4XCNNError as exc:
-            log.info("%s; skipped", exc)
+            log.debug("%s; skipped", exc)
             continue
         pairs.append(ScenePair(volume, segmentation, segment_id, volume.GetAttribute(label_attribute)))
     return pairs

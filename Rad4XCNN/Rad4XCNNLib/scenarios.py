@@ -1,9 +1,15 @@
 """Self-test scenarios of the Slicer module, written once and run in two places.
 
-Slicer's test runner runs them through ``Rad4XCNNTest`` (in ``Rad4XCNN/Rad4XCNN.py``); the pytest suite runs
-each one on the ``slicer-core`` wheel with real MRML classes (``Testing/test_mrml_scenarios.py``). They work
+Slicer's test runner runs them through ``Rad4XCNNTest`` (in ``Rad4XCNN/Rad4XCNN.py``); the pytest suite
+runs each one on the ``slicer-core`` wheel with real MRML classes (``Testing/slicer_side/test_scenarios.py``).
+They work
 on ``slicer.mrmlScene`` and ``slicer.modules``, whichever application set them up, on a small synthetic
 cohort that the scenario writes itself. A failed check raises :class:`ScenarioError` saying what was expected.
+
+:func:`run_default` is the default self-test, fit for Slicer's extension build machines: it installs
+nothing, runs the MRML scenarios, and runs a tiny engine job only when the engine's packages are already
+there (else it says why it skipped). :func:`run_all` is the full scenario (every engine command and the
+case's Grad-CAM); the Slicer self-test runs it when the environment variable ``RAD4XCNN_FULL_SELFTEST=1``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ from Rad4XCNNLib import bridge
 #: Size of the synthetic cohort: enough cases for Spearman's rho to mean something, small enough to be quick.
 N_CASES = 24
 SHAPE = (96, 120)
+#: The switch that makes Slicer's self-test run :func:`run_all` (and install what it needs) instead of
+#: :func:`run_default`.
+FULL_SELF_TEST_ENV = "RAD4XCNN_FULL_SELFTEST"
+#: Called while a scenario waits for an engine process; Slicer's self-test sets ``slicer.app.processEvents``
+#: so that the GUI keeps responding (None: just wait).
+wait_idle = None
 
 
 class ScenarioError(AssertionError):
@@ -117,7 +129,7 @@ def _run_engine(name: str, *args: str, timeout: float = 900.0):
     from Rad4XCNNLib.background import BackgroundJob, engine_command
 
     job = BackgroundJob(engine_command(*args), env=bridge.engine_process_environment()).start()
-    code = job.wait(timeout=timeout)
+    code = job.wait(timeout=timeout, idle=wait_idle)
     if code is None:
         job.cancel()
     _check(code == 0, f"{name} failed: {job.error_message() or 'timed out'}\n{job.log_text()[-2000:]}")
@@ -315,6 +327,67 @@ def add_cam_overlay(scene_case: LoadedScene, cam: np.ndarray | None = None, opac
         _check(layer["background"] == scene_case.volume.GetID(), f"view {layer['view']} lost the image")
         _check(abs(layer["opacity"] - opacity) < 1e-9, f"view {layer['view']} has opacity {layer['opacity']}")
     return node
+
+
+def engine_packages_missing() -> list[str]:
+    """The engine packages (of the background pipeline) that this Python lacks; empty when all are there."""
+    from Rad4XCNNLib.dependencies import missing_requirements
+
+    return [r.name for r in missing_requirements("pipeline")]
+
+
+def full_self_test_requested(environ=None) -> bool:
+    """True when the full self-test was asked for (``RAD4XCNN_FULL_SELFTEST`` set to 1, true or yes)."""
+    import os
+
+    value = (os.environ if environ is None else environ).get(FULL_SELF_TEST_ENV, "")
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def colours_survive_a_closed_scene(scene_case: LoadedScene) -> None:
+    """Scenario 7: the CAM's heat colours are there again after the scene is closed and a CAM is shown."""
+    scene = slicer.mrmlScene
+    add_cam_overlay(scene_case)
+    scene.Clear(0)
+    _check(
+        scene.GetNodesByName(bridge.HEAT_COLOUR_NAME).GetNumberOfItems() == 0,
+        "the heat colour table outlived the closed scene",
+    )
+    colour = bridge.heat_colour_node()
+    _check(colour.GetNumberOfColors() == 256, f"the heat table has {colour.GetNumberOfColors()} colours")
+
+
+def run_default(folder: Path, missing: list[str] | None = None) -> Iterator[tuple[str, str]]:
+    """The default self-test: the MRML scenarios, and a tiny engine run when its packages are present.
+
+    Installs nothing and writes only in ``folder``. ``missing`` (default: :func:`engine_packages_missing`)
+    decides whether the engine run happens; when it does not, the outcome says which packages are missing.
+    """
+    folder = Path(folder)
+    manifest = make_cohort(folder)
+    yield "synthetic cohort", f"{N_CASES} cases in {manifest.parent}"
+    scene_case = load_image_and_segmentation(manifest)
+    yield "load image and segmentation", scene_case.case_id
+    exported = export_mask(scene_case, folder)
+    yield "export the mask", str(exported)
+    node = add_cam_overlay(scene_case)
+    yield "CAM overlay", node.GetName()
+    missing = engine_packages_missing() if missing is None else missing
+    if missing:
+        yield (
+            "run a small correlation",
+            f"skipped: the engine's packages are not installed ({', '.join(missing)})",
+        )
+    else:
+        results = run_small_correlation(manifest, folder)
+        yield "run a small correlation", results.summary()
+        fill_tables_and_plots(results)
+        yield (
+            "fill the tables and plots",
+            "explanations, correlations, coverage and rho plots; M moved to 0.8",
+        )
+    colours_survive_a_closed_scene(scene_case)
+    yield "close the scene", "the CAM colours are there again"
 
 
 def run_all(folder: Path) -> Iterator[tuple[str, str]]:

@@ -37,11 +37,18 @@ def _setup_logging(verbosity: int) -> None:
     root.propagate = False
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line (the usage itself is in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``rad4xcnn`` parser with every sub-command."""
     from Rad4XCNNLogic.cli import cam, classify, cohort, explain, features, options, run
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rad4xcnn",
         description="Explain a CNN's deep features through radiomic features (Rad4XCNN, Prinzi et al. 2024).",
         epilog=EPILOG,

@@ -8,16 +8,20 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Iterable
 from typing import Any
 
-#: The packages whose versions a run records (distribution names).
+#: The packages whose versions a run records (distribution names). PyRadiomics is recorded under both of
+#: its distributions (PyPI's fork pyradiomics-bhklab, or pyradiomics as SlicerRadiomics builds it), and
+#: under "radiomics" as the imported module reports it.
 RECORDED_PACKAGES = (
     "numpy",
     "scipy",
     "pandas",
     "SimpleITK",
     "pyradiomics-bhklab",
+    "pyradiomics",
     "PyWavelets",
     "torch",
     "torchvision",
@@ -62,6 +66,9 @@ def package_versions(names: Iterable[str] = RECORDED_PACKAGES) -> dict[str, str 
             found[name] = version(name)
         except PackageNotFoundError:
             found[name] = None
+    radiomics = sys.modules.get("radiomics")  # only when a stage imported it: the import is slow
+    if radiomics is not None:
+        found["radiomics"] = str(getattr(radiomics, "__version__", "")).lstrip("v") or None
     return found
 
 

@@ -569,7 +569,7 @@ def test_cli_help_states_scorecam_cost_and_bad_input_is_one_line(tmp_path, synth
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
-    assert "unknown CAM method 'nonsense'" in proc.stderr
+    assert "--methods: 'nonsense' is not allowed; allowed values: gradcam" in proc.stderr
 
 
 def test_importing_the_module_loads_no_heavy_library():

@@ -82,6 +82,8 @@ setting:
 def test_case_command_uses_the_run_radiomics_settings(tmp_path, make_case):
     import json
 
+    pytest.importorskip("radiomics")
+
     from conftest import write_manifest_rows
 
     from Rad4XCNNLogic.cli import main

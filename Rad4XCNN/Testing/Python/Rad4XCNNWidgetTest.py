@@ -8,7 +8,7 @@ import unittest
 
 import numpy as np
 import slicer
-from Rad4XCNNLib import bridge
+from Rad4XCNNLib import bridge, dependencies
 from Rad4XCNNLib import parameters as settings
 
 from Rad4XCNNLogic.cohort.imageio import Image2D
@@ -48,3 +48,29 @@ class Rad4XCNNWidgetTest(unittest.TestCase):
         self.assertEqual(ui.caseSegmentComboBox.currentText, "lesion")
         self.assertEqual(settings.get(self.node, "CaseSegment"), "lesion")
         self.assertIn("us", ui.scenePairsLabel.text)
+
+    def test_run_and_explain_are_disabled_while_packages_install(self):
+        ui = self.widget.ui
+        settings.set_value(self.node, "OutputFolder", slicer.app.temporaryPath)
+        self.assertTrue(ui.runButton.enabled)
+        with dependencies.one_install_at_a_time():
+            self.widget.updateGUIFromParameterNode()
+            self.assertFalse(ui.runButton.enabled)
+            self.assertFalse(ui.caseRunButton.enabled)
+            self.assertFalse(ui.loadResultsButton.enabled)
+        self.widget.updateGUIFromParameterNode()
+        self.assertTrue(ui.runButton.enabled)
+
+    def test_typed_backbone_keeps_its_cursor(self):
+        ui = self.widget.ui
+        ui.backboneComboBox.setEditText("resnet5")
+        ui.backboneComboBox.lineEdit().cursorPosition = 3
+        self.widget.updateGUIFromParameterNode()  # the stored value is the typed text: nothing rewritten
+        self.assertEqual(ui.backboneComboBox.currentText, "resnet5")
+        self.assertEqual(ui.backboneComboBox.lineEdit().cursorPosition, 3)
+
+    def test_device_panel_lists_the_torch_set_up(self):
+        ui = self.widget.ui
+        ui.deviceCollapsibleButton.collapsed = False
+        self.assertTrue(ui.deviceInfoLabel.text.startswith("PyTorch"))
+        self.assertGreater(ui.torchBackendComboBox.count, 1)

@@ -46,9 +46,17 @@ def test_cam_overlay_places_any_map_faithfully(scene_case):
         scenarios.add_cam_overlay(scene_case, cam=shifted[:, :100])
 
 
+def _needs_the_engine():
+    """Skip (with the reason) where the engine's packages are missing, e.g. CI's light Python 3.12 run."""
+    missing = scenarios.engine_packages_missing()
+    if missing:
+        pytest.skip(f"the engine's packages are not installed: {', '.join(missing)}")
+
+
 @pytest.fixture(scope="module")
 def correlation(cohort, tmp_path_factory):
     """Scenario 3 once for the module: the engine's commands in background processes on the cohort."""
+    _needs_the_engine()
     return scenarios.run_small_correlation(cohort, tmp_path_factory.mktemp("correlation"))
 
 
@@ -76,6 +84,7 @@ def test_one_case_against_the_cohort(scene_case, correlation, tmp_path):
 
 
 def test_run_all_in_order(tmp_path):
+    _needs_the_engine()
     mb.headless_slicer()
     names = [name for name, _ in scenarios.run_all(tmp_path)]
     assert names == [
@@ -87,3 +96,38 @@ def test_run_all_in_order(tmp_path):
         "one case against the cohort",
         "CAM overlay",
     ]
+
+
+def test_default_self_test_installs_nothing_and_says_why_it_skips(tmp_path):
+    """The build-machine self-test: MRML scenarios; without the engine's packages the run is skipped with
+    the reason (here the packages are said to be missing, as on a fresh Slicer)."""
+    mb.headless_slicer()
+    outcomes = dict(scenarios.run_default(tmp_path, missing=["torch", "timm"]))
+    assert list(outcomes) == [
+        "synthetic cohort",
+        "load image and segmentation",
+        "export the mask",
+        "CAM overlay",
+        "run a small correlation",
+        "close the scene",
+    ]
+    assert outcomes["run a small correlation"] == (
+        "skipped: the engine's packages are not installed (torch, timm)"
+    )
+    assert not (tmp_path / "run").exists()  # no engine process ran
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0  # the scene was closed
+
+
+def test_default_self_test_runs_the_engine_when_it_is_there(tmp_path):
+    _needs_the_engine()
+    mb.headless_slicer()
+    outcomes = dict(scenarios.run_default(tmp_path))
+    assert "varying deep features explained" in outcomes["run a small correlation"]
+    assert "fill the tables and plots" in outcomes
+
+
+def test_full_self_test_switch():
+    assert scenarios.full_self_test_requested({"RAD4XCNN_FULL_SELFTEST": "1"})
+    assert scenarios.full_self_test_requested({"RAD4XCNN_FULL_SELFTEST": "yes"})
+    assert not scenarios.full_self_test_requested({"RAD4XCNN_FULL_SELFTEST": "0"})
+    assert not scenarios.full_self_test_requested({})

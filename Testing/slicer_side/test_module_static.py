@@ -286,3 +286,28 @@ def test_only_mrml_modules_of_the_engine_import_slicer():
         if "mrml" not in p.name and pattern.search(p.read_text())
     ]
     assert offenders == []
+
+
+def test_widget_states_name_widgets_of_the_ui():
+    from Rad4XCNNLib import guistate
+
+    states = guistate.enabled_states({}, running=False, installing=False)
+    missing = sorted(set(states) - set(_ui_widgets()))
+    assert not missing, f"guistate names widgets that are not in Rad4XCNN.ui: {missing}"
+
+
+def test_every_slicer_side_file_is_in_the_cmake_lists():
+    """A Rad4XCNNLib module (or data file) left out of MODULE_PYTHON_SCRIPTS/RESOURCES is missing from the
+    built extension, although every test here passes."""
+    variables = _variables(_cmake_commands(MODULE / "CMakeLists.txt"))
+    variables.setdefault("MODULE_NAME", ["Rad4XCNN"])
+    listed = {
+        item
+        for var in ("MODULE_PYTHON_SCRIPTS", "MODULE_PYTHON_RESOURCES")
+        for value in variables[var]
+        for item in _expand(value, variables)
+    }
+    library = MODULE / "Rad4XCNNLib"
+    on_disk = {p.relative_to(MODULE).as_posix() for p in library.rglob("*") if p.is_file()}
+    on_disk = {p for p in on_disk if "__pycache__" not in p}
+    assert on_disk - listed == set()

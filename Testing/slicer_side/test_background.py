@@ -134,6 +134,10 @@ def test_cancel_ends_the_whole_process_tree():
     assert worker is not None, job.log_text()
     launcher = job.pid
     job.cancel(grace=0.5)
+    # cancel() returns at once (it never waits on the GUI thread): the stubborn worker is still there,
+    # and the forced kill comes from the polling that follows once the grace period is over
+    assert not _gone(worker)
+    job.cancel(grace=0.5)  # a second click changes nothing
     assert job.wait(timeout=30) is not None
     assert job.cancelled and not job.succeeded
     assert job.error_message() == "cancelled"

@@ -1,0 +1,190 @@
+"""The dependency check and install plan of the Slicer module (nothing is installed here)."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+from Rad4XCNNLib import dependencies as deps
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _hiding(*names: str):
+    """A lookup in which every package is installed except ``names`` (as in a fresh Slicer, whatever the
+    Python that runs the tests holds); PyTorchUtils and SlicerRadiomics count as packages too."""
+
+    def find_spec(name):
+        return None if name in names else importlib.machinery.ModuleSpec(name, None)
+
+    return find_spec
+
+
+def test_this_environment_has_everything():
+    for module in ("torch", "radiomics", "xgboost", "pytorch_grad_cam"):
+        pytest.importorskip(module)
+    assert deps.missing_requirements("module") == []
+    assert deps.missing_requirements("pipeline") == []
+    assert deps.check("pipeline").empty
+
+
+def test_requirement_floors_agree_with_pyproject():
+    text = (ROOT / "pyproject.toml").read_text()
+    declared = {m.lower() for m in re.findall(r'"([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?[<>=!~][^"]*)"', text)}
+    for requirement in deps.REQUIREMENTS:
+        assert requirement.requirement.lower() in declared, requirement.requirement
+
+
+def test_fresh_slicer_with_the_pytorch_extension():
+    """Slicer ships numpy, scipy, SimpleITK; the PyTorch extension is installed but torch is not yet."""
+    hidden = ("torch", "torchvision", "timm", "pandas", "sklearn", "radiomics")
+    find_spec = _hiding(*hidden)
+    missing = deps.missing_requirements("pipeline", find_spec)
+    assert [r.module for r in missing] == ["pandas", "torch", "torchvision", "timm", "radiomics", "sklearn"]
+    plan = deps.install_plan(missing, pytorch_extension=True, radiomics_extension=False, system="Linux")
+    assert [(s.kind, s.no_deps) for s in plan.steps] == [("pytorch", False), ("pip", False), ("pip", True)]
+    assert plan.steps[0].requirements == ("torch>=2.4", "torchvision>=0.19")
+    assert plan.steps[0].version_of("torch") == ">=2.4"
+    assert plan.steps[0].version_of("torchvision") == ">=0.19"
+    # the packages that would pull torch or SimpleITK go in without their declared dependencies ...
+    assert plan.steps[2].requirements == ("timm>=1.0", "pyradiomics-bhklab>=3.1.4")
+    # ... after what they really need, listed once each
+    assert plan.steps[1].requirements == (
+        "pandas>=2.0",
+        "scikit-learn>=1.4",
+        "huggingface_hub>=0.20",
+        "pyyaml>=6.0",
+        "safetensors>=0.4",
+        "PyWavelets>=1.4",
+        "pykwalify>=1.8",
+        "six>=1.16",
+    )
+    assert not any("SimpleITK" in r or "opencv-python>" in r for r in plan.pip_requirements())
+    message = plan.message()
+    assert "torch (deep features (CNNs))" in message
+    assert "through the PyTorch extension" in message
+    assert "pyradiomics-bhklab) is installed from PyPI" in message
+    assert "Slicer already has (numpy, scipy, SimpleITK, vtk, ...) are kept" in message
+    assert message.rstrip().endswith("Continue?")
+
+
+def test_grad_cam_comes_without_opencv_python_and_xgboost_without_nccl():
+    missing = deps.missing_requirements("pipeline", _hiding("pytorch_grad_cam", "xgboost"))
+    linux = deps.install_plan(missing, pytorch_extension=True, radiomics_extension=True, system="Linux")
+    assert linux.steps[0].requirements[0] == "xgboost-cpu>=2.1"
+    assert "opencv-python-headless>=4.8" in linux.steps[0].requirements
+    assert linux.steps[1].requirements == ("grad-cam>=1.5.4",) and linux.steps[1].no_deps
+    mac = deps.install_plan(missing, pytorch_extension=True, radiomics_extension=True, system="Darwin")
+    assert mac.steps[0].requirements[0] == "xgboost>=2.0"
+
+
+def test_no_deps_needs_cover_what_the_packages_declare():
+    """Each --no-deps package's declared requirements, read from its installed metadata, are listed, except
+    torch/torchvision (the PyTorch extension's) and SimpleITK (Slicer's)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    Requirement = pytest.importorskip("packaging.requirements").Requirement
+    provided = {"torch", "torchvision", "simpleitk", "numpy"}
+    checked = 0
+    for package, needs in deps.NO_DEPS_NEEDS.items():
+        try:
+            requires(package)
+        except PackageNotFoundError:
+            continue  # the light Python 3.12 environment of CI has none of them
+        checked += 1
+        declared = {
+            Requirement(text).name.lower().replace("_", "-")
+            for text in requires(package) or []
+            if "extra ==" not in text
+        }
+        listed = {deps._name(n).lower().replace("_", "-") for n in needs}
+        assert declared - provided <= listed, (package, declared - provided - listed)
+    if not checked:
+        pytest.skip("none of grad-cam, timm, pyradiomics-bhklab is installed here")
+
+
+def test_simpleitk_is_never_installed():
+    missing = deps.missing_requirements("module", _hiding("SimpleITK"))
+    plan = deps.install_plan(missing, pytorch_extension=True, radiomics_extension=True)
+    assert plan.steps == [] and not plan.empty
+    assert plan.refused[0].startswith("SimpleITK: it is part of 3D Slicer")
+    assert "Not installed by Rad4XCNN" in plan.message()
+
+
+def test_constraints_pin_every_installed_distribution(tmp_path):
+    installed = deps.installed_distributions()
+    assert {"numpy", "scipy", "pandas"} <= {n.lower() for n in installed}
+    path = deps.write_constraints(tmp_path, {**installed, "weird": "unknown"})
+    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("#")]
+    pins = dict(ln.split("==") for ln in lines)
+    import numpy
+
+    assert pins["numpy"] == numpy.__version__
+    assert "weird" not in pins and len(pins) == len(installed)
+    step = deps.InstallStep("pip", ("grad-cam>=1.5.4",), no_deps=True)
+    assert deps.pip_arguments(step, path) == ["-c", str(path), "--no-deps", "grad-cam>=1.5.4"]
+    with pytest.raises(ValueError, match="not run with pip"):
+        deps.pip_arguments(deps.InstallStep("pytorch", ("torch",)), path)
+
+
+def test_one_install_at_a_time():
+    with deps.one_install_at_a_time():
+        assert deps.install_in_progress()
+        with (
+            pytest.raises(deps.InstallInProgress, match="being installed already"),
+            deps.one_install_at_a_time(),
+        ):
+            pass
+    assert not deps.install_in_progress()
+
+
+def test_module_group_needs_only_the_light_packages():
+    find_spec = _hiding("torch", "pandas")
+    assert [r.module for r in deps.missing_requirements("module", find_spec)] == ["pandas"]
+
+
+def test_without_the_pytorch_extension_torch_comes_from_pypi():
+    plan = deps.install_plan(
+        deps.missing_requirements("pipeline", _hiding("torch")),
+        pytorch_extension=False,
+        radiomics_extension=True,
+    )
+    (step,) = plan.steps
+    assert step.kind == "pip" and step.requirements == ("torch>=2.4",) and not step.no_deps
+    assert "PyTorch extension was not found" in step.note
+
+
+def test_extension_detection_uses_the_module_path(tmp_path, monkeypatch):
+    """Inside Slicer an extension's module folder is on sys.path: finding PyTorchUtils means it is there."""
+
+    def hiding_torch(name):  # the real lookup, with torch and torchvision absent
+        return None if name in ("torch", "torchvision") else importlib.util.find_spec(name)
+
+    (tmp_path / "PyTorchUtils.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    plan = deps.check("pipeline", hiding_torch)
+    assert plan.steps[0].kind == "pytorch"
+    monkeypatch.undo()
+    importlib.invalidate_caches()
+    plan = deps.check("pipeline", hiding_torch)
+    assert plan.steps[0].kind == "pip" and plan.steps[0].requirements == ("torch>=2.4", "torchvision>=0.19")
+
+
+def test_broken_package_counts_as_missing():
+    def find_spec(name):
+        if name == "xgboost":
+            raise ValueError("xgboost.__spec__ is None")
+        return _hiding()(name)
+
+    assert [r.module for r in deps.missing_requirements("pipeline", find_spec)] == ["xgboost"]
+
+
+def test_names_and_groups():
+    assert {r.name for r in deps.REQUIREMENTS} >= {"scikit-learn", "grad-cam", "pyradiomics-bhklab"}
+    with pytest.raises(ValueError, match="unknown group 'gui'"):
+        deps.missing_requirements("gui")
+    assert deps.InstallPlan([]).message() == "All required Python packages are installed."
