@@ -110,6 +110,17 @@ def relabel_deep_columns(columns: Iterable[str], model: str, label: str) -> list
     return [label + c[len(model) :] if c.startswith(model) else c for c in map(str, columns)]
 
 
+def control_label(key: str) -> str:
+    """The label of a backbone's random-weights control (the same architecture, never trained).
+
+    Examples
+    --------
+    >>> control_label("resnet50")
+    'resnet50-random'
+    """
+    return f"{key}-random"
+
+
 def deep_model(name: str) -> str | None:
     """The backbone (with its stage) of a deep-feature column, or None for a radiomic or any other name.
 
@@ -290,6 +301,9 @@ class RunFiles:
     PROBES_SETTINGS = "probes.json"
     CKA = "cka.csv"
     CONCEPTS = "concepts.csv"
+    HELDOUT = "heldout.csv"
+    HELDOUT_PAIRS = "heldout_pairs.csv"
+    CONTROL_COVERAGE = "control_coverage.csv"
     REPLICABILITY = "replicability"
     BY_IMPORTANCE = "explanations_by_importance.csv"
     CLASSIFICATION = "classification.csv"

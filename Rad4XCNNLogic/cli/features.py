@@ -196,7 +196,7 @@ def register(sub, parents: dict) -> None:
     add_setting(p, "training.val_fraction", "--val-fraction")
     add_setting(p, "training.augment", "--augment")
     add_setting(p, "deep.margin", "--margin")
-    add_setting(p, "deep.dtype", "--dtype")
+    add_setting(p, "training.dtype", "--dtype")
     add_setting(p, "deep.num_workers", "--workers")
     add_setting(
         p, "split.train_cohort", "--cohort", help="train and validate on this cohort only (default: all)"

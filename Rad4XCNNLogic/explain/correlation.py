@@ -1,16 +1,15 @@
-"""Spearman's rho between every deep and every radiomic feature, and the statistics that control it.
+"""Spearman's rho between every deep and every radiomic feature, with its p- and q-values.
 
 Each feature's ranks (ties averaged) are standardised once, so that all rhos are one matrix product; it runs
-in chunks of deep features, on numpy or on torch (GPU when present) through the same code. p-values,
-Benjamini–Hochberg q-values, a max-|rho| permutation null (family-wise error) and bootstrap intervals build
-on those ranks.
+in chunks of deep features (one model per chunk), on numpy or on torch (GPU when present) through the same
+code (:mod:`~Rad4XCNNLogic.explain.backends`). The permutation null and the bootstrap build on the same
+preparation (:mod:`~Rad4XCNNLogic.explain.resampling`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError, first_line
-from Rad4XCNNLogic.infra.interval import Interval
+from Rad4XCNNLogic.explain.backends import _NumpyOps, resolve_backend
 from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
+from Rad4XCNNLogic.names import model_of
 
 log = logging.getLogger(__name__)
 
@@ -36,169 +36,23 @@ DEFAULT_MEMORY_MB = 512
 _SORT_COPIES = 8
 
 
-# --------------------------------------------------------------------------------------------- backends
-class _NumpyOps:
-    """The few array operations ranking and products need, on numpy. Rows are features, columns cases."""
-
-    name = "numpy"
-    device = "cpu"
-
-    def asarray(self, a: np.ndarray) -> np.ndarray:
-        # Values are only sorted and compared for ties, so float32 tables (deep features) stay float32:
-        # the ranks are the same and sorting is twice as fast.
-        a = np.asarray(a)
-        return np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64)
-
-    def index(self, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(idx, dtype=np.intp)
-
-    def to_numpy(self, a) -> np.ndarray:
-        return np.asarray(a)
-
-    def sort_last(self, a):
-        # Quicksort is not stable and needs not be: tied values share their average rank in any order.
-        order = np.argsort(a, axis=-1)
-        return np.take_along_axis(a, order, axis=-1), order
-
-    def ones_bool(self, shape) -> np.ndarray:
-        return np.ones(shape, dtype=bool)
-
-    def where(self, cond, a, b):
-        return np.where(cond, a, b)
-
-    def flatnonzero(self, flags):
-        return np.flatnonzero(flags)
-
-    def diff_to(self, starts, end: int):
-        """Lengths of the runs that begin at ``starts`` and end at the next start (the last at ``end``)."""
-        stops = np.empty_like(starts)
-        stops[:-1], stops[-1:] = starts[1:], end  # np.diff(append=) is ten times slower
-        return stops - starts
-
-    def repeat(self, values, counts):
-        return np.repeat(values, counts)
-
-    def float64(self, a):
-        return a.astype(np.float64)
-
-    def unsort_last(self, values, order):
-        out = np.empty_like(values)
-        np.put_along_axis(out, order, values, axis=-1)
-        return out
-
-    def sqrt(self, a):
-        return np.sqrt(a)
-
-    def stack_shuffled(self, z, perms):
-        """Each row of ``z`` with its columns (cases) reordered by each permutation: (rows * b, n), in
-        row-major order of (row, permutation), which needs no copy beyond the gather."""
-        return np.take(z, perms, axis=1).reshape(-1, z.shape[-1])  # take, unlike z[:, perms], is C-ordered
-
-    def abs_max_middle(self, a):
-        """Largest absolute value over the first and last axes of a 3D array (no temporary |a|)."""
-        return np.maximum(a.max(axis=(0, 2)), -a.min(axis=(0, 2)))
-
-    def zeros(self, shape):
-        return np.zeros(shape, dtype=np.float64)
-
-    def single(self, a):
-        return a.astype(np.float32)
-
-
-class _TorchOps(_NumpyOps):
-    """The same operations on torch tensors (float64), on the GPU when one is given."""
-
-    name = "torch"
-
-    def __init__(self, device: str):
-        import torch
-
-        self.torch = torch
-        self.device = device
-
-    def asarray(self, a):
-        # np.require copies read-only arrays (pandas may hand out views), which torch cannot wrap.
-        return self.torch.from_numpy(np.require(a, np.float64, ["C", "W"])).to(self.device)
-
-    def index(self, idx):
-        return self.torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)
-
-    def to_numpy(self, a) -> np.ndarray:
-        return a.detach().cpu().numpy()
-
-    def sort_last(self, a):
-        values, order = self.torch.sort(a, dim=-1)
-        return values, order
-
-    def ones_bool(self, shape):
-        return self.torch.ones(shape, dtype=self.torch.bool, device=self.device)
-
-    def where(self, cond, a, b):
-        return self.torch.where(cond, a, b)
-
-    def flatnonzero(self, flags):
-        return self.torch.nonzero(flags).reshape(-1)
-
-    def diff_to(self, starts, end: int):
-        return self.torch.diff(starts, append=self.torch.tensor([end], device=self.device))
-
-    def repeat(self, values, counts):
-        return self.torch.repeat_interleave(values, counts)
-
-    def float64(self, a):
-        return a.to(self.torch.float64)
-
-    def unsort_last(self, values, order):
-        return self.torch.empty_like(values).scatter_(-1, order, values)
-
-    def sqrt(self, a):
-        return self.torch.sqrt(a)
-
-    def stack_shuffled(self, z, perms):
-        return z[:, perms].reshape(-1, z.shape[-1])
-
-    def abs_max_middle(self, a):
-        return self.torch.maximum(a.amax(dim=(0, 2)), -a.amin(dim=(0, 2)))
-
-    def zeros(self, shape):
-        return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
-
-    def single(self, a):
-        return a.to(self.torch.float32)
-
-
-#: The array backends (``torch:cuda:N`` picks a GPU by number).
-BACKENDS = ("auto", "numpy", "torch", "torch:cpu", "torch:cuda")
-
-
-def resolve_backend(backend: str = "auto") -> _NumpyOps:
-    """Return the array backend: ``"numpy"``, ``"torch"`` (GPU if present, else CPU), ``"torch:cpu"``,
-    ``"torch:cuda"``, or ``"auto"`` (torch on a GPU when one is present, numpy otherwise).
+def model_runs(models: Sequence[str], chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` chunks of at most ``chunk`` rows that never span two models (backbones, or a
+    backbone's stages: :func:`~Rad4XCNNLogic.names.model_of`): each model's chunks start at its own first
+    row, so they do not depend on the other models in the table. BH q and the permutation null run per
+    model, so that adding a backbone never changes another's results.
 
     Examples
     --------
-    >>> resolve_backend("numpy").name
-    'numpy'
+    >>> model_runs(["a", "a", "a", "b", "b"], 2)
+    [(0, 2), (2, 3), (3, 5)]
     """
-    text = str(backend).lower()
-    if text == "numpy":
-        return _NumpyOps()
-    if text not in BACKENDS and not text.startswith("torch:cuda:"):
-        raise Rad4XCNNError(f"unknown backend {backend!r}: expected {', '.join(BACKENDS)}")
-    try:
-        import torch
-    except ImportError:
-        if text == "auto":
-            return _NumpyOps()
-        raise Rad4XCNNError(f"backend {backend!r} needs torch, which is not installed") from None
-    if text == "auto":
-        return _TorchOps("cuda") if torch.cuda.is_available() else _NumpyOps()
-    if text == "torch":
-        return _TorchOps("cuda" if torch.cuda.is_available() else "cpu")
-    device = text.split(":", 1)[1]
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise Rad4XCNNError(f"backend {backend!r} asks for a GPU, but torch finds no CUDA device")
-    return _TorchOps(device)
+    bounds, start = [], 0
+    for stop in range(1, len(models) + 1):
+        if stop == len(models) or models[stop] != models[start] or stop - start == chunk:
+            bounds.append((start, stop))
+            start = stop
+    return bounds
 
 
 # ------------------------------------------------------------------------------------------------ ranks
@@ -446,6 +300,8 @@ class _Prepared:
         self.ops = ops
         self.chunk = chunk_size
         self.n = len(aligned.cases)
+        self.models = [model_of(c) for c in aligned.deep.columns]
+        self.bounds = model_runs(self.models, chunk_size)
         radiomic = aligned.radiomic
         n_rad = len(radiomic.columns)
         self.zr = ops.zeros((n_rad, self.n))
@@ -456,13 +312,20 @@ class _Prepared:
             self.zr[start:stop], self.r_constant[start:stop] = _standardise(_average_ranks(block, ops), ops)
 
     def deep_chunks(self) -> Iterator[tuple[int, int, object, np.ndarray]]:
-        """Yield ``(start, stop, standardised ranks, constant flags)`` for each chunk of deep features."""
-        n_deep = len(self.aligned.deep.columns)
-        for start in range(0, n_deep, self.chunk):
-            stop = min(start + self.chunk, n_deep)
+        """Yield ``(start, stop, standardised ranks, constant flags)`` for each chunk of deep features (a
+        chunk holds the features of one model only)."""
+        for start, stop in self.bounds:
             block = self.ops.asarray(self.aligned.deep.block(slice(start, stop)))
             zd, constant = _standardise(_average_ranks(block, self.ops), self.ops)
             yield start, stop, zd, constant
+
+    def permutation_batches(self, n_permutations: int, batch: int, seed: int) -> Iterator[np.ndarray]:
+        """Seeded case orders, the same for every chunk whatever the batch size."""
+        return _permutation_batches(self.n, n_permutations, batch, seed)
+
+    def denominator(self, start: int, stop: int) -> np.ndarray | None:
+        """What the products of a chunk are divided by to give rho (None: nothing, they are rho)."""
+        return None
 
 
 def _prepare(
@@ -500,13 +363,26 @@ def spearman_pvalues(rho: np.ndarray, n_cases: int) -> np.ndarray:
     >>> round(float(spearman_pvalues(np.array(0.5), 30)), 4)
     0.0049
     """
+    return t_pvalues(rho, n_cases - 2)
+
+
+def t_pvalues(rho: np.ndarray, dof: float | np.ndarray) -> np.ndarray:
+    """Two-sided p-values of correlations from the t approximation ``t = rho sqrt(dof / (1 - rho^2))`` with
+    ``dof`` degrees of freedom (a number, or an array shaped like ``rho``); ``dof < 1`` gives NaN.
+
+    Examples
+    --------
+    >>> round(float(t_pvalues(np.array(0.5), 28)), 4)
+    0.0049
+    """
     from scipy import special
 
     rho = np.asarray(rho, dtype=np.float64)
-    dof = n_cases - 2
+    dof = np.asarray(dof, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = rho * np.sqrt((dof / ((rho + 1.0) * (1.0 - rho))).clip(0))
-    return 2 * special.stdtr(dof, -np.abs(t))
+        p = 2 * special.stdtr(np.maximum(dof, 1.0), -np.abs(t))
+    return np.where(dof >= 1, p, np.nan)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -530,6 +406,26 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
         scaled = p.ravel()[order] * (m / np.arange(1, m + 1))
         # q of the k-th smallest p is the smallest scaled value at rank k or above.
         q.ravel()[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
+
+
+def benjamini_hochberg_by_model(p: np.ndarray, models: Sequence[str]) -> np.ndarray:
+    """BH q-values computed separately over the rows (deep features) of each model: each backbone is its
+    own family of tests, so adding one never changes another's q.
+
+    Examples
+    --------
+    >>> p = np.array([[0.01, 0.04], [0.03, 0.5]])
+    >>> benjamini_hochberg_by_model(p, ["a", "b"])
+    array([[0.02, 0.04],
+           [0.06, 0.5 ]])
+    """
+    p = np.asarray(p, dtype=np.float64)
+    models = np.asarray(list(models), dtype=object)
+    q = np.full(p.shape, np.nan)
+    for model in dict.fromkeys(models.tolist()):
+        rows = np.flatnonzero(models == model)
+        q[rows] = benjamini_hochberg(p[rows])
     return q
 
 
@@ -632,7 +528,7 @@ def _spearman(prep: _Prepared, progress: bool) -> CorrelationResult:
     return CorrelationResult(
         rho=rho,
         p=p,
-        q=benjamini_hochberg(p),
+        q=benjamini_hochberg_by_model(p, prep.models),
         deep_features=list(aligned.deep.columns),
         radiomic_features=list(aligned.radiomic.columns),
         cases=list(aligned.cases),
@@ -652,7 +548,8 @@ def spearman(
     max_missing_fraction: float = 0.5,
     progress: bool = False,
 ) -> CorrelationResult:
-    """Spearman's rho, two-sided p and BH q between every deep and every radiomic feature.
+    """Spearman's rho, two-sided p and BH q (over each model's pairs) between every deep and every radiomic
+    feature.
 
     Parameters
     ----------
@@ -690,207 +587,3 @@ def _permutation_batches(n_cases: int, n_permutations: int, batch: int, seed: in
     for start in range(0, n_permutations, batch):
         size = min(batch, n_permutations - start)
         yield rng.permuted(np.tile(base, (size, 1)), axis=1)
-
-
-def _permutation_null(
-    prep: _Prepared, n_permutations: int, seed: int, progress: bool, single_precision: bool = True
-) -> np.ndarray:
-    if prep.n < MIN_CASES_RESAMPLING:
-        raise Rad4XCNNError(f"a permutation test needs at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
-    ops = prep.ops
-    null = np.zeros(n_permutations)
-    zr = ops.single(prep.zr) if single_precision else prep.zr
-    n_rad = zr.shape[0]
-    n_chunks = math.ceil(len(prep.aligned.deep.columns) / prep.chunk)
-    with _progress_bar(n_chunks * n_permutations, "permutations", progress) as bar:
-        for _, _, zd, _ in prep.deep_chunks():
-            zd = ops.single(zd) if single_precision else zd
-            # Shuffle the smaller side (the radiomic side by the inverse permutation, which gives the same
-            # rhos); the shuffled copies are stacked so that a batch is one matrix product.
-            shuffle_deep = zd.shape[0] <= n_rad
-            moving, fixed = (zd, zr) if shuffle_deep else (zr, zd)
-            width = moving.shape[0]
-            batch = max(
-                1, int(DEFAULT_MEMORY_MB * 2**20 // (zd.itemsize * width * (prep.n + fixed.shape[0])))
-            )
-            done = 0
-            for perms in _permutation_batches(prep.n, n_permutations, batch, seed):
-                size = perms.shape[0]
-                order = perms if shuffle_deep else np.argsort(perms, axis=1)
-                shuffled = ops.stack_shuffled(moving, ops.index(order))
-                products = (shuffled @ fixed.T).reshape(width, size, fixed.shape[0])
-                block_max = ops.to_numpy(ops.abs_max_middle(products)).astype(np.float64)
-                np.maximum(null[done : done + size], block_max, out=null[done : done + size])
-                done += size
-                bar.update(size)
-    return np.minimum(null, 1.0)
-
-
-def permutation_null(
-    deep_df: pd.DataFrame,
-    radiomic_df: pd.DataFrame,
-    n_permutations: int = 1000,
-    *,
-    seed: int = 0,
-    backend: str = "auto",
-    chunk_size: int | None = None,
-    max_missing_fraction: float = 0.5,
-    single_precision: bool = True,
-    progress: bool = False,
-) -> np.ndarray:
-    """The largest |rho| over all feature pairs in each of ``n_permutations`` shuffles of the case order.
-
-    Shuffling one table's cases breaks every deep–radiomic relation while keeping each feature's
-    distribution and the correlations within each table, so the maximum |rho| of a shuffle is what chance
-    alone reaches across the whole family of pairs. The same seed gives the same permutations on every
-    backend. ``single_precision`` (default) multiplies in float32: twice as fast, and its rounding (about
-    1e-6 in rho) is far below the null's own sampling error (about 1 / sqrt(n_permutations)).
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(1)
-    >>> deep = pd.DataFrame(rng.normal(size=(40, 5))); rad = pd.DataFrame(rng.normal(size=(40, 3)))
-    >>> null = permutation_null(deep, rad, 50, backend="numpy")
-    >>> null.shape, bool((null > 0).all() and (null <= 1).all())
-    ((50,), True)
-    """
-    if n_permutations < 1:
-        raise Rad4XCNNError(f"the number of permutations must be at least 1, got {n_permutations}")
-    prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    return _permutation_null(prep, n_permutations, seed, progress, single_precision)
-
-
-#: The family-wise error level of the permutation null.
-ALPHA_RANGE = Interval(0, 1, low_open=True, high_open=True)
-
-
-def _check_alpha(alpha: float) -> None:
-    problem = ALPHA_RANGE.problem(alpha)
-    if problem:
-        raise Rad4XCNNError(f"alpha {problem}")
-
-
-def permutation_threshold(null: np.ndarray, alpha: float = 0.05) -> float:
-    """The |rho| above which a pair is significant with family-wise error at most ``alpha``.
-
-    A pair is significant when its permutation p-value ``(1 + #{null >= |rho|}) / (P + 1)`` is at most
-    ``alpha`` (:func:`fwer_pvalues`); this returns the boundary of that set: the ``k``-th largest null value
-    with ``k = floor(alpha * (P + 1))``, which a significant |rho| must exceed.
-
-    Examples
-    --------
-    >>> permutation_threshold(np.linspace(0.1, 0.5, 99), alpha=0.05)
-    0.48367346938775513
-    """
-    _check_alpha(alpha)
-    null = np.sort(np.asarray(null, dtype=np.float64))[::-1]
-    k = math.floor(alpha * (len(null) + 1) + 1e-9)
-    if k < 1:
-        raise Rad4XCNNError(
-            f"{len(null)} permutations cannot give a threshold at alpha {alpha}: "
-            f"use at least {math.ceil(1 / alpha) - 1}"
-        )
-    return float(null[k - 1])
-
-
-def fwer_pvalues(rho: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """Family-wise-error-adjusted p-values from the max-|rho| null: ``(1 + #{null >= |rho|}) / (P + 1)``."""
-    null = np.sort(np.asarray(null, dtype=np.float64))
-    rho = np.abs(np.asarray(rho, dtype=np.float64))
-    exceed = len(null) - np.searchsorted(null, np.nan_to_num(rho, nan=0.0), side="left")
-    out = (1.0 + exceed) / (len(null) + 1.0)
-    return np.where(np.isnan(rho), np.nan, out)
-
-
-def suggest_threshold(null: np.ndarray, alpha: float = 0.05, step: float = 0.05) -> float:
-    """A threshold ``M`` to start from: the permutation threshold rounded up to a multiple of ``step``.
-
-    Every pair with |rho| >= the suggestion is significant with family-wise error at most ``alpha``; the
-    paper's M (e.g. 0.6) asks for a strong relation, well above this significance floor in large cohorts.
-
-    Examples
-    --------
-    >>> suggest_threshold(np.linspace(0.1, 0.5, 99), alpha=0.05)
-    0.5
-    """
-    threshold = permutation_threshold(null, alpha)
-    suggestion = math.ceil(round(threshold / step, 9)) * step
-    if suggestion <= threshold:  # the boundary itself is not significant (strict inequality)
-        suggestion += step
-    return round(min(suggestion, 1.0), 10)
-
-
-# ---------------------------------------------------------------------------------------------- bootstrap
-def _bootstrap(
-    prep: _Prepared,
-    deep_index: np.ndarray,
-    radiomic_index: np.ndarray,
-    n_boot: int,
-    confidence: float,
-    seed: int,
-    progress: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    if prep.n < MIN_CASES_RESAMPLING:
-        raise Rad4XCNNError(f"bootstrap intervals need at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
-    if not 0 < confidence < 1:
-        raise Rad4XCNNError(f"the confidence level must lie between 0 and 1, got {confidence}")
-    ops = prep.ops
-    deep_used, deep_pos = np.unique(deep_index, return_inverse=True)
-    rad_used, rad_pos = np.unique(radiomic_index, return_inverse=True)
-    raw_d = ops.asarray(prep.aligned.deep.block(deep_used))
-    raw_r = ops.asarray(prep.aligned.radiomic.block(rad_used))
-    pick_d, pick_r = ops.index(deep_pos), ops.index(rad_pos)
-    rng = np.random.default_rng(seed)
-    values = np.empty((n_boot, len(deep_index)))
-    with _progress_bar(n_boot, "bootstrap", progress) as bar:
-        for b in range(n_boot):
-            idx = ops.index(rng.integers(0, prep.n, prep.n))
-            zd, d_const = _standardise(_average_ranks(raw_d[:, idx], ops), ops)
-            zr, r_const = _standardise(_average_ranks(raw_r[:, idx], ops), ops)
-            # The product of the features involved is at most deep x radiomic; the pairs are picked from it.
-            sample = ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
-            sample[d_const[deep_pos] | r_const[rad_pos]] = np.nan  # a resample where a feature is constant
-            values[b] = sample
-            bar.update()
-    tail = (1 - confidence) / 2
-    with np.errstate(all="ignore"):
-        low, high = np.nanquantile(np.clip(values, -1, 1), [tail, 1 - tail], axis=0)
-    return low, high
-
-
-def bootstrap_intervals(
-    deep_df: pd.DataFrame,
-    radiomic_df: pd.DataFrame,
-    pairs: Sequence[tuple[str, str]],
-    n_boot: int = 200,
-    *,
-    confidence: float = 0.95,
-    seed: int = 0,
-    backend: str = "auto",
-    max_missing_fraction: float = 0.5,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """Percentile bootstrap intervals of rho for the given (deep, radiomic) pairs: cases are resampled with
-    replacement ``n_boot`` times and each pair's rho recomputed on the resample's own ranks.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(2)
-    >>> rad = pd.DataFrame({"original_firstorder_Mean": rng.normal(size=60)})
-    >>> deep = pd.DataFrame({"resnet50_0": rad.iloc[:, 0] + rng.normal(size=60)})
-    >>> pairs = [("resnet50_0", "original_firstorder_Mean")]
-    >>> ci = bootstrap_intervals(deep, rad, pairs, 100, backend="numpy")
-    >>> bool(ci["ci_low"].iloc[0] < ci["ci_high"].iloc[0])
-    True
-    """
-    prep = _prepare(deep_df, radiomic_df, backend, None, max_missing_fraction)
-    deep_pos = {c: i for i, c in enumerate(prep.aligned.deep.columns)}
-    rad_pos = {c: i for i, c in enumerate(prep.aligned.radiomic.columns)}
-    unknown = [f"{d}/{r}" for d, r in pairs if d not in deep_pos or r not in rad_pos]
-    if unknown:
-        raise Rad4XCNNError(f"unknown feature pair(s) for the bootstrap: {_names(unknown)}")
-    di = np.array([deep_pos[d] for d, _ in pairs], dtype=np.intp)
-    ri = np.array([rad_pos[r] for _, r in pairs], dtype=np.intp)
-    low, high = _bootstrap(prep, di, ri, n_boot, confidence, seed, progress) if len(pairs) else ([], [])
-    index = pd.MultiIndex.from_tuples(list(pairs), names=["deep_feature", "radiomic_feature"])
-    return pd.DataFrame({"ci_low": low, "ci_high": high}, index=index)

@@ -78,7 +78,7 @@ def extract_deep_features(
     input_size: int | None = None,
     stage: int | None = None,
     layers: Sequence[str] | None = None,
-    dtype: str = "auto",
+    dtype: str = "float32",
     include_normal: bool = False,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -104,7 +104,9 @@ def extract_deep_features(
     layers : names of layers to pool instead, side by side (``feature_info`` modules such as ``layer3`` or
         ``blocks.11``, and ``pre_logits`` for the final features; see :mod:`Rad4XCNNLogic.features.layers`);
         columns ``<model>.<layer>_<index>`` (``<model>_<index>`` for ``pre_logits``).
-    dtype : ``auto`` = bfloat16 autocast with channels-last on CUDA, float32 on CPU (deterministic).
+    dtype : ``float32`` (default: the same features on every device), or ``bfloat16`` / ``auto`` (bfloat16
+        autocast with channels-last on CUDA: faster, but about 3 significant digits, extra rank ties and
+        a rho that depends on the device).
     cache_dir : folder of the on-disk cache; None for no cache.
 
     Examples

@@ -20,13 +20,16 @@ from Rad4XCNNLogic.cam.maps import METHODS as CAM_METHOD_RECORDS
 from Rad4XCNNLogic.cam.maps import RANDOMISATIONS
 from Rad4XCNNLogic.classify.classifiers import CLASSIFIERS
 from Rad4XCNNLogic.errors import UsageError
-from Rad4XCNNLogic.explain.correlation import ALPHA_RANGE, BACKENDS
+from Rad4XCNNLogic.explain.backends import BACKENDS
 from Rad4XCNNLogic.explain.explanation import FDR_RANGE, THRESHOLD_RANGE
+from Rad4XCNNLogic.explain.heldout import CASES as EXPLAIN_CASES
+from Rad4XCNNLogic.explain.heldout import CONTROLS
 from Rad4XCNNLogic.explain.probes import DEFAULT_PENALTIES, PENALTY_RANGE
+from Rad4XCNNLogic.explain.resampling import ALPHA_RANGE
 from Rad4XCNNLogic.features.backbones import DEVICES, DTYPES, check_device_name
 from Rad4XCNNLogic.features.radiomics import PRESETS
 from Rad4XCNNLogic.infra.interval import Interval
-from Rad4XCNNLogic.names import FEATURE_SET_KINDS
+from Rad4XCNNLogic.names import FEATURE_SET_KINDS, control_label
 
 # Each vocabulary belongs to the module that uses it; the configuration only refers to it.
 CAM_METHODS = tuple(CAM_METHOD_RECORDS)
@@ -121,6 +124,12 @@ class TrainingConfig:
         "a second phase on another manifest's train split (older form of 'phases'); its images go "
         "through the same leakage check against the evaluation sets",
     )
+    dtype: str = _opt(
+        "auto",
+        "compute type of training (auto: bfloat16 autocast on CUDA, float32 elsewhere); the deep features "
+        "are extracted afterwards in deep.dtype",
+        choices=DTYPES,
+    )
 
 
 @dataclass
@@ -131,7 +140,13 @@ class DeepConfig:
     margin: float = _opt(
         0.1, "ROI margin around the lesion, as a fraction of its longer side", interval=Interval(0, 5)
     )
-    dtype: str = _opt("auto", "compute type of the forward pass (auto: bfloat16 on CUDA)", choices=DTYPES)
+    dtype: str = _opt(
+        "float32",
+        "compute type of the forward pass; float32 gives the same features on every device; bfloat16 "
+        "(auto: bfloat16 on CUDA) is faster on a GPU but keeps about 3 significant digits, adds rank ties "
+        "and makes rho depend on the device",
+        choices=DTYPES,
+    )
     input_size: int | None = _opt(
         None, "model input size in pixels (null: the model's or checkpoint's)", minimum=16
     )
@@ -168,6 +183,18 @@ class ExplainConfig:
     alpha: float = _opt(0.05, "family-wise error level of the permutation null", interval=ALPHA_RANGE)
     backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
     chunk_size: int | None = _opt(None, "deep features per chunk (null: by memory)", minimum=1)
+    stratify: list[str] = _opt(
+        ["label", "cohort"],
+        "manifest columns (label, cohort, scanner, ...) within whose strata a pair must hold to explain; "
+        "pairs that hold only pooled over them are 'confounded'; []: the paper's pooled rule",
+    )
+    cases: str = _opt(
+        "train",
+        "cases the explanation, its permutation null, the suggested M and the classifiers' explained "
+        "set come from: train (train and val of the training cohort; the internal test split and every "
+        "other cohort re-measure the kept pairs) or all",
+        choices=EXPLAIN_CASES,
+    )
 
 
 @dataclass
@@ -275,6 +302,12 @@ class RunConfig:
     models: list[ModelConfig] = field(
         default_factory=lambda: [ModelConfig()], metadata={"help": "backbones whose features are explained"}
     )
+    control: str = _opt(
+        "random",
+        "random: also explain a random-weights copy of each backbone with weights (label <key>-random), "
+        "to show what training added beyond the architecture; none",
+        choices=CONTROLS,
+    )
     deep: DeepConfig = field(default_factory=DeepConfig, metadata={"help": "deep feature extraction"})
     radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig, metadata={"help": "radiomics"})
     explain: ExplainConfig = field(default_factory=ExplainConfig, metadata={"help": "correlation"})
@@ -287,6 +320,35 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def controls(self) -> dict[str, str]:
+        """Backbone key -> its random-weights control's key, for every backbone with weights (none when
+        ``control`` is ``none``). A random model of the same architecture and stage already in ``models``
+        is the control; otherwise one is added (see :meth:`deep_models`)."""
+        if self.control == "none":
+            return {}
+        found = {}
+        for model in self.models:
+            if model.weights is None:
+                continue
+            existing = [
+                m.key
+                for m in self.models
+                if m.weights is None and m.name == model.name and m.stage == model.stage
+            ]
+            found[model.key] = existing[0] if existing else control_label(model.key)
+        return found
+
+    def deep_models(self) -> list[ModelConfig]:
+        """The backbones whose deep features are extracted: ``models`` and the controls they lack."""
+        keys = {m.key for m in self.models}
+        by_key = {m.key: m for m in self.models}
+        added = [
+            ModelConfig(name=by_key[key].name, weights=None, label=control, stage=by_key[key].stage)
+            for key, control in self.controls().items()
+            if control not in keys
+        ]
+        return [*self.models, *added]
 
 
 # ------------------------------------------------------------------------------------------- validation

@@ -389,6 +389,88 @@ def _explain_section(out: Path, cfg, top: int, heat_n: int) -> dict:
     return result
 
 
+def _trust_section(out: Path) -> dict:
+    """What "explained" means under the rule used; pooled against stratified counts, the confounded pairs,
+    each backbone beside its random-weights control, and the explanation re-measured on held-out cases."""
+    summary_path = out / "explanation.json"
+    if not summary_path.is_file():
+        return {}
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    settings = summary.get("settings", {})
+    m, fdr = settings.get("threshold", 0.6), settings.get("fdr")
+    rule = f"|rho| >= {m:.2f}" + (f" and q <= {fdr:g}" if fdr is not None else "")
+    strata = summary.get("strata")
+    result: dict[str, Any] = {"stratified": bool(strata)}
+    if strata:
+        columns = ", ".join(strata["columns"])
+        result["strata_columns"] = columns
+        note = (
+            f"Rule used: {rule} within the strata of {columns} ({len(strata['sizes'])} strata, "
+            f"{strata['n_cases']} cases). A deep feature is explained when it co-varies with a radiomic "
+            f"feature among cases of the same {columns}: co-variation within class and site, not proof that "
+            "the network computes that property, nor a meaning beyond it. A deep feature that meets the rule "
+            "only pooled over the strata is confounded: both features differ between the strata (classes, "
+            "sites, scanners) without co-varying within them."
+        )
+        if strata.get("left_out"):
+            small = ", ".join(f"{k} ({v})" for k, v in strata["left_out"].items())
+            note += f" Strata of fewer than 3 cases are left out of the within-stratum rho: {small}."
+    else:
+        note = (
+            f"Rule used: the paper's pooled rule, {rule} over all cases together. It does not tell a "
+            "co-variation within class and site from a shared difference between classes or sites."
+        )
+    if settings.get("cases") == "train":
+        note += (
+            f" The explanation, its permutation null and the suggested M come from the {summary['n_cases']} "
+            "training cases (train and val of the training cohort) only; the other cases re-measure it below."
+        )
+    result["rule_note"] = note
+    table = _read_csv(out / "explanations.csv", index_col=0)
+    pairs = _read_csv(out / "correlations.csv")
+    if table is not None and len(table):
+        counts = table.groupby("model", sort=False)["status"].value_counts().unstack(fill_value=0)
+        shown = {"explained": counts.get("explained", 0)}
+        if strata:
+            shown["confounded"] = counts.get("confounded", 0)
+        shown["unexplained"] = counts.get("unexplained", 0)
+        frame = counts.assign(**shown)[list(shown)]
+        if strata and pairs is not None:
+            kept = pairs["rho"].abs() >= m - 1e-12
+            if fdr is not None:
+                kept &= pairs["q"] <= fdr
+            pooled = pairs.loc[kept, "deep_feature"].drop_duplicates()
+            by_model = table.loc[pooled, "model"].value_counts() if len(pooled) else None
+            frame["explained by the pooled rule alone"] = [
+                int(by_model.get(model, 0)) if by_model is not None else 0 for model in frame.index
+            ]
+        result["counts_table"] = html_table(frame.rename_axis("backbone").reset_index())
+    if strata and pairs is not None and "status" in pairs:
+        confounded = pairs[pairs["status"] == "confounded"]
+        confounded = confounded.reindex(confounded["rho"].abs().sort_values(ascending=False).index)
+        result["n_confounded_pairs"] = len(confounded)
+        shown = confounded[["deep_feature", "radiomic_feature", "rho", "rho_within"]].rename(
+            columns={
+                "deep_feature": "deep feature",
+                "radiomic_feature": "radiomic feature",
+                "rho": "rho pooled",
+                "rho_within": "rho within strata",
+            }
+        )
+        result["confounded_table"] = html_table(shown, max_rows=20)
+    percent = {c: (lambda v: f"{100 * v:.0f}%") for c in ("fraction", "fraction_control", "gain")}
+    control = _read_csv(out / "control_coverage.csv")
+    if control is not None and len(control):
+        shown = control[["model", "control", "M", "fraction", "fraction_control", "gain"]]
+        result["control_table"] = html_table(shown, percent)
+    held = _read_csv(out / "heldout.csv")
+    if held is not None and len(held):
+        result["heldout_table"] = html_table(
+            held.rename(columns={"set": "held-out cases"}), {"fraction_replicated": percent["fraction"]}
+        )
+    return result
+
+
 def _classification_section(out: Path) -> dict:
     import pandas as pd
 
@@ -517,6 +599,7 @@ def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failur
     }
     context.update(_cohort_section(out))
     context.update(_explain_section(out, cfg, cfg.report.top_features, cfg.report.heatmap_features))
+    context.update(_trust_section(out))
     context.update(_classification_section(out))
     concepts = concepts_section(out)
     context.update(

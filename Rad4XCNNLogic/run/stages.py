@@ -139,7 +139,7 @@ def plan_train(run: Pipeline) -> Plan:
     settings = {
         "training": asdict(tc),
         "models": [(m.key, m.name) for m in trained],
-        "deep": {"margin": cfg.deep.margin, "dtype": cfg.deep.dtype},
+        "deep": {"margin": cfg.deep.margin},
         "seed": cfg.seed,
         "train_cohort": cfg.split.train_cohort,
         "phases": list(tc.phases),
@@ -201,7 +201,7 @@ def _deep_job(run: Pipeline, model) -> tuple[work.DeepJob, str | None]:
 
 def plan_deep(run: Pipeline) -> Plan:
     cfg = run.cfg
-    jobs = [(m, *_deep_job(run, m)) for m in cfg.models]
+    jobs = [(m, *_deep_job(run, m)) for m in cfg.deep_models()]
     settings = {
         "models": [dict(asdict(m), weights_hash=h) for m, _, h in jobs],
         "deep": {k: v for k, v in asdict(cfg.deep).items() if k != "num_workers"},
@@ -251,20 +251,29 @@ def plan_radiomics(run: Pipeline) -> Plan:
 # ------------------------------------------------------------------------------------------- explanation
 def plan_explain(run: Pipeline) -> Plan:
     cfg = run.cfg
-    settings = {"explain": asdict(cfg.explain), "seed": cfg.seed}
+    settings = {
+        "explain": asdict(cfg.explain),
+        "seed": cfg.seed,
+        "train_cohort": cfg.split.train_cohort,
+        "controls": cfg.controls(),
+    }
 
     def compute() -> dict:
+        cohort = run.load_cohort()
         summary = work.explain_stage(
             run.path(RunFiles.DEEP),
             run.path(RunFiles.RADIOMICS),
             run.out,
             explain=cfg.explain,
             seed=cfg.seed,
-            cohort=run.load_cohort(),
+            cohort=cohort,
+            manifest=cohort,
+            train_cohort=cfg.split.train_cohort,
+            controls=cfg.controls(),
             progress=run.progress,
         )
-        summary.pop("result")
-        summary.pop("replicability")
+        for key in ("result", "replicability", "control_coverage"):
+            summary.pop(key)
         return summary
 
     return Plan(settings, compute)
@@ -428,7 +437,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", 1, ("cohort",), plan_train),
     Stage("deep", 2, ("cohort", "train"), plan_deep),
     Stage("radiomics", 1, ("cohort",), plan_radiomics),
-    Stage("explain", 2, ("cohort", "deep", "radiomics"), plan_explain),
+    Stage("explain", 3, ("cohort", "deep", "radiomics"), plan_explain),
     Stage("classify", 1, ("cohort", "deep", "radiomics", "explain"), plan_classify),
     Stage("cam", 2, ("cohort", "train"), plan_cam),
     Stage(

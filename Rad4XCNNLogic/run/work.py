@@ -69,7 +69,7 @@ def train_stage(
         val_fraction=training.val_fraction,
         include_normal=include_normal,
         num_workers=deep.num_workers,
-        dtype=deep.dtype,
+        dtype=training.dtype,
         seed=seed,
         progress=progress,
     )
@@ -251,6 +251,9 @@ def explain_stage(
     explain: ExplainConfig,
     seed: int,
     cohort=None,
+    manifest=None,
+    train_cohort: str = "internal",
+    controls: dict[str, str] | None = None,
     importances: Any = None,
     progress: bool = True,
 ) -> dict:
@@ -259,19 +262,39 @@ def explain_stage(
     Writes the explanation (``correlations.csv``, ``explanations.csv``, ``coverage.csv``, the matrices,
     ``explanation.json``), ``explained_by_threshold.csv``, ``replicability/`` when ``cohort`` holds two
     cohorts of at least 10 cases, and ``explanations_by_importance.csv`` when ``importances`` (the
-    classification stage's table) is given."""
+    classification stage's table) is given.
+
+    With ``manifest`` (a cohort: its label, cohort, split and any other column), the explanation holds
+    within the strata of ``explain.stratify`` (confounded pairs flagged), and with ``explain.cases`` train
+    it comes from the train and val cases of ``train_cohort`` only: its kept pairs are then re-measured on
+    the internal test split and every other cohort (``heldout.csv``, ``heldout_pairs.csv``). ``controls``
+    (backbone -> its random-weights control) adds ``control_coverage.csv``."""
     from Rad4XCNNLogic.explain.correlation import read_feature_table
     from Rad4XCNNLogic.explain.explanation import explain as explain_features
     from Rad4XCNNLogic.explain.explanation import write_explanation
+    from Rad4XCNNLogic.explain.heldout import coverage_against_control, remeasure, split_cases
+    from Rad4XCNNLogic.explain.strata import stratum_labels
 
     out_dir = Path(out_dir)
     deep = read_feature_table(deep_csv, "deep feature")
     rad = read_feature_table(radiomics_csv, "radiomic feature")
+    frame = manifest.frame() if manifest is not None else None
+    if frame is None and (explain.stratify or explain.cases == "train"):
+        # Without a manifest there are neither strata nor splits: the paper's pooled rule on every case.
+        log.info("explain: no manifest, so no strata and every case: the pooled rule")
+    strata = stratum_labels(frame, explain.stratify) if frame is not None and explain.stratify else None
+    held_sets = None
+    used_deep, used_rad = deep, rad
+    if frame is not None and explain.cases == "train":
+        training, held_sets = split_cases(frame, train_cohort)
+        used_deep, used_rad = deep[deep.index.isin(training)], rad[rad.index.isin(training)]
+        held_sets = held_sets[held_sets.index.isin(deep.index) & held_sets.index.isin(rad.index)]
     result = explain_features(
-        deep,
-        rad,
+        used_deep,
+        used_rad,
         explain.thresholds[0],
         fdr=explain.fdr,
+        strata=strata,
         permutations=explain.permutations,
         alpha=explain.alpha,
         bootstrap=explain.bootstrap,
@@ -280,6 +303,7 @@ def explain_stage(
         chunk_size=explain.chunk_size,
         progress=progress,
     )
+    result.settings["cases"] = explain.cases if frame is not None else "all"
     outputs = list(write_explanation(result, out_dir).values())
     outputs.append(
         write_csv_atomic(
@@ -288,6 +312,16 @@ def explain_stage(
             index=False,
         )
     )
+    held = None
+    if held_sets is not None and len(held_sets):
+        held = remeasure(result, deep, rad, held_sets, strata=strata, backend=explain.backend)
+        outputs += list(held.write(out_dir).values())
+    control_table = None
+    models = set(result.coverage["model"])
+    pairs = {k: v for k, v in (controls or {}).items() if k in models and v in models}
+    if pairs:
+        control_table = coverage_against_control(result.coverage, pairs)
+        outputs.append(write_csv_atomic(out_dir / RunFiles.CONTROL_COVERAGE, control_table, index=False))
     replicability = None
     if cohort is not None:
         replicability = _replicability(deep, rad, cohort, result.threshold, explain, out_dir, progress)
@@ -299,22 +333,35 @@ def explain_stage(
             outputs.append(write_csv_atomic(out_dir / RunFiles.BY_IMPORTANCE, ranked))
     s = result.summary()
     frac = s["fraction_explained"]
+    where = "within " + ",".join(s["strata"]["columns"]) if "strata" in s else "pooled"
     text = (
         f"M={result.threshold:g}: {s['n_explained']} of {s['n_deep_features']} deep features explained "
-        f"({0 if frac is None else 100 * frac:.0f}%), {s['n_pairs_kept']} pairs"
+        f"({0 if frac is None else 100 * frac:.0f}%) {where}, {s['n_pairs_kept']} pairs"
     )
+    if "n_confounded" in s:
+        text += f"; {s['n_confounded']} confounded (pooled rule alone: {s['n_explained_pooled']} explained)"
+    if held is not None:
+        text += "; held out: " + ", ".join(
+            f"{r.set} {r.n_replicated}/{r.n_measured} replicated" for r in held.summary.itertuples()
+        )
     if s["permutation_threshold"] is not None:
         text += f"; permutation threshold {s['permutation_threshold']:.2f}"
     return {
         "threshold": result.threshold,
         "fdr": explain.fdr,
-        **{k: s[k] for k in ("n_cases", "n_pairs_kept", "n_explained", "fraction_explained")},
+        **{k: s[k] for k in ("n_cases", "n_pairs_kept", "n_explained", "fraction_explained", "rule")},
+        "cases": result.settings["cases"],
+        "n_confounded": s.get("n_confounded"),
+        "n_explained_pooled": s.get("n_explained_pooled"),
         "permutation_threshold": s["permutation_threshold"],
         "suggested_M": s["suggested_M"],
+        "suggested_M_by_model": s["suggested_M_by_model"],
+        "heldout": None if held is None else held.summary.to_dict(orient="records"),
         "text": text,
         "outputs": outputs,
         "result": result,
         "replicability": None if replicability is None else replicability[0],
+        "control_coverage": control_table,
     }
 
 

@@ -162,8 +162,11 @@ def test_family_summary_counts_partners_by_family():
     assert row["n_partners"] == 4 and row["top_family"] == "wavelet-HL texture"
     # Ties in the count are ordered by the strongest partner first.
     assert row["families"] == "wavelet-HL texture 2; original texture 1; wavelet-HL first-order 1"
-    assert row["summary"].startswith(
-        "4 partners, 2 of them wavelet-HL texture; strongest original_glcm_Contrast, rho 1.00 (local grey"
+    # The four partners are near copies of each other: one redundancy cluster, named by its central member.
+    assert row["n_clusters"] == 1 and row["partner_clusters"] == "original_glcm_Contrast"
+    assert row["summary"] == (
+        "4 partners in 1 group: high local grey-level variation (original_glcm_Contrast and 3 similar); "
+        "strongest original_glcm_Contrast, rho 1.00"
     )
     assert row["strongest_meaning"].startswith("contrast (GLCM) on original image")
 
