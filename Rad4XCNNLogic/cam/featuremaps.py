@@ -36,7 +36,6 @@ __all__ = [
     "FeatureMapResult",
     "check_feature_names",
     "compute_feature_maps",
-    "features_from_run",
     "map_agreement",
     "read_cam_maps",
     "write_feature_maps",
@@ -127,33 +126,6 @@ def check_feature_names(names: str | Sequence[str]) -> tuple[list[str], list[str
     return usable, skipped
 
 
-def features_from_run(run: str | os.PathLike, top: int) -> tuple[list[str], pd.DataFrame]:
-    """The radiomic features that explain a run's ``top`` most important deep features.
-
-    Reads the run folder's explanations (the stored correlations at the run's M) and the classifier's
-    importances (``importances.csv``; without it deep features are ranked by their strongest |rho|, see
-    :meth:`~Rad4XCNNLogic.run.results.RunResults.ranked_deep_features`). Returns the radiomic feature names,
-    in order of first appearance, and the pairs used (deep_feature, radiomic_feature, rho).
-    """
-    from Rad4XCNNLogic.run.results import RunResults
-
-    if int(top) < 1:
-        raise Rad4XCNNError(f"--top must be at least 1, got {top}")
-    results = RunResults.load(run)
-    if results.explanation is None:
-        raise Rad4XCNNError(f"run folder {run} holds no explanation (correlations) to pick features from")
-    deep = list(results.ranked_deep_features(top=int(top)).index)
-    pairs = results.explaining_pairs(deep)
-    names = list(dict.fromkeys(pairs["radiomic_feature"].astype(str))) if len(pairs) else []
-    if not names:
-        raise Rad4XCNNError(
-            f"none of the {len(deep)} most important deep features of {run} is explained by a radiomic "
-            f"feature at M = {results.threshold}"
-        )
-    columns = [c for c in ("deep_feature", "radiomic_feature", "rho") if c in pairs.columns]
-    return names, pairs[columns].reset_index(drop=True)
-
-
 # ------------------------------------------------------------------------------------------- one map
 #: PyRadiomics' voxel-based settings (its ``voxelSetting`` section); the kernel radius is set per call.
 _VOXEL_SETTING = {"maskedKernel": True, "initValue": 0}
@@ -194,7 +166,7 @@ def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int =
     import SimpleITK as sitk
     from radiomics import featureextractor
 
-    from Rad4XCNNLogic.features.radiomics import _pixels_for_pyradiomics
+    from Rad4XCNNLogic.features.radiomics import pixels_for_pyradiomics
     from Rad4XCNNLogic.names import parse_radiomic_name
 
     mask = np.asarray(loaded.mask, bool)
@@ -211,7 +183,7 @@ def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int =
     prefix, feature_class, feature = parsed.image_type, parsed.feature_class, parsed.feature
     image_type = _image_type_of(prefix)
     settings = _settings_for(params)
-    image2d = loaded.image.to_sitk(_pixels_for_pyradiomics(loaded.image.array))
+    image2d = loaded.image.to_sitk(pixels_for_pyradiomics(loaded.image.array))
     mask2d = loaded.image.to_sitk(mask.astype(np.uint8))
     filtered = _filtered_image(image2d, mask2d, prefix, image_type, params, settings)
     # Voxel-based firstorder fails on a true 2D image in PyRadiomics 3.1 (2-column kernel offsets get a
@@ -293,9 +265,9 @@ class FeatureMapResult:
 
 def _task(case: Case, name: str, params, kernel_radius: int) -> tuple[str, str, Any, float]:
     """One (case, feature) map in a worker: ``(case_id, feature, map or problem text, seconds)``."""
-    from Rad4XCNNLogic.features.radiomics import _prepare_process
+    from Rad4XCNNLogic.features.radiomics import prepare_process
 
-    _prepare_process(limit_threads=False)
+    prepare_process(limit_threads=False)
     start = time.perf_counter()
     try:
         loaded = case.load()
@@ -321,11 +293,9 @@ def _run(tasks: list[tuple[Case, str]], params, kernel_radius: int, jobs: int):
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from Rad4XCNNLogic.features.radiomics import _init_worker, _worker_context
+    from Rad4XCNNLogic.features.radiomics import init_worker, worker_context
 
-    with ProcessPoolExecutor(
-        max_workers=jobs, mp_context=_worker_context(), initializer=_init_worker
-    ) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=worker_context(), initializer=init_worker) as pool:
         futures = [pool.submit(_task, case, name, params, kernel_radius) for case, name in tasks]
         for future in as_completed(futures):
             yield future.result()
@@ -337,7 +307,8 @@ def compute_feature_maps(
     *,
     cases: str | Sequence[str] | None = None,
     from_run: str | os.PathLike | None = None,
-    top: int = 5,
+    top: int | None = None,
+    pairs: pd.DataFrame | None = None,
     params: str | os.PathLike | RadiomicsParams = "paper",
     kernel_radius: int = DEFAULT_KERNEL_RADIUS,
     cam_dir: str | os.PathLike | None = None,
@@ -350,9 +321,12 @@ def compute_feature_maps(
     Parameters
     ----------
     cohort : the cases (a :class:`Cohort` or a list); ``cases`` picks ids (a list or comma-separated).
-    features : PyRadiomics feature names (``original_glcm_Contrast``); or None with ``from_run``: the
-        radiomic features explaining that run's ``top`` most important deep features
-        (:func:`features_from_run`). Shape features are skipped (no voxel-based form).
+    features : PyRadiomics feature names (``original_glcm_Contrast``); for the radiomic features that
+        explain a run's ``top`` most important deep features, see
+        :func:`Rad4XCNNLogic.run.results.features_from_run` (its ``pairs`` are recorded with the maps).
+        Shape features are skipped (no voxel-based form).
+    from_run, top, pairs : where the features came from, recorded in the settings; ``from_run`` also
+        gives the default ``cam_dir``.
     params : the radiomics preset or parameter file (discretisation, filters), as in the run.
     kernel_radius : see :data:`DEFAULT_KERNEL_RADIUS`; a kernel larger than a case's lesion fails that case.
     cam_dir : a CAM folder (``<run>/cam``) whose maps are compared with each feature map; default: the
@@ -375,13 +349,8 @@ def compute_feature_maps(
         raise Rad4XCNNError(f"kernel radius must be at least 1 pixel, got {kernel_radius}")
     if int(jobs) < 1:
         raise Rad4XCNNError(f"jobs must be at least 1, got {jobs}")
-    pairs = None
     if features is None or (isinstance(features, str) and not features.strip()):
-        if from_run is None:
-            raise Rad4XCNNError(
-                "name the radiomic features (--features), or give a run (--from-run RUN --top K)"
-            )
-        features, pairs = features_from_run(from_run, top)
+        raise Rad4XCNNError("name the radiomic features (--features), or give a run (--from-run RUN --top K)")
     usable, skipped = check_feature_names(features)
     if not usable:
         raise Rad4XCNNError(f"no feature with a voxel-based form among {', '.join(skipped)} (shape features)")
@@ -445,7 +414,7 @@ def compute_feature_maps(
         "features": usable,
         "skipped": {name: "shape feature: no voxel-based form" for name in skipped},
         "from_run": None if from_run is None else str(from_run),
-        "top": int(top) if from_run is not None and pairs is not None else None,
+        "top": int(top) if top is not None and pairs is not None else None,
         "pairs": None if pairs is None else pairs.to_dict(orient="records"),
         "cam_dir": None if cam_dir is None else str(cam_dir),
         "values": "the feature of each lesion pixel's kernel; 0 outside the lesion and, in the files, where "

@@ -42,9 +42,9 @@ import numpy as np
 
 # the feature tables, the design and the importances live in their own modules; their public names are
 # also reachable from here, where the callers of the classification stage have always found them
-from Rad4XCNNLogic.classify.design import INTERNAL_TEST, POSITIVE_NAMES, STAGE, _design
+from Rad4XCNNLogic.classify.design import INTERNAL_TEST, POSITIVE_NAMES, STAGE, training_design
 from Rad4XCNNLogic.classify.importance import (
-    _importances,
+    compute_importances,
     permutation_importance_batched,
     ranking_model,
     ranking_score,
@@ -58,10 +58,10 @@ from Rad4XCNNLogic.classify.metrics import (
 from Rad4XCNNLogic.classify.models import (
     CLASSIFIERS,
     DEFAULT_GRIDS,
-    _fit_one,
     class_weights,
     classifier_param_prefix,
     cv_splitter,
+    fit_one,
     make_pipeline,
 )
 from Rad4XCNNLogic.classify.tables import (
@@ -249,7 +249,7 @@ def classify(
         raise Rad4XCNNError(f"the feature table repeats case_id {', '.join(map(repr, dup[:5]))}")
 
     sets = resolve_feature_sets(features, feature_sets, explained)
-    design = _design(
+    design = training_design(
         list(features.index),
         cohort,
         positive=positive,
@@ -318,7 +318,7 @@ def classify(
             columns = sets[set_name]
             X_train = features.loc[design.train, columns].to_numpy(dtype=float)
             try:
-                fitted, params, cv_auc, note = _fit_one(
+                fitted, params, cv_auc, note = fit_one(
                     clf_name,
                     X_train,
                     y_train,
@@ -359,7 +359,7 @@ def classify(
                 pred_frames.append(pred)
             ids = design.evaluations[importance_on]
             imp_frames.append(
-                _importances(
+                compute_importances(
                     fitted,
                     clf_name,
                     set_name,

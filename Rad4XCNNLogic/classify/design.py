@@ -64,7 +64,7 @@ def _choose_positive(labels: Sequence[str], positive: str | None) -> str | None:
     return labels[1]
 
 
-def _design(
+def training_design(
     feature_ids: Sequence[str],
     cohort: Cohort,
     *,
@@ -75,6 +75,8 @@ def _design(
     feature_failures: Sequence[CaseFailure] = (),
     evaluate_on: Sequence[str] | None = None,
 ) -> _Design:
+    """Who trains and who is evaluated: the cases of ``feature_ids`` split into the training design and the
+    evaluation sets, with the reasons cases are left out."""
     failures: list[CaseFailure] = []
     reasons: Counter[str] = Counter()
     manifest_ids = set(cohort.case_ids)

@@ -180,7 +180,9 @@ def _rbf_decision_terms(estimator, X: np.ndarray):
     return distances, support, coef, intercept, gamma
 
 
-def _importances(fitted, clf_name, set_name, columns, X_eval, y_eval, eval_name, repeats, seed):
+def compute_importances(fitted, clf_name, set_name, columns, X_eval, y_eval, eval_name, repeats, seed):
+    """Permutation and model importances of one fitted pipeline on one evaluation set, mapped back to the
+    input columns."""
     import pandas as pd
 
     support = fitted.named_steps["filter"].support_

@@ -114,7 +114,7 @@ def class_weights(y: np.ndarray) -> np.ndarray:
     return per_class[np.searchsorted(classes, y)]
 
 
-def _fit_one(
+def fit_one(
     clf_name,
     X,
     y,

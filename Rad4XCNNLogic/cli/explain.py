@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from Rad4XCNNLogic.cli.options import _dest, add_setting, config_from_args, setting_type, show_progress
+from Rad4XCNNLogic.cli.options import add_setting, config_from_args, setting_dest, setting_type, show_progress
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.names import RunFiles
 
@@ -139,7 +139,7 @@ def register(sub, parents: dict) -> None:
     )
     p.add_argument(
         "--stratify",
-        dest=_dest("explain.stratify"),
+        dest=setting_dest("explain.stratify"),
         type=setting_type("explain.stratify", comma=True),
         metavar="COLUMNS",
         help=(
@@ -150,7 +150,7 @@ def register(sub, parents: dict) -> None:
     )
     p.add_argument(
         "--cases",
-        dest=_dest("explain.cases"),
+        dest=setting_dest("explain.cases"),
         type=setting_type("explain.cases"),
         choices=("train", "all"),
         help=(

@@ -63,6 +63,16 @@ def print_feature_maps(result, out: Path) -> None:
     print_failures(result.failures, "the feature maps")
 
 
+def features_to_map(features, run, top: int):
+    """(features, pairs): the named features, or those that explain the run's ``top`` most important deep
+    features (with the pairs that chose them)."""
+    if features:
+        return features, None
+    from Rad4XCNNLogic.run.results import features_from_run
+
+    return features_from_run(run, top)
+
+
 def cmd_featuremaps(args: argparse.Namespace) -> int:
     from Rad4XCNNLogic.cam.featuremaps import compute_feature_maps
     from Rad4XCNNLogic.cohort.manifest import read_manifest
@@ -71,12 +81,14 @@ def cmd_featuremaps(args: argparse.Namespace) -> int:
         raise UsageError("name the radiomic features (--features), or give a run (--from-run RUN --top K)")
     cohort = read_manifest(args.manifest)
     out = Path(args.out)
+    features, pairs = features_to_map(args.features, args.from_run, args.top)
     result = compute_feature_maps(
         cohort,
-        args.features,
+        features,
         cases=args.cases,
         from_run=args.from_run,
         top=args.top,
+        pairs=pairs,
         params=args.params,
         kernel_radius=args.kernel_radius,
         cam_dir=args.cams,

@@ -14,7 +14,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import numpy as np
 
     from Rad4XCNNLogic.cohort.manifest import read_manifest
-    from Rad4XCNNLogic.run.work import probe_stage
+    from Rad4XCNNLogic.run.probing import probe_stage
 
     cfg = config_from_args(args)
     # The probes read no image: the manifest gives the cases' splits and cohorts only.

@@ -9,7 +9,7 @@ import numpy as np
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
 
-class _NumpyOps:
+class NumpyOps:
     """The few array operations ranking and products need, on numpy. Rows are features, columns cases."""
 
     name = "numpy"
@@ -77,7 +77,7 @@ class _NumpyOps:
         return a.astype(np.float32)
 
 
-class _TorchOps(_NumpyOps):
+class _TorchOps(NumpyOps):
     """The same operations on torch tensors (float64), on the GPU when one is given."""
 
     name = "torch"
@@ -143,7 +143,7 @@ class _TorchOps(_NumpyOps):
 BACKENDS = ("auto", "numpy", "torch", "torch:cpu", "torch:cuda")
 
 
-def resolve_backend(backend: str = "auto") -> _NumpyOps:
+def resolve_backend(backend: str = "auto") -> NumpyOps:
     """Return the array backend: ``"numpy"``, ``"torch"`` (GPU if present, else CPU), ``"torch:cpu"``,
     ``"torch:cuda"``, or ``"auto"`` (torch on a GPU when one is present, numpy otherwise).
 
@@ -154,17 +154,17 @@ def resolve_backend(backend: str = "auto") -> _NumpyOps:
     """
     text = str(backend).lower()
     if text == "numpy":
-        return _NumpyOps()
+        return NumpyOps()
     if text not in BACKENDS and not text.startswith("torch:cuda:"):
         raise Rad4XCNNError(f"unknown backend {backend!r}: expected {', '.join(BACKENDS)}")
     try:
         import torch
     except ImportError:
         if text == "auto":
-            return _NumpyOps()
+            return NumpyOps()
         raise Rad4XCNNError(f"backend {backend!r} needs torch, which is not installed") from None
     if text == "auto":
-        return _TorchOps("cuda") if torch.cuda.is_available() else _NumpyOps()
+        return _TorchOps("cuda") if torch.cuda.is_available() else NumpyOps()
     if text == "torch":
         return _TorchOps("cuda" if torch.cuda.is_available() else "cpu")
     device = text.split(":", 1)[1]

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError, first_line
-from Rad4XCNNLogic.explain.backends import _NumpyOps, resolve_backend
+from Rad4XCNNLogic.explain.backends import NumpyOps, resolve_backend
 from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
 from Rad4XCNNLogic.names import model_of
 
@@ -56,7 +56,7 @@ def model_runs(models: Sequence[str], chunk: int) -> list[tuple[int, int]]:
 
 
 # ------------------------------------------------------------------------------------------------ ranks
-def _average_ranks(x, ops: _NumpyOps):
+def average_ranks(x, ops: NumpyOps):
     """Ranks 1..n along the last axis of a 2D array, tied values sharing their average rank (as
     ``scipy.stats.rankdata``).
 
@@ -85,10 +85,10 @@ def rank_data(x: np.ndarray, backend: str = "numpy") -> np.ndarray:
     array([[4. , 1.5, 1.5, 3. ]])
     """
     ops = resolve_backend(backend)
-    return ops.to_numpy(_average_ranks(ops.asarray(np.atleast_2d(x)), ops))
+    return ops.to_numpy(average_ranks(ops.asarray(np.atleast_2d(x)), ops))
 
 
-def _standardise(ranks, ops: _NumpyOps):
+def standardise(ranks, ops: NumpyOps):
     """Centre and scale each row of ranks to unit length, so that a dot product of two rows is their rho.
 
     The mean rank is (n + 1) / 2 whatever the ties; a constant row stays all zeros (its rho is undefined) and
@@ -104,7 +104,7 @@ def _standardise(ranks, ops: _NumpyOps):
 
 # ------------------------------------------------------------------------------------------ input tables
 @dataclass
-class _Table:
+class FeatureTable:
     """One feature table restricted, by position, to the cases and features in use (no copy is made)."""
 
     label: str
@@ -130,10 +130,10 @@ def _check_frame(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     frame.columns = frame.columns.map(str)
     duplicated = frame.index[frame.index.duplicated()].unique()
     if len(duplicated):
-        raise Rad4XCNNError(f"the {label} table has duplicate case id(s): {_names(duplicated)}")
+        raise Rad4XCNNError(f"the {label} table has duplicate case id(s): {name_list(duplicated)}")
     duplicated = frame.columns[frame.columns.duplicated()].unique()
     if len(duplicated):
-        raise Rad4XCNNError(f"the {label} table has duplicate feature name(s): {_names(duplicated)}")
+        raise Rad4XCNNError(f"the {label} table has duplicate feature name(s): {name_list(duplicated)}")
     diagnostics = [c for c in frame.columns if c.startswith("diagnostics_")]
     if diagnostics:
         log.info("%s table: leaving out %d PyRadiomics diagnostics column(s)", label, len(diagnostics))
@@ -141,7 +141,7 @@ def _check_frame(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     not_numeric = [c for c, dt in frame.dtypes.items() if not (pd.api.types.is_numeric_dtype(dt))]
     if not_numeric:
         raise Rad4XCNNError(
-            f"the {label} table has non-numeric column(s) {_names(not_numeric)}: "
+            f"the {label} table has non-numeric column(s) {name_list(not_numeric)}: "
             "expected one number per case and feature"
         )
     if frame.shape[1] == 0:
@@ -149,13 +149,14 @@ def _check_frame(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     return frame
 
 
-def _names(items: Sequence, limit: int = 5) -> str:
+def name_list(items: Sequence, limit: int = 5) -> str:
+    """At most ``limit`` names, comma-separated, and how many more: for one-line messages."""
     items = [str(i) for i in items]
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _missing_counts(table: _Table, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+def _missing_counts(table: FeatureTable, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """Per feature, how many used cases lack a finite value; per case, a feature it lacks (-1 if none)."""
     n_cols = len(table.columns)
     per_feature = np.zeros(n_cols, dtype=np.int64)
@@ -170,9 +171,11 @@ def _missing_counts(table: _Table, chunk: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class _Aligned:
-    deep: _Table
-    radiomic: _Table
+class AlignedTables:
+    """The deep and radiomic tables on their common cases, with what was left out and why."""
+
+    deep: FeatureTable
+    radiomic: FeatureTable
     cases: list[str]
     dropped_cases: dict[str, str]
     dropped_features: dict[str, dict[str, str]]
@@ -180,7 +183,7 @@ class _Aligned:
 
 def _align(
     deep_df: pd.DataFrame, radiomic_df: pd.DataFrame, *, max_missing_fraction: float, chunk: int
-) -> _Aligned:
+) -> AlignedTables:
     """Match the two tables on case id (sorted, so row order never matters) and deal with missing values.
 
     Cases in one table only are left out and reported. A feature missing (NaN or infinite) in more than
@@ -198,18 +201,20 @@ def _align(
     if len(common) == 0:
         raise Rad4XCNNError(
             "the deep-feature and radiomics tables share no case id "
-            f"(deep: {_names(deep_df.index, 3)}; radiomics: {_names(radiomic_df.index, 3)})"
+            f"(deep: {name_list(deep_df.index, 3)}; radiomics: {name_list(radiomic_df.index, 3)})"
         )
     if dropped:
         log.warning(
-            "%d case(s) are in only one of the two tables and are left out: %s", len(dropped), _names(dropped)
+            "%d case(s) are in only one of the two tables and are left out: %s",
+            len(dropped),
+            name_list(dropped),
         )
     cases = sorted(common)
     tables = []
     for label, frame in (("deep", deep_df), ("radiomic", radiomic_df)):
         rows = frame.index.get_indexer(cases)
         tables.append(
-            _Table(label, frame, rows, list(frame.columns), np.arange(frame.shape[1], dtype=np.intp))
+            FeatureTable(label, frame, rows, list(frame.columns), np.arange(frame.shape[1], dtype=np.intp))
         )
 
     dropped_features: dict[str, dict[str, str]] = {"deep": {}, "radiomic": {}}
@@ -230,7 +235,7 @@ def _align(
                 len(gone),
                 table.label,
                 100 * max_missing_fraction,
-                _names(gone),
+                name_list(gone),
             )
             if not table.columns:
                 raise Rad4XCNNError(
@@ -244,7 +249,7 @@ def _align(
         log.warning(
             "%d case(s) with missing values are left out: %s",
             int((~case_ok).sum()),
-            _names([c for c, ok in zip(cases, case_ok, strict=True) if not ok]),
+            name_list([c for c, ok in zip(cases, case_ok, strict=True) if not ok]),
         )
         cases = [c for c, ok in zip(cases, case_ok, strict=True) if ok]
         for table in tables:
@@ -256,7 +261,7 @@ def _align(
         )
     if len(cases) < 20:
         log.warning("only %d cases: rho from so few cases is unstable", len(cases))
-    return _Aligned(tables[0], tables[1], cases, dropped, dropped_features)
+    return AlignedTables(tables[0], tables[1], cases, dropped, dropped_features)
 
 
 def read_feature_table(path: str | os.PathLike, label: str = "feature") -> pd.DataFrame:
@@ -283,7 +288,9 @@ def read_feature_table(path: str | os.PathLike, label: str = "feature") -> pd.Da
     names = [h.strip() for h in header[1:]]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise Rad4XCNNError(f"{label} table {path.name} has duplicate feature name(s): {_names(duplicated)}")
+        raise Rad4XCNNError(
+            f"{label} table {path.name} has duplicate feature name(s): {name_list(duplicated)}"
+        )
     frame.index = frame.index.map(lambda v: str(v).strip())
     return frame
 
@@ -292,10 +299,10 @@ def _auto_chunk(n_cases: int, memory_mb: float) -> int:
     return max(1, int(memory_mb * 2**20 // (8 * _SORT_COPIES * max(n_cases, 1))))
 
 
-class _Prepared:
+class PreparedTables:
     """Aligned tables plus the standardised radiomic ranks on the backend, ready for products."""
 
-    def __init__(self, aligned: _Aligned, ops: _NumpyOps, chunk_size: int):
+    def __init__(self, aligned: AlignedTables, ops: NumpyOps, chunk_size: int):
         self.aligned = aligned
         self.ops = ops
         self.chunk = chunk_size
@@ -309,14 +316,14 @@ class _Prepared:
         for start in range(0, n_rad, chunk_size):
             stop = min(start + chunk_size, n_rad)
             block = ops.asarray(radiomic.block(slice(start, stop)))
-            self.zr[start:stop], self.r_constant[start:stop] = _standardise(_average_ranks(block, ops), ops)
+            self.zr[start:stop], self.r_constant[start:stop] = standardise(average_ranks(block, ops), ops)
 
     def deep_chunks(self) -> Iterator[tuple[int, int, object, np.ndarray]]:
         """Yield ``(start, stop, standardised ranks, constant flags)`` for each chunk of deep features (a
         chunk holds the features of one model only)."""
         for start, stop in self.bounds:
             block = self.ops.asarray(self.aligned.deep.block(slice(start, stop)))
-            zd, constant = _standardise(_average_ranks(block, self.ops), self.ops)
+            zd, constant = standardise(average_ranks(block, self.ops), self.ops)
             yield start, stop, zd, constant
 
     def permutation_batches(self, n_permutations: int, batch: int, seed: int) -> Iterator[np.ndarray]:
@@ -328,13 +335,14 @@ class _Prepared:
         return None
 
 
-def _prepare(
+def prepare_tables(
     deep_df: pd.DataFrame,
     radiomic_df: pd.DataFrame,
     backend: str,
     chunk_size: int | None,
     max_missing_fraction: float,
-) -> _Prepared:
+) -> PreparedTables:
+    """Align, check and standardise the two tables once, for the correlation, the null and the bootstrap."""
     ops = resolve_backend(backend)
     n_guess = max(len(deep_df), 1)
     aligned = _align(
@@ -344,10 +352,11 @@ def _prepare(
         chunk=chunk_size or _auto_chunk(n_guess, DEFAULT_MEMORY_MB),
     )
     chunk = chunk_size or _auto_chunk(len(aligned.cases), DEFAULT_MEMORY_MB)
-    return _Prepared(aligned, ops, chunk)
+    return PreparedTables(aligned, ops, chunk)
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
+    """The explanation's progress bar (shown only for work that lasts)."""
     from Rad4XCNNLogic.infra.progress import ProgressBar
 
     # delay: a bar appears only for work that lasts, so that small runs stay quiet.
@@ -495,12 +504,13 @@ class CorrelationResult:
         return cls(**arrays, **meta)
 
 
-def _spearman(prep: _Prepared, progress: bool) -> CorrelationResult:
+def spearman_prepared(prep: PreparedTables, progress: bool) -> CorrelationResult:
+    """Spearman's rho, p and BH q of every pair of prepared tables, chunk by chunk."""
     aligned, ops = prep.aligned, prep.ops
     n_deep = len(aligned.deep.columns)
     rho = np.empty((n_deep, len(aligned.radiomic.columns)))
     d_constant = np.zeros(n_deep, dtype=bool)
-    with _progress_bar(n_deep, "rho", progress) as bar:
+    with progress_bar(n_deep, "rho", progress) as bar:
         for start, stop, zd, constant in prep.deep_chunks():
             rho[start:stop] = ops.to_numpy(zd @ prep.zr.T)
             d_constant[start:stop] = constant
@@ -522,7 +532,7 @@ def _spearman(prep: _Prepared, progress: bool) -> CorrelationResult:
                 "%d %s feature(s) are constant over the cases and get no rho: %s",
                 len(names),
                 label,
-                _names(names),
+                name_list(names),
             )
     p = spearman_pvalues(rho, prep.n)
     return CorrelationResult(
@@ -575,8 +585,8 @@ def spearman(
     >>> float(spearman(deep, rad, backend="numpy").rho[0, 0])
     1.0
     """
-    prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    return _spearman(prep, progress)
+    prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    return spearman_prepared(prep, progress)
 
 
 # ------------------------------------------------------------------------------------- permutation null

@@ -22,22 +22,22 @@ import pandas as pd
 
 from Rad4XCNNLogic import __version__
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.correlation import CorrelationResult, _names, _prepare, _spearman
+from Rad4XCNNLogic.explain.correlation import CorrelationResult, name_list, prepare_tables, spearman_prepared
 from Rad4XCNNLogic.explain.partners import CLUSTER_LEVEL, RadiomicClusters, cluster_radiomics
 from Rad4XCNNLogic.explain.replicability import Replicability, replicate, write_replicability
 from Rad4XCNNLogic.explain.resampling import (
-    _bootstrap,
-    _check_alpha,
-    _permutation_null,
+    bootstrap_pairs,
+    check_alpha,
+    permutation_null_prepared,
     permutation_threshold,
     suggest_threshold,
 )
 from Rad4XCNNLogic.explain.strata import (
     StratifiedResult,
-    _bootstrap_within,
-    _within_spearman,
+    bootstrap_within,
     prepare_within,
     stratum_labels,
+    within_spearman,
 )
 from Rad4XCNNLogic.explain.tables import explanations_table, pairs_table
 from Rad4XCNNLogic.infra.interval import Interval
@@ -70,7 +70,8 @@ THRESHOLD_RANGE = Interval(0, 1, low_open=True)
 FDR_RANGE = Interval(0, 1, low_open=True)
 
 
-def _check_threshold(threshold: float, fdr: float | None) -> None:
+def check_threshold(threshold: float, fdr: float | None) -> None:
+    """Refuse an M outside :data:`THRESHOLD_RANGE` or an FDR level outside :data:`FDR_RANGE`."""
     problem = THRESHOLD_RANGE.problem(threshold)
     if problem:
         raise Rad4XCNNError(f"the threshold M {problem}")
@@ -81,7 +82,7 @@ def _check_threshold(threshold: float, fdr: float | None) -> None:
 
 def keep_mask(rho: np.ndarray, threshold: float, *, q: np.ndarray | None = None, fdr: float | None = None):
     """Pairs kept by the paper's rule ``|rho| >= M``, and ``q <= fdr`` when ``fdr`` is given."""
-    _check_threshold(threshold, fdr)
+    check_threshold(threshold, fdr)
     with np.errstate(invalid="ignore"):
         keep = np.abs(rho) >= threshold - 1e-12  # an M typed as 0.6 must keep a rho of exactly 0.6
         if fdr is not None:
@@ -138,7 +139,7 @@ def coverage_curve(
         in_model = (models == model).to_numpy()
         varying = int((in_model & ~constant).sum())
         for m in thresholds:
-            _check_threshold(float(m), fdr)
+            check_threshold(float(m), fdr)
             explained = int((in_model & (best >= float(m) - 1e-12)).sum())
             rows.append(
                 {
@@ -452,8 +453,8 @@ def explain(
     >>> result.explanations.loc["cnn_0", "summary"]
     '1 partner: high local grey-level variation (original_glcm_Contrast), rho 1.00'
     """
-    _check_threshold(threshold, fdr)
-    _check_alpha(alpha)
+    check_threshold(threshold, fdr)
+    check_alpha(alpha)
     if permutations < 0 or bootstrap < 0:
         raise Rad4XCNNError("the numbers of permutations and of bootstrap resamples cannot be negative")
     settings = {
@@ -472,22 +473,22 @@ def explain(
     }
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    result = _spearman(prep, progress)
+    prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    result = spearman_prepared(prep, progress)
     timings["spearman"] = time.perf_counter() - start
     within = None
     test_prep = prep  # the preparation whose statistic decides: within strata when stratified
     if strata is not None:
         start = time.perf_counter()
         test_prep = prepare_within(prep, strata)
-        within = _within_spearman(test_prep, progress)
+        within = within_spearman(test_prep, progress)
         settings["stratify"] = within.columns
         timings["spearman_within"] = time.perf_counter() - start
     clusters = _radiomic_clusters(test_prep, cluster_level)
     nulls = None
     if permutations:
         start = time.perf_counter()
-        nulls = _permutation_null(test_prep, permutations, seed, progress)
+        nulls = permutation_null_prepared(test_prep, permutations, seed, progress)
         permutation_threshold(next(iter(nulls.values())), alpha)  # fails early if too few permutations
         timings["permutations"] = time.perf_counter() - start
     intervals = None
@@ -501,7 +502,7 @@ def explain(
         )
         if len(di):
             start = time.perf_counter()
-            run = _bootstrap if within is None else _bootstrap_within
+            run = bootstrap_pairs if within is None else bootstrap_within
             low, high = run(test_prep, di, ri, bootstrap, confidence, seed, progress)
             timings["bootstrap"] = time.perf_counter() - start
         else:
@@ -625,7 +626,7 @@ def _importance_series(
             return frame.iloc[:, 0].astype(float)
         raise Rad4XCNNError(
             "importances must be a Series indexed by feature, or a table with columns feature and "
-            f"importance_mean (as importances.csv); got columns {_names(list(frame.columns))}"
+            f"importance_mean (as importances.csv); got columns {name_list(list(frame.columns))}"
         )
     for column, wanted in (("classifier", classifier), ("feature_set", feature_set)):
         if wanted is not None:
@@ -668,7 +669,7 @@ def rank_by_importance(
     if known.empty:
         raise Rad4XCNNError(
             "none of the features with an importance is a deep feature of this explanation "
-            f"(importances for {_names(list(series.index), 3)})"
+            f"(importances for {name_list(list(series.index), 3)})"
         )
     if len(known) < len(series):
         log.info("%d feature(s) with an importance are not deep features here", len(series) - len(known))

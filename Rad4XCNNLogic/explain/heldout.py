@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.correlation import _names, spearman
+from Rad4XCNNLogic.explain.correlation import name_list, spearman
 from Rad4XCNNLogic.explain.strata import spearman_within
 from Rad4XCNNLogic.infra.storage import write_csv_atomic
 from Rad4XCNNLogic.names import RunFiles
@@ -72,7 +72,7 @@ def split_cases(manifest: pd.DataFrame, train_cohort: str) -> tuple[list[str], p
     missing = [c for c in ("split", "cohort") if c not in manifest.columns]
     if missing:
         raise Rad4XCNNError(
-            f"the manifest has no column {_names(missing)}: needed to find the training cases"
+            f"the manifest has no column {name_list(missing)}: needed to find the training cases"
         )
     cohort = manifest["cohort"].astype(str)
     split = manifest["split"].fillna("").astype(str).str.strip().str.lower()
@@ -122,7 +122,7 @@ def remeasure(
     overlap = sets.index.intersection(pd.Index(explanation.cases_used))
     if len(overlap):
         raise Rad4XCNNError(
-            f"{len(overlap)} held-out case(s) were used by the explanation: {_names(sorted(overlap))}"
+            f"{len(overlap)} held-out case(s) were used by the explanation: {name_list(sorted(overlap))}"
         )
     stratified = explanation.within is not None
     if stratified and strata is None:
@@ -196,7 +196,7 @@ def coverage_against_control(coverage: pd.DataFrame, controls: Mapping[str, str]
     missing = [c for c in list(controls) + list(controls.values()) if c not in set(coverage["model"])]
     if missing:
         raise Rad4XCNNError(
-            f"no coverage for model(s) {_names(missing)} (have {_names(coverage['model'].unique())})"
+            f"no coverage for model(s) {name_list(missing)} (have {name_list(coverage['model'].unique())})"
         )
     keep = [c for c in ("M", "n_explained", "fraction", "fraction_pooled") if c in coverage.columns]
     frames = []

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.correlation import CorrelationResult, _names, spearman
+from Rad4XCNNLogic.explain.correlation import CorrelationResult, name_list, spearman
 from Rad4XCNNLogic.infra.storage import write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,15 @@ def replicate(
     >>> rep = replicate(deep, rad, manifest.set_index("case_id")["cohort"], 0.6)  # doctest: +SKIP
     >>> rep.summary[["cohort_a", "cohort_b", "n_replicated", "rho_agreement"]]  # doctest: +SKIP
     """
-    from Rad4XCNNLogic.explain.explanation import _check_threshold, keep_mask  # it imports this module
+    from Rad4XCNNLogic.explain.explanation import check_threshold, keep_mask  # it imports this module
 
-    _check_threshold(threshold, fdr)
+    check_threshold(threshold, fdr)
     groups = pd.Series(groups, dtype=object)
     groups.index = groups.index.map(str)
     groups = groups.dropna().astype(str)
     if groups.index.duplicated().any():
         raise Rad4XCNNError(
-            f"duplicate case id(s) in the cohort list: {_names(groups.index[groups.index.duplicated()])}"
+            f"duplicate case id(s) in the cohort list: {name_list(groups.index[groups.index.duplicated()])}"
         )
     deep_df, radiomic_df = deep_df.copy(deep=False), radiomic_df.copy(deep=False)
     deep_df.index = deep_df.index.map(str)
@@ -91,7 +91,7 @@ def replicate(
         log.warning(
             "%d case(s) have no cohort and are left out of the replicability: %s",
             len(dropped),
-            _names(dropped),
+            name_list(dropped),
         )
     cohorts = list(dict.fromkeys(groups[groups.index.isin(deep_df.index)].tolist()))
     if len(cohorts) < 2:

@@ -15,19 +15,19 @@ from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.correlation import (
     DEFAULT_MEMORY_MB,
     MIN_CASES_RESAMPLING,
-    _average_ranks,
-    _names,
-    _prepare,
-    _Prepared,
-    _progress_bar,
-    _standardise,
+    PreparedTables,
+    average_ranks,
+    name_list,
+    prepare_tables,
+    progress_bar,
+    standardise,
 )
-from Rad4XCNNLogic.explain.strata import _bootstrap_within, prepare_within
+from Rad4XCNNLogic.explain.strata import bootstrap_within, prepare_within
 from Rad4XCNNLogic.infra.interval import Interval
 
 
-def _permutation_null(
-    prep: _Prepared, n_permutations: int, seed: int, progress: bool, single_precision: bool = True
+def permutation_null_prepared(
+    prep: PreparedTables, n_permutations: int, seed: int, progress: bool, single_precision: bool = True
 ) -> dict[str, np.ndarray]:
     """The max-|rho| null of each model's pairs (model -> ``n_permutations`` values)."""
     if prep.n < MIN_CASES_RESAMPLING:
@@ -36,7 +36,7 @@ def _permutation_null(
     nulls = {model: np.zeros(n_permutations) for model in dict.fromkeys(prep.models)}
     zr = ops.single(prep.zr) if single_precision else prep.zr
     n_rad = zr.shape[0]
-    with _progress_bar(len(prep.bounds) * n_permutations, "permutations", progress) as bar:
+    with progress_bar(len(prep.bounds) * n_permutations, "permutations", progress) as bar:
         for start, stop, zd, _ in prep.deep_chunks():
             null = nulls[prep.models[start]]
             zd = ops.single(zd) if single_precision else zd
@@ -105,10 +105,10 @@ def permutation_null(
     """
     if n_permutations < 1:
         raise Rad4XCNNError(f"the number of permutations must be at least 1, got {n_permutations}")
-    prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
     if strata is not None:
         prep = prepare_within(prep, strata)
-    nulls = _permutation_null(prep, n_permutations, seed, progress, single_precision)
+    nulls = permutation_null_prepared(prep, n_permutations, seed, progress, single_precision)
     return nulls if by_model else np.maximum.reduce(list(nulls.values()))
 
 
@@ -116,7 +116,8 @@ def permutation_null(
 ALPHA_RANGE = Interval(0, 1, low_open=True, high_open=True)
 
 
-def _check_alpha(alpha: float) -> None:
+def check_alpha(alpha: float) -> None:
+    """Refuse a family-wise error level outside :data:`ALPHA_RANGE`."""
     problem = ALPHA_RANGE.problem(alpha)
     if problem:
         raise Rad4XCNNError(f"alpha {problem}")
@@ -134,7 +135,7 @@ def permutation_threshold(null: np.ndarray, alpha: float = 0.05) -> float:
     >>> permutation_threshold(np.linspace(0.1, 0.5, 99), alpha=0.05)
     0.48367346938775513
     """
-    _check_alpha(alpha)
+    check_alpha(alpha)
     null = np.sort(np.asarray(null, dtype=np.float64))[::-1]
     k = math.floor(alpha * (len(null) + 1) + 1e-9)
     if k < 1:
@@ -173,8 +174,8 @@ def suggest_threshold(null: np.ndarray, alpha: float = 0.05, step: float = 0.05)
 
 
 # ---------------------------------------------------------------------------------------------- bootstrap
-def _bootstrap(
-    prep: _Prepared,
+def bootstrap_pairs(
+    prep: PreparedTables,
     deep_index: np.ndarray,
     radiomic_index: np.ndarray,
     n_boot: int,
@@ -182,6 +183,7 @@ def _bootstrap(
     seed: int,
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap percentile intervals of rho for the given (deep, radiomic) index pairs of prepared tables."""
     if prep.n < MIN_CASES_RESAMPLING:
         raise Rad4XCNNError(f"bootstrap intervals need at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
     if not 0 < confidence < 1:
@@ -194,11 +196,11 @@ def _bootstrap(
     pick_d, pick_r = ops.index(deep_pos), ops.index(rad_pos)
     rng = np.random.default_rng(seed)
     values = np.empty((n_boot, len(deep_index)))
-    with _progress_bar(n_boot, "bootstrap", progress) as bar:
+    with progress_bar(n_boot, "bootstrap", progress) as bar:
         for b in range(n_boot):
             idx = ops.index(rng.integers(0, prep.n, prep.n))
-            zd, d_const = _standardise(_average_ranks(raw_d[:, idx], ops), ops)
-            zr, r_const = _standardise(_average_ranks(raw_r[:, idx], ops), ops)
+            zd, d_const = standardise(average_ranks(raw_d[:, idx], ops), ops)
+            zr, r_const = standardise(average_ranks(raw_r[:, idx], ops), ops)
             # The product of the features involved is at most deep x radiomic; the pairs are picked from it.
             sample = ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
             sample[d_const[deep_pos] | r_const[rad_pos]] = np.nan  # a resample where a feature is constant
@@ -237,17 +239,17 @@ def bootstrap_intervals(
     >>> bool(ci["ci_low"].iloc[0] < ci["ci_high"].iloc[0])
     True
     """
-    prep = _prepare(deep_df, radiomic_df, backend, None, max_missing_fraction)
+    prep = prepare_tables(deep_df, radiomic_df, backend, None, max_missing_fraction)
     deep_pos = {c: i for i, c in enumerate(prep.aligned.deep.columns)}
     rad_pos = {c: i for i, c in enumerate(prep.aligned.radiomic.columns)}
     unknown = [f"{d}/{r}" for d, r in pairs if d not in deep_pos or r not in rad_pos]
     if unknown:
-        raise Rad4XCNNError(f"unknown feature pair(s) for the bootstrap: {_names(unknown)}")
+        raise Rad4XCNNError(f"unknown feature pair(s) for the bootstrap: {name_list(unknown)}")
     di = np.array([deep_pos[d] for d, _ in pairs], dtype=np.intp)
     ri = np.array([rad_pos[r] for _, r in pairs], dtype=np.intp)
-    run = _bootstrap
+    run = bootstrap_pairs
     if strata is not None:
-        prep, run = prepare_within(prep, strata), _bootstrap_within
+        prep, run = prepare_within(prep, strata), bootstrap_within
     low, high = run(prep, di, ri, n_boot, confidence, seed, progress) if len(pairs) else ([], [])
     index = pd.MultiIndex.from_tuples(list(pairs), names=["deep_feature", "radiomic_feature"])
     return pd.DataFrame({"ci_low": low, "ci_high": high}, index=index)

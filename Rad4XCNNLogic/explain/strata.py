@@ -23,16 +23,16 @@ from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.correlation import (
     MIN_CASES,
     MIN_CASES_RESAMPLING,
-    _Aligned,
-    _average_ranks,
-    _names,
-    _NumpyOps,
-    _prepare,
-    _Prepared,
-    _progress_bar,
-    _standardise,
-    _Table,
+    AlignedTables,
+    FeatureTable,
+    NumpyOps,
+    PreparedTables,
+    average_ranks,
     benjamini_hochberg_by_model,
+    name_list,
+    prepare_tables,
+    progress_bar,
+    standardise,
     t_pvalues,
 )
 from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
@@ -65,8 +65,8 @@ def stratum_labels(manifest: pd.DataFrame, columns: Sequence[str] | str) -> pd.S
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise Rad4XCNNError(
-            f"the manifest has no column {_names(missing)} to stratify by "
-            f"(its columns: {_names([str(c) for c in frame.columns], 8)})"
+            f"the manifest has no column {name_list(missing)} to stratify by "
+            f"(its columns: {name_list([str(c) for c in frame.columns], 8)})"
         )
     values = frame[columns].astype(object)
     blank = values.isna() | values.apply(lambda col: col.astype(str).str.strip() == "")
@@ -98,7 +98,7 @@ def _as_labels(strata: pd.Series | pd.DataFrame) -> pd.Series:
 
 
 # --------------------------------------------------------------------------------------- within ranks
-def _within_standardise(raw, bounds: Sequence[tuple[int, int]], weights: np.ndarray, ops: _NumpyOps):
+def _within_standardise(raw, bounds: Sequence[tuple[int, int]], weights: np.ndarray, ops: NumpyOps):
     """Average ranks within each stratum (a contiguous run of columns), centred and scaled to length
     ``sqrt(n_s / n)`` there, so that a dot product of two rows is the size-weighted mean of the per-stratum
     rhos. Returns the standardised rows and, per row and stratum, whether the feature varies there."""
@@ -106,30 +106,30 @@ def _within_standardise(raw, bounds: Sequence[tuple[int, int]], weights: np.ndar
     z = ops.zeros((rows, bounds[-1][1]))
     informative = np.zeros((rows, len(bounds)), dtype=bool)
     for s, (a, b) in enumerate(bounds):
-        zs, constant = _standardise(_average_ranks(raw[:, a:b], ops), ops)
+        zs, constant = standardise(average_ranks(raw[:, a:b], ops), ops)
         z[:, a:b] = zs * math.sqrt(weights[s])
         informative[:, s] = ~constant
     return z, informative
 
 
-class _WithinPrepared(_Prepared):
+class _WithinPrepared(PreparedTables):
     """Aligned tables with the cases grouped by stratum, and the radiomic ranks standardised within strata.
 
     It answers the same calls as the pooled preparation (``deep_chunks``, ``permutation_batches``,
     ``denominator``), so the permutation null runs through the same code.
     """
 
-    def __init__(self, pooled: _Prepared, labels: pd.Series, columns: Sequence[str]):
+    def __init__(self, pooled: PreparedTables, labels: pd.Series, columns: Sequence[str]):
         cases = pooled.aligned.cases
         missing = [c for c in cases if c not in labels.index]
         if missing:
             raise Rad4XCNNError(
                 f"{len(missing)} case(s) of the feature tables are missing from the manifest/strata: "
-                f"{_names(missing)}"
+                f"{name_list(missing)}"
             )
         if labels.index.duplicated().any():
             raise Rad4XCNNError(
-                f"duplicate case id(s) in the strata: {_names(labels.index[labels.index.duplicated()])}"
+                f"duplicate case id(s) in the strata: {name_list(labels.index[labels.index.duplicated()])}"
             )
         of_case = labels.reindex(cases).to_numpy()
         sizes = pd.Series(of_case).value_counts(sort=False)
@@ -138,14 +138,14 @@ class _WithinPrepared(_Prepared):
         if not kept:
             raise Rad4XCNNError(
                 f"no stratum of {','.join(columns)} has at least {MIN_CASES} cases "
-                f"({_names([f'{k}: {v}' for k, v in sizes.items()])}): nothing to correlate within strata"
+                f"({name_list([f'{k}: {v}' for k, v in sizes.items()])}): nothing to correlate within strata"
             )
         if small:
             log.warning(
                 "%d stratum(s) with fewer than %d cases are left out of the within-stratum correlation: %s",
                 len(small),
                 MIN_CASES,
-                _names([f"{k} ({v})" for k, v in small.items()]),
+                name_list([f"{k} ({v})" for k, v in small.items()]),
             )
         positions, bounds = [], []
         for name in kept:
@@ -155,10 +155,10 @@ class _WithinPrepared(_Prepared):
         positions = np.asarray(positions, dtype=np.intp)
         n = len(positions)  # strata of at least 3 cases leave n - strata - 1 >= 1 degrees of freedom
         grouped = [
-            _Table(t.label, t.frame, t.rows[positions], t.columns, t.col_pos)
+            FeatureTable(t.label, t.frame, t.rows[positions], t.columns, t.col_pos)
             for t in (pooled.aligned.deep, pooled.aligned.radiomic)
         ]
-        aligned = _Aligned(
+        aligned = AlignedTables(
             grouped[0],
             grouped[1],
             [cases[i] for i in positions],
@@ -281,11 +281,12 @@ class StratifiedResult:
         return cls(**arrays, **meta)
 
 
-def _within_spearman(prep: _WithinPrepared, progress: bool) -> StratifiedResult:
+def within_spearman(prep: _WithinPrepared, progress: bool) -> StratifiedResult:
+    """The within-stratum rho, p and q of every pair of prepared tables, chunk by chunk."""
     ops = prep.ops
     n_deep, n_rad = len(prep.aligned.deep.columns), len(prep.aligned.radiomic.columns)
     rho = np.empty((n_deep, n_rad))
-    with _progress_bar(n_deep, "rho within strata", progress) as bar:
+    with progress_bar(n_deep, "rho within strata", progress) as bar:
         for start, stop, zd, _ in prep.deep_chunks():
             rho[start:stop] = ops.to_numpy(zd @ prep.zr.T)
             bar.update(stop - start)
@@ -318,7 +319,7 @@ def _within_spearman(prep: _WithinPrepared, progress: bool) -> StratifiedResult:
     )
 
 
-def _bootstrap_within(
+def bootstrap_within(
     prep: _WithinPrepared,
     deep_index: np.ndarray,
     radiomic_index: np.ndarray,
@@ -340,7 +341,7 @@ def _bootstrap_within(
     pick_d, pick_r = ops.index(deep_pos), ops.index(rad_pos)
     rng = np.random.default_rng(seed)
     values = np.empty((n_boot, len(deep_index)))
-    with _progress_bar(n_boot, "bootstrap within strata", progress) as bar:
+    with progress_bar(n_boot, "bootstrap within strata", progress) as bar:
         for b in range(n_boot):
             idx = ops.index(prep.resample(rng))
             zd, d_inf = _within_standardise(raw_d[:, idx], prep.stratum_bounds, prep.weights, ops)
@@ -356,7 +357,7 @@ def _bootstrap_within(
     return low, high
 
 
-def prepare_within(pooled: _Prepared, strata: pd.Series | pd.DataFrame) -> _WithinPrepared:
+def prepare_within(pooled: PreparedTables, strata: pd.Series | pd.DataFrame) -> _WithinPrepared:
     """The within-stratum preparation of already aligned tables (see :func:`spearman_within`)."""
     labels = _as_labels(strata)
     columns = [c for c in str(labels.name or "stratum").split(",") if c]
@@ -395,5 +396,5 @@ def spearman_within(
     >>> bool(abs(within.rho[0, 0]) < 0.3)
     True
     """
-    prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    return _within_spearman(prepare_within(prep, strata), progress)
+    prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    return within_spearman(prepare_within(prep, strata), progress)

@@ -276,3 +276,28 @@ def case_comparison(case_values: pd.Series, cohort: pd.DataFrame, pairs: pd.Data
         "z",
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+def features_from_run(run: str | os.PathLike, top: int) -> tuple[list[str], pd.DataFrame]:
+    """The radiomic features that explain a run's ``top`` most important deep features.
+
+    Reads the run folder's explanations (the stored correlations at the run's M) and the classifier's
+    importances (``importances.csv``; without it deep features are ranked by their strongest |rho|, see
+    :meth:`~Rad4XCNNLogic.run.results.RunResults.ranked_deep_features`). Returns the radiomic feature names,
+    in order of first appearance, and the pairs used (deep_feature, radiomic_feature, rho).
+    """
+    if int(top) < 1:
+        raise Rad4XCNNError(f"--top must be at least 1, got {top}")
+    results = RunResults.load(run)
+    if results.explanation is None:
+        raise Rad4XCNNError(f"run folder {run} holds no explanation (correlations) to pick features from")
+    deep = list(results.ranked_deep_features(top=int(top)).index)
+    pairs = results.explaining_pairs(deep)
+    names = list(dict.fromkeys(pairs["radiomic_feature"].astype(str))) if len(pairs) else []
+    if not names:
+        raise Rad4XCNNError(
+            f"none of the {len(deep)} most important deep features of {run} is explained by a radiomic "
+            f"feature at M = {results.threshold}"
+        )
+    columns = [c for c in ("deep_feature", "radiomic_feature", "rho") if c in pairs.columns]
+    return names, pairs[columns].reset_index(drop=True)

@@ -15,12 +15,12 @@ pytest.importorskip("radiomics")
 from Rad4XCNNLogic.cam.featuremaps import (
     check_feature_names,
     compute_feature_maps,
-    features_from_run,
     map_agreement,
 )
 from Rad4XCNNLogic.cohort.imageio import Image2D, read_image, write_image
 from Rad4XCNNLogic.cohort.manifest import read_manifest
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.run.results import features_from_run
 
 GEOMETRY = {"spacing": (0.5, 0.8), "origin": (12.0, -3.5), "direction": (0.0, 1.0, 1.0, 0.0)}
 
@@ -171,7 +171,7 @@ def test_features_are_picked_from_a_run(cohort, tmp_path):
     assert names == ["original_glcm_Contrast"] and list(pairs["deep_feature"]) == ["m_1"]
     assert features_from_run(run, 2)[0] == ["original_glcm_Contrast", "original_firstorder_Mean"]
     result = compute_feature_maps(
-        cohort, None, cases="big", from_run=run, top=1, kernel_radius=1, out_dir=tmp_path / "fm"
+        cohort, names, cases="big", from_run=run, top=1, pairs=pairs, kernel_radius=1, out_dir=tmp_path / "fm"
     )
     assert list(result.table["feature"]) == ["original_glcm_Contrast"]
     settings = json.loads((tmp_path / "fm" / "featuremaps.json").read_text())["settings"]

@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.correlation import _prepare, spearman
+from Rad4XCNNLogic.explain.correlation import prepare_tables, spearman
 from Rad4XCNNLogic.explain.resampling import bootstrap_intervals, fwer_pvalues, permutation_null
 from Rad4XCNNLogic.explain.strata import prepare_within, spearman_within, stratum_labels
 
@@ -113,7 +113,7 @@ def test_strata_too_small_or_missing_cases_are_one_line_errors():
 def test_within_permutations_stay_in_their_stratum_and_ignore_the_batch_size():
     deep, rad = tables(n=30)
     strata = three_strata(deep.index)
-    prep = prepare_within(_prepare(deep, rad, "numpy", None, 0.5), strata)
+    prep = prepare_within(prepare_tables(deep, rad, "numpy", None, 0.5), strata)
     whole = np.concatenate(list(prep.permutation_batches(25, 25, seed=3)))
     batched = np.concatenate(list(prep.permutation_batches(25, 4, seed=3)))
     np.testing.assert_array_equal(whole, batched)
@@ -131,7 +131,7 @@ def test_within_null_is_the_max_rho_within_of_within_shuffles(backend, chunk):
     null = permutation_null(
         deep, rad, 15, seed=2, backend=backend, chunk_size=chunk, strata=strata, single_precision=False
     )
-    prep = prepare_within(_prepare(deep, rad, "numpy", None, 0.5), strata)
+    prep = prepare_within(prepare_tables(deep, rad, "numpy", None, 0.5), strata)
     cases = prep.aligned.cases  # grouped by stratum: the order the permutations index
     for k, order in enumerate(next(prep.permutation_batches(15, 15, seed=2))):
         shuffled = deep.loc[[cases[i] for i in order]]
