@@ -19,7 +19,7 @@ import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.infra.interval import Interval
-from Rad4XCNNLogic.names import deep_layer
+from Rad4XCNNLogic.names import control_label, deep_layer
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def control_groups(
     models = list(dict.fromkeys(model for model, _ in control))
     out: dict[tuple[str, str], tuple[str, str] | None] = {}
     for model, layer in trained:
-        candidates = [c for c in (model, f"{model}-random") if c in models]
+        candidates = [c for c in (model, control_label(model)) if c in models]
         if not candidates and len(models) == 1:
             candidates = models
         match = next(((c, layer) for c in candidates if (c, layer) in control), None)
@@ -331,7 +331,7 @@ def match_controls(
     """
     deep_groups = layer_groups(deep.columns)
     if control is None:
-        random_of = {k: (f"{k[0]}-random", k[1]) for k in deep_groups}
+        random_of = {k: (control_label(k[0]), k[1]) for k in deep_groups}
         used = {v for v in random_of.values() if v in deep_groups}
         pairs = {
             k: (random_of[k] if random_of[k] in deep_groups else None) for k in deep_groups if k not in used

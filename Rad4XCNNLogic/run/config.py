@@ -323,8 +323,8 @@ class RunConfig:
 
     def controls(self) -> dict[str, str]:
         """Backbone key -> its random-weights control's key, for every backbone with weights (none when
-        ``control`` is ``none``). A random model of the same architecture and stage already in ``models``
-        is the control; otherwise one is added (see :meth:`deep_models`)."""
+        ``control`` is ``none``). A random model of the same architecture, stage and layers already in
+        ``models`` is the control; otherwise one is added (see :meth:`deep_models`)."""
         if self.control == "none":
             return {}
         found = {}
@@ -334,7 +334,10 @@ class RunConfig:
             existing = [
                 m.key
                 for m in self.models
-                if m.weights is None and m.name == model.name and m.stage == model.stage
+                if m.weights is None
+                and m.name == model.name
+                and m.stage == model.stage
+                and m.layers == model.layers
             ]
             found[model.key] = existing[0] if existing else control_label(model.key)
         return found
@@ -344,7 +347,13 @@ class RunConfig:
         keys = {m.key for m in self.models}
         by_key = {m.key: m for m in self.models}
         added = [
-            ModelConfig(name=by_key[key].name, weights=None, label=control, stage=by_key[key].stage)
+            ModelConfig(
+                name=by_key[key].name,
+                weights=None,
+                label=control,
+                stage=by_key[key].stage,
+                layers=list(by_key[key].layers),  # the same layers: the probes pair them by name
+            )
             for key, control in self.controls().items()
             if control not in keys
         ]

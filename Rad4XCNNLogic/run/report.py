@@ -549,11 +549,11 @@ def _cam_section(out: Path, cohort_labels: Mapping[str, str]) -> dict:
         "cam_methods": methods,
         "cam_summary_table": html_table(summary),
         "agreement_table": agree_table,
-        **_trust_section(cam_dir, metrics),
+        **_cam_trust_section(cam_dir, metrics),
     }
 
 
-def _trust_section(cam_dir: Path, metrics) -> dict:
+def _cam_trust_section(cam_dir: Path, metrics) -> dict:
     """Which map to trust: per method the flags, faithfulness, randomisation result and verdict
     (``cam_summary.csv``), and the flagged maps (left out of the agreement table)."""
     summary = _read_csv(cam_dir / "cam_summary.csv", index_col=0)

@@ -318,7 +318,13 @@ def explain_stage(
         outputs += list(held.write(out_dir).values())
     control_table = None
     models = set(result.coverage["model"])
-    pairs = {k: v for k, v in (controls or {}).items() if k in models and v in models}
+    # per layer: <key>.<layer> against <control>.<layer> when the backbones pool layers
+    pairs = {
+        m: v + m[len(k) :]
+        for k, v in (controls or {}).items()
+        for m in sorted(models)
+        if (m == k or m.startswith(k + ".")) and v + m[len(k) :] in models
+    }
     if pairs:
         control_table = coverage_against_control(result.coverage, pairs)
         outputs.append(write_csv_atomic(out_dir / RunFiles.CONTROL_COVERAGE, control_table, index=False))

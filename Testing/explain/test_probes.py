@@ -202,3 +202,28 @@ def test_the_explanation_and_its_coverage_work_per_layer():
     second = deep.set_axis(layer_columns("net", "layer2", 6), axis=1) * -1.0
     result = explain(pd.concat([deep, second], axis=1), rad, 0.3, bootstrap=0, backend="numpy")
     assert set(result.coverage["model"]) == {"net.layer4", "net.layer2"}
+
+
+def test_the_explain_stage_compares_each_layer_with_the_controls_same_layer(tmp_path):
+    from Rad4XCNNLogic.run.config import ExplainConfig
+    from Rad4XCNNLogic.run.work import explain_stage
+
+    deep, control, rad, _, _ = planted_tables(n=60, p=6)
+    rename = {"layer4": "layer2"}
+    tables = [deep, control]
+    for t in (deep, control):
+        tables.append(t.set_axis([c.replace("layer4", rename["layer4"]) for c in t.columns], axis=1) * 2.0)
+    pd.concat(tables, axis=1).to_csv(tmp_path / "deep.csv", index_label="case_id")
+    rad.to_csv(tmp_path / "rad.csv", index_label="case_id")
+    explain = ExplainConfig(thresholds=[0.3], fdr=None, permutations=0, bootstrap=0, backend="numpy")
+    explain_stage(
+        tmp_path / "deep.csv",
+        tmp_path / "rad.csv",
+        tmp_path,
+        explain=explain,
+        seed=0,
+        controls={"net": "net-random"},
+    )
+    table = pd.read_csv(tmp_path / "control_coverage.csv")
+    pairs = set(zip(table["model"], table["control"], strict=True))
+    assert pairs == {("net.layer2", "net-random.layer2"), ("net.layer4", "net-random.layer4")}

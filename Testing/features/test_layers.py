@@ -138,3 +138,19 @@ def test_run_configuration_layers_reach_the_deep_job():
     cfg = config_from_dict({"models": [{"name": "resnet18", "layers": ["layer2", "layer4"]}]})
     job, weights_id = _deep_job(None, cfg.models[0])
     assert job.layers == ("layer2", "layer4") and job.stage is None and weights_id is None
+
+
+def test_a_backbones_random_control_pools_the_same_layers():
+    from Rad4XCNNLogic.run.config import config_from_dict
+
+    cfg = config_from_dict(
+        {"models": [{"name": "resnet18", "weights": "imagenet", "layers": ["layer2", "layer4"]}]}
+    )
+    control = cfg.deep_models()[-1]
+    assert (control.label, control.weights, control.layers) == ("resnet18-random", None, ["layer2", "layer4"])
+    # a random model of the same architecture but other layers is not its control
+    other = {"name": "resnet18", "label": "r-l1", "weights": None, "layers": ["layer1"]}
+    cfg = config_from_dict(
+        {"models": [{"name": "resnet18", "weights": "imagenet", "layers": ["layer2"]}, other]}
+    )
+    assert cfg.controls() == {"resnet18": "resnet18-random"}
