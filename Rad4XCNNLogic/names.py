@@ -39,6 +39,66 @@ def deep_columns(model: str, n: int, stage: int | None = None) -> list[str]:
     return [f"{prefix}_{i}" for i in range(int(n))]
 
 
+#: The layer of a backbone's pre-logits features (columns ``<model>_<index>``) when layers are listed.
+FINAL_LAYER = "pre_logits"
+_LAYER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+_STAGE = re.compile(r"^(?P<model>.+)_(?P<layer>stage[0-9]+)$")
+
+
+def layer_prefix(model: str, layer: str) -> str:
+    """The prefix of the deep-feature columns of one intermediate layer: ``<model>.<layer>``.
+
+    The model is everything before the first dot, so a model label with a dot cannot name a layer's
+    columns (layer names may hold dots: ``blocks.11``).
+
+    Examples
+    --------
+    >>> layer_prefix("resnet18", "layer3"), layer_prefix("vit_tiny_patch16_224", "blocks.11")
+    ('resnet18.layer3', 'vit_tiny_patch16_224.blocks.11')
+    """
+    model, layer = str(model), str(layer)
+    if not model or "." in model:
+        raise ValueError(f"a model label with layers may not be empty or hold a dot, got {model!r}")
+    if not _LAYER.match(layer):
+        raise ValueError(f"layer name {layer!r} must be letters, digits, '_', '.' or '-'")
+    return f"{model}.{layer}"
+
+
+def layer_columns(model: str, layer: str, n: int) -> list[str]:
+    """The ``n`` deep-feature column names of one layer of a backbone: ``<model>.<layer>_<index>``.
+
+    Examples
+    --------
+    >>> layer_columns("resnet18", "layer2", 2)
+    ['resnet18.layer2_0', 'resnet18.layer2_1']
+    """
+    prefix = layer_prefix(model, layer)
+    return [f"{prefix}_{i}" for i in range(int(n))]
+
+
+def deep_layer(name: str) -> tuple[str, str] | None:
+    """The backbone and layer of a deep-feature column, or None for any other name: ``<model>.<layer>_<i>``
+    gives the layer, ``<model>_stage<k>_<i>`` ``stage<k>``, and ``<model>_<i>`` :data:`FINAL_LAYER`.
+
+    Examples
+    --------
+    >>> deep_layer("resnet18.layer3_7"), deep_layer("vit_small_patch16_224.blocks.11_0")
+    (('resnet18', 'layer3'), ('vit_small_patch16_224', 'blocks.11'))
+    >>> deep_layer("resnet50_2047"), deep_layer("resnet50_stage2_5"), deep_layer("original_glcm_Contrast")
+    (('resnet50', 'pre_logits'), ('resnet50', 'stage2'), None)
+    """
+    prefix = deep_model(name)
+    if prefix is None:
+        return None
+    if "." in prefix:
+        model, layer = prefix.split(".", 1)
+        return model, layer
+    stage = _STAGE.match(prefix)
+    if stage:
+        return stage["model"], stage["layer"]
+    return prefix, FINAL_LAYER
+
+
 def relabel_deep_columns(columns: Iterable[str], model: str, label: str) -> list[str]:
     """The columns of backbone ``model`` named after ``label`` instead (one architecture used twice).
 
@@ -48,6 +108,17 @@ def relabel_deep_columns(columns: Iterable[str], model: str, label: str) -> list
     ['resnet18-random_0', 'resnet18-random_stage2_1']
     """
     return [label + c[len(model) :] if c.startswith(model) else c for c in map(str, columns)]
+
+
+def control_label(key: str) -> str:
+    """The label of a backbone's random-weights control (the same architecture, never trained).
+
+    Examples
+    --------
+    >>> control_label("resnet50")
+    'resnet50-random'
+    """
+    return f"{key}-random"
 
 
 def deep_model(name: str) -> str | None:
@@ -226,6 +297,13 @@ class RunFiles:
     EXPLANATION = "explanation.json"
     COVERAGE = "coverage.csv"
     EXPLAINED_BY_THRESHOLD = "explained_by_threshold.csv"
+    PROBES = "probes.csv"
+    PROBES_SETTINGS = "probes.json"
+    CKA = "cka.csv"
+    CONCEPTS = "concepts.csv"
+    HELDOUT = "heldout.csv"
+    HELDOUT_PAIRS = "heldout_pairs.csv"
+    CONTROL_COVERAGE = "control_coverage.csv"
     REPLICABILITY = "replicability"
     BY_IMPORTANCE = "explanations_by_importance.csv"
     CLASSIFICATION = "classification.csv"

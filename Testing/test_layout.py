@@ -132,3 +132,30 @@ def test_importing_the_engine_and_its_help_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_no_private_helper_is_used_across_modules():
+    """A name starting with ``_`` belongs to its module: no import of it, no ``module._name`` elsewhere."""
+    sources = [*ENGINE.rglob("*.py"), *(ROOT / "Rad4XCNN" / "Rad4XCNNLib").rglob("*.py")]
+    bad = []
+    for path in sources:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(
+                ("Rad4XCNNLogic", "Rad4XCNNLib")
+            ):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        bad.append(f"{path.name}: from {node.module} import {alias.name}")
+                    aliases.add(alias.asname or alias.name)
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in aliases
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+            ):
+                bad.append(f"{path.name}: {node.value.id}.{node.attr}")
+    assert not bad, bad

@@ -83,3 +83,23 @@ def test_feature_set_names_round_trip():
 def test_run_files():
     assert RunFiles.checkpoint("resnet50") == "models/resnet50.pt"
     assert RunFiles.side_file(RunFiles.DEEP, ".json") == "deep_features.json"
+
+
+def test_layer_columns_round_trip():
+    from Rad4XCNNLogic.names import FINAL_LAYER, deep_layer, deep_model, layer_columns
+
+    for model, layer in (("resnet18", "layer3"), ("vit_small_patch16_224", "blocks.11"), ("r-random", "s_2")):
+        columns = layer_columns(model, layer, 3)
+        assert [deep_layer(c) for c in columns] == [(model, layer)] * 3
+        assert deep_model(columns[2]) == f"{model}.{layer}"  # the explanation groups by model and layer
+    assert deep_layer("densenet121_1023") == ("densenet121", FINAL_LAYER)
+    assert deep_layer("resnet50_stage3_12") == ("resnet50", "stage3")
+    assert deep_layer("wavelet-LH_glrlm_RunEntropy") is None and deep_layer("age") is None
+
+
+@pytest.mark.parametrize(("model", "layer"), [("resnet50.a1", "layer3"), ("", "layer3"), ("r", "la yer")])
+def test_layer_columns_refuse_ambiguous_names(model, layer):
+    from Rad4XCNNLogic.names import layer_columns
+
+    with pytest.raises(ValueError):
+        layer_columns(model, layer, 2)

@@ -10,10 +10,14 @@ and 474 radiomic features sharing latent factors with a label), it times:
 3. the whole :func:`classify` (4 feature sets x 3 classifiers, CV grid search, refit, evaluation on the
    internal test split and an external cohort, bootstrap CIs, importances) against a bare
    ``GridSearchCV`` of the same classifiers, grids and folds on the same data (no feature filter, no
-   refit, no evaluation, no importances): the ratio is what everything around the model search costs.
+   refit, no evaluation, no importances): the ratio is what everything around the model search costs;
+4. the paired comparisons between feature sets (bootstrap differences of AUC on the draws of the per-set
+   intervals, and DeLong's test; ``comparisons.csv``) beside the classification stage that produced their
+   predictions (target: under 5% of it).
 
     python benchmarks/bench_classification.py           # BUSI-sized, minutes on 2 cores
     python benchmarks/bench_classification.py --quick   # 200 cases, 256 + 100 features, seconds
+    python benchmarks/bench_classification.py --comparisons-only   # 4. alone
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from timing import timed
 
 from Rad4XCNNLogic.classify.classifiers import DEFAULT_GRIDS, classify, permutation_importance_batched
+from Rad4XCNNLogic.classify.comparisons import compare_feature_sets
 from Rad4XCNNLogic.classify.metrics import evaluate_predictions, stratified_bootstrap_weights
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, assign_splits
 
@@ -160,11 +165,41 @@ def bench_classify(frame, cohort, explained, jobs: int, n_bootstrap: int) -> Non
     print(table.round(3).to_string())
 
 
+def bench_comparisons(frame, cohort, explained, jobs: int, n_bootstrap: int) -> None:
+    t_stage, result = timed(
+        lambda: classify(
+            frame,
+            cohort,
+            explained=explained,
+            jobs=jobs,
+            n_bootstrap=n_bootstrap,
+            progress=False,
+            comparisons=False,
+        )
+    )
+    t_cmp, table = timed(
+        lambda: compare_feature_sets(
+            result.predictions, classes=result.classes, n_bootstrap=n_bootstrap, seed=0
+        ),
+        repeat=3,
+    )
+    print(
+        f"comparisons ({len(table)} rows: {table[['set_a', 'set_b']].drop_duplicates().shape[0]} pairs x "
+        f"{table['classifier'].nunique()} classifiers x {table['evaluated_on'].nunique()} evaluation sets; "
+        f"{n_bootstrap} bootstrap + DeLong): {t_cmp:.3f} s (best of 3) beside the classification stage "
+        f"{t_stage:.1f} s -> {100 * t_cmp / t_stage:.2f}% of it"
+    )
+    print(table.round(3).to_string(index=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run (seconds)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel fits (default: all cores)")
     parser.add_argument("--skip-classify", action="store_true", help="only the two component benchmarks")
+    parser.add_argument(
+        "--comparisons-only", action="store_true", help="only the comparisons beside the classify stage"
+    )
     args = parser.parse_args()
     import sklearn
     import xgboost
@@ -178,10 +213,14 @@ def main() -> None:
     else:
         n, n_deep, n_rad, n_ext, n_boot = 647, 2048, 474, 150, 1000
     frame, cohort, explained = make_cohort(n, n_deep, n_rad, n_ext)
+    if args.comparisons_only:
+        bench_comparisons(frame, cohort, explained, args.jobs, n_boot)
+        return
     bench_bootstrap(n_test=130, n_bootstrap=n_boot)
     bench_permutation(frame, cohort, repeats=5)
     if not args.skip_classify:
         bench_classify(frame, cohort, explained, args.jobs, n_boot)
+        bench_comparisons(frame, cohort, explained, args.jobs, n_boot)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,13 @@
 For each N it times scipy's Spearman (rho and p) on the deep and radiomic tables side by side, and
 Rad4XCNN's chunked Spearman (rho, p and BH q) on the same tables, checks that the values agree, and prints
 the ratio. Then it times the max-|rho| permutation null on the CPU and, where torch sees a GPU, on the GPU.
+``--stratified`` times instead rho within strata (3 classes x 2 cohorts) against the pooled rho, the whole
+stratified explanation against the pooled one, and the permutation null within strata against the pooled
+null, in interleaved pairs (the median ratio of the pairs is printed, so that a loaded machine evens out).
 
     python benchmarks/bench_correlation.py            # N = 780 and 10,000; 2048 x 474; 1,000 permutations
     python benchmarks/bench_correlation.py --quick    # a small run, seconds
+    python benchmarks/bench_correlation.py --stratified --repeat 5 --permutations 200
     python benchmarks/bench_correlation.py --n 100000 --no-anchor --permutations 0 --memory  # at scale
 """
 
@@ -25,7 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import timed
 
-from Rad4XCNNLogic.explain.correlation import permutation_null, spearman
+from Rad4XCNNLogic.explain.correlation import spearman
+from Rad4XCNNLogic.explain.explanation import explain
+from Rad4XCNNLogic.explain.resampling import permutation_null
+from Rad4XCNNLogic.explain.strata import spearman_within
 
 
 def make_tables(n: int, n_deep: int, n_rad: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -134,6 +141,58 @@ def bench_one_n(n: int, args: argparse.Namespace, backends: list[str], gpu: str 
         print(line)
 
 
+def make_strata(index: pd.Index, seed: int = 0) -> pd.Series:
+    """Three classes (BUSI's proportions) x two cohorts (3:1), as ``label | cohort`` strata."""
+    rng = np.random.default_rng(seed)
+    label = rng.choice(["normal", "benign", "malignant"], len(index), p=[0.17, 0.56, 0.27])
+    cohort = rng.choice(["internal", "external"], len(index), p=[0.75, 0.25])
+    return pd.Series([f"{a} | {b}" for a, b in zip(label, cohort, strict=True)], index=index)
+
+
+def _pairs(first, second, repeat: int) -> tuple[float, float, float]:
+    """Interleaved timings of two calls: (median first, median second, median of the per-pair ratios)."""
+    a, b = [], []
+    for _ in range(repeat):
+        a.append(timed(first)[0])
+        b.append(timed(second)[0])
+    ratios = [y / x for x, y in zip(a, b, strict=True)]
+    return float(np.median(a)), float(np.median(b)), float(np.median(ratios))
+
+
+def bench_stratified(n: int, args: argparse.Namespace, backend: str, permutations: bool) -> None:
+    deep, rad = make_tables(n, args.deep, args.radiomic)
+    strata = make_strata(deep.index)
+    print(f"\nN = {n:,} cases, {strata.nunique()} strata (smallest {strata.value_counts().min()}), {backend}")
+    spearman(deep.iloc[:50], rad.iloc[:50], backend=backend)  # warm-up
+    pooled, within, ratio = _pairs(
+        lambda: spearman(deep, rad, backend=backend),
+        lambda: spearman_within(deep, rad, strata, backend=backend),
+        args.repeat,
+    )
+    print(f"  rho, p, q pooled: {pooled:7.2f} s; within strata: {within:7.2f} s; ratio {ratio:.2f}x")
+    pooled, within, ratio = _pairs(
+        lambda: explain(deep, rad, 0.6, bootstrap=0, backend=backend),
+        lambda: explain(deep, rad, 0.6, strata=strata, bootstrap=0, backend=backend),
+        args.repeat,
+    )
+    print(
+        f"  explain pooled: {pooled:7.2f} s; explain --stratify (pooled, within, clusters): {within:7.2f} s; "
+        f"ratio {ratio:.2f}x"
+    )
+    if not (permutations and args.permutations):
+        return
+    count = args.permutations
+    pooled, within, ratio = _pairs(
+        lambda: permutation_null(deep, rad, count, backend=backend),
+        lambda: permutation_null(deep, rad, count, backend=backend, strata=strata),
+        max(1, args.repeat // 2),
+    )
+    print(
+        f"  {count:,} permutations pooled: {pooled:7.2f} s ({count / pooled:,.0f}/s); within strata: "
+        f"{within:7.2f} s ({count / within:,.0f}/s); ratio {ratio:.2f}x"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[780, 10_000], help="cases (default 780 10000)")
@@ -148,6 +207,9 @@ def main() -> int:
     parser.add_argument("--no-anchor", action="store_true", help="skip scipy (for very large N)")
     parser.add_argument("--memory", action="store_true", help="also measure the engine's working memory")
     parser.add_argument("--quick", action="store_true", help="N = 300, 256 x 64 features, 50 permutations")
+    parser.add_argument(
+        "--stratified", action="store_true", help="time within-strata statistics against the pooled ones"
+    )
     args = parser.parse_args()
     if args.quick:
         args.n, args.deep, args.radiomic, args.permutations, args.gpu_permutations = [300], 256, 64, 50, 200
@@ -158,6 +220,11 @@ def main() -> int:
 
     print(f"rad4xcnn correlation benchmark: {args.deep} deep x {args.radiomic} radiomic features")
     print(f"  {versions()}; GPU: {gpu or 'none'}")
+    if args.stratified:
+        for n in args.n:
+            for backend in backends:
+                bench_stratified(n, args, backend, permutations=n == min(args.n))
+        return 0
     for n in args.n:
         bench_one_n(n, args, backends, gpu, permutations=n == min(args.n))
     return 0

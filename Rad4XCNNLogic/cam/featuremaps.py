@@ -80,7 +80,7 @@ def _known_names(vocabulary: dict[str, list[str]], prefixes: Sequence[str]) -> l
     return [f"{p}_{c}_{f}" for p in prefixes for c, names in vocabulary.items() for f in names]
 
 
-def check_feature_names(names: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
+def check_feature_names(names: str | Sequence[str]) -> tuple[list[str], list[str]]:
     """Validate PyRadiomics feature names: ``(with a voxel-based form, shape features skipped)``.
 
     A name is ``<image type>_<class>_<feature>`` (``original_glcm_Contrast``, ``wavelet-LH_firstorder_Mean``).
@@ -95,9 +95,7 @@ def check_feature_names(names: str | Sequence[str] | None) -> tuple[list[str], l
     """
     from Rad4XCNNLogic.names import parse_radiomic_name
 
-    if names is None:
-        names = []
-    elif isinstance(names, str):
+    if isinstance(names, str):
         names = names.split(",")
     wanted = list(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
     if not wanted:
@@ -168,7 +166,7 @@ def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int =
     import SimpleITK as sitk
     from radiomics import featureextractor
 
-    from Rad4XCNNLogic.features.radiomics import _pixels_for_pyradiomics
+    from Rad4XCNNLogic.features.radiomics import pixels_for_pyradiomics
     from Rad4XCNNLogic.names import parse_radiomic_name
 
     mask = np.asarray(loaded.mask, bool)
@@ -185,7 +183,7 @@ def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int =
     prefix, feature_class, feature = parsed.image_type, parsed.feature_class, parsed.feature
     image_type = _image_type_of(prefix)
     settings = _settings_for(params)
-    image2d = loaded.image.to_sitk(_pixels_for_pyradiomics(loaded.image.array))
+    image2d = loaded.image.to_sitk(pixels_for_pyradiomics(loaded.image.array))
     mask2d = loaded.image.to_sitk(mask.astype(np.uint8))
     filtered = _filtered_image(image2d, mask2d, prefix, image_type, params, settings)
     # Voxel-based firstorder fails on a true 2D image in PyRadiomics 3.1 (2-column kernel offsets get a
@@ -267,9 +265,9 @@ class FeatureMapResult:
 
 def _task(case: Case, name: str, params, kernel_radius: int) -> tuple[str, str, Any, float]:
     """One (case, feature) map in a worker: ``(case_id, feature, map or problem text, seconds)``."""
-    from Rad4XCNNLogic.features.radiomics import _prepare_process
+    from Rad4XCNNLogic.features.radiomics import prepare_process
 
-    _prepare_process(limit_threads=False)
+    prepare_process(limit_threads=False)
     start = time.perf_counter()
     try:
         loaded = case.load()
@@ -295,11 +293,9 @@ def _run(tasks: list[tuple[Case, str]], params, kernel_radius: int, jobs: int):
         return
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from Rad4XCNNLogic.features.radiomics import _init_worker, _worker_context
+    from Rad4XCNNLogic.features.radiomics import init_worker, worker_context
 
-    with ProcessPoolExecutor(
-        max_workers=jobs, mp_context=_worker_context(), initializer=_init_worker
-    ) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=worker_context(), initializer=init_worker) as pool:
         futures = [pool.submit(_task, case, name, params, kernel_radius) for case, name in tasks]
         for future in as_completed(futures):
             yield future.result()
@@ -310,26 +306,31 @@ def compute_feature_maps(
     features: str | Sequence[str] | None = None,
     *,
     cases: str | Sequence[str] | None = None,
+    from_run: str | os.PathLike | None = None,
+    top: int | None = None,
+    pairs: pd.DataFrame | None = None,
     params: str | os.PathLike | RadiomicsParams = "paper",
     kernel_radius: int = DEFAULT_KERNEL_RADIUS,
     cam_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     keep_maps: bool | None = None,
     jobs: int = 1,
-    source: dict | None = None,
 ) -> FeatureMapResult:
     """Voxel-based radiomic feature maps of each case, with their agreement with the case's CAMs.
 
     Parameters
     ----------
     cohort : the cases (a :class:`Cohort` or a list); ``cases`` picks ids (a list or comma-separated).
-    features : PyRadiomics feature names (``original_glcm_Contrast``), e.g. those explaining a run's most
-        important deep features (:func:`Rad4XCNNLogic.run.results.features_from_run`). Shape features are
-        skipped (no voxel-based form).
+    features : PyRadiomics feature names (``original_glcm_Contrast``); for the radiomic features that
+        explain a run's ``top`` most important deep features, see
+        :func:`Rad4XCNNLogic.run.results.features_from_run` (its ``pairs`` are recorded with the maps).
+        Shape features are skipped (no voxel-based form).
+    from_run, top, pairs : where the features came from, recorded in the settings; ``from_run`` also
+        gives the default ``cam_dir``.
     params : the radiomics preset or parameter file (discretisation, filters), as in the run.
     kernel_radius : see :data:`DEFAULT_KERNEL_RADIUS`; a kernel larger than a case's lesion fails that case.
-    cam_dir : a CAM folder (``<run>/cam``) whose maps are compared with each feature map.
-    source : where the feature names came from (run, top, pairs), recorded in the settings.
+    cam_dir : a CAM folder (``<run>/cam``) whose maps are compared with each feature map; default: the
+        run's ``cam/`` with ``from_run``, else none.
     out_dir : where ``<case>_<feature>.nrrd`` (in the image's size, spacing, origin and direction) and the
         tables go (see :func:`write_feature_maps`).
     jobs : worker processes, one (case, feature) map per task.
@@ -348,12 +349,16 @@ def compute_feature_maps(
         raise Rad4XCNNError(f"kernel radius must be at least 1 pixel, got {kernel_radius}")
     if int(jobs) < 1:
         raise Rad4XCNNError(f"jobs must be at least 1, got {jobs}")
+    if features is None or (isinstance(features, str) and not features.strip()):
+        raise Rad4XCNNError("name the radiomic features (--features), or give a run (--from-run RUN --top K)")
     usable, skipped = check_feature_names(features)
     if not usable:
         raise Rad4XCNNError(f"no feature with a voxel-based form among {', '.join(skipped)} (shape features)")
     params = resolve_params(params)
     failures: list[CaseFailure] = []
     chosen = select_cases(cohort, cases, failures)
+    if cam_dir is None and from_run is not None and (Path(from_run) / "cam").is_dir():
+        cam_dir = Path(from_run) / "cam"
     keep = (out_dir is None) if keep_maps is None else bool(keep_maps)
     by_id = {c.case_id: c for c in chosen}
     masks: dict[str, np.ndarray] = {}
@@ -408,7 +413,9 @@ def compute_feature_maps(
         "kernel": f"{2 * int(kernel_radius) + 1} x {2 * int(kernel_radius) + 1} pixels, lesion pixels only",
         "features": usable,
         "skipped": {name: "shape feature: no voxel-based form" for name in skipped},
-        "source": dict(source or {}),
+        "from_run": None if from_run is None else str(from_run),
+        "top": int(top) if top is not None and pairs is not None else None,
+        "pairs": None if pairs is None else pairs.to_dict(orient="records"),
         "cam_dir": None if cam_dir is None else str(cam_dir),
         "values": "the feature of each lesion pixel's kernel; 0 outside the lesion and, in the files, where "
         "the feature is undefined for a pixel's kernel (nan_pixels in the table)",

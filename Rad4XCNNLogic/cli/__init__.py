@@ -46,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``rad4xcnn`` parser with every sub-command."""
-    from Rad4XCNNLogic.cli import cam, classify, cohort, explain, featuremaps, features, options, run
+    from Rad4XCNNLogic.cli import cam, classify, cohort, explain, featuremaps, features, options, probe, run
 
     parser = _Parser(
         prog="rad4xcnn",
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     shared = options.parents()
-    for part in (cohort, features, explain, classify, cam, featuremaps, run):
+    for part in (cohort, features, explain, probe, classify, cam, featuremaps, run):
         part.register(sub, shared)
     return parser
 

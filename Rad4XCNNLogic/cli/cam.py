@@ -108,15 +108,18 @@ def cmd_case(args: argparse.Namespace) -> int:
         print(f"case {case.case_id}: {args.cam} map in {out / 'cam'}")
     if args.features or args.top_from_run:
         from Rad4XCNNLogic.cam.featuremaps import compute_feature_maps
-        from Rad4XCNNLogic.cli.featuremaps import print_feature_maps, resolve_features
+        from Rad4XCNNLogic.cli.featuremaps import features_to_map, print_feature_maps
 
         if args.top_from_run and not args.run:
             raise UsageError("--top-from-run needs the run folder (--run)")
-        features, source = resolve_features(args.features, args.run if args.top_from_run else None, args.top)
+        from_run = args.run if args.top_from_run else None
+        features, pairs = features_to_map(args.features, from_run, args.top)
         maps = compute_feature_maps(
             cohort,
             features,
-            source=source,
+            from_run=from_run,
+            top=args.top,
+            pairs=pairs,
             params=params,
             kernel_radius=args.kernel_radius,
             cam_dir=out / "cam" if (out / "cam").is_dir() else None,

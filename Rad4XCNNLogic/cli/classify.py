@@ -15,7 +15,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     features, missing = read_feature_tables(args.features)
-    cohort = read_manifest(cfg.manifest, check_files=False, seed=cfg.seed)
+    # a manifest of labels alone (case_id, label, split, cohort, patient_id) is enough to classify a table
+    cohort = read_manifest(cfg.manifest, check_files=False, seed=cfg.seed, require_images=False)
     summary = classify_stage(
         features,
         cohort,
@@ -44,6 +45,13 @@ def cmd_classify(args: argparse.Namespace) -> int:
         )
     for failure in result.task_failures:
         print(f"  failed: {failure['feature_set']}/{failure['classifier']}: {failure['problem']}")
+    if result.comparisons is not None and len(result.comparisons):
+        print("paired comparisons (delta AUC = a - b, 95% CI on the same bootstrap draws, DeLong p):")
+        for row in result.comparisons.itertuples():
+            print(
+                f"  {row.evaluated_on:<16}{row.classifier:<5}{row.set_a} - {row.set_b}: "
+                f"{row.delta_auc:+.3f} ({row.ci_low:+.3f} to {row.ci_high:+.3f}), p {row.p_delong:.3g}"
+            )
     print(f"wrote {', '.join(Path(p).name for p in summary['outputs'])} to {Path(args.out)}")
     return 0
 
@@ -58,11 +66,17 @@ def register(sub, parents: dict) -> None:
             "choosing hyper-parameters by cross-validation on the training split (train + val), and "
             "evaluate on the internal test split and every other cohort, with bootstrap 95% CIs: the "
             "classification stage of 'rad4xcnn run'. Writes classification.csv, roc.csv, importances.csv, "
-            "predictions.csv and classification.json."
+            "predictions.csv, comparisons.csv (paired differences between feature sets) and "
+            "classification.json."
         ),
     )
     p.add_argument(
-        "--features", nargs="+", required=True, metavar="FILE", help="feature CSVs, joined on case_id"
+        "--features",
+        nargs="+",
+        required=True,
+        metavar="[NAME=]FILE",
+        help="feature CSVs (case_id first), joined on case_id; numeric columns that are neither deep "
+        "(<model>_<index>) nor PyRadiomics features form a feature set named after the file, or NAME",
     )
     add_setting(
         p, "manifest", "--manifest", required=True, help="the cohort manifest (labels, splits, cohorts)"
@@ -88,4 +102,5 @@ def register(sub, parents: dict) -> None:
         help="cohort that trains (default: every cohort's train split)",
     )
     add_setting(p, "classification.jobs", "--jobs")
+    add_setting(p, "classification.evaluate_on", "--evaluate-on", nargs="+", metavar="COHORT")
     p.set_defaults(func=cmd_classify)

@@ -65,7 +65,16 @@ def cmd_import_busi(args: argparse.Namespace) -> int:
         f"{len(result.multi_mask_cases)} with several masks, joined with ';')"
     )
     print(format_summary(cohort))
+    _print_duplicates(cohort, every_pair=True)  # no split yet: every pair may end up on two sides
     return 0
+
+
+def _print_duplicates(cohort, every_pair: bool = False) -> None:
+    """Near-duplicate images across splits: a warning with the pairs (reads every image once)."""
+    from Rad4XCNNLogic.cohort.duplicates import find_near_duplicates, format_duplicates
+
+    pairs, _ = find_near_duplicates(cohort.cases)
+    print(format_duplicates(pairs, every_pair=every_pair))
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
@@ -73,6 +82,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
     cohort = read_manifest(args.manifest, check_images=args.check_images, seed=value(args, "seed"))
     print(format_summary(cohort))
+    if not args.no_duplicates:
+        _print_duplicates(cohort)
     if args.write:
         write_manifest(cohort, args.write)
         print(f"wrote the manifest with its splits to {args.write}")
@@ -115,4 +126,9 @@ def register(sub, parents: dict) -> None:
     p.add_argument("--check-images", action="store_true", help="read every image and mask")
     p.add_argument("--write", metavar="CSV", help="write the manifest with the assigned splits")
     p.add_argument("--strict", action="store_true", help="exit 1 if any case was left out")
+    p.add_argument(
+        "--no-duplicates",
+        action="store_true",
+        help="skip the search for near-duplicate images across splits (it reads every image)",
+    )
     p.set_defaults(func=cmd_cohort)

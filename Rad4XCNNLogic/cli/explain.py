@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from Rad4XCNNLogic.cli.options import add_setting, config_from_args, show_progress
+from Rad4XCNNLogic.cli.options import add_setting, config_from_args, setting_dest, setting_type, show_progress
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.names import RunFiles
 
@@ -16,7 +16,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from Rad4XCNNLogic.cohort.manifest import read_manifest
     from Rad4XCNNLogic.run.work import explain_stage
 
-    cfg = config_from_args(args)
+    # The command's own defaults: the paper's pooled rule on every case of the tables, unless --stratify /
+    # --cases ask otherwise ('rad4xcnn run' defaults to strata label,cohort and the training cases).
+    cfg = config_from_args(args, extra={"explain": {"stratify": [], "cases": "all"}})
+    manifest = None
+    if args.manifest:
+        manifest = read_manifest(args.manifest, check_files=False, assign_split=False)
+    elif cfg.explain.stratify or cfg.explain.cases == "train":
+        raise Rad4XCNNError(
+            "--stratify and --cases train need --manifest (the strata and splits of the cases)"
+        )
     importances = None
     if args.importances:
         if not Path(args.importances).is_file():
@@ -40,6 +49,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         explain=ec,
         seed=cfg.seed,
         cohort=cohort,
+        manifest=manifest,
+        train_cohort=cfg.split.train_cohort,
         importances=importances,
         progress=show_progress(args),
     )
@@ -52,8 +63,22 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     status = result.explanations.groupby("model", sort=False)["status"].value_counts().unstack(fill_value=0)
     for model, counts in status.iterrows():
-        varying = int(counts.get("explained", 0) + counts.get("unexplained", 0))
-        print(f"  {model}: {int(counts.get('explained', 0))} of {varying} varying deep features explained")
+        varying = int(sum(counts.get(k, 0) for k in ("explained", "confounded", "unexplained")))
+        line = f"  {model}: {int(counts.get('explained', 0))} of {varying} varying deep features explained"
+        if result.within is not None:
+            line += (
+                f" within {','.join(result.within.columns)}, {int(counts.get('confounded', 0))} confounded"
+            )
+        print(line)
+    if result.within is not None and result.within.small_strata:
+        small = ", ".join(f"{k} ({v})" for k, v in result.within.small_strata.items())
+        print(f"  strata of fewer than 3 cases, left out of the within-stratum rho: {small}")
+    if summary["heldout"]:
+        for row in summary["heldout"]:
+            print(
+                f"  held out {row['set']} ({row['n_cases']} cases): {row['n_replicated']} of "
+                f"{row['n_measured']} explained pairs replicated"
+            )
     zero = result.zero_variance
     if zero["deep"] or zero["radiomic"]:
         print(f"  constant, no rho: {len(zero['deep'])} deep and {len(zero['radiomic'])} radiomic feature(s)")
@@ -62,6 +87,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             f"  permutation test ({ec.permutations} shuffles): |rho| > {result.permutation_threshold:.3f} "
             f"keeps the family-wise error at {ec.alpha:g}; suggested M >= {result.suggested_M:.2f}"
         )
+        if len(result.suggested_Ms) > 1:
+            per_model = ", ".join(f"{m} {v:.2f}" for m, v in result.suggested_Ms.items())
+            print(f"  suggested M per backbone (each its own family of tests): {per_model}")
     ranked = out / RunFiles.BY_IMPORTANCE
     if importances is not None and ranked.is_file() and ranked in map(Path, summary["outputs"]):
         top = pd.read_csv(ranked).head(args.top)
@@ -104,6 +132,35 @@ def register(sub, parents: dict) -> None:
     add_setting(p, "explain.bootstrap", "--bootstrap")
     add_setting(p, "explain.backend", "--backend")
     add_setting(p, "explain.chunk_size", "--chunk-size")
+    p.add_argument(
+        "--manifest",
+        metavar="MANIFEST",
+        help="the cohort manifest: the strata (--stratify) and splits (--cases train) of the cases",
+    )
+    p.add_argument(
+        "--stratify",
+        dest=setting_dest("explain.stratify"),
+        type=setting_type("explain.stratify", comma=True),
+        metavar="COLUMNS",
+        help=(
+            "manifest columns (e.g. label,cohort or scanner) within whose strata a pair must hold to "
+            "explain; pairs that hold only pooled are 'confounded' (default: none, the paper's pooled rule; "
+            "'rad4xcnn run' uses label,cohort)"
+        ),
+    )
+    p.add_argument(
+        "--cases",
+        dest=setting_dest("explain.cases"),
+        type=setting_type("explain.cases"),
+        choices=("train", "all"),
+        help=(
+            "train: explain on the train and val cases of --train-cohort and re-measure the explained "
+            "pairs on the other cases (heldout.csv); all: every case (default: all; 'run' uses train)"
+        ),
+    )
+    add_setting(
+        p, "split.train_cohort", "--train-cohort", help="the cohort whose train/val cases --cases train uses"
+    )
     p.add_argument(
         "--cohorts",
         metavar="MANIFEST",

@@ -46,19 +46,6 @@ def add_featuremap_flags(p: argparse.ArgumentParser, with_run: bool = True) -> N
     p.add_argument("--jobs", type=int, default=1, help="worker processes, one (case, feature) map each")
 
 
-def resolve_features(features: str | None, run, top: int) -> tuple[str | list[str] | None, dict]:
-    """The feature names to map: those given, then (with a run) those explaining its ``top`` most
-    important deep features; and where they came from, for the settings."""
-    if not run:
-        return features, {}
-    from Rad4XCNNLogic.run.results import features_from_run
-
-    names, pairs = features_from_run(run, top)
-    given = [n.strip() for n in (features or "").split(",") if n.strip()]
-    source = {"from_run": str(run), "top": int(top), "pairs": pairs.to_dict(orient="records")}
-    return list(dict.fromkeys(given + names)), source
-
-
 def print_feature_maps(result, out: Path) -> None:
     """What the feature maps gave, for people."""
     s = result.settings
@@ -76,28 +63,37 @@ def print_feature_maps(result, out: Path) -> None:
     print_failures(result.failures, "the feature maps")
 
 
+def features_to_map(features, run, top: int):
+    """(features, pairs): the named features, or those that explain the run's ``top`` most important deep
+    features (with the pairs that chose them)."""
+    if features:
+        return features, None
+    from Rad4XCNNLogic.run.results import features_from_run
+
+    return features_from_run(run, top)
+
+
 def cmd_featuremaps(args: argparse.Namespace) -> int:
     from Rad4XCNNLogic.cam.featuremaps import compute_feature_maps
     from Rad4XCNNLogic.cohort.manifest import read_manifest
 
     if not args.features and not args.from_run:
         raise UsageError("name the radiomic features (--features), or give a run (--from-run RUN --top K)")
-    features, source = resolve_features(args.features, args.from_run, args.top)
-    cams = args.cams
-    if cams is None and args.from_run and (Path(args.from_run) / "cam").is_dir():
-        cams = Path(args.from_run) / "cam"
     cohort = read_manifest(args.manifest)
     out = Path(args.out)
+    features, pairs = features_to_map(args.features, args.from_run, args.top)
     result = compute_feature_maps(
         cohort,
         features,
         cases=args.cases,
+        from_run=args.from_run,
+        top=args.top,
+        pairs=pairs,
         params=args.params,
         kernel_radius=args.kernel_radius,
-        cam_dir=cams,
+        cam_dir=args.cams,
         out_dir=out,
         jobs=args.jobs,
-        source=source,
     )
     print_feature_maps(result, out)
     return 0

@@ -38,7 +38,8 @@ def cmd_deep(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     cohort = read_manifest(cfg.manifest, seed=cfg.seed)
     weights, pretrained = _weights(args.weights)
-    job = DeepJob(args.model, args.model, weights, pretrained, args.stage)
+    layers = tuple(p.strip() for p in args.layers.split(",") if p.strip()) if args.layers else None
+    job = DeepJob(args.model, args.model, weights, pretrained, args.stage, layers)
     summary = deep_stage(
         cohort,
         [job],
@@ -157,6 +158,13 @@ def register(sub, parents: dict) -> None:
     p.add_argument("--model", help="timm model name, e.g. resnet50, densenet121, vit_base_patch16_224")
     p.add_argument("--weights", help=WEIGHTS_HELP)
     p.add_argument("--stage", type=int, help="pool this intermediate stage instead of the final features")
+    p.add_argument(
+        "--layers",
+        metavar="LAYER[,LAYER...]",
+        help="pool these layers instead, side by side, as columns <model>.<layer>_<index>: timm's "
+        "feature_info modules (layer2, layer4 for ResNets; blocks.11 for ViTs, its CLS token) and "
+        "pre_logits for the final features; an unknown name lists the model's layers",
+    )
     add_setting(p, "deep.dtype", "--dtype")
     add_setting(p, "deep.batch_size", "--batch-size")
     add_setting(p, "deep.num_workers", "--workers")
@@ -188,7 +196,7 @@ def register(sub, parents: dict) -> None:
     add_setting(p, "training.val_fraction", "--val-fraction")
     add_setting(p, "training.augment", "--augment")
     add_setting(p, "deep.margin", "--margin")
-    add_setting(p, "deep.dtype", "--dtype")
+    add_setting(p, "training.dtype", "--dtype")
     add_setting(p, "deep.num_workers", "--workers")
     add_setting(
         p, "split.train_cohort", "--cohort", help="train and validate on this cohort only (default: all)"

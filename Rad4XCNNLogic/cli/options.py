@@ -25,7 +25,8 @@ class _Null:
 NULL = _Null()
 
 
-def _dest(key: str) -> str:
+def setting_dest(key: str) -> str:
+    """The argparse destination that holds setting ``key``."""
     return PREFIX + key.replace(".", "__")
 
 
@@ -82,13 +83,15 @@ def add_setting(parser, key: str, *flags: str, help: str | None = None, comma: b
     text = text.replace("%", "%%")  # argparse formats help with %
     if s.item_type is bool and not s.is_list:
         return parser.add_argument(
-            *flags, dest=_dest(key), action=argparse.BooleanOptionalAction, default=None, help=text
+            *flags, dest=setting_dest(key), action=argparse.BooleanOptionalAction, default=None, help=text
         )
     kwargs.setdefault("type", setting_type(key, comma=comma))
     if s.is_list and not comma and "nargs" not in kwargs:
         kwargs.setdefault("action", "append")
     metavar = kwargs.pop("metavar", None) or flags[-1].lstrip("-").upper().replace("-", "_")
-    return parser.add_argument(*flags, dest=_dest(key), default=None, metavar=metavar, help=text, **kwargs)
+    return parser.add_argument(
+        *flags, dest=setting_dest(key), default=None, metavar=metavar, help=text, **kwargs
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> dict:
@@ -123,7 +126,7 @@ def parents() -> dict[str, argparse.ArgumentParser]:
     normal = argparse.ArgumentParser(add_help=False)
     normal.add_argument(
         "--include-normal",
-        dest=_dest("lesion_only"),
+        dest=setting_dest("lesion_only"),
         action="store_const",
         const=False,
         default=None,
@@ -149,7 +152,7 @@ def value(args: argparse.Namespace, key: str) -> Any:
     """Setting ``key`` as given on the command line, else its configured default."""
     from Rad4XCNNLogic.run.config import setting
 
-    given = getattr(args, _dest(key), None)
+    given = getattr(args, setting_dest(key), None)
     if given is NULL:
         return None
     return setting(key).default if given is None else given
@@ -157,4 +160,4 @@ def value(args: argparse.Namespace, key: str) -> Any:
 
 def given(args: argparse.Namespace, key: str) -> bool:
     """Whether setting ``key`` was given on the command line."""
-    return getattr(args, _dest(key), None) is not None
+    return getattr(args, setting_dest(key), None) is not None

@@ -2,7 +2,8 @@
 load its cases.
 
 A manifest is a UTF-8 CSV with the columns ``case_id``, ``image``, ``mask`` (required) and ``label``,
-``split``, ``cohort``, ``has_lesion`` (optional). Bad rows do not stop a load: they become
+``split``, ``cohort``, ``has_lesion``, ``patient_id`` (optional; cases of one patient are kept on one side of
+every split). Bad rows do not stop a load: they become
 :class:`~Rad4XCNNLogic.errors.CaseFailure` records naming the case and the problem, and the good cases load.
 """
 
@@ -23,7 +24,7 @@ from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_li
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
-OPTIONAL_COLUMNS = ("label", "split", "cohort", "has_lesion")
+OPTIONAL_COLUMNS = ("label", "split", "cohort", "has_lesion", "patient_id")
 SPLITS = ("train", "val", "test")
 DEFAULT_COHORT = "internal"
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
@@ -38,6 +39,7 @@ class Case:
 
     ``has_lesion`` is False for cases without a lesion (e.g. BUSI's ``normal`` class): their mask may be
     empty, and lesion analyses (radiomics, ROI crops, correlations) leave them out by default.
+    ``patient_id`` groups the images of one patient (None: the case is its own patient).
     """
 
     case_id: str
@@ -49,6 +51,12 @@ class Case:
     has_lesion: bool = True
     split_assigned: bool = False
     extra: dict = field(default_factory=dict, compare=False)
+    patient_id: str | None = None
+
+    @property
+    def patient(self) -> str:
+        """The patient this case belongs to: ``patient_id``, or the case itself when none is given."""
+        return self.patient_id if self.patient_id else self.case_id
 
     def load(self) -> LoadedCase:
         """Read the image and the merged mask, and check them; raises :class:`CaseError` on bad input."""
@@ -149,6 +157,7 @@ class Cohort:
                     "split": c.split or "",
                     "cohort": c.cohort,
                     "has_lesion": "true" if c.has_lesion else "false",
+                    "patient_id": c.patient_id or "",
                     **{k: v for k, v in c.extra.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS},
                 }
             )
@@ -213,7 +222,8 @@ def read_manifest(
     assign_split: bool = True,
     seed: int = 0,
     fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-    train_cohort: str = DEFAULT_COHORT,
+    train_cohort: str | Sequence[str] = DEFAULT_COHORT,
+    require_images: bool = True,
 ) -> Cohort:
     """Read and validate a manifest; bad rows become failures and the good cases are returned.
 
@@ -225,6 +235,8 @@ def read_manifest(
     assign_split : give a seeded, stratified split to cases whose ``split`` is empty
         (see :func:`assign_splits`).
     seed, fractions, train_cohort : passed to :func:`assign_splits`.
+    require_images : False for a manifest of labels only (classifying a feature table: ``case_id``,
+        ``label``, ``split``, ``cohort``, ``patient_id``): ``image`` and ``mask`` may then be absent.
 
     Raises
     ------
@@ -248,12 +260,14 @@ def read_manifest(
         first = first_line(exc)
         raise Rad4XCNNError(f"manifest {path.name} is not a readable UTF-8 CSV: {first}") from None
     frame.columns = [str(c).strip().lower() for c in frame.columns]
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    missing = [c for c in (REQUIRED_COLUMNS if require_images else ("case_id",)) if c not in frame.columns]
     if missing:
         raise Rad4XCNNError(
             f"manifest {path.name} lacks the required column(s) {', '.join(missing)}; "
             f"found: {', '.join(frame.columns) or 'none'}"
         )
+    if frame.empty:
+        raise Rad4XCNNError(f"manifest {path.name} has no cases (a header and no rows)")
     root = path.resolve().parent
     cases: list[Case] = []
     failures: list[CaseFailure] = []
@@ -279,16 +293,16 @@ def read_manifest(
         if has_lesion is None:
             fail(f"has_lesion must be true or false, got {values['has_lesion']!r}")
             continue
-        if not values["image"]:
+        if not values.get("image") and require_images:
             fail("no image file given")
             continue
-        mask_names = [m.strip() for m in values["mask"].split(MASK_SEPARATOR) if m.strip()]
-        if not mask_names:
+        mask_names = [m.strip() for m in values.get("mask", "").split(MASK_SEPARATOR) if m.strip()]
+        if not mask_names and require_images:
             fail("no mask file given")
             continue
-        image = _resolve(root, values["image"])
+        image = _resolve(root, values.get("image") or ".")
         masks = tuple(_resolve(root, m) for m in mask_names)
-        if check_files:
+        if check_files and require_images:
             absent = [p for p in (image, *masks) if not p.is_file()]
             if absent:
                 kind = "image" if absent[0] == image else "mask"
@@ -305,6 +319,7 @@ def read_manifest(
                 cohort=values.get("cohort") or DEFAULT_COHORT,
                 has_lesion=has_lesion,
                 extra=extra,
+                patient_id=values.get("patient_id") or None,
             )
         )
     cohort = Cohort(cases, failures, path)
@@ -312,6 +327,13 @@ def read_manifest(
         cohort = validate_images(cohort)
     if assign_split:
         cohort.cases = assign_splits(cohort.cases, fractions=fractions, seed=seed, train_cohort=train_cohort)
+        straddling = patients_across_splits(cohort.cases)
+        if straddling:
+            log.warning(
+                "%d patient(s) have cases in more than one split (from the manifest's own splits): %s",
+                len(straddling),
+                "; ".join(f"{p} ({', '.join(w)})" for p, w in list(straddling.items())[:10]),
+            )
     for failure in cohort.failures:
         log.warning("%s", failure)
     return cohort
@@ -351,14 +373,20 @@ def assign_splits(
     cases: Sequence[Case],
     fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
     seed: int = 0,
-    train_cohort: str = DEFAULT_COHORT,
+    train_cohort: str | Sequence[str] = DEFAULT_COHORT,
 ) -> list[Case]:
     """Give a split to every case whose ``split`` is empty; splits already given are kept.
 
     The rule: in the training cohort (``internal`` by default) the cases without a split are divided into
     train/val/test in the proportions ``fractions``, stratified by label (each label's cases shuffled with
     ``seed`` after sorting by case_id, so the result does not depend on row order); cases of every other
-    cohort are external validation data and get ``test``.
+    cohort are external validation data and get ``test``. ``train_cohort`` may name several cohorts (e.g.
+    the cohorts of a two-phase training): each is split the same way, on its own.
+
+    Patients (``patient_id``) are never divided: a patient's cases are shuffled and assigned as one unit
+    (stratified by the patient's most common label), so the proportions hold in cases up to one patient's
+    size; a case whose patient already has cases with a split given in the manifest takes that split.
+    Without patient ids every case is its own unit and the result is the per-case split.
 
     Examples
     --------
@@ -366,30 +394,68 @@ def assign_splits(
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or sum(fractions) <= 0:
         raise Rad4XCNNError(f"split fractions must be three non-negative numbers, got {tuple(fractions)}")
+    split_here = {train_cohort} if isinstance(train_cohort, str) else set(train_cohort)
     assigned: dict[str, str] = {}
+    given: dict[str, set[str]] = {}
+    for c in cases:
+        if c.split is not None and c.cohort in split_here:
+            given.setdefault(c.patient, set()).add(c.split)
     pending = sorted(
-        (c for c in cases if c.split is None and c.cohort == train_cohort), key=lambda c: c.case_id
+        (c for c in cases if c.split is None and c.cohort in split_here), key=lambda c: c.case_id
     )
-    by_label: dict[str, list[Case]] = {}
+    units: dict[str, list[Case]] = {}
     for c in pending:
-        by_label.setdefault(c.label or "", []).append(c)
+        if len(given.get(c.patient, ())) == 1:
+            assigned[c.case_id] = next(iter(given[c.patient]))  # join the patient's other cases
+        else:
+            units.setdefault(c.patient, []).append(c)
+    by_label: dict[tuple[str, str], list[list[Case]]] = {}
+    for members in units.values():
+        labels = Counter(c.label or "" for c in members)
+        label = sorted(labels, key=lambda lab: (-labels[lab], lab))[0]
+        by_label.setdefault((members[0].cohort, label), []).append(members)
     rng = np.random.default_rng(seed)
     for label in sorted(by_label):
         group = by_label[label]
         order = rng.permutation(len(group))
-        counts = _allocate(len(group), fractions)
-        names = [s for s, k in zip(SPLITS, counts, strict=True) for _ in range(k)]
-        for idx, split in zip(order, names, strict=True):
-            assigned[group[idx].case_id] = split
+        counts = _allocate(sum(len(u) for u in group), fractions)
+        bounds = np.cumsum(counts)
+        filled = 0
+        for idx in order:
+            # the split where the middle of this unit's run of cases falls: exact for single cases
+            middle = filled + len(group[idx]) / 2.0
+            split = SPLITS[min(int(np.searchsorted(bounds, middle, side="right")), len(SPLITS) - 1)]
+            filled += len(group[idx])
+            for c in group[idx]:
+                assigned[c.case_id] = split
     result = []
     for c in cases:
         if c.split is not None:
             result.append(c)
-        elif c.cohort == train_cohort:
+        elif c.cohort in split_here:
             result.append(replace(c, split=assigned[c.case_id], split_assigned=True))
         else:
             result.append(replace(c, split="test", split_assigned=True))
     return result
+
+
+def patients_across_splits(cases: Iterable[Case]) -> dict[str, list[str]]:
+    """Patients whose cases lie in more than one (cohort, split): patient id -> the sorted places.
+
+    A patient on two sides of a split lets the classifier be scored on a patient it was trained on.
+
+    Examples
+    --------
+    >>> a = Case("a", Path("a.png"), (), split="train", patient_id="p1")
+    >>> b = Case("b", Path("b.png"), (), split="test", patient_id="p1")
+    >>> patients_across_splits([a, b])
+    {'p1': ['internal/test', 'internal/train']}
+    """
+    places: dict[str, set[str]] = {}
+    for c in cases:
+        if c.patient_id:
+            places.setdefault(c.patient_id, set()).add(f"{c.cohort}/{c.split or 'unassigned'}")
+    return {p: sorted(where) for p, where in sorted(places.items()) if len(where) > 1}
 
 
 def write_manifest(cohort: Cohort | Sequence[Case], path: str | os.PathLike) -> Path:

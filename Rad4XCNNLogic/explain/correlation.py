@@ -1,16 +1,15 @@
-"""Spearman's rho between every deep and every radiomic feature, and the statistics that control it.
+"""Spearman's rho between every deep and every radiomic feature, with its p- and q-values.
 
 Each feature's ranks (ties averaged) are standardised once, so that all rhos are one matrix product; it runs
-in chunks of deep features, on numpy or on torch (GPU when present) through the same code. p-values,
-Benjamini–Hochberg q-values, a max-|rho| permutation null (family-wise error) and bootstrap intervals build
-on those ranks.
+in chunks of deep features (one model per chunk), on numpy or on torch (GPU when present) through the same
+code (:mod:`~Rad4XCNNLogic.explain.backends`). The permutation null and the bootstrap build on the same
+preparation (:mod:`~Rad4XCNNLogic.explain.resampling`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,8 +19,9 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError, first_line
-from Rad4XCNNLogic.infra.interval import Interval
+from Rad4XCNNLogic.explain.backends import NumpyOps, resolve_backend
 from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
+from Rad4XCNNLogic.names import model_of
 
 log = logging.getLogger(__name__)
 
@@ -36,173 +36,27 @@ DEFAULT_MEMORY_MB = 512
 _SORT_COPIES = 8
 
 
-# --------------------------------------------------------------------------------------------- backends
-class _NumpyOps:
-    """The few array operations ranking and products need, on numpy. Rows are features, columns cases."""
-
-    name = "numpy"
-    device = "cpu"
-
-    def asarray(self, a: np.ndarray) -> np.ndarray:
-        # Values are only sorted and compared for ties, so float32 tables (deep features) stay float32:
-        # the ranks are the same and sorting is twice as fast.
-        a = np.asarray(a)
-        return np.ascontiguousarray(a, dtype=a.dtype if a.dtype in (np.float32, np.float64) else np.float64)
-
-    def index(self, idx: np.ndarray) -> np.ndarray:
-        return np.asarray(idx, dtype=np.intp)
-
-    def to_numpy(self, a) -> np.ndarray:
-        return np.asarray(a)
-
-    def sort_last(self, a):
-        # Quicksort is not stable and needs not be: tied values share their average rank in any order.
-        order = np.argsort(a, axis=-1)
-        return np.take_along_axis(a, order, axis=-1), order
-
-    def ones_bool(self, shape) -> np.ndarray:
-        return np.ones(shape, dtype=bool)
-
-    def where(self, cond, a, b):
-        return np.where(cond, a, b)
-
-    def flatnonzero(self, flags):
-        return np.flatnonzero(flags)
-
-    def diff_to(self, starts, end: int):
-        """Lengths of the runs that begin at ``starts`` and end at the next start (the last at ``end``)."""
-        stops = np.empty_like(starts)
-        stops[:-1], stops[-1:] = starts[1:], end  # np.diff(append=) is ten times slower
-        return stops - starts
-
-    def repeat(self, values, counts):
-        return np.repeat(values, counts)
-
-    def float64(self, a):
-        return a.astype(np.float64)
-
-    def unsort_last(self, values, order):
-        out = np.empty_like(values)
-        np.put_along_axis(out, order, values, axis=-1)
-        return out
-
-    def sqrt(self, a):
-        return np.sqrt(a)
-
-    def stack_shuffled(self, z, perms):
-        """Each row of ``z`` with its columns (cases) reordered by each permutation: (rows * b, n), in
-        row-major order of (row, permutation), which needs no copy beyond the gather."""
-        return np.take(z, perms, axis=1).reshape(-1, z.shape[-1])  # take, unlike z[:, perms], is C-ordered
-
-    def abs_max_middle(self, a):
-        """Largest absolute value over the first and last axes of a 3D array (no temporary |a|)."""
-        return np.maximum(a.max(axis=(0, 2)), -a.min(axis=(0, 2)))
-
-    def zeros(self, shape):
-        return np.zeros(shape, dtype=np.float64)
-
-    def single(self, a):
-        return a.astype(np.float32)
-
-
-class _TorchOps(_NumpyOps):
-    """The same operations on torch tensors (float64), on the GPU when one is given."""
-
-    name = "torch"
-
-    def __init__(self, device: str):
-        import torch
-
-        self.torch = torch
-        self.device = device
-
-    def asarray(self, a):
-        # np.require copies read-only arrays (pandas may hand out views), which torch cannot wrap.
-        return self.torch.from_numpy(np.require(a, np.float64, ["C", "W"])).to(self.device)
-
-    def index(self, idx):
-        return self.torch.as_tensor(np.asarray(idx, dtype=np.int64), device=self.device)
-
-    def to_numpy(self, a) -> np.ndarray:
-        return a.detach().cpu().numpy()
-
-    def sort_last(self, a):
-        values, order = self.torch.sort(a, dim=-1)
-        return values, order
-
-    def ones_bool(self, shape):
-        return self.torch.ones(shape, dtype=self.torch.bool, device=self.device)
-
-    def where(self, cond, a, b):
-        return self.torch.where(cond, a, b)
-
-    def flatnonzero(self, flags):
-        return self.torch.nonzero(flags).reshape(-1)
-
-    def diff_to(self, starts, end: int):
-        return self.torch.diff(starts, append=self.torch.tensor([end], device=self.device))
-
-    def repeat(self, values, counts):
-        return self.torch.repeat_interleave(values, counts)
-
-    def float64(self, a):
-        return a.to(self.torch.float64)
-
-    def unsort_last(self, values, order):
-        return self.torch.empty_like(values).scatter_(-1, order, values)
-
-    def sqrt(self, a):
-        return self.torch.sqrt(a)
-
-    def stack_shuffled(self, z, perms):
-        return z[:, perms].reshape(-1, z.shape[-1])
-
-    def abs_max_middle(self, a):
-        return self.torch.maximum(a.amax(dim=(0, 2)), -a.amin(dim=(0, 2)))
-
-    def zeros(self, shape):
-        return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
-
-    def single(self, a):
-        return a.to(self.torch.float32)
-
-
-#: The array backends (``torch:cuda:N`` picks a GPU by number).
-BACKENDS = ("auto", "numpy", "torch", "torch:cpu", "torch:cuda")
-
-
-def resolve_backend(backend: str = "auto") -> _NumpyOps:
-    """Return the array backend: ``"numpy"``, ``"torch"`` (GPU if present, else CPU), ``"torch:cpu"``,
-    ``"torch:cuda"``, or ``"auto"`` (torch on a GPU when one is present, numpy otherwise).
+def model_runs(models: Sequence[str], chunk: int) -> list[tuple[int, int]]:
+    """``(start, stop)`` chunks of at most ``chunk`` rows that never span two models (backbones, or a
+    backbone's stages: :func:`~Rad4XCNNLogic.names.model_of`): each model's chunks start at its own first
+    row, so they do not depend on the other models in the table. BH q and the permutation null run per
+    model, so that adding a backbone never changes another's results.
 
     Examples
     --------
-    >>> resolve_backend("numpy").name
-    'numpy'
+    >>> model_runs(["a", "a", "a", "b", "b"], 2)
+    [(0, 2), (2, 3), (3, 5)]
     """
-    text = str(backend).lower()
-    if text == "numpy":
-        return _NumpyOps()
-    if text not in BACKENDS and not text.startswith("torch:cuda:"):
-        raise Rad4XCNNError(f"unknown backend {backend!r}: expected {', '.join(BACKENDS)}")
-    try:
-        import torch
-    except ImportError:
-        if text == "auto":
-            return _NumpyOps()
-        raise Rad4XCNNError(f"backend {backend!r} needs torch, which is not installed") from None
-    if text == "auto":
-        return _TorchOps("cuda") if torch.cuda.is_available() else _NumpyOps()
-    if text == "torch":
-        return _TorchOps("cuda" if torch.cuda.is_available() else "cpu")
-    device = text.split(":", 1)[1]
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise Rad4XCNNError(f"backend {backend!r} asks for a GPU, but torch finds no CUDA device")
-    return _TorchOps(device)
+    bounds, start = [], 0
+    for stop in range(1, len(models) + 1):
+        if stop == len(models) or models[stop] != models[start] or stop - start == chunk:
+            bounds.append((start, stop))
+            start = stop
+    return bounds
 
 
 # ------------------------------------------------------------------------------------------------ ranks
-def _average_ranks(x, ops: _NumpyOps):
+def average_ranks(x, ops: NumpyOps):
     """Ranks 1..n along the last axis of a 2D array, tied values sharing their average rank (as
     ``scipy.stats.rankdata``).
 
@@ -231,10 +85,10 @@ def rank_data(x: np.ndarray, backend: str = "numpy") -> np.ndarray:
     array([[4. , 1.5, 1.5, 3. ]])
     """
     ops = resolve_backend(backend)
-    return ops.to_numpy(_average_ranks(ops.asarray(np.atleast_2d(x)), ops))
+    return ops.to_numpy(average_ranks(ops.asarray(np.atleast_2d(x)), ops))
 
 
-def _standardise(ranks, ops: _NumpyOps):
+def standardise(ranks, ops: NumpyOps):
     """Centre and scale each row of ranks to unit length, so that a dot product of two rows is their rho.
 
     The mean rank is (n + 1) / 2 whatever the ties; a constant row stays all zeros (its rho is undefined) and
@@ -250,7 +104,7 @@ def _standardise(ranks, ops: _NumpyOps):
 
 # ------------------------------------------------------------------------------------------ input tables
 @dataclass
-class _Table:
+class FeatureTable:
     """One feature table restricted, by position, to the cases and features in use (no copy is made)."""
 
     label: str
@@ -276,10 +130,10 @@ def _check_frame(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     frame.columns = frame.columns.map(str)
     duplicated = frame.index[frame.index.duplicated()].unique()
     if len(duplicated):
-        raise Rad4XCNNError(f"the {label} table has duplicate case id(s): {_names(duplicated)}")
+        raise Rad4XCNNError(f"the {label} table has duplicate case id(s): {name_list(duplicated)}")
     duplicated = frame.columns[frame.columns.duplicated()].unique()
     if len(duplicated):
-        raise Rad4XCNNError(f"the {label} table has duplicate feature name(s): {_names(duplicated)}")
+        raise Rad4XCNNError(f"the {label} table has duplicate feature name(s): {name_list(duplicated)}")
     diagnostics = [c for c in frame.columns if c.startswith("diagnostics_")]
     if diagnostics:
         log.info("%s table: leaving out %d PyRadiomics diagnostics column(s)", label, len(diagnostics))
@@ -287,7 +141,7 @@ def _check_frame(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     not_numeric = [c for c, dt in frame.dtypes.items() if not (pd.api.types.is_numeric_dtype(dt))]
     if not_numeric:
         raise Rad4XCNNError(
-            f"the {label} table has non-numeric column(s) {_names(not_numeric)}: "
+            f"the {label} table has non-numeric column(s) {name_list(not_numeric)}: "
             "expected one number per case and feature"
         )
     if frame.shape[1] == 0:
@@ -295,13 +149,14 @@ def _check_frame(frame: pd.DataFrame, label: str) -> pd.DataFrame:
     return frame
 
 
-def _names(items: Sequence, limit: int = 5) -> str:
+def name_list(items: Sequence, limit: int = 5) -> str:
+    """At most ``limit`` names, comma-separated, and how many more: for one-line messages."""
     items = [str(i) for i in items]
     shown = ", ".join(items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _missing_counts(table: _Table, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+def _missing_counts(table: FeatureTable, chunk: int) -> tuple[np.ndarray, np.ndarray]:
     """Per feature, how many used cases lack a finite value; per case, a feature it lacks (-1 if none)."""
     n_cols = len(table.columns)
     per_feature = np.zeros(n_cols, dtype=np.int64)
@@ -316,9 +171,11 @@ def _missing_counts(table: _Table, chunk: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass
-class _Aligned:
-    deep: _Table
-    radiomic: _Table
+class AlignedTables:
+    """The deep and radiomic tables on their common cases, with what was left out and why."""
+
+    deep: FeatureTable
+    radiomic: FeatureTable
     cases: list[str]
     dropped_cases: dict[str, str]
     dropped_features: dict[str, dict[str, str]]
@@ -326,7 +183,7 @@ class _Aligned:
 
 def _align(
     deep_df: pd.DataFrame, radiomic_df: pd.DataFrame, *, max_missing_fraction: float, chunk: int
-) -> _Aligned:
+) -> AlignedTables:
     """Match the two tables on case id (sorted, so row order never matters) and deal with missing values.
 
     Cases in one table only are left out and reported. A feature missing (NaN or infinite) in more than
@@ -344,18 +201,20 @@ def _align(
     if len(common) == 0:
         raise Rad4XCNNError(
             "the deep-feature and radiomics tables share no case id "
-            f"(deep: {_names(deep_df.index, 3)}; radiomics: {_names(radiomic_df.index, 3)})"
+            f"(deep: {name_list(deep_df.index, 3)}; radiomics: {name_list(radiomic_df.index, 3)})"
         )
     if dropped:
         log.warning(
-            "%d case(s) are in only one of the two tables and are left out: %s", len(dropped), _names(dropped)
+            "%d case(s) are in only one of the two tables and are left out: %s",
+            len(dropped),
+            name_list(dropped),
         )
     cases = sorted(common)
     tables = []
     for label, frame in (("deep", deep_df), ("radiomic", radiomic_df)):
         rows = frame.index.get_indexer(cases)
         tables.append(
-            _Table(label, frame, rows, list(frame.columns), np.arange(frame.shape[1], dtype=np.intp))
+            FeatureTable(label, frame, rows, list(frame.columns), np.arange(frame.shape[1], dtype=np.intp))
         )
 
     dropped_features: dict[str, dict[str, str]] = {"deep": {}, "radiomic": {}}
@@ -376,7 +235,7 @@ def _align(
                 len(gone),
                 table.label,
                 100 * max_missing_fraction,
-                _names(gone),
+                name_list(gone),
             )
             if not table.columns:
                 raise Rad4XCNNError(
@@ -390,7 +249,7 @@ def _align(
         log.warning(
             "%d case(s) with missing values are left out: %s",
             int((~case_ok).sum()),
-            _names([c for c, ok in zip(cases, case_ok, strict=True) if not ok]),
+            name_list([c for c, ok in zip(cases, case_ok, strict=True) if not ok]),
         )
         cases = [c for c, ok in zip(cases, case_ok, strict=True) if ok]
         for table in tables:
@@ -402,7 +261,7 @@ def _align(
         )
     if len(cases) < 20:
         log.warning("only %d cases: rho from so few cases is unstable", len(cases))
-    return _Aligned(tables[0], tables[1], cases, dropped, dropped_features)
+    return AlignedTables(tables[0], tables[1], cases, dropped, dropped_features)
 
 
 def read_feature_table(path: str | os.PathLike, label: str = "feature") -> pd.DataFrame:
@@ -429,7 +288,9 @@ def read_feature_table(path: str | os.PathLike, label: str = "feature") -> pd.Da
     names = [h.strip() for h in header[1:]]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise Rad4XCNNError(f"{label} table {path.name} has duplicate feature name(s): {_names(duplicated)}")
+        raise Rad4XCNNError(
+            f"{label} table {path.name} has duplicate feature name(s): {name_list(duplicated)}"
+        )
     frame.index = frame.index.map(lambda v: str(v).strip())
     return frame
 
@@ -438,14 +299,16 @@ def _auto_chunk(n_cases: int, memory_mb: float) -> int:
     return max(1, int(memory_mb * 2**20 // (8 * _SORT_COPIES * max(n_cases, 1))))
 
 
-class _Prepared:
+class PreparedTables:
     """Aligned tables plus the standardised radiomic ranks on the backend, ready for products."""
 
-    def __init__(self, aligned: _Aligned, ops: _NumpyOps, chunk_size: int):
+    def __init__(self, aligned: AlignedTables, ops: NumpyOps, chunk_size: int):
         self.aligned = aligned
         self.ops = ops
         self.chunk = chunk_size
         self.n = len(aligned.cases)
+        self.models = [model_of(c) for c in aligned.deep.columns]
+        self.bounds = model_runs(self.models, chunk_size)
         radiomic = aligned.radiomic
         n_rad = len(radiomic.columns)
         self.zr = ops.zeros((n_rad, self.n))
@@ -453,25 +316,33 @@ class _Prepared:
         for start in range(0, n_rad, chunk_size):
             stop = min(start + chunk_size, n_rad)
             block = ops.asarray(radiomic.block(slice(start, stop)))
-            self.zr[start:stop], self.r_constant[start:stop] = _standardise(_average_ranks(block, ops), ops)
+            self.zr[start:stop], self.r_constant[start:stop] = standardise(average_ranks(block, ops), ops)
 
     def deep_chunks(self) -> Iterator[tuple[int, int, object, np.ndarray]]:
-        """Yield ``(start, stop, standardised ranks, constant flags)`` for each chunk of deep features."""
-        n_deep = len(self.aligned.deep.columns)
-        for start in range(0, n_deep, self.chunk):
-            stop = min(start + self.chunk, n_deep)
+        """Yield ``(start, stop, standardised ranks, constant flags)`` for each chunk of deep features (a
+        chunk holds the features of one model only)."""
+        for start, stop in self.bounds:
             block = self.ops.asarray(self.aligned.deep.block(slice(start, stop)))
-            zd, constant = _standardise(_average_ranks(block, self.ops), self.ops)
+            zd, constant = standardise(average_ranks(block, self.ops), self.ops)
             yield start, stop, zd, constant
 
+    def permutation_batches(self, n_permutations: int, batch: int, seed: int) -> Iterator[np.ndarray]:
+        """Seeded case orders, the same for every chunk whatever the batch size."""
+        return _permutation_batches(self.n, n_permutations, batch, seed)
 
-def _prepare(
+    def denominator(self, start: int, stop: int) -> np.ndarray | None:
+        """What the products of a chunk are divided by to give rho (None: nothing, they are rho)."""
+        return None
+
+
+def prepare_tables(
     deep_df: pd.DataFrame,
     radiomic_df: pd.DataFrame,
     backend: str,
     chunk_size: int | None,
     max_missing_fraction: float,
-) -> _Prepared:
+) -> PreparedTables:
+    """Align, check and standardise the two tables once, for the correlation, the null and the bootstrap."""
     ops = resolve_backend(backend)
     n_guess = max(len(deep_df), 1)
     aligned = _align(
@@ -481,10 +352,11 @@ def _prepare(
         chunk=chunk_size or _auto_chunk(n_guess, DEFAULT_MEMORY_MB),
     )
     chunk = chunk_size or _auto_chunk(len(aligned.cases), DEFAULT_MEMORY_MB)
-    return _Prepared(aligned, ops, chunk)
+    return PreparedTables(aligned, ops, chunk)
 
 
-def _progress_bar(total: int, desc: str, enabled: bool):
+def progress_bar(total: int, desc: str, enabled: bool):
+    """The explanation's progress bar (shown only for work that lasts)."""
     from Rad4XCNNLogic.infra.progress import ProgressBar
 
     # delay: a bar appears only for work that lasts, so that small runs stay quiet.
@@ -500,13 +372,26 @@ def spearman_pvalues(rho: np.ndarray, n_cases: int) -> np.ndarray:
     >>> round(float(spearman_pvalues(np.array(0.5), 30)), 4)
     0.0049
     """
+    return t_pvalues(rho, n_cases - 2)
+
+
+def t_pvalues(rho: np.ndarray, dof: float | np.ndarray) -> np.ndarray:
+    """Two-sided p-values of correlations from the t approximation ``t = rho sqrt(dof / (1 - rho^2))`` with
+    ``dof`` degrees of freedom (a number, or an array shaped like ``rho``); ``dof < 1`` gives NaN.
+
+    Examples
+    --------
+    >>> round(float(t_pvalues(np.array(0.5), 28)), 4)
+    0.0049
+    """
     from scipy import special
 
     rho = np.asarray(rho, dtype=np.float64)
-    dof = n_cases - 2
+    dof = np.asarray(dof, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = rho * np.sqrt((dof / ((rho + 1.0) * (1.0 - rho))).clip(0))
-    return 2 * special.stdtr(dof, -np.abs(t))
+        p = 2 * special.stdtr(np.maximum(dof, 1.0), -np.abs(t))
+    return np.where(dof >= 1, p, np.nan)
 
 
 def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
@@ -530,6 +415,26 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
         scaled = p.ravel()[order] * (m / np.arange(1, m + 1))
         # q of the k-th smallest p is the smallest scaled value at rank k or above.
         q.ravel()[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+    return q
+
+
+def benjamini_hochberg_by_model(p: np.ndarray, models: Sequence[str]) -> np.ndarray:
+    """BH q-values computed separately over the rows (deep features) of each model: each backbone is its
+    own family of tests, so adding one never changes another's q.
+
+    Examples
+    --------
+    >>> p = np.array([[0.01, 0.04], [0.03, 0.5]])
+    >>> benjamini_hochberg_by_model(p, ["a", "b"])
+    array([[0.02, 0.04],
+           [0.06, 0.5 ]])
+    """
+    p = np.asarray(p, dtype=np.float64)
+    models = np.asarray(list(models), dtype=object)
+    q = np.full(p.shape, np.nan)
+    for model in dict.fromkeys(models.tolist()):
+        rows = np.flatnonzero(models == model)
+        q[rows] = benjamini_hochberg(p[rows])
     return q
 
 
@@ -599,12 +504,13 @@ class CorrelationResult:
         return cls(**arrays, **meta)
 
 
-def _spearman(prep: _Prepared, progress: bool) -> CorrelationResult:
+def spearman_prepared(prep: PreparedTables, progress: bool) -> CorrelationResult:
+    """Spearman's rho, p and BH q of every pair of prepared tables, chunk by chunk."""
     aligned, ops = prep.aligned, prep.ops
     n_deep = len(aligned.deep.columns)
     rho = np.empty((n_deep, len(aligned.radiomic.columns)))
     d_constant = np.zeros(n_deep, dtype=bool)
-    with _progress_bar(n_deep, "rho", progress) as bar:
+    with progress_bar(n_deep, "rho", progress) as bar:
         for start, stop, zd, constant in prep.deep_chunks():
             rho[start:stop] = ops.to_numpy(zd @ prep.zr.T)
             d_constant[start:stop] = constant
@@ -626,13 +532,13 @@ def _spearman(prep: _Prepared, progress: bool) -> CorrelationResult:
                 "%d %s feature(s) are constant over the cases and get no rho: %s",
                 len(names),
                 label,
-                _names(names),
+                name_list(names),
             )
     p = spearman_pvalues(rho, prep.n)
     return CorrelationResult(
         rho=rho,
         p=p,
-        q=benjamini_hochberg(p),
+        q=benjamini_hochberg_by_model(p, prep.models),
         deep_features=list(aligned.deep.columns),
         radiomic_features=list(aligned.radiomic.columns),
         cases=list(aligned.cases),
@@ -652,7 +558,8 @@ def spearman(
     max_missing_fraction: float = 0.5,
     progress: bool = False,
 ) -> CorrelationResult:
-    """Spearman's rho, two-sided p and BH q between every deep and every radiomic feature.
+    """Spearman's rho, two-sided p and BH q (over each model's pairs) between every deep and every radiomic
+    feature.
 
     Parameters
     ----------
@@ -678,8 +585,8 @@ def spearman(
     >>> float(spearman(deep, rad, backend="numpy").rho[0, 0])
     1.0
     """
-    prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    return _spearman(prep, progress)
+    prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    return spearman_prepared(prep, progress)
 
 
 # ------------------------------------------------------------------------------------- permutation null
@@ -690,207 +597,3 @@ def _permutation_batches(n_cases: int, n_permutations: int, batch: int, seed: in
     for start in range(0, n_permutations, batch):
         size = min(batch, n_permutations - start)
         yield rng.permuted(np.tile(base, (size, 1)), axis=1)
-
-
-def _permutation_null(
-    prep: _Prepared, n_permutations: int, seed: int, progress: bool, single_precision: bool = True
-) -> np.ndarray:
-    if prep.n < MIN_CASES_RESAMPLING:
-        raise Rad4XCNNError(f"a permutation test needs at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
-    ops = prep.ops
-    null = np.zeros(n_permutations)
-    zr = ops.single(prep.zr) if single_precision else prep.zr
-    n_rad = zr.shape[0]
-    n_chunks = math.ceil(len(prep.aligned.deep.columns) / prep.chunk)
-    with _progress_bar(n_chunks * n_permutations, "permutations", progress) as bar:
-        for _, _, zd, _ in prep.deep_chunks():
-            zd = ops.single(zd) if single_precision else zd
-            # Shuffle the smaller side (the radiomic side by the inverse permutation, which gives the same
-            # rhos); the shuffled copies are stacked so that a batch is one matrix product.
-            shuffle_deep = zd.shape[0] <= n_rad
-            moving, fixed = (zd, zr) if shuffle_deep else (zr, zd)
-            width = moving.shape[0]
-            batch = max(
-                1, int(DEFAULT_MEMORY_MB * 2**20 // (zd.itemsize * width * (prep.n + fixed.shape[0])))
-            )
-            done = 0
-            for perms in _permutation_batches(prep.n, n_permutations, batch, seed):
-                size = perms.shape[0]
-                order = perms if shuffle_deep else np.argsort(perms, axis=1)
-                shuffled = ops.stack_shuffled(moving, ops.index(order))
-                products = (shuffled @ fixed.T).reshape(width, size, fixed.shape[0])
-                block_max = ops.to_numpy(ops.abs_max_middle(products)).astype(np.float64)
-                np.maximum(null[done : done + size], block_max, out=null[done : done + size])
-                done += size
-                bar.update(size)
-    return np.minimum(null, 1.0)
-
-
-def permutation_null(
-    deep_df: pd.DataFrame,
-    radiomic_df: pd.DataFrame,
-    n_permutations: int = 1000,
-    *,
-    seed: int = 0,
-    backend: str = "auto",
-    chunk_size: int | None = None,
-    max_missing_fraction: float = 0.5,
-    single_precision: bool = True,
-    progress: bool = False,
-) -> np.ndarray:
-    """The largest |rho| over all feature pairs in each of ``n_permutations`` shuffles of the case order.
-
-    Shuffling one table's cases breaks every deep–radiomic relation while keeping each feature's
-    distribution and the correlations within each table, so the maximum |rho| of a shuffle is what chance
-    alone reaches across the whole family of pairs. The same seed gives the same permutations on every
-    backend. ``single_precision`` (default) multiplies in float32: twice as fast, and its rounding (about
-    1e-6 in rho) is far below the null's own sampling error (about 1 / sqrt(n_permutations)).
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(1)
-    >>> deep = pd.DataFrame(rng.normal(size=(40, 5))); rad = pd.DataFrame(rng.normal(size=(40, 3)))
-    >>> null = permutation_null(deep, rad, 50, backend="numpy")
-    >>> null.shape, bool((null > 0).all() and (null <= 1).all())
-    ((50,), True)
-    """
-    if n_permutations < 1:
-        raise Rad4XCNNError(f"the number of permutations must be at least 1, got {n_permutations}")
-    prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    return _permutation_null(prep, n_permutations, seed, progress, single_precision)
-
-
-#: The family-wise error level of the permutation null.
-ALPHA_RANGE = Interval(0, 1, low_open=True, high_open=True)
-
-
-def _check_alpha(alpha: float) -> None:
-    problem = ALPHA_RANGE.problem(alpha)
-    if problem:
-        raise Rad4XCNNError(f"alpha {problem}")
-
-
-def permutation_threshold(null: np.ndarray, alpha: float = 0.05) -> float:
-    """The |rho| above which a pair is significant with family-wise error at most ``alpha``.
-
-    A pair is significant when its permutation p-value ``(1 + #{null >= |rho|}) / (P + 1)`` is at most
-    ``alpha`` (:func:`fwer_pvalues`); this returns the boundary of that set: the ``k``-th largest null value
-    with ``k = floor(alpha * (P + 1))``, which a significant |rho| must exceed.
-
-    Examples
-    --------
-    >>> permutation_threshold(np.linspace(0.1, 0.5, 99), alpha=0.05)
-    0.48367346938775513
-    """
-    _check_alpha(alpha)
-    null = np.sort(np.asarray(null, dtype=np.float64))[::-1]
-    k = math.floor(alpha * (len(null) + 1) + 1e-9)
-    if k < 1:
-        raise Rad4XCNNError(
-            f"{len(null)} permutations cannot give a threshold at alpha {alpha}: "
-            f"use at least {math.ceil(1 / alpha) - 1}"
-        )
-    return float(null[k - 1])
-
-
-def fwer_pvalues(rho: np.ndarray, null: np.ndarray) -> np.ndarray:
-    """Family-wise-error-adjusted p-values from the max-|rho| null: ``(1 + #{null >= |rho|}) / (P + 1)``."""
-    null = np.sort(np.asarray(null, dtype=np.float64))
-    rho = np.abs(np.asarray(rho, dtype=np.float64))
-    exceed = len(null) - np.searchsorted(null, np.nan_to_num(rho, nan=0.0), side="left")
-    out = (1.0 + exceed) / (len(null) + 1.0)
-    return np.where(np.isnan(rho), np.nan, out)
-
-
-def suggest_threshold(null: np.ndarray, alpha: float = 0.05, step: float = 0.05) -> float:
-    """A threshold ``M`` to start from: the permutation threshold rounded up to a multiple of ``step``.
-
-    Every pair with |rho| >= the suggestion is significant with family-wise error at most ``alpha``; the
-    paper's M (e.g. 0.6) asks for a strong relation, well above this significance floor in large cohorts.
-
-    Examples
-    --------
-    >>> suggest_threshold(np.linspace(0.1, 0.5, 99), alpha=0.05)
-    0.5
-    """
-    threshold = permutation_threshold(null, alpha)
-    suggestion = math.ceil(round(threshold / step, 9)) * step
-    if suggestion <= threshold:  # the boundary itself is not significant (strict inequality)
-        suggestion += step
-    return round(min(suggestion, 1.0), 10)
-
-
-# ---------------------------------------------------------------------------------------------- bootstrap
-def _bootstrap(
-    prep: _Prepared,
-    deep_index: np.ndarray,
-    radiomic_index: np.ndarray,
-    n_boot: int,
-    confidence: float,
-    seed: int,
-    progress: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    if prep.n < MIN_CASES_RESAMPLING:
-        raise Rad4XCNNError(f"bootstrap intervals need at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
-    if not 0 < confidence < 1:
-        raise Rad4XCNNError(f"the confidence level must lie between 0 and 1, got {confidence}")
-    ops = prep.ops
-    deep_used, deep_pos = np.unique(deep_index, return_inverse=True)
-    rad_used, rad_pos = np.unique(radiomic_index, return_inverse=True)
-    raw_d = ops.asarray(prep.aligned.deep.block(deep_used))
-    raw_r = ops.asarray(prep.aligned.radiomic.block(rad_used))
-    pick_d, pick_r = ops.index(deep_pos), ops.index(rad_pos)
-    rng = np.random.default_rng(seed)
-    values = np.empty((n_boot, len(deep_index)))
-    with _progress_bar(n_boot, "bootstrap", progress) as bar:
-        for b in range(n_boot):
-            idx = ops.index(rng.integers(0, prep.n, prep.n))
-            zd, d_const = _standardise(_average_ranks(raw_d[:, idx], ops), ops)
-            zr, r_const = _standardise(_average_ranks(raw_r[:, idx], ops), ops)
-            # The product of the features involved is at most deep x radiomic; the pairs are picked from it.
-            sample = ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
-            sample[d_const[deep_pos] | r_const[rad_pos]] = np.nan  # a resample where a feature is constant
-            values[b] = sample
-            bar.update()
-    tail = (1 - confidence) / 2
-    with np.errstate(all="ignore"):
-        low, high = np.nanquantile(np.clip(values, -1, 1), [tail, 1 - tail], axis=0)
-    return low, high
-
-
-def bootstrap_intervals(
-    deep_df: pd.DataFrame,
-    radiomic_df: pd.DataFrame,
-    pairs: Sequence[tuple[str, str]],
-    n_boot: int = 200,
-    *,
-    confidence: float = 0.95,
-    seed: int = 0,
-    backend: str = "auto",
-    max_missing_fraction: float = 0.5,
-    progress: bool = False,
-) -> pd.DataFrame:
-    """Percentile bootstrap intervals of rho for the given (deep, radiomic) pairs: cases are resampled with
-    replacement ``n_boot`` times and each pair's rho recomputed on the resample's own ranks.
-
-    Examples
-    --------
-    >>> rng = np.random.default_rng(2)
-    >>> rad = pd.DataFrame({"original_firstorder_Mean": rng.normal(size=60)})
-    >>> deep = pd.DataFrame({"resnet50_0": rad.iloc[:, 0] + rng.normal(size=60)})
-    >>> pairs = [("resnet50_0", "original_firstorder_Mean")]
-    >>> ci = bootstrap_intervals(deep, rad, pairs, 100, backend="numpy")
-    >>> bool(ci["ci_low"].iloc[0] < ci["ci_high"].iloc[0])
-    True
-    """
-    prep = _prepare(deep_df, radiomic_df, backend, None, max_missing_fraction)
-    deep_pos = {c: i for i, c in enumerate(prep.aligned.deep.columns)}
-    rad_pos = {c: i for i, c in enumerate(prep.aligned.radiomic.columns)}
-    unknown = [f"{d}/{r}" for d, r in pairs if d not in deep_pos or r not in rad_pos]
-    if unknown:
-        raise Rad4XCNNError(f"unknown feature pair(s) for the bootstrap: {_names(unknown)}")
-    di = np.array([deep_pos[d] for d, _ in pairs], dtype=np.intp)
-    ri = np.array([rad_pos[r] for _, r in pairs], dtype=np.intp)
-    low, high = _bootstrap(prep, di, ri, n_boot, confidence, seed, progress) if len(pairs) else ([], [])
-    index = pd.MultiIndex.from_tuples(list(pairs), names=["deep_feature", "radiomic_feature"])
-    return pd.DataFrame({"ci_low": low, "ci_high": high}, index=index)

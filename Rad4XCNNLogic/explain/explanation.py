@@ -1,10 +1,9 @@
-"""Explain deep features by radiomic ones: the paper's rule |rho| >= M, grouped by feature family.
+"""Explain deep features by radiomic ones: the paper's rule |rho| >= M, pooled or within strata (class,
+site), with per-backbone statistics and partners grouped into redundancy clusters.
 
-Builds the kept-pair table (``correlations.csv``) and the per-deep-feature table (``explanations.csv``) from a
-:class:`~Rad4XCNNLogic.explain.correlation.CorrelationResult`, the coverage curve over M, explanations
-ordered by a
-classifier's feature importances, and the replicability of explanations between cohorts. A new M re-uses
-the stored rho matrix: nothing is recomputed.
+Builds the kept-pair table (``correlations.csv``) and the per-deep-feature table (``explanations.csv``, via
+:mod:`~Rad4XCNNLogic.explain.tables`), the coverage curve over M and explanations ordered by a classifier's
+feature importances. A new M re-uses the stored matrices: nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +22,27 @@ import pandas as pd
 
 from Rad4XCNNLogic import __version__
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.correlation import (
-    CorrelationResult,
-    _bootstrap,
-    _check_alpha,
-    _names,
-    _permutation_null,
-    _prepare,
-    _spearman,
-    fwer_pvalues,
+from Rad4XCNNLogic.explain.correlation import CorrelationResult, name_list, prepare_tables, spearman_prepared
+from Rad4XCNNLogic.explain.partners import CLUSTER_LEVEL, RadiomicClusters, cluster_radiomics
+from Rad4XCNNLogic.explain.replicability import Replicability, replicate, write_replicability
+from Rad4XCNNLogic.explain.resampling import (
+    bootstrap_pairs,
+    check_alpha,
+    permutation_null_prepared,
     permutation_threshold,
-    spearman,
     suggest_threshold,
 )
-from Rad4XCNNLogic.explain.glossary import family_of, short_meaning, summary_line
+from Rad4XCNNLogic.explain.strata import (
+    StratifiedResult,
+    bootstrap_within,
+    prepare_within,
+    stratum_labels,
+    within_spearman,
+)
+from Rad4XCNNLogic.explain.tables import explanations_table, pairs_table
 from Rad4XCNNLogic.infra.interval import Interval
 from Rad4XCNNLogic.infra.storage import atomic_path, write_csv_atomic, write_json_atomic
-from Rad4XCNNLogic.names import model_of, parse_radiomic_name
+from Rad4XCNNLogic.names import model_of
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,7 @@ __all__ = [
     "load_explanation",
     "rank_by_importance",
     "replicate",
+    "stratum_labels",
     "write_explanation",
     "write_replicability",
 ]
@@ -67,7 +70,8 @@ THRESHOLD_RANGE = Interval(0, 1, low_open=True)
 FDR_RANGE = Interval(0, 1, low_open=True)
 
 
-def _check_threshold(threshold: float, fdr: float | None) -> None:
+def check_threshold(threshold: float, fdr: float | None) -> None:
+    """Refuse an M outside :data:`THRESHOLD_RANGE` or an FDR level outside :data:`FDR_RANGE`."""
     problem = THRESHOLD_RANGE.problem(threshold)
     if problem:
         raise Rad4XCNNError(f"the threshold M {problem}")
@@ -78,7 +82,7 @@ def _check_threshold(threshold: float, fdr: float | None) -> None:
 
 def keep_mask(rho: np.ndarray, threshold: float, *, q: np.ndarray | None = None, fdr: float | None = None):
     """Pairs kept by the paper's rule ``|rho| >= M``, and ``q <= fdr`` when ``fdr`` is given."""
-    _check_threshold(threshold, fdr)
+    check_threshold(threshold, fdr)
     with np.errstate(invalid="ignore"):
         keep = np.abs(rho) >= threshold - 1e-12  # an M typed as 0.6 must keep a rho of exactly 0.6
         if fdr is not None:
@@ -135,7 +139,7 @@ def coverage_curve(
         in_model = (models == model).to_numpy()
         varying = int((in_model & ~constant).sum())
         for m in thresholds:
-            _check_threshold(float(m), fdr)
+            check_threshold(float(m), fdr)
             explained = int((in_model & (best >= float(m) - 1e-12)).sum())
             rows.append(
                 {
@@ -150,144 +154,22 @@ def coverage_curve(
     return pd.DataFrame(rows)
 
 
-# ------------------------------------------------------------------------------------------ the tables
-def _pairs_table(
-    result: CorrelationResult,
-    keep: np.ndarray,
-    null: np.ndarray | None,
-    intervals: pd.DataFrame | None,
-) -> pd.DataFrame:
-    di, ri = np.nonzero(keep)
-    rho = result.rho[di, ri]
-    order = np.lexsort((-np.abs(rho), di))  # deep features in table order, strongest partner first
-    di, ri, rho = di[order], ri[order], rho[order]
-    radiomic = [result.radiomic_features[j] for j in ri]
-    parsed = [parse_radiomic_name(name) for name in radiomic]
-    table = pd.DataFrame(
-        {
-            "deep_feature": [result.deep_features[i] for i in di],
-            "radiomic_feature": radiomic,
-            "rho": rho,
-            "p": result.p[di, ri],
-            "q": result.q[di, ri],
-        }
-    )
-    if null is not None:
-        table["p_fwer"] = fwer_pvalues(rho, null)
-    table["ci_low"] = np.nan
-    table["ci_high"] = np.nan
-    if intervals is not None and len(intervals) and len(table):
-        found = intervals.reindex(
-            pd.MultiIndex.from_arrays([table["deep_feature"], table["radiomic_feature"]])
-        )
-        table["ci_low"] = found["ci_low"].to_numpy()
-        table["ci_high"] = found["ci_high"].to_numpy()
-    table["image_type"] = [p.image_type for p in parsed]
-    table["feature_class"] = [p.feature_class for p in parsed]
-    table["feature"] = [p.feature for p in parsed]
-    table["family"] = [family_of(p) for p in parsed]
-    table["meaning"] = [summary_line(name) for name in radiomic]
-    return table
-
-
-def _family_text(families: pd.Series) -> str:
-    counts = families.value_counts(sort=False)
-    counts = counts.sort_values(ascending=False, kind="stable")
-    return "; ".join(f"{family} {n}" for family, n in counts.items())
-
-
-def _summary_text(n: int, families: pd.Series, name: str, rho: float) -> str:
-    meaning = short_meaning(name)
-    strongest = f"{name}, rho {rho:.2f}" + (f" ({meaning})" if meaning else "")
-    counts = families.value_counts()
-    if n == 1:
-        return f"1 partner ({counts.index[0]}): {strongest}"
-    top, k = counts.index[0], int(counts.iloc[0])
-    share = f"all {top}" if k == n else f"{k} of them {top}"
-    return f"{n} partners, {share}; strongest {strongest}"
-
-
-def _explanations_table(
-    result: CorrelationResult, pairs: pd.DataFrame, threshold: float, fdr: float | None
-) -> pd.DataFrame:
-    """One row per deep feature, explained or not, in the deep table's order (dropped features last)."""
-    abs_rho = np.abs(result.rho)
-    all_nan = np.isnan(abs_rho).all(axis=1) if abs_rho.shape[1] else np.ones(abs_rho.shape[0], bool)
-    best = np.argmax(np.where(np.isnan(abs_rho), -1.0, abs_rho), axis=1) if abs_rho.shape[1] else None
-    grouped = dict(tuple(pairs.groupby("deep_feature", sort=False))) if len(pairs) else {}
-    rule = f"|rho| >= {threshold:.2f}" + (f" and q <= {fdr:g}" if fdr is not None else "")
-    rows = []
-    for i, name in enumerate(result.deep_features):
-        row: dict[str, Any] = {"deep_feature": name, "model": model_of(name)}
-        kept = grouped.get(name)
-        if kept is not None:
-            top = kept.iloc[0]
-            row.update(
-                status="explained",
-                n_partners=len(kept),
-                partners=";".join(kept["radiomic_feature"]),
-                strongest_partner=top["radiomic_feature"],
-                strongest_rho=float(top["rho"]),
-                top_family=kept["family"].value_counts().index[0],
-                families=_family_text(kept["family"]),
-                summary=_summary_text(len(kept), kept["family"], top["radiomic_feature"], float(top["rho"])),
-            )
-        elif all_nan[i]:
-            row.update(status="zero variance", n_partners=0, summary="constant over the cases: it has no rho")
-        else:
-            partner = result.radiomic_features[best[i]]
-            rho = float(result.rho[i, best[i]])
-            row.update(
-                status="unexplained",
-                n_partners=0,
-                strongest_partner=partner,
-                strongest_rho=rho,
-                summary=f"no radiomic partner with {rule} (closest: {partner}, rho {rho:.2f})",
-            )
-        rows.append(row)
-    for name, reason in result.dropped_features.get("deep", {}).items():
-        rows.append(
-            {
-                "deep_feature": name,
-                "model": model_of(name),
-                "status": "left out",
-                "n_partners": 0,
-                "summary": f"left out: {reason}",
-            }
-        )
-    columns = [
-        "deep_feature",
-        "model",
-        "status",
-        "n_partners",
-        "partners",
-        "strongest_partner",
-        "strongest_rho",
-        "strongest_meaning",
-        "top_family",
-        "families",
-        "summary",
-    ]
-    table = pd.DataFrame(rows).reindex(columns=columns)
-    table["n_partners"] = table["n_partners"].astype(int)
-    table["strongest_meaning"] = [
-        summary_line(n) if isinstance(n, str) else "" for n in table["strongest_partner"]
-    ]
-    for column in ("partners", "strongest_partner", "top_family", "families"):
-        # object first: with no explained feature the column is all-NaN float, which "" cannot fill
-        table[column] = table[column].astype(object).fillna("")
-    return table.set_index("deep_feature")
-
-
 # ------------------------------------------------------------------------------------------ explanation
 @dataclass
 class Explanation:
     """Everything Rad4XCNN says about a set of deep features at one threshold M.
 
-    ``correlations`` has one row per kept pair (deep_feature, radiomic_feature, rho, p, q, [p_fwer], ci_low,
-    ci_high, image_type, feature_class, feature, family, meaning); ``explanations`` one row per deep feature
-    (status, n_partners, partners, strongest partner and rho, families, a summary sentence); ``coverage`` the
-    fraction explained per model for M from 0.3 to 0.9. :meth:`with_threshold` re-applies another M from the
+    ``correlations`` has one row per kept pair (deep_feature, radiomic_feature, rho, p, q, [rho_within,
+    p_within, q_within, status], [p_fwer], ci_low, ci_high, image_type, feature_class, feature, family,
+    cluster, meaning); ``explanations`` one row per deep feature (status, n_partners, partners, strongest
+    partner and rho, families, partner clusters, a summary sentence); ``coverage`` the fraction explained
+    per model for M from 0.3 to 0.9. With strata (``within``), a deep feature is explained by the rule
+    within strata, and ``confounded`` when it meets the rule only pooled over them.
+
+    The permutation null, its threshold and the suggested M are per model (``permutation_nulls``,
+    ``permutation_thresholds``, ``suggested_Ms``): each backbone is its own family of tests.
+    ``permutation_null`` is the largest over models and ``suggested_M`` the largest suggestion, an M that
+    holds the family-wise error for every backbone. :meth:`with_threshold` re-applies another M from the
     stored matrices without recomputing anything.
     """
 
@@ -297,12 +179,31 @@ class Explanation:
     correlations: pd.DataFrame
     explanations: pd.DataFrame
     coverage: pd.DataFrame
-    permutation_null: np.ndarray | None = None
-    permutation_threshold: float | None = None
-    suggested_M: float | None = None
+    permutation_nulls: dict[str, np.ndarray] | None = None
+    permutation_thresholds: dict[str, float] | None = None
+    suggested_Ms: dict[str, float] | None = None
     intervals: pd.DataFrame | None = None
+    within: StratifiedResult | None = None
+    clusters: RadiomicClusters | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def permutation_null(self) -> np.ndarray | None:
+        """The max-|rho| null over every model's pairs (the largest of the per-model nulls)."""
+        if not self.permutation_nulls:
+            return None
+        return np.maximum.reduce(list(self.permutation_nulls.values()))
+
+    @property
+    def permutation_threshold(self) -> float | None:
+        """The largest of the per-model permutation thresholds."""
+        return max(self.permutation_thresholds.values()) if self.permutation_thresholds else None
+
+    @property
+    def suggested_M(self) -> float | None:
+        """The largest of the per-model suggested M (one M that suits every backbone)."""
+        return max(self.suggested_Ms.values()) if self.suggested_Ms else None
 
     @property
     def zero_variance(self) -> dict[str, list[str]]:
@@ -324,6 +225,12 @@ class Explanation:
     def n_explained(self) -> int:
         return int((self.explanations["status"] == "explained").sum())
 
+    @property
+    def rule(self) -> str:
+        """The rule in words, e.g. ``|rho| >= 0.60 and q <= 0.05 within label,cohort``."""
+        text = f"|rho| >= {self.threshold:.2f}" + (f" and q <= {self.fdr:g}" if self.fdr is not None else "")
+        return text + (f" within {','.join(self.within.columns)}" if self.within is not None else " pooled")
+
     def with_threshold(self, threshold: float, fdr: float | str | None = "same") -> Explanation:
         """The explanation at another M (and FDR level; ``"same"`` keeps the current one), from the stored
         rho/p/q: this is what a threshold slider calls. Bootstrap intervals exist only for pairs that were
@@ -339,9 +246,11 @@ class Explanation:
             self.correlation,
             threshold,
             fdr,
-            null=self.permutation_null,
+            nulls=self.permutation_nulls,
             alpha=settings.get("alpha", 0.05),
             intervals=self.intervals,
+            within=self.within,
+            clusters=self.clusters,
             coverage_thresholds=settings.get("coverage_thresholds", DEFAULT_COVERAGE_THRESHOLDS),
             settings=settings,
             timings=self.timings,
@@ -351,10 +260,13 @@ class Explanation:
         """Counts and settings for ``explanation.json`` and for people."""
         n_deep = len(self.correlation.deep_features)
         n_zero = len(self.zero_variance["deep"])
-        return {
+        status = self.explanations["status"]
+        out = {
             "rad4xcnn_version": __version__,
             "settings": self.settings,
+            "rule": self.rule,
             "n_cases": self.correlation.n_cases,
+            "cases": list(self.correlation.cases),
             "n_deep_features": n_deep,
             "n_radiomic_features": len(self.correlation.radiomic_features),
             "n_pairs_kept": len(self.correlations),
@@ -362,12 +274,51 @@ class Explanation:
             "fraction_explained": self.n_explained / (n_deep - n_zero) if n_deep > n_zero else None,
             "permutation_threshold": self.permutation_threshold,
             "suggested_M": self.suggested_M,
+            "permutation_thresholds": self.permutation_thresholds,
+            "suggested_M_by_model": self.suggested_Ms,
+            "n_radiomic_clusters": self.clusters.n_clusters if self.clusters is not None else None,
             "zero_variance": self.zero_variance,
             "dropped_cases": self.dropped_cases,
             "dropped_features": self.dropped_features,
             "backend": self.correlation.backend,
             "timings_s": self.timings,
         }
+        if self.within is not None:
+            pooled_explained = self.explanations["n_partners"].gt(0) | status.eq("confounded")
+            out["strata"] = {
+                "columns": self.within.columns,
+                "sizes": self.within.strata,
+                "left_out": self.within.small_strata,
+                "n_cases": self.within.n_cases,
+            }
+            out["n_confounded"] = int(status.eq("confounded").sum())
+            out["n_pairs_confounded"] = int((self.correlations["status"] == "confounded").sum())
+            # Deep features that the paper's pooled rule alone would call explained.
+            kept_pooled = keep_mask(self.correlation.rho, self.threshold, q=self.correlation.q, fdr=self.fdr)
+            out["n_explained_pooled"] = int(kept_pooled.any(axis=1).sum())
+            out["n_explained_or_confounded"] = int(pooled_explained.sum())
+        return out
+
+
+def _per_model_thresholds(
+    nulls: dict[str, np.ndarray] | None, alpha: float, threshold: float
+) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    if not nulls:
+        return None, None
+    thresholds = {model: permutation_threshold(null, alpha) for model, null in nulls.items()}
+    suggested = {model: suggest_threshold(null, alpha) for model, null in nulls.items()}
+    for model, boundary in thresholds.items():
+        if threshold <= boundary:
+            log.warning(
+                "%s: M = %.2f is not above the permutation threshold %.3f (family-wise error %g): "
+                "some kept pairs may be chance; M >= %.2f would not be",
+                model,
+                threshold,
+                boundary,
+                alpha,
+                suggested[model],
+            )
+    return thresholds, suggested
 
 
 def _assemble(
@@ -375,44 +326,68 @@ def _assemble(
     threshold: float,
     fdr: float | None,
     *,
-    null: np.ndarray | None,
+    nulls: dict[str, np.ndarray] | None,
     alpha: float,
     intervals: pd.DataFrame | None,
+    within: StratifiedResult | None,
+    clusters: RadiomicClusters | None,
     coverage_thresholds: Sequence[float],
     settings: dict[str, Any],
     timings: dict[str, float],
 ) -> Explanation:
     keep = keep_mask(result.rho, threshold, q=result.q, fdr=fdr)
-    pairs = _pairs_table(result, keep, null, intervals)
-    perm_threshold = suggested = None
-    if null is not None:
-        perm_threshold = permutation_threshold(null, alpha)
-        suggested = suggest_threshold(null, alpha)
-        if threshold <= perm_threshold:
-            log.warning(
-                "M = %.2f is not above the permutation threshold %.3f (family-wise error %g): "
-                "some kept pairs may be chance; M >= %.2f would not be",
-                threshold,
-                perm_threshold,
-                alpha,
-                suggested,
-            )
+    keep_within = keep_mask(within.rho, threshold, q=within.q, fdr=fdr) if within is not None else None
+    pairs = pairs_table(
+        result,
+        keep,
+        within=within,
+        keep_within=keep_within,
+        nulls=nulls,
+        intervals=intervals,
+        clusters=clusters,
+    )
+    thresholds, suggested = _per_model_thresholds(nulls, alpha, threshold)
+    rule = f"|rho| >= {threshold:.2f}" + (f" and q <= {fdr:g}" if fdr is not None else "")
+    stat, stat_q = (result.rho, result.q) if within is None else (within.rho, within.q)
+    coverage = coverage_curve(
+        stat, coverage_thresholds, deep_features=result.deep_features, q=stat_q, fdr=fdr
+    )
+    if within is not None:  # the paper's pooled rule beside
+        pooled = coverage_curve(
+            result.rho, coverage_thresholds, deep_features=result.deep_features, q=result.q, fdr=fdr
+        )
+        coverage["n_explained_pooled"] = pooled["n_explained"].to_numpy()
+        coverage["fraction_pooled"] = pooled["fraction"].to_numpy()
     return Explanation(
         correlation=result,
         threshold=float(threshold),
         fdr=fdr,
         correlations=pairs,
-        explanations=_explanations_table(result, pairs, threshold, fdr),
-        coverage=coverage_curve(
-            result.rho, coverage_thresholds, deep_features=result.deep_features, q=result.q, fdr=fdr
-        ),
-        permutation_null=null,
-        permutation_threshold=perm_threshold,
-        suggested_M=suggested,
+        explanations=explanations_table(result, pairs, rule, within=within, clusters=clusters),
+        coverage=coverage,
+        permutation_nulls=nulls,
+        permutation_thresholds=thresholds,
+        suggested_Ms=suggested,
         intervals=intervals,
+        within=within,
+        clusters=clusters,
         settings=settings,
         timings=timings,
     )
+
+
+def _radiomic_clusters(prep, level: float) -> RadiomicClusters:
+    """Redundancy clusters from the standardised radiomic ranks already on the backend (their products are
+    the radiomic x radiomic rho, within strata when the ranks are)."""
+    rho = prep.ops.to_numpy(prep.zr @ prep.zr.T).astype(np.float64)
+    if getattr(prep, "r_informative", None) is not None:
+        inf = prep.r_informative
+        if not inf.all():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rho = rho / ((inf * prep.weights) @ inf.T.astype(np.float64))
+    rho[prep.r_constant, :] = np.nan
+    rho[:, prep.r_constant] = np.nan
+    return cluster_radiomics(np.clip(rho, -1, 1), list(prep.aligned.radiomic.columns), level)
 
 
 def explain(
@@ -421,6 +396,7 @@ def explain(
     threshold: float = 0.6,
     *,
     fdr: float | None = None,
+    strata: pd.Series | pd.DataFrame | None = None,
     permutations: int = 0,
     alpha: float = 0.05,
     bootstrap: int = 200,
@@ -429,6 +405,7 @@ def explain(
     backend: str = "auto",
     chunk_size: int | None = None,
     max_missing_fraction: float = 0.5,
+    cluster_level: float = CLUSTER_LEVEL,
     coverage_thresholds: Sequence[float] = DEFAULT_COVERAGE_THRESHOLDS,
     progress: bool = False,
 ) -> Explanation:
@@ -444,16 +421,27 @@ def explain(
     threshold
         M, the smallest |rho| that explains (the paper's rule).
     fdr
-        Also require the Benjamini–Hochberg q-value (over all pairs) to be at most this.
+        Also require the Benjamini–Hochberg q-value (over the pairs of the feature's model) to be at
+        most this.
+    strata
+        The stratum of each case (a Series indexed by case id, e.g. from
+        :func:`~Rad4XCNNLogic.explain.strata.stratum_labels` on the manifest's ``label`` and ``cohort``).
+        Then the rule is applied to rho within strata (``rho_within``, ``q_within``); a deep feature that
+        meets it only pooled over the strata is ``confounded``; the permutation null shuffles within strata
+        and the bootstrap resamples within strata. None: the paper's pooled rule.
     permutations
-        Shuffles of the case order for the max-|rho| null (0: none). Gives ``permutation_threshold`` (the
-        |rho| a pair must exceed for family-wise error ``alpha``), ``suggested_M`` and a ``p_fwer`` column.
+        Shuffles of the case order for the max-|rho| null of each model (0: none). Gives the per-model
+        ``permutation_thresholds`` (the |rho| a pair must exceed for family-wise error ``alpha``),
+        ``suggested_Ms`` and a ``p_fwer`` column.
     bootstrap
         Resamples for the percentile ``confidence`` interval of each kept pair's rho (0: none).
     seed
         Seeds the permutations and the bootstrap; the same seed gives the same result on every backend.
     backend, chunk_size
         As in :func:`~Rad4XCNNLogic.explain.correlation.spearman`.
+    cluster_level
+        The |rho| at which radiomic features are one redundancy cluster
+        (:data:`~Rad4XCNNLogic.explain.partners.CLUSTER_LEVEL`).
 
     Examples
     --------
@@ -463,10 +451,10 @@ def explain(
     >>> deep = pd.DataFrame({"cnn_0": np.exp(rad["original_glcm_Contrast"]), "cnn_1": rng.normal(size=80)})
     >>> result = explain(deep, rad, 0.6, bootstrap=0, backend="numpy")
     >>> result.explanations.loc["cnn_0", "summary"]
-    '1 partner (original texture): original_glcm_Contrast, rho 1.00 (local grey-level variation)'
+    '1 partner: high local grey-level variation (original_glcm_Contrast), rho 1.00'
     """
-    _check_threshold(threshold, fdr)
-    _check_alpha(alpha)
+    check_threshold(threshold, fdr)
+    check_alpha(alpha)
     if permutations < 0 or bootstrap < 0:
         raise Rad4XCNNError("the numbers of permutations and of bootstrap resamples cannot be negative")
     settings = {
@@ -480,22 +468,33 @@ def explain(
         "backend": backend,
         "chunk_size": chunk_size,
         "max_missing_fraction": float(max_missing_fraction),
+        "cluster_level": float(cluster_level),
         "coverage_thresholds": [float(m) for m in coverage_thresholds],
     }
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    prep = _prepare(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    result = _spearman(prep, progress)
+    prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    result = spearman_prepared(prep, progress)
     timings["spearman"] = time.perf_counter() - start
-    null = None
+    within = None
+    test_prep = prep  # the preparation whose statistic decides: within strata when stratified
+    if strata is not None:
+        start = time.perf_counter()
+        test_prep = prepare_within(prep, strata)
+        within = within_spearman(test_prep, progress)
+        settings["stratify"] = within.columns
+        timings["spearman_within"] = time.perf_counter() - start
+    clusters = _radiomic_clusters(test_prep, cluster_level)
+    nulls = None
     if permutations:
         start = time.perf_counter()
-        null = _permutation_null(prep, permutations, seed, progress)
-        permutation_threshold(null, alpha)  # fails early, with advice, if there are too few permutations
+        nulls = permutation_null_prepared(test_prep, permutations, seed, progress)
+        permutation_threshold(next(iter(nulls.values())), alpha)  # fails early if too few permutations
         timings["permutations"] = time.perf_counter() - start
     intervals = None
     if bootstrap:
-        keep = keep_mask(result.rho, threshold, q=result.q, fdr=fdr)
+        stat, stat_q = (result.rho, result.q) if within is None else (within.rho, within.q)
+        keep = keep_mask(stat, threshold, q=stat_q, fdr=fdr)
         di, ri = np.nonzero(keep)
         index = pd.MultiIndex.from_arrays(
             [[result.deep_features[i] for i in di], [result.radiomic_features[j] for j in ri]],
@@ -503,7 +502,8 @@ def explain(
         )
         if len(di):
             start = time.perf_counter()
-            low, high = _bootstrap(prep, di, ri, bootstrap, confidence, seed, progress)
+            run = bootstrap_pairs if within is None else bootstrap_within
+            low, high = run(test_prep, di, ri, bootstrap, confidence, seed, progress)
             timings["bootstrap"] = time.perf_counter() - start
         else:
             low = high = np.empty(0)
@@ -512,9 +512,11 @@ def explain(
         result,
         threshold,
         fdr,
-        null=null,
+        nulls=nulls,
         alpha=alpha,
         intervals=intervals,
+        within=within,
+        clusters=clusters,
         coverage_thresholds=coverage_thresholds,
         settings=settings,
         timings=timings,
@@ -523,9 +525,12 @@ def explain(
 
 # ----------------------------------------------------------------------------------------------- files
 def write_explanation(explanation: Explanation, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``correlations.csv``, ``explanations.csv``, ``coverage.csv``, ``explanation.json`` and the full
-    matrices (``rho.npy``, ``p.npy``, ``q.npy``, ``correlation.json``, ``permutation_null.npy``) to
-    ``out_dir``, atomically; :func:`load_explanation` reads them back for a new M without recomputing.
+    """Write ``correlations.csv``, ``explanations.csv``, ``coverage.csv``, ``explanation.json``,
+    ``radiomic_clusters.csv`` and the full matrices (``rho.npy``, ``p.npy``, ``q.npy``,
+    ``correlation.json``; with strata ``rho_within.npy``, ``p_within.npy``, ``q_within.npy``,
+    ``strata.json``; ``permutation_null.npy``, the largest over models, and ``permutation_nulls.npz``, one
+    per model) to ``out_dir``, atomically; :func:`load_explanation` reads them back for a new M without
+    recomputing.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -537,14 +542,39 @@ def write_explanation(explanation: Explanation, out_dir: str | os.PathLike) -> d
     explanation.correlation.save(out)
     written.update({name: out / f"{name}.npy" for name in ("rho", "p", "q")})
     written["correlation"] = out / "correlation.json"
-    if explanation.permutation_null is not None:
+    if explanation.within is not None:
+        explanation.within.save(out)
+        written["strata"] = out / "strata.json"
+    if explanation.clusters is not None:
+        written["radiomic_clusters"] = explanation.clusters.save(out / "radiomic_clusters.csv")
+    if explanation.permutation_nulls:
         with atomic_path(out / "permutation_null.npy") as tmp, tmp.open("wb") as fh:
             np.save(fh, explanation.permutation_null)
+        with atomic_path(out / "permutation_nulls.npz") as tmp, tmp.open("wb") as fh:
+            models = list(explanation.permutation_nulls)
+            np.savez(
+                fh,
+                models=np.array(models),
+                nulls=np.stack([explanation.permutation_nulls[m] for m in models]),
+            )
         written["permutation_null"] = out / "permutation_null.npy"
+        written["permutation_nulls"] = out / "permutation_nulls.npz"
     if explanation.intervals is not None:
         written["bootstrap"] = write_csv_atomic(out / "bootstrap_intervals.csv", explanation.intervals)
     written["summary"] = write_json_atomic(out / "explanation.json", explanation.summary())
     return written
+
+
+def _load_nulls(out: Path, models: Sequence[str]) -> dict[str, np.ndarray] | None:
+    path = out / "permutation_nulls.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as data:
+            return {str(m): data["nulls"][i] for i, m in enumerate(data["models"])}
+    single = out / "permutation_null.npy"
+    if single.exists():  # written before the nulls were per model: one null for every model
+        null = np.load(single, allow_pickle=False)
+        return {model: null for model in dict.fromkeys(models)}
+    return None
 
 
 def load_explanation(
@@ -561,11 +591,10 @@ def load_explanation(
     result = CorrelationResult.load(out)
     try:
         summary = json.loads((out / "explanation.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise Rad4XCNNError(f"cannot read {out / 'explanation.json'}: {exc}") from None
+        nulls = _load_nulls(out, [model_of(d) for d in result.deep_features])
+    except (OSError, ValueError, KeyError) as exc:
+        raise Rad4XCNNError(f"cannot read the explanation in {out}: {exc}") from None
     settings = summary.get("settings", {})
-    null_path = out / "permutation_null.npy"
-    null = np.load(null_path, allow_pickle=False) if null_path.exists() else None
     intervals_path = out / "bootstrap_intervals.csv"
     intervals = pd.read_csv(intervals_path, index_col=[0, 1]) if intervals_path.exists() else None
     fdr = settings.get("fdr") if fdr == "same" else fdr
@@ -574,9 +603,11 @@ def load_explanation(
         result,
         threshold,
         fdr,
-        null=null,
+        nulls=nulls,
         alpha=settings.get("alpha", 0.05),
         intervals=intervals,
+        within=StratifiedResult.load(out),
+        clusters=RadiomicClusters.load(out / "radiomic_clusters.csv"),
         coverage_thresholds=settings.get("coverage_thresholds", DEFAULT_COVERAGE_THRESHOLDS),
         settings={**settings, "threshold": float(threshold), "fdr": fdr},
         timings=summary.get("timings_s", {}),
@@ -595,7 +626,7 @@ def _importance_series(
             return frame.iloc[:, 0].astype(float)
         raise Rad4XCNNError(
             "importances must be a Series indexed by feature, or a table with columns feature and "
-            f"importance_mean (as importances.csv); got columns {_names(list(frame.columns))}"
+            f"importance_mean (as importances.csv); got columns {name_list(list(frame.columns))}"
         )
     for column, wanted in (("classifier", classifier), ("feature_set", feature_set)):
         if wanted is not None:
@@ -638,7 +669,7 @@ def rank_by_importance(
     if known.empty:
         raise Rad4XCNNError(
             "none of the features with an importance is a deep feature of this explanation "
-            f"(importances for {_names(list(series.index), 3)})"
+            f"(importances for {name_list(list(series.index), 3)})"
         )
     if len(known) < len(series):
         log.info("%d feature(s) with an importance are not deep features here", len(series) - len(known))
@@ -648,161 +679,3 @@ def rank_by_importance(
     table.insert(1, "importance_rank", np.arange(1, len(known) + 1))
     table.insert(2, "cumulative_explained", (table["status"] == "explained").cumsum().to_numpy())
     return table
-
-
-# ------------------------------------------------------------------------------------------ replicability
-@dataclass
-class Replicability:
-    """How well explanations hold across cohorts.
-
-    ``summary`` has one row per pair of cohorts: cases, pairs kept in each and in both with the same sign
-    (``n_replicated``), the share of the first cohort's pairs that replicate, the Jaccard index, and the
-    Pearson correlation of the two cohorts' rho values over all pairs (``rho_agreement``) and over the pairs
-    kept in either (``rho_agreement_kept``). ``pairs`` lists every pair kept in at least one cohort with its
-    rho in each.
-    """
-
-    cohorts: list[str]
-    threshold: float
-    fdr: float | None
-    results: dict[str, CorrelationResult]
-    summary: pd.DataFrame
-    pairs: pd.DataFrame
-    dropped_cases: dict[str, str] = field(default_factory=dict)
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
-        return float("nan")
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
-
-
-def replicate(
-    deep_df: pd.DataFrame,
-    radiomic_df: pd.DataFrame,
-    groups: pd.Series | Mapping[str, str],
-    threshold: float = 0.6,
-    *,
-    fdr: float | None = None,
-    backend: str = "auto",
-    chunk_size: int | None = None,
-    max_missing_fraction: float = 0.5,
-    progress: bool = False,
-) -> Replicability:
-    """Compute the explanation separately in each cohort and compare: which kept pairs hold in both cohorts
-    (same sign), and how closely the rho values agree.
-
-    ``groups`` maps case id to cohort (e.g. ``internal`` / ``external``); cases without a cohort are left out
-    and reported. Every pair of cohorts is compared.
-
-    Examples
-    --------
-    >>> rep = replicate(deep, rad, manifest.set_index("case_id")["cohort"], 0.6)  # doctest: +SKIP
-    >>> rep.summary[["cohort_a", "cohort_b", "n_replicated", "rho_agreement"]]  # doctest: +SKIP
-    """
-    _check_threshold(threshold, fdr)
-    groups = pd.Series(groups, dtype=object)
-    groups.index = groups.index.map(str)
-    groups = groups.dropna().astype(str)
-    if groups.index.duplicated().any():
-        raise Rad4XCNNError(
-            f"duplicate case id(s) in the cohort list: {_names(groups.index[groups.index.duplicated()])}"
-        )
-    deep_df, radiomic_df = deep_df.copy(deep=False), radiomic_df.copy(deep=False)
-    deep_df.index = deep_df.index.map(str)
-    radiomic_df.index = radiomic_df.index.map(str)
-    dropped = {
-        cid: "no cohort given" for cid in deep_df.index.union(radiomic_df.index).difference(groups.index)
-    }
-    if dropped:
-        log.warning(
-            "%d case(s) have no cohort and are left out of the replicability: %s",
-            len(dropped),
-            _names(dropped),
-        )
-    cohorts = list(dict.fromkeys(groups[groups.index.isin(deep_df.index)].tolist()))
-    if len(cohorts) < 2:
-        raise Rad4XCNNError(
-            f"replicability needs at least two cohorts with cases in the tables, found {len(cohorts)}"
-            + (f" ({cohorts[0]})" if cohorts else "")
-        )
-    results: dict[str, CorrelationResult] = {}
-    for cohort in cohorts:
-        cases = groups.index[groups == cohort]
-        try:
-            results[cohort] = spearman(
-                deep_df[deep_df.index.isin(cases)],
-                radiomic_df[radiomic_df.index.isin(cases)],
-                backend=backend,
-                chunk_size=chunk_size,
-                max_missing_fraction=max_missing_fraction,
-                progress=progress,
-            )
-        except Rad4XCNNError as exc:
-            raise Rad4XCNNError(f"cohort {cohort}: {exc}") from None
-        for cid, reason in results[cohort].dropped_cases.items():
-            dropped.setdefault(cid, reason)
-    # Compare on the features every cohort kept, in one shared order.
-    deep_common = [
-        f for f in results[cohorts[0]].deep_features if all(f in r.deep_features for r in results.values())
-    ]
-    rad_common = [
-        f
-        for f in results[cohorts[0]].radiomic_features
-        if all(f in r.radiomic_features for r in results.values())
-    ]
-    frames = {c: r.frame("rho").loc[deep_common, rad_common].to_numpy() for c, r in results.items()}
-    qs = {c: r.frame("q").loc[deep_common, rad_common].to_numpy() for c, r in results.items()}
-    kept = {c: keep_mask(frames[c], threshold, q=qs[c], fdr=fdr) for c in cohorts}
-    rows = []
-    for a, b in combinations(cohorts, 2):
-        both = kept[a] & kept[b] & (np.sign(frames[a]) == np.sign(frames[b]))
-        either = kept[a] | kept[b]
-        n_a, n_b, n_both = int(kept[a].sum()), int(kept[b].sum()), int(both.sum())
-        rows.append(
-            {
-                "cohort_a": a,
-                "cohort_b": b,
-                "n_cases_a": results[a].n_cases,
-                "n_cases_b": results[b].n_cases,
-                "n_kept_a": n_a,
-                "n_kept_b": n_b,
-                "n_replicated": n_both,
-                "fraction_of_a_replicated": n_both / n_a if n_a else float("nan"),
-                "jaccard": n_both / int(either.sum()) if either.any() else float("nan"),
-                "rho_agreement": _pearson(frames[a].ravel(), frames[b].ravel()),
-                "rho_agreement_kept": _pearson(frames[a][either], frames[b][either]),
-            }
-        )
-    any_kept = np.logical_or.reduce([kept[c] for c in cohorts])
-    di, ri = np.nonzero(any_kept)
-    pairs = pd.DataFrame(
-        {"deep_feature": [deep_common[i] for i in di], "radiomic_feature": [rad_common[j] for j in ri]}
-    )
-    for c in cohorts:
-        pairs[f"rho_{c}"] = frames[c][di, ri]
-    for c in cohorts:
-        pairs[f"kept_{c}"] = kept[c][di, ri]
-    signs = np.sign(np.stack([frames[c][di, ri] for c in cohorts]))
-    pairs["replicated"] = np.logical_and.reduce([kept[c][di, ri] for c in cohorts]) & (
-        (signs == signs[:1]).all(axis=0)
-    )
-    return Replicability(
-        cohorts=cohorts,
-        threshold=float(threshold),
-        fdr=fdr,
-        results=results,
-        summary=pd.DataFrame(rows),
-        pairs=pairs,
-        dropped_cases=dropped,
-    )
-
-
-def write_replicability(replicability: Replicability, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``replicability.csv`` (one row per pair of cohorts) and ``replicated_pairs.csv``."""
-    out = Path(out_dir)
-    return {
-        "replicability": write_csv_atomic(out / "replicability.csv", replicability.summary, index=False),
-        "replicated_pairs": write_csv_atomic(out / "replicated_pairs.csv", replicability.pairs, index=False),
-    }

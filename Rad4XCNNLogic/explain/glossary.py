@@ -134,23 +134,29 @@ def describe_feature(feature_class: str, feature: str) -> str:
     return _feature_entry(feature_class, feature)["meaning"]
 
 
+#: The meaning given to a feature the glossary does not describe (another tool's feature, a clinical
+#: variable, a PyRadiomics feature without an entry).
+NOT_IN_GLOSSARY = "not in the glossary"
+
+
 def short_meaning(name: str) -> str:
-    """A few words on what a feature measures (``local grey-level variation``); empty if the name is not a
-    PyRadiomics feature the glossary knows.
+    """A few words on what a feature measures (``local grey-level variation``); :data:`NOT_IN_GLOSSARY`
+    if the name is not a PyRadiomics feature the glossary knows.
 
     Examples
     --------
-    >>> short_meaning("original_firstorder_Mean")
-    'average intensity'
+    >>> short_meaning("original_firstorder_Mean"), short_meaning("tumour_stiffness_kPa")
+    ('average intensity', 'not in the glossary')
     """
     parsed = parse_radiomic_name(name)
     entry = load_glossary()["features"].get(parsed.feature_class, {}).get(parsed.feature)
-    return entry["short"] if entry else ""
+    return entry["short"] if entry else NOT_IN_GLOSSARY
 
 
 @functools.lru_cache(maxsize=8192)
 def summary_line(name: str) -> str:
-    """One line for tables: the feature, its class, the image and the short meaning; empty if unknown.
+    """One line for tables: the feature, its class, the image and the short meaning; :data:`NOT_IN_GLOSSARY`
+    for a feature the glossary does not describe.
 
     Examples
     --------
@@ -160,7 +166,7 @@ def summary_line(name: str) -> str:
     parsed = parse_radiomic_name(name)
     entry = load_glossary()["features"].get(parsed.feature_class, {}).get(parsed.feature)
     if entry is None:
-        return ""
+        return NOT_IN_GLOSSARY
     try:
         where = image_type_label(parsed.image_type)
     except Rad4XCNNError:

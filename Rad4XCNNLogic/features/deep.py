@@ -29,7 +29,7 @@ from Rad4XCNNLogic.features.preprocessing import (
     normalize_batch,
 )
 from Rad4XCNNLogic.infra.progress import ProgressBar
-from Rad4XCNNLogic.names import deep_columns
+from Rad4XCNNLogic.names import FINAL_LAYER, deep_columns, layer_columns
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -77,7 +77,8 @@ def extract_deep_features(
     margin: float | None = None,
     input_size: int | None = None,
     stage: int | None = None,
-    dtype: str = "auto",
+    layers: Sequence[str] | None = None,
+    dtype: str = "float32",
     include_normal: bool = False,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -100,7 +101,12 @@ def extract_deep_features(
     num_workers : decoding processes (None: see :func:`default_workers`).
     margin, input_size : override the model's (or checkpoint's) preprocessing.
     stage : an intermediate stage (index into ``model.feature_info``) to pool instead of the final features.
-    dtype : ``auto`` = bfloat16 autocast with channels-last on CUDA, float32 on CPU (deterministic).
+    layers : names of layers to pool instead, side by side (``feature_info`` modules such as ``layer3`` or
+        ``blocks.11``, and ``pre_logits`` for the final features; see :mod:`Rad4XCNNLogic.features.layers`);
+        columns ``<model>.<layer>_<index>`` (``<model>_<index>`` for ``pre_logits``).
+    dtype : ``float32`` (default: the same features on every device), or ``bfloat16`` / ``auto`` (bfloat16
+        autocast with channels-last on CUDA: faster, but about 3 significant digits, extra rank ties and
+        a rho that depends on the device).
     cache_dir : folder of the on-disk cache; None for no cache.
 
     Examples
@@ -122,6 +128,7 @@ def extract_deep_features(
         resolve_device,
         resolve_dtype,
     )
+    from Rad4XCNNLogic.features.layers import pooled_layers
     from Rad4XCNNLogic.infra.storage import ResultCache, settings_hash
 
     started = time.perf_counter()
@@ -150,6 +157,13 @@ def extract_deep_features(
         )
     config = backbone.preprocess
     stage = check_stage(backbone.model, backbone.name, stage)
+    plan = None
+    if layers is not None:
+        from Rad4XCNNLogic.features.layers import resolve_layers
+
+        if stage is not None:
+            raise Rad4XCNNError("give either an intermediate stage or layers, not both")
+        plan = resolve_layers(backbone.model, backbone.name, layers)
     channels_last = dev.type == "cuda"
     net = backbone.model.eval().to(dev)
     if channels_last:
@@ -167,6 +181,7 @@ def extract_deep_features(
         "weights": weights_id,
         "preprocess": config.to_dict(),
         "stage": stage,
+        **({"layers": [layer.name for layer in plan]} if plan is not None else {}),
         "device": dev.type,
         "dtype": str(compute_dtype).replace("torch.", ""),
         "versions": [torch.__version__, timm.__version__, FEATURE_CODE_VERSION],
@@ -209,6 +224,8 @@ def extract_deep_features(
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(device_type=dev.type, dtype=compute_dtype, enabled=autocast):
+                if plan is not None:
+                    return pooled_layers(net, x, plan).float()
                 return pooled_features(net, x, stage).float()
 
         bar = ProgressBar(
@@ -249,13 +266,14 @@ def extract_deep_features(
     frame = pd.DataFrame(
         matrix,
         index=pd.Index(order, name="case_id"),
-        columns=deep_columns(backbone.architecture, matrix.shape[1], stage),
+        columns=_columns(backbone.architecture, matrix.shape[1], stage, plan),
     )
     seconds = time.perf_counter() - started
     computed = len(order) - cache_hits
     settings = {
         "model": backbone.name,
         "stage": stage,
+        "layers": None if plan is None else {layer.name: layer.channels for layer in plan},
         "feature_dim": int(matrix.shape[1]),
         "weights": backbone.weights.to_dict(),
         "random_init": backbone.weights.random_init,
@@ -291,6 +309,24 @@ def extract_deep_features(
         seconds,
     )
     return DeepFeaturesResult(frame, failures, settings, cache_hits, computed)
+
+
+def _columns(model: str, n: int, stage: int | None, plan) -> list[str]:
+    """The column names of ``n`` features: the stage's, or each planned layer's block in turn."""
+    if plan is None:
+        return deep_columns(model, n, stage)
+    if sum(layer.channels for layer in plan) != n:
+        raise Rad4XCNNError(
+            f"{model}: the layers give {n} features, not the {sum(layer.channels for layer in plan)} their "
+            "widths add up to; clear the cache"
+        )
+    columns: list[str] = []
+    for layer in plan:
+        if layer.name == FINAL_LAYER:
+            columns += deep_columns(model, layer.channels)
+        else:
+            columns += layer_columns(model, layer.name, layer.channels)
+    return columns
 
 
 def write_deep_features(result: DeepFeaturesResult, out_csv: str | os.PathLike) -> Path:

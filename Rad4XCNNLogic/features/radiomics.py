@@ -262,14 +262,14 @@ def _limit_threads() -> None:
     threadpool_limits(1)
 
 
-def _init_worker() -> None:
+def init_worker() -> None:
     """Initialiser of each worker process."""
     for name in _THREAD_VARIABLES:
         os.environ[name] = "1"
-    _prepare_process(limit_threads=True)
+    prepare_process(limit_threads=True)
 
 
-def _prepare_process(limit_threads: bool) -> None:
+def prepare_process(limit_threads: bool) -> None:
     """Quiet PyRadiomics once per process and, in a worker, limit its threads once."""
     if not _PREPARED.get("quiet"):
         _quiet_pyradiomics()
@@ -340,7 +340,7 @@ def _extract_case(extractor, case: Case) -> _Outcome:
     if not loaded.mask.any():
         problem = "mask is empty (no lesion pixel): no radiomic features"
         return _Outcome(case.case_id, problem=problem, seconds=time.perf_counter() - start)
-    image = loaded.image.to_sitk(_pixels_for_pyradiomics(loaded.image.array))
+    image = loaded.image.to_sitk(pixels_for_pyradiomics(loaded.image.array))
     mask = loaded.image.to_sitk(loaded.mask.astype(np.uint8))
     try:
         # empty texture matrices (e.g. no two neighbouring lesion pixels) give NaN, reported per feature
@@ -364,7 +364,7 @@ def _extract_case(extractor, case: Case) -> _Outcome:
     return _Outcome(case.case_id, features, diagnostics, seconds=time.perf_counter() - start)
 
 
-def _pixels_for_pyradiomics(array: np.ndarray) -> np.ndarray:
+def pixels_for_pyradiomics(array: np.ndarray) -> np.ndarray:
     """The grey values in the type PyRadiomics should see: the smallest exact integer type, or float64.
 
     Integer images (8-bit PNG, 16-bit DICOM) go in as integers, as when PyRadiomics reads the file itself:
@@ -390,7 +390,7 @@ def _extract_chunk(
     Threads are limited to one only in a process other than the caller's: an in-process Dask cluster
     runs tasks in the caller's process, whose settings are not ours to change.
     """
-    _prepare_process(limit_threads=caller_pid is not None and os.getpid() != caller_pid)
+    prepare_process(limit_threads=caller_pid is not None and os.getpid() != caller_pid)
     extractor = _extractor_for(params)
     return [_extract_case(extractor, case) for case in cases]
 
@@ -504,7 +504,7 @@ def _cache_key(cache: ResultCache, image_hash: str, mask_hashes: Sequence[str], 
 # -------------------------------------------------------------------------------------------- runners
 def _run_serial(todo: list[Case], params: RadiomicsParams) -> Iterator[_Outcome]:
     extractor = _extractor_for(params)
-    _prepare_process(limit_threads=False)
+    prepare_process(limit_threads=False)
     for case in todo:
         yield _extract_case(extractor, case)
 
@@ -516,7 +516,7 @@ def _run_processes(
     from concurrent.futures.process import BrokenProcessPool
 
     chunks = _chunks(todo, chunk_size)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=_worker_context(), initializer=_init_worker)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=worker_context(), initializer=init_worker)
     pending: dict = {}
     lost: list[Case] = []
     queue = iter(chunks)
@@ -555,7 +555,7 @@ def _run_processes(
 _PRELOAD = ("Rad4XCNNLogic.features.radiomics", "radiomics.featureextractor")
 
 
-def _worker_context():
+def worker_context():
     """forkserver (Linux) or spawn, never fork: the caller may hold threads (torch, Slicer) that fork
     would copy half-locked into the children.
 

@@ -20,12 +20,16 @@ from Rad4XCNNLogic.cam.maps import METHODS as CAM_METHOD_RECORDS
 from Rad4XCNNLogic.cam.maps import RANDOMISATIONS
 from Rad4XCNNLogic.classify.classifiers import CLASSIFIERS
 from Rad4XCNNLogic.errors import UsageError
-from Rad4XCNNLogic.explain.correlation import ALPHA_RANGE, BACKENDS
+from Rad4XCNNLogic.explain.backends import BACKENDS
 from Rad4XCNNLogic.explain.explanation import FDR_RANGE, THRESHOLD_RANGE
+from Rad4XCNNLogic.explain.heldout import CASES as EXPLAIN_CASES
+from Rad4XCNNLogic.explain.heldout import CONTROLS
+from Rad4XCNNLogic.explain.probes import DEFAULT_PENALTIES, PENALTY_RANGE
+from Rad4XCNNLogic.explain.resampling import ALPHA_RANGE
 from Rad4XCNNLogic.features.backbones import DEVICES, DTYPES, check_device_name
 from Rad4XCNNLogic.features.radiomics import PRESETS
 from Rad4XCNNLogic.infra.interval import Interval
-from Rad4XCNNLogic.names import FEATURE_SET_KINDS
+from Rad4XCNNLogic.names import FEATURE_SET_KINDS, control_label
 
 # Each vocabulary belongs to the module that uses it; the configuration only refers to it.
 CAM_METHODS = tuple(CAM_METHOD_RECORDS)
@@ -73,6 +77,11 @@ class ModelConfig:
         "pre-logits features (null: pre-logits)",
         minimum=0,
     )
+    layers: list[str] = _opt(
+        [],
+        "pool these layers instead, side by side, as columns <model>.<layer>_<index> (timm's feature_info "
+        "modules, e.g. layer2, layer4 or blocks.11 (the CLS token), and pre_logits); empty: pre-logits only",
+    )
 
     @property
     def key(self) -> str:
@@ -104,8 +113,22 @@ class TrainingConfig:
         "share of the train cases held out for validation when the cohort has no val split",
         interval=UNIT_OPEN,
     )
+    phases: list[str] = _opt(
+        [],
+        "the network's training phases in order, by cohort of the manifest, each fitting on the cohort's "
+        "train split and early-stopping on its val split; e.g. [busi, palermo]: the paper's protocol "
+        "(empty: one phase on split.train_cohort). Cases used here may not be evaluated: the run stops",
+    )
     finetune_manifest: str | None = _opt(
-        None, "second phase: fine-tune the trained model on this cohort's manifest (the paper's protocol)"
+        None,
+        "a second phase on another manifest's train split (older form of 'phases'); its images go "
+        "through the same leakage check against the evaluation sets",
+    )
+    dtype: str = _opt(
+        "auto",
+        "compute type of training (auto: bfloat16 autocast on CUDA, float32 elsewhere); the deep features "
+        "are extracted afterwards in deep.dtype",
+        choices=DTYPES,
     )
 
 
@@ -117,7 +140,13 @@ class DeepConfig:
     margin: float = _opt(
         0.1, "ROI margin around the lesion, as a fraction of its longer side", interval=Interval(0, 5)
     )
-    dtype: str = _opt("auto", "compute type of the forward pass (auto: bfloat16 on CUDA)", choices=DTYPES)
+    dtype: str = _opt(
+        "float32",
+        "compute type of the forward pass; float32 gives the same features on every device; bfloat16 "
+        "(auto: bfloat16 on CUDA) is faster on a GPU but keeps about 3 significant digits, adds rank ties "
+        "and makes rho depend on the device",
+        choices=DTYPES,
+    )
     input_size: int | None = _opt(
         None, "model input size in pixels (null: the model's or checkpoint's)", minimum=16
     )
@@ -154,6 +183,40 @@ class ExplainConfig:
     alpha: float = _opt(0.05, "family-wise error level of the permutation null", interval=ALPHA_RANGE)
     backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
     chunk_size: int | None = _opt(None, "deep features per chunk (null: by memory)", minimum=1)
+    stratify: list[str] = _opt(
+        ["label", "cohort"],
+        "manifest columns (label, cohort, scanner, ...) within whose strata a pair must hold to explain; "
+        "pairs that hold only pooled over them are 'confounded'; []: the paper's pooled rule",
+    )
+    cases: str = _opt(
+        "train",
+        "cases the explanation, its permutation null, the suggested M and the classifiers' explained "
+        "set come from: train (train and val of the training cohort; the internal test split and every "
+        "other cohort re-measure the kept pairs) or all",
+        choices=EXPLAIN_CASES,
+    )
+
+
+@dataclass
+class ProbeConfig:
+    """Probes (ridge regressions from each layer's deep features to each radiomic feature's ranks) and
+    representation similarity (linear CKA): where each radiomic concept lives in the network."""
+
+    penalties: list[float] = _opt(
+        list(DEFAULT_PENALTIES),
+        "the grid of ridge penalties (on standardised deep features) searched by cross-validation",
+        interval=PENALTY_RANGE,
+    )
+    folds: int = _opt(5, "cross-validation folds over the training cases that choose each penalty", minimum=2)
+    bootstrap: int = _opt(
+        1000, "bootstrap resamples of the held-out cases for the 95% interval of R² (0: none)", minimum=0
+    )
+    permutations: int = _opt(200, "case shuffles of the CKA permutation baseline (0: none)", minimum=0)
+    concepts: int = _opt(
+        5, "most selective radiomic concepts whose classifier sensitivity is measured (TCAV-style)", minimum=1
+    )
+    random_directions: int = _opt(100, "random directions of the concept sensitivity's null", minimum=0)
+    backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
 
 
 @dataclass
@@ -175,6 +238,11 @@ class ClassificationConfig:
     )
     select_k: int | None = _opt(None, "keep the k features with the smallest Mann-Whitney p", minimum=1)
     jobs: int | None = _opt(None, "parallel fits (null: all cores)", minimum=1)
+    evaluate_on: list[str] | None = _opt(
+        None,
+        "external cohorts to validate on (their test or unassigned cases; null: every cohort that "
+        "trains neither the network nor the classifiers)",
+    )
 
 
 @dataclass
@@ -234,9 +302,16 @@ class RunConfig:
     models: list[ModelConfig] = field(
         default_factory=lambda: [ModelConfig()], metadata={"help": "backbones whose features are explained"}
     )
+    control: str = _opt(
+        "random",
+        "random: also explain a random-weights copy of each backbone with weights (label <key>-random), "
+        "to show what training added beyond the architecture; none",
+        choices=CONTROLS,
+    )
     deep: DeepConfig = field(default_factory=DeepConfig, metadata={"help": "deep feature extraction"})
     radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig, metadata={"help": "radiomics"})
     explain: ExplainConfig = field(default_factory=ExplainConfig, metadata={"help": "correlation"})
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "probes and CKA"})
     classification: ClassificationConfig = field(
         default_factory=ClassificationConfig, metadata={"help": "classification"}
     )
@@ -245,6 +320,44 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def controls(self) -> dict[str, str]:
+        """Backbone key -> its random-weights control's key, for every backbone with weights (none when
+        ``control`` is ``none``). A random model of the same architecture, stage and layers already in
+        ``models`` is the control; otherwise one is added (see :meth:`deep_models`)."""
+        if self.control == "none":
+            return {}
+        found = {}
+        for model in self.models:
+            if model.weights is None:
+                continue
+            existing = [
+                m.key
+                for m in self.models
+                if m.weights is None
+                and m.name == model.name
+                and m.stage == model.stage
+                and m.layers == model.layers
+            ]
+            found[model.key] = existing[0] if existing else control_label(model.key)
+        return found
+
+    def deep_models(self) -> list[ModelConfig]:
+        """The backbones whose deep features are extracted: ``models`` and the controls they lack."""
+        keys = {m.key for m in self.models}
+        by_key = {m.key: m for m in self.models}
+        added = [
+            ModelConfig(
+                name=by_key[key].name,
+                weights=None,
+                label=control,
+                stage=by_key[key].stage,
+                layers=list(by_key[key].layers),  # the same layers: the probes pair them by name
+            )
+            for key, control in self.controls().items()
+            if control not in keys
+        ]
+        return [*self.models, *added]
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -415,6 +528,10 @@ def config_from_dict(data: dict | None) -> RunConfig:
     for model in cfg.models:
         if model.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model.label):
             _fail("models.label", f"{model.label!r} must be letters, digits, '_', '.' or '-'")
+        if model.layers and model.stage is not None:
+            _fail("models.layers", f"{model.key}: give either a stage or layers, not both")
+        if model.layers and "." in model.key:
+            _fail("models.label", f"{model.key!r}: a backbone with layers needs a label without '.'")
     if cfg.cam.model is not None and cfg.cam.model not in names:
         _fail("cam.model", f"{cfg.cam.model!r} is not one of the models: {', '.join(names)}")
     return cfg

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from Rad4XCNNLogic import __version__
+from Rad4XCNNLogic.run.concepts_report import concepts_section
 
 log = logging.getLogger(__name__)
 
@@ -148,12 +149,13 @@ def heatmap_figure(block, deep_labels: Sequence[str], radiomic_labels: Sequence[
 
 def roc_figure(roc, metrics=None) -> str:
     """ROC curves, one panel per evaluation set; with ``metrics``, one curve per feature set: its
-    classifier with the best internal-test AUC (all classifiers are in ``roc.csv``)."""
+    classifier with the best cross-validated AUC on the training data - never chosen by a test AUC, which
+    would then be optimistic (all classifiers are in ``roc.csv``)."""
+    from Rad4XCNNLogic.classify.comparisons import select_by_cv
+
     plt = _pyplot()
-    if metrics is not None and len(metrics):
-        ranked = metrics.sort_values("auc", ascending=False, kind="stable")
-        internal = ranked[ranked["evaluated_on"] == "internal-test"]
-        best = (internal if len(internal) else ranked).drop_duplicates("feature_set")
+    if metrics is not None and len(metrics) and "cv_auc" in metrics:
+        best = select_by_cv(metrics)
         keep = set(zip(best["feature_set"], best["classifier"], strict=True))
         roc = roc[[(f, c) in keep for f, c in zip(roc["feature_set"], roc["classifier"], strict=True)]]
     sets = list(dict.fromkeys(roc["evaluated_on"]))
@@ -197,6 +199,75 @@ def training_figure(history) -> str:
 
 
 # ------------------------------------------------------------------------------------------ sections
+#: The paper's claims that the paired comparisons measure: (pair kind, what the paper states).
+CLAIMS = (
+    ("cnn-vs-vit", "CNN-derived deep features classify better than ViT-derived ones"),
+    ("deep-vs-radiomic", "deep features classify better than radiomic features"),
+    ("explained-vs-deep", "keeping only the explained deep features costs no accuracy"),
+)
+
+
+def _pair_kinds(comparisons) -> list[str]:
+    from Rad4XCNNLogic.classify.comparisons import comparison_pairs
+
+    names = list(dict.fromkeys([*comparisons["set_a"], *comparisons["set_b"]]))
+    kinds = {(p.set_a, p.set_b): p.kind for p in comparison_pairs(names)}
+    pairs = zip(comparisons["set_a"], comparisons["set_b"], strict=True)
+    return [kinds.get(pair, "other") for pair in pairs]
+
+
+def forest_figure(comparisons) -> str:
+    """Forest plot of ``comparisons.csv``: each difference of AUC (set a - set b) with its paired 95%
+    bootstrap interval, one row per pair and classifier, one panel per evaluation set."""
+    plt = _pyplot()
+    where = list(dict.fromkeys(comparisons["evaluated_on"]))
+    most = int(comparisons.groupby("evaluated_on").size().max())
+    fig, axes = plt.subplots(len(where), 1, figsize=(7.5, len(where) * (0.9 + 0.26 * most)), squeeze=False)
+    for ax, name in zip(axes[:, 0], where, strict=True):
+        part = comparisons[comparisons["evaluated_on"] == name]
+        y = np.arange(len(part))[::-1]
+        delta = part["delta_auc"].to_numpy(dtype=float)
+        low = part["ci_low"].to_numpy(dtype=float)
+        high = part["ci_high"].to_numpy(dtype=float)
+        colour = np.where(low > 0, "tab:blue", np.where(high < 0, "tab:red", "grey")).tolist()
+        for k in range(len(part)):
+            ax.plot([low[k], high[k]], [y[k], y[k]], color=colour[k], lw=1.4)
+        ax.scatter(delta, y, c=colour, s=18, zorder=3)
+        ax.axvline(0, color="black", lw=0.8, ls="--")
+        labels = [f"{r.set_a} - {r.set_b} ({r.classifier})" for r in part.itertuples()]
+        ax.set_yticks(y, labels, fontsize=7)
+        ax.set_title(str(name), fontsize=10)
+    axes[-1, 0].set_xlabel("difference of AUC, 95% interval")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def claims_as_measured(comparisons) -> list[str]:
+    """The paper's claims (:data:`CLAIMS`) as measured by the paired comparisons: one sentence per claim and
+    evaluation set, counting the classifiers whose 95% interval of the difference lies above 0, below 0, or
+    across it (no difference shown - which is not a proof of equivalence)."""
+    if comparisons is None or not len(comparisons):
+        return []
+    kinds = _pair_kinds(comparisons)
+    table = comparisons.assign(kind=kinds)
+    lines = []
+    for kind, claim in CLAIMS:
+        part = table[table["kind"] == kind]
+        if part.empty:
+            lines.append(f"{claim}: not measured (no such pair of feature sets in this run).")
+            continue
+        for name, rows in part.groupby("evaluated_on", sort=False):
+            above = int((rows["ci_low"] > 0).sum())
+            below = int((rows["ci_high"] < 0).sum())
+            n = len(rows)
+            lines.append(
+                f"{claim} - on {name}: {n} comparison(s) ({', '.join(sorted(set(rows['classifier'])))}); "
+                f"difference of AUC from {rows['delta_auc'].min():+.3f} to {rows['delta_auc'].max():+.3f}; "
+                f"interval above 0 in {above}, below 0 in {below}, across 0 in {n - above - below}."
+            )
+    return lines
+
+
 def _read_csv(path: Path, **kwargs):
     import pandas as pd
 
@@ -318,6 +389,88 @@ def _explain_section(out: Path, cfg, top: int, heat_n: int) -> dict:
     return result
 
 
+def _trust_section(out: Path) -> dict:
+    """What "explained" means under the rule used; pooled against stratified counts, the confounded pairs,
+    each backbone beside its random-weights control, and the explanation re-measured on held-out cases."""
+    summary_path = out / "explanation.json"
+    if not summary_path.is_file():
+        return {}
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    settings = summary.get("settings", {})
+    m, fdr = settings.get("threshold", 0.6), settings.get("fdr")
+    rule = f"|rho| >= {m:.2f}" + (f" and q <= {fdr:g}" if fdr is not None else "")
+    strata = summary.get("strata")
+    result: dict[str, Any] = {"stratified": bool(strata)}
+    if strata:
+        columns = ", ".join(strata["columns"])
+        result["strata_columns"] = columns
+        note = (
+            f"Rule used: {rule} within the strata of {columns} ({len(strata['sizes'])} strata, "
+            f"{strata['n_cases']} cases). A deep feature is explained when it co-varies with a radiomic "
+            f"feature among cases of the same {columns}: co-variation within class and site, not proof that "
+            "the network computes that property, nor a meaning beyond it. A deep feature that meets the rule "
+            "only pooled over the strata is confounded: both features differ between the strata (classes, "
+            "sites, scanners) without co-varying within them."
+        )
+        if strata.get("left_out"):
+            small = ", ".join(f"{k} ({v})" for k, v in strata["left_out"].items())
+            note += f" Strata of fewer than 3 cases are left out of the within-stratum rho: {small}."
+    else:
+        note = (
+            f"Rule used: the paper's pooled rule, {rule} over all cases together. It does not tell a "
+            "co-variation within class and site from a shared difference between classes or sites."
+        )
+    if settings.get("cases") == "train":
+        note += (
+            f" The explanation, its permutation null and the suggested M come from the {summary['n_cases']} "
+            "training cases (train and val of the training cohort) only; the other cases re-measure it below."
+        )
+    result["rule_note"] = note
+    table = _read_csv(out / "explanations.csv", index_col=0)
+    pairs = _read_csv(out / "correlations.csv")
+    if table is not None and len(table):
+        counts = table.groupby("model", sort=False)["status"].value_counts().unstack(fill_value=0)
+        shown = {"explained": counts.get("explained", 0)}
+        if strata:
+            shown["confounded"] = counts.get("confounded", 0)
+        shown["unexplained"] = counts.get("unexplained", 0)
+        frame = counts.assign(**shown)[list(shown)]
+        if strata and pairs is not None:
+            kept = pairs["rho"].abs() >= m - 1e-12
+            if fdr is not None:
+                kept &= pairs["q"] <= fdr
+            pooled = pairs.loc[kept, "deep_feature"].drop_duplicates()
+            by_model = table.loc[pooled, "model"].value_counts() if len(pooled) else None
+            frame["explained by the pooled rule alone"] = [
+                int(by_model.get(model, 0)) if by_model is not None else 0 for model in frame.index
+            ]
+        result["counts_table"] = html_table(frame.rename_axis("backbone").reset_index())
+    if strata and pairs is not None and "status" in pairs:
+        confounded = pairs[pairs["status"] == "confounded"]
+        confounded = confounded.reindex(confounded["rho"].abs().sort_values(ascending=False).index)
+        result["n_confounded_pairs"] = len(confounded)
+        shown = confounded[["deep_feature", "radiomic_feature", "rho", "rho_within"]].rename(
+            columns={
+                "deep_feature": "deep feature",
+                "radiomic_feature": "radiomic feature",
+                "rho": "rho pooled",
+                "rho_within": "rho within strata",
+            }
+        )
+        result["confounded_table"] = html_table(shown, max_rows=20)
+    percent = {c: (lambda v: f"{100 * v:.0f}%") for c in ("fraction", "fraction_control", "gain")}
+    control = _read_csv(out / "control_coverage.csv")
+    if control is not None and len(control):
+        shown = control[["model", "control", "M", "fraction", "fraction_control", "gain"]]
+        result["control_table"] = html_table(shown, percent)
+    held = _read_csv(out / "heldout.csv")
+    if held is not None and len(held):
+        result["heldout_table"] = html_table(
+            held.rename(columns={"set": "held-out cases"}), {"fraction_replicated": percent["fraction"]}
+        )
+    return result
+
+
 def _classification_section(out: Path) -> dict:
     import pandas as pd
 
@@ -348,6 +501,11 @@ def _classification_section(out: Path) -> dict:
     roc = _read_csv(out / "roc.csv")
     if roc is not None and len(roc):
         result["roc_fig"] = roc_figure(roc, metrics)
+    comparisons = _read_csv(out / "comparisons.csv")
+    if comparisons is not None and len(comparisons):
+        result["forest_fig"] = forest_figure(comparisons)
+        result["claims"] = claims_as_measured(comparisons)
+        result["comparisons_table"] = html_table(comparisons)
     history = _read_csv(out / "training_history.csv")
     if history is not None and len(history):
         result["training_fig"] = training_figure(history)
@@ -391,11 +549,11 @@ def _cam_section(out: Path, cohort_labels: Mapping[str, str]) -> dict:
         "cam_methods": methods,
         "cam_summary_table": html_table(summary),
         "agreement_table": agree_table,
-        **_trust_section(cam_dir, metrics),
+        **_cam_trust_section(cam_dir, metrics),
     }
 
 
-def _trust_section(cam_dir: Path, metrics) -> dict:
+def _cam_trust_section(cam_dir: Path, metrics) -> dict:
     """Which map to trust: per method the flags, faithfulness, randomisation result and verdict
     (``cam_summary.csv``), and the flagged maps (left out of the agreement table)."""
     summary = _read_csv(cam_dir / "cam_summary.csv", index_col=0)
@@ -441,7 +599,15 @@ def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failur
     }
     context.update(_cohort_section(out))
     context.update(_explain_section(out, cfg, cfg.report.top_features, cfg.report.heatmap_features))
+    context.update(_trust_section(out))
     context.update(_classification_section(out))
+    concepts = concepts_section(out)
+    context.update(
+        concepts_fig=None if concepts.figure is None else _png(concepts.figure),
+        concepts_measure=concepts.measure,
+        cka_table=html_table(concepts.cka),
+        sensitivity_table=html_table(concepts.sensitivity),
+    )
     context.update(_cam_section(out, labels))
     if failures:
         frame = pd.DataFrame([f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in failures])

@@ -49,21 +49,44 @@ class Stage:
 
 
 # ----------------------------------------------------------------------------------------------- cohort
+def run_protocol(cfg):
+    """The run's validation protocol (:class:`~Rad4XCNNLogic.cohort.protocol.Protocol`): the network's
+    training phases (``training.phases``; one phase on ``split.train_cohort`` when a model is trained and
+    none are given), the classifiers' cohort (``split.train_cohort``) and ``classification.evaluate_on``."""
+    from Rad4XCNNLogic.cohort.protocol import Protocol, TrainingPhase
+
+    phases = tuple(TrainingPhase(name) for name in cfg.training.phases)
+    if not phases and any(m.weights == "trained" for m in cfg.models):
+        phases = (TrainingPhase(cfg.split.train_cohort),)
+    evaluate_on = cfg.classification.evaluate_on
+    return Protocol(phases, cfg.split.train_cohort, None if evaluate_on is None else tuple(evaluate_on))
+
+
 def plan_cohort(run: Pipeline) -> Plan:
     from Rad4XCNNLogic.cohort.manifest import read_manifest, write_manifest
+    from Rad4XCNNLogic.cohort.protocol import check_no_leakage
 
     started = time.perf_counter()
     cfg = run.cfg
     manifest = Path(cfg.manifest)
+    protocol = run_protocol(cfg)
     cohort = read_manifest(
         manifest,
         check_images=True,
         seed=cfg.seed,
         fractions=cfg.split.fractions,
-        train_cohort=cfg.split.train_cohort,
+        train_cohort=protocol.split_cohorts(),
     )
     if not cohort.cases:
         raise Rad4XCNNError(f"manifest {manifest.name}: no usable case ({len(cohort.failures)} left out)")
+    protocol.check_cohorts(cohort.cohorts)
+    if any(m.weights == "trained" for m in cfg.models):
+        # a case that trained the network and is scored as held out stops the run here, before any work
+        extra = []
+        if cfg.training.finetune_manifest:
+            second = read_manifest(cfg.training.finetune_manifest, seed=cfg.seed)
+            extra = [c for c in second.cases if c.split in ("train", "val")]
+        check_no_leakage(protocol, cohort, extra_trained=extra)
     inputs = {
         "manifest": file_sha256(manifest),
         "cases": {
@@ -76,6 +99,7 @@ def plan_cohort(run: Pipeline) -> Plan:
         "inputs": inputs,
         "seed": cfg.seed,
         "split": asdict(cfg.split),
+        "split_cohorts": protocol.split_cohorts(),
         "lesion_only": cfg.lesion_only,
     }
 
@@ -85,11 +109,19 @@ def plan_cohort(run: Pipeline) -> Plan:
         write_manifest(cohort, run.path(RunFiles.COHORT))
         frame = pd.DataFrame([f.to_dict() for f in cohort.failures], columns=["case_id", "stage", "problem"])
         write_csv_atomic(run.path(RunFiles.COHORT_FAILURES), frame, index=False)
+        from Rad4XCNNLogic.cohort.duplicates import find_near_duplicates
+
         summary = cohort.summary()
         summary["text"] = (
             f"{summary['cases']} cases ({summary['with_lesion']} with a lesion), "
             f"{summary['failures']} left out"
         )
+        # near-duplicate images across splits: logged as a warning with the pairs, kept in run.json
+        pairs, _ = find_near_duplicates(cohort.cases)
+        across = [str(p) for p in pairs if p.across_splits]
+        summary["near_duplicates_across_splits"] = across
+        if across:
+            summary["text"] += f"; WARNING: {len(across)} near-duplicate image pair(s) across splits"
         summary["outputs"] = [run.path(RunFiles.COHORT), run.path(RunFiles.COHORT_FAILURES)]
         summary["failures"] = cohort.failures
         return summary
@@ -107,11 +139,17 @@ def plan_train(run: Pipeline) -> Plan:
     settings = {
         "training": asdict(tc),
         "models": [(m.key, m.name) for m in trained],
-        "deep": {"margin": cfg.deep.margin, "dtype": cfg.deep.dtype},
+        "deep": {"margin": cfg.deep.margin},
         "seed": cfg.seed,
         "train_cohort": cfg.split.train_cohort,
+        "phases": list(tc.phases),
         "finetune": file_sha256(tc.finetune_manifest) if tc.finetune_manifest else None,
     }
+    if len(tc.phases) > 2:
+        raise Rad4XCNNError(f"training.phases: at most two phases are supported, got {len(tc.phases)}")
+    if tc.phases and tc.finetune_manifest:
+        raise Rad4XCNNError("training: give either phases or finetune_manifest, not both")
+    first_cohort = tc.phases[0] if tc.phases else cfg.split.train_cohort
 
     def compute() -> dict:
         from Rad4XCNNLogic.cohort.manifest import read_manifest
@@ -120,6 +158,9 @@ def plan_train(run: Pipeline) -> Plan:
         if tc.finetune_manifest:
             finetune = read_manifest(tc.finetune_manifest, seed=cfg.seed)
             finetune = finetune.lesion_cases() if cfg.lesion_only else finetune
+        elif len(tc.phases) == 2:
+            # the second phase: the same manifest, that cohort's train split (val early-stops)
+            finetune = run.load_cohort().subset(cohort=tc.phases[1])
         jobs = [
             work.TrainJob(m.key, m.name, run.path(RunFiles.checkpoint(m.key)), pretrained=tc.pretrained)
             for m in trained
@@ -132,7 +173,7 @@ def plan_train(run: Pipeline) -> Plan:
             deep=cfg.deep,
             device=cfg.device,
             seed=cfg.seed,
-            train_cohort=cfg.split.train_cohort,
+            train_cohort=first_cohort,
             include_normal=not cfg.lesion_only,
             finetune=finetune,
             progress=run.progress,
@@ -144,22 +185,23 @@ def plan_train(run: Pipeline) -> Plan:
 # ---------------------------------------------------------------------------------------- deep features
 def _deep_job(run: Pipeline, model) -> tuple[work.DeepJob, str | None]:
     """The extraction job of a configured backbone, and what identifies its weights (for the fingerprint)."""
+    where = {"stage": model.stage, "layers": tuple(model.layers) or None}
     if model.weights is None:
-        return work.DeepJob(model.key, model.name, stage=model.stage), None
+        return work.DeepJob(model.key, model.name, **where), None
     if model.weights == "imagenet":
-        return work.DeepJob(model.key, model.name, pretrained=True, stage=model.stage), "imagenet"
+        return work.DeepJob(model.key, model.name, pretrained=True, **where), "imagenet"
     if model.weights == "trained":
         checkpoint = str(run.path(RunFiles.checkpoint(model.key)))
-        return work.DeepJob(model.key, model.name, checkpoint, stage=model.stage), "trained"
+        return work.DeepJob(model.key, model.name, checkpoint, **where), "trained"
     path = Path(model.weights)
     if not path.is_file():
         raise Rad4XCNNError(f"weights file not found for {model.name}: {path}")
-    return work.DeepJob(model.key, model.name, str(path), stage=model.stage), file_sha256(path)
+    return work.DeepJob(model.key, model.name, str(path), **where), file_sha256(path)
 
 
 def plan_deep(run: Pipeline) -> Plan:
     cfg = run.cfg
-    jobs = [(m, *_deep_job(run, m)) for m in cfg.models]
+    jobs = [(m, *_deep_job(run, m)) for m in cfg.deep_models()]
     settings = {
         "models": [dict(asdict(m), weights_hash=h) for m, _, h in jobs],
         "deep": {k: v for k, v in asdict(cfg.deep).items() if k != "num_workers"},
@@ -209,20 +251,29 @@ def plan_radiomics(run: Pipeline) -> Plan:
 # ------------------------------------------------------------------------------------------- explanation
 def plan_explain(run: Pipeline) -> Plan:
     cfg = run.cfg
-    settings = {"explain": asdict(cfg.explain), "seed": cfg.seed}
+    settings = {
+        "explain": asdict(cfg.explain),
+        "seed": cfg.seed,
+        "train_cohort": cfg.split.train_cohort,
+        "controls": cfg.controls(),
+    }
 
     def compute() -> dict:
+        cohort = run.load_cohort()
         summary = work.explain_stage(
             run.path(RunFiles.DEEP),
             run.path(RunFiles.RADIOMICS),
             run.out,
             explain=cfg.explain,
             seed=cfg.seed,
-            cohort=run.load_cohort(),
+            cohort=cohort,
+            manifest=cohort,
+            train_cohort=cfg.split.train_cohort,
+            controls=cfg.controls(),
             progress=run.progress,
         )
-        summary.pop("result")
-        summary.pop("replicability")
+        for key in ("result", "replicability", "control_coverage"):
+            summary.pop(key)
         return summary
 
     return Plan(settings, compute)
@@ -234,17 +285,25 @@ def plan_classify(run: Pipeline) -> Plan:
     cc = cfg.classification
     if not cc.enabled:
         raise Skip("classification.enabled is false")
-    settings = {"classification": asdict(cc), "seed": cfg.seed, "train_cohort": cfg.split.train_cohort}
+    protocol = run_protocol(cfg)
+    settings = {
+        "classification": asdict(cc),
+        "seed": cfg.seed,
+        "train_cohort": cfg.split.train_cohort,
+        "phases": [p.cohort for p in protocol.phases],
+    }
 
     def compute() -> dict:
         from Rad4XCNNLogic.classify.classifiers import read_explained, read_feature_tables
         from Rad4XCNNLogic.explain.explanation import load_explanation
 
         features, missing = read_feature_tables([run.path(RunFiles.DEEP), run.path(RunFiles.RADIOMICS)])
+        cohort = run.load_cohort()
         summary = work.classify_stage(
             features,
-            run.load_cohort(),
+            cohort,
             run.out,
+            evaluate_on=protocol.evaluation_cohorts(cohort.cohorts),
             classification=cc,
             seed=cfg.seed,
             train_cohort=cfg.split.train_cohort,
@@ -354,6 +413,12 @@ def plan_report(run: Pipeline) -> Plan:
             for n, r in run.records.items()
             if n != "report"
         },
+        # 'rad4xcnn probe --out RUN' writes these beside the stages' files: a new one remakes the report
+        "probes": {
+            name: file_sha256(run.path(name))
+            for name in (RunFiles.PROBES, RunFiles.CKA, RunFiles.CONCEPTS)
+            if run.path(name).is_file()
+        },
     }
 
     def compute() -> dict:
@@ -372,7 +437,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", 1, ("cohort",), plan_train),
     Stage("deep", 2, ("cohort", "train"), plan_deep),
     Stage("radiomics", 1, ("cohort",), plan_radiomics),
-    Stage("explain", 2, ("cohort", "deep", "radiomics"), plan_explain),
+    Stage("explain", 3, ("cohort", "deep", "radiomics"), plan_explain),
     Stage("classify", 1, ("cohort", "deep", "radiomics", "explain"), plan_classify),
     Stage("cam", 2, ("cohort", "train"), plan_cam),
     Stage(

@@ -69,7 +69,7 @@ def train_stage(
         val_fraction=training.val_fraction,
         include_normal=include_normal,
         num_workers=deep.num_workers,
-        dtype=deep.dtype,
+        dtype=training.dtype,
         seed=seed,
         progress=progress,
     )
@@ -118,13 +118,14 @@ def train_stage(
 @dataclass(frozen=True)
 class DeepJob:
     """One backbone whose deep features are extracted: label (column prefix; None: the architecture), timm
-    name (None: the checkpoint's), weights file, ImageNet weights, pooled stage."""
+    name (None: the checkpoint's), weights file, ImageNet weights, pooled stage, or pooled layers."""
 
     label: str | None
     model: str | None
     weights: str | None = None
     pretrained: bool = False
     stage: int | None = None
+    layers: tuple[str, ...] | None = None
 
 
 def deep_stage(
@@ -158,6 +159,7 @@ def deep_stage(
             margin=deep.margin,
             input_size=deep.input_size,
             stage=job.stage,
+            layers=job.layers,
             dtype=deep.dtype,
             cache_dir=cache_dir,
             progress=progress,
@@ -249,6 +251,9 @@ def explain_stage(
     explain: ExplainConfig,
     seed: int,
     cohort=None,
+    manifest=None,
+    train_cohort: str = "internal",
+    controls: dict[str, str] | None = None,
     importances: Any = None,
     progress: bool = True,
 ) -> dict:
@@ -257,19 +262,39 @@ def explain_stage(
     Writes the explanation (``correlations.csv``, ``explanations.csv``, ``coverage.csv``, the matrices,
     ``explanation.json``), ``explained_by_threshold.csv``, ``replicability/`` when ``cohort`` holds two
     cohorts of at least 10 cases, and ``explanations_by_importance.csv`` when ``importances`` (the
-    classification stage's table) is given."""
+    classification stage's table) is given.
+
+    With ``manifest`` (a cohort: its label, cohort, split and any other column), the explanation holds
+    within the strata of ``explain.stratify`` (confounded pairs flagged), and with ``explain.cases`` train
+    it comes from the train and val cases of ``train_cohort`` only: its kept pairs are then re-measured on
+    the internal test split and every other cohort (``heldout.csv``, ``heldout_pairs.csv``). ``controls``
+    (backbone -> its random-weights control) adds ``control_coverage.csv``."""
     from Rad4XCNNLogic.explain.correlation import read_feature_table
     from Rad4XCNNLogic.explain.explanation import explain as explain_features
     from Rad4XCNNLogic.explain.explanation import write_explanation
+    from Rad4XCNNLogic.explain.heldout import coverage_against_control, remeasure, split_cases
+    from Rad4XCNNLogic.explain.strata import stratum_labels
 
     out_dir = Path(out_dir)
     deep = read_feature_table(deep_csv, "deep feature")
     rad = read_feature_table(radiomics_csv, "radiomic feature")
+    frame = manifest.frame() if manifest is not None else None
+    if frame is None and (explain.stratify or explain.cases == "train"):
+        # Without a manifest there are neither strata nor splits: the paper's pooled rule on every case.
+        log.info("explain: no manifest, so no strata and every case: the pooled rule")
+    strata = stratum_labels(frame, explain.stratify) if frame is not None and explain.stratify else None
+    held_sets = None
+    used_deep, used_rad = deep, rad
+    if frame is not None and explain.cases == "train":
+        training, held_sets = split_cases(frame, train_cohort)
+        used_deep, used_rad = deep[deep.index.isin(training)], rad[rad.index.isin(training)]
+        held_sets = held_sets[held_sets.index.isin(deep.index) & held_sets.index.isin(rad.index)]
     result = explain_features(
-        deep,
-        rad,
+        used_deep,
+        used_rad,
         explain.thresholds[0],
         fdr=explain.fdr,
+        strata=strata,
         permutations=explain.permutations,
         alpha=explain.alpha,
         bootstrap=explain.bootstrap,
@@ -278,6 +303,7 @@ def explain_stage(
         chunk_size=explain.chunk_size,
         progress=progress,
     )
+    result.settings["cases"] = explain.cases if frame is not None else "all"
     outputs = list(write_explanation(result, out_dir).values())
     outputs.append(
         write_csv_atomic(
@@ -286,6 +312,22 @@ def explain_stage(
             index=False,
         )
     )
+    held = None
+    if held_sets is not None and len(held_sets):
+        held = remeasure(result, deep, rad, held_sets, strata=strata, backend=explain.backend)
+        outputs += list(held.write(out_dir).values())
+    control_table = None
+    models = set(result.coverage["model"])
+    # per layer: <key>.<layer> against <control>.<layer> when the backbones pool layers
+    pairs = {
+        m: v + m[len(k) :]
+        for k, v in (controls or {}).items()
+        for m in sorted(models)
+        if (m == k or m.startswith(k + ".")) and v + m[len(k) :] in models
+    }
+    if pairs:
+        control_table = coverage_against_control(result.coverage, pairs)
+        outputs.append(write_csv_atomic(out_dir / RunFiles.CONTROL_COVERAGE, control_table, index=False))
     replicability = None
     if cohort is not None:
         replicability = _replicability(deep, rad, cohort, result.threshold, explain, out_dir, progress)
@@ -297,22 +339,35 @@ def explain_stage(
             outputs.append(write_csv_atomic(out_dir / RunFiles.BY_IMPORTANCE, ranked))
     s = result.summary()
     frac = s["fraction_explained"]
+    where = "within " + ",".join(s["strata"]["columns"]) if "strata" in s else "pooled"
     text = (
         f"M={result.threshold:g}: {s['n_explained']} of {s['n_deep_features']} deep features explained "
-        f"({0 if frac is None else 100 * frac:.0f}%), {s['n_pairs_kept']} pairs"
+        f"({0 if frac is None else 100 * frac:.0f}%) {where}, {s['n_pairs_kept']} pairs"
     )
+    if "n_confounded" in s:
+        text += f"; {s['n_confounded']} confounded (pooled rule alone: {s['n_explained_pooled']} explained)"
+    if held is not None:
+        text += "; held out: " + ", ".join(
+            f"{r.set} {r.n_replicated}/{r.n_measured} replicated" for r in held.summary.itertuples()
+        )
     if s["permutation_threshold"] is not None:
         text += f"; permutation threshold {s['permutation_threshold']:.2f}"
     return {
         "threshold": result.threshold,
         "fdr": explain.fdr,
-        **{k: s[k] for k in ("n_cases", "n_pairs_kept", "n_explained", "fraction_explained")},
+        **{k: s[k] for k in ("n_cases", "n_pairs_kept", "n_explained", "fraction_explained", "rule")},
+        "cases": result.settings["cases"],
+        "n_confounded": s.get("n_confounded"),
+        "n_explained_pooled": s.get("n_explained_pooled"),
         "permutation_threshold": s["permutation_threshold"],
         "suggested_M": s["suggested_M"],
+        "suggested_M_by_model": s["suggested_M_by_model"],
+        "heldout": None if held is None else held.summary.to_dict(orient="records"),
         "text": text,
         "outputs": outputs,
         "result": result,
         "replicability": None if replicability is None else replicability[0],
+        "control_coverage": control_table,
     }
 
 
@@ -391,16 +446,20 @@ def classify_stage(
     explained=None,
     feature_failures: Sequence = (),
     progress: bool = True,
+    evaluate_on: Sequence[str] | None = None,
 ) -> dict:
-    """Train and validate every classifier on the feature sets of ``classification.feature_sets`` (kinds);
-    writes ``classification.csv``, ``roc.csv``, ``importances.csv``, ``predictions.csv`` and
-    ``classification.json``."""
-    from Rad4XCNNLogic.classify.classifiers import classify, infer_feature_sets, write_classification
+    """Train and validate every classifier on the feature sets of ``classification.feature_sets`` (kinds),
+    and every set of other named features (a table of clinical variables, another tool's features);
+    writes ``classification.csv``, ``roc.csv``, ``importances.csv``, ``predictions.csv``,
+    ``comparisons.csv`` and ``classification.json``. ``evaluate_on``: the external cohorts (default
+    ``classification.evaluate_on``, or every other cohort)."""
+    from Rad4XCNNLogic.classify.classifiers import classify, resolve_feature_sets, write_classification
+    from Rad4XCNNLogic.classify.comparisons import select_by_cv
 
     sets = {
         name: cols
-        for name, cols in infer_feature_sets(features.columns, explained).items()
-        if feature_set_kind(name) in classification.feature_sets
+        for name, cols in resolve_feature_sets(features, None, explained).items()
+        if feature_set_kind(name) in classification.feature_sets or feature_set_kind(name) == "other"
     }
     if not sets:
         raise Rad4XCNNError(
@@ -422,14 +481,23 @@ def classify_stage(
         train_cohort=train_cohort,
         jobs=classification.jobs,
         progress=progress,
+        evaluate_on=classification.evaluate_on if evaluate_on is None else evaluate_on,
     )
     written = write_classification(result, out_dir)
-    internal = result.metrics[result.metrics["evaluated_on"] == "internal-test"]
-    best = internal.sort_values("auc", ascending=False).head(1)
     text = f"{len(sets)} feature sets x {len(classification.classifiers)} classifiers"
-    if not best.empty:
-        row = best.iloc[0]
-        text += f"; best internal-test AUC {row['auc']:.3f} ({row['feature_set']}, {row['classifier']})"
+    # the best model is chosen by its cross-validated AUC on the training data, never by a test AUC
+    chosen = select_by_cv(result.metrics).sort_values("cv_auc", ascending=False, kind="stable").head(1)
+    if not chosen.empty:
+        row = chosen.iloc[0]
+        tested = result.metrics[
+            (result.metrics["feature_set"] == row["feature_set"])
+            & (result.metrics["classifier"] == row["classifier"])
+        ]
+        text += (
+            f"; best by CV AUC {row['cv_auc']:.3f}: {row['feature_set']}, {row['classifier']} ("
+            + ", ".join(f"{r.evaluated_on} AUC {r.auc:.3f}" for r in tested.itertuples())
+            + ")"
+        )
     return {
         "feature_sets": {k: len(v) for k, v in sets.items()},
         "classes": result.classes,

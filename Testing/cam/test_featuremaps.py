@@ -170,21 +170,15 @@ def test_features_are_picked_from_a_run(cohort, tmp_path):
     names, pairs = features_from_run(run, 1)
     assert names == ["original_glcm_Contrast"] and list(pairs["deep_feature"]) == ["m_1"]
     assert features_from_run(run, 2)[0] == ["original_glcm_Contrast", "original_firstorder_Mean"]
-    from Rad4XCNNLogic.cli import main
-
-    manifest = tmp_path / "manifest.csv"
-    args = ["featuremaps", "--manifest", str(manifest), "--cases", "big", "--kernel-radius", "1"]
-    assert main([*args, "--from-run", str(run), "--top", "1", "--out", str(tmp_path / "fm")]) == 0
-    table = pd.read_csv(tmp_path / "fm" / "featuremaps.csv")
-    assert list(table["feature"]) == ["original_glcm_Contrast"]
-    settings = json.loads((tmp_path / "fm" / "featuremaps.json").read_text())["settings"]
-    source = settings["source"]
-    assert (
-        source["from_run"] == str(run) and source["top"] == 1 and source["pairs"][0]["deep_feature"] == "m_1"
+    result = compute_feature_maps(
+        cohort, names, cases="big", from_run=run, top=1, pairs=pairs, kernel_radius=1, out_dir=tmp_path / "fm"
     )
+    assert list(result.table["feature"]) == ["original_glcm_Contrast"]
+    settings = json.loads((tmp_path / "fm" / "featuremaps.json").read_text())["settings"]
+    assert settings["from_run"] == str(run) and settings["pairs"][0]["deep_feature"] == "m_1"
     with pytest.raises(Rad4XCNNError, match=r"--top must be at least 1"):
         features_from_run(run, 0)
-    with pytest.raises(Rad4XCNNError, match=r"no radiomic feature named"):
+    with pytest.raises(Rad4XCNNError, match=r"name the radiomic features \(--features\), or give a run"):
         compute_feature_maps(cohort, None, cases="big")
 
 

@@ -107,7 +107,9 @@ def test_real_data_auc_in_line_with_published(bc_result):
     assert (m["n_cases"].xs(INTERNAL_TEST, level=1) == 90).all()
 
 
-def test_every_ci_contains_its_point_estimate(bc_result):
+def test_intervals_bracket_the_estimates_on_a_large_test_set(bc_result):
+    # not a rule (intervals are reported as computed, and may miss the estimate with very few cases), but
+    # what 90-120 cases and 200 resamples must give
     m = bc_result.metrics
     for metric in METRICS:
         assert (m[f"{metric}_ci_low"] <= m[metric]).all(), metric
@@ -412,15 +414,20 @@ def test_weighted_metrics_equal_sklearn_point_and_resample():
     )
 
 
-def test_bootstrap_ci_is_seeded_and_contains_the_estimate():
+def test_bootstrap_ci_is_seeded_and_reported_as_computed():
     rng = np.random.default_rng(0)
     y = np.r_[np.zeros(8, int), np.ones(4, int)]
     p = rng.random(12)
     a = evaluate_predictions(y, np.c_[1 - p, p], n_bootstrap=300, rng=5)
     b = evaluate_predictions(y, np.c_[1 - p, p], n_bootstrap=300, rng=5)
     assert a == b
-    for est in a.values():
-        assert est.ci_low <= est.value <= est.ci_high
+    # the bounds are the percentiles of the resampled metric, exactly: never widened towards the estimate
+    boot = weighted_metrics(
+        y, np.c_[1 - p, p], stratified_bootstrap_weights(y, 300, np.random.default_rng(5))
+    )
+    for name, est in a.items():
+        expected = np.nanquantile(boot[name], [0.025, 0.975])
+        assert (est.ci_low, est.ci_high) == pytest.approx(tuple(expected), abs=1e-12), name
     none = evaluate_predictions(y, np.c_[1 - p, p], n_bootstrap=0)
     assert np.isnan(none["auc"].ci_low) and none["auc"].value == a["auc"].value
 
@@ -672,8 +679,10 @@ def test_other_bad_arguments():
         Rad4XCNNError, match=r"feature set 'a': 1 column\(s\) not in the feature table, e\.g\. 'zz'"
     ):
         classify(features, cohort, feature_sets={"a": ["cnn_0", "zz"]}, **TOY)
-    with pytest.raises(Rad4XCNNError, match="no feature column recognised"):
-        classify(features.set_axis(["age", "size", "depth", "site"], axis=1), cohort, **TOY)
+    generic = classify(features.set_axis(["age", "size", "depth", "site"], axis=1), cohort, **TOY)
+    assert generic.feature_sets == {"other": ["age", "size", "depth", "site"]}
+    with pytest.raises(Rad4XCNNError, match="no numeric feature column in the feature table"):
+        classify(features.astype(str), cohort, **TOY)
     with pytest.raises(Rad4XCNNError, match="at least 2 folds"):
         classify(features, cohort, **{**TOY, "cv_folds": 1})
 

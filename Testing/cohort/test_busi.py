@@ -65,6 +65,10 @@ def test_cli_import(busi_folder, tmp_path, capsys):
     assert main(["import-busi", str(busi_folder), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "7 cases (2 without a lesion" in text and "1 with several masks" in text
+    # the fixture draws benign/malignant/normal (1) from one seed, and benign/normal (2) from another:
+    # identical images, 3 + 1 pairs, listed
+    assert "WARNING: 4 near-duplicate image pair(s); a split may put them on two sides:" in text
+    assert "benign_001 (internal/unassigned) ~ malignant_001 (internal/unassigned): identical pixels" in text
     assert out.is_file()
 
 

@@ -11,15 +11,17 @@ from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.correlation import (
     CorrelationResult,
     benjamini_hochberg,
-    bootstrap_intervals,
-    fwer_pvalues,
-    permutation_null,
-    permutation_threshold,
     rank_data,
     read_feature_table,
     resolve_backend,
     spearman,
     spearman_pvalues,
+)
+from Rad4XCNNLogic.explain.resampling import (
+    bootstrap_intervals,
+    fwer_pvalues,
+    permutation_null,
+    permutation_threshold,
     suggest_threshold,
 )
 

@@ -162,8 +162,11 @@ def test_family_summary_counts_partners_by_family():
     assert row["n_partners"] == 4 and row["top_family"] == "wavelet-HL texture"
     # Ties in the count are ordered by the strongest partner first.
     assert row["families"] == "wavelet-HL texture 2; original texture 1; wavelet-HL first-order 1"
-    assert row["summary"].startswith(
-        "4 partners, 2 of them wavelet-HL texture; strongest original_glcm_Contrast, rho 1.00 (local grey"
+    # The four partners are near copies of each other: one redundancy cluster, named by its central member.
+    assert row["n_clusters"] == 1 and row["partner_clusters"] == "original_glcm_Contrast"
+    assert row["summary"] == (
+        "4 partners in 1 group: high local grey-level variation (original_glcm_Contrast and 3 similar); "
+        "strongest original_glcm_Contrast, rho 1.00"
     )
     assert row["strongest_meaning"].startswith("contrast (GLCM) on original image")
 
@@ -382,3 +385,19 @@ def test_cli_explain_bad_input_is_one_line(tmp_path, capsys, content, message):
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
     assert not (tmp_path / "o" / "correlations.csv").exists()
+
+
+def test_other_named_features_explain_with_no_glossary_meaning():
+    # (issue 14) a radiomics-side table from another tool: its features explain, meaning "not in the glossary"
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=60)
+    rad = pd.DataFrame({"stiffness_kPa": base + 0.05 * rng.normal(size=60), "age": rng.normal(size=60)})
+    deep = pd.DataFrame({"resnet50_0": base, "resnet50_1": rng.normal(size=60)})
+    result = explain(deep, rad, 0.6, bootstrap=0, backend="numpy")
+    row = result.explanations.loc["resnet50_0"]
+    assert row["n_partners"] == 1 and row["strongest_partner"] == "stiffness_kPa"
+    assert row["strongest_meaning"] == "not in the glossary"
+    pairs = result.correlations
+    assert pairs.loc[pairs["radiomic_feature"] == "stiffness_kPa", "meaning"].tolist() == [
+        "not in the glossary"
+    ]

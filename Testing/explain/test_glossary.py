@@ -127,7 +127,8 @@ def test_describe_a_feature_name():
     assert summary_line("log-sigma-3-0-mm-3D_glszm_ZoneEntropy").startswith(
         "zone entropy (GLSZM) on Laplacian of Gaussian, sigma 3.0 mm (3D): "
     )
-    assert summary_line("my_custom_feature") == "" and short_meaning("original_glcm_Nonsense") == ""
+    assert summary_line("my_custom_feature") == "not in the glossary"
+    assert short_meaning("original_glcm_Nonsense") == "not in the glossary"
     assert describe_feature("ngtdm", "Coarseness").startswith("Reciprocal")
     assert describe_feature_class("gldm").startswith("Grey-level dependence matrix (GLDM): ")
 

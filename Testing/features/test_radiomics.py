@@ -506,10 +506,10 @@ def test_importing_the_module_does_not_import_pyradiomics():
 
 
 def test_pixel_types_handed_to_pyradiomics():
-    assert rf._pixels_for_pyradiomics(np.array([[0.0, 255.0]], np.float32)).dtype == np.uint8
-    assert rf._pixels_for_pyradiomics(np.array([[-1024.0, 3000.0]], np.float32)).dtype == np.int16
-    assert rf._pixels_for_pyradiomics(np.array([[0.0, 70000.0]], np.float32)).dtype == np.int32
-    fractional = rf._pixels_for_pyradiomics(np.array([[0.5, 2.0]], np.float32))
+    assert rf.pixels_for_pyradiomics(np.array([[0.0, 255.0]], np.float32)).dtype == np.uint8
+    assert rf.pixels_for_pyradiomics(np.array([[-1024.0, 3000.0]], np.float32)).dtype == np.int16
+    assert rf.pixels_for_pyradiomics(np.array([[0.0, 70000.0]], np.float32)).dtype == np.int32
+    fractional = rf.pixels_for_pyradiomics(np.array([[0.5, 2.0]], np.float32))
     assert fractional.dtype == np.float64 and fractional[0, 0] == 0.5
 
 

@@ -98,7 +98,42 @@ def test_the_paper_example_configuration_is_valid():
 
     example = Path(__file__).resolve().parents[2] / "examples" / "paper.yaml"
     cfg = load_config(example)
-    assert [m.name for m in cfg.models] == ["resnet50", "densenet121", "vit_base_patch16_224"]
+    assert [m.name for m in cfg.models] == ["resnet50", "densenet121", "vit_base_patch32_224"]
     assert all(m.weights == "trained" for m in cfg.models)
+    # the paper's protocol: two phases by cohort, classifiers on the in-house cohort, external validation
+    assert cfg.training.phases == ["busi", "palermo"] and cfg.split.train_cohort == "palermo"
+    assert cfg.classification.evaluate_on == ["external"] and cfg.training.finetune_manifest is None
     assert cfg.radiomics.params == "paper" and cfg.classification.classifiers == ["rf", "xgb", "svm"]
     assert len(cfg.explain.thresholds) > 1
+
+
+def test_trust_defaults_strata_training_cases_controls_and_float32():
+    import inspect
+
+    from Rad4XCNNLogic.features.deep import extract_deep_features
+    from Rad4XCNNLogic.run.config import ModelConfig
+
+    cfg = config_from_dict({})
+    assert cfg.explain.stratify == ["label", "cohort"] and cfg.explain.cases == "train"
+    assert cfg.control == "random" and cfg.deep.dtype == "float32" and cfg.training.dtype == "auto"
+    assert inspect.signature(extract_deep_features).parameters["dtype"].default == "float32"
+    cfg.models = [
+        ModelConfig("resnet18", "trained"),
+        ModelConfig("densenet121", "imagenet"),
+        ModelConfig("vgg11"),
+    ]
+    assert cfg.controls() == {"resnet18": "resnet18-random", "densenet121": "densenet121-random"}
+    added = cfg.deep_models()[3:]
+    assert [(m.name, m.key, m.weights) for m in added] == [
+        ("resnet18", "resnet18-random", None),
+        ("densenet121", "densenet121-random", None),
+    ]
+    # a random copy already configured is the control; nothing is added
+    cfg.models = [ModelConfig("resnet18", "trained"), ModelConfig("resnet18", None, label="r18-init")]
+    assert cfg.controls() == {"resnet18": "r18-init"} and len(cfg.deep_models()) == 2
+    cfg.control = "none"
+    assert cfg.controls() == {} and len(cfg.deep_models()) == 2
+    with pytest.raises(Rad4XCNNError, match=r"explain\.cases"):
+        config_from_dict({"explain": {"cases": "test"}})
+    with pytest.raises(Rad4XCNNError, match="control"):
+        config_from_dict({"control": "imagenet"})

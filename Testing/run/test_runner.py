@@ -71,15 +71,40 @@ def test_end_to_end_writes_every_file_with_the_documented_columns(first_run):
     deep = pd.read_csv(out / "deep_features.csv", index_col=0)
     assert radiomics.index.name == deep.index.name == "case_id"
     assert radiomics.shape == (34, 474)
-    assert deep.shape == (34, 512) and deep.columns[0] == "resnet18_0"
+    # control: random (the default) adds the random-weights copy of the trained resnet18
+    assert deep.shape == (34, 1024) and deep.columns[0] == "resnet18_0" and "resnet18-random_0" in deep
 
     corr = pd.read_csv(out / "correlations.csv")
-    assert list(corr.columns[:5]) == ["deep_feature", "radiomic_feature", "rho", "p", "q"]
-    assert {"image_type", "feature_class", "feature"} <= set(corr.columns)
-    assert (corr["rho"].abs() >= 0.6 - 1e-12).all() and (corr["q"] <= 0.05).all()
+    assert list(corr.columns[:8]) == [
+        "deep_feature",
+        "radiomic_feature",
+        "rho",
+        "p",
+        "q",
+        "rho_within",
+        "p_within",
+        "q_within",
+    ]
+    assert {"image_type", "feature_class", "feature", "status", "cluster"} <= set(corr.columns)
+    # explain.stratify [label, cohort] (the default): explained pairs meet the rule within strata,
+    # confounded ones only pooled
+    explained = corr[corr["status"] == "explained"]
+    assert (explained["rho_within"].abs() >= 0.6 - 1e-12).all() and (explained["q_within"] <= 0.05).all()
+    confounded = corr[corr["status"] == "confounded"]
+    assert (confounded["rho"].abs() >= 0.6 - 1e-12).all() and (confounded["q"] <= 0.05).all()
     expl = pd.read_csv(out / "explanations.csv", index_col=0)
-    assert expl.index.name == "deep_feature" and len(expl) == 512
+    assert expl.index.name == "deep_feature" and len(expl) == 1024
     assert {"n_partners", "partners", "strongest_partner", "families", "summary"} <= set(expl.columns)
+    assert {"n_clusters", "partner_clusters", "n_confounded"} <= set(expl.columns)
+    # explain.cases train (the default): the explanation comes from train + val of the internal cohort,
+    # and the explained pairs are re-measured on the internal test split and the external cohort
+    summary = json.loads((out / "explanation.json").read_text())
+    cohort = pd.read_csv(out / "cohort.csv", dtype=str)
+    training = cohort[(cohort["cohort"] == "internal") & cohort["split"].isin(["train", "val"])]
+    assert sorted(summary["cases"]) == sorted(training["case_id"])
+    assert set(pd.read_csv(out / "heldout.csv")["set"]) == {"internal_test", "external"}
+    control = pd.read_csv(out / "control_coverage.csv")
+    assert set(control["control"]) == {"resnet18-random"} and len(control) == 13  # M = 0.30 ... 0.90
 
     metrics = pd.read_csv(out / "classification.csv")
     assert {"feature_set", "classifier", "evaluated_on", "auc", "auc_ci_low", "auc_ci_high"} <= set(
@@ -297,7 +322,8 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
          "--out", str(other / "radiomics.csv")],
         ["explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv"),
          "-M", "0.6", "-M", "0.8", "--fdr", "0.05", "--permutations", "20", "--bootstrap", "10",
-         "--cohorts", manifest, "--out", str(other)],
+         "--cohorts", manifest, "--manifest", manifest, "--stratify", "label,cohort", "--cases", "train",
+         "--out", str(other)],
         ["classify", "--features", str(run / "deep_features.csv"), str(run / "radiomics.csv"),
          "--manifest", manifest, "--explained", str(run / "explanations.csv"), "--classifiers", "rf", "svm",
          "--cv-folds", "2", "--bootstrap", "20", "--train-cohort", "internal", "--out", str(other)],
@@ -306,13 +332,20 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
     ]  # fmt: skip
     for argv in commands:
         assert main(["-q", *argv, "--no-progress"]) == 0, argv[0]
+    # run also extracted the random-weights control (control: random), which 'deep' extracts when asked
+    # for it alone: the trained backbone's columns are the very same
+    from_run = pd.read_csv(run / "deep_features.csv", index_col=0)
+    from_command = pd.read_csv(other / "deep_features.csv", index_col=0)
+    pd.testing.assert_frame_equal(from_run[from_command.columns], from_command, check_exact=True)
     tables = [
-        "deep_features.csv",
         "radiomics.csv",
         "correlations.csv",
         "explanations.csv",
         "coverage.csv",
         "explained_by_threshold.csv",
+        "heldout.csv",
+        "heldout_pairs.csv",
+        "radiomic_clusters.csv",
         "replicability/replicability.csv",
         "replicability/replicated_pairs.csv",
         "classification.csv",
@@ -320,6 +353,6 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
         "importances.csv",
     ]
     tables += sorted(str(p.relative_to(run)) for p in (run / "cam").glob("*.csv"))
-    assert len(tables) > 11
+    assert len(tables) > 13
     for name in tables:
         assert (other / name).read_bytes() == (run / name).read_bytes(), name

@@ -1,0 +1,400 @@
+"""Spearman's rho within strata (class, cohort, scanner, ...): what a deep and a radiomic feature share beyond
+a common shift between classes or sites.
+
+Ranks are taken within each stratum, centred and scaled there, and pooled: rho_within is the size-weighted
+mean of the per-stratum Spearman rhos, one matrix product per chunk on the same numpy/torch code as the
+pooled rho. Its permutation null shuffles cases within strata; its bootstrap resamples within strata.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.explain.correlation import (
+    MIN_CASES,
+    MIN_CASES_RESAMPLING,
+    AlignedTables,
+    FeatureTable,
+    NumpyOps,
+    PreparedTables,
+    average_ranks,
+    benjamini_hochberg_by_model,
+    name_list,
+    prepare_tables,
+    progress_bar,
+    standardise,
+    t_pvalues,
+)
+from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+STRATUM_SEPARATOR = " | "
+"""Joins the values of several stratum columns into one stratum name (``benign | internal``)."""
+
+
+# ------------------------------------------------------------------------------------------ the strata
+def stratum_labels(manifest: pd.DataFrame, columns: Sequence[str] | str) -> pd.Series:
+    """The stratum of each case: the values of ``columns`` of the manifest, joined (``benign | internal``).
+
+    ``manifest`` is indexed by case id, or has a ``case_id`` column. Any column may be a stratum (label,
+    cohort, scanner, ...). A missing column or a case without a value is a one-line error.
+
+    Examples
+    --------
+    >>> m = pd.DataFrame({"case_id": ["a", "b"], "label": ["benign", "malignant"], "cohort": ["x", "x"]})
+    >>> stratum_labels(m, "label,cohort").tolist()
+    ['benign | x', 'malignant | x']
+    """
+    if isinstance(columns, str):
+        columns = [c.strip() for c in columns.split(",") if c.strip()]
+    columns = list(columns)
+    if not columns:
+        raise Rad4XCNNError("no stratum column given: expected manifest column names such as label,cohort")
+    frame = manifest.set_index("case_id") if "case_id" in manifest.columns else manifest
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise Rad4XCNNError(
+            f"the manifest has no column {name_list(missing)} to stratify by "
+            f"(its columns: {name_list([str(c) for c in frame.columns], 8)})"
+        )
+    values = frame[columns].astype(object)
+    blank = values.isna() | values.apply(lambda col: col.astype(str).str.strip() == "")
+    if blank.any(axis=None):
+        row = int(np.flatnonzero(blank.any(axis=1).to_numpy())[0])
+        column = columns[int(np.flatnonzero(blank.iloc[row].to_numpy())[0])]
+        raise Rad4XCNNError(
+            f"case {frame.index[row]} has no value in the stratum column {column} "
+            f"({int(blank.any(axis=1).sum())} case(s) lack one)"
+        )
+    labels = values.astype(str).apply(lambda r: STRATUM_SEPARATOR.join(v.strip() for v in r), axis=1)
+    labels.index = labels.index.map(str)
+    labels.name = ",".join(columns)
+    return labels
+
+
+def _as_labels(strata: pd.Series | pd.DataFrame) -> pd.Series:
+    if isinstance(strata, pd.DataFrame):
+        return stratum_labels(strata, list(strata.columns.drop("case_id", errors="ignore")))
+    if not isinstance(strata, pd.Series):
+        raise Rad4XCNNError(
+            f"strata must be a pandas Series or DataFrame indexed by case id, got {type(strata).__name__}"
+        )
+    labels = strata.copy()
+    labels.index = labels.index.map(str)
+    if labels.isna().any():
+        raise Rad4XCNNError(f"case {labels.index[labels.isna().to_numpy()][0]} has no stratum")
+    return labels.astype(str)
+
+
+# --------------------------------------------------------------------------------------- within ranks
+def _within_standardise(raw, bounds: Sequence[tuple[int, int]], weights: np.ndarray, ops: NumpyOps):
+    """Average ranks within each stratum (a contiguous run of columns), centred and scaled to length
+    ``sqrt(n_s / n)`` there, so that a dot product of two rows is the size-weighted mean of the per-stratum
+    rhos. Returns the standardised rows and, per row and stratum, whether the feature varies there."""
+    rows = raw.shape[0]
+    z = ops.zeros((rows, bounds[-1][1]))
+    informative = np.zeros((rows, len(bounds)), dtype=bool)
+    for s, (a, b) in enumerate(bounds):
+        zs, constant = standardise(average_ranks(raw[:, a:b], ops), ops)
+        z[:, a:b] = zs * math.sqrt(weights[s])
+        informative[:, s] = ~constant
+    return z, informative
+
+
+class _WithinPrepared(PreparedTables):
+    """Aligned tables with the cases grouped by stratum, and the radiomic ranks standardised within strata.
+
+    It answers the same calls as the pooled preparation (``deep_chunks``, ``permutation_batches``,
+    ``denominator``), so the permutation null runs through the same code.
+    """
+
+    def __init__(self, pooled: PreparedTables, labels: pd.Series, columns: Sequence[str]):
+        cases = pooled.aligned.cases
+        missing = [c for c in cases if c not in labels.index]
+        if missing:
+            raise Rad4XCNNError(
+                f"{len(missing)} case(s) of the feature tables are missing from the manifest/strata: "
+                f"{name_list(missing)}"
+            )
+        if labels.index.duplicated().any():
+            raise Rad4XCNNError(
+                f"duplicate case id(s) in the strata: {name_list(labels.index[labels.index.duplicated()])}"
+            )
+        of_case = labels.reindex(cases).to_numpy()
+        sizes = pd.Series(of_case).value_counts(sort=False)
+        small = {str(k): int(v) for k, v in sizes.items() if v < MIN_CASES}
+        kept = sorted(str(k) for k, v in sizes.items() if v >= MIN_CASES)
+        if not kept:
+            raise Rad4XCNNError(
+                f"no stratum of {','.join(columns)} has at least {MIN_CASES} cases "
+                f"({name_list([f'{k}: {v}' for k, v in sizes.items()])}): nothing to correlate within strata"
+            )
+        if small:
+            log.warning(
+                "%d stratum(s) with fewer than %d cases are left out of the within-stratum correlation: %s",
+                len(small),
+                MIN_CASES,
+                name_list([f"{k} ({v})" for k, v in small.items()]),
+            )
+        positions, bounds = [], []
+        for name in kept:
+            where = np.flatnonzero(of_case == name)
+            bounds.append((len(positions), len(positions) + len(where)))
+            positions.extend(where.tolist())
+        positions = np.asarray(positions, dtype=np.intp)
+        n = len(positions)  # strata of at least 3 cases leave n - strata - 1 >= 1 degrees of freedom
+        grouped = [
+            FeatureTable(t.label, t.frame, t.rows[positions], t.columns, t.col_pos)
+            for t in (pooled.aligned.deep, pooled.aligned.radiomic)
+        ]
+        aligned = AlignedTables(
+            grouped[0],
+            grouped[1],
+            [cases[i] for i in positions],
+            dict(pooled.aligned.dropped_cases),
+            pooled.aligned.dropped_features,
+        )
+        self.columns = list(columns)
+        self.strata = kept
+        self.stratum_bounds = bounds
+        self.sizes = np.array([b - a for a, b in bounds])
+        self.weights = self.sizes / n
+        self.small_strata = small
+        self.stratum_of = np.repeat(np.arange(len(kept)), self.sizes)
+        self.aligned, self.ops, self.chunk, self.n = aligned, pooled.ops, pooled.chunk, n
+        self.models, self.bounds = pooled.models, pooled.bounds
+        n_rad = len(aligned.radiomic.columns)
+        self.zr = self.ops.zeros((n_rad, n))
+        self.r_informative = np.zeros((n_rad, len(kept)), dtype=bool)
+        for start in range(0, n_rad, self.chunk):
+            stop = min(start + self.chunk, n_rad)
+            block = self.ops.asarray(aligned.radiomic.block(slice(start, stop)))
+            self.zr[start:stop], self.r_informative[start:stop] = _within_standardise(
+                block, bounds, self.weights, self.ops
+            )
+        self.r_constant = ~self.r_informative.any(axis=1)
+        # Whether each deep feature varies in each stratum: max != min, one cheap pass without sorting, so
+        # that the permutation null knows every chunk's denominator before ranking it.
+        n_deep = len(aligned.deep.columns)
+        self.d_informative = np.zeros((n_deep, len(kept)), dtype=bool)
+        for start in range(0, n_deep, self.chunk):
+            stop = min(start + self.chunk, n_deep)
+            block = aligned.deep.block(slice(start, stop))
+            for s, (a, b) in enumerate(bounds):
+                self.d_informative[start:stop, s] = block[:, a:b].max(axis=1) > block[:, a:b].min(axis=1)
+
+    def deep_chunks(self) -> Iterator[tuple[int, int, object, np.ndarray]]:
+        for start, stop in self.bounds:
+            block = self.ops.asarray(self.aligned.deep.block(slice(start, stop)))
+            zd, informative = _within_standardise(block, self.stratum_bounds, self.weights, self.ops)
+            yield start, stop, zd, ~informative.any(axis=1)
+
+    def permutation_batches(self, n_permutations: int, batch: int, seed: int) -> Iterator[np.ndarray]:
+        """Seeded orders that shuffle cases only within their stratum. Each order sorts uniform keys
+        offset by the stratum, drawn row by row, so the orders do not depend on the batch size."""
+        rng = np.random.default_rng(seed)
+        offset = self.stratum_of.astype(np.float64)
+        for start in range(0, n_permutations, batch):
+            size = min(batch, n_permutations - start)
+            yield np.argsort(rng.random((size, self.n)) + offset, axis=1, kind="stable")
+
+    def denominator(self, start: int, stop: int) -> np.ndarray | None:
+        denominator = _denominator(self.d_informative[start:stop], self.r_informative, self.weights)
+        if denominator is not None:
+            # No stratum where both vary: the product is exactly 0, and 0 / inf keeps it 0 in the null.
+            denominator[denominator == 0] = np.inf
+        return denominator
+
+    def resample(self, rng: np.random.Generator) -> np.ndarray:
+        """Case positions drawn with replacement within each stratum (the bootstrap's resample)."""
+        return np.concatenate([rng.integers(a, b, b - a) for a, b in self.stratum_bounds])
+
+
+def _denominator(d_inf: np.ndarray, r_inf: np.ndarray, weights: np.ndarray) -> np.ndarray | None:
+    """Total weight of the strata where both features vary, per pair; None when both vary everywhere
+    (then the weights add up to 1 and the products are already the weighted mean of the rhos)."""
+    if d_inf.all() and r_inf.all():
+        return None
+    return (d_inf * weights) @ r_inf.T.astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------ the result
+@dataclass
+class StratifiedResult:
+    """Spearman's rho within strata for every (deep, radiomic) pair, with its p and per-model BH q.
+
+    ``rho``, ``p``, ``q`` are deep x radiomic, in the order of the pooled
+    :class:`~Rad4XCNNLogic.explain.correlation.CorrelationResult`. ``rho`` is the size-weighted mean of the
+    per-stratum Spearman rhos over the strata where both features vary (NaN where there is none). ``p``
+    comes from the t approximation with ``n - strata - 1`` degrees of freedom (``n`` and ``strata`` counted
+    over the strata where the pair varies): pooling within-stratum ranks spends one degree of freedom on each
+    stratum's centring, as a correlation adjusted for a categorical covariate does, and one on the slope; with
+    one stratum that is Spearman's ``n - 2``. ``cases`` are the cases in the strata used; ``small_strata``
+    those left out (stratum -> cases).
+    """
+
+    rho: np.ndarray
+    p: np.ndarray
+    q: np.ndarray
+    columns: list[str]
+    strata: dict[str, int]
+    cases: list[str]
+    small_strata: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_cases(self) -> int:
+        return len(self.cases)
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``rho_within.npy``, ``p_within.npy``, ``q_within.npy`` and ``strata.json``."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in ("rho", "p", "q"):
+            with atomic_path(folder / f"{name}_within.npy") as tmp, tmp.open("wb") as fh:
+                np.save(fh, getattr(self, name))
+        meta = {"columns": self.columns, "strata": self.strata, "cases": self.cases}
+        write_json_atomic(folder / "strata.json", {**meta, "small_strata": self.small_strata})
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> StratifiedResult | None:
+        """Read what :meth:`save` wrote; None when the folder holds no stratified result."""
+        folder = Path(folder)
+        if not (folder / "strata.json").exists():
+            return None
+        try:
+            meta = json.loads((folder / "strata.json").read_text(encoding="utf-8"))
+            arrays = {n: np.load(folder / f"{n}_within.npy", allow_pickle=False) for n in ("rho", "p", "q")}
+        except (OSError, ValueError) as exc:
+            raise Rad4XCNNError(f"cannot read the within-stratum matrices in {folder}: {exc}") from None
+        return cls(**arrays, **meta)
+
+
+def within_spearman(prep: _WithinPrepared, progress: bool) -> StratifiedResult:
+    """The within-stratum rho, p and q of every pair of prepared tables, chunk by chunk."""
+    ops = prep.ops
+    n_deep, n_rad = len(prep.aligned.deep.columns), len(prep.aligned.radiomic.columns)
+    rho = np.empty((n_deep, n_rad))
+    with progress_bar(n_deep, "rho within strata", progress) as bar:
+        for start, stop, zd, _ in prep.deep_chunks():
+            rho[start:stop] = ops.to_numpy(zd @ prep.zr.T)
+            bar.update(stop - start)
+    denominator = _denominator(prep.d_informative, prep.r_informative, prep.weights)
+    n_strata = len(prep.strata)
+    # Degrees of freedom n - strata - 1: centring the ranks in each stratum spends one per stratum (as a
+    # correlation adjusted for a categorical covariate does) and the slope one more; with one stratum this
+    # is Spearman's n - 2. The null variance of the weighted mean of per-stratum rhos,
+    # sum_s (n_s / n)^2 / (n_s - 1), is about 1 / (n - strata): the t approximation's 1 / (dof + 1).
+    if denominator is None:
+        dof: float | np.ndarray = prep.n - n_strata - 1
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho /= denominator
+        rho[denominator == 0] = np.nan
+        # Per pair, only the strata where both features vary count, in cases and in strata.
+        n_pair = prep.d_informative.astype(np.float64) * prep.sizes @ prep.r_informative.T
+        strata_pair = prep.d_informative.astype(np.float64) @ prep.r_informative.T
+        dof = np.where(denominator > 0, n_pair - strata_pair - 1, 0)
+    np.clip(rho, -1.0, 1.0, out=rho)
+    p = t_pvalues(rho, dof)
+    return StratifiedResult(
+        rho=rho,
+        p=p,
+        q=benjamini_hochberg_by_model(p, prep.models),
+        columns=prep.columns,
+        strata={name: int(size) for name, size in zip(prep.strata, prep.sizes, strict=True)},
+        cases=list(prep.aligned.cases),
+        small_strata=dict(prep.small_strata),
+    )
+
+
+def bootstrap_within(
+    prep: _WithinPrepared,
+    deep_index: np.ndarray,
+    radiomic_index: np.ndarray,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile intervals of rho_within for the given pairs, cases resampled within their strata."""
+    if prep.n < MIN_CASES_RESAMPLING:
+        raise Rad4XCNNError(f"bootstrap intervals need at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
+    if not 0 < confidence < 1:
+        raise Rad4XCNNError(f"the confidence level must lie between 0 and 1, got {confidence}")
+    ops = prep.ops
+    deep_used, deep_pos = np.unique(deep_index, return_inverse=True)
+    rad_used, rad_pos = np.unique(radiomic_index, return_inverse=True)
+    raw_d = ops.asarray(prep.aligned.deep.block(deep_used))
+    raw_r = ops.asarray(prep.aligned.radiomic.block(rad_used))
+    pick_d, pick_r = ops.index(deep_pos), ops.index(rad_pos)
+    rng = np.random.default_rng(seed)
+    values = np.empty((n_boot, len(deep_index)))
+    with progress_bar(n_boot, "bootstrap within strata", progress) as bar:
+        for b in range(n_boot):
+            idx = ops.index(prep.resample(rng))
+            zd, d_inf = _within_standardise(raw_d[:, idx], prep.stratum_bounds, prep.weights, ops)
+            zr, r_inf = _within_standardise(raw_r[:, idx], prep.stratum_bounds, prep.weights, ops)
+            sample = ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
+            weight = (d_inf[deep_pos] * prep.weights * r_inf[rad_pos]).sum(axis=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values[b] = np.where(weight > 0, sample / weight, np.nan)
+            bar.update()
+    tail = (1 - confidence) / 2
+    with np.errstate(all="ignore"):
+        low, high = np.nanquantile(np.clip(values, -1, 1), [tail, 1 - tail], axis=0)
+    return low, high
+
+
+def prepare_within(pooled: PreparedTables, strata: pd.Series | pd.DataFrame) -> _WithinPrepared:
+    """The within-stratum preparation of already aligned tables (see :func:`spearman_within`)."""
+    labels = _as_labels(strata)
+    columns = [c for c in str(labels.name or "stratum").split(",") if c]
+    return _WithinPrepared(pooled, labels, columns)
+
+
+def spearman_within(
+    deep_df: pd.DataFrame,
+    radiomic_df: pd.DataFrame,
+    strata: pd.Series | pd.DataFrame,
+    *,
+    backend: str = "auto",
+    chunk_size: int | None = None,
+    max_missing_fraction: float = 0.5,
+    progress: bool = False,
+) -> StratifiedResult:
+    """Spearman's rho within strata, its p (``n - strata - 1`` degrees of freedom) and per-model BH q.
+
+    Parameters
+    ----------
+    deep_df, radiomic_df
+        Cases x features, indexed by case id, as for
+        :func:`~Rad4XCNNLogic.explain.correlation.spearman` (the same cases and features are used).
+    strata
+        The stratum of each case: a Series indexed by case id (e.g. :func:`stratum_labels`), or a DataFrame
+        of stratum columns indexed by case id. Every case used must have one; strata with fewer than 3 cases
+        are left out and reported in ``small_strata``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> site = np.repeat([0.0, 3.0], 40)
+    >>> rad = pd.DataFrame({"original_firstorder_Mean": site + rng.normal(size=80)})
+    >>> deep = pd.DataFrame({"cnn_0": site + rng.normal(size=80)})
+    >>> within = spearman_within(deep, rad, pd.Series(site.astype(str)), backend="numpy")
+    >>> bool(abs(within.rho[0, 0]) < 0.3)
+    True
+    """
+    prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    return within_spearman(prepare_within(prep, strata), progress)
