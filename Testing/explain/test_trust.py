@@ -456,6 +456,7 @@ def test_explain_stratify_bad_input_is_one_line(tables, capsys, extra, message):
 
 
 def test_report_says_what_explained_means_and_escapes_names(tables, capsys):
+    pytest.importorskip("jinja2")  # the report extra (jinja2, markupsafe)
     from Rad4XCNNLogic.run.report import _trust_section
 
     tmp_path, argv, _, confounded = tables
