@@ -38,7 +38,7 @@ if UNSUPPORTED is None:
     except ImportError:  # source tree added as a module path: the engine is one folder up
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         import Rad4XCNNLogic as rad4xcnn_engine
-    from Rad4XCNNLib import background, bridge, dependencies, device, guistate, scenewatch
+    from Rad4XCNNLib import background, bridge, dependencies, device, guistate, mapviews, scenewatch
     from Rad4XCNNLib import parameters as settings
 
     from Rad4XCNNLogic.errors import Rad4XCNNError
@@ -129,6 +129,9 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "valueChanged(double)", lambda _value: self._thresholdTimer.start()
         )
         self.ui.camOpacitySliderWidget.connect("valueChanged(double)", bridge.set_overlay_opacity)
+        # a new colour map recolours the feature maps already shown (and is stored for the next case)
+        recolour = lambda colour: colour and mapviews.recolour_feature_maps(str(colour))  # noqa: E731
+        self.ui.featureMapColourComboBox.connect("currentTextChanged(QString)", recolour)
         self.ui.caseMaskSelector.connect("currentNodeChanged(vtkMRMLNode*)", self._fillSegments)
         for button, reference in (
             (self.ui.showExplanationsButton, "ExplanationsTable"),

@@ -12,14 +12,13 @@ import numpy as np
 import slicer
 
 from Rad4XCNNLib import bridge
+from Rad4XCNNLib.parameters import FEATURE_COLOURS
 from Rad4XCNNLogic.cohort.imageio import Image2D, read_image
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
 log = logging.getLogger(__name__)
 
-#: Colour maps offered for feature maps (Slicer's built-in colour nodes, found in every scene, plus heat).
-FEATURE_COLOURS = ("Iron", "Rainbow", "Grey", "heat", "PET-Heat", "Cool1", "Warm1")
-DEFAULT_FEATURE_COLOUR = "Iron"
+DEFAULT_FEATURE_COLOUR = FEATURE_COLOURS[0]
 #: Columns of the trust table: per method over the cohort, then the case's own values.
 TRUST_COLUMNS = (
     "verdict",
@@ -75,6 +74,24 @@ def show_cam_trust(cam_folder, case_id: str | None = None, node=None):
 def set_feature_colour(node, colour: str = DEFAULT_FEATURE_COLOUR) -> None:
     """Give a feature-map volume another colour map (a name of :data:`FEATURE_COLOURS` or any colour node)."""
     node.GetDisplayNode().SetAndObserveColorNodeID(bridge.colour_node(colour).GetID())
+
+
+def feature_map_nodes() -> list:
+    """The feature-map volumes in the scene (made by :func:`feature_map_volume`)."""
+    scene = slicer.mrmlScene
+    nodes = (
+        scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+        for i in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"))
+    )
+    return [n for n in nodes if n.GetAttribute(_ATTRIBUTE)]
+
+
+def recolour_feature_maps(colour: str) -> int:
+    """Give every feature-map volume of the scene the colour map ``colour``; returns how many."""
+    nodes = feature_map_nodes()
+    for node in nodes:
+        set_feature_colour(node, colour)
+    return len(nodes)
 
 
 def feature_map_volume(
@@ -146,9 +163,17 @@ def _table_by_name(name: str):
     return node if node is not None and node.IsA("vtkMRMLTableNode") else None
 
 
-def show_case_maps(folder, image_volume, colour: str = DEFAULT_FEATURE_COLOUR) -> list[str]:
+def show_case_maps(
+    folder,
+    image_volume,
+    colour: str = DEFAULT_FEATURE_COLOUR,
+    placement: str | None = None,
+    opacity: float = 0.6,
+    cam_node=None,
+) -> list[str]:
     """What ``rad4xcnn case`` left in ``folder`` beside the CAM: the trust table (``cam/cam_summary.csv``)
-    and the feature maps (``featuremaps/``), loaded into the scene; returns one note per thing shown."""
+    and the feature maps (``featuremaps/``), loaded into the scene; with ``placement`` the first feature map
+    is shown instead of or beside the CAM (:func:`show_feature_map`). Returns one note per thing shown."""
     import pandas as pd
 
     folder = Path(folder)
@@ -164,4 +189,8 @@ def show_case_maps(folder, image_volume, colour: str = DEFAULT_FEATURE_COLOUR) -
         maps = load_feature_maps(folder / "featuremaps", case_id, image_volume, colour)
         if maps:
             notes.append(f"{len(maps)} radiomic feature map(s) loaded ({', '.join(maps)})")
+            if placement is not None:
+                first = next(iter(maps))
+                show_feature_map(maps[first], image_volume, placement, opacity, cam_node=cam_node)
+                notes.append(f"{first} shown {placement} {'of' if placement == 'instead' else ''} the CAM")
     return notes

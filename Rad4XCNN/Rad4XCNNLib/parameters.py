@@ -26,6 +26,10 @@ MODULE_NAME = "Rad4XCNN"
 BACKBONES = ("resnet50", "densenet121", "resnet18", "vit_base_patch16_224")
 WEIGHT_SOURCES = ("imagenet", "checkpoint", "random")
 RADIOMICS_PRESETS = (*PRESETS, "file")
+#: Colour maps offered for feature maps (Slicer's built-in colour nodes, found in every scene, plus heat).
+FEATURE_COLOURS = ("Iron", "Rainbow", "Grey", "heat", "PET-Heat", "Cool1", "Warm1")
+#: Where a feature map is shown: instead of the CAM in every slice view, or beside it (other views).
+FEATURE_PLACEMENTS = ("instead", "beside")
 #: The file the Run button writes into the run folder, and hands to ``rad4xcnn run``.
 RUN_CONFIGURATION = "rad4xcnn_run.yaml"
 #: The smallest step of the widgets that show a number (their lowest value above an open lower bound).
@@ -175,6 +179,30 @@ PARAMETERS: tuple[Parameter, ...] = (
         "how many of the classifier's most important deep features to explain for this case",
         minimum=1,
         maximum=50,
+    ),
+    Parameter(
+        "FeatureMaps",
+        "bool",
+        False,
+        "featureMapsCheckBox",
+        "also compute voxel-based radiomic feature maps of the radiomic features that explain the top deep "
+        "features (slower: PyRadiomics' voxel-based extraction)",
+    ),
+    Parameter(
+        "FeatureMapColour",
+        "choice",
+        FEATURE_COLOURS[0],
+        "featureMapColourComboBox",
+        "colour map of the feature maps",
+        choices=FEATURE_COLOURS,
+    ),
+    Parameter(
+        "FeatureMapPlacement",
+        "choice",
+        FEATURE_PLACEMENTS[0],
+        "featureMapPlacementComboBox",
+        "show a feature map instead of the CAM, or beside it (the CAM stays in the Red view)",
+        choices=FEATURE_PLACEMENTS,
     ),
     # the cohort
     Parameter("CohortSource", "choice", "manifest", "cohortSourceComboBox", choices=COHORT_SOURCES),

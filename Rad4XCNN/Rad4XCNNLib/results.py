@@ -137,6 +137,9 @@ def case_command(values: Mapping[str, Any], folder: Path) -> list[str]:
         "--device",
         str(values.get("Device") or "auto"),
     ]
+    if values.get("FeatureMaps"):
+        # the radiomic features that explain the run's most important deep features, as voxel-based maps
+        args += ["--top-from-run", "--top", str(int(values.get("TopFeatures") or 5))]
     return args
 
 
@@ -174,7 +177,14 @@ def show_case(results: RunResults, parameter_node, folder: Path) -> str:
     from Rad4XCNNLib.mapviews import show_case_maps  # trust table and feature maps, where the case has them
 
     if values["CaseImage"] is not None:
-        notes += show_case_maps(folder, values["CaseImage"])
+        notes += show_case_maps(
+            folder,
+            values["CaseImage"],
+            colour=values["FeatureMapColour"],
+            placement=values["FeatureMapPlacement"],
+            opacity=values["CamOpacity"],
+            cam_node=values["CamVolume"],
+        )
     if case_values is not None and results.explanation is not None and results.radiomics is not None:
         top = results.ranked_deep_features(values["TopFeatures"])
         pairs = results.explaining_pairs(list(top.index))

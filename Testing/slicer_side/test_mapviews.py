@@ -145,3 +145,48 @@ def test_show_case_maps_after_the_case_command(scene, tmp_path):
     mapviews.show_case_maps(folder, volume)  # again: the trust table is refilled, not duplicated
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 1
     assert mapviews.show_case_maps(tmp_path / "nothing", volume) == []
+
+
+def test_case_maps_are_placed_and_recoloured_from_the_panel(scene, tmp_path):
+    _, volume, image = scene
+    folder = tmp_path / "case"
+    folder.mkdir()
+    pd.DataFrame({"case_id": ["c05"], "image": ["i.nrrd"], "mask": ["m.nrrd"]}).to_csv(
+        folder / "manifest.csv", index=False
+    )
+    maps = folder / "featuremaps"
+    write_image(maps / "c05_original_glcm_Contrast.nrrd", np.full((20, 24), 3.0, np.float32), like=image)
+    pd.DataFrame(
+        {
+            "case_id": ["c05"],
+            "feature": ["original_glcm_Contrast"],
+            "file": ["c05_original_glcm_Contrast.nrrd"],
+        }
+    ).to_csv(maps / "featuremaps.csv", index=False)
+    cam = mb.cam_overlay(np.random.default_rng(0).random((20, 24)), volume, opacity=0.4)
+    notes = mapviews.show_case_maps(folder, volume, colour="Rainbow", placement="beside", cam_node=cam)
+    assert notes[-1].startswith("original_glcm_Contrast shown beside")
+    layers = {layer["view"]: layer for layer in mb.slice_layers()}
+    (feature,) = mapviews.feature_map_nodes()
+    assert layers["Red"]["foreground"] == cam.GetID() and layers["Yellow"]["foreground"] == feature.GetID()
+    colour = feature.GetDisplayNode().GetColorNodeID()
+    assert mapviews.recolour_feature_maps("Grey") == 1
+    assert feature.GetDisplayNode().GetColorNodeID() not in (colour, None)
+    assert cam.GetDisplayNode().GetColorNodeID() != feature.GetDisplayNode().GetColorNodeID()
+
+
+def test_case_command_asks_for_feature_maps_when_the_panel_does(tmp_path, monkeypatch):
+    from Rad4XCNNLib import results
+
+    from Rad4XCNNLogic.cli import build_parser
+
+    run = tmp_path / "run"
+    run.mkdir()
+    monkeypatch.setattr(results, "export_case", lambda values, folder: folder / "manifest.csv")
+    values = {"OutputFolder": str(run), "Backbone": "resnet18", "WeightsSource": "random", "TopFeatures": 3}
+    plain = results.case_command(values, tmp_path / "case")
+    assert "--top-from-run" not in plain
+    argv = results.case_command({**values, "FeatureMaps": True}, tmp_path / "case")
+    assert argv[argv.index("--top") + 1] == "3" and "--top-from-run" in argv
+    args = build_parser().parse_args(argv)  # the engine's own parser accepts the module's command
+    assert args.top_from_run and args.top == 3 and args.run == str(run)
