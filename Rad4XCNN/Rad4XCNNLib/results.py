@@ -17,6 +17,7 @@ import numpy as np
 from Rad4XCNNLib import bridge
 from Rad4XCNNLib import parameters as settings
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.names import RunFiles
 from Rad4XCNNLogic.run.results import RunResults, case_comparison
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,15 @@ _TABLE_NAMES = {
     "CorrelationsTable": "Rad4XCNN correlations",
     "ClassificationTable": "Rad4XCNN classification",
     "CaseTable": "Rad4XCNN case",
+    "ProbesTable": "Rad4XCNN probes",
+    "CkaTable": "Rad4XCNN CKA",
+    "ConceptsTable": "Rad4XCNN concepts",
+}
+#: The "Where concepts live" tables of ``rad4xcnn probe``, shown when the run folder holds them.
+_CONCEPT_TABLES = {
+    "ProbesTable": RunFiles.PROBES,
+    "CkaTable": RunFiles.CKA,
+    "ConceptsTable": RunFiles.CONCEPTS,
 }
 _DESCRIPTIONS = {
     "status": "explained: at least one radiomic feature with |rho| >= M",
@@ -80,7 +90,22 @@ def show_run(results: RunResults, parameter_node, threshold: float | None = None
         settings.set_value(parameter_node, "RhoChart", histogram)
     if results.classification is not None:
         _table(parameter_node, "ClassificationTable", results.classification)
+    show_concept_tables(results.folder, parameter_node)
     return results, results.summary()
+
+
+def show_concept_tables(folder, parameter_node) -> list[str]:
+    """The probe, CKA and concept tables of a run folder (``rad4xcnn probe --out RUN``) as table nodes, the
+    same tables as the report's "Where concepts live"; returns the names of the tables shown."""
+    import pandas as pd
+
+    shown = []
+    for reference, name in _CONCEPT_TABLES.items():
+        path = Path(folder) / name
+        if path.is_file():
+            _table(parameter_node, reference, pd.read_csv(path), index=False)
+            shown.append(_TABLE_NAMES[reference])
+    return shown
 
 
 def apply_threshold(results: RunResults, parameter_node, threshold: float) -> tuple[RunResults, str]:

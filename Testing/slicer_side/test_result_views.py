@@ -77,6 +77,43 @@ def test_run_tables_follow_importance_and_m(run, scene):
     assert mb.dataframe_from_table_node(settings.get(node, "CorrelationsTable"), index_col=None).empty
 
 
+def test_probe_tables_become_table_nodes(run, scene):
+    import pandas as pd
+
+    _, node, *_ = scene
+    assert mrml_results.show_concept_tables(run, node) == []  # no probe run yet
+    probes = pd.DataFrame(
+        {
+            "model": ["cnn"],
+            "layer": ["layer3"],
+            "radiomic_feature": [RADIOMIC[0]],
+            "r2": [0.61],
+            "r2_ci_low": [0.5],
+            "r2_ci_high": [0.7],
+            "r2_control": [0.1],
+            "selectivity": [0.51],
+        }
+    )
+    probes.to_csv(run / "probes.csv", index=False)
+    pd.DataFrame({"kind": ["radiomics"], "model_a": ["cnn"], "cka": [0.4]}).to_csv(
+        run / "cka.csv", index=False
+    )
+    try:
+        mrml_results.show_run(mrml_results.load_run(run), node, 0.6)
+        table = mb.dataframe_from_table_node(settings.get(node, "ProbesTable"), index_col=None)
+        assert list(table.columns) == list(probes.columns) and table.loc[0, "selectivity"] == pytest.approx(
+            0.51
+        )
+        assert (
+            mb.dataframe_from_table_node(settings.get(node, "CkaTable"), index_col=None).loc[0, "cka"] == 0.4
+        )
+        assert settings.get(node, "ConceptsTable") is None  # no concepts.csv
+        assert settings.get(node, "ProbesTable").GetName() == "Rad4XCNN probes"
+    finally:
+        (run / "probes.csv").unlink()
+        (run / "cka.csv").unlink()
+
+
 def test_case_table_and_cam(run, scene, tmp_path):
     _, node, volume, *_ = scene
     results = mrml_results.load_run(run, threshold=0.6)
