@@ -184,6 +184,45 @@ def bootstrap_pairs(
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap percentile intervals of rho for the given (deep, radiomic) index pairs of prepared tables."""
+
+    def rho(raw_d, raw_r, deep_pos, rad_pos, pick):
+        ops = prep.ops
+        zd, d_const = standardise(average_ranks(raw_d, ops), ops)
+        zr, r_const = standardise(average_ranks(raw_r, ops), ops)
+        sample = pick(zd, zr)
+        sample[d_const[deep_pos] | r_const[rad_pos]] = np.nan  # a resample where a feature is constant
+        return sample
+
+    return pair_intervals(
+        prep,
+        deep_index,
+        radiomic_index,
+        n_boot,
+        confidence,
+        seed,
+        progress,
+        resample=lambda rng: rng.integers(0, prep.n, prep.n),
+        rho=rho,
+        desc="bootstrap",
+    )
+
+
+def pair_intervals(
+    prep,
+    deep_index: np.ndarray,
+    radiomic_index: np.ndarray,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+    progress: bool,
+    *,
+    resample,
+    rho,
+    desc: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The bootstrap loop shared by the pooled and the within-stratum intervals: ``resample(rng)`` draws the
+    cases of one resample, ``rho(raw_d, raw_r, deep_pos, radiomic_pos, pick)`` turns their raw values into
+    the pairs' rho (``pick(zd, zr)`` takes the pairs out of the standardised product)."""
     if prep.n < MIN_CASES_RESAMPLING:
         raise Rad4XCNNError(f"bootstrap intervals need at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
     if not 0 < confidence < 1:
@@ -194,17 +233,17 @@ def bootstrap_pairs(
     raw_d = ops.asarray(prep.aligned.deep.block(deep_used))
     raw_r = ops.asarray(prep.aligned.radiomic.block(rad_used))
     pick_d, pick_r = ops.index(deep_pos), ops.index(rad_pos)
+
+    def pick(zd, zr):
+        # The product of the features involved is at most deep x radiomic; the pairs are picked from it.
+        return ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
+
     rng = np.random.default_rng(seed)
     values = np.empty((n_boot, len(deep_index)))
-    with progress_bar(n_boot, "bootstrap", progress) as bar:
+    with progress_bar(n_boot, desc, progress) as bar:
         for b in range(n_boot):
-            idx = ops.index(rng.integers(0, prep.n, prep.n))
-            zd, d_const = standardise(average_ranks(raw_d[:, idx], ops), ops)
-            zr, r_const = standardise(average_ranks(raw_r[:, idx], ops), ops)
-            # The product of the features involved is at most deep x radiomic; the pairs are picked from it.
-            sample = ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
-            sample[d_const[deep_pos] | r_const[rad_pos]] = np.nan  # a resample where a feature is constant
-            values[b] = sample
+            idx = ops.index(resample(rng))
+            values[b] = rho(raw_d[:, idx], raw_r[:, idx], deep_pos, rad_pos, pick)
             bar.update()
     tail = (1 - confidence) / 2
     with np.errstate(all="ignore"):

@@ -22,7 +22,6 @@ import pandas as pd
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.correlation import (
     MIN_CASES,
-    MIN_CASES_RESAMPLING,
     AlignedTables,
     FeatureTable,
     NumpyOps,
@@ -329,32 +328,28 @@ def bootstrap_within(
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile intervals of rho_within for the given pairs, cases resampled within their strata."""
-    if prep.n < MIN_CASES_RESAMPLING:
-        raise Rad4XCNNError(f"bootstrap intervals need at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
-    if not 0 < confidence < 1:
-        raise Rad4XCNNError(f"the confidence level must lie between 0 and 1, got {confidence}")
-    ops = prep.ops
-    deep_used, deep_pos = np.unique(deep_index, return_inverse=True)
-    rad_used, rad_pos = np.unique(radiomic_index, return_inverse=True)
-    raw_d = ops.asarray(prep.aligned.deep.block(deep_used))
-    raw_r = ops.asarray(prep.aligned.radiomic.block(rad_used))
-    pick_d, pick_r = ops.index(deep_pos), ops.index(rad_pos)
-    rng = np.random.default_rng(seed)
-    values = np.empty((n_boot, len(deep_index)))
-    with progress_bar(n_boot, "bootstrap within strata", progress) as bar:
-        for b in range(n_boot):
-            idx = ops.index(prep.resample(rng))
-            zd, d_inf = _within_standardise(raw_d[:, idx], prep.stratum_bounds, prep.weights, ops)
-            zr, r_inf = _within_standardise(raw_r[:, idx], prep.stratum_bounds, prep.weights, ops)
-            sample = ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
-            weight = (d_inf[deep_pos] * prep.weights * r_inf[rad_pos]).sum(axis=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                values[b] = np.where(weight > 0, sample / weight, np.nan)
-            bar.update()
-    tail = (1 - confidence) / 2
-    with np.errstate(all="ignore"):
-        low, high = np.nanquantile(np.clip(values, -1, 1), [tail, 1 - tail], axis=0)
-    return low, high
+    # resampling imports this module for the stratified null; the shared loop is imported when used
+    from Rad4XCNNLogic.explain.resampling import pair_intervals
+
+    def rho(raw_d, raw_r, deep_pos, rad_pos, pick):
+        zd, d_inf = _within_standardise(raw_d, prep.stratum_bounds, prep.weights, prep.ops)
+        zr, r_inf = _within_standardise(raw_r, prep.stratum_bounds, prep.weights, prep.ops)
+        weight = (d_inf[deep_pos] * prep.weights * r_inf[rad_pos]).sum(axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(weight > 0, pick(zd, zr) / weight, np.nan)
+
+    return pair_intervals(
+        prep,
+        deep_index,
+        radiomic_index,
+        n_boot,
+        confidence,
+        seed,
+        progress,
+        resample=prep.resample,
+        rho=rho,
+        desc="bootstrap within strata",
+    )
 
 
 def prepare_within(pooled: PreparedTables, strata: pd.Series | pd.DataFrame) -> _WithinPrepared:
