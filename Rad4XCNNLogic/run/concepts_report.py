@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from Rad4XCNNLogic.names import RunFiles, parse_radiomic_name
+from Rad4XCNNLogic.run.results import read_optional_csv
 
 log = logging.getLogger(__name__)
 
@@ -71,31 +72,19 @@ class ConceptsSection:
     sensitivity: Any = None
 
 
-def _read(path: Path, **kwargs):
-    import pandas as pd
-
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, **kwargs)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        log.warning("report: cannot read %s: %s", path.name, exc)
-        return None
-
-
 def concepts_section(out: Path) -> ConceptsSection:
     """The section's content from the run folder ``out`` (empty when it holds no probes)."""
     out = Path(out)
     section = ConceptsSection()
-    probes = _read(out / RunFiles.PROBES)
+    probes = read_optional_csv(out / RunFiles.PROBES)
     if probes is not None and len(probes):
         table, section.measure = by_layer_and_family(probes)
         section.figure = selectivity_figure(table, section.measure)
-    cka = _read(out / RunFiles.CKA, keep_default_na=False, na_values=[""])
+    cka = read_optional_csv(out / RunFiles.CKA, keep_default_na=False, na_values=[""])
     if cka is not None and len(cka):
         columns = ["kind", "model_a", "layer_a", "model_b", "layer_b", "cka", "null_mean", "p"]
         section.cka = cka.loc[cka["kind"].isin(["radiomics", "control"]), columns]
-    concepts = _read(out / RunFiles.CONCEPTS)
+    concepts = read_optional_csv(out / RunFiles.CONCEPTS)
     if concepts is not None and len(concepts):
         section.sensitivity = concepts
     return section

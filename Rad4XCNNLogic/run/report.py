@@ -21,6 +21,7 @@ import numpy as np
 
 from Rad4XCNNLogic import __version__
 from Rad4XCNNLogic.run.concepts_report import concepts_section
+from Rad4XCNNLogic.run.results import read_optional_csv
 
 log = logging.getLogger(__name__)
 
@@ -268,22 +269,10 @@ def claims_as_measured(comparisons) -> list[str]:
     return lines
 
 
-def _read_csv(path: Path, **kwargs):
-    import pandas as pd
-
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, **kwargs)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        log.warning("report: cannot read %s: %s", path.name, exc)
-        return None
-
-
 def _cohort_section(out: Path) -> dict:
     import pandas as pd
 
-    frame = _read_csv(out / "cohort.csv", dtype=str, keep_default_na=False)
+    frame = read_optional_csv(out / "cohort.csv", dtype=str, keep_default_na=False)
     if frame is None:
         return {"cohort_table": None, "cohort_note": ""}
     frame["label"] = frame["label"].replace("", "unlabelled")
@@ -300,10 +289,10 @@ def _explain_section(out: Path, cfg, top: int, heat_n: int) -> dict:
     import pandas as pd
 
     result: dict[str, Any] = {}
-    coverage = _read_csv(out / "coverage.csv")
+    coverage = read_optional_csv(out / "coverage.csv")
     if coverage is not None and len(coverage):
         result["coverage_fig"] = coverage_figure(coverage)
-    by_m = _read_csv(out / "explained_by_threshold.csv")
+    by_m = read_optional_csv(out / "explained_by_threshold.csv")
     if by_m is not None:
         shown = by_m[
             ["model", "threshold", "n_explained", "n_deep_features", "fraction_explained", "n_pairs"]
@@ -320,7 +309,7 @@ def _explain_section(out: Path, cfg, top: int, heat_n: int) -> dict:
                 f"all pairs exceeds {pt:.3f} in only 5% of shuffles; M = {summary.get('suggested_M')} keeps "
                 "the family-wise error below 5%."
             )
-    rep = _read_csv(out / "replicability" / "replicability.csv")
+    rep = read_optional_csv(out / "replicability" / "replicability.csv")
     if rep is not None:
         result["replicability_table"] = html_table(rep)
     try:
@@ -340,8 +329,8 @@ def _explain_section(out: Path, cfg, top: int, heat_n: int) -> dict:
         pass
     except Exception as exc:  # the report shows what exists; a broken matrix file is reported, not fatal
         log.warning("report: no heatmap (%s)", exc)
-    ranked = _read_csv(out / "explanations_by_importance.csv", index_col=0)
-    table = ranked if ranked is not None else _read_csv(out / "explanations.csv", index_col=0)
+    ranked = read_optional_csv(out / "explanations_by_importance.csv", index_col=0)
+    table = ranked if ranked is not None else read_optional_csv(out / "explanations.csv", index_col=0)
     if table is not None and len(table):
         result["ranked"] = ranked is not None
         if ranked is None:  # no classifier: the explained features with the strongest partners
@@ -426,8 +415,8 @@ def _trust_section(out: Path) -> dict:
             "training cases (train and val of the training cohort) only; the other cases re-measure it below."
         )
     result["rule_note"] = note
-    table = _read_csv(out / "explanations.csv", index_col=0)
-    pairs = _read_csv(out / "correlations.csv")
+    table = read_optional_csv(out / "explanations.csv", index_col=0)
+    pairs = read_optional_csv(out / "correlations.csv")
     if table is not None and len(table):
         counts = table.groupby("model", sort=False)["status"].value_counts().unstack(fill_value=0)
         shown = {"explained": counts.get("explained", 0)}
@@ -459,11 +448,11 @@ def _trust_section(out: Path) -> dict:
         )
         result["confounded_table"] = html_table(shown, max_rows=20)
     percent = {c: (lambda v: f"{100 * v:.0f}%") for c in ("fraction", "fraction_control", "gain")}
-    control = _read_csv(out / "control_coverage.csv")
+    control = read_optional_csv(out / "control_coverage.csv")
     if control is not None and len(control):
         shown = control[["model", "control", "M", "fraction", "fraction_control", "gain"]]
         result["control_table"] = html_table(shown, percent)
-    held = _read_csv(out / "heldout.csv")
+    held = read_optional_csv(out / "heldout.csv")
     if held is not None and len(held):
         result["heldout_table"] = html_table(
             held.rename(columns={"set": "held-out cases"}), {"fraction_replicated": percent["fraction"]}
@@ -475,7 +464,7 @@ def _classification_section(out: Path) -> dict:
     import pandas as pd
 
     result: dict[str, Any] = {}
-    metrics = _read_csv(out / "classification.csv")
+    metrics = read_optional_csv(out / "classification.csv")
     if metrics is not None and len(metrics):
         shown = pd.DataFrame(
             {
@@ -498,15 +487,15 @@ def _classification_section(out: Path) -> dict:
         )
         auc.columns = [f"AUC, {c}" for c in auc.columns]
         result["auc_table"] = html_table(auc.reset_index().rename(columns={"feature_set": "feature set"}))
-    roc = _read_csv(out / "roc.csv")
+    roc = read_optional_csv(out / "roc.csv")
     if roc is not None and len(roc):
         result["roc_fig"] = roc_figure(roc, metrics)
-    comparisons = _read_csv(out / "comparisons.csv")
+    comparisons = read_optional_csv(out / "comparisons.csv")
     if comparisons is not None and len(comparisons):
         result["forest_fig"] = forest_figure(comparisons)
         result["claims"] = claims_as_measured(comparisons)
         result["comparisons_table"] = html_table(comparisons)
-    history = _read_csv(out / "training_history.csv")
+    history = read_optional_csv(out / "training_history.csv")
     if history is not None and len(history):
         result["training_fig"] = training_figure(history)
     return result
@@ -514,7 +503,7 @@ def _classification_section(out: Path) -> dict:
 
 def _cam_section(out: Path, cohort_labels: Mapping[str, str]) -> dict:
     cam_dir = out / "cam"
-    metrics = _read_csv(cam_dir / "cam_metrics.csv")
+    metrics = read_optional_csv(cam_dir / "cam_metrics.csv")
     if metrics is None or not len(metrics):
         return {
             "cam_note": "Not available: saliency maps need a fine-tuned backbone (weights: trained) or a "
@@ -539,7 +528,7 @@ def _cam_section(out: Path, cohort_labels: Mapping[str, str]) -> dict:
         summary = summary.rename(
             columns={"energy_inside": "mean energy inside lesion", "pointing_hit": "pointing game (hit rate)"}
         )
-    agreement = _read_csv(cam_dir / "cam_agreement.csv")
+    agreement = read_optional_csv(cam_dir / "cam_agreement.csv")
     agree_table = None
     if agreement is not None and len(agreement):
         value_cols = [c for c in ("spearman", "top20_iou") if c in agreement]
@@ -556,7 +545,7 @@ def _cam_section(out: Path, cohort_labels: Mapping[str, str]) -> dict:
 def _cam_trust_section(cam_dir: Path, metrics) -> dict:
     """Which map to trust: per method the flags, faithfulness, randomisation result and verdict
     (``cam_summary.csv``), and the flagged maps (left out of the agreement table)."""
-    summary = _read_csv(cam_dir / "cam_summary.csv", index_col=0)
+    summary = read_optional_csv(cam_dir / "cam_summary.csv", index_col=0)
     if summary is None or "verdict" not in summary:
         return {}
     columns = {
@@ -588,7 +577,7 @@ def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failur
         loader=PackageLoader("Rad4XCNNLogic.run", "data"), autoescape=select_autoescape(["j2", "html"])
     )
     template = env.get_template(TEMPLATE)
-    cohort = _read_csv(out / "cohort.csv", dtype=str, keep_default_na=False)
+    cohort = read_optional_csv(out / "cohort.csv", dtype=str, keep_default_na=False)
     labels = dict(zip(cohort["case_id"], cohort["label"], strict=True)) if cohort is not None else {}
     context: dict[str, Any] = {
         "title": out.name,

@@ -35,6 +35,18 @@ def find_explanation_folder(folder: str | os.PathLike) -> Path | None:
     return None
 
 
+def read_optional_csv(path: Path, **kwargs) -> pd.DataFrame | None:
+    """A run-folder table that may be missing or unreadable: None then (logged), so that a report or view
+    shows what the run has."""
+    if not Path(path).is_file():
+        return None
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        log.warning("cannot read %s: %s", Path(path).name, exc)
+        return None
+
+
 def _read_table(path: Path) -> pd.DataFrame | None:
     if not path.is_file():
         return None
