@@ -94,7 +94,7 @@ def cmd_case(args: argparse.Namespace) -> int:
         cams = compute_cams(
             cohort,
             args.weights,
-            model=args.model,
+            model=args.model or (None if args.weights else "resnet50"),  # a checkpoint names its model
             methods=[args.cam],
             device=cfg.device,
             out_dir=out,
@@ -185,7 +185,9 @@ def register(sub, parents: dict) -> None:
     p.add_argument(
         "--radiomics-params", default="paper", help="preset or YAML file when the run folder records none"
     )
-    p.add_argument("--model", default="resnet50", help="backbone of the CAM (timm name)")
+    p.add_argument(
+        "--model", help="backbone of the CAM (timm name; default: the checkpoint's, else resnet50)"
+    )
     p.add_argument("--weights", help="weights of the CAM's network: imagenet or a checkpoint file")
     p.add_argument("--cam", help="CAM method (gradcam, eigencam, ...)")
     add_featuremap_flags(p, with_run=False)

@@ -84,7 +84,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     code = _print_run(result)
     if result.report.is_file():
-        print(f"open {result.report} in a browser to read the explanation")
+        # the last line, with the folder as the user typed it: `open demo_run/run/report.html`
+        print(f"open {Path(args.out) / 'run' / result.report.name}")
     return code
 
 

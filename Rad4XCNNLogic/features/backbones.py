@@ -428,6 +428,7 @@ def build_backbone(
     seed: int = 0,
     input_size: int | None = None,
     margin: float | None = None,
+    to_be_trained: bool = False,
 ) -> Backbone:
     """Create a backbone by timm name and give it weights.
 
@@ -444,6 +445,8 @@ def build_backbone(
     seed : the seed of the random initialisation (of everything without weights: the whole model, or a
         new head).
     input_size, margin : override the model's (or the checkpoint's) preprocessing.
+    to_be_trained : the backbone is about to be fine-tuned, so random weights are only its starting point
+        (no warning that its features would be meaningless).
 
     Examples
     --------
@@ -510,6 +513,9 @@ def build_backbone(
         if state_dict is not None:
             load_state_dict_checked(net, state_dict, f"file {Path(weights).name}", name)
             info = WeightsInfo("file", os.fspath(weights), file_sha256(weights), seed=seed)
+        elif to_be_trained:
+            info = WeightsInfo("random", seed=seed)
+            log.info("%s starts from random weights (seed %d) and is fine-tuned", name, seed)
         else:
             info = WeightsInfo("random", seed=seed)
             log.warning(

@@ -289,6 +289,7 @@ def train_model(
         seed=seed,
         input_size=input_size,
         margin=margin,
+        to_be_trained=True,
     )
     if backbone.class_names and sorted(backbone.class_names) == train_labels:
         class_names = list(backbone.class_names)  # continue a checkpoint: keep its class order and head
@@ -359,7 +360,9 @@ def train_model(
     decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        foreach=True,  # one fused update over all tensors (PyTorch uses it on CUDA only by default): CPU too
     )
     steps = max(1, len(train_loader))
     scheduler = torch.optim.lr_scheduler.LambdaLR(

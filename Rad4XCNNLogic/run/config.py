@@ -540,7 +540,9 @@ def config_from_dict(data: dict | None) -> RunConfig:
 def load_config(path: str | os.PathLike | None = None, overrides: dict | None = None) -> RunConfig:
     """Read a YAML configuration (if given), apply ``overrides`` (nested dict), and validate.
 
-    Relative paths (``manifest``, ``out``, checkpoint ``weights``) are taken from the file's folder.
+    Relative paths in the file (``manifest``, ``out``, checkpoint ``weights``, ...) are taken from the
+    file's folder; relative paths in ``overrides`` (the command line's flags) from the working directory.
+    The configuration returned holds absolute paths only, so a run does not depend on where it started.
 
     Examples
     --------
@@ -548,11 +550,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
     >>> cfg.explain.thresholds  # doctest: +SKIP
     [0.6, 0.7, 0.8]
     """
-    import yaml
-
     data: dict = {}
-    base = Path.cwd()
     if path is not None:
+        import yaml
+
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"configuration file not found: {path}")
@@ -564,21 +565,54 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict | None = 
             raise UsageError(f"configuration {path.name} is not valid YAML{where}") from None
         if not isinstance(data, dict):
             raise UsageError(f"configuration {path.name} must be a mapping of keys to values")
-        base = path.resolve().parent
-    data = merge_settings(data, overrides or {})
-    cfg = config_from_dict(data)
-    for attr in ("manifest", "out"):
-        value = getattr(cfg, attr)
-        if value is not None:
-            setattr(cfg, attr, str(_absolute(value, base)))
-    for model in cfg.models:
-        if model.weights not in (None, "imagenet", "trained"):
-            model.weights = str(_absolute(model.weights, base))
-    if cfg.training.finetune_manifest:
-        cfg.training.finetune_manifest = str(_absolute(cfg.training.finetune_manifest, base))
-    if cfg.radiomics.params not in ("paper", "extended"):
-        cfg.radiomics.params = str(_absolute(cfg.radiomics.params, base))
-    return cfg
+        data = absolute_paths(data, path.resolve().parent)
+    data = merge_settings(data, absolute_paths(overrides or {}, Path.cwd()))
+    return config_from_dict(data)
+
+
+#: The settings that hold a file or folder (section, key), and the words some of them take instead.
+PATH_SETTINGS = {
+    ("manifest",): (),
+    ("out",): (),
+    ("training", "finetune_manifest"): (),
+    ("radiomics", "params"): ("paper", "extended"),
+}
+WEIGHT_WORDS = ("imagenet", "trained", "none", "null")
+
+
+def absolute_paths(data: dict, base: Path) -> dict:
+    """``data`` (a nested settings dict) with every relative path made absolute against ``base``.
+
+    The one place that decides what a relative path means: a configuration file's paths are relative to
+    its folder, a flag's to the working directory (``~`` is expanded). Values that are not text are left
+    for validation to name.
+
+    >>> absolute_paths({"out": "runs/a", "radiomics": {"params": "paper"}}, Path("/data"))["out"]
+    '/data/runs/a'
+    """
+    out = dict(data)
+    for keys, words in PATH_SETTINGS.items():
+        node = out
+        for key in keys[:-1]:
+            if not isinstance(node.get(key), dict):
+                break
+            node[key] = node = dict(node[key])
+        else:
+            value = node.get(keys[-1])
+            if isinstance(value, str) and value and value not in words:
+                node[keys[-1]] = str(_absolute(value, base))
+    if isinstance(out.get("models"), list):
+        out["models"] = [_absolute_weights(model, base) for model in out["models"]]
+    return out
+
+
+def _absolute_weights(model, base: Path):
+    if not isinstance(model, dict):
+        return model
+    weights = model.get("weights")
+    if isinstance(weights, str) and weights and weights.lower() not in WEIGHT_WORDS:
+        return {**model, "weights": str(_absolute(weights, base))}
+    return model
 
 
 def _absolute(text: str, base: Path) -> Path:

@@ -106,6 +106,21 @@ def test_train_command(cohort, tmp_path, capsys):
     assert torch.load(tmp_path / "cli.pt", weights_only=True)["preprocess"]["input_size"] == 48
 
 
+def test_a_backbone_about_to_be_fine_tuned_is_not_announced_as_untrained(cohort, tmp_path, caplog):
+    """The 'random weights ... meaningless to explain' warning is for a backbone used untrained, not for one
+    whose random weights are the start of its fine-tuning."""
+    from Rad4XCNNLogic.features.backbones import build_backbone
+
+    with caplog.at_level("INFO", logger="Rad4XCNNLogic"):
+        train_model(cohort.cases[:24], "resnet18", epochs=1, out=tmp_path / "t.pt", **FAST)
+    assert "has random weights" not in caplog.text
+    assert "starts from random weights (seed 0) and is fine-tuned" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="Rad4XCNNLogic"):
+        build_backbone("resnet18")  # used as it is: the warning stays
+    assert "has random weights" in caplog.text
+
+
 def test_missing_validation_split_is_carved_from_train(cohort, tmp_path):
     only_train = [replace(c, split="train") for c in cohort.cases if c.cohort == "internal"][:40]
     result = train_model(only_train, "resnet18", epochs=1, val_fraction=0.25, out=tmp_path / "v.pt", **FAST)
