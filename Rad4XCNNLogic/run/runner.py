@@ -317,7 +317,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, force: bool = Fals
 def demo_config(out: str | os.PathLike, manifest: str | os.PathLike, seed: int = 0) -> RunConfig:
     """The demo's settings: the whole pipeline on the synthetic cohort in under 3 minutes on a 2-core CPU.
 
-    Every stage and every check runs, with budgets that fit a demo (BENCHMARKS.md, "The demo", has the
+    Every stage and every check runs, with budgets that fit a demo (BENCHMARKS.md, "Pipeline", has the
     profile behind them): a ResNet18 fine-tuned from random initialisation (no download) at 112 px for at
     most 8 epochs and compared with the same architecture left random; the CAMs of layer3 (256 channels:
     half the forward passes of ScoreCAM and its randomisation test, and 7 x 7 maps instead of 4 x 4); the
