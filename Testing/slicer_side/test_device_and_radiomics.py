@@ -35,6 +35,33 @@ def test_torch_report_without_torch(monkeypatch):
     assert not report.installed and report.lines()[0].startswith("PyTorch: not installed")
 
 
+def test_the_torch_report_comes_from_a_child_process():
+    """The Device panel and the CPU estimate ask a child process: the GUI's Python never imports torch."""
+    import os
+    import subprocess
+    import sys
+
+    from Rad4XCNNLib.background import ENGINE_ROOT, LIB_ROOT
+
+    code = (
+        "import sys\n"
+        "from Rad4XCNNLib import device\n"
+        "report = device.torch_report_in_child('cpu')\n"
+        "print('torch' in sys.modules, report.installed, report.device or '-')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE_ROOT), str(LIB_ROOT)])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True
+    ).stdout.split()
+    installed = importlib.util.find_spec("torch") is not None
+    assert out == ["False", str(installed), "cpu" if installed else "-"]
+
+
+def test_a_failing_child_is_named():
+    with pytest.raises(RuntimeError, match=r"'bogus cpu' failed: .*invalid choice: 'bogus'"):
+        device.run_in_child("bogus", "cpu")
+
+
 def test_gpu_line():
     assert device.GPU(1, "NVIDIA H200", 143 * 2**30).text() == "cuda:1 NVIDIA H200 (143.0 GiB)"
 
