@@ -13,7 +13,6 @@ is written for Python 3.9), and the module shows why it cannot run.
 """
 
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,7 +37,20 @@ if UNSUPPORTED is None:
     except ImportError:  # source tree added as a module path: the engine is one folder up
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         import Rad4XCNNLogic as rad4xcnn_engine
-    from Rad4XCNNLib import background, bridge, dependencies, device, guistate, mapviews, scenewatch
+    from Rad4XCNNLib import (
+        background,
+        bridge,
+        dependencies,
+        device,
+        guistate,
+        mapviews,
+        masks,
+        overlays,
+        plots,
+        scenewatch,
+        session,
+        tables,
+    )
     from Rad4XCNNLib import parameters as settings
 
     from Rad4XCNNLogic.errors import Rad4XCNNError
@@ -93,9 +105,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._updatingGUI = False
-        self._job = None
-        self._jobKind = None
-        self._jobFolder = None
+        self._session = None
         self._timer = None
         self._thresholdTimer = None
         self._sceneWatcher = None
@@ -128,7 +138,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSliderWidget.connect(
             "valueChanged(double)", lambda _value: self._thresholdTimer.start()
         )
-        self.ui.camOpacitySliderWidget.connect("valueChanged(double)", bridge.set_overlay_opacity)
+        self.ui.camOpacitySliderWidget.connect("valueChanged(double)", overlays.set_overlay_opacity)
         # a new colour map recolours the feature maps already shown (and is stored for the next case)
         recolour = lambda colour: colour and mapviews.recolour_feature_maps(str(colour))  # noqa: E731
         self.ui.featureMapColourComboBox.connect("currentTextChanged(QString)", recolour)
@@ -140,13 +150,13 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.showCaseTableButton, "CaseTable"),
         ):
             button.connect(
-                "clicked(bool)", lambda _=False, r=reference: self._showReferenced(r, bridge.show_table)
+                "clicked(bool)", lambda _=False, r=reference: self._showReferenced(r, tables.show_table)
             )
         self.ui.showCoveragePlotButton.connect(
-            "clicked(bool)", lambda _=False: self._showReferenced("CoverageChart", bridge.show_chart)
+            "clicked(bool)", lambda _=False: self._showReferenced("CoverageChart", plots.show_chart)
         )
         self.ui.showRhoPlotButton.connect(
-            "clicked(bool)", lambda _=False: self._showReferenced("RhoChart", bridge.show_chart)
+            "clicked(bool)", lambda _=False: self._showReferenced("RhoChart", plots.show_chart)
         )
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.torchBackendComboBox.addItems(list(device.SUGGESTED_BACKENDS))
@@ -157,6 +167,9 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._pollJob)
+        # Quitting Slicer ends the background run's whole process tree (QCoreApplication::aboutToQuit);
+        # background.py also registers the same with atexit, for a Python that is finalised without it.
+        slicer.app.connect("aboutToQuit()", background.end_all_jobs)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -288,7 +301,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateStates(self, values):
         states = guistate.enabled_states(
-            values, running=self._job is not None, installing=dependencies.install_in_progress()
+            values, running=self._session is not None, installing=dependencies.install_in_progress()
         )
         for name, enabled in states.items():
             getattr(self.ui, name).enabled = enabled
@@ -311,7 +324,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._storeSetting("CaseSegment", combo.currentText)
 
     def _updateScenePairs(self, caller=None, event=None):
-        names = [pair.case_id for pair in bridge.scene_image_segmentation_pairs()]
+        names = [pair.case_id for pair in masks.scene_image_segmentation_pairs()]
         self.ui.scenePairsLabel.text = guistate.scene_pairs_text(names)
 
     # ------------------------------------------------------------------------------------------- actions
@@ -328,20 +341,18 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     f"Runs use the CPU: {estimate.text()}. Start?", "Rad4XCNN"
                 ):
                     return
-            job = self.logic.startCohortRun(values)
-            self._startJob(job, "cohort", Path(values["OutputFolder"]))
+            self._startJob(self.logic.startCohortRun(values, self._parameterNode))
 
     def onExplainCase(self):
         values = settings.read_all(self._parameterNode)
         with slicer.util.tryWithErrorDisplay("Could not explain this case."):
             if not self._ensure("pipeline"):
                 return
-            job, caseFolder = self.logic.startCaseRun(values)
-            self._startJob(job, "case", caseFolder)
+            self._startJob(self.logic.startCaseRun(values, self._parameterNode))
 
     def onCancel(self):
-        if self._job is not None:
-            self._job.cancel()
+        if self._session is not None:
+            self._session.job.cancel()
             self.ui.statusLabel.text = "Cancelling..."
 
     def onLoadResults(self):
@@ -369,7 +380,11 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if collapsed:
             return
         with slicer.util.tryWithErrorDisplay("Could not read the PyTorch set-up.", waitCursor=True):
-            report = device.torch_report(settings.get(self._parameterNode, "Device"))
+            report = device.torch_report_in_child(
+                settings.get(self._parameterNode, "Device"),
+                env=self.logic.environment(),
+                idle=slicer.app.processEvents,
+            )
             self.ui.deviceInfoLabel.text = "\n".join(report.lines())
 
     def onReinstallTorch(self):
@@ -398,8 +413,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             show(node)
 
     # ------------------------------------------------------------------------------------ background job
-    def _startJob(self, job, kind, folder):
-        self._job, self._jobKind, self._jobFolder = job, kind, folder
+    def _startJob(self, runSession):
+        self._session = runSession
         self.ui.logTextEdit.clear()
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress event
         self.ui.statusLabel.text = "Starting..."
@@ -407,10 +422,10 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUIFromParameterNode()
 
     def _pollJob(self):
-        job = self._job
-        if job is None:
+        if self._session is None:
             self._timer.stop()
             return
+        job = self._session.job
         job.poll()
         for line in job.take_new_lines():
             self.ui.logTextEdit.appendPlainText(line)
@@ -422,37 +437,39 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = round(100 * fraction)
         self.ui.statusLabel.text = job.progress.text()
         if not job.running:
-            self._finishJob(job)
+            self._finishJob(self._session)
 
-    def _finishJob(self, job):
-        kind, folder = self._jobKind, self._jobFolder
+    def _finishJob(self, runSession):
+        job = runSession.job
         self._stopJob()
         self.ui.progressBar.setRange(0, 100)
         if job.cancelled:
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = "Cancelled. Finished work is kept and a new run resumes from it."
+            runSession.discard()
         elif not job.succeeded:
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = f"Failed: {job.error_message()}"
+            runSession.discard()
             slicer.util.errorDisplay(
                 f"The background process failed:\n{job.error_message()}", detailedText=job.log_text()
             )
         else:
             self.ui.progressBar.value = 100
             self.ui.statusLabel.text = "Finished."
+            # the scene may have been closed meanwhile, or the module hidden: the current parameter node
+            # (a new one after a close) receives the results, read from the session's own folder
+            parameterNode = self._parameterNode or self.logic.getParameterNode()
             with slicer.util.tryWithErrorDisplay("Could not show the results.", waitCursor=True):
-                if kind == "cohort":
-                    self.ui.summaryLabel.text = self.logic.loadResults(self._parameterNode)
-                else:
-                    self.ui.summaryLabel.text = self.logic.showCase(self._parameterNode, folder)
+                self.ui.summaryLabel.text = self.logic.finishRun(runSession, parameterNode)
         self.updateGUIFromParameterNode()
 
     def _stopJob(self):
         if self._timer is not None:
             self._timer.stop()
-        if self._job is not None and self._job.running:
-            self._job.cancel()
-        self._job = self._jobKind = self._jobFolder = None
+        if self._session is not None and self._session.job.running:
+            self._session.job.cancel()
+        self._session = None
 
 
 #
@@ -541,52 +558,32 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         return device.reinstall_torch(backend, torchLogic.uninstallTorch, torchLogic.installTorch)
 
     def cpuEstimate(self, values, cpuOnly=True):
-        """The run's time on the CPU from the cohort's size and per-image rates measured here (once per
-        backbone, a few seconds); None when ``cpuOnly`` and the run will use a GPU."""
-        if cpuOnly and device.torch_report(values["Device"]).device != "cpu":
-            return None
-        backbone = values["Backbone"] or "resnet50"
-        if self.rates is None or self.rates.backbone != backbone:
-            self.rates = device.measure_rates(backbone)
-        if values["CohortSource"] == "scene":
-            cases = len(bridge.scene_image_segmentation_pairs())
-        else:
-            cases = device.count_cases(values["ManifestPath"])
-        return device.estimate_run_time(cases, self.rates, processes=os.cpu_count() or 1)
+        """The run's time on the CPU (device.cpu_estimate: torch only in a child process, Slicer's events
+        processed meanwhile); None when ``cpuOnly`` and the run will use a GPU."""
+        cases = len(masks.scene_image_segmentation_pairs()) if values["CohortSource"] == "scene" else None
+        estimate, self.rates = device.cpu_estimate(
+            values, cases, self.rates, cpuOnly, env=self.environment(), idle=slicer.app.processEvents
+        )
+        return estimate
 
     # ----------------------------------------------------------------------------------- background runs
     @staticmethod
-    def _environment():
+    def environment():
+        """The environment of the background processes (engine runs, the PyTorch and PyRadiomics checks)."""
         return bridge.engine_process_environment()
 
-    def startCohortRun(self, values):
-        """Start ``rad4xcnn run`` on the manifest (or on the scene's image/segmentation pairs)."""
-        out = Path(values["OutputFolder"] or "")
-        if not values["OutputFolder"]:
-            raise Rad4XCNNError("choose an output folder")
-        out.mkdir(parents=True, exist_ok=True)
-        if values["CohortSource"] == "scene":
-            manifest = bridge.export_scene_cohort(
-                bridge.scene_image_segmentation_pairs(), out / "scene_cohort"
-            )
-        else:
-            manifest = values["ManifestPath"]
-            if not manifest or not Path(manifest).is_file():
-                raise Rad4XCNNError(f"manifest not found: {manifest or '(none chosen)'}")
-        config = settings.write_run_configuration(values, manifest, out)
-        argv = background.engine_command("run", str(config))
-        return background.BackgroundJob(argv, env=self._environment(), cwd=out).start()
+    def startCohortRun(self, values, parameterNode=None):
+        """Start ``rad4xcnn run`` on the manifest or the scene's pairs (session.start_cohort_run)."""
+        return session.start_cohort_run(values, parameterNode, self.environment())
 
-    def startCaseRun(self, values):
-        """Export the chosen image and lesion; start the engine on this case against the run folder."""
-        from Rad4XCNNLib import results as mrml_results
+    def startCaseRun(self, values, parameterNode=None):
+        """Start ``rad4xcnn case`` on the Case panel's image and lesion (session.start_case_run)."""
+        return session.start_case_run(values, parameterNode, self.environment())
 
-        caseFolder = Path(tempfile.mkdtemp(prefix="rad4xcnn-case-"))
-        argv = mrml_results.case_command(values, caseFolder)
-        job = background.BackgroundJob(
-            background.engine_command(*argv), env=self._environment(), cwd=caseFolder
-        ).start()
-        return job, caseFolder
+    def finishRun(self, runSession, parameterNode):
+        """Show a finished run's results on ``parameterNode``; returns the one-line summary."""
+        self.results, summary = runSession.finish(parameterNode, self.results)
+        return summary
 
     # ------------------------------------------------------------------------------------------ results
     def loadResults(self, parameterNode):
@@ -598,8 +595,8 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
             results, parameterNode, settings.get(parameterNode, "Threshold")
         )
         for reference, show in (
-            ("ExplanationsTable", bridge.show_table),
-            ("CoverageChart", bridge.show_chart),
+            ("ExplanationsTable", tables.show_table),
+            ("CoverageChart", plots.show_chart),
         ):
             node = settings.get(parameterNode, reference)
             if node is not None:
@@ -612,14 +609,6 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
 
         self.results, summary = mrml_results.apply_threshold(self.results, parameterNode, threshold)
         return summary
-
-    def showCase(self, parameterNode, caseFolder):
-        """Show the case's CAM over its image and its radiomic values against the cohort."""
-        from Rad4XCNNLib import results as mrml_results
-
-        if self.results is None:
-            self.loadResults(parameterNode)
-        return mrml_results.show_case(self.results, parameterNode, caseFolder)
 
 
 #

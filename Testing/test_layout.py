@@ -159,3 +159,50 @@ def test_no_private_helper_is_used_across_modules():
             ):
                 bad.append(f"{path.name}: {node.value.id}.{node.attr}")
     assert not bad, bad
+
+
+# ------------------------------------------------------------------------------------ the Slicer side
+SLICER_SIDE = ROOT / "Rad4XCNN"
+
+
+def _slicer_side_files() -> list[Path]:
+    return sorted(p for p in SLICER_SIDE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_slicer_side_modules_are_of_a_readable_size():
+    """The module file and every Rad4XCNNLib module stay under 700 lines, without exceptions."""
+    files = _slicer_side_files()
+    assert SLICER_SIDE / "Rad4XCNN.py" in files and SLICER_SIDE / "Rad4XCNNLib" / "bridge.py" in files
+    long = {p.relative_to(ROOT).as_posix(): n for p in files if (n := len(p.read_text().splitlines())) > 700}
+    assert not long, f"split these by job: {long}"
+
+
+def test_slicer_side_has_no_import_cycle():
+    """Rad4XCNNLib's modules import one another without a circle (imports inside functions included), and
+    none imports the module file."""
+    library = SLICER_SIDE / "Rad4XCNNLib"
+    edges: dict[str, set[str]] = {}
+    for path in library.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "Rad4XCNNLib":
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("Rad4XCNNLib."):
+                targets.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                assert not any(a.name == "Rad4XCNN" for a in node.names), path.name
+        edges[path.stem] = targets - {path.stem}
+    done: set[str] = set()
+
+    def visit(module, stack):
+        if module in stack:
+            raise AssertionError(f"import cycle: {' -> '.join([*stack[stack.index(module) :], module])}")
+        if module in done:
+            return
+        for target in edges.get(module, ()):
+            visit(target, [*stack, module])
+        done.add(module)
+
+    for module in edges:
+        visit(module, [])

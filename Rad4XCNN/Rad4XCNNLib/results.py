@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from Rad4XCNNLib import bridge
+from Rad4XCNNLib import bridge, masks, overlays, plots, tables
 from Rad4XCNNLib import parameters as settings
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.names import RunFiles
@@ -62,7 +62,7 @@ def load_run(folder, threshold: float | None = None) -> RunResults:
 
 def _table(parameter_node, reference: str, frame, index: bool = True):
     node = settings.get(parameter_node, reference)
-    node = bridge.table_node_from_dataframe(
+    node = tables.table_node_from_dataframe(
         frame, _TABLE_NAMES[reference], node=node, index=index, descriptions=_DESCRIPTIONS
     )
     settings.set_value(parameter_node, reference, node)
@@ -78,13 +78,13 @@ def show_run(results: RunResults, parameter_node, threshold: float | None = None
     if results.explanation is not None:
         _table(parameter_node, "ExplanationsTable", results.explanations)
         _table(parameter_node, "CorrelationsTable", results.correlations.head(MAX_TABLE_ROWS), index=False)
-        coverage = bridge.plot_coverage(
+        coverage = plots.plot_coverage(
             results.coverage(),
             threshold=results.threshold,
             chart=settings.get(parameter_node, "CoverageChart"),
         )
         settings.set_value(parameter_node, "CoverageChart", coverage)
-        histogram = bridge.plot_rho_histogram(
+        histogram = plots.plot_rho_histogram(
             results.rho, threshold=results.threshold, chart=settings.get(parameter_node, "RhoChart")
         )
         settings.set_value(parameter_node, "RhoChart", histogram)
@@ -126,14 +126,14 @@ def export_case(values: Mapping[str, Any], folder: Path) -> Path:
         raise Rad4XCNNError("choose the case's segmentation or labelmap")
     image = bridge.image_from_volume_node(image_node)
     if mask_node.IsA("vtkMRMLSegmentationNode"):
-        mask = bridge.mask_from_segment(mask_node, values.get("CaseSegment") or None, image_node)
+        mask = masks.mask_from_segment(mask_node, values.get("CaseSegment") or None, image_node)
     else:
-        mask = bridge.mask_from_labelmap(mask_node, image_node)
+        mask = masks.mask_from_labelmap(mask_node, image_node)
     if not mask.any():
         raise Rad4XCNNError(f"the lesion of '{image_node.GetName()}' is empty in the image's geometry")
     import pandas as pd
 
-    case_id = bridge.safe_name(image_node.GetName())
+    case_id = masks.safe_name(image_node.GetName())
     folder = Path(folder)
     write_image(folder / "images" / f"{case_id}.nrrd", image.array, like=image)
     write_image(folder / "masks" / f"{case_id}_mask.nrrd", mask.astype(np.uint8), like=image)
@@ -187,28 +187,38 @@ def read_case_outputs(folder: Path) -> tuple[object | None, np.ndarray | None]:
     return values, cam
 
 
-def show_case(results: RunResults, parameter_node, folder: Path) -> str:
+def show_case(
+    results: RunResults, parameter_node, folder: Path, values: Mapping[str, Any] | None = None
+) -> str:
     """Show a finished case: its CAM over the image, and its radiomic values against the cohort for the
-    radiomic features that explain the classifier's most important deep features."""
-    values = settings.read_all(parameter_node)
+    radiomic features that explain the classifier's most important deep features.
+
+    ``values`` are the settings the case ran with (default: the parameter node's). When its image is no
+    longer in the scene (closed meanwhile) the CAM cannot be placed: the summary says so and the table is
+    still filled.
+    """
+    values = settings.read_all(parameter_node) if values is None else values
+    image = values.get("CaseImage")
     case_values, cam = read_case_outputs(folder)
     notes = []
-    if cam is not None:
-        node = bridge.cam_overlay(
-            cam, values["CaseImage"], opacity=values["CamOpacity"], node=values["CamVolume"]
+    if cam is not None and image is None:
+        notes.append("the case's image is no longer in the scene, so its CAM is not shown")
+    elif cam is not None:
+        node = overlays.cam_overlay(
+            cam, image, opacity=values["CamOpacity"], node=settings.get(parameter_node, "CamVolume")
         )
         settings.set_value(parameter_node, "CamVolume", node)
-        notes.append(f"{values['CamMethod']} map shown over {values['CaseImage'].GetName()}")
+        notes.append(f"{values['CamMethod']} map shown over {image.GetName()}")
     from Rad4XCNNLib.mapviews import show_case_maps  # trust table and feature maps, where the case has them
 
-    if values["CaseImage"] is not None:
+    if image is not None:
         notes += show_case_maps(
             folder,
-            values["CaseImage"],
+            image,
             colour=values["FeatureMapColour"],
             placement=values["FeatureMapPlacement"],
             opacity=values["CamOpacity"],
-            cam_node=values["CamVolume"],
+            cam_node=settings.get(parameter_node, "CamVolume"),
         )
     if case_values is not None and results.explanation is not None and results.radiomics is not None:
         top = results.ranked_deep_features(values["TopFeatures"])

@@ -86,6 +86,12 @@ def test_cmake_lists_name_existing_files():
     assert checked >= 6
 
 
+def test_cmake_minimum_is_that_of_the_slicer_5_10_template():
+    """Utilities/Templates/Extensions/Default/CMakeLists.txt at v5.10.0 asks for 3.20.6...3.22.6."""
+    name, args = _cmake_commands(ROOT / "CMakeLists.txt")[0]
+    assert name == "cmake_minimum_required" and args == ["VERSION", "3.20.6...3.22.6", "FATAL_ERROR"]
+
+
 def test_engine_package_is_collected_into_the_extension():
     commands = _cmake_commands(MODULE / "CMakeLists.txt")
     globs = [args for name, args in commands if name == "file" and args[0] == "GLOB_RECURSE"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import slicer  # a missing slicer-core must fail loudly, not skip
 from Rad4XCNNLib import bridge as mb
+from Rad4XCNNLib import masks, tables
 from Rad4XCNNLib import parameters as mp
 
 from Rad4XCNNLogic.cohort.imageio import Image2D
@@ -60,8 +61,8 @@ def test_node_references_are_checked(mrml):
 def test_saved_scene_restores_every_setting(mrml, tmp_path):
     node = mp.parameter_node(mrml.scene)
     volume = mb.volume_node_from_image(Image2D(np.zeros((8, 9), np.float32), spacing=(0.5, 0.5)), "us")
-    seg = mb.segmentation_from_mask(np.eye(8, 9, dtype=bool), volume, "us seg")
-    table = mb.table_node_from_dataframe(__import__("pandas").DataFrame({"rho": [0.7]}), "explanations")
+    seg = masks.segmentation_from_mask(np.eye(8, 9, dtype=bool), volume, "us seg")
+    table = tables.table_node_from_dataframe(__import__("pandas").DataFrame({"rho": [0.7]}), "explanations")
     chosen = {
         "Backbone": "densenet121",
         "WeightsSource": "checkpoint",

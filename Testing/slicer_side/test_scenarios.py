@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import slicer  # a missing slicer-core must fail loudly, not skip
 from Rad4XCNNLib import bridge as mb
-from Rad4XCNNLib import scenarios
+from Rad4XCNNLib import overlays, scenarios
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
@@ -35,7 +35,7 @@ def test_export_the_mask(scene_case, tmp_path):
 
 def test_cam_overlay(scene_case):
     node = scenarios.add_cam_overlay(scene_case, opacity=0.25)
-    assert mb.slice_layers()[0]["opacity"] == 0.25
+    assert overlays.slice_layers()[0]["opacity"] == 0.25
     assert node.GetDisplayNode().GetWindowLevelMax() == 1.0
 
 
