@@ -531,12 +531,14 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
                 dependencies.run_plan(plan, folder, slicer, dependencies.install_torch_with_extension)
 
     def ensureRadiomics(self):
-        """Check the installed PyRadiomics once per session; offer pyradiomics-bhklab when it differs."""
+        """Check, once per session, the PyRadiomics that the runs import (in a child process started as the
+        runs are); offer pyradiomics-bhklab when it differs, and make sure the runs import it afterwards."""
         from Rad4XCNNLib import radiomics_check
 
         if self.radiomicsCheck is None:
-            with slicer.util.WaitCursor():
-                self.radiomicsCheck = radiomics_check.check_radiomics()
+            self.radiomicsCheck = radiomics_check.check_in_engine_process(
+                self.environment(), idle=slicer.app.processEvents
+            )
             logging.info("Rad4XCNN: %s", self.radiomicsCheck.message())
         if self.radiomicsCheck.accepted:
             return True
@@ -545,8 +547,13 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         ):
             return slicer.util.confirmOkCancelDisplay("Run with the installed PyRadiomics anyway?")
         self._runPlan(radiomics_check.radiomics_install_plan())
-        slicer.util.infoDisplay("PyRadiomics was installed. Restart Slicer, then run again.")
-        return False
+        self.radiomicsCheck = None  # the runs are new processes: the next check sees the new install
+        wanted = radiomics_check.installed_location()
+        imported = radiomics_check.imported_by_engine(self.environment()).get("location")
+        if wanted is None or imported != str(wanted):
+            slicer.util.errorDisplay(radiomics_check.shadowed_message(wanted, imported))
+            return False
+        return self.ensureRadiomics()
 
     def reinstallTorch(self, backend, onStart=None):
         """Reinstall torch for ``backend`` ("automatic", "cpu", "cu121", ...) with the PyTorch extension."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -358,6 +359,42 @@ class BackgroundJob:
     def log_text(self) -> str:
         """The whole kept log (output and errors, in arrival order), for an error dialog's details."""
         return "\n".join(self.log)
+
+
+# ------------------------------------------------------------------------------------- helper processes
+#: The line that carries a helper's answer (a JSON object) among its other output.
+RESULT_PREFIX = "@rad4xcnn-result "
+#: Seconds a helper may take: importing torch the first time on a slow disk, building a backbone.
+HELPER_TIMEOUT = 600.0
+
+
+def print_answer(answer: Mapping) -> None:
+    """Write a helper process's answer (a JSON object) for :func:`run_helper` to read."""
+    print(RESULT_PREFIX + json.dumps(answer), flush=True)
+
+
+def run_helper(
+    module: str, *args: str, env: Mapping[str, str] | None = None, idle=None, python: str | None = None
+) -> dict:
+    """Run ``python -m MODULE ARGS`` (PythonSlicer inside Slicer) and return the answer it printed.
+
+    For work that must not happen in Slicer's own Python (importing torch, importing the PyRadiomics that
+    the engine will use). ``idle`` is called while waiting (inside Slicer ``slicer.app.processEvents``, so
+    that the GUI stays responsive); ``env`` is the base of :func:`engine_environment`.
+    """
+    what = " ".join([module.rsplit(".", 1)[-1], *map(str, args)])
+    argv = [python or python_executable(), "-m", module, *map(str, args)]
+    job = BackgroundJob(argv, env=engine_environment(env)).start()
+    code = job.wait(timeout=HELPER_TIMEOUT, idle=idle)
+    if code is None:
+        job.cancel()
+        raise RuntimeError(f"'{what}' did not finish within {HELPER_TIMEOUT:.0f} s")
+    if code != 0:
+        raise RuntimeError(f"'{what}' failed: {job.error_message()}")
+    for line in reversed(job.log):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise RuntimeError(f"'{what}' gave no answer: {job.log_text()[-500:]}")
 
 
 def end_all_jobs(grace: float = GRACE_SECONDS) -> int:

@@ -132,10 +132,13 @@ def headless_slicer() -> HeadlessSlicer:
 
 def engine_process_environment() -> dict[str, str]:
     """The environment of a background engine process: Slicer's start-up environment inside Slicer (its
-    launcher, PythonSlicer, sets up the rest), else this process's; with the engine's progress settings."""
+    launcher, PythonSlicer, sets up the rest), else this process's; with the engine's progress settings,
+    and the installed pyradiomics-bhklab ahead of another ``radiomics`` on PYTHONPATH (radiomics_check)."""
     from Rad4XCNNLib.background import engine_environment
+    from Rad4XCNNLib.radiomics_check import prefer_installed_radiomics
 
-    return engine_environment(slicer.util.startupEnvironment() if in_slicer_application() else None)
+    base = slicer.util.startupEnvironment() if in_slicer_application() else None
+    return prefer_installed_radiomics(engine_environment(base))
 
 
 def current_scene():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import json
 import logging
 import os
 import time
@@ -228,32 +227,9 @@ def count_cases(manifest: str | Path) -> int:
 
 
 # ----------------------------------------------------------------------------------- the child process
-#: The line that carries a child's answer (a JSON object) among its other output.
-RESULT_PREFIX = "@rad4xcnn-result "
-#: Seconds a child may take: importing torch the first time on a slow disk, building a backbone.
-CHILD_TIMEOUT = 600.0
-
-
-def run_in_child(
-    *args: str, env: Mapping[str, str] | None = None, idle=None, python: str | None = None
-) -> dict:
-    """Run ``python -m Rad4XCNNLib.device ARGS`` (PythonSlicer inside Slicer) and return its answer.
-
-    ``idle`` is called while waiting (inside Slicer ``slicer.app.processEvents``: the GUI stays
-    responsive); ``env`` is the engine's environment (:func:`background.engine_environment`).
-    """
-    argv = [python or background.python_executable(), "-m", "Rad4XCNNLib.device", *map(str, args)]
-    job = background.BackgroundJob(argv, env=background.engine_environment(env)).start()
-    code = job.wait(timeout=CHILD_TIMEOUT, idle=idle)
-    if code is None:
-        job.cancel()
-        raise RuntimeError(f"'{' '.join(args)}' did not finish within {CHILD_TIMEOUT:.0f} s")
-    if code != 0:
-        raise RuntimeError(f"'{' '.join(args)}' failed: {job.error_message()}")
-    for line in reversed(job.log):
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX) :])
-    raise RuntimeError(f"'{' '.join(args)}' gave no answer: {job.log_text()[-500:]}")
+def run_in_child(*args: str, **kwargs) -> dict:
+    """Run ``python -m Rad4XCNNLib.device ARGS`` in a child process (:func:`background.run_helper`)."""
+    return background.run_helper("Rad4XCNNLib.device", *args, **kwargs)
 
 
 def torch_report_in_child(requested: str = "auto", **kwargs) -> TorchReport:
@@ -288,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("value")
     args = parser.parse_args(argv)
     answer = torch_report(args.value) if args.what == "report" else measure_rates(args.value)
-    print(RESULT_PREFIX + json.dumps(asdict(answer)), flush=True)
+    background.print_answer(asdict(answer))
 
 
 if __name__ == "__main__":
