@@ -32,6 +32,7 @@ from Rad4XCNNLogic.explain.resampling import (
     permutation_threshold,
     suggest_threshold,
 )
+from Rad4XCNNLogic.explain.settings import FDR_RANGE, THRESHOLD_RANGE
 from Rad4XCNNLogic.explain.strata import (
     StratifiedResult,
     bootstrap_within,
@@ -40,7 +41,6 @@ from Rad4XCNNLogic.explain.strata import (
     within_spearman,
 )
 from Rad4XCNNLogic.explain.tables import explanations_table, pairs_table
-from Rad4XCNNLogic.infra.interval import Interval
 from Rad4XCNNLogic.infra.storage import atomic_path, write_csv_atomic, write_json_atomic
 from Rad4XCNNLogic.names import model_of
 
@@ -62,12 +62,6 @@ __all__ = [
 
 DEFAULT_COVERAGE_THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(13))
 """M from 0.30 to 0.90 in steps of 0.05."""
-
-
-#: M, the smallest |rho| that explains: 0 would explain every deep feature by every radiomic feature.
-THRESHOLD_RANGE = Interval(0, 1, low_open=True)
-#: The Benjamini-Hochberg level of the optional q-value condition.
-FDR_RANGE = Interval(0, 1, low_open=True)
 
 
 def check_threshold(threshold: float, fdr: float | None) -> None:

@@ -22,8 +22,8 @@ from Rad4XCNNLogic.explain.correlation import (
     progress_bar,
     standardise,
 )
+from Rad4XCNNLogic.explain.settings import ALPHA_RANGE
 from Rad4XCNNLogic.explain.strata import bootstrap_within, prepare_within
-from Rad4XCNNLogic.infra.interval import Interval
 
 
 def permutation_null_prepared(
@@ -110,10 +110,6 @@ def permutation_null(
         prep = prepare_within(prep, strata)
     nulls = permutation_null_prepared(prep, n_permutations, seed, progress, single_precision)
     return nulls if by_model else np.maximum.reduce(list(nulls.values()))
-
-
-#: The family-wise error level of the permutation null.
-ALPHA_RANGE = Interval(0, 1, low_open=True, high_open=True)
 
 
 def check_alpha(alpha: float) -> None:
