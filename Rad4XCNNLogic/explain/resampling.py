@@ -23,7 +23,7 @@ from Rad4XCNNLogic.explain.correlation import (
     standardise,
 )
 from Rad4XCNNLogic.explain.settings import ALPHA_RANGE
-from Rad4XCNNLogic.explain.strata import bootstrap_within, prepare_within
+from Rad4XCNNLogic.explain.strata import prepare_within, within_rho
 
 
 def permutation_null_prepared(
@@ -245,6 +245,31 @@ def pair_intervals(
     with np.errstate(all="ignore"):
         low, high = np.nanquantile(np.clip(values, -1, 1), [tail, 1 - tail], axis=0)
     return low, high
+
+
+def bootstrap_within(
+    prep,
+    deep_index: np.ndarray,
+    radiomic_index: np.ndarray,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile intervals of rho_within for the given pairs, cases resampled within their strata
+    (``prep``: :func:`~Rad4XCNNLogic.explain.strata.prepare_within`'s)."""
+    return pair_intervals(
+        prep,
+        deep_index,
+        radiomic_index,
+        n_boot,
+        confidence,
+        seed,
+        progress,
+        resample=prep.resample,
+        rho=within_rho(prep),
+        desc="bootstrap within strata",
+    )
 
 
 def bootstrap_intervals(

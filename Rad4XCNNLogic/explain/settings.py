@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.infra.interval import Interval
 from Rad4XCNNLogic.infra.settings import option
 
@@ -27,6 +28,29 @@ BACKENDS = ("auto", "numpy", "torch", "torch:cpu", "torch:cuda")
 #: layer is about cases x features, so the grid spans from almost no shrinkage to almost full).
 DEFAULT_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)
 PENALTY_RANGE = Interval(0, low_open=True)
+
+
+def check_threshold(threshold: float, fdr: float | None) -> None:
+    """Refuse an M outside :data:`THRESHOLD_RANGE` or an FDR level outside :data:`FDR_RANGE`."""
+    problem = THRESHOLD_RANGE.problem(threshold)
+    if problem:
+        raise Rad4XCNNError(f"the threshold M {problem}")
+    problem = None if fdr is None else FDR_RANGE.problem(fdr)
+    if problem:
+        raise Rad4XCNNError(f"the FDR level {problem}")
+
+
+def rule_text(threshold: float, fdr: float | None, within: str | None = None) -> str:
+    """The explanation rule in words, the one place it is written: ``within`` is the strata's columns
+    (comma-joined), ``""`` for the pooled rule said as such, None to leave the strata unsaid.
+
+    >>> rule_text(0.6, 0.05), rule_text(0.6, None, ""), rule_text(0.7, 0.05, "label,cohort")
+    ('|rho| >= 0.60 and q <= 0.05', '|rho| >= 0.60 pooled', '|rho| >= 0.70 and q <= 0.05 within label,cohort')
+    """
+    text = f"|rho| >= {threshold:.2f}" + (f" and q <= {fdr:g}" if fdr is not None else "")
+    if within is None:
+        return text
+    return text + (f" within {within}" if within else " pooled")
 
 
 @dataclass
