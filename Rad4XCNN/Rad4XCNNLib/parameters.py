@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.features.backbones import DEVICES
-from Rad4XCNNLogic.features.radiomics import PRESETS
+from Rad4XCNNLogic.features.settings import DEVICES, PRESETS
 from Rad4XCNNLogic.run.config import setting
 
 MODULE_NAME = "Rad4XCNN"
