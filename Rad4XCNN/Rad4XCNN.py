@@ -37,20 +37,9 @@ if UNSUPPORTED is None:
     except ImportError:  # source tree added as a module path: the engine is one folder up
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         import Rad4XCNNLogic as rad4xcnn_engine
-    from Rad4XCNNLib import (
-        background,
-        bridge,
-        dependencies,
-        device,
-        guistate,
-        mapviews,
-        masks,
-        overlays,
-        plots,
-        scenewatch,
-        session,
-        tables,
-    )
+    # only what the module needs to appear: the MRML and result modules are imported when the panel is
+    # built or a run needs them (they bring numpy, and pandas once results are read)
+    from Rad4XCNNLib import background, dependencies, device, guistate, scenewatch, session
     from Rad4XCNNLib import parameters as settings
 
     from Rad4XCNNLogic.errors import Rad4XCNNError
@@ -119,6 +108,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.layout.addWidget(label)
             self.layout.addStretch(1)
             return
+        from Rad4XCNNLib import mapviews, overlays, plots, tables
+
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/Rad4XCNN.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -324,6 +315,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._storeSetting("CaseSegment", combo.currentText)
 
     def _updateScenePairs(self, caller=None, event=None):
+        from Rad4XCNNLib import masks
+
         names = [pair.case_id for pair in masks.scene_image_segmentation_pairs()]
         self.ui.scenePairsLabel.text = guistate.scene_pairs_text(names)
 
@@ -567,6 +560,8 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
     def cpuEstimate(self, values, cpuOnly=True):
         """The run's time on the CPU (device.cpu_estimate: torch only in a child process, Slicer's events
         processed meanwhile); None when ``cpuOnly`` and the run will use a GPU."""
+        from Rad4XCNNLib import masks
+
         cases = len(masks.scene_image_segmentation_pairs()) if values["CohortSource"] == "scene" else None
         estimate, self.rates = device.cpu_estimate(
             values, cases, self.rates, cpuOnly, env=self.environment(), idle=slicer.app.processEvents
@@ -577,6 +572,8 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def environment():
         """The environment of the background processes (engine runs, the PyTorch and PyRadiomics checks)."""
+        from Rad4XCNNLib import bridge
+
         return bridge.engine_process_environment()
 
     def startCohortRun(self, values, parameterNode=None):
@@ -595,6 +592,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------------------------------ results
     def loadResults(self, parameterNode):
         """Show the run folder's tables and plots; returns a one-line summary."""
+        from Rad4XCNNLib import plots, tables
         from Rad4XCNNLib import results as mrml_results
 
         results = mrml_results.load_run(settings.get(parameterNode, "OutputFolder"))

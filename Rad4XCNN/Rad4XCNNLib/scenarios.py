@@ -7,9 +7,11 @@ on ``slicer.mrmlScene`` and ``slicer.modules``, whichever application set them u
 cohort that the scenario writes itself. A failed check raises :class:`ScenarioError` saying what was expected.
 
 :func:`run_default` is the default self-test, fit for Slicer's extension build machines: it installs
-nothing, runs the MRML scenarios, and runs a tiny engine job only when the engine's packages are already
-there (else it says why it skipped). :func:`run_all` is the full scenario (every engine command and the
-case's Grad-CAM); the Slicer self-test runs it when the environment variable ``RAD4XCNN_FULL_SELFTEST=1``.
+nothing; the scenarios on a case made in the scene need only what 3D Slicer ships (numpy, scipy, MRML), those
+on a cohort of files need the module's own packages (pandas, ...), and a tiny engine job runs only when the
+engine's packages are there: a scenario whose packages are missing says so and why instead of running.
+:func:`run_all` is the full scenario (every engine command and the case's Grad-CAM); the Slicer self-test
+runs it when the environment variable ``RAD4XCNN_FULL_SELFTEST=1``.
 """
 
 from __future__ import annotations
@@ -45,13 +47,51 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass
 class LoadedScene:
-    """One case loaded into the scene as a user would load it: an image volume and its segmentation."""
+    """One case in the scene, as a user would have it: an image volume and its segmentation (``manifest``:
+    the cohort file it was loaded from, None for a case made in the scene)."""
 
     case_id: str
     volume: object
     segmentation: object
     segment_id: str
-    manifest: Path
+    manifest: Path | None = None
+
+
+def case_in_the_scene(seed: int = 0) -> LoadedScene:
+    """Scenario A: a synthetic ultrasound image and its lesion made in memory and put into the scene as a
+    single-slice volume and a segmentation; the scene offers them as an image/segmentation pair and the
+    segment reads back as the lesion. Needs only what 3D Slicer ships."""
+    from Rad4XCNNLogic.cohort.imageio import Image2D
+    from Rad4XCNNLogic.cohort.synthetic import synthesize_case
+
+    image, lesion, _ = synthesize_case(np.random.default_rng(seed), "malignant", shape=SHAPE)
+    volume = bridge.volume_node_from_image(Image2D(image, spacing=(0.1, 0.1)), "scene case")
+    segmentation = masks.segmentation_from_mask(lesion, volume, "scene case segmentation")
+    pairs = [p for p in masks.scene_image_segmentation_pairs() if p.volume is volume]
+    _check(len(pairs) == 1, "the image and its segmentation are not offered as a pair of the scene")
+    _check(np.array_equal(masks.mask_from_segment(segmentation, None, volume), lesion), "the segment moved")
+    return LoadedScene("scene case", volume, segmentation, pairs[0].segment_id)
+
+
+def parameter_node_rules() -> object:
+    """Scenario B: the module's parameter node holds its defaults, keeps a value, and refuses a bad one by
+    the engine's own rule for that setting (M in (0, 1], a known CAM method)."""
+    from Rad4XCNNLib import parameters as settings
+    from Rad4XCNNLogic.errors import Rad4XCNNError
+
+    node = settings.parameter_node(slicer.mrmlScene)
+    _check(settings.get(node, "Threshold") == 0.6, "M does not default to 0.6")
+    settings.set_value(node, "Threshold", 0.7)
+    _check(settings.parameter_node(slicer.mrmlScene) is node, "a second parameter node was made")
+    _check(settings.get(node, "Threshold") == 0.7, "M was not kept")
+    for name, bad in (("Threshold", 2.0), ("CamMethod", "no-such-cam")):
+        try:
+            settings.set_value(node, name, bad)
+        except Rad4XCNNError:
+            continue
+        raise ScenarioError(f"{name} = {bad!r} was accepted")
+    settings.set_value(node, "Threshold", 0.6)
+    return node
 
 
 def make_cohort(folder: Path, n: int = N_CASES, seed: int = 0) -> Path:
@@ -360,36 +400,46 @@ def colours_survive_a_closed_scene(scene_case: LoadedScene) -> None:
 
 
 def run_default(folder: Path, missing: list[str] | None = None) -> Iterator[tuple[str, str]]:
-    """The default self-test: the MRML scenarios, and a tiny engine run when its packages are present.
+    """The default self-test: the scenarios each Python can run, the others skipped with the reason.
 
     Installs nothing and writes only in ``folder``. ``missing`` (default: :func:`engine_packages_missing`)
-    decides whether the engine run happens; when it does not, the outcome says which packages are missing.
+    names the packages this Python lacks: the cohort scenarios need the module's own (pandas, PyYAML, ...),
+    the engine run every engine package; their outcome then says which packages are missing.
     """
     folder = Path(folder)
+    missing = engine_packages_missing() if missing is None else missing
+    scene_case = case_in_the_scene()
+    yield "a case in the scene", f"{scene_case.case_id}: image and segmentation paired"
+    yield "CAM overlay", add_cam_overlay(scene_case).GetName()
+    parameter_node_rules()
+    yield "parameter node", "defaults, a kept value, bad values refused by the engine's rules"
+    colours_survive_a_closed_scene(scene_case)
+    yield "close the scene", "the CAM colours are there again"
+    from Rad4XCNNLib.dependencies import REQUIREMENTS
+
+    module_needs = {r.name for r in REQUIREMENTS if "module" in r.groups}
+    lacking = [name for name in missing if name in module_needs]
+    cohort_scenarios = ("synthetic cohort", "load image and segmentation", "export the mask")
+    if lacking:
+        why = f"skipped: needs {', '.join(lacking)}, not in this Python (installed on the first run)"
+        for name in (*cohort_scenarios, "run a small correlation"):
+            yield name, why
+        return
     manifest = make_cohort(folder)
     yield "synthetic cohort", f"{N_CASES} cases in {manifest.parent}"
     scene_case = load_image_and_segmentation(manifest)
     yield "load image and segmentation", scene_case.case_id
-    exported = export_mask(scene_case, folder)
-    yield "export the mask", str(exported)
-    node = add_cam_overlay(scene_case)
-    yield "CAM overlay", node.GetName()
-    missing = engine_packages_missing() if missing is None else missing
+    yield "export the mask", str(export_mask(scene_case, folder))
     if missing:
         yield (
             "run a small correlation",
             f"skipped: the engine's packages are not installed ({', '.join(missing)})",
         )
-    else:
-        results = run_small_correlation(manifest, folder)
-        yield "run a small correlation", results.summary()
-        fill_tables_and_plots(results)
-        yield (
-            "fill the tables and plots",
-            "explanations, correlations, coverage and rho plots; M moved to 0.8",
-        )
-    colours_survive_a_closed_scene(scene_case)
-    yield "close the scene", "the CAM colours are there again"
+        return
+    results = run_small_correlation(manifest, folder)
+    yield "run a small correlation", results.summary()
+    fill_tables_and_plots(results)
+    yield "fill the tables and plots", "explanations, correlations, coverage and rho plots; M moved to 0.8"
 
 
 def run_all(folder: Path) -> Iterator[tuple[str, str]]:
