@@ -99,31 +99,44 @@ class Parameter:
         except ValueError:
             return self.default
         if self.kind == "choice" and text not in self.choices:
-            return self.default
+            return self.default if self.setting is None or self._problem(text) else text
         return text
 
+    def _checked(self, value: Any) -> Any:
+        """``value`` in the engine's spelling, checked by the rule of the setting it stands for."""
+        try:
+            return setting(self.setting).validate(value)
+        except Rad4XCNNError as exc:  # "configuration: key: problem" -> "Name: problem"
+            raise Rad4XCNNError(f"{self.name}: {str(exc).split(': ', 2)[-1]}") from None
+
+    def _problem(self, value: Any) -> str | None:
+        try:
+            self._checked(value)
+        except Rad4XCNNError as exc:
+            return str(exc)
+        return None
+
     def format(self, value: Any) -> str:
-        """``value`` checked against the limits and written as the stored text."""
+        """``value`` checked and written as the stored text.
+
+        A parameter that stands for a run-configuration setting is checked by that setting's rule alone
+        (the engine's metadata, which also maps other spellings, e.g. ``Grad-CAM`` to ``gradcam``); the
+        module's own parameters by their choices or limits.
+        """
         if value is None:
             return ""
-        if self.kind == "choice":
-            if str(value) not in self.choices:
-                raise Rad4XCNNError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}")
-            return str(value)
         if self.setting is not None:
-            from Rad4XCNNLogic.run.config import setting as config_setting
-
-            try:
-                value = config_setting(self.setting).validate(value)
-            except Rad4XCNNError as exc:  # "configuration: key: problem" -> "Name: problem"
-                raise Rad4XCNNError(f"{self.name}: {str(exc).split(': ', 2)[-1]}") from None
+            value = self._checked(value)
+        elif self.kind == "choice" and str(value) not in self.choices:
+            raise Rad4XCNNError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}")
         if self.kind in ("float", "int"):
             number = float(value)
             if not math.isfinite(number):
                 raise Rad4XCNNError(f"{self.name}: expected a number, got {value!r}")
-            if (self.minimum is not None and number < self.minimum) or (
+            outside = (self.minimum is not None and number < self.minimum) or (
                 self.maximum is not None and number > self.maximum
-            ):
+            )
+            if self.setting is None and outside:
                 raise Rad4XCNNError(f"{self.name}: {value} is outside [{self.minimum}, {self.maximum}]")
             return str(int(number)) if self.kind == "int" else repr(number)
         if self.kind == "bool":
@@ -363,14 +376,14 @@ def run_configuration(values: Mapping[str, Any], manifest: str | Path, out: str 
     backbone = str(values.get("Backbone") or "").strip()
     if not backbone:
         raise Rad4XCNNError("choose a backbone network")
-    threshold = values.get("Threshold")
     config = {
         "manifest": str(manifest),
         "out": str(out),
         "device": str(values.get("Device") or BY_NAME["Device"].default),
         "models": [{"name": backbone, "weights": weights_argument(values)}],
         "radiomics": {"params": radiomics_argument(values)},
-        "explain": {"thresholds": [float(BY_NAME["Threshold"].default if threshold is None else threshold)]},
+        # M as the parameter node holds it (checked by explain.thresholds' rule when it was set)
+        "explain": {"thresholds": [values.get("Threshold", BY_NAME["Threshold"].default)]},
     }
     config_from_dict(config)  # the same rules as a configuration file: a bad value is named here
     return config

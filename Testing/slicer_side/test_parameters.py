@@ -36,8 +36,15 @@ def test_typed_values_and_limits(mrml):
     assert mp.get(node, "TopFeatures") == 12
     with pytest.raises(Rad4XCNNError, match=r"Threshold: must lie in \(0, 1\], got 1.5"):
         mp.set_value(node, "Threshold", 1.5)
-    with pytest.raises(Rad4XCNNError, match="CamMethod: 'lime' is not one of gradcam"):
+    # the CAM method and the device by the engine's own rules, in the engine's spelling
+    with pytest.raises(Rad4XCNNError, match="CamMethod: 'lime' is not allowed; allowed values: gradcam"):
         mp.set_value(node, "CamMethod", "lime")
+    mp.set_value(node, "CamMethod", "Grad-CAM")
+    assert node.GetParameter("CamMethod") == "gradcam"
+    mp.set_value(node, "Device", "cuda:1")
+    assert mp.get(node, "Device") == "cuda:1"
+    with pytest.raises(Rad4XCNNError, match="WeightsSource: 'imagenet21k' is not one of"):
+        mp.set_value(node, "WeightsSource", "imagenet21k")  # the module's own choice
     with pytest.raises(KeyError, match="unknown module parameter 'Colour'"):
         mp.set_value(node, "Colour", "red")
     # text edited by hand in a scene file falls back to the default rather than breaking the module
