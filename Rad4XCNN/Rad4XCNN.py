@@ -356,7 +356,9 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.summaryLabel.text = self.logic.loadResults(self._parameterNode)
 
     def onThresholdChanged(self):
-        if self._parameterNode is None or self.logic.results is None:
+        # before any result is shown there is nothing to re-threshold; after a saved scene loads, the
+        # result nodes are there and the logic reads their run folder (results.apply_threshold)
+        if self._parameterNode is None or settings.get(self._parameterNode, "ExplanationsTable") is None:
             return
         value = settings.get(self._parameterNode, "Threshold")
         with slicer.util.tryWithErrorDisplay("Could not apply the new M.", waitCursor=True):

@@ -93,6 +93,8 @@ def headless_slicer() -> HeadlessSlicer:
     colors.SetMRMLScene(scene)
     colors.AddDefaultColorNodes()
     app.SetModuleLogic("Colors", colors)
+    # the colour legend's node class, which Slicer's Colors module registers (vtkSlicerColorLogic at v5.10.0)
+    scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
     logics = {}
     for name, cls in (
         ("Volumes", slicer.vtkSlicerVolumesLogic),

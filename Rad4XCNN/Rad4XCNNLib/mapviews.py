@@ -118,6 +118,7 @@ def feature_map_volume(
     display.SetWindowLevelMinMax(low, high if high > low else low + 1.0)
     display.SetInterpolate(False)  # each pixel is its own kernel's value
     node.SetAttribute(_ATTRIBUTE, feature)
+    overlays.colour_legend(node, feature)
     return node
 
 

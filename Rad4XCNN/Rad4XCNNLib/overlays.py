@@ -128,10 +128,23 @@ def cam_overlay(
     display.SetWindowLevelMinMax(0.0, 1.0)
     display.SetInterpolate(True)
     node.SetAttribute(bridge.ROLE_ATTRIBUTE, "cam")
+    colour_legend(node, "CAM (0: none, 1: most)")
     slicer.util.setSliceViewerLayers(
         background=image_volume, foreground=node, foregroundOpacity=float(opacity)
     )
     return node
+
+
+def colour_legend(volume, title: str):
+    """Show the colour legend of ``volume``'s colour table in the slice views (Slicer's default legend,
+    vtkSlicerColorLogic::AddDefaultColorLegendDisplayNode at v5.10.0, added once per volume), titled
+    ``title``; returns the legend's display node."""
+    legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(volume)
+    if legend is None:
+        raise Rad4XCNNError(f"Slicer could not add a colour legend to '{volume.GetName()}'")
+    legend.SetTitleText(title)
+    legend.SetVisibility(True)
+    return legend
 
 
 def set_overlay_opacity(opacity: float) -> None:

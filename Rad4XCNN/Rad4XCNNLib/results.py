@@ -108,8 +108,12 @@ def show_concept_tables(folder, parameter_node) -> list[str]:
     return shown
 
 
-def apply_threshold(results: RunResults, parameter_node, threshold: float) -> tuple[RunResults, str]:
-    """The M slider: re-threshold the stored correlations and refill the same nodes."""
+def apply_threshold(results: RunResults | None, parameter_node, threshold: float) -> tuple[RunResults, str]:
+    """The M slider: re-threshold the stored correlations and refill the same nodes. With ``results`` None
+    (a saved scene was just loaded: its result nodes are there, the correlations not yet) the run folder of
+    the parameter node is read first, so the slider works at once."""
+    if results is None:
+        results = load_run(settings.get(parameter_node, "OutputFolder"))
     return show_run(results, parameter_node, threshold)
 
 

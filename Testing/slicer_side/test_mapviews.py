@@ -86,6 +86,10 @@ def test_feature_map_volume_in_the_image_geometry_with_a_colour_map(scene, tmp_p
         assert display.GetColorNodeID() == overlays.colour_node(colour).GetID()
     with pytest.raises(Rad4XCNNError, match=r"unknown colour table 'Plasma9'"):
         mapviews.set_feature_colour(node, "Plasma9")
+    # its colour legend (Slicer's default legend), titled with the feature, follows the colour map
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node)
+    assert legend is not None and legend.GetTitleText() == "original_glcm_Contrast" and legend.GetVisibility()
+    assert legend.GetPrimaryDisplayNode() is display
 
 
 def test_feature_map_instead_of_or_beside_the_cam(scene, tmp_path):

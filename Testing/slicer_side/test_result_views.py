@@ -78,6 +78,17 @@ def test_run_tables_follow_importance_and_m(run, scene):
     assert tables.dataframe_from_table_node(settings.get(node, "CorrelationsTable"), index_col=None).empty
 
 
+def test_m_works_at_once_after_a_saved_scene_loads(run, scene):
+    """The scene holds the result nodes and the run folder but no correlations yet: M re-reads the folder."""
+    _, node, *_ = scene
+    settings.set_value(node, "OutputFolder", str(run))
+    mrml_results.show_run(mrml_results.load_run(run), node, 0.6)
+    table = settings.get(node, "ExplanationsTable")
+    results, summary = mrml_results.apply_threshold(None, node, 0.99)
+    assert "0 of 3" in summary and results.threshold == 0.99
+    assert settings.get(node, "ExplanationsTable") is table  # the saved scene's nodes, refilled
+
+
 def test_probe_tables_become_table_nodes(run, scene):
     import pandas as pd
 

@@ -30,8 +30,15 @@ def test_cam_colours_survive_a_closed_scene():
     mb.headless_slicer()
     volume, _ = _image_and_segmentation("us")
     cam = np.outer(np.hanning(24), np.hanning(30))
-    colour = overlays.cam_overlay(cam, volume).GetDisplayNode().GetColorNode()
+    overlay = overlays.cam_overlay(cam, volume)
+    colour = overlay.GetDisplayNode().GetColorNode()
     assert " " not in colour.GetID() and not colour.GetSingletonTag()
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(overlay)  # the CAM's colour legend
+    assert (
+        legend.GetTitleText().startswith("CAM") and legend.GetPrimaryDisplayNode() is overlay.GetDisplayNode()
+    )
+    assert overlays.cam_overlay(cam, volume, node=overlay) is overlay  # shown again: still one legend
+    assert overlay.GetNumberOfDisplayNodes() == 2
     slicer.mrmlScene.Clear(0)  # File > Close Scene
     assert slicer.mrmlScene.GetNodesByName(overlays.HEAT_COLOUR_NAME).GetNumberOfItems() == 0
     volume, _ = _image_and_segmentation("us again")
