@@ -21,6 +21,8 @@ import qt
 import slicer
 import vtk
 from Rad4XCNNLib import compatibility
+from slicer.i18n import tr as _  # translatable strings, as in Slicer's module template (v5.10.0)
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -37,8 +39,7 @@ if UNSUPPORTED is None:
     except ImportError:  # source tree added as a module path: the engine is one folder up
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         import Rad4XCNNLogic as rad4xcnn_engine
-    # only what the module needs to appear: the MRML and result modules are imported when the panel is
-    # built or a run needs them (they bring numpy, and pandas once results are read)
+    # light helpers only: the MRML and result modules come with the panel or a run (numpy, pandas)
     from Rad4XCNNLib import background, dependencies, device, guistate, scenewatch, session
     from Rad4XCNNLib import parameters as settings
 
@@ -59,11 +60,11 @@ CONFIRM_RUN_SECONDS = 600
 class Rad4XCNN(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Rad4XCNN"
-        self.parent.categories = ["Informatics"]
+        self.parent.title = _("Rad4XCNN")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Informatics")]
         self.parent.dependencies = []
         self.parent.contributors = ["Rad4XCNN developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Explain what a convolutional network has learnt: each deep feature is correlated (Spearman) "
             "with radiomic features whose meaning is known, and is explained by those with |rho| >= M. "
             "<b>Cohort</b>: run the analysis on a manifest or on the image/segmentation pairs of the scene. "
@@ -74,12 +75,25 @@ class Rad4XCNN(ScriptedLoadableModule):
         )
         if UNSUPPORTED:
             self.parent.helpText = f"<b>{UNSUPPORTED}</b><br>" + self.parent.helpText
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Rad4XCNN implements the method of Prinzi F. et al., <i>Rad4XCNN: a new agnostic method for "
             "post-hoc global explanation of CNN-derived features by means of radiomics</i>, "
             "arXiv:2405.02334. "
-            + (f"Engine version {rad4xcnn_engine.__version__}." if UNSUPPORTED is None else "")
         )
+        if not UNSUPPORTED:  # the synthetic case and cohort in the SampleData module, once Slicer has started
+            version = _("Engine version {version}.").format(version=rad4xcnn_engine.__version__)
+            self.parent.acknowledgementText += version
+            slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register the synthetic case and cohort (Rad4XCNNLib.sampledata) with the SampleData module:
+    SampleDataLogic.registerCustomSampleDataSource with a customDownloader (SampleData.py at v5.10.0)."""
+    import SampleData
+    from Rad4XCNNLib import sampledata
+
+    icon = Path(__file__).resolve().parent / "Resources" / "Icons" / "Rad4XCNN.png"
+    sampledata.register(SampleData.SampleDataLogic.registerCustomSampleDataSource, icon)
 
 
 #
@@ -118,6 +132,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._bindParameterWidgets()
         self.ui.runButton.connect("clicked(bool)", self.onRunCohort)
+        self.ui.demoButton.connect("clicked(bool)", self.onTryDemo)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
         self.ui.caseRunButton.connect("clicked(bool)", self.onExplainCase)
@@ -323,7 +338,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ------------------------------------------------------------------------------------------- actions
     def onRunCohort(self):
         values = settings.read_all(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not start the run."):
+        with slicer.util.tryWithErrorDisplay(_("Could not start the run.")):
             if not self._ensure("pipeline") or not self.logic.ensureRadiomics():
                 return
             with slicer.util.WaitCursor():
@@ -331,14 +346,32 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if estimate is not None:
                 self.ui.estimateLabel.text = estimate.text()
                 if estimate.total > CONFIRM_RUN_SECONDS and not slicer.util.confirmOkCancelDisplay(
-                    f"Runs use the CPU: {estimate.text()}. Start?", "Rad4XCNN"
+                    _("Runs use the CPU: {estimate}. Start?").format(estimate=estimate.text()), "Rad4XCNN"
                 ):
                     return
             self._startJob(self.logic.startCohortRun(values, self._parameterNode))
 
+    def onTryDemo(self):
+        """Build the synthetic cohort and run it (``rad4xcnn demo``) into the output folder, or into a
+        "Rad4XCNN demo" folder of Slicer's temporary path (qSlicerCoreApplication::temporaryPath, v5.10.0)."""
+        values = settings.read_all(self._parameterNode)
+        folder = Path(values["OutputFolder"] or Path(slicer.app.temporaryPath) / "Rad4XCNN demo")
+        with slicer.util.tryWithErrorDisplay(_("Could not start the demo.")):
+            if self._ensure("pipeline"):
+                environment = self.logic.environment()
+                self._startJob(session.start_demo_run(folder, values, self._parameterNode, environment))
+
+    def onReload(self):
+        """Reload Rad4XCNNLib's modules too: Slicer's Reload reloads only this file
+        (ScriptedLoadableModuleWidget.onReload, Base/Python/slicer/ScriptedLoadableModule.py at v5.10.0)."""
+        import Rad4XCNNLib
+
+        Rad4XCNNLib.reload_library()
+        ScriptedLoadableModuleWidget.onReload(self)
+
     def onExplainCase(self):
         values = settings.read_all(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not explain this case."):
+        with slicer.util.tryWithErrorDisplay(_("Could not explain this case.")):
             if not self._ensure("pipeline"):
                 return
             self._startJob(self.logic.startCaseRun(values, self._parameterNode))
@@ -346,22 +379,21 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCancel(self):
         if self._session is not None:
             self._session.job.cancel()
-            self.ui.statusLabel.text = "Cancelling..."
+            self.ui.statusLabel.text = _("Cancelling...")
 
     def onLoadResults(self):
-        with slicer.util.tryWithErrorDisplay("Could not load the results."):
+        with slicer.util.tryWithErrorDisplay(_("Could not load the results.")):
             if not self._ensure("module"):
                 return
             with slicer.util.WaitCursor():
                 self.ui.summaryLabel.text = self.logic.loadResults(self._parameterNode)
 
     def onThresholdChanged(self):
-        # before any result is shown there is nothing to re-threshold; after a saved scene loads, the
-        # result nodes are there and the logic reads their run folder (results.apply_threshold)
+        # no result nodes: nothing to re-threshold (a loaded scene's are re-read: results.apply_threshold)
         if self._parameterNode is None or settings.get(self._parameterNode, "ExplanationsTable") is None:
             return
         value = settings.get(self._parameterNode, "Threshold")
-        with slicer.util.tryWithErrorDisplay("Could not apply the new M.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not apply the new M."), waitCursor=True):
             self.ui.summaryLabel.text = self.logic.applyThreshold(self._parameterNode, value)
 
     def _ensure(self, group):
@@ -374,26 +406,23 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDevicePanel(self, collapsed=False):
         if collapsed:
             return
-        with slicer.util.tryWithErrorDisplay("Could not read the PyTorch set-up.", waitCursor=True):
-            report = device.torch_report_in_child(
-                settings.get(self._parameterNode, "Device"),
-                env=self.logic.environment(),
-                idle=slicer.app.processEvents,
-            )
+        with slicer.util.tryWithErrorDisplay(_("Could not read the PyTorch set-up."), waitCursor=True):
+            requested, environment = settings.get(self._parameterNode, "Device"), self.logic.environment()
+            report = device.torch_report_in_child(requested, env=environment, idle=slicer.app.processEvents)
             self.ui.deviceInfoLabel.text = "\n".join(report.lines())
 
     def onReinstallTorch(self):
         backend = self.ui.torchBackendComboBox.currentText
         if not slicer.util.confirmOkCancelDisplay(device.reinstall_question(backend), "Rad4XCNN: PyTorch"):
             return
-        with slicer.util.tryWithErrorDisplay("Could not reinstall PyTorch.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not reinstall PyTorch."), waitCursor=True):
             self.logic.reinstallTorch(backend, onStart=self.updateGUIFromParameterNode)
-            slicer.util.infoDisplay("PyTorch was reinstalled. Restart Slicer to use it.")
+            slicer.util.infoDisplay(_("PyTorch was reinstalled. Restart Slicer to use it."))
         self.updateGUIFromParameterNode()
 
     def onEstimate(self):
         values = settings.read_all(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not estimate the run time.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not estimate the run time."), waitCursor=True):
             if not self._ensure("pipeline"):
                 return
             self.ui.estimateLabel.text = self.logic.cpuEstimate(values, cpuOnly=False).text()
@@ -412,7 +441,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._session = runSession
         self.ui.logTextEdit.clear()
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress event
-        self.ui.statusLabel.text = "Starting..."
+        self.ui.statusLabel.text = _("Starting...")
         self._timer.start()
         self.updateGUIFromParameterNode()
 
@@ -440,22 +469,22 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.setRange(0, 100)
         if job.cancelled:
             self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = "Cancelled. Finished work is kept and a new run resumes from it."
+            self.ui.statusLabel.text = _("Cancelled. Finished work is kept and a new run resumes from it.")
             runSession.discard()
         elif not job.succeeded:
             self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = f"Failed: {job.error_message()}"
+            self.ui.statusLabel.text = _("Failed: {problem}").format(problem=job.error_message())
             runSession.discard()
             slicer.util.errorDisplay(
                 f"The background process failed:\n{job.error_message()}", detailedText=job.log_text()
             )
         else:
             self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = "Finished."
+            self.ui.statusLabel.text = _("Finished.")
             # the scene may have been closed meanwhile, or the module hidden: the current parameter node
             # (a new one after a close) receives the results, read from the session's own folder
             parameterNode = self._parameterNode or self.logic.getParameterNode()
-            with slicer.util.tryWithErrorDisplay("Could not show the results.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
                 self.ui.summaryLabel.text = self.logic.finishRun(runSession, parameterNode)
         self.updateGUIFromParameterNode()
 
@@ -540,7 +569,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         if slicer.app.testingEnabled() or not slicer.util.confirmYesNoDisplay(
             self.radiomicsCheck.message() + " Install it now?", "Rad4XCNN: PyRadiomics"
         ):
-            return slicer.util.confirmOkCancelDisplay("Run with the installed PyRadiomics anyway?")
+            return slicer.util.confirmOkCancelDisplay(_("Run with the installed PyRadiomics anyway?"))
         self._runPlan(radiomics_check.radiomics_install_plan())
         self.radiomicsCheck = None  # the runs are new processes: the next check sees the new install
         wanted = radiomics_check.installed_location()
@@ -594,20 +623,13 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------------------------------ results
     def loadResults(self, parameterNode):
         """Show the run folder's tables and plots; returns a one-line summary."""
-        from Rad4XCNNLib import plots, tables
         from Rad4XCNNLib import results as mrml_results
 
-        results = mrml_results.load_run(settings.get(parameterNode, "OutputFolder"))
-        self.results, summary = mrml_results.show_run(
-            results, parameterNode, settings.get(parameterNode, "Threshold")
+        folder, threshold = (
+            settings.get(parameterNode, "OutputFolder"),
+            settings.get(parameterNode, "Threshold"),
         )
-        for reference, show in (
-            ("ExplanationsTable", tables.show_table),
-            ("CoverageChart", plots.show_chart),
-        ):
-            node = settings.get(parameterNode, reference)
-            if node is not None:
-                show(node)
+        self.results, summary = mrml_results.load_and_show(folder, parameterNode, threshold)
         return summary
 
     def applyThreshold(self, parameterNode, threshold):
@@ -639,9 +661,7 @@ class Rad4XCNNTest(ScriptedLoadableModuleTest):
             self.delayDisplay(f"Rad4XCNN self-test skipped: {UNSUPPORTED}")
             return
         self.setUp()
-        self.test_Rad4XCNN_scenarios()
-        self.setUp()
-        self.test_Rad4XCNN_parameter_node()
+        self.test_Rad4XCNN_scenarios()  # the parameter node's rules are one of its scenarios
 
     def test_Rad4XCNN_scenarios(self):
         from Rad4XCNNLib import scenarios as mrml_scenarios
@@ -658,13 +678,3 @@ class Rad4XCNNTest(ScriptedLoadableModuleTest):
             for name, outcome in run(Path(folder)):
                 self.delayDisplay(f"{name}: {outcome}", 200)
         self.delayDisplay("Rad4XCNN self-test passed")
-
-    def test_Rad4XCNN_parameter_node(self):
-        logic = Rad4XCNNLogic()
-        node = logic.getParameterNode()
-        self.assertEqual(settings.get(node, "Threshold"), 0.6)
-        settings.set_value(node, "Threshold", 0.7)
-        self.assertIs(logic.getParameterNode(), node)
-        self.assertEqual(settings.get(node, "Threshold"), 0.7)
-        with self.assertRaises(Rad4XCNNError):
-            settings.set_value(node, "Threshold", 2.0)

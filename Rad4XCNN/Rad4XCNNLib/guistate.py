@@ -44,6 +44,7 @@ def enabled_states(
         "radiomicsParamsPathLineEdit": values.get("RadiomicsPreset") == "file",
         "caseSegmentComboBox": mask is not None and mask.IsA("vtkMRMLSegmentationNode"),
         "runButton": not busy and bool(folder),
+        "demoButton": not busy,
         "cancelButton": running,
         "loadResultsButton": not busy and bool(folder),
         "caseRunButton": not busy and values.get("CaseImage") is not None and mask is not None,

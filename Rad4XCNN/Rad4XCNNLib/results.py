@@ -94,6 +94,17 @@ def show_run(results: RunResults, parameter_node, threshold: float | None = None
     return results, results.summary()
 
 
+def load_and_show(folder, parameter_node, threshold: float | None = None) -> tuple[RunResults, str]:
+    """Read the run folder, fill the result nodes at ``threshold`` (:func:`show_run`) and show the
+    explanations table and the coverage plot in Slicer's views; returns the results and the summary."""
+    results, summary = show_run(load_run(folder), parameter_node, threshold)
+    for reference, show in (("ExplanationsTable", tables.show_table), ("CoverageChart", plots.show_chart)):
+        node = settings.get(parameter_node, reference)
+        if node is not None:
+            show(node)
+    return results, summary
+
+
 def show_concept_tables(folder, parameter_node) -> list[str]:
     """The probe, CKA and concept tables of a run folder (``rad4xcnn probe --out RUN``) as table nodes, the
     same tables as the report's "Where concepts live"; returns the names of the tables shown."""

@@ -58,19 +58,15 @@ class LoadedScene:
 
 
 def case_in_the_scene(seed: int = 0) -> LoadedScene:
-    """Scenario A: a synthetic ultrasound image and its lesion made in memory and put into the scene as a
+    """Scenario A: the SampleData module's synthetic case, made in memory and put into the scene as a
     single-slice volume and a segmentation; the scene offers them as an image/segmentation pair and the
     segment reads back as the lesion. Needs only what 3D Slicer ships."""
-    from Rad4XCNNLogic.cohort.imageio import Image2D
-    from Rad4XCNNLogic.cohort.synthetic import synthesize_case
+    from Rad4XCNNLib import sampledata
 
-    image, lesion, _ = synthesize_case(np.random.default_rng(seed), "malignant", shape=SHAPE)
-    volume = bridge.volume_node_from_image(Image2D(image, spacing=(0.1, 0.1)), "scene case")
-    segmentation = masks.segmentation_from_mask(lesion, volume, "scene case segmentation")
-    pairs = [p for p in masks.scene_image_segmentation_pairs() if p.volume is volume]
-    _check(len(pairs) == 1, "the image and its segmentation are not offered as a pair of the scene")
-    _check(np.array_equal(masks.mask_from_segment(segmentation, None, volume), lesion), "the segment moved")
-    return LoadedScene("scene case", volume, segmentation, pairs[0].segment_id)
+    (pair,) = sampledata.load_cases(1, seed=seed)
+    mask = masks.mask_from_segment(pair.segmentation, None, pair.volume)
+    _check(mask.any() and pair.label == "benign", "the sample case has no lesion or no label")
+    return LoadedScene(pair.case_id, pair.volume, pair.segmentation, pair.segment_id)
 
 
 def parameter_node_rules() -> object:

@@ -95,8 +95,7 @@ class RunSession:
         values = self.settings_now(parameter_node)
         if self.kind == "cohort":
             settings.set_value(parameter_node, "OutputFolder", str(self.folder))
-            run = mrml_results.load_run(self.folder)
-            return mrml_results.show_run(run, parameter_node, values["Threshold"])
+            return mrml_results.load_and_show(self.folder, parameter_node, values["Threshold"])
         run_folder = values.get("OutputFolder") or ""
         if results is None or Path(results.folder).resolve() != Path(run_folder).resolve():
             results = mrml_results.load_run(run_folder, threshold=values["Threshold"])
@@ -149,3 +148,18 @@ def start_case_run(values: Mapping[str, Any], parameter_node=None, env=None) -> 
         raise
     job = BackgroundJob(engine_command(*argv), env=env, cwd=folder).start()
     return RunSession("case", job, folder, values, parameter_node, temporary=True)
+
+
+def demo_command(folder: str | Path) -> tuple[list[str], Path]:
+    """The engine arguments of the demo (``rad4xcnn demo``: writes the synthetic cohort into ``FOLDER/cohort``
+    and runs the whole pipeline on it) and the run folder it fills (``FOLDER/run``)."""
+    return ["demo", "--out", str(folder)], Path(folder) / "run"
+
+
+def start_demo_run(folder, values: Mapping[str, Any], parameter_node=None, env=None) -> RunSession:
+    """The panel's "Try the demo cohort": build the synthetic cohort and run it in the background; its
+    results load as a cohort run's from ``FOLDER/run``, so a first try needs no manifest."""
+    args, run_folder = demo_command(folder)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    job = BackgroundJob(engine_command(*args), env=env, cwd=folder).start()
+    return RunSession("cohort", job, run_folder, values, parameter_node)

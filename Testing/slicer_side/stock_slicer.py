@@ -123,7 +123,13 @@ def stock_slicer() -> None:
     for name in ("qt", "ctk"):
         sys.modules[name] = _AnyModule(name)
     sys.modules["slicer.ScriptedLoadableModule"] = slicer.ScriptedLoadableModule = _scripted_loadable_module()
-    slicer.app = types.SimpleNamespace(majorVersion=5, minorVersion=10, testingEnabled=lambda: False)
+    # Slicer's translation helpers (Base/Python/slicer/i18n.py at v5.10.0) without a translation loaded
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr, i18n.translate = (lambda text: text), (lambda context, text: text)
+    sys.modules["slicer.i18n"] = slicer.i18n = i18n
+    slicer.app = types.SimpleNamespace(
+        majorVersion=5, minorVersion=10, testingEnabled=lambda: False, connect=lambda signal, slot: None
+    )
     # the engine next to the module, as in an installed extension (and not another checkout's)
     sys.path[:0] = [str(ROOT / "Rad4XCNN"), str(ROOT)]
 

@@ -269,3 +269,16 @@ def test_a_shown_case_folder_is_removed(run, scene, tmp_path):
     assert not folder.exists()
     with pytest.raises(ValueError, match="unknown run kind 'probe'"):
         RunSession("probe", session.job, folder)
+
+
+def test_the_demo_button_runs_the_engines_demo(tmp_path):
+    """ "Try the demo cohort" runs ``rad4xcnn demo`` (synthetic cohort, then the whole pipeline), and the
+    session reads its results where the demo writes them."""
+    from Rad4XCNNLib.session import demo_command
+
+    from Rad4XCNNLogic.cli import build_parser
+
+    args, run_folder = demo_command(tmp_path / "demo")
+    parsed = build_parser().parse_args(args)
+    assert parsed.func.__name__ == "cmd_demo" and parsed.out == str(tmp_path / "demo")
+    assert run_folder == tmp_path / "demo" / "run"

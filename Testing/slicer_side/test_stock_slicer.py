@@ -31,7 +31,7 @@ def test_the_module_loads_and_self_tests_with_only_what_slicer_ships(tmp_path):
     outcomes = dict(report["outcomes"])
     # what needs only Slicer's packages ran (each scenario checks its own result)
     assert outcomes["a case in the scene"].endswith("image and segmentation paired")
-    assert outcomes["CAM overlay"] == "scene case CAM"
+    assert outcomes["CAM overlay"] == "synthetic case CAM"
     assert outcomes["parameter node"].startswith("defaults, a kept value, bad values refused")
     assert outcomes["close the scene"] == "the CAM colours are there again"
     # the rest says what it needs
