@@ -144,25 +144,30 @@ def segmentation_from_mask(
 # ------------------------------------------------------------------------------------- scene cohorts
 @dataclass(frozen=True)
 class ScenePair:
-    """An image volume of the scene and the segmentation (and segment) drawn on it."""
+    """An image volume of the scene and one segment of a segmentation drawn on it."""
 
     volume: object
     segmentation: object
     segment_id: str
     label: str | None = None
+    #: the segment's name, when its segmentation has several (it then names the case too)
+    segment_name: str | None = None
 
     @property
     def case_id(self) -> str:
-        return self.volume.GetName()
+        name = self.volume.GetName()
+        return f"{name} {self.segment_name}" if self.segment_name else name
 
 
 def scene_image_segmentation_pairs(label_attribute: str = "Rad4XCNN.label") -> list[ScenePair]:
-    """Pairs of (image volume, segmentation) in the scene: each segmentation with its reference volume.
+    """Pairs of (image volume, segment) in the scene: every segment of each segmentation, with the volume
+    the segmentation was drawn on (Slicer's reference image geometry), as SlicerRadiomics computes one
+    result per segment.
 
-    A segmentation's reference volume is the one it was drawn on (Slicer's reference image geometry). The
-    segment is the only one, or the one named "lesion". A class label may be set on the volume node as the
-    attribute ``Rad4XCNN.label``. Segmentations without a reference volume or with several segments and no
-    "lesion" are skipped with a log message.
+    A segmentation with one segment gives one case named after the volume; one with several gives a case per
+    segment, named ``"<volume> <segment>"``. A class label may be set on the volume node as the attribute
+    ``Rad4XCNN.label``. Segmentations without a reference volume, or without segments, are skipped with a
+    log message.
     """
     scene = bridge.current_scene()
     role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
@@ -179,12 +184,15 @@ def scene_image_segmentation_pairs(label_attribute: str = "Rad4XCNN.label") -> l
         ):
             log.debug("segmentation %s has no reference image volume; skipped", segmentation.GetName())
             continue
-        try:
-            segment_id = segment_id_of(segmentation)
-        except Rad4XCNNError as exc:
-            log.debug("%s; skipped", exc)
-            continue
-        pairs.append(ScenePair(volume, segmentation, segment_id, volume.GetAttribute(label_attribute)))
+        segments = segmentation.GetSegmentation()
+        count = segments.GetNumberOfSegments()
+        if count == 0:
+            log.debug("segmentation %s has no segment; skipped", segmentation.GetName())
+        label = volume.GetAttribute(label_attribute)
+        for index in range(count):
+            segment_id = segments.GetNthSegmentID(index)
+            name = segments.GetSegment(segment_id).GetName() if count > 1 else None
+            pairs.append(ScenePair(volume, segmentation, segment_id, label, name))
     return pairs
 
 

@@ -393,6 +393,24 @@ def test_scene_pairs_export_to_a_manifest_the_engine_loads(mrml, tmp_path):
         np.testing.assert_array_equal(read_mask(case.masks[0]), mask)
 
 
+def test_every_segment_of_a_segmentation_is_a_case(mrml, tmp_path):
+    """As SlicerRadiomics: one result per segment, whatever the segments are called."""
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+
+    volume = mb.volume_node_from_image(_image(), "us")
+    tumour, cyst = _lesion(), np.roll(_lesion(), 12, axis=1)
+    seg = masks.segmentation_from_mask(tumour, volume, "seg", segment_name="tumour")
+    masks.segmentation_from_mask(cyst, volume, "seg", segment_name="cyst", node=seg)
+    mrml.scene.AddNewNodeByClass(
+        "vtkMRMLSegmentationNode", "empty"
+    ).SetReferenceImageGeometryParameterFromVolumeNode(volume)  # no segment: no case
+    pairs = masks.scene_image_segmentation_pairs()
+    assert [p.case_id for p in pairs] == ["us tumour", "us cyst"]
+    cohort = read_manifest(masks.export_scene_cohort(pairs, tmp_path), check_images=True)
+    assert cohort.case_ids == ["us_tumour", "us_cyst"]
+    np.testing.assert_array_equal(cohort.cases[1].load().mask, cyst)
+
+
 def test_empty_scene_has_no_cohort(mrml, tmp_path):
     with pytest.raises(Rad4XCNNError, match="no image volume with a segmentation"):
         masks.export_scene_cohort(masks.scene_image_segmentation_pairs(), tmp_path)
