@@ -1,12 +1,9 @@
 """Rad4XCNN, the 3D Slicer module: explain a CNN's deep features through radiomic features.
 
 This file is the thin GUI. The work is done by the engine package ``Rad4XCNNLogic`` (installed next to this
-file) and by the Slicer-side helpers of ``Rad4XCNNLib``: the MRML bridge and result views (``bridge``,
-``results``), the settings on the parameter node (``parameters``), the background process (``background``),
-the installs (``dependencies``), the device panel (``device``), widget states (``guistate``), scene events
-(``scenewatch``) and the self-test scenarios (``scenarios``), which the pytest suite also runs on the
-slicer-core wheel. The engine package is imported under another name because this module's logic class is,
-by Slicer's convention, called ``Rad4XCNNLogic`` too.
+file, imported under another name: by Slicer's convention this module's logic class is ``Rad4XCNNLogic``)
+and by the Slicer-side helpers of ``Rad4XCNNLib`` (docs/ARCHITECTURE.md lists them), which the pytest suite
+runs on the slicer-core wheel. At Slicer's start only the light helpers load (Slicer's own packages).
 
 Supported: 3D Slicer 5.10 and later. On an older Slicer only ``Rad4XCNNLib.compatibility`` is imported (it
 is written for Python 3.9), and the module shows why it cannot run.
@@ -212,6 +209,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 widget.connect("valueChanged(int)", store)
             elif parameter.kind == "bool":
                 widget.connect("toggled(bool)", store)
+            elif parameter.kind == "list":
+                widget.connect("textChanged(QString)", store)
 
     def _storeSetting(self, name, value):
         if self._updatingGUI or self._parameterNode is None:
@@ -302,6 +301,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 widget.value = value
             elif parameter.kind == "bool":
                 widget.checked = bool(value)
+            elif parameter.kind == "list" and (text := guistate.text_to_show(widget.text, value)) is not None:
+                widget.text = text
         finally:
             widget.blockSignals(wasBlocked)
 

@@ -68,7 +68,11 @@ def text_to_show(current: str, value: Any) -> str | None:
     >>> text_to_show("resnet5", "resnet5") is None
     True
     >>> text_to_show("", None)
+    >>> text_to_show("label", ["label", "cohort"])
+    'label, cohort'
     """
+    if isinstance(value, (list, tuple)):  # a list setting, shown as its comma-separated items
+        value = ", ".join(map(str, value))
     text = "" if value is None else str(value)
     return None if text == (current or "") else text
 

@@ -21,6 +21,18 @@ from Rad4XCNNLogic.run.config import setting
 
 MODULE_NAME = "Rad4XCNN"
 
+
+def split_items(text: str) -> list[str]:
+    """The items of a comma-separated list as typed in the panel.
+
+    Examples
+    --------
+    >>> split_items(" label, cohort ,"), split_items("")
+    (['label', 'cohort'], [])
+    """
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
+
 #: Suggested backbones (any timm model name may be typed in).
 BACKBONES = ("resnet50", "densenet121", "resnet18", "vit_base_patch16_224")
 WEIGHT_SOURCES = ("imagenet", "checkpoint", "random")
@@ -44,6 +56,7 @@ WIDGET_CLASSES = {
     "float": ("ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox", "qMRMLSliderWidget"),
     "int": ("QSpinBox", "ctkSliderWidget"),
     "bool": ("QCheckBox", "ctkCheckBox"),
+    "list": ("QLineEdit",),
 }
 
 
@@ -68,7 +81,8 @@ class Parameter:
         """A parameter that stands for run-configuration setting ``key``: its default, help, choices and
         limits come from the configuration's metadata, and :meth:`format` checks values by its rule."""
         s = setting(key)
-        default = s.default[0] if s.is_list and s.default else s.default
+        # a list setting shown as one value (M: the first threshold) or, kind "list", as all of them
+        default = s.default[0] if s.is_list and s.default and kind != "list" else s.default
         limits = {}
         if s.interval is not None:
             limits = {"minimum": s.interval.smallest(STEP), "maximum": s.interval.largest(STEP)}
@@ -86,7 +100,7 @@ class Parameter:
 
     def parse(self, text: str | None) -> Any:
         """The typed value of the stored ``text`` (the default when missing or unreadable)."""
-        if text is None or text == "":
+        if text is None or (text == "" and self.kind != "list"):  # an empty list is a value: [] (pooled)
             return self.default
         try:
             if self.kind == "float":
@@ -96,6 +110,8 @@ class Parameter:
                 return int(float(text))
             if self.kind == "bool":
                 return text.strip().lower() in ("1", "true", "yes", "on")
+            if self.kind == "list":
+                return split_items(text)
         except ValueError:
             return self.default
         if self.kind == "choice" and text not in self.choices:
@@ -125,6 +141,8 @@ class Parameter:
         """
         if value is None:
             return ""
+        if self.kind == "list":
+            value = split_items(value) if isinstance(value, str) else list(value)
         if self.setting is not None:
             value = self._checked(value)
         elif self.kind == "choice" and str(value) not in self.choices:
@@ -141,6 +159,8 @@ class Parameter:
             return str(int(number)) if self.kind == "int" else repr(number)
         if self.kind == "bool":
             return "true" if value else "false"
+        if self.kind == "list":
+            return ", ".join(map(str, value))
         return str(value)
 
 
@@ -241,6 +261,7 @@ PARAMETERS: tuple[Parameter, ...] = (
         "thresholdSliderWidget",
         help="M: a deep feature is explained by a radiomic feature when |Spearman rho| >= M",
     ),
+    Parameter.of_setting("Stratify", "list", "explain.stratify", "stratifyLineEdit"),
     Parameter("OutputFolder", "path", "", "outputFolderPathLineEdit", "the run folder"),
     # results (node references kept with the scene; no widget)
     Parameter("ExplanationsTable", "node", node_classes=("vtkMRMLTableNode",)),
@@ -283,14 +304,12 @@ def parameter_node(scene, module_name: str = MODULE_NAME):
 
 
 def set_defaults(node) -> None:
-    """Give every setting that the node does not hold yet its default (values already set are kept)."""
+    """Give every setting that the node does not hold yet its default (values already set are kept, an empty
+    list too: vtkMRMLScriptedModuleNode::HasParameter at v5.10.0)."""
     for parameter in PARAMETERS:
-        if (
-            parameter.kind != "node"
-            and not node.GetParameter(parameter.name)
-            and parameter.default not in (None, "")
-        ):
-            node.SetParameter(parameter.name, parameter.format(parameter.default))
+        if parameter.kind == "node" or parameter.default in (None, "") or node.HasParameter(parameter.name):
+            continue
+        node.SetParameter(parameter.name, parameter.format(parameter.default))
 
 
 def get(node, name: str) -> Any:
@@ -298,7 +317,7 @@ def get(node, name: str) -> Any:
     parameter = _parameter(name)
     if parameter.kind == "node":
         return node.GetNodeReference(name)
-    return parameter.parse(node.GetParameter(name))
+    return parameter.parse(node.GetParameter(name) if node.HasParameter(name) else None)
 
 
 def set_value(node, name: str, value: Any) -> None:
@@ -316,7 +335,7 @@ def set_value(node, name: str, value: Any) -> None:
         node.SetNodeReferenceID(name, None if value is None else value.GetID())
         return
     text = parameter.format(value)
-    if node.GetParameter(name) != text:
+    if not node.HasParameter(name) or node.GetParameter(name) != text:
         node.SetParameter(name, text)
 
 
@@ -369,7 +388,7 @@ def run_configuration(values: Mapping[str, Any], manifest: str | Path, out: str 
     --------
     >>> config = run_configuration({"Backbone": "resnet50", "Threshold": 0.6}, "m.csv", "run")
     >>> config["models"], config["explain"]
-    ([{'name': 'resnet50', 'weights': 'imagenet'}], {'thresholds': [0.6]})
+    ([{'name': 'resnet50', 'weights': 'imagenet'}], {'thresholds': [0.6], 'stratify': ['label', 'cohort']})
     """
     from Rad4XCNNLogic.run.config import config_from_dict
 
@@ -383,7 +402,10 @@ def run_configuration(values: Mapping[str, Any], manifest: str | Path, out: str 
         "models": [{"name": backbone, "weights": weights_argument(values)}],
         "radiomics": {"params": radiomics_argument(values)},
         # M as the parameter node holds it (checked by explain.thresholds' rule when it was set)
-        "explain": {"thresholds": [values.get("Threshold", BY_NAME["Threshold"].default)]},
+        "explain": {
+            "thresholds": [values.get("Threshold", BY_NAME["Threshold"].default)],
+            "stratify": list(values.get("Stratify", BY_NAME["Stratify"].default)),
+        },
     }
     config_from_dict(config)  # the same rules as a configuration file: a bad value is named here
     return config

@@ -30,6 +30,15 @@ def test_singleton_node_with_defaults(mrml):
 
 def test_typed_values_and_limits(mrml):
     node = mp.parameter_node(mrml.scene)
+    assert mp.get(node, "Stratify") == ["label", "cohort"]
+    mp.set_value(node, "Stratify", " scanner,label ")
+    assert node.GetParameter("Stratify") == "scanner, label" and mp.get(node, "Stratify") == [
+        "scanner",
+        "label",
+    ]
+    mp.set_value(node, "Stratify", "")  # the paper's pooled rule: kept, not replaced by the default
+    mp.set_defaults(node)
+    assert mp.get(node, "Stratify") == []
     mp.set_value(node, "Threshold", 0.75)
     assert node.GetParameter("Threshold") == "0.75" and mp.get(node, "Threshold") == 0.75
     mp.set_value(node, "TopFeatures", 12)
@@ -114,8 +123,10 @@ def test_run_configuration(tmp_path):
         "device": "cuda",
         "models": [{"name": "densenet121", "weights": None}],
         "radiomics": {"params": "paper"},
-        "explain": {"thresholds": [0.65]},
+        "explain": {"thresholds": [0.65], "stratify": ["label", "cohort"]},  # the engine's default
     }
+    # the pooled rule (nothing typed) is a value of its own, kept by the node
+    assert mp.run_configuration({**values, "Stratify": []}, "m.csv", "out")["explain"]["stratify"] == []
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"x")
     params = tmp_path / "params.yaml"
