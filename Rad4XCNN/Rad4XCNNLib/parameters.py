@@ -263,6 +263,13 @@ PARAMETERS: tuple[Parameter, ...] = (
     ),
     Parameter.of_setting("Stratify", "list", "explain.stratify", "stratifyLineEdit"),
     Parameter("OutputFolder", "path", "", "outputFolderPathLineEdit", "the run folder"),
+    Parameter(
+        "ReuseOutputs",
+        "bool",
+        False,
+        "reuseOutputsCheckBox",
+        "refill the previous run's tables and plots instead of adding new ones named after this run",
+    ),
     # results (node references kept with the scene; no widget)
     Parameter("ExplanationsTable", "node", node_classes=("vtkMRMLTableNode",)),
     Parameter("CorrelationsTable", "node", node_classes=("vtkMRMLTableNode",)),

@@ -24,15 +24,18 @@ log = logging.getLogger(__name__)
 
 #: Rows of the correlations table shown in Slicer (the strongest pairs); the CSV in the run folder has all.
 MAX_TABLE_ROWS = 5000
+#: What each result node shows; its name is the run's (its folder's name) followed by this.
 _TABLE_NAMES = {
-    "ExplanationsTable": "Rad4XCNN explanations",
-    "CorrelationsTable": "Rad4XCNN correlations",
-    "ClassificationTable": "Rad4XCNN classification",
-    "CaseTable": "Rad4XCNN case",
-    "ProbesTable": "Rad4XCNN probes",
-    "CkaTable": "Rad4XCNN CKA",
-    "ConceptsTable": "Rad4XCNN concepts",
+    "ExplanationsTable": "explanations",
+    "CorrelationsTable": "correlations",
+    "ClassificationTable": "classification",
+    "CaseTable": "case",
+    "ProbesTable": "probes",
+    "CkaTable": "CKA",
+    "ConceptsTable": "concepts",
 }
+#: The attribute that records which run folder a result node shows.
+RUN_ATTRIBUTE = "Rad4XCNN.run"
 #: The "Where concepts live" tables of ``rad4xcnn probe``, shown when the run folder holds them.
 _CONCEPT_TABLES = {
     "ProbesTable": RunFiles.PROBES,
@@ -60,13 +63,38 @@ def load_run(folder, threshold: float | None = None) -> RunResults:
     return RunResults.load(folder, threshold=threshold)
 
 
-def _table(parameter_node, reference: str, frame, index: bool = True):
+def run_name(folder) -> str:
+    """The name result nodes of the run in ``folder`` start with: the folder's name."""
+    return Path(folder).resolve().name or "Rad4XCNN"
+
+
+def result_node(parameter_node, reference: str, folder):
+    """The node to fill with ``reference``'s result of the run in ``folder``: the parameter node's, when it
+    shows this run (M moved, results loaded again) or the *Reuse outputs* setting is on; else None, so that
+    a new node is made and the previous run's stays in the scene as it was."""
     node = settings.get(parameter_node, reference)
-    node = tables.table_node_from_dataframe(
-        frame, _TABLE_NAMES[reference], node=node, index=index, descriptions=_DESCRIPTIONS
-    )
+    if node is None or settings.get(parameter_node, "ReuseOutputs"):
+        return node
+    shown = node.GetAttribute(RUN_ATTRIBUTE)
+    return node if shown in (None, str(Path(folder).resolve())) else None
+
+
+def _keep(parameter_node, reference: str, node, folder):
+    node.SetAttribute(RUN_ATTRIBUTE, str(Path(folder).resolve()))
     settings.set_value(parameter_node, reference, node)
     return node
+
+
+def _table(parameter_node, reference: str, frame, folder, index: bool = True):
+    name = f"{run_name(folder)} {_TABLE_NAMES[reference]}"
+    node = tables.table_node_from_dataframe(
+        frame,
+        name,
+        node=result_node(parameter_node, reference, folder),
+        index=index,
+        descriptions=_DESCRIPTIONS,
+    )
+    return _keep(parameter_node, reference, node, folder)
 
 
 def show_run(results: RunResults, parameter_node, threshold: float | None = None) -> tuple[RunResults, str]:
@@ -75,21 +103,27 @@ def show_run(results: RunResults, parameter_node, threshold: float | None = None
     classification; charts: coverage against M with a marker at M, and the histogram of rho."""
     if threshold is not None and results.explanation is not None:
         results = results.with_threshold(threshold)
+    folder, name = results.folder, run_name(results.folder)
     if results.explanation is not None:
-        _table(parameter_node, "ExplanationsTable", results.explanations)
-        _table(parameter_node, "CorrelationsTable", results.correlations.head(MAX_TABLE_ROWS), index=False)
+        _table(parameter_node, "ExplanationsTable", results.explanations, folder)
+        pairs = results.correlations.head(MAX_TABLE_ROWS)
+        _table(parameter_node, "CorrelationsTable", pairs, folder, index=False)
         coverage = plots.plot_coverage(
             results.coverage(),
             threshold=results.threshold,
-            chart=settings.get(parameter_node, "CoverageChart"),
+            name=f"{name} coverage",
+            chart=result_node(parameter_node, "CoverageChart", folder),
         )
-        settings.set_value(parameter_node, "CoverageChart", coverage)
+        _keep(parameter_node, "CoverageChart", coverage, folder)
         histogram = plots.plot_rho_histogram(
-            results.rho, threshold=results.threshold, chart=settings.get(parameter_node, "RhoChart")
+            results.rho,
+            threshold=results.threshold,
+            name=f"{name} rho histogram",
+            chart=result_node(parameter_node, "RhoChart", folder),
         )
-        settings.set_value(parameter_node, "RhoChart", histogram)
+        _keep(parameter_node, "RhoChart", histogram, folder)
     if results.classification is not None:
-        _table(parameter_node, "ClassificationTable", results.classification)
+        _table(parameter_node, "ClassificationTable", results.classification, folder)
     show_concept_tables(results.folder, parameter_node)
     return results, results.summary()
 
@@ -114,8 +148,7 @@ def show_concept_tables(folder, parameter_node) -> list[str]:
     for reference, name in _CONCEPT_TABLES.items():
         path = Path(folder) / name
         if path.is_file():
-            _table(parameter_node, reference, pd.read_csv(path), index=False)
-            shown.append(_TABLE_NAMES[reference])
+            shown.append(_table(parameter_node, reference, pd.read_csv(path), folder, index=False).GetName())
     return shown
 
 
@@ -239,7 +272,7 @@ def show_case(
         top = results.ranked_deep_features(values["TopFeatures"])
         pairs = results.explaining_pairs(list(top.index))
         table = case_comparison(case_values, results.radiomics, pairs)
-        _table(parameter_node, "CaseTable", table, index=False)
+        _table(parameter_node, "CaseTable", table, results.folder, index=False)
         explained = int((top["status"] == "explained").sum())
         notes.append(
             f"{explained} of the {len(top)} most important deep features "

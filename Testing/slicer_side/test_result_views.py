@@ -78,6 +78,28 @@ def test_run_tables_follow_importance_and_m(run, scene):
     assert tables.dataframe_from_table_node(settings.get(node, "CorrelationsTable"), index_col=None).empty
 
 
+def test_a_new_run_adds_its_own_nodes_and_keeps_the_previous_ones(run, scene, tmp_path):
+    import shutil
+
+    env, node, *_ = scene
+    first, second = shutil.copytree(run, tmp_path / "first"), shutil.copytree(run, tmp_path / "second")
+    mrml_results.show_run(mrml_results.load_run(first), node, 0.6)
+    kept = {ref: settings.get(node, ref) for ref in ("ExplanationsTable", "CoverageChart", "RhoChart")}
+    mrml_results.show_run(mrml_results.load_run(first), node, 0.8)  # the same run again: refilled
+    assert all(settings.get(node, ref) is n for ref, n in kept.items())
+    mrml_results.show_run(mrml_results.load_run(second), node, 0.6)
+    assert settings.get(node, "ExplanationsTable").GetName() == "second explanations"
+    assert kept["ExplanationsTable"].GetName() == "first explanations"
+    assert kept["ExplanationsTable"].GetScene() is env.scene  # still there, as it was
+    assert kept["CoverageChart"].GetName() == "first coverage"
+    assert settings.get(node, "CoverageChart").GetName() == "second coverage"
+    # with Reuse outputs, the next run refills the nodes of the previous one
+    settings.set_value(node, "ReuseOutputs", True)
+    latest = settings.get(node, "ExplanationsTable")
+    mrml_results.show_run(mrml_results.load_run(first), node, 0.6)
+    assert settings.get(node, "ExplanationsTable") is latest and latest.GetName() == "first explanations"
+
+
 def test_m_works_at_once_after_a_saved_scene_loads(run, scene):
     """The scene holds the result nodes and the run folder but no correlations yet: M re-reads the folder."""
     _, node, *_ = scene
@@ -119,7 +141,7 @@ def test_probe_tables_become_table_nodes(run, scene):
         cka = tables.dataframe_from_table_node(settings.get(node, "CkaTable"), index_col=None)
         assert cka.loc[0, "cka"] == 0.4
         assert settings.get(node, "ConceptsTable") is None  # no concepts.csv
-        assert settings.get(node, "ProbesTable").GetName() == "Rad4XCNN probes"
+        assert settings.get(node, "ProbesTable").GetName() == "run probes"  # named after the run folder
     finally:
         (run / "probes.csv").unlink()
         (run / "cka.csv").unlink()

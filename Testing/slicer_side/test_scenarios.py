@@ -70,7 +70,7 @@ def test_fill_tables_and_plots_and_move_m(scene_case, correlation):
     node = scenarios.fill_tables_and_plots(correlation, threshold=0.6, new_threshold=0.75)
     from Rad4XCNNLib import parameters as settings
 
-    assert settings.get(node, "ExplanationsTable").GetName() == "Rad4XCNN explanations"
+    assert settings.get(node, "ExplanationsTable").GetName() == "run explanations"  # the run folder's name
     assert settings.get(node, "CoverageChart").GetNumberOfPlotSeriesNodes() == 2  # resnet18 and the M marker
 
 
