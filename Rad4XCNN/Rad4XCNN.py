@@ -166,6 +166,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reinstallTorchButton.connect("clicked(bool)", self.onReinstallTorch)
         self.ui.estimateButton.connect("clicked(bool)", self.onEstimate)
         self.ui.deviceCollapsibleButton.connect("contentsCollapsed(bool)", self.onDevicePanel)
+        self.ui.packagesCollapsibleButton.connect("contentsCollapsed(bool)", self.onPackagesPanel)
+        self.ui.upgradePackagesButton.connect("clicked(bool)", self.onUpgradePackages)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
@@ -412,6 +414,19 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             report = device.torch_report_in_child(requested, env=environment, idle=slicer.app.processEvents)
             self.ui.deviceInfoLabel.text = "\n".join(report.lines())
 
+    def onPackagesPanel(self, collapsed=False):
+        if not collapsed:  # the packages Rad4XCNN uses: the versions it needs, those installed
+            self.ui.packagesLabel.text = "\n".join(row.text() for row in dependencies.package_rows())
+
+    def onUpgradePackages(self):
+        if slicer.util.confirmOkCancelDisplay(_("Install what is missing and upgrade Rad4XCNN's packages?")):
+            with slicer.util.tryWithErrorDisplay(_("Could not upgrade the packages."), waitCursor=True):
+                plan = dependencies.upgrade_plan(dependencies.package_rows())
+                self.logic.runPlan(plan, onStart=self.updateGUIFromParameterNode)
+                slicer.util.infoDisplay(_("Done. Restart Slicer to use the new packages."))
+        self.onPackagesPanel()
+        self.updateGUIFromParameterNode()
+
     def onReinstallTorch(self):
         backend = self.ui.torchBackendComboBox.currentText
         if not slicer.util.confirmOkCancelDisplay(device.reinstall_question(backend), "Rad4XCNN: PyTorch"):
@@ -536,7 +551,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
             plan.message(), "Rad4XCNN: Python packages"
         ):
             return False
-        self._runPlan(plan, onStart)
+        self.runPlan(plan, onStart)
         still = dependencies.check(group)
         if not still.empty:
             slicer.util.errorDisplay(
@@ -548,7 +563,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         return True
 
     @staticmethod
-    def _runPlan(plan, onStart=None):
+    def runPlan(plan, onStart=None):
         with tempfile.TemporaryDirectory(prefix="rad4xcnn-install-") as folder:
             if onStart is not None:
                 qt.QTimer.singleShot(0, onStart)  # greys out Run and Explain once the install holds its lock
@@ -571,7 +586,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
             self.radiomicsCheck.message() + " Install it now?", "Rad4XCNN: PyRadiomics"
         ):
             return slicer.util.confirmOkCancelDisplay(_("Run with the installed PyRadiomics anyway?"))
-        self._runPlan(radiomics_check.radiomics_install_plan())
+        self.runPlan(radiomics_check.radiomics_install_plan())
         self.radiomicsCheck = None  # the runs are new processes: the next check sees the new install
         wanted = radiomics_check.installed_location()
         imported = radiomics_check.imported_by_engine(self.environment()).get("location")

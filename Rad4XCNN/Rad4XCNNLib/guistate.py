@@ -51,6 +51,7 @@ def enabled_states(
         "openReportButton": bool(folder) and (Path(folder) / "report.html").is_file(),
         "reinstallTorchButton": not busy,
         "estimateButton": not busy,
+        "upgradePackagesButton": not busy,
     }
     for button, reference in RESULT_BUTTONS.items():
         states[button] = values.get(reference) is not None

@@ -280,8 +280,12 @@ def test_module_file_defines_the_four_classes_and_imports_the_engine_under_other
 
 
 def test_module_file_stays_thin():
-    lines = [line for line in MODULE_FILE.read_text().splitlines() if line.strip()]
-    assert len(lines) < 600, f"Rad4XCNN.py has {len(lines)} lines; move logic into the engine"
+    """The widget binds and shows; the decisions live in Rad4XCNNLib (and the size rule of every Slicer-side
+    module, 700 lines, is Testing/test_layout.py's): no module-level function but the sample data's hook."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert functions == ["registerSampleData"]
+    assert len(MODULE_FILE.read_text().splitlines()) <= 700
 
 
 def test_only_mrml_modules_of_the_engine_import_slicer():
