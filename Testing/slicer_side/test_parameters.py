@@ -94,7 +94,9 @@ def test_saved_scene_restores_every_setting(mrml, tmp_path):
         "ManifestPath": str(tmp_path / "manifest.csv"),
         "RadiomicsPreset": "extended",
         "Threshold": 0.7,
+        "Stratify": [],
         "OutputFolder": str(tmp_path / "run"),
+        "ReuseOutputs": True,
         "ExplanationsTable": table,
     }
     mp.write_all(node, chosen)
