@@ -74,3 +74,13 @@ class Rad4XCNNWidgetTest(unittest.TestCase):
         ui.deviceCollapsibleButton.collapsed = False
         self.assertTrue(ui.deviceInfoLabel.text.startswith("PyTorch"))
         self.assertGreater(ui.torchBackendComboBox.count, 1)
+
+    def test_stratify_and_the_packages_panel(self):
+        ui = self.widget.ui
+        ui.stratifyLineEdit.text = "label, scanner"
+        self.assertEqual(settings.get(self.node, "Stratify"), ["label", "scanner"])
+        settings.set_value(self.node, "Stratify", [])
+        self.assertEqual(ui.stratifyLineEdit.text, "")
+        ui.packagesCollapsibleButton.collapsed = False
+        self.assertIn("pandas", ui.packagesLabel.text)
+        self.assertTrue(ui.demoButton.enabled and ui.upgradePackagesButton.enabled)
