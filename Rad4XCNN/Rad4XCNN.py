@@ -1,19 +1,15 @@
 """Rad4XCNN, the 3D Slicer module: explain a CNN's deep features through radiomic features.
 
 This file is the thin GUI. The work is done by the engine package ``Rad4XCNNLogic`` (installed next to this
-file) and by the Slicer-side helpers of ``Rad4XCNNLib``: the MRML bridge and result views (``bridge``,
-``results``), the settings on the parameter node (``parameters``), the background process (``background``),
-the installs (``dependencies``), the device panel (``device``), widget states (``guistate``), scene events
-(``scenewatch``) and the self-test scenarios (``scenarios``), which the pytest suite also runs on the
-slicer-core wheel. The engine package is imported under another name because this module's logic class is,
-by Slicer's convention, called ``Rad4XCNNLogic`` too.
+file, imported under another name: by Slicer's convention this module's logic class is ``Rad4XCNNLogic``)
+and by the Slicer-side helpers of ``Rad4XCNNLib`` (docs/ARCHITECTURE.md lists them), which the pytest suite
+runs on the slicer-core wheel. At Slicer's start only the light helpers load (Slicer's own packages).
 
 Supported: 3D Slicer 5.10 and later. On an older Slicer only ``Rad4XCNNLib.compatibility`` is imported (it
 is written for Python 3.9), and the module shows why it cannot run.
 """
 
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -22,6 +18,8 @@ import qt
 import slicer
 import vtk
 from Rad4XCNNLib import compatibility
+from slicer.i18n import tr as _  # translatable strings, as in Slicer's module template (v5.10.0)
+from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -38,7 +36,8 @@ if UNSUPPORTED is None:
     except ImportError:  # source tree added as a module path: the engine is one folder up
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         import Rad4XCNNLogic as rad4xcnn_engine
-    from Rad4XCNNLib import background, bridge, dependencies, device, guistate, mapviews, scenewatch
+    # light helpers only: the MRML and result modules come with the panel or a run (numpy, pandas)
+    from Rad4XCNNLib import background, dependencies, device, guistate, scenewatch, session
     from Rad4XCNNLib import parameters as settings
 
     from Rad4XCNNLogic.errors import Rad4XCNNError
@@ -58,11 +57,11 @@ CONFIRM_RUN_SECONDS = 600
 class Rad4XCNN(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Rad4XCNN"
-        self.parent.categories = ["Informatics"]
+        self.parent.title = _("Rad4XCNN")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Informatics")]
         self.parent.dependencies = []
         self.parent.contributors = ["Rad4XCNN developers"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Explain what a convolutional network has learnt: each deep feature is correlated (Spearman) "
             "with radiomic features whose meaning is known, and is explained by those with |rho| >= M. "
             "<b>Cohort</b>: run the analysis on a manifest or on the image/segmentation pairs of the scene. "
@@ -73,12 +72,25 @@ class Rad4XCNN(ScriptedLoadableModule):
         )
         if UNSUPPORTED:
             self.parent.helpText = f"<b>{UNSUPPORTED}</b><br>" + self.parent.helpText
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Rad4XCNN implements the method of Prinzi F. et al., <i>Rad4XCNN: a new agnostic method for "
             "post-hoc global explanation of CNN-derived features by means of radiomics</i>, "
             "arXiv:2405.02334. "
-            + (f"Engine version {rad4xcnn_engine.__version__}." if UNSUPPORTED is None else "")
         )
+        if not UNSUPPORTED:  # the synthetic case and cohort in the SampleData module, once Slicer has started
+            version = _("Engine version {version}.").format(version=rad4xcnn_engine.__version__)
+            self.parent.acknowledgementText += version
+            slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register the synthetic case and cohort (Rad4XCNNLib.sampledata) with the SampleData module:
+    SampleDataLogic.registerCustomSampleDataSource with a customDownloader (SampleData.py at v5.10.0)."""
+    import SampleData
+    from Rad4XCNNLib import sampledata
+
+    icon = Path(__file__).resolve().parent / "Resources" / "Icons" / "Rad4XCNN.png"
+    sampledata.register(SampleData.SampleDataLogic.registerCustomSampleDataSource, icon)
 
 
 #
@@ -93,9 +105,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._updatingGUI = False
-        self._job = None
-        self._jobKind = None
-        self._jobFolder = None
+        self._session = None
         self._timer = None
         self._thresholdTimer = None
         self._sceneWatcher = None
@@ -109,6 +119,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.layout.addWidget(label)
             self.layout.addStretch(1)
             return
+        from Rad4XCNNLib import mapviews, overlays, plots, tables
+
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/Rad4XCNN.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -117,6 +129,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._bindParameterWidgets()
         self.ui.runButton.connect("clicked(bool)", self.onRunCohort)
+        self.ui.demoButton.connect("clicked(bool)", self.onTryDemo)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.loadResultsButton.connect("clicked(bool)", self.onLoadResults)
         self.ui.caseRunButton.connect("clicked(bool)", self.onExplainCase)
@@ -128,7 +141,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.thresholdSliderWidget.connect(
             "valueChanged(double)", lambda _value: self._thresholdTimer.start()
         )
-        self.ui.camOpacitySliderWidget.connect("valueChanged(double)", bridge.set_overlay_opacity)
+        self.ui.camOpacitySliderWidget.connect("valueChanged(double)", overlays.set_overlay_opacity)
         # a new colour map recolours the feature maps already shown (and is stored for the next case)
         recolour = lambda colour: colour and mapviews.recolour_feature_maps(str(colour))  # noqa: E731
         self.ui.featureMapColourComboBox.connect("currentTextChanged(QString)", recolour)
@@ -140,23 +153,28 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             (self.ui.showCaseTableButton, "CaseTable"),
         ):
             button.connect(
-                "clicked(bool)", lambda _=False, r=reference: self._showReferenced(r, bridge.show_table)
+                "clicked(bool)", lambda _=False, r=reference: self._showReferenced(r, tables.show_table)
             )
         self.ui.showCoveragePlotButton.connect(
-            "clicked(bool)", lambda _=False: self._showReferenced("CoverageChart", bridge.show_chart)
+            "clicked(bool)", lambda _=False: self._showReferenced("CoverageChart", plots.show_chart)
         )
         self.ui.showRhoPlotButton.connect(
-            "clicked(bool)", lambda _=False: self._showReferenced("RhoChart", bridge.show_chart)
+            "clicked(bool)", lambda _=False: self._showReferenced("RhoChart", plots.show_chart)
         )
         self.ui.openReportButton.connect("clicked(bool)", self.onOpenReport)
         self.ui.torchBackendComboBox.addItems(list(device.SUGGESTED_BACKENDS))
         self.ui.reinstallTorchButton.connect("clicked(bool)", self.onReinstallTorch)
         self.ui.estimateButton.connect("clicked(bool)", self.onEstimate)
         self.ui.deviceCollapsibleButton.connect("contentsCollapsed(bool)", self.onDevicePanel)
+        self.ui.packagesCollapsibleButton.connect("contentsCollapsed(bool)", self.onPackagesPanel)
+        self.ui.upgradePackagesButton.connect("clicked(bool)", self.onUpgradePackages)
 
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._pollJob)
+        # Quitting Slicer ends the background run's whole process tree (QCoreApplication::aboutToQuit);
+        # background.py also registers the same with atexit, for a Python that is finalised without it.
+        slicer.app.connect("aboutToQuit()", background.end_all_jobs)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
@@ -193,6 +211,8 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 widget.connect("valueChanged(int)", store)
             elif parameter.kind == "bool":
                 widget.connect("toggled(bool)", store)
+            elif parameter.kind == "list":
+                widget.connect("textChanged(QString)", store)
 
     def _storeSetting(self, name, value):
         if self._updatingGUI or self._parameterNode is None:
@@ -283,12 +303,14 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 widget.value = value
             elif parameter.kind == "bool":
                 widget.checked = bool(value)
+            elif parameter.kind == "list" and (text := guistate.text_to_show(widget.text, value)) is not None:
+                widget.text = text
         finally:
             widget.blockSignals(wasBlocked)
 
     def _updateStates(self, values):
         states = guistate.enabled_states(
-            values, running=self._job is not None, installing=dependencies.install_in_progress()
+            values, running=self._session is not None, installing=dependencies.install_in_progress()
         )
         for name, enabled in states.items():
             getattr(self.ui, name).enabled = enabled
@@ -311,13 +333,15 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._storeSetting("CaseSegment", combo.currentText)
 
     def _updateScenePairs(self, caller=None, event=None):
-        names = [pair.case_id for pair in bridge.scene_image_segmentation_pairs()]
+        from Rad4XCNNLib import masks
+
+        names = [pair.case_id for pair in masks.scene_image_segmentation_pairs()]
         self.ui.scenePairsLabel.text = guistate.scene_pairs_text(names)
 
     # ------------------------------------------------------------------------------------------- actions
     def onRunCohort(self):
         values = settings.read_all(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not start the run."):
+        with slicer.util.tryWithErrorDisplay(_("Could not start the run.")):
             if not self._ensure("pipeline") or not self.logic.ensureRadiomics():
                 return
             with slicer.util.WaitCursor():
@@ -325,37 +349,54 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if estimate is not None:
                 self.ui.estimateLabel.text = estimate.text()
                 if estimate.total > CONFIRM_RUN_SECONDS and not slicer.util.confirmOkCancelDisplay(
-                    f"Runs use the CPU: {estimate.text()}. Start?", "Rad4XCNN"
+                    _("Runs use the CPU: {estimate}. Start?").format(estimate=estimate.text()), "Rad4XCNN"
                 ):
                     return
-            job = self.logic.startCohortRun(values)
-            self._startJob(job, "cohort", Path(values["OutputFolder"]))
+            self._startJob(self.logic.startCohortRun(values, self._parameterNode))
+
+    def onTryDemo(self):
+        """Build the synthetic cohort and run it (``rad4xcnn demo``) into the output folder, or into a
+        "Rad4XCNN demo" folder of Slicer's temporary path (qSlicerCoreApplication::temporaryPath, v5.10.0)."""
+        values = settings.read_all(self._parameterNode)
+        folder = Path(values["OutputFolder"] or Path(slicer.app.temporaryPath) / "Rad4XCNN demo")
+        with slicer.util.tryWithErrorDisplay(_("Could not start the demo.")):
+            if self._ensure("pipeline"):
+                environment = self.logic.environment()
+                self._startJob(session.start_demo_run(folder, values, self._parameterNode, environment))
+
+    def onReload(self):
+        """Reload Rad4XCNNLib's modules too: Slicer's Reload reloads only this file
+        (ScriptedLoadableModuleWidget.onReload, Base/Python/slicer/ScriptedLoadableModule.py at v5.10.0)."""
+        import Rad4XCNNLib
+
+        Rad4XCNNLib.reload_library()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def onExplainCase(self):
         values = settings.read_all(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not explain this case."):
+        with slicer.util.tryWithErrorDisplay(_("Could not explain this case.")):
             if not self._ensure("pipeline"):
                 return
-            job, caseFolder = self.logic.startCaseRun(values)
-            self._startJob(job, "case", caseFolder)
+            self._startJob(self.logic.startCaseRun(values, self._parameterNode))
 
     def onCancel(self):
-        if self._job is not None:
-            self._job.cancel()
-            self.ui.statusLabel.text = "Cancelling..."
+        if self._session is not None:
+            self._session.job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
 
     def onLoadResults(self):
-        with slicer.util.tryWithErrorDisplay("Could not load the results."):
+        with slicer.util.tryWithErrorDisplay(_("Could not load the results.")):
             if not self._ensure("module"):
                 return
             with slicer.util.WaitCursor():
                 self.ui.summaryLabel.text = self.logic.loadResults(self._parameterNode)
 
     def onThresholdChanged(self):
-        if self._parameterNode is None or self.logic.results is None:
+        # no result nodes: nothing to re-threshold (a loaded scene's are re-read: results.apply_threshold)
+        if self._parameterNode is None or settings.get(self._parameterNode, "ExplanationsTable") is None:
             return
         value = settings.get(self._parameterNode, "Threshold")
-        with slicer.util.tryWithErrorDisplay("Could not apply the new M.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not apply the new M."), waitCursor=True):
             self.ui.summaryLabel.text = self.logic.applyThreshold(self._parameterNode, value)
 
     def _ensure(self, group):
@@ -368,22 +409,36 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDevicePanel(self, collapsed=False):
         if collapsed:
             return
-        with slicer.util.tryWithErrorDisplay("Could not read the PyTorch set-up.", waitCursor=True):
-            report = device.torch_report(settings.get(self._parameterNode, "Device"))
+        with slicer.util.tryWithErrorDisplay(_("Could not read the PyTorch set-up."), waitCursor=True):
+            requested, environment = settings.get(self._parameterNode, "Device"), self.logic.environment()
+            report = device.torch_report_in_child(requested, env=environment, idle=slicer.app.processEvents)
             self.ui.deviceInfoLabel.text = "\n".join(report.lines())
+
+    def onPackagesPanel(self, collapsed=False):
+        if not collapsed:  # the packages Rad4XCNN uses: the versions it needs, those installed
+            self.ui.packagesLabel.text = "\n".join(row.text() for row in dependencies.package_rows())
+
+    def onUpgradePackages(self):
+        if slicer.util.confirmOkCancelDisplay(_("Install what is missing and upgrade Rad4XCNN's packages?")):
+            with slicer.util.tryWithErrorDisplay(_("Could not upgrade the packages."), waitCursor=True):
+                plan = dependencies.upgrade_plan(dependencies.package_rows())
+                self.logic.runPlan(plan, onStart=self.updateGUIFromParameterNode)
+                slicer.util.infoDisplay(_("Done. Restart Slicer to use the new packages."))
+        self.onPackagesPanel()
+        self.updateGUIFromParameterNode()
 
     def onReinstallTorch(self):
         backend = self.ui.torchBackendComboBox.currentText
         if not slicer.util.confirmOkCancelDisplay(device.reinstall_question(backend), "Rad4XCNN: PyTorch"):
             return
-        with slicer.util.tryWithErrorDisplay("Could not reinstall PyTorch.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not reinstall PyTorch."), waitCursor=True):
             self.logic.reinstallTorch(backend, onStart=self.updateGUIFromParameterNode)
-            slicer.util.infoDisplay("PyTorch was reinstalled. Restart Slicer to use it.")
+            slicer.util.infoDisplay(_("PyTorch was reinstalled. Restart Slicer to use it."))
         self.updateGUIFromParameterNode()
 
     def onEstimate(self):
         values = settings.read_all(self._parameterNode)
-        with slicer.util.tryWithErrorDisplay("Could not estimate the run time.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Could not estimate the run time."), waitCursor=True):
             if not self._ensure("pipeline"):
                 return
             self.ui.estimateLabel.text = self.logic.cpuEstimate(values, cpuOnly=False).text()
@@ -398,19 +453,19 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             show(node)
 
     # ------------------------------------------------------------------------------------ background job
-    def _startJob(self, job, kind, folder):
-        self._job, self._jobKind, self._jobFolder = job, kind, folder
+    def _startJob(self, runSession):
+        self._session = runSession
         self.ui.logTextEdit.clear()
         self.ui.progressBar.setRange(0, 0)  # busy until the first progress event
-        self.ui.statusLabel.text = "Starting..."
+        self.ui.statusLabel.text = _("Starting...")
         self._timer.start()
         self.updateGUIFromParameterNode()
 
     def _pollJob(self):
-        job = self._job
-        if job is None:
+        if self._session is None:
             self._timer.stop()
             return
+        job = self._session.job
         job.poll()
         for line in job.take_new_lines():
             self.ui.logTextEdit.appendPlainText(line)
@@ -422,37 +477,39 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.value = round(100 * fraction)
         self.ui.statusLabel.text = job.progress.text()
         if not job.running:
-            self._finishJob(job)
+            self._finishJob(self._session)
 
-    def _finishJob(self, job):
-        kind, folder = self._jobKind, self._jobFolder
+    def _finishJob(self, runSession):
+        job = runSession.job
         self._stopJob()
         self.ui.progressBar.setRange(0, 100)
         if job.cancelled:
             self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = "Cancelled. Finished work is kept and a new run resumes from it."
+            self.ui.statusLabel.text = _("Cancelled. Finished work is kept and a new run resumes from it.")
+            runSession.discard()
         elif not job.succeeded:
             self.ui.progressBar.value = 0
-            self.ui.statusLabel.text = f"Failed: {job.error_message()}"
+            self.ui.statusLabel.text = _("Failed: {problem}").format(problem=job.error_message())
+            runSession.discard()
             slicer.util.errorDisplay(
                 f"The background process failed:\n{job.error_message()}", detailedText=job.log_text()
             )
         else:
             self.ui.progressBar.value = 100
-            self.ui.statusLabel.text = "Finished."
-            with slicer.util.tryWithErrorDisplay("Could not show the results.", waitCursor=True):
-                if kind == "cohort":
-                    self.ui.summaryLabel.text = self.logic.loadResults(self._parameterNode)
-                else:
-                    self.ui.summaryLabel.text = self.logic.showCase(self._parameterNode, folder)
+            self.ui.statusLabel.text = _("Finished.")
+            # the scene may have been closed meanwhile, or the module hidden: the current parameter node
+            # (a new one after a close) receives the results, read from the session's own folder
+            parameterNode = self._parameterNode or self.logic.getParameterNode()
+            with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
+                self.ui.summaryLabel.text = self.logic.finishRun(runSession, parameterNode)
         self.updateGUIFromParameterNode()
 
     def _stopJob(self):
         if self._timer is not None:
             self._timer.stop()
-        if self._job is not None and self._job.running:
-            self._job.cancel()
-        self._job = self._jobKind = self._jobFolder = None
+        if self._session is not None and self._session.job.running:
+            self._session.job.cancel()
+        self._session = None
 
 
 #
@@ -494,7 +551,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
             plan.message(), "Rad4XCNN: Python packages"
         ):
             return False
-        self._runPlan(plan, onStart)
+        self.runPlan(plan, onStart)
         still = dependencies.check(group)
         if not still.empty:
             slicer.util.errorDisplay(
@@ -506,7 +563,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         return True
 
     @staticmethod
-    def _runPlan(plan, onStart=None):
+    def runPlan(plan, onStart=None):
         with tempfile.TemporaryDirectory(prefix="rad4xcnn-install-") as folder:
             if onStart is not None:
                 qt.QTimer.singleShot(0, onStart)  # greys out Run and Explain once the install holds its lock
@@ -514,22 +571,29 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
                 dependencies.run_plan(plan, folder, slicer, dependencies.install_torch_with_extension)
 
     def ensureRadiomics(self):
-        """Check the installed PyRadiomics once per session; offer pyradiomics-bhklab when it differs."""
+        """Check, once per session, the PyRadiomics that the runs import (in a child process started as the
+        runs are); offer pyradiomics-bhklab when it differs, and make sure the runs import it afterwards."""
         from Rad4XCNNLib import radiomics_check
 
         if self.radiomicsCheck is None:
-            with slicer.util.WaitCursor():
-                self.radiomicsCheck = radiomics_check.check_radiomics()
+            self.radiomicsCheck = radiomics_check.check_in_engine_process(
+                self.environment(), idle=slicer.app.processEvents
+            )
             logging.info("Rad4XCNN: %s", self.radiomicsCheck.message())
         if self.radiomicsCheck.accepted:
             return True
         if slicer.app.testingEnabled() or not slicer.util.confirmYesNoDisplay(
             self.radiomicsCheck.message() + " Install it now?", "Rad4XCNN: PyRadiomics"
         ):
-            return slicer.util.confirmOkCancelDisplay("Run with the installed PyRadiomics anyway?")
-        self._runPlan(radiomics_check.radiomics_install_plan())
-        slicer.util.infoDisplay("PyRadiomics was installed. Restart Slicer, then run again.")
-        return False
+            return slicer.util.confirmOkCancelDisplay(_("Run with the installed PyRadiomics anyway?"))
+        self.runPlan(radiomics_check.radiomics_install_plan())
+        self.radiomicsCheck = None  # the runs are new processes: the next check sees the new install
+        wanted = radiomics_check.installed_location()
+        imported = radiomics_check.imported_by_engine(self.environment()).get("location")
+        if wanted is None or imported != str(wanted):
+            slicer.util.errorDisplay(radiomics_check.shadowed_message(wanted, imported))
+            return False
+        return self.ensureRadiomics()
 
     def reinstallTorch(self, backend, onStart=None):
         """Reinstall torch for ``backend`` ("automatic", "cpu", "cu121", ...) with the PyTorch extension."""
@@ -541,69 +605,47 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         return device.reinstall_torch(backend, torchLogic.uninstallTorch, torchLogic.installTorch)
 
     def cpuEstimate(self, values, cpuOnly=True):
-        """The run's time on the CPU from the cohort's size and per-image rates measured here (once per
-        backbone, a few seconds); None when ``cpuOnly`` and the run will use a GPU."""
-        if cpuOnly and device.torch_report(values["Device"]).device != "cpu":
-            return None
-        backbone = values["Backbone"] or "resnet50"
-        if self.rates is None or self.rates.backbone != backbone:
-            self.rates = device.measure_rates(backbone)
-        if values["CohortSource"] == "scene":
-            cases = len(bridge.scene_image_segmentation_pairs())
-        else:
-            cases = device.count_cases(values["ManifestPath"])
-        return device.estimate_run_time(cases, self.rates, processes=os.cpu_count() or 1)
+        """The run's time on the CPU (device.cpu_estimate: torch only in a child process, Slicer's events
+        processed meanwhile); None when ``cpuOnly`` and the run will use a GPU."""
+        from Rad4XCNNLib import masks
+
+        cases = len(masks.scene_image_segmentation_pairs()) if values["CohortSource"] == "scene" else None
+        estimate, self.rates = device.cpu_estimate(
+            values, cases, self.rates, cpuOnly, env=self.environment(), idle=slicer.app.processEvents
+        )
+        return estimate
 
     # ----------------------------------------------------------------------------------- background runs
     @staticmethod
-    def _environment():
+    def environment():
+        """The environment of the background processes (engine runs, the PyTorch and PyRadiomics checks)."""
+        from Rad4XCNNLib import bridge
+
         return bridge.engine_process_environment()
 
-    def startCohortRun(self, values):
-        """Start ``rad4xcnn run`` on the manifest (or on the scene's image/segmentation pairs)."""
-        out = Path(values["OutputFolder"] or "")
-        if not values["OutputFolder"]:
-            raise Rad4XCNNError("choose an output folder")
-        out.mkdir(parents=True, exist_ok=True)
-        if values["CohortSource"] == "scene":
-            manifest = bridge.export_scene_cohort(
-                bridge.scene_image_segmentation_pairs(), out / "scene_cohort"
-            )
-        else:
-            manifest = values["ManifestPath"]
-            if not manifest or not Path(manifest).is_file():
-                raise Rad4XCNNError(f"manifest not found: {manifest or '(none chosen)'}")
-        config = settings.write_run_configuration(values, manifest, out)
-        argv = background.engine_command("run", str(config))
-        return background.BackgroundJob(argv, env=self._environment(), cwd=out).start()
+    def startCohortRun(self, values, parameterNode=None):
+        """Start ``rad4xcnn run`` on the manifest or the scene's pairs (session.start_cohort_run)."""
+        return session.start_cohort_run(values, parameterNode, self.environment())
 
-    def startCaseRun(self, values):
-        """Export the chosen image and lesion; start the engine on this case against the run folder."""
-        from Rad4XCNNLib import results as mrml_results
+    def startCaseRun(self, values, parameterNode=None):
+        """Start ``rad4xcnn case`` on the Case panel's image and lesion (session.start_case_run)."""
+        return session.start_case_run(values, parameterNode, self.environment())
 
-        caseFolder = Path(tempfile.mkdtemp(prefix="rad4xcnn-case-"))
-        argv = mrml_results.case_command(values, caseFolder)
-        job = background.BackgroundJob(
-            background.engine_command(*argv), env=self._environment(), cwd=caseFolder
-        ).start()
-        return job, caseFolder
+    def finishRun(self, runSession, parameterNode):
+        """Show a finished run's results on ``parameterNode``; returns the one-line summary."""
+        self.results, summary = runSession.finish(parameterNode, self.results)
+        return summary
 
     # ------------------------------------------------------------------------------------------ results
     def loadResults(self, parameterNode):
         """Show the run folder's tables and plots; returns a one-line summary."""
         from Rad4XCNNLib import results as mrml_results
 
-        results = mrml_results.load_run(settings.get(parameterNode, "OutputFolder"))
-        self.results, summary = mrml_results.show_run(
-            results, parameterNode, settings.get(parameterNode, "Threshold")
+        folder, threshold = (
+            settings.get(parameterNode, "OutputFolder"),
+            settings.get(parameterNode, "Threshold"),
         )
-        for reference, show in (
-            ("ExplanationsTable", bridge.show_table),
-            ("CoverageChart", bridge.show_chart),
-        ):
-            node = settings.get(parameterNode, reference)
-            if node is not None:
-                show(node)
+        self.results, summary = mrml_results.load_and_show(folder, parameterNode, threshold)
         return summary
 
     def applyThreshold(self, parameterNode, threshold):
@@ -612,14 +654,6 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
 
         self.results, summary = mrml_results.apply_threshold(self.results, parameterNode, threshold)
         return summary
-
-    def showCase(self, parameterNode, caseFolder):
-        """Show the case's CAM over its image and its radiomic values against the cohort."""
-        from Rad4XCNNLib import results as mrml_results
-
-        if self.results is None:
-            self.loadResults(parameterNode)
-        return mrml_results.show_case(self.results, parameterNode, caseFolder)
 
 
 #
@@ -643,9 +677,7 @@ class Rad4XCNNTest(ScriptedLoadableModuleTest):
             self.delayDisplay(f"Rad4XCNN self-test skipped: {UNSUPPORTED}")
             return
         self.setUp()
-        self.test_Rad4XCNN_scenarios()
-        self.setUp()
-        self.test_Rad4XCNN_parameter_node()
+        self.test_Rad4XCNN_scenarios()  # the parameter node's rules are one of its scenarios
 
     def test_Rad4XCNN_scenarios(self):
         from Rad4XCNNLib import scenarios as mrml_scenarios
@@ -662,13 +694,3 @@ class Rad4XCNNTest(ScriptedLoadableModuleTest):
             for name, outcome in run(Path(folder)):
                 self.delayDisplay(f"{name}: {outcome}", 200)
         self.delayDisplay("Rad4XCNN self-test passed")
-
-    def test_Rad4XCNN_parameter_node(self):
-        logic = Rad4XCNNLogic()
-        node = logic.getParameterNode()
-        self.assertEqual(settings.get(node, "Threshold"), 0.6)
-        settings.set_value(node, "Threshold", 0.7)
-        self.assertIs(logic.getParameterNode(), node)
-        self.assertEqual(settings.get(node, "Threshold"), 0.7)
-        with self.assertRaises(Rad4XCNNError):
-            settings.set_value(node, "Threshold", 2.0)

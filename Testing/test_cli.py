@@ -2,27 +2,63 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import write_manifest_rows
 
+import Rad4XCNNLogic
 from Rad4XCNNLogic.cli import main
+
+ENGINE = Path(Rad4XCNNLogic.__file__).parent
+
+
+#: Libraries that no help text and no settings module may load: the rules are read without them.
+HEAVY = ("numpy", "pandas", "scipy", "yaml", "torch", "radiomics", "xgboost", "timm", "sklearn", "matplotlib")
+
+
+def _help_of(*argv: str) -> str:
+    return f"from Rad4XCNNLogic.cli import main\ntry:\n    main({list(argv)!r})\nexcept SystemExit:\n    pass"
+
+
+def _loaded_heavy(code: str) -> tuple[str, list[str]]:
+    """(stdout, the heavy libraries loaded) of ``code`` run in a fresh interpreter."""
+    probe = f"{code}\nimport sys\nprint('HEAVY', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    text, _, heavy = out.rpartition("HEAVY ")
+    return text, ast.literal_eval(heavy)
+
+
+def _commands() -> list[str]:
+    from Rad4XCNNLogic.cli import build_parser
+
+    parser = build_parser()
+    (sub,) = [a for a in parser._actions if a.dest == "command"]
+    return list(sub.choices)
 
 
 def test_help_imports_no_heavy_library():
-    code = (
-        "import sys\n"
-        "from Rad4XCNNLogic.cli import main\n"
-        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'radiomics', 'xgboost', 'timm', 'sklearn', 'matplotlib', 'slicer')"
-        " if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out, heavy = _loaded_heavy(_help_of("--help"))
     assert "usage: rad4xcnn" in out
-    assert "HEAVY []" in out
+    assert heavy == []
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_each_command_help_imports_no_heavy_library(command):
+    out, heavy = _loaded_heavy(_help_of(command, "--help"))
+    assert f"usage: rad4xcnn {command}" in out
+    assert heavy == [], f"rad4xcnn {command} --help loads {heavy}"
+
+
+def test_the_settings_modules_are_light():
+    """The Slicer panel and the command line read every rule from these without numpy, pandas or PyYAML."""
+    modules = sorted(f"Rad4XCNNLogic.{p.parent.name}.settings" for p in ENGINE.glob("*/settings.py"))
+    assert len(modules) >= 7
+    _, heavy = _loaded_heavy("\n".join(f"import {m}" for m in [*modules, "Rad4XCNNLogic.run.config"]))
+    assert heavy == []
 
 
 def test_console_script_is_installed():

@@ -117,6 +117,51 @@ def test_modules_are_of_a_readable_size():
             assert "not split" in doc, f"{path.relative_to(ROOT)} has {len(lines)} lines and no reason"
 
 
+def _runtime_imports(path: Path) -> set[str]:
+    """The engine modules ``path`` imports when it runs (inside functions too; not typing-only imports)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("Rad4XCNNLogic."):
+            for alias in node.names:
+                candidate = f"{node.module}.{alias.name}"
+                is_module = (ENGINE.parent / Path(*candidate.split("."))).with_suffix(".py").is_file()
+                found.add(candidate if is_module else node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("Rad4XCNNLogic.")}
+    return found
+
+
+def test_no_import_cycle_between_modules():
+    """Not even inside a subpackage, and not hidden by an import inside a function: a module that needs
+    another's name imports it at the top, and the two never need each other."""
+    edges = {_module_name(p): _runtime_imports(p) for p in ENGINE.rglob("*.py")}
+    done: set[str] = set()
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        if node in stack:
+            raise AssertionError(f"import cycle: {' -> '.join([*stack[stack.index(node) :], node])}")
+        if node in done:
+            return
+        stack.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            visit(nxt)
+        stack.pop()
+        done.add(node)
+
+    for node in sorted(edges):
+        visit(node)
+
+
 def test_importing_the_engine_and_its_help_loads_no_heavy_library():
     code = (
         "import sys, contextlib, io\n"
@@ -159,3 +204,50 @@ def test_no_private_helper_is_used_across_modules():
             ):
                 bad.append(f"{path.name}: {node.value.id}.{node.attr}")
     assert not bad, bad
+
+
+# ------------------------------------------------------------------------------------ the Slicer side
+SLICER_SIDE = ROOT / "Rad4XCNN"
+
+
+def _slicer_side_files() -> list[Path]:
+    return sorted(p for p in SLICER_SIDE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def test_slicer_side_modules_are_of_a_readable_size():
+    """The module file and every Rad4XCNNLib module stay under 700 lines, without exceptions."""
+    files = _slicer_side_files()
+    assert SLICER_SIDE / "Rad4XCNN.py" in files and SLICER_SIDE / "Rad4XCNNLib" / "bridge.py" in files
+    long = {p.relative_to(ROOT).as_posix(): n for p in files if (n := len(p.read_text().splitlines())) > 700}
+    assert not long, f"split these by job: {long}"
+
+
+def test_slicer_side_has_no_import_cycle():
+    """Rad4XCNNLib's modules import one another without a circle (imports inside functions included), and
+    none imports the module file."""
+    library = SLICER_SIDE / "Rad4XCNNLib"
+    edges: dict[str, set[str]] = {}
+    for path in library.glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "Rad4XCNNLib":
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("Rad4XCNNLib."):
+                targets.add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                assert not any(a.name == "Rad4XCNN" for a in node.names), path.name
+        edges[path.stem] = targets - {path.stem}
+    done: set[str] = set()
+
+    def visit(module, stack):
+        if module in stack:
+            raise AssertionError(f"import cycle: {' -> '.join([*stack[stack.index(module) :], module])}")
+        if module in done:
+            return
+        for target in edges.get(module, ()):
+            visit(target, [*stack, module])
+        done.add(module)
+
+    for module in edges:
+        visit(module, [])

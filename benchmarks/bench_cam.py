@@ -103,7 +103,8 @@ def main(argv=None) -> int:
     import timm
     import torch
 
-    from Rad4XCNNLogic.cam.maps import check_methods, compute_cams, resolve_target_layer
+    from Rad4XCNNLogic.cam.maps import compute_cams, resolve_target_layer
+    from Rad4XCNNLogic.cam.settings import check_methods
     from Rad4XCNNLogic.cohort.manifest import read_manifest
     from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
     from Rad4XCNNLogic.features.backbones import (

@@ -9,8 +9,10 @@ The 3D Slicer module runs heavy work (deep features, radiomics, CAMs) through
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,13 @@ log = logging.getLogger(__name__)
 #: The engine package's parent folder: put on PYTHONPATH so that ``-m Rad4XCNNLogic`` runs the very engine
 #: this process imported (next to the module in an installed extension, the repository root in a checkout).
 ENGINE_ROOT = Path(Rad4XCNNLogic.__file__).resolve().parent.parent
+#: The folder that holds ``Rad4XCNNLib`` (the module's folder): on PYTHONPATH too, for the helper processes
+#: that run Slicer-side code (``-m Rad4XCNNLib.device``, ``-m Rad4XCNNLib.radiomics_check``).
+LIB_ROOT = Path(__file__).resolve().parent.parent
+#: Seconds between the polite signal and the forced end of a cancelled job (and at application exit).
+GRACE_SECONDS = 3.0
+#: Jobs whose process may still run; ended by :func:`end_all_jobs` when the application exits.
+_LIVE_JOBS: weakref.WeakSet = weakref.WeakSet()
 
 
 def python_executable(in_slicer: bool | None = None) -> str:
@@ -73,7 +83,7 @@ def engine_environment(base: Mapping[str, str] | None = None) -> dict[str, str]:
     env[PROGRESS_ENV] = "jsonl"
     env["PYTHONUNBUFFERED"] = "1"
     env["PYTHONIOENCODING"] = "utf-8"
-    paths = [str(ENGINE_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = [str(ENGINE_ROOT), str(LIB_ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     return env
 
@@ -163,8 +173,7 @@ class BackgroundJob:
         self._process: subprocess.Popen | None = None
         self._lines: queue.Queue = queue.Queue()
         self._readers: list[threading.Thread] = []
-        self._returncode: int | None = None
-        self._force_at: float | None = None
+        self._reaper: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------- lifecycle
     def start(self) -> BackgroundJob:
@@ -196,6 +205,7 @@ class BackgroundJob:
             reader = threading.Thread(target=self._read, args=(stream, name), daemon=True)
             reader.start()
             self._readers.append(reader)
+        _LIVE_JOBS.add(self)
         return self
 
     def _read(self, stream, name: str) -> None:
@@ -210,6 +220,11 @@ class BackgroundJob:
     @property
     def pid(self) -> int | None:
         return None if self._process is None else self._process.pid
+
+    @property
+    def alive(self) -> bool:
+        """True while the started process itself runs (its output may still be unread after it ends)."""
+        return self._process is not None and self._process.poll() is None
 
     @property
     def running(self) -> bool:
@@ -235,7 +250,6 @@ class BackgroundJob:
 
     def poll(self) -> list[dict]:
         """Read the output so far without blocking; the new progress events (also in :attr:`progress`)."""
-        self._force_if_due()
         events = []
         while True:
             try:
@@ -286,24 +300,41 @@ class BackgroundJob:
         self.poll()
         return self.returncode
 
-    def cancel(self, grace: float = 3.0) -> None:
+    def cancel(self, grace: float = GRACE_SECONDS) -> None:
         """Ask the process and every process it started to end, and return at once (never blocks).
 
-        The polite signal (SIGTERM to the process group; ``taskkill /T`` on Windows) goes now; if the
-        processes are still there ``grace`` seconds later, the next :meth:`poll` (the widget's timer, or
-        :meth:`wait`) ends them by force.
+        The polite signal (SIGTERM to the process group; ``taskkill /T`` on Windows) goes now; ``grace``
+        seconds later a watcher thread ends whatever of the tree is left by force (SIGKILL to the group;
+        ``taskkill /T /F``), whether or not anyone polls the job any more.
         """
         if self._process is None or self._process.poll() is not None or self.cancelled:
             return
         self.cancelled = True
         self._log("cancelled by the user")
-        self._force_at = time.monotonic() + grace
         _signal_process_tree(self._process, force=False)
+        self._reaper = threading.Thread(target=self._force_after, args=(grace,), daemon=True)
+        self._reaper.start()
 
-    def _force_if_due(self) -> None:
-        if self._force_at is not None and time.monotonic() >= self._force_at:
-            self._force_at = None
-            _signal_process_tree(self._process, force=True)
+    def _force_after(self, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._process.poll() is None:
+            time.sleep(0.05)
+        _force_tree(self._process)
+
+    def end(self, grace: float = GRACE_SECONDS) -> None:
+        """End the process tree and wait for it (at most ``grace`` seconds before the forced end): what the
+        application's exit does, where nothing may be left running afterwards."""
+        if self._process is None or self._process.poll() is not None:
+            return  # not started, or over (a cancelled tree is forced by its watcher thread)
+        if not self.cancelled:
+            self.cancelled = True
+            self._log("ended with the application")
+        _signal_process_tree(self._process, force=False)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=grace)
+        _force_tree(self._process)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=grace)
 
     def __del__(self):  # never leave an orphan behind when the widget is closed
         process = getattr(self, "_process", None)
@@ -328,6 +359,62 @@ class BackgroundJob:
     def log_text(self) -> str:
         """The whole kept log (output and errors, in arrival order), for an error dialog's details."""
         return "\n".join(self.log)
+
+
+# ------------------------------------------------------------------------------------- helper processes
+#: The line that carries a helper's answer (a JSON object) among its other output.
+RESULT_PREFIX = "@rad4xcnn-result "
+#: Seconds a helper may take: importing torch the first time on a slow disk, building a backbone.
+HELPER_TIMEOUT = 600.0
+
+
+def print_answer(answer: Mapping) -> None:
+    """Write a helper process's answer (a JSON object) for :func:`run_helper` to read."""
+    print(RESULT_PREFIX + json.dumps(answer), flush=True)
+
+
+def run_helper(
+    module: str, *args: str, env: Mapping[str, str] | None = None, idle=None, python: str | None = None
+) -> dict:
+    """Run ``python -m MODULE ARGS`` (PythonSlicer inside Slicer) and return the answer it printed.
+
+    For work that must not happen in Slicer's own Python (importing torch, importing the PyRadiomics that
+    the engine will use). ``idle`` is called while waiting (inside Slicer ``slicer.app.processEvents``, so
+    that the GUI stays responsive); ``env`` is the base of :func:`engine_environment`.
+    """
+    what = " ".join([module.rsplit(".", 1)[-1], *map(str, args)])
+    argv = [python or python_executable(), "-m", module, *map(str, args)]
+    job = BackgroundJob(argv, env=engine_environment(env)).start()
+    code = job.wait(timeout=HELPER_TIMEOUT, idle=idle)
+    if code is None:
+        job.cancel()
+        raise RuntimeError(f"'{what}' did not finish within {HELPER_TIMEOUT:.0f} s")
+    if code != 0:
+        raise RuntimeError(f"'{what}' failed: {job.error_message()}")
+    for line in reversed(job.log):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX) :])
+    raise RuntimeError(f"'{what}' gave no answer: {job.log_text()[-500:]}")
+
+
+def end_all_jobs(grace: float = GRACE_SECONDS) -> int:
+    """End every job started in this process that may still run (registered with :mod:`atexit`, and called
+    by the module when Slicer quits); returns how many were ended. A job never outlives its application."""
+    jobs = [job for job in list(_LIVE_JOBS) if job.pid is not None and job.alive]
+    for job in jobs:
+        job.end(grace)
+    return len(jobs)
+
+
+atexit.register(end_all_jobs)
+
+
+def _force_tree(process: subprocess.Popen) -> None:
+    """The forced end after the grace period. On POSIX the process group is killed even when its leader is
+    gone (a worker that ignored SIGTERM keeps the group, so its id cannot be reused meanwhile); on Windows
+    ``taskkill /T /F`` needs the process itself (a finished one's id may belong to another program now)."""
+    if os.name != "nt" or process.poll() is None:
+        _signal_process_tree(process, force=True)
 
 
 def _signal_process_tree(process: subprocess.Popen, force: bool) -> None:

@@ -139,6 +139,8 @@ class InstallStep:
     requirements: tuple[str, ...]
     note: str = ""
     no_deps: bool = False
+    #: pip's ``--upgrade``: these packages may move to a newer version (they are left out of the constraints)
+    upgrade: bool = False
 
     def version_of(self, name: str) -> str:
         """The version specifier this step asks for ``name`` (e.g. ``>=2.4`` for torch), or ''."""
@@ -334,7 +336,8 @@ def pip_arguments(step: InstallStep, constraints: str | Path) -> list[str]:
     """
     if step.kind != "pip":
         raise ValueError(f"a {step.kind} step is not run with pip")
-    return ["-c", str(constraints), *(["--no-deps"] if step.no_deps else []), *step.requirements]
+    options = [*(["--no-deps"] if step.no_deps else []), *(["--upgrade"] if step.upgrade else [])]
+    return ["-c", str(constraints), *options, *step.requirements]
 
 
 # --------------------------------------------------------------------------------------------- installs
@@ -400,8 +403,13 @@ def run_plan(
                 install_torch(step.version_of("torch"), step.version_of("torchvision"))
         if not pip_steps:
             return
-        constraints = write_constraints(folder, installed())
-        if packaging is not None and hasattr(packaging, "pip_install"):
+        upgrading = {_name(r).lower() for s in pip_steps if s.upgrade for r in s.requirements}
+
+        def held() -> dict[str, str]:  # what pip must not change: all that is installed, but the upgrades
+            return {name: version for name, version in installed().items() if name.lower() not in upgrading}
+
+        constraints = write_constraints(folder, held())
+        if packaging is not None and hasattr(packaging, "pip_install") and not upgrading:
             regular = [r for s in pip_steps if not s.no_deps for r in s.requirements]
             no_deps = [r for s in pip_steps if s.no_deps for r in s.requirements]
             # every --no-deps package brings its needs into ``regular`` (NO_DEPS_NEEDS), so it is never empty
@@ -414,7 +422,7 @@ def run_plan(
             return
         for step in pip_steps:
             slicer_module.util.pip_install(pip_arguments(step, constraints))
-            constraints = write_constraints(folder, installed())
+            constraints = write_constraints(folder, held())
 
 
 def install_torch_with_extension(torch_requirement: str, torchvision_requirement: str):
@@ -434,3 +442,71 @@ def install_torch_with_extension(torch_requirement: str, torchvision_requirement
     if torch is None:
         raise RuntimeError("PyTorch could not be installed")
     return torch
+
+
+# ---------------------------------------------------------------------------------------- the package panel
+@dataclass(frozen=True)
+class PackageRow:
+    """One line of the module's package panel: a package Rad4XCNN uses, the version it needs, the one here."""
+
+    name: str
+    purpose: str
+    required: str
+    installed: str | None
+    source: str
+
+    @property
+    def status(self) -> str:
+        """``ok``, ``missing`` or ``too old`` (below the project's floor)."""
+        if self.installed is None:
+            return "missing"
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+        from packaging.version import InvalidVersion
+
+        try:
+            return (
+                "ok" if SpecifierSet(self.required).contains(self.installed, prereleases=True) else "too old"
+            )
+        except (InvalidSpecifier, InvalidVersion):
+            return "ok"
+
+    def text(self) -> str:
+        return f"{self.name} {self.installed or '-'} (needs {self.required}; {self.purpose}): {self.status}"
+
+
+def package_rows(installed: Mapping[str, str] | None = None) -> list[PackageRow]:
+    """Every package of :data:`REQUIREMENTS` with its installed version (``installed``: name -> version,
+    default this Python's distributions; pyradiomics-bhklab or pyradiomics for PyRadiomics)."""
+    installed = installed_distributions() if installed is None else installed
+    versions = {name.lower(): version for name, version in installed.items()}
+    rows = []
+    for r in REQUIREMENTS:
+        names = [r.name, *(["pyradiomics"] if r.source == "radiomics" else [])]
+        names += [_name(CPU_DISTRIBUTIONS[r.name])] if r.name in CPU_DISTRIBUTIONS else []
+        version = next((versions[n.lower()] for n in names if n.lower() in versions), None)
+        rows.append(PackageRow(r.name, r.purpose, r.specifier, version, r.source))
+    return rows
+
+
+#: Packages the upgrade leaves alone: Slicer's own (its build's versions); torch comes from the PyTorch
+#: extension (source "pytorch") and is reinstalled from the Device panel.
+NOT_UPGRADED = ("numpy", "scipy", "SimpleITK", "pillow")
+
+
+def upgrade_plan(rows: list[PackageRow]) -> InstallPlan:
+    """The package panel's *Upgrade*: what is missing installed as on a first run, and the packages only
+    Rad4XCNN uses upgraded (pip ``--upgrade`` within the project's floors, all else held by the
+    constraints). Slicer's packages and torch (reinstalled from the Device panel) are not touched."""
+    missing = [r for r in REQUIREMENTS if r.name in {row.name for row in rows if row.installed is None}]
+    plan = install_plan(missing, pytorch_extension=True, radiomics_extension=False)
+    upgradable = {
+        row.name
+        for row in rows
+        if row.installed is not None and row.source == "pip" and row.name not in NOT_UPGRADED
+    }
+    requirements = tuple(r.requirement for r in REQUIREMENTS if r.name in upgradable)
+    if requirements:
+        plan.steps.append(
+            InstallStep("pip", requirements, "upgrade within the project's limits", upgrade=True)
+        )
+    return plan

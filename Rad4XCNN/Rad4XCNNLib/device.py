@@ -2,20 +2,24 @@
 run will use, the PyTorch extension's reinstall with a chosen backend, and a CPU time estimate for a run.
 
 The widget only shows :func:`torch_report` and :func:`estimate_run_time` and calls
-:func:`reinstall_torch`; everything here runs without Qt.
+:func:`reinstall_torch`; everything here runs without Qt. Whatever imports torch (the report, the measured
+rates) runs in a child process (:func:`torch_report_in_child`, :func:`measure_rates_in_child`: this module
+run as ``python -m Rad4XCNNLib.device``), so that Slicer's GUI thread never imports torch.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import logging
+import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from Rad4XCNNLib import compatibility, dependencies
+from Rad4XCNNLib import background, compatibility, dependencies
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,11 @@ class TorchReport:
         if self.problem:
             lines.append(self.problem)
         return lines
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> TorchReport:
+        """The report as :func:`dataclasses.asdict` wrote it (in the child process), read back."""
+        return cls(**{**data, "gpus": [GPU(**gpu) for gpu in data.get("gpus", [])]})
 
 
 def torch_report(requested: str = "auto", torch_module=None) -> TorchReport:
@@ -215,3 +224,48 @@ def count_cases(manifest: str | Path) -> int:
         rows = csv.reader(handle)
         next(rows, None)
         return sum(1 for row in rows if any(cell.strip() for cell in row))
+
+
+# ----------------------------------------------------------------------------------- the child process
+def run_in_child(*args: str, **kwargs) -> dict:
+    """Run ``python -m Rad4XCNNLib.device ARGS`` in a child process (:func:`background.run_helper`)."""
+    return background.run_helper("Rad4XCNNLib.device", *args, **kwargs)
+
+
+def torch_report_in_child(requested: str = "auto", **kwargs) -> TorchReport:
+    """:func:`torch_report`, computed in a child process (torch is never imported here)."""
+    return TorchReport.from_dict(run_in_child("report", requested or "auto", **kwargs))
+
+
+def measure_rates_in_child(backbone: str = "resnet50", **kwargs) -> Rates:
+    """:func:`measure_rates`, measured in a child process (torch is never imported here)."""
+    return Rates(**run_in_child("rates", backbone or "resnet50", **kwargs))
+
+
+def cpu_estimate(
+    values: Mapping, cases: int | None = None, rates: Rates | None = None, cpu_only: bool = True, **child
+) -> tuple[Estimate | None, Rates | None]:
+    """The estimate of a run with the settings ``values`` on ``cases`` cases (None: the manifest's), and the
+    rates it used (measured in a child process unless ``rates`` are of the same backbone). The estimate is
+    None when ``cpu_only`` and the run will use a GPU. ``child`` goes to :func:`run_in_child`."""
+    if cpu_only and torch_report_in_child(values.get("Device") or "auto", **child).device != "cpu":
+        return None, rates
+    backbone = values.get("Backbone") or "resnet50"
+    if rates is None or rates.backbone != backbone:
+        rates = measure_rates_in_child(backbone, **child)
+    cases = count_cases(values.get("ManifestPath") or "") if cases is None else cases
+    return estimate_run_time(cases, rates, processes=os.cpu_count() or 1), rates
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m Rad4XCNNLib.device report DEVICE`` or ``rates BACKBONE``: one answer line of JSON."""
+    parser = argparse.ArgumentParser(prog="python -m Rad4XCNNLib.device")
+    parser.add_argument("what", choices=("report", "rates"))
+    parser.add_argument("value")
+    args = parser.parse_args(argv)
+    answer = torch_report(args.value) if args.what == "report" else measure_rates(args.value)
+    background.print_answer(asdict(answer))
+
+
+if __name__ == "__main__":
+    main()

@@ -44,12 +44,14 @@ def enabled_states(
         "radiomicsParamsPathLineEdit": values.get("RadiomicsPreset") == "file",
         "caseSegmentComboBox": mask is not None and mask.IsA("vtkMRMLSegmentationNode"),
         "runButton": not busy and bool(folder),
+        "demoButton": not busy,
         "cancelButton": running,
         "loadResultsButton": not busy and bool(folder),
         "caseRunButton": not busy and values.get("CaseImage") is not None and mask is not None,
         "openReportButton": bool(folder) and (Path(folder) / "report.html").is_file(),
         "reinstallTorchButton": not busy,
         "estimateButton": not busy,
+        "upgradePackagesButton": not busy,
     }
     for button, reference in RESULT_BUTTONS.items():
         states[button] = values.get(reference) is not None
@@ -67,7 +69,11 @@ def text_to_show(current: str, value: Any) -> str | None:
     >>> text_to_show("resnet5", "resnet5") is None
     True
     >>> text_to_show("", None)
+    >>> text_to_show("label", ["label", "cohort"])
+    'label, cohort'
     """
+    if isinstance(value, (list, tuple)):  # a list setting, shown as its comma-separated items
+        value = ", ".join(map(str, value))
     text = "" if value is None else str(value)
     return None if text == (current or "") else text
 

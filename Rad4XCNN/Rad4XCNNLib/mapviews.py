@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from Rad4XCNNLib import bridge
+from Rad4XCNNLib import bridge, overlays, tables
 from Rad4XCNNLib.parameters import FEATURE_COLOURS
 from Rad4XCNNLogic.cohort.imageio import Image2D, read_image
 from Rad4XCNNLogic.errors import Rad4XCNNError
@@ -68,12 +68,12 @@ def show_cam_trust(cam_folder, case_id: str | None = None, node=None):
         "insertion_auc": "class probability as the map's top pixels are restored (higher is better)",
         "randomisation_similarity": "Spearman with the map of a randomly weighted model (high: not learnt)",
     }
-    return bridge.table_node_from_dataframe(frame, "Rad4XCNN CAM trust", node=node, descriptions=descriptions)
+    return tables.table_node_from_dataframe(frame, "Rad4XCNN CAM trust", node=node, descriptions=descriptions)
 
 
 def set_feature_colour(node, colour: str = DEFAULT_FEATURE_COLOUR) -> None:
     """Give a feature-map volume another colour map (a name of :data:`FEATURE_COLOURS` or any colour node)."""
-    node.GetDisplayNode().SetAndObserveColorNodeID(bridge.colour_node(colour).GetID())
+    node.GetDisplayNode().SetAndObserveColorNodeID(overlays.colour_node(colour).GetID())
 
 
 def feature_map_nodes() -> list:
@@ -118,6 +118,7 @@ def feature_map_volume(
     display.SetWindowLevelMinMax(low, high if high > low else low + 1.0)
     display.SetInterpolate(False)  # each pixel is its own kernel's value
     node.SetAttribute(_ATTRIBUTE, feature)
+    overlays.colour_legend(node, feature)
     return node
 
 

@@ -16,11 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.features.backbones import DEVICES
-from Rad4XCNNLogic.features.radiomics import PRESETS
+from Rad4XCNNLogic.features.settings import DEVICES, PRESETS
 from Rad4XCNNLogic.run.config import setting
 
 MODULE_NAME = "Rad4XCNN"
+
+
+def split_items(text: str) -> list[str]:
+    """The items of a comma-separated list as typed in the panel.
+
+    Examples
+    --------
+    >>> split_items(" label, cohort ,"), split_items("")
+    (['label', 'cohort'], [])
+    """
+    return [item.strip() for item in str(text).split(",") if item.strip()]
+
 
 #: Suggested backbones (any timm model name may be typed in).
 BACKBONES = ("resnet50", "densenet121", "resnet18", "vit_base_patch16_224")
@@ -45,6 +56,7 @@ WIDGET_CLASSES = {
     "float": ("ctkSliderWidget", "QDoubleSpinBox", "ctkDoubleSpinBox", "qMRMLSliderWidget"),
     "int": ("QSpinBox", "ctkSliderWidget"),
     "bool": ("QCheckBox", "ctkCheckBox"),
+    "list": ("QLineEdit",),
 }
 
 
@@ -69,7 +81,8 @@ class Parameter:
         """A parameter that stands for run-configuration setting ``key``: its default, help, choices and
         limits come from the configuration's metadata, and :meth:`format` checks values by its rule."""
         s = setting(key)
-        default = s.default[0] if s.is_list and s.default else s.default
+        # a list setting shown as one value (M: the first threshold) or, kind "list", as all of them
+        default = s.default[0] if s.is_list and s.default and kind != "list" else s.default
         limits = {}
         if s.interval is not None:
             limits = {"minimum": s.interval.smallest(STEP), "maximum": s.interval.largest(STEP)}
@@ -87,7 +100,7 @@ class Parameter:
 
     def parse(self, text: str | None) -> Any:
         """The typed value of the stored ``text`` (the default when missing or unreadable)."""
-        if text is None or text == "":
+        if text is None or (text == "" and self.kind != "list"):  # an empty list is a value: [] (pooled)
             return self.default
         try:
             if self.kind == "float":
@@ -97,38 +110,57 @@ class Parameter:
                 return int(float(text))
             if self.kind == "bool":
                 return text.strip().lower() in ("1", "true", "yes", "on")
+            if self.kind == "list":
+                return split_items(text)
         except ValueError:
             return self.default
         if self.kind == "choice" and text not in self.choices:
-            return self.default
+            return self.default if self.setting is None or self._problem(text) else text
         return text
 
+    def _checked(self, value: Any) -> Any:
+        """``value`` in the engine's spelling, checked by the rule of the setting it stands for."""
+        try:
+            return setting(self.setting).validate(value)
+        except Rad4XCNNError as exc:  # "configuration: key: problem" -> "Name: problem"
+            raise Rad4XCNNError(f"{self.name}: {str(exc).split(': ', 2)[-1]}") from None
+
+    def _problem(self, value: Any) -> str | None:
+        try:
+            self._checked(value)
+        except Rad4XCNNError as exc:
+            return str(exc)
+        return None
+
     def format(self, value: Any) -> str:
-        """``value`` checked against the limits and written as the stored text."""
+        """``value`` checked and written as the stored text.
+
+        A parameter that stands for a run-configuration setting is checked by that setting's rule alone
+        (the engine's metadata, which also maps other spellings, e.g. ``Grad-CAM`` to ``gradcam``); the
+        module's own parameters by their choices or limits.
+        """
         if value is None:
             return ""
-        if self.kind == "choice":
-            if str(value) not in self.choices:
-                raise Rad4XCNNError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}")
-            return str(value)
+        if self.kind == "list":
+            value = split_items(value) if isinstance(value, str) else list(value)
         if self.setting is not None:
-            from Rad4XCNNLogic.run.config import setting as config_setting
-
-            try:
-                value = config_setting(self.setting).validate(value)
-            except Rad4XCNNError as exc:  # "configuration: key: problem" -> "Name: problem"
-                raise Rad4XCNNError(f"{self.name}: {str(exc).split(': ', 2)[-1]}") from None
+            value = self._checked(value)
+        elif self.kind == "choice" and str(value) not in self.choices:
+            raise Rad4XCNNError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}")
         if self.kind in ("float", "int"):
             number = float(value)
             if not math.isfinite(number):
                 raise Rad4XCNNError(f"{self.name}: expected a number, got {value!r}")
-            if (self.minimum is not None and number < self.minimum) or (
+            outside = (self.minimum is not None and number < self.minimum) or (
                 self.maximum is not None and number > self.maximum
-            ):
+            )
+            if self.setting is None and outside:
                 raise Rad4XCNNError(f"{self.name}: {value} is outside [{self.minimum}, {self.maximum}]")
             return str(int(number)) if self.kind == "int" else repr(number)
         if self.kind == "bool":
             return "true" if value else "false"
+        if self.kind == "list":
+            return ", ".join(map(str, value))
         return str(value)
 
 
@@ -229,7 +261,15 @@ PARAMETERS: tuple[Parameter, ...] = (
         "thresholdSliderWidget",
         help="M: a deep feature is explained by a radiomic feature when |Spearman rho| >= M",
     ),
+    Parameter.of_setting("Stratify", "list", "explain.stratify", "stratifyLineEdit"),
     Parameter("OutputFolder", "path", "", "outputFolderPathLineEdit", "the run folder"),
+    Parameter(
+        "ReuseOutputs",
+        "bool",
+        False,
+        "reuseOutputsCheckBox",
+        "refill the previous run's tables and plots instead of adding new ones named after this run",
+    ),
     # results (node references kept with the scene; no widget)
     Parameter("ExplanationsTable", "node", node_classes=("vtkMRMLTableNode",)),
     Parameter("CorrelationsTable", "node", node_classes=("vtkMRMLTableNode",)),
@@ -271,14 +311,12 @@ def parameter_node(scene, module_name: str = MODULE_NAME):
 
 
 def set_defaults(node) -> None:
-    """Give every setting that the node does not hold yet its default (values already set are kept)."""
+    """Give every setting that the node does not hold yet its default (values already set are kept, an empty
+    list too: vtkMRMLScriptedModuleNode::HasParameter at v5.10.0)."""
     for parameter in PARAMETERS:
-        if (
-            parameter.kind != "node"
-            and not node.GetParameter(parameter.name)
-            and parameter.default not in (None, "")
-        ):
-            node.SetParameter(parameter.name, parameter.format(parameter.default))
+        if parameter.kind == "node" or parameter.default in (None, "") or node.HasParameter(parameter.name):
+            continue
+        node.SetParameter(parameter.name, parameter.format(parameter.default))
 
 
 def get(node, name: str) -> Any:
@@ -286,7 +324,7 @@ def get(node, name: str) -> Any:
     parameter = _parameter(name)
     if parameter.kind == "node":
         return node.GetNodeReference(name)
-    return parameter.parse(node.GetParameter(name))
+    return parameter.parse(node.GetParameter(name) if node.HasParameter(name) else None)
 
 
 def set_value(node, name: str, value: Any) -> None:
@@ -304,7 +342,7 @@ def set_value(node, name: str, value: Any) -> None:
         node.SetNodeReferenceID(name, None if value is None else value.GetID())
         return
     text = parameter.format(value)
-    if node.GetParameter(name) != text:
+    if not node.HasParameter(name) or node.GetParameter(name) != text:
         node.SetParameter(name, text)
 
 
@@ -357,21 +395,24 @@ def run_configuration(values: Mapping[str, Any], manifest: str | Path, out: str 
     --------
     >>> config = run_configuration({"Backbone": "resnet50", "Threshold": 0.6}, "m.csv", "run")
     >>> config["models"], config["explain"]
-    ([{'name': 'resnet50', 'weights': 'imagenet'}], {'thresholds': [0.6]})
+    ([{'name': 'resnet50', 'weights': 'imagenet'}], {'thresholds': [0.6], 'stratify': ['label', 'cohort']})
     """
     from Rad4XCNNLogic.run.config import config_from_dict
 
     backbone = str(values.get("Backbone") or "").strip()
     if not backbone:
         raise Rad4XCNNError("choose a backbone network")
-    threshold = values.get("Threshold")
     config = {
         "manifest": str(manifest),
         "out": str(out),
         "device": str(values.get("Device") or BY_NAME["Device"].default),
         "models": [{"name": backbone, "weights": weights_argument(values)}],
         "radiomics": {"params": radiomics_argument(values)},
-        "explain": {"thresholds": [float(BY_NAME["Threshold"].default if threshold is None else threshold)]},
+        # M as the parameter node holds it (checked by explain.thresholds' rule when it was set)
+        "explain": {
+            "thresholds": [values.get("Threshold", BY_NAME["Threshold"].default)],
+            "stratify": list(values.get("Stratify", BY_NAME["Stratify"].default)),
+        },
     }
     config_from_dict(config)  # the same rules as a configuration file: a bad value is named here
     return config

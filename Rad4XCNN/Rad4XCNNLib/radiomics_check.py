@@ -7,18 +7,28 @@ image through the engine and compares feature names and values with ``data/radio
 written with the distribution the project pins (pyradiomics-bhklab 3.1.4). When they differ the module offers
 to install ``pyradiomics-bhklab`` under the same constraints as every other install
 (:func:`radiomics_install_plan`).
+
+Which copy is checked matters as much as the check. Slicer puts the site-packages of extensions such as
+SlicerRadiomics on PYTHONPATH, ahead of its own site-packages where pip installs (the extension paths of
+Base/QTCore/qSlicerExtensionsManagerModel.cxx at v5.10.0), so after ``pyradiomics-bhklab`` is installed
+``import radiomics`` would still find SlicerRadiomics' copy. :func:`prefer_installed_radiomics` puts the
+installed distribution's folder first on the engine process's PYTHONPATH, and the check runs in that very
+process (:func:`check_in_engine_process`, this module run as ``python -m Rad4XCNNLib.radiomics_check``), so
+it judges the PyRadiomics the runs import.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from Rad4XCNNLib import dependencies
+from Rad4XCNNLib import background, dependencies
 
 #: Feature values of the reference image, from the pinned distribution (regenerate with
 #: ``python -m Rad4XCNNLib.radiomics_check --write-reference`` after a deliberate upgrade).
@@ -44,8 +54,10 @@ def reference_case() -> tuple[np.ndarray, np.ndarray]:
 
 def installed_radiomics() -> dict[str, str | None]:
     """Which PyRadiomics is installed: ``distribution`` (pip's name, None if unknown, e.g. a path
-    install), ``version`` (the distribution's) and ``module_version`` (``radiomics.__version__``)."""
+    install), ``version`` (the distribution's), ``module_version`` (``radiomics.__version__``) and
+    ``location`` (the folder the imported ``radiomics`` package came from)."""
     found: dict[str, str | None] = {"distribution": None, "version": None, "module_version": None}
+    found["location"] = None
     for name in DISTRIBUTIONS:
         try:
             found["version"] = importlib.metadata.version(name)
@@ -57,6 +69,7 @@ def installed_radiomics() -> dict[str, str | None]:
         import radiomics
 
         found["module_version"] = str(getattr(radiomics, "__version__", "")).lstrip("v") or None
+        found["location"] = str(Path(radiomics.__file__).resolve().parent.parent)
     except ImportError:
         pass
     return found
@@ -147,6 +160,66 @@ def check_radiomics(reference: str | Path = REFERENCE) -> RadiomicsCheck:
     return RadiomicsCheck(installed, not problems, len(values), problems)
 
 
+# ----------------------------------------------------------------- which copy the engine process imports
+def installed_location(paths: Iterable[str] | None = None, name: str = DISTRIBUTIONS[0]) -> Path | None:
+    """The folder (a site-packages) that holds the installed ``name`` distribution's ``radiomics`` package,
+    looked up on ``paths`` (default ``sys.path``); None when it is not installed."""
+    where = {} if paths is None else {"path": list(paths)}
+    for dist in importlib.metadata.distributions(name=name, **where):
+        folder = Path(dist.locate_file("")).resolve()
+        if (folder / "radiomics" / "__init__.py").is_file():
+            return folder
+    return None
+
+
+def first_on_path(pythonpath: str) -> Path | None:
+    """The first PYTHONPATH entry that holds a ``radiomics`` package: what a process started with it imports
+    (PYTHONPATH comes before the interpreter's own site-packages), None when no entry holds one."""
+    for entry in filter(None, pythonpath.split(os.pathsep)):
+        if (Path(entry) / "radiomics" / "__init__.py").is_file():
+            return Path(entry).resolve()
+    return None
+
+
+def prefer_installed_radiomics(env: Mapping[str, str], paths: Iterable[str] | None = None) -> dict[str, str]:
+    """``env`` with the installed ``pyradiomics-bhklab`` first on PYTHONPATH when another ``radiomics``
+    (SlicerRadiomics') would shadow it there; unchanged otherwise (nothing installed, nothing shadowing)."""
+    env = dict(env)
+    installed = installed_location(paths)
+    shadow = first_on_path(env.get("PYTHONPATH", ""))
+    if installed is None or shadow is None or shadow == installed:
+        return env
+    entries = [e for e in env.get("PYTHONPATH", "").split(os.pathsep) if e]
+    env["PYTHONPATH"] = os.pathsep.join([str(installed), *entries])
+    return env
+
+
+def imported_by_engine(env: Mapping[str, str] | None = None, **kwargs) -> dict[str, str | None]:
+    """:func:`installed_radiomics` as the engine's process sees it (a child started with ``env``)."""
+    return background.run_helper("Rad4XCNNLib.radiomics_check", "--which", env=env, **kwargs)
+
+
+def check_in_engine_process(env: Mapping[str, str] | None = None, **kwargs) -> RadiomicsCheck:
+    """:func:`check_radiomics`, run in a child started with ``env``: the PyRadiomics the runs import."""
+    record = background.run_helper("Rad4XCNNLib.radiomics_check", "--check", env=env, **kwargs)
+    return RadiomicsCheck(record["installed"], record["accepted"], record["n_features"], record["problems"])
+
+
+def shadowed_message(wanted: Path | None, imported: str | None) -> str:
+    """What to do when the engine process still imports another PyRadiomics than the installed one."""
+    if wanted is None:
+        return (
+            f"pyradiomics-bhklab is not found after its install (the runs import PyRadiomics from "
+            f"{imported or '(nowhere)'}): see the Python console's log of the install, restart Slicer and "
+            "run again."
+        )
+    return (
+        f"Rad4XCNN's runs import PyRadiomics from {imported or '(nowhere)'}, not the pyradiomics-bhklab "
+        f"installed in {wanted}. Uninstall the SlicerRadiomics extension in the Extensions Manager (Rad4XCNN "
+        "does not need it once pyradiomics-bhklab is installed), restart Slicer and run again."
+    )
+
+
 def radiomics_install_plan(system: str | None = None) -> dependencies.InstallPlan:
     """The plan that installs the pinned PyRadiomics distribution, as every other install: constraints on
     what is there, its needs listed and the package itself without its declared SimpleITK."""
@@ -171,8 +244,13 @@ def write_reference(path: str | Path = REFERENCE) -> Path:
 
 if __name__ == "__main__":
     import sys
+    from dataclasses import asdict
 
     if sys.argv[1:] == ["--write-reference"]:
         print(write_reference())
+    elif sys.argv[1:] == ["--which"]:
+        background.print_answer(installed_radiomics())
+    elif sys.argv[1:] == ["--check"]:
+        background.print_answer(asdict(check_radiomics()))
     else:
         print(check_radiomics().message())

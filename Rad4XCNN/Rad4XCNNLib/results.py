@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from Rad4XCNNLib import bridge
+from Rad4XCNNLib import bridge, masks, overlays, plots, tables
 from Rad4XCNNLib import parameters as settings
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.names import RunFiles
@@ -24,15 +24,18 @@ log = logging.getLogger(__name__)
 
 #: Rows of the correlations table shown in Slicer (the strongest pairs); the CSV in the run folder has all.
 MAX_TABLE_ROWS = 5000
+#: What each result node shows; its name is the run's (its folder's name) followed by this.
 _TABLE_NAMES = {
-    "ExplanationsTable": "Rad4XCNN explanations",
-    "CorrelationsTable": "Rad4XCNN correlations",
-    "ClassificationTable": "Rad4XCNN classification",
-    "CaseTable": "Rad4XCNN case",
-    "ProbesTable": "Rad4XCNN probes",
-    "CkaTable": "Rad4XCNN CKA",
-    "ConceptsTable": "Rad4XCNN concepts",
+    "ExplanationsTable": "explanations",
+    "CorrelationsTable": "correlations",
+    "ClassificationTable": "classification",
+    "CaseTable": "case",
+    "ProbesTable": "probes",
+    "CkaTable": "CKA",
+    "ConceptsTable": "concepts",
 }
+#: The attribute that records which run folder a result node shows.
+RUN_ATTRIBUTE = "Rad4XCNN.run"
 #: The "Where concepts live" tables of ``rad4xcnn probe``, shown when the run folder holds them.
 _CONCEPT_TABLES = {
     "ProbesTable": RunFiles.PROBES,
@@ -60,13 +63,38 @@ def load_run(folder, threshold: float | None = None) -> RunResults:
     return RunResults.load(folder, threshold=threshold)
 
 
-def _table(parameter_node, reference: str, frame, index: bool = True):
+def run_name(folder) -> str:
+    """The name result nodes of the run in ``folder`` start with: the folder's name."""
+    return Path(folder).resolve().name or "Rad4XCNN"
+
+
+def result_node(parameter_node, reference: str, folder):
+    """The node to fill with ``reference``'s result of the run in ``folder``: the parameter node's, when it
+    shows this run (M moved, results loaded again) or the *Reuse outputs* setting is on; else None, so that
+    a new node is made and the previous run's stays in the scene as it was."""
     node = settings.get(parameter_node, reference)
-    node = bridge.table_node_from_dataframe(
-        frame, _TABLE_NAMES[reference], node=node, index=index, descriptions=_DESCRIPTIONS
-    )
+    if node is None or settings.get(parameter_node, "ReuseOutputs"):
+        return node
+    shown = node.GetAttribute(RUN_ATTRIBUTE)
+    return node if shown in (None, str(Path(folder).resolve())) else None
+
+
+def _keep(parameter_node, reference: str, node, folder):
+    node.SetAttribute(RUN_ATTRIBUTE, str(Path(folder).resolve()))
     settings.set_value(parameter_node, reference, node)
     return node
+
+
+def _table(parameter_node, reference: str, frame, folder, index: bool = True):
+    name = f"{run_name(folder)} {_TABLE_NAMES[reference]}"
+    node = tables.table_node_from_dataframe(
+        frame,
+        name,
+        node=result_node(parameter_node, reference, folder),
+        index=index,
+        descriptions=_DESCRIPTIONS,
+    )
+    return _keep(parameter_node, reference, node, folder)
 
 
 def show_run(results: RunResults, parameter_node, threshold: float | None = None) -> tuple[RunResults, str]:
@@ -75,23 +103,40 @@ def show_run(results: RunResults, parameter_node, threshold: float | None = None
     classification; charts: coverage against M with a marker at M, and the histogram of rho."""
     if threshold is not None and results.explanation is not None:
         results = results.with_threshold(threshold)
+    folder, name = results.folder, run_name(results.folder)
     if results.explanation is not None:
-        _table(parameter_node, "ExplanationsTable", results.explanations)
-        _table(parameter_node, "CorrelationsTable", results.correlations.head(MAX_TABLE_ROWS), index=False)
-        coverage = bridge.plot_coverage(
+        _table(parameter_node, "ExplanationsTable", results.explanations, folder)
+        pairs = results.correlations.head(MAX_TABLE_ROWS)
+        _table(parameter_node, "CorrelationsTable", pairs, folder, index=False)
+        coverage = plots.plot_coverage(
             results.coverage(),
             threshold=results.threshold,
-            chart=settings.get(parameter_node, "CoverageChart"),
+            name=f"{name} coverage",
+            chart=result_node(parameter_node, "CoverageChart", folder),
         )
-        settings.set_value(parameter_node, "CoverageChart", coverage)
-        histogram = bridge.plot_rho_histogram(
-            results.rho, threshold=results.threshold, chart=settings.get(parameter_node, "RhoChart")
+        _keep(parameter_node, "CoverageChart", coverage, folder)
+        histogram = plots.plot_rho_histogram(
+            results.rho,
+            threshold=results.threshold,
+            name=f"{name} rho histogram",
+            chart=result_node(parameter_node, "RhoChart", folder),
         )
-        settings.set_value(parameter_node, "RhoChart", histogram)
+        _keep(parameter_node, "RhoChart", histogram, folder)
     if results.classification is not None:
-        _table(parameter_node, "ClassificationTable", results.classification)
+        _table(parameter_node, "ClassificationTable", results.classification, folder)
     show_concept_tables(results.folder, parameter_node)
     return results, results.summary()
+
+
+def load_and_show(folder, parameter_node, threshold: float | None = None) -> tuple[RunResults, str]:
+    """Read the run folder, fill the result nodes at ``threshold`` (:func:`show_run`) and show the
+    explanations table and the coverage plot in Slicer's views; returns the results and the summary."""
+    results, summary = show_run(load_run(folder), parameter_node, threshold)
+    for reference, show in (("ExplanationsTable", tables.show_table), ("CoverageChart", plots.show_chart)):
+        node = settings.get(parameter_node, reference)
+        if node is not None:
+            show(node)
+    return results, summary
 
 
 def show_concept_tables(folder, parameter_node) -> list[str]:
@@ -103,13 +148,16 @@ def show_concept_tables(folder, parameter_node) -> list[str]:
     for reference, name in _CONCEPT_TABLES.items():
         path = Path(folder) / name
         if path.is_file():
-            _table(parameter_node, reference, pd.read_csv(path), index=False)
-            shown.append(_TABLE_NAMES[reference])
+            shown.append(_table(parameter_node, reference, pd.read_csv(path), folder, index=False).GetName())
     return shown
 
 
-def apply_threshold(results: RunResults, parameter_node, threshold: float) -> tuple[RunResults, str]:
-    """The M slider: re-threshold the stored correlations and refill the same nodes."""
+def apply_threshold(results: RunResults | None, parameter_node, threshold: float) -> tuple[RunResults, str]:
+    """The M slider: re-threshold the stored correlations and refill the same nodes. With ``results`` None
+    (a saved scene was just loaded: its result nodes are there, the correlations not yet) the run folder of
+    the parameter node is read first, so the slider works at once."""
+    if results is None:
+        results = load_run(settings.get(parameter_node, "OutputFolder"))
     return show_run(results, parameter_node, threshold)
 
 
@@ -126,14 +174,14 @@ def export_case(values: Mapping[str, Any], folder: Path) -> Path:
         raise Rad4XCNNError("choose the case's segmentation or labelmap")
     image = bridge.image_from_volume_node(image_node)
     if mask_node.IsA("vtkMRMLSegmentationNode"):
-        mask = bridge.mask_from_segment(mask_node, values.get("CaseSegment") or None, image_node)
+        mask = masks.mask_from_segment(mask_node, values.get("CaseSegment") or None, image_node)
     else:
-        mask = bridge.mask_from_labelmap(mask_node, image_node)
+        mask = masks.mask_from_labelmap(mask_node, image_node)
     if not mask.any():
         raise Rad4XCNNError(f"the lesion of '{image_node.GetName()}' is empty in the image's geometry")
     import pandas as pd
 
-    case_id = bridge.safe_name(image_node.GetName())
+    case_id = masks.safe_name(image_node.GetName())
     folder = Path(folder)
     write_image(folder / "images" / f"{case_id}.nrrd", image.array, like=image)
     write_image(folder / "masks" / f"{case_id}_mask.nrrd", mask.astype(np.uint8), like=image)
@@ -187,34 +235,44 @@ def read_case_outputs(folder: Path) -> tuple[object | None, np.ndarray | None]:
     return values, cam
 
 
-def show_case(results: RunResults, parameter_node, folder: Path) -> str:
+def show_case(
+    results: RunResults, parameter_node, folder: Path, values: Mapping[str, Any] | None = None
+) -> str:
     """Show a finished case: its CAM over the image, and its radiomic values against the cohort for the
-    radiomic features that explain the classifier's most important deep features."""
-    values = settings.read_all(parameter_node)
+    radiomic features that explain the classifier's most important deep features.
+
+    ``values`` are the settings the case ran with (default: the parameter node's). When its image is no
+    longer in the scene (closed meanwhile) the CAM cannot be placed: the summary says so and the table is
+    still filled.
+    """
+    values = settings.read_all(parameter_node) if values is None else values
+    image = values.get("CaseImage")
     case_values, cam = read_case_outputs(folder)
     notes = []
-    if cam is not None:
-        node = bridge.cam_overlay(
-            cam, values["CaseImage"], opacity=values["CamOpacity"], node=values["CamVolume"]
+    if cam is not None and image is None:
+        notes.append("the case's image is no longer in the scene, so its CAM is not shown")
+    elif cam is not None:
+        node = overlays.cam_overlay(
+            cam, image, opacity=values["CamOpacity"], node=settings.get(parameter_node, "CamVolume")
         )
         settings.set_value(parameter_node, "CamVolume", node)
-        notes.append(f"{values['CamMethod']} map shown over {values['CaseImage'].GetName()}")
+        notes.append(f"{values['CamMethod']} map shown over {image.GetName()}")
     from Rad4XCNNLib.mapviews import show_case_maps  # trust table and feature maps, where the case has them
 
-    if values["CaseImage"] is not None:
+    if image is not None:
         notes += show_case_maps(
             folder,
-            values["CaseImage"],
+            image,
             colour=values["FeatureMapColour"],
             placement=values["FeatureMapPlacement"],
             opacity=values["CamOpacity"],
-            cam_node=values["CamVolume"],
+            cam_node=settings.get(parameter_node, "CamVolume"),
         )
     if case_values is not None and results.explanation is not None and results.radiomics is not None:
         top = results.ranked_deep_features(values["TopFeatures"])
         pairs = results.explaining_pairs(list(top.index))
         table = case_comparison(case_values, results.radiomics, pairs)
-        _table(parameter_node, "CaseTable", table, index=False)
+        _table(parameter_node, "CaseTable", table, results.folder, index=False)
         explained = int((top["status"] == "explained").sum())
         notes.append(
             f"{explained} of the {len(top)} most important deep features "

@@ -7,9 +7,11 @@ on ``slicer.mrmlScene`` and ``slicer.modules``, whichever application set them u
 cohort that the scenario writes itself. A failed check raises :class:`ScenarioError` saying what was expected.
 
 :func:`run_default` is the default self-test, fit for Slicer's extension build machines: it installs
-nothing, runs the MRML scenarios, and runs a tiny engine job only when the engine's packages are already
-there (else it says why it skipped). :func:`run_all` is the full scenario (every engine command and the
-case's Grad-CAM); the Slicer self-test runs it when the environment variable ``RAD4XCNN_FULL_SELFTEST=1``.
+nothing; the scenarios on a case made in the scene need only what 3D Slicer ships (numpy, scipy, MRML), those
+on a cohort of files need the module's own packages (pandas, ...), and a tiny engine job runs only when the
+engine's packages are there: a scenario whose packages are missing says so and why instead of running.
+:func:`run_all` is the full scenario (every engine command and the case's Grad-CAM); the Slicer self-test
+runs it when the environment variable ``RAD4XCNN_FULL_SELFTEST=1``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from Rad4XCNNLib import bridge
+from Rad4XCNNLib import bridge, masks, overlays, plots, tables
 
 #: Size of the synthetic cohort: enough cases for Spearman's rho to mean something, small enough to be quick.
 N_CASES = 24
@@ -45,13 +47,47 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass
 class LoadedScene:
-    """One case loaded into the scene as a user would load it: an image volume and its segmentation."""
+    """One case in the scene, as a user would have it: an image volume and its segmentation (``manifest``:
+    the cohort file it was loaded from, None for a case made in the scene)."""
 
     case_id: str
     volume: object
     segmentation: object
     segment_id: str
-    manifest: Path
+    manifest: Path | None = None
+
+
+def case_in_the_scene(seed: int = 0) -> LoadedScene:
+    """Scenario A: the SampleData module's synthetic case, made in memory and put into the scene as a
+    single-slice volume and a segmentation; the scene offers them as an image/segmentation pair and the
+    segment reads back as the lesion. Needs only what 3D Slicer ships."""
+    from Rad4XCNNLib import sampledata
+
+    (pair,) = sampledata.load_cases(1, seed=seed)
+    mask = masks.mask_from_segment(pair.segmentation, None, pair.volume)
+    _check(mask.any() and pair.label == "benign", "the sample case has no lesion or no label")
+    return LoadedScene(pair.case_id, pair.volume, pair.segmentation, pair.segment_id)
+
+
+def parameter_node_rules() -> object:
+    """Scenario B: the module's parameter node holds its defaults, keeps a value, and refuses a bad one by
+    the engine's own rule for that setting (M in (0, 1], a known CAM method)."""
+    from Rad4XCNNLib import parameters as settings
+    from Rad4XCNNLogic.errors import Rad4XCNNError
+
+    node = settings.parameter_node(slicer.mrmlScene)
+    _check(settings.get(node, "Threshold") == 0.6, "M does not default to 0.6")
+    settings.set_value(node, "Threshold", 0.7)
+    _check(settings.parameter_node(slicer.mrmlScene) is node, "a second parameter node was made")
+    _check(settings.get(node, "Threshold") == 0.7, "M was not kept")
+    for name, bad in (("Threshold", 2.0), ("CamMethod", "no-such-cam")):
+        try:
+            settings.set_value(node, name, bad)
+        except Rad4XCNNError:
+            continue
+        raise ScenarioError(f"{name} = {bad!r} was accepted")
+    settings.set_value(node, "Threshold", 0.6)
+    return node
 
 
 def make_cohort(folder: Path, n: int = N_CASES, seed: int = 0) -> Path:
@@ -107,15 +143,15 @@ def export_mask(scene_case: LoadedScene, folder: Path) -> Path:
     """
     from Rad4XCNNLogic.cohort.manifest import read_manifest
 
-    mask = bridge.mask_from_segment(scene_case.segmentation, "lesion", scene_case.volume)
+    mask = masks.mask_from_segment(scene_case.segmentation, "lesion", scene_case.volume)
     original = next(
         c for c in read_manifest(scene_case.manifest).cases if c.case_id == scene_case.case_id
     ).load()
     _check(mask.shape == original.mask.shape, f"mask shape {mask.shape} != {original.mask.shape}")
     _check(np.array_equal(mask, original.mask), "the exported mask differs from the mask file")
-    pairs = [p for p in bridge.scene_image_segmentation_pairs() if p.volume is scene_case.volume]
+    pairs = [p for p in masks.scene_image_segmentation_pairs() if p.volume is scene_case.volume]
     _check(len(pairs) == 1, "the loaded image and segmentation are not found as a pair in the scene")
-    manifest = bridge.export_scene_cohort(pairs, Path(folder) / "exported")
+    manifest = masks.export_scene_cohort(pairs, Path(folder) / "exported")
     (case,) = read_manifest(manifest, check_images=True).cases
     exported = case.load()
     _check(np.array_equal(exported.mask, original.mask), "the exported cohort's mask differs")
@@ -204,24 +240,24 @@ def fill_tables_and_plots(results, threshold: float = 0.6, new_threshold: float 
     settings.set_value(node, "OutputFolder", str(results.folder))
     results, _ = mrml_results.show_run(results, node, threshold)
     rho = results.rho
-    table = bridge.dataframe_from_table_node(settings.get(node, "ExplanationsTable"))
+    table = tables.dataframe_from_table_node(settings.get(node, "ExplanationsTable"))
     _check(len(table) == rho.shape[0], f"the explanations table has {len(table)} rows, not {rho.shape[0]}")
     _check(
         int((table["status"] == "explained").sum()) == _explained_at(rho, threshold), "wrong explained count"
     )
-    pairs = bridge.dataframe_from_table_node(settings.get(node, "CorrelationsTable"), index_col=None)
+    pairs = tables.dataframe_from_table_node(settings.get(node, "CorrelationsTable"), index_col=None)
     _check(len(pairs) == min(len(results.correlations), mrml_results.MAX_TABLE_ROWS), "correlation rows lost")
     _check(bool((pairs["rho"].abs() >= threshold - 1e-12).all()), "a kept pair has |rho| < M")
     coverage = settings.get(node, "CoverageChart")
     for model, fractions in results.coverage().items():
-        _, y = bridge.series_values(coverage, str(model))
+        _, y = plots.series_values(coverage, str(model))
         _check(np.allclose(y, fractions.to_numpy(), equal_nan=True), f"coverage of {model} differs")
     histogram = settings.get(node, "RhoChart")
-    _, below = bridge.series_values(histogram, "below M")
-    _, above = bridge.series_values(histogram, "|rho| >= M")
+    _, below = plots.series_values(histogram, "below M")
+    _, above = plots.series_values(histogram, "|rho| >= M")
     _check(int(below.sum() + above.sum()) == int(np.isfinite(rho).sum()), "the histogram lost rho values")
-    bridge.show_table(settings.get(node, "ExplanationsTable"))
-    bridge.show_chart(coverage)
+    tables.show_table(settings.get(node, "ExplanationsTable"))
+    plots.show_chart(coverage)
     selection = bridge.application_logic().GetSelectionNode()
     _check(selection.GetActiveTableID() == settings.get(node, "ExplanationsTable").GetID(), "table not shown")
     _check(selection.GetActivePlotChartID() == coverage.GetID(), "coverage plot not shown")
@@ -232,11 +268,11 @@ def fill_tables_and_plots(results, threshold: float = 0.6, new_threshold: float 
     results, _ = mrml_results.apply_threshold(results, node, new_threshold)
     _check(scene.GetNumberOfNodes() == n_nodes, "moving M added nodes")
     _check(all(settings.get(node, ref).GetID() == i for ref, i in ids.items()), "moving M replaced nodes")
-    table = bridge.dataframe_from_table_node(settings.get(node, "ExplanationsTable"))
+    table = tables.dataframe_from_table_node(settings.get(node, "ExplanationsTable"))
     _check(int((table["status"] == "explained").sum()) == _explained_at(rho, new_threshold), "M not applied")
-    marker, _ = bridge.series_values(coverage, "M")
+    marker, _ = plots.series_values(coverage, "M")
     _check(np.allclose(marker, new_threshold), "the coverage plot's M marker did not move")
-    centres, counts = bridge.series_values(histogram, "below M")
+    centres, counts = plots.series_values(histogram, "below M")
     _check(not bool(((np.abs(centres) >= new_threshold) & (counts > 0)).any()), "histogram not split at M")
     return node
 
@@ -271,7 +307,7 @@ def explain_case(scene_case: LoadedScene, parameter_node, results, folder: Path)
     args = mrml_results.case_command(values, case_folder)
     _run_engine("the case", *args)
     summary = mrml_results.show_case(results, parameter_node, case_folder)
-    table = bridge.dataframe_from_table_node(settings.get(parameter_node, "CaseTable"), index_col=None)
+    table = tables.dataframe_from_table_node(settings.get(parameter_node, "CaseTable"), index_col=None)
     _check(len(table) > 0, f"the case table is empty ({summary})")
     cohort = pd.read_csv(Path(results.folder) / "radiomics.csv", index_col=0)
     row = table.iloc[0]
@@ -289,7 +325,8 @@ def explain_case(scene_case: LoadedScene, parameter_node, results, folder: Path)
         np.allclose(bridge.ijk_to_ras_array(overlay), bridge.ijk_to_ras_array(scene_case.volume)),
         "the case's CAM is not in the image's geometry",
     )
-    _check(all(abs(layer["opacity"] - 0.45) < 1e-9 for layer in bridge.slice_layers()), "opacity not applied")
+    layers = overlays.slice_layers()
+    _check(all(abs(layer["opacity"] - 0.45) < 1e-9 for layer in layers), "opacity not applied")
     return table, cam
 
 
@@ -297,7 +334,7 @@ def lesion_map(scene_case: LoadedScene) -> np.ndarray:
     """A smooth map peaking inside the lesion: a stand-in for a CAM, to check the overlay's placement."""
     from scipy import ndimage
 
-    mask = bridge.mask_from_segment(scene_case.segmentation, "lesion", scene_case.volume)
+    mask = masks.mask_from_segment(scene_case.segmentation, "lesion", scene_case.volume)
     inside = ndimage.distance_transform_edt(mask)
     return ndimage.gaussian_filter(inside, sigma=3.0)
 
@@ -309,7 +346,7 @@ def add_cam_overlay(scene_case: LoadedScene, cam: np.ndarray | None = None, opac
     :func:`lesion_map`. Returns the CAM volume node.
     """
     cam = lesion_map(scene_case) if cam is None else np.asarray(cam)
-    node = bridge.cam_overlay(cam, scene_case.volume, opacity=opacity)
+    node = overlays.cam_overlay(cam, scene_case.volume, opacity=opacity)
     _check(
         np.allclose(bridge.ijk_to_ras_array(node), bridge.ijk_to_ras_array(scene_case.volume)),
         "the CAM volume is not in the image's geometry",
@@ -319,8 +356,9 @@ def add_cam_overlay(scene_case: LoadedScene, cam: np.ndarray | None = None, opac
     _check(peak == np.unravel_index(int(np.argmax(cam)), cam.shape), "the CAM's peak moved in the overlay")
     _check(abs(float(shown.max()) - 1.0) < 1e-6, "the CAM is not scaled to [0, 1]")
     colour = node.GetDisplayNode().GetColorNode()
-    _check(colour is not None and colour.GetName() == bridge.HEAT_COLOUR_NAME, "the CAM has no heat colours")
-    layers = bridge.slice_layers()
+    heat = colour is not None and colour.GetName() == overlays.HEAT_COLOUR_NAME
+    _check(heat, "the CAM has no heat colours")
+    layers = overlays.slice_layers()
     _check(bool(layers), "the scene has no slice view")
     for layer in layers:
         _check(layer["foreground"] == node.GetID(), f"view {layer['view']} does not show the CAM in front")
@@ -350,44 +388,54 @@ def colours_survive_a_closed_scene(scene_case: LoadedScene) -> None:
     add_cam_overlay(scene_case)
     scene.Clear(0)
     _check(
-        scene.GetNodesByName(bridge.HEAT_COLOUR_NAME).GetNumberOfItems() == 0,
+        scene.GetNodesByName(overlays.HEAT_COLOUR_NAME).GetNumberOfItems() == 0,
         "the heat colour table outlived the closed scene",
     )
-    colour = bridge.heat_colour_node()
+    colour = overlays.heat_colour_node()
     _check(colour.GetNumberOfColors() == 256, f"the heat table has {colour.GetNumberOfColors()} colours")
 
 
 def run_default(folder: Path, missing: list[str] | None = None) -> Iterator[tuple[str, str]]:
-    """The default self-test: the MRML scenarios, and a tiny engine run when its packages are present.
+    """The default self-test: the scenarios each Python can run, the others skipped with the reason.
 
     Installs nothing and writes only in ``folder``. ``missing`` (default: :func:`engine_packages_missing`)
-    decides whether the engine run happens; when it does not, the outcome says which packages are missing.
+    names the packages this Python lacks: the cohort scenarios need the module's own (pandas, PyYAML, ...),
+    the engine run every engine package; their outcome then says which packages are missing.
     """
     folder = Path(folder)
+    missing = engine_packages_missing() if missing is None else missing
+    scene_case = case_in_the_scene()
+    yield "a case in the scene", f"{scene_case.case_id}: image and segmentation paired"
+    yield "CAM overlay", add_cam_overlay(scene_case).GetName()
+    parameter_node_rules()
+    yield "parameter node", "defaults, a kept value, bad values refused by the engine's rules"
+    colours_survive_a_closed_scene(scene_case)
+    yield "close the scene", "the CAM colours are there again"
+    from Rad4XCNNLib.dependencies import REQUIREMENTS
+
+    module_needs = {r.name for r in REQUIREMENTS if "module" in r.groups}
+    lacking = [name for name in missing if name in module_needs]
+    cohort_scenarios = ("synthetic cohort", "load image and segmentation", "export the mask")
+    if lacking:
+        why = f"skipped: needs {', '.join(lacking)}, not in this Python (installed on the first run)"
+        for name in (*cohort_scenarios, "run a small correlation"):
+            yield name, why
+        return
     manifest = make_cohort(folder)
     yield "synthetic cohort", f"{N_CASES} cases in {manifest.parent}"
     scene_case = load_image_and_segmentation(manifest)
     yield "load image and segmentation", scene_case.case_id
-    exported = export_mask(scene_case, folder)
-    yield "export the mask", str(exported)
-    node = add_cam_overlay(scene_case)
-    yield "CAM overlay", node.GetName()
-    missing = engine_packages_missing() if missing is None else missing
+    yield "export the mask", str(export_mask(scene_case, folder))
     if missing:
         yield (
             "run a small correlation",
             f"skipped: the engine's packages are not installed ({', '.join(missing)})",
         )
-    else:
-        results = run_small_correlation(manifest, folder)
-        yield "run a small correlation", results.summary()
-        fill_tables_and_plots(results)
-        yield (
-            "fill the tables and plots",
-            "explanations, correlations, coverage and rho plots; M moved to 0.8",
-        )
-    colours_survive_a_closed_scene(scene_case)
-    yield "close the scene", "the CAM colours are there again"
+        return
+    results = run_small_correlation(manifest, folder)
+    yield "run a small correlation", results.summary()
+    fill_tables_and_plots(results)
+    yield "fill the tables and plots", "explanations, correlations, coverage and rho plots; M moved to 0.8"
 
 
 def run_all(folder: Path) -> Iterator[tuple[str, str]]:

@@ -21,6 +21,7 @@ import numpy as np
 
 from Rad4XCNNLogic.cam.images import file_stem
 from Rad4XCNNLogic.cam.measures import spearman_agreement
+from Rad4XCNNLogic.cam.settings import DEFAULT_KERNEL_RADIUS
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 
@@ -42,11 +43,6 @@ __all__ = [
 ]
 
 STAGE = "featuremaps"
-#: The kernel radius in pixels: each pixel's value is the feature of the (2r+1) x (2r+1) square around it,
-#: restricted to lesion pixels (PyRadiomics' ``kernelRadius`` with ``maskedKernel``). 2 gives 5 x 5 = 25
-#: pixels, the smallest window in which a 32-bin texture matrix is not mostly empty; larger kernels give
-#: smoother maps and cost about (2r+1)^2 per pixel.
-DEFAULT_KERNEL_RADIUS = 2
 TABLE_CSV = "featuremaps.csv"
 AGREEMENT_CSV = "featuremap_agreement.csv"
 SETTINGS_JSON = "featuremaps.json"

@@ -50,15 +50,14 @@ from Rad4XCNNLogic.cam.measures import (
     top_region,
 )
 from Rad4XCNNLogic.cam.methods import (
-    DEFAULT_METHODS,
     METHODS,
     CamMethod,
     MapComputer,
-    check_methods,
     first_component_projection,
 )
 from Rad4XCNNLogic.cam.model import class_fields, load_cam_model, target_index_of
 from Rad4XCNNLogic.cam.sanity import RANDOMISATION_THRESHOLD, map_flags, method_verdicts
+from Rad4XCNNLogic.cam.settings import DEFAULT_METHODS, RANDOMISATIONS, check_methods
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
@@ -108,9 +107,6 @@ AGREEMENT_CSV = "cam_agreement.csv"
 RANDOMISATION_CSV = "cam_randomisation.csv"
 SUMMARY_CSV = "cam_summary.csv"
 SETTINGS_JSON = "cam_run.json"
-#: How far the randomisation test goes: every cascade step (top layers first, then all), only the fully
-#: randomised model, or no test.
-RANDOMISATIONS = ("cascade", "all", "none")
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -355,7 +351,7 @@ def compute_cams(
     from Rad4XCNNLogic.features.preprocessing import preprocess_case
 
     started = time.perf_counter()
-    names = check_methods(methods)
+    names = check_methods(methods, METHODS)
     _check_settings(batch_size, top_fraction, pointing_tolerance, randomisation, deletion_steps)
     failures: list[CaseFailure] = []
     all_cases = select_cases(cohort, cases, failures)

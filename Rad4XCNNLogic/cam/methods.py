@@ -5,17 +5,15 @@ memory, and EigenCAM's principal component is oriented so that its sign is not a
 
 from __future__ import annotations
 
-import difflib
 import logging
-import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.cam.settings import DEFAULT_METHODS, METHOD_NAMES
 from Rad4XCNNLogic.infra.progress import track
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -28,13 +26,10 @@ __all__ = [
     "METHODS",
     "CamMethod",
     "MapComputer",
-    "check_methods",
     "first_component_projection",
     "make_cam",
     "orient_component",
 ]
-
-DEFAULT_METHODS = ("gradcam", "eigencam", "scorecam")
 
 
 @dataclass(frozen=True)
@@ -287,7 +282,7 @@ def _method(name, library_class, uses_gradients, class_specific, description, fa
     )
 
 
-METHODS: dict[str, CamMethod] = {
+_IMPLEMENTATIONS = {
     m.name: m
     for m in (
         _method(
@@ -327,39 +322,8 @@ METHODS: dict[str, CamMethod] = {
         ),
     )
 }
-_ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++", "gradcam++": "gradcam++"}
-
-
-def check_methods(methods: str | Sequence[str]) -> list[str]:
-    """Validate CAM method names (a list, or one comma-separated string) and return them canonical.
-
-    Case, ``-`` and ``_`` are ignored (``Grad-CAM`` is ``gradcam``; ``gradcampp`` is ``gradcam++``);
-    duplicates are dropped, the order is kept.
-
-    Examples
-    --------
-    >>> check_methods("Grad-CAM, eigencam,score_cam")
-    ['gradcam', 'eigencam', 'scorecam']
-    """
-    if isinstance(methods, str):
-        methods = methods.split(",")
-    names: list[str] = []
-    for raw in methods:
-        key = re.sub(r"[\s_\-]", "", str(raw).lower())
-        if not key:
-            continue
-        key = _ALIASES.get(key, key)
-        if key not in METHODS:
-            close = difflib.get_close_matches(key, list(METHODS), n=1)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise Rad4XCNNError(
-                f"unknown CAM method {str(raw).strip()!r}{hint}; known methods: {', '.join(METHODS)}"
-            )
-        if key not in names:
-            names.append(key)
-    if not names:
-        raise Rad4XCNNError(f"no CAM method given; known methods: {', '.join(METHODS)}")
-    return names
+#: The methods, in the order of :data:`~Rad4XCNNLogic.cam.settings.METHOD_NAMES` (which owns their names).
+METHODS: dict[str, CamMethod] = {name: _IMPLEMENTATIONS[name] for name in METHOD_NAMES}
 
 
 def make_cam(method: str, model, layer, batch_size: int = 32, progress: bool = False):

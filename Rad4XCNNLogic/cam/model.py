@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.features.settings import IMAGENET, weights_kind
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from Rad4XCNNLogic.features.backbones import PreprocessConfig
@@ -52,7 +53,7 @@ def load_cam_model(checkpoint, model: str | None, seed: int) -> CamModel:
             raise Rad4XCNNError(
                 "give a checkpoint of 'rad4xcnn train' (--weights model.pt), or a timm model name (--model)"
             )
-        if checkpoint is not None and str(checkpoint).strip().lower() != "imagenet":
+        if checkpoint is not None and weights_kind(str(checkpoint)) != IMAGENET:
             path = Path(checkpoint)
             if not path.is_file():
                 raise Rad4XCNNError(f"checkpoint not found: {path}")

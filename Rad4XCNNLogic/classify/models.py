@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 
 from Rad4XCNNLogic.classify.importance import ranking_model
+from Rad4XCNNLogic.classify.settings import CLASSIFIERS
 from Rad4XCNNLogic.errors import Rad4XCNNError, first_line
 
-#: The classifiers, by the short name used in ``classification.csv``.
-CLASSIFIERS = ("rf", "xgb", "svm")
 #: The small hyper-parameter grid searched per classifier (scikit-learn / xgboost parameter names).
 #: Single-value lists are fixed settings, listed so that a ``grids`` argument can override them.
 DEFAULT_GRIDS: dict[str, dict[str, list]] = {

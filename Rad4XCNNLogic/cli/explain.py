@@ -7,6 +7,7 @@ from pathlib import Path
 
 from Rad4XCNNLogic.cli.options import add_setting, config_from_args, setting_dest, setting_type, show_progress
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.explain.settings import rule_text
 from Rad4XCNNLogic.names import RunFiles
 
 
@@ -56,7 +57,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     )
     result = summary["result"]
     s = result.summary()
-    rule = f"|rho| >= {result.threshold:.2f}" + (f" and q <= {ec.fdr:g}" if ec.fdr is not None else "")
+    rule = rule_text(result.threshold, ec.fdr)
     print(
         f"{s['n_cases']} cases ({len(result.dropped_cases)} left out), {s['n_deep_features']} deep x "
         f"{s['n_radiomic_features']} radiomic features; {len(result.correlations)} pairs with {rule}"

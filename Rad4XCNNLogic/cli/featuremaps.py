@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from Rad4XCNNLogic.cam.settings import DEFAULT_KERNEL_RADIUS
 from Rad4XCNNLogic.cli.options import print_failures
 from Rad4XCNNLogic.errors import UsageError
 
@@ -14,8 +15,6 @@ from Rad4XCNNLogic.errors import UsageError
 def add_featuremap_flags(p: argparse.ArgumentParser, with_run: bool = True) -> None:
     """The feature-map flags: ``--features``, ``--from-run`` (with ``with_run``), ``--top``,
     ``--kernel-radius``, ``--jobs``."""
-    from Rad4XCNNLogic.cam.featuremaps import DEFAULT_KERNEL_RADIUS
-
     p.add_argument(
         "--features",
         metavar="NAMES",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from Rad4XCNNLogic.cli.options import add_setting, config_from_args, given, print_failures, show_progress
 from Rad4XCNNLogic.errors import UsageError
+from Rad4XCNNLogic.features.settings import IMAGENET, normalise_weights, weights_kind
 from Rad4XCNNLogic.names import RunFiles
 
 WEIGHTS_HELP = (
@@ -18,11 +19,12 @@ WEIGHTS_HELP = (
 
 def _weights(text: str | None) -> tuple[str | None, bool]:
     """(weights file, pretrained) of a ``--weights`` value."""
-    if text is None or text.lower() == "none":
+    kind = weights_kind(text)
+    if kind == "random":
         return None, False
-    if text.lower() == "imagenet":
+    if kind == IMAGENET:
         return None, True
-    return text, False
+    return normalise_weights(text), False
 
 
 def _need_model(args) -> None:

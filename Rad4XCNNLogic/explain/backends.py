@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.explain.settings import BACKENDS
 
 
 class NumpyOps:
@@ -137,10 +138,6 @@ class _TorchOps(NumpyOps):
 
     def single(self, a):
         return a.to(self.torch.float32)
-
-
-#: The array backends (``torch:cuda:N`` picks a GPU by number).
-BACKENDS = ("auto", "numpy", "torch", "torch:cpu", "torch:cuda")
 
 
 def resolve_backend(backend: str = "auto") -> NumpyOps:

@@ -27,20 +27,21 @@ from Rad4XCNNLogic.explain.partners import CLUSTER_LEVEL, RadiomicClusters, clus
 from Rad4XCNNLogic.explain.replicability import Replicability, replicate, write_replicability
 from Rad4XCNNLogic.explain.resampling import (
     bootstrap_pairs,
+    bootstrap_within,
     check_alpha,
     permutation_null_prepared,
     permutation_threshold,
     suggest_threshold,
 )
+from Rad4XCNNLogic.explain.rule import keep_mask
+from Rad4XCNNLogic.explain.settings import check_threshold, rule_text
 from Rad4XCNNLogic.explain.strata import (
     StratifiedResult,
-    bootstrap_within,
     prepare_within,
     stratum_labels,
     within_spearman,
 )
 from Rad4XCNNLogic.explain.tables import explanations_table, pairs_table
-from Rad4XCNNLogic.infra.interval import Interval
 from Rad4XCNNLogic.infra.storage import atomic_path, write_csv_atomic, write_json_atomic
 from Rad4XCNNLogic.names import model_of
 
@@ -62,34 +63,6 @@ __all__ = [
 
 DEFAULT_COVERAGE_THRESHOLDS = tuple(round(0.30 + 0.05 * i, 2) for i in range(13))
 """M from 0.30 to 0.90 in steps of 0.05."""
-
-
-#: M, the smallest |rho| that explains: 0 would explain every deep feature by every radiomic feature.
-THRESHOLD_RANGE = Interval(0, 1, low_open=True)
-#: The Benjamini-Hochberg level of the optional q-value condition.
-FDR_RANGE = Interval(0, 1, low_open=True)
-
-
-def check_threshold(threshold: float, fdr: float | None) -> None:
-    """Refuse an M outside :data:`THRESHOLD_RANGE` or an FDR level outside :data:`FDR_RANGE`."""
-    problem = THRESHOLD_RANGE.problem(threshold)
-    if problem:
-        raise Rad4XCNNError(f"the threshold M {problem}")
-    problem = None if fdr is None else FDR_RANGE.problem(fdr)
-    if problem:
-        raise Rad4XCNNError(f"the FDR level {problem}")
-
-
-def keep_mask(rho: np.ndarray, threshold: float, *, q: np.ndarray | None = None, fdr: float | None = None):
-    """Pairs kept by the paper's rule ``|rho| >= M``, and ``q <= fdr`` when ``fdr`` is given."""
-    check_threshold(threshold, fdr)
-    with np.errstate(invalid="ignore"):
-        keep = np.abs(rho) >= threshold - 1e-12  # an M typed as 0.6 must keep a rho of exactly 0.6
-        if fdr is not None:
-            if q is None:
-                raise Rad4XCNNError("an FDR level needs the q-values")
-            keep &= q <= fdr
-    return keep
 
 
 # --------------------------------------------------------------------------------------------- coverage
@@ -228,8 +201,9 @@ class Explanation:
     @property
     def rule(self) -> str:
         """The rule in words, e.g. ``|rho| >= 0.60 and q <= 0.05 within label,cohort``."""
-        text = f"|rho| >= {self.threshold:.2f}" + (f" and q <= {self.fdr:g}" if self.fdr is not None else "")
-        return text + (f" within {','.join(self.within.columns)}" if self.within is not None else " pooled")
+        return rule_text(
+            self.threshold, self.fdr, ",".join(self.within.columns) if self.within is not None else ""
+        )
 
     def with_threshold(self, threshold: float, fdr: float | str | None = "same") -> Explanation:
         """The explanation at another M (and FDR level; ``"same"`` keeps the current one), from the stored
@@ -347,7 +321,7 @@ def _assemble(
         clusters=clusters,
     )
     thresholds, suggested = _per_model_thresholds(nulls, alpha, threshold)
-    rule = f"|rho| >= {threshold:.2f}" + (f" and q <= {fdr:g}" if fdr is not None else "")
+    rule = rule_text(threshold, fdr)
     stat, stat_q = (result.rho, result.q) if within is None else (within.rho, within.q)
     coverage = coverage_curve(
         stat, coverage_thresholds, deep_features=result.deep_features, q=stat_q, fdr=fdr

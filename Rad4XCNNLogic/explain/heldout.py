@@ -22,12 +22,6 @@ from Rad4XCNNLogic.names import RunFiles
 
 log = logging.getLogger(__name__)
 
-#: The cases an explanation is computed on: ``train`` (train and val of the training cohort; the others
-#: re-measure it) or ``all``.
-CASES = ("train", "all")
-#: ``random``: a random-weights copy of each backbone with weights is explained beside it; ``none``.
-CONTROLS = ("random", "none")
-
 
 @dataclass
 class HeldOut:

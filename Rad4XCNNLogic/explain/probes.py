@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.infra.interval import Interval
+from Rad4XCNNLogic.explain.settings import DEFAULT_PENALTIES
 from Rad4XCNNLogic.names import control_label, deep_layer
 
 log = logging.getLogger(__name__)
@@ -34,10 +34,6 @@ PROBE_COLUMNS = (
     "r2_control",
     "selectivity",
 )
-#: The default grid of ridge penalties (on standardised features; the sum of squared singular values of a
-#: layer is about cases x features, so the grid spans from almost no shrinkage to almost full).
-DEFAULT_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)
-PENALTY_RANGE = Interval(0, low_open=True)
 #: Each cross-validation fold must hold at least this many training cases.
 MIN_CASES_PER_FOLD = 2
 #: R² needs a few held-out cases to mean anything.

@@ -16,6 +16,8 @@ import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.correlation import CorrelationResult, name_list, spearman
+from Rad4XCNNLogic.explain.rule import keep_mask
+from Rad4XCNNLogic.explain.settings import check_threshold
 from Rad4XCNNLogic.infra.storage import write_csv_atomic
 
 log = logging.getLogger(__name__)
@@ -71,8 +73,6 @@ def replicate(
     >>> rep = replicate(deep, rad, manifest.set_index("case_id")["cohort"], 0.6)  # doctest: +SKIP
     >>> rep.summary[["cohort_a", "cohort_b", "n_replicated", "rho_agreement"]]  # doctest: +SKIP
     """
-    from Rad4XCNNLogic.explain.explanation import check_threshold, keep_mask  # it imports this module
-
     check_threshold(threshold, fdr)
     groups = pd.Series(groups, dtype=object)
     groups.index = groups.index.map(str)

@@ -22,8 +22,8 @@ from Rad4XCNNLogic.explain.correlation import (
     progress_bar,
     standardise,
 )
-from Rad4XCNNLogic.explain.strata import bootstrap_within, prepare_within
-from Rad4XCNNLogic.infra.interval import Interval
+from Rad4XCNNLogic.explain.settings import ALPHA_RANGE
+from Rad4XCNNLogic.explain.strata import prepare_within, within_rho
 
 
 def permutation_null_prepared(
@@ -110,10 +110,6 @@ def permutation_null(
         prep = prepare_within(prep, strata)
     nulls = permutation_null_prepared(prep, n_permutations, seed, progress, single_precision)
     return nulls if by_model else np.maximum.reduce(list(nulls.values()))
-
-
-#: The family-wise error level of the permutation null.
-ALPHA_RANGE = Interval(0, 1, low_open=True, high_open=True)
 
 
 def check_alpha(alpha: float) -> None:
@@ -249,6 +245,31 @@ def pair_intervals(
     with np.errstate(all="ignore"):
         low, high = np.nanquantile(np.clip(values, -1, 1), [tail, 1 - tail], axis=0)
     return low, high
+
+
+def bootstrap_within(
+    prep,
+    deep_index: np.ndarray,
+    radiomic_index: np.ndarray,
+    n_boot: int,
+    confidence: float,
+    seed: int,
+    progress: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile intervals of rho_within for the given pairs, cases resampled within their strata
+    (``prep``: :func:`~Rad4XCNNLogic.explain.strata.prepare_within`'s)."""
+    return pair_intervals(
+        prep,
+        deep_index,
+        radiomic_index,
+        n_boot,
+        confidence,
+        seed,
+        progress,
+        resample=prep.resample,
+        rho=within_rho(prep),
+        desc="bootstrap within strata",
+    )
 
 
 def bootstrap_intervals(

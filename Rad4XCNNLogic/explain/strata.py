@@ -318,18 +318,10 @@ def within_spearman(prep: _WithinPrepared, progress: bool) -> StratifiedResult:
     )
 
 
-def bootstrap_within(
-    prep: _WithinPrepared,
-    deep_index: np.ndarray,
-    radiomic_index: np.ndarray,
-    n_boot: int,
-    confidence: float,
-    seed: int,
-    progress: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile intervals of rho_within for the given pairs, cases resampled within their strata."""
-    # resampling imports this module for the stratified null; the shared loop is imported when used
-    from Rad4XCNNLogic.explain.resampling import pair_intervals
+def within_rho(prep: _WithinPrepared):
+    """The within-stratum rho of resampled cases, for
+    :func:`~Rad4XCNNLogic.explain.resampling.pair_intervals`: ``rho(raw_d, raw_r, deep_pos, rad_pos, pick)``
+    standardises each stratum and weighs it by its size."""
 
     def rho(raw_d, raw_r, deep_pos, rad_pos, pick):
         zd, d_inf = _within_standardise(raw_d, prep.stratum_bounds, prep.weights, prep.ops)
@@ -338,18 +330,7 @@ def bootstrap_within(
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(weight > 0, pick(zd, zr) / weight, np.nan)
 
-    return pair_intervals(
-        prep,
-        deep_index,
-        radiomic_index,
-        n_boot,
-        confidence,
-        seed,
-        progress,
-        resample=prep.resample,
-        rho=rho,
-        desc="bootstrap within strata",
-    )
+    return rho
 
 
 def prepare_within(pooled: PreparedTables, strata: pd.Series | pd.DataFrame) -> _WithinPrepared:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from Rad4XCNNLogic.errors import Rad4XCNNError, first_line
+from Rad4XCNNLogic.features.settings import DTYPES, IMAGENET, check_device_name
 
 #: torch's weights-only refusal puts its reason on a later line of its message
 _WEIGHTS_ONLY_REASON = "WeightsUnpickler error"
@@ -27,9 +28,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "rad4xcnn-checkpoint"
 CHECKPOINT_VERSION = 1
-IMAGENET = "imagenet"
-DEVICES = ("auto", "cpu", "cuda", "mps")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
 INTENSITY_MODES = ("auto", "uint8", "minmax", "unit")
 _INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
@@ -126,22 +124,6 @@ def _three(values) -> tuple[float, float, float]:
 
 
 # ------------------------------------------------------------------------------------------------ devices
-def check_device_name(device: str) -> str | None:
-    """What is wrong with a device name (None when it is one of :data:`DEVICES` or ``cuda:N``); whether the
-    device exists on this machine is :func:`resolve_device`'s question.
-
-    Examples
-    --------
-    >>> check_device_name("cuda:1") is None, check_device_name("gpu")
-    (True, "unknown device 'gpu'; expected one of auto, cpu, cuda, mps (or cuda:N)")
-    """
-    text = str(device).strip().lower()
-    kind, _, number = text.partition(":")
-    if kind in DEVICES and (not number or (kind == "cuda" and number.isdigit())):
-        return None
-    return f"unknown device {device!r}; expected one of {', '.join(DEVICES)} (or cuda:N)"
-
-
 def resolve_device(device: str = "auto") -> torch.device:
     """The torch device for ``auto`` (CUDA, else Apple MPS, else CPU), ``cpu``, ``cuda[:N]`` or ``mps``.
 

@@ -33,6 +33,7 @@ import numpy as np
 
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
+from Rad4XCNNLogic.features.settings import PRESETS
 from Rad4XCNNLogic.infra.environment import available_cpus
 from Rad4XCNNLogic.infra.storage import (
     ResultCache,
@@ -49,7 +50,6 @@ log = logging.getLogger(__name__)
 
 STAGE = "radiomics"
 #: Built-in presets: name -> parameter file shipped in ``Rad4XCNNLogic/data``.
-PRESETS = {"paper": "radiomics_paper.yaml", "extended": "radiomics_extended.yaml"}
 #: Number of features the ``paper`` preset gives on a 2D case (shape2D 9 + 5 images x 93).
 PAPER_FEATURE_COUNT = 474
 #: Namespace of the radiomics entries in a :class:`~Rad4XCNNLogic.infra.storage.ResultCache`.

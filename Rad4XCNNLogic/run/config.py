@@ -10,313 +10,79 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from Rad4XCNNLogic.cam.maps import METHODS as CAM_METHOD_RECORDS
-from Rad4XCNNLogic.cam.maps import RANDOMISATIONS
-from Rad4XCNNLogic.classify.classifiers import CLASSIFIERS
+from Rad4XCNNLogic.cam.settings import CamConfig
+from Rad4XCNNLogic.classify.settings import ClassificationConfig
+from Rad4XCNNLogic.cohort.settings import SplitConfig
 from Rad4XCNNLogic.errors import UsageError
-from Rad4XCNNLogic.explain.backends import BACKENDS
-from Rad4XCNNLogic.explain.explanation import FDR_RANGE, THRESHOLD_RANGE
-from Rad4XCNNLogic.explain.heldout import CASES as EXPLAIN_CASES
-from Rad4XCNNLogic.explain.heldout import CONTROLS
-from Rad4XCNNLogic.explain.probes import DEFAULT_PENALTIES, PENALTY_RANGE
-from Rad4XCNNLogic.explain.resampling import ALPHA_RANGE
-from Rad4XCNNLogic.features.backbones import DEVICES, DTYPES, check_device_name
-from Rad4XCNNLogic.features.radiomics import PRESETS
-from Rad4XCNNLogic.infra.interval import Interval
-from Rad4XCNNLogic.names import FEATURE_SET_KINDS, control_label
+from Rad4XCNNLogic.explain.settings import CONTROLS, ExplainConfig, ProbeConfig
+from Rad4XCNNLogic.features.settings import (
+    DEVICES,
+    DeepConfig,
+    ModelConfig,
+    RadiomicsConfig,
+    TrainingConfig,
+    check_device_name,
+    weights_kind,
+)
+from Rad4XCNNLogic.infra.settings import Setting, build, fail, lookup, option, section
+from Rad4XCNNLogic.names import control_label
+from Rad4XCNNLogic.run.settings import ReportConfig
 
-# Each vocabulary belongs to the module that uses it; the configuration only refers to it.
-CAM_METHODS = tuple(CAM_METHOD_RECORDS)
-UNIT = Interval(0, 1)
-UNIT_OPEN = Interval(0, 1, low_open=True, high_open=True)
-
-
-def _opt(
-    default: Any,
-    help: str,
-    choices: tuple | None = None,
-    minimum: float | None = None,
-    interval: Interval | None = None,
-    check: typing.Callable[[Any], str | None] | None = None,
-) -> Any:
-    """A setting: its default, its help, and its rule (choices, an interval, or a check that returns the
-    problem with a value). This metadata is the only statement of the rule: the configuration file, the
-    command line (:mod:`Rad4XCNNLogic.cli`) and the Slicer parameter node all read it."""
-    if minimum is not None:
-        interval = Interval(minimum)
-    meta = {"help": help, "choices": choices, "interval": interval, "check": check}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-@dataclass
-class ModelConfig:
-    """One backbone whose deep features are explained."""
-
-    name: str = _opt("resnet50", "timm model name (resnet50, densenet121, vit_base_patch16_224, ...)")
-    weights: str | None = _opt(
-        None,
-        "null: random initialisation from the seed; 'imagenet': timm's pretrained weights (online); "
-        "'trained': fine-tuned on the cohort by the training stage; or a path to a checkpoint file",
-    )
-    label: str | None = _opt(
-        None,
-        "name of this backbone's features and files (null: the model name); lets one architecture appear "
-        "twice, e.g. fine-tuned and randomly initialised",
-    )
-    stage: int | None = _opt(
-        None,
-        "take the pooled output of this intermediate CNN stage instead of the "
-        "pre-logits features (null: pre-logits)",
-        minimum=0,
-    )
-    layers: list[str] = _opt(
-        [],
-        "pool these layers instead, side by side, as columns <model>.<layer>_<index> (timm's feature_info "
-        "modules, e.g. layer2, layer4 or blocks.11 (the CLS token), and pre_logits); empty: pre-logits only",
-    )
-
-    @property
-    def key(self) -> str:
-        """The name of this backbone's features, checkpoint and files: its label, else the model name."""
-        return self.label or self.name
-
-
-@dataclass
-class SplitConfig:
-    """How cases without a ``split`` in the manifest are assigned one."""
-
-    fractions: list[float] = _opt([0.7, 0.1, 0.2], "train/val/test fractions for the training cohort")
-    train_cohort: str = _opt("internal", "the cohort that is split; every other cohort is external test data")
-
-
-@dataclass
-class TrainingConfig:
-    """Fine-tuning of every backbone whose ``weights`` is ``trained`` (the paper fine-tunes its CNNs)."""
-
-    pretrained: bool = _opt(True, "start from ImageNet weights (needs network access or timm's cache)")
-    epochs: int = _opt(30, "maximum number of epochs", minimum=1)
-    batch_size: int = _opt(32, "training batch size", minimum=1)
-    learning_rate: float = _opt(3e-4, "AdamW learning rate", minimum=0)
-    patience: int = _opt(8, "early stopping: epochs without a better validation AUC", minimum=1)
-    input_size: int | None = _opt(None, "model input size in pixels (null: the model's default)", minimum=16)
-    augment: bool = _opt(True, "ultrasound data augmentation (flips, small affine, gain, speckle, blur)")
-    val_fraction: float = _opt(
-        0.15,
-        "share of the train cases held out for validation when the cohort has no val split",
-        interval=UNIT_OPEN,
-    )
-    phases: list[str] = _opt(
-        [],
-        "the network's training phases in order, by cohort of the manifest, each fitting on the cohort's "
-        "train split and early-stopping on its val split; e.g. [busi, palermo]: the paper's protocol "
-        "(empty: one phase on split.train_cohort). Cases used here may not be evaluated: the run stops",
-    )
-    finetune_manifest: str | None = _opt(
-        None,
-        "a second phase on another manifest's train split (older form of 'phases'); its images go "
-        "through the same leakage check against the evaluation sets",
-    )
-    dtype: str = _opt(
-        "auto",
-        "compute type of training (auto: bfloat16 autocast on CUDA, float32 elsewhere); the deep features "
-        "are extracted afterwards in deep.dtype",
-        choices=DTYPES,
-    )
-
-
-@dataclass
-class DeepConfig:
-    """Deep feature extraction."""
-
-    batch_size: int = _opt(32, "images per forward pass", minimum=1)
-    margin: float = _opt(
-        0.1, "ROI margin around the lesion, as a fraction of its longer side", interval=Interval(0, 5)
-    )
-    dtype: str = _opt(
-        "float32",
-        "compute type of the forward pass; float32 gives the same features on every device; bfloat16 "
-        "(auto: bfloat16 on CUDA) is faster on a GPU but keeps about 3 significant digits, adds rank ties "
-        "and makes rho depend on the device",
-        choices=DTYPES,
-    )
-    input_size: int | None = _opt(
-        None, "model input size in pixels (null: the model's or checkpoint's)", minimum=16
-    )
-    num_workers: int | None = _opt(None, "image-decoding worker processes (null: automatic)", minimum=0)
-
-
-@dataclass
-class RadiomicsConfig:
-    """Radiomic features with PyRadiomics."""
-
-    params: str = _opt(
-        "paper",
-        f"a preset ({', '.join(PRESETS)}; paper: the 474 features of shape2D, original and 4 wavelet "
-        "sub-bands; extended: adds LoG and other filters) or a path to a PyRadiomics YAML file",
-    )
-    jobs: int | None = _opt(None, "worker processes (null: all cores)", minimum=1)
-    scheduler: str | None = _opt(None, "address of a Dask scheduler to run the cases on (null: local)")
-
-
-@dataclass
-class ExplainConfig:
-    """Correlation of deep and radiomic features, and the explanation rule |rho| >= M."""
-
-    thresholds: list[float] = _opt(
-        [0.6],
-        "values of M, the smallest |rho| that explains; the first is the primary one used downstream",
-        interval=THRESHOLD_RANGE,
-    )
-    fdr: float | None = _opt(
-        0.05, "also require q <= fdr (Benjamini-Hochberg); null: |rho| >= M alone", interval=FDR_RANGE
-    )
-    permutations: int = _opt(1000, "permutations for the family-wise null of max |rho| (0: none)", minimum=0)
-    bootstrap: int = _opt(200, "bootstrap resamples for the 95% intervals of kept pairs (0: none)", minimum=0)
-    alpha: float = _opt(0.05, "family-wise error level of the permutation null", interval=ALPHA_RANGE)
-    backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
-    chunk_size: int | None = _opt(None, "deep features per chunk (null: by memory)", minimum=1)
-    stratify: list[str] = _opt(
-        ["label", "cohort"],
-        "manifest columns (label, cohort, scanner, ...) within whose strata a pair must hold to explain; "
-        "pairs that hold only pooled over them are 'confounded'; []: the paper's pooled rule",
-    )
-    cases: str = _opt(
-        "train",
-        "cases the explanation, its permutation null, the suggested M and the classifiers' explained "
-        "set come from: train (train and val of the training cohort; the internal test split and every "
-        "other cohort re-measure the kept pairs) or all",
-        choices=EXPLAIN_CASES,
-    )
-
-
-@dataclass
-class ProbeConfig:
-    """Probes (ridge regressions from each layer's deep features to each radiomic feature's ranks) and
-    representation similarity (linear CKA): where each radiomic concept lives in the network."""
-
-    penalties: list[float] = _opt(
-        list(DEFAULT_PENALTIES),
-        "the grid of ridge penalties (on standardised deep features) searched by cross-validation",
-        interval=PENALTY_RANGE,
-    )
-    folds: int = _opt(5, "cross-validation folds over the training cases that choose each penalty", minimum=2)
-    bootstrap: int = _opt(
-        1000, "bootstrap resamples of the held-out cases for the 95% interval of R² (0: none)", minimum=0
-    )
-    permutations: int = _opt(200, "case shuffles of the CKA permutation baseline (0: none)", minimum=0)
-    concepts: int = _opt(
-        5, "most selective radiomic concepts whose classifier sensitivity is measured (TCAV-style)", minimum=1
-    )
-    random_directions: int = _opt(100, "random directions of the concept sensitivity's null", minimum=0)
-    backend: str = _opt("auto", "auto: torch on a GPU when present, else numpy", choices=BACKENDS)
-
-
-@dataclass
-class ClassificationConfig:
-    """Shallow classifiers on deep, radiomic and combined features."""
-
-    enabled: bool = _opt(True, "train and validate the classifiers")
-    classifiers: list[str] = _opt(list(CLASSIFIERS), "classifiers to train", choices=CLASSIFIERS)
-    feature_sets: list[str] = _opt(
-        list(FEATURE_SET_KINDS), "feature sets to compare", choices=FEATURE_SET_KINDS
-    )
-    positive: str | None = _opt(None, "the positive class name (null: 'malignant' if present, else the last)")
-    cv_folds: int = _opt(5, "stratified cross-validation folds for the hyper-parameter search", minimum=2)
-    n_bootstrap: int = _opt(1000, "bootstrap resamples for the metrics' 95% intervals", minimum=0)
-    correlation_threshold: float | None = _opt(
-        0.95,
-        "drop features correlated above this |Spearman rho| with a stronger one (null: keep all)",
-        interval=Interval(0, 1, low_open=True),
-    )
-    select_k: int | None = _opt(None, "keep the k features with the smallest Mann-Whitney p", minimum=1)
-    jobs: int | None = _opt(None, "parallel fits (null: all cores)", minimum=1)
-    evaluate_on: list[str] | None = _opt(
-        None,
-        "external cohorts to validate on (their test or unassigned cases; null: every cohort that "
-        "trains neither the network nor the classifiers)",
-    )
-
-
-@dataclass
-class CamConfig:
-    """Saliency maps for a gallery of cases (needs a model with a classifier head)."""
-
-    enabled: bool = _opt(True, "compute CAMs (needs a fine-tuned backbone or a rad4xcnn checkpoint)")
-    model: str | None = _opt(
-        None, "the backbone whose CAMs are shown (null: the first one with a classifier)"
-    )
-    methods: list[str] = _opt(["gradcam", "eigencam", "scorecam"], "CAM methods", choices=CAM_METHODS)
-    gallery: int = _opt(6, "number of test cases in the gallery (half per class where possible)", minimum=0)
-    cases: list[str] = _opt([], "explicit case ids for the gallery (overrides 'gallery')")
-    batch_size: int = _opt(32, "ScoreCAM batch size (it runs one forward pass per channel)", minimum=1)
-    target_layer: str | None = _opt(
-        None,
-        "dotted module name, e.g. layer4.1 (null: layer4[-1] for ResNets, features.norm5 for DenseNets, "
-        "blocks[-1].norm1 for ViTs)",
-    )
-    target_class: str | None = _opt(None, "the class explained, by name (null: each case's prediction)")
-    tolerance: float = _opt(0.0, "pointing game: pixels around the lesion that count", minimum=0)
-    faithfulness: bool = _opt(
-        True, "measure each map's faithfulness: ROAD (most/least relevant first), deletion and insertion AUC"
-    )
-    deletion_steps: int = _opt(16, "removal steps of the deletion and insertion curves", minimum=1)
-    randomisation: str = _opt(
-        "all",
-        "model-randomisation test: all (every weight random: one more map per method), cascade (top layers "
-        "first, then all: about 7-10 maps per method; ScoreCAM's cost times that) or none",
-        choices=RANDOMISATIONS,
-    )
-
-
-@dataclass
-class ReportConfig:
-    """The HTML report."""
-
-    top_features: int = _opt(10, "explained deep features listed per backbone", minimum=1)
-    heatmap_features: int = _opt(30, "deep and radiomic features in the clustered heatmap", minimum=2)
+__all__ = [
+    "CamConfig",
+    "ClassificationConfig",
+    "DeepConfig",
+    "ExplainConfig",
+    "ModelConfig",
+    "ProbeConfig",
+    "RadiomicsConfig",
+    "ReportConfig",
+    "RunConfig",
+    "Setting",
+    "SplitConfig",
+    "TrainingConfig",
+    "absolute_paths",
+    "config_from_dict",
+    "load_config",
+    "merge_settings",
+    "reference_yaml",
+    "setting",
+]
 
 
 @dataclass
 class RunConfig:
     """A whole Rad4XCNN run."""
 
-    manifest: str | None = _opt(None, "the cohort manifest CSV (required)")
-    out: str | None = _opt(None, "the run folder (required)")
-    seed: int = _opt(0, "seed of every random choice (splits, initialisation, permutations, bootstrap)")
-    device: str = _opt(
+    manifest: str | None = option(None, "the cohort manifest CSV (required)")
+    out: str | None = option(None, "the run folder (required)")
+    seed: int = option(0, "seed of every random choice (splits, initialisation, permutations, bootstrap)")
+    device: str = option(
         "auto", f"where the networks run: {', '.join(DEVICES)} or cuda:N", check=check_device_name
     )
-    lesion_only: bool = _opt(True, "leave out cases with has_lesion=false")
-    split: SplitConfig = field(default_factory=SplitConfig, metadata={"help": "split assignment"})
-    training: TrainingConfig = field(
-        default_factory=TrainingConfig, metadata={"help": "fine-tuning (of the models with weights: trained)"}
-    )
+    lesion_only: bool = option(True, "leave out cases with has_lesion=false")
+    split: SplitConfig = section(SplitConfig, "split assignment")
+    training: TrainingConfig = section(TrainingConfig, "fine-tuning (of the models with weights: trained)")
     models: list[ModelConfig] = field(
         default_factory=lambda: [ModelConfig()], metadata={"help": "backbones whose features are explained"}
     )
-    control: str = _opt(
+    control: str = option(
         "random",
         "random: also explain a random-weights copy of each backbone with weights (label <key>-random), "
         "to show what training added beyond the architecture; none",
         choices=CONTROLS,
     )
-    deep: DeepConfig = field(default_factory=DeepConfig, metadata={"help": "deep feature extraction"})
-    radiomics: RadiomicsConfig = field(default_factory=RadiomicsConfig, metadata={"help": "radiomics"})
-    explain: ExplainConfig = field(default_factory=ExplainConfig, metadata={"help": "correlation"})
-    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"help": "probes and CKA"})
-    classification: ClassificationConfig = field(
-        default_factory=ClassificationConfig, metadata={"help": "classification"}
-    )
-    cam: CamConfig = field(default_factory=CamConfig, metadata={"help": "saliency maps"})
-    report: ReportConfig = field(default_factory=ReportConfig, metadata={"help": "report"})
+    deep: DeepConfig = section(DeepConfig, "deep feature extraction")
+    radiomics: RadiomicsConfig = section(RadiomicsConfig, "radiomics")
+    explain: ExplainConfig = section(ExplainConfig, "correlation")
+    probe: ProbeConfig = section(ProbeConfig, "probes and CKA")
+    classification: ClassificationConfig = section(ClassificationConfig, "classification")
+    cam: CamConfig = section(CamConfig, "saliency maps")
+    report: ReportConfig = section(ReportConfig, "report")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -361,131 +127,6 @@ class RunConfig:
 
 
 # ------------------------------------------------------------------------------------------- validation
-def _fail(key: str, problem: str) -> typing.NoReturn:
-    raise UsageError(f"configuration: {key}: {problem}")
-
-
-def _type_name(tp: Any) -> str:
-    return {bool: "true or false", int: "a whole number", float: "a number", str: "a text"}.get(tp, str(tp))
-
-
-def _coerce(key: str, value: Any, tp: Any, meta: dict) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        non_null = [a for a in args if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(key, value, non_null[0], meta)
-    if origin is list:
-        if not isinstance(value, list):
-            value = [value]
-        (item_tp,) = args
-        return [_coerce(f"{key}[{i}]", v, item_tp, meta) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key)
-    if value is None:
-        _fail(key, f"must be {_type_name(tp)}, not empty")
-    if tp is bool:
-        if not isinstance(value, bool):
-            _fail(key, f"must be true or false, got {value!r}")
-    elif tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, f"must be a whole number, got {value!r}")
-    elif tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(key, f"must be a number, got {value!r}")
-        value = float(value)
-    elif tp is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            _fail(key, f"must be a text, got {value!r}")
-        value = str(value)
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        _fail(key, f"{value!r} is not allowed; allowed values: {', '.join(map(str, choices))}")
-    interval = meta.get("interval")
-    problem = interval.problem(value) if interval is not None else None
-    if problem is None and meta.get("check") is not None:
-        problem = meta["check"](value)
-    if problem:
-        _fail(key, problem)
-    return value
-
-
-def _build(cls: type, data: Any, prefix: str = "") -> Any:
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        _fail(prefix or "configuration", f"must be a mapping of keys to values, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        _fail(where, f"unknown key; allowed keys{' in ' + prefix if prefix else ''}: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(key, value, hints[name], dict(fields[name].metadata))
-    return cls(**kwargs)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One setting of the configuration, by its dotted key, with the metadata that states its rule."""
-
-    key: str
-    type: Any
-    default: Any
-    help: str
-    choices: tuple | None
-    interval: Interval | None
-
-    @property
-    def item_type(self) -> Any:
-        """The scalar type of a value (of one item, for a list setting; None removed)."""
-        tp = self.type
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        if typing.get_origin(tp) is list:
-            (tp,) = typing.get_args(tp)
-        return tp
-
-    @property
-    def is_list(self) -> bool:
-        tp = self.type
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        return typing.get_origin(tp) is list
-
-    @property
-    def nullable(self) -> bool:
-        return typing.get_origin(self.type) in (typing.Union, types.UnionType)
-
-    def validate(self, value: Any) -> Any:
-        """``value`` converted and checked by the rule of this setting; :class:`Rad4XCNNError` names the key
-        and the problem. For a list setting, ``value`` may be one item."""
-        field_ = _field(self.key)
-        tp = self.item_type if self.is_list and not isinstance(value, list) else self.type
-        return _coerce(self.key, value, tp, dict(field_.metadata))
-
-
-def _field(key: str) -> dataclasses.Field:
-    cls: Any = RunConfig
-    parts = key.split(".")
-    for i, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        if part not in fields:
-            raise KeyError(f"no setting {'.'.join(parts[: i + 1])!r}")
-        found = fields[part]
-        if i < len(parts) - 1:
-            tp = typing.get_type_hints(cls)[part]
-            if typing.get_origin(tp) is list:
-                (tp,) = typing.get_args(tp)
-            cls = tp
-    return found
-
-
 def setting(key: str) -> Setting:
     """The setting ``key`` (``explain.thresholds``, ``models.weights``, ``seed``) and its rule.
 
@@ -495,45 +136,30 @@ def setting(key: str) -> Setting:
     >>> s.default, str(s.interval), s.item_type.__name__
     ([0.6], '(0, 1]', 'float')
     """
-    parts = key.split(".")
-    owner: Any = RunConfig
-    for part in parts[:-1]:
-        tp = typing.get_type_hints(owner)[part]
-        owner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
-    field_ = _field(key)
-    default = getattr(owner(), parts[-1])
-    meta = field_.metadata
-    return Setting(
-        key,
-        typing.get_type_hints(owner)[parts[-1]],
-        default,
-        meta.get("help", ""),
-        meta.get("choices"),
-        meta.get("interval"),
-    )
+    return lookup(RunConfig, key)
 
 
 def config_from_dict(data: dict | None) -> RunConfig:
     """Build and validate a :class:`RunConfig` from a (YAML-loaded) dictionary."""
-    cfg = _build(RunConfig, data or {})
+    cfg = build(RunConfig, data or {})
     if abs(sum(cfg.split.fractions) - 1.0) > 1e-6 or len(cfg.split.fractions) != 3:
-        _fail("split.fractions", f"must be three fractions adding up to 1, got {cfg.split.fractions}")
+        fail("split.fractions", f"must be three fractions adding up to 1, got {cfg.split.fractions}")
     if not cfg.models:
-        _fail("models", "name at least one backbone")
+        fail("models", "name at least one backbone")
     if not cfg.explain.thresholds:
-        _fail("explain.thresholds", "name at least one value of M")
+        fail("explain.thresholds", "name at least one value of M")
     names = [m.key for m in cfg.models]
     if len(set(names)) != len(names):
-        _fail("models", f"each backbone may appear once (give a 'label' to use one twice), got {names}")
+        fail("models", f"each backbone may appear once (give a 'label' to use one twice), got {names}")
     for model in cfg.models:
         if model.label is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", model.label):
-            _fail("models.label", f"{model.label!r} must be letters, digits, '_', '.' or '-'")
+            fail("models.label", f"{model.label!r} must be letters, digits, '_', '.' or '-'")
         if model.layers and model.stage is not None:
-            _fail("models.layers", f"{model.key}: give either a stage or layers, not both")
+            fail("models.layers", f"{model.key}: give either a stage or layers, not both")
         if model.layers and "." in model.key:
-            _fail("models.label", f"{model.key!r}: a backbone with layers needs a label without '.'")
+            fail("models.label", f"{model.key!r}: a backbone with layers needs a label without '.'")
     if cfg.cam.model is not None and cfg.cam.model not in names:
-        _fail("cam.model", f"{cfg.cam.model!r} is not one of the models: {', '.join(names)}")
+        fail("cam.model", f"{cfg.cam.model!r} is not one of the models: {', '.join(names)}")
     return cfg
 
 
@@ -577,7 +203,6 @@ PATH_SETTINGS = {
     ("training", "finetune_manifest"): (),
     ("radiomics", "params"): ("paper", "extended"),
 }
-WEIGHT_WORDS = ("imagenet", "trained", "none", "null")
 
 
 def absolute_paths(data: dict, base: Path) -> dict:
@@ -610,7 +235,7 @@ def _absolute_weights(model, base: Path):
     if not isinstance(model, dict):
         return model
     weights = model.get("weights")
-    if isinstance(weights, str) and weights and weights.lower() not in WEIGHT_WORDS:
+    if isinstance(weights, str) and weights_kind(weights) == "file":
         return {**model, "weights": str(_absolute(weights, base))}
     return model
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from Rad4XCNNLogic import __version__
+from Rad4XCNNLogic.explain.settings import rule_text
 from Rad4XCNNLogic.run.concepts_report import concepts_section
 from Rad4XCNNLogic.run.results import read_optional_csv
 
@@ -387,7 +388,7 @@ def _trust_section(out: Path) -> dict:
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     settings = summary.get("settings", {})
     m, fdr = settings.get("threshold", 0.6), settings.get("fdr")
-    rule = f"|rho| >= {m:.2f}" + (f" and q <= {fdr:g}" if fdr is not None else "")
+    rule = rule_text(m, fdr)
     strata = summary.get("strata")
     result: dict[str, Any] = {"stratified": bool(strata)}
     if strata:

@@ -137,3 +137,22 @@ def test_trust_defaults_strata_training_cases_controls_and_float32():
         config_from_dict({"explain": {"cases": "test"}})
     with pytest.raises(Rad4XCNNError, match="control"):
         config_from_dict({"control": "imagenet"})
+
+
+def test_a_setting_is_read_in_every_spelling_its_rule_accepts():
+    """The CAM methods' other spellings and the words of ``weights`` are read as the names the rules use,
+    whichever way the value comes (file, flag or panel all build the configuration this way)."""
+    cfg = config_from_dict(
+        {
+            "cam": {"methods": ["Grad-CAM", "gradcam_pp", "Score CAM"]},
+            "models": [
+                {"name": "resnet18", "weights": " ImageNet "},
+                {"name": "resnet50", "weights": "none"},
+            ],
+        }
+    )
+    assert cfg.cam.methods == ["gradcam", "gradcam++", "scorecam"]
+    assert [m.weights for m in cfg.models] == ["imagenet", None]
+    assert [m.weights_kind for m in cfg.models] == ["imagenet", "random"]
+    with pytest.raises(Rad4XCNNError, match=r"cam.methods\[0\]: 'gradcamx' is not allowed"):
+        config_from_dict({"cam": {"methods": ["gradcamx"]}})

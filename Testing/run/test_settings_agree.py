@@ -104,7 +104,7 @@ def test_slicer_parameters_and_configuration_agree():
 
 def test_threshold_range_is_stated_once():
     """M's range lives in the explanation module; every front-end reports the same interval."""
-    from Rad4XCNNLogic.explain.explanation import THRESHOLD_RANGE
+    from Rad4XCNNLogic.explain.settings import THRESHOLD_RANGE
 
     assert setting("explain.thresholds").interval is THRESHOLD_RANGE
     assert str(THRESHOLD_RANGE) == "(0, 1]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import subprocess
 import sys
 import textwrap
 import time
@@ -13,6 +14,7 @@ import pytest
 from conftest import write_manifest_rows
 from Rad4XCNNLib.background import (
     ENGINE_ROOT,
+    LIB_ROOT,
     BackgroundJob,
     JobProgress,
     engine_command,
@@ -106,42 +108,73 @@ def test_poll_returns_events_incrementally():
     assert job.progress.text() == "deep: 3/3"
 
 
-@pytest.mark.skipif(os.name == "nt", reason="the process-tree check uses POSIX process ids")
-def test_cancel_ends_the_whole_process_tree():
-    """Like the PythonSlicer launcher: the started process starts the real worker; both must end."""
-    job = BackgroundJob(
-        _script(
-            """
-            import subprocess, sys
-            child = subprocess.Popen([sys.executable, "-c", '''
-            import os, signal, time
-            from Rad4XCNNLogic.infra.progress import emit
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stubborn worker: only SIGKILL ends it
-            emit("message", "worker", message=str(os.getpid()))
-            time.sleep(600)
-            '''])
-            child.wait()
-            """
-        )
-    ).start()
-    worker = None
+_WORKER = (
+    "import os, signal, time\n"
+    "from Rad4XCNNLogic.infra.progress import emit\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stubborn worker: only SIGKILL ends it\n"
+    "emit('message', 'worker', message=str(os.getpid()))\n"
+    "time.sleep(600)\n"
+)
+#: Like the PythonSlicer launcher: the started process starts the real worker, which ignores SIGTERM.
+_STUBBORN_TREE = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {_WORKER!r}]).wait()\n"
+
+
+def _worker_pid(job) -> int:
     deadline = time.monotonic() + 60
-    while worker is None and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
         for event in job.poll():
             if event.get("stage") == "worker":
-                worker = int(event["message"])
+                return int(event["message"])
         time.sleep(0.02)
-    assert worker is not None, job.log_text()
-    launcher = job.pid
+    raise AssertionError(job.log_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the process-tree check uses POSIX process ids")
+def test_cancel_ends_the_whole_process_tree_without_further_polling():
+    """The launcher and its worker both end, also when nobody polls the job after Cancel (the widget
+    stops its timer)."""
+    job = BackgroundJob([sys.executable, "-c", _STUBBORN_TREE]).start()
+    worker, launcher = _worker_pid(job), job.pid
     job.cancel(grace=0.5)
-    # cancel() returns at once (it never waits on the GUI thread): the stubborn worker is still there,
-    # and the forced kill comes from the polling that follows once the grace period is over
-    assert not _gone(worker)
+    # cancel() returns at once (it never waits on the GUI thread): the stubborn worker is still there
+    assert _alive(worker)
     job.cancel(grace=0.5)  # a second click changes nothing
+    assert _gone(worker) and _gone(launcher)  # forced after the grace period, with no poll()
     assert job.wait(timeout=30) is not None
     assert job.cancelled and not job.succeeded
     assert job.error_message() == "cancelled"
-    assert _gone(launcher) and _gone(worker)
+
+
+@pytest.mark.skipif(os.name == "nt", reason="the process-tree check uses POSIX process ids")
+def test_a_job_never_outlives_its_application():
+    """An application (here a Python process) that exits during a run ends the run's whole tree."""
+    app = (
+        "import sys, time\n"
+        "from Rad4XCNNLib.background import BackgroundJob\n"
+        f"job = BackgroundJob([sys.executable, '-c', {_STUBBORN_TREE!r}]).start()\n"
+        "deadline = time.monotonic() + 60\n"
+        "while time.monotonic() < deadline:\n"
+        "    events = [e for e in job.poll() if e.get('stage') == 'worker']\n"
+        "    if events:\n"
+        "        print(events[0]['message'], flush=True)\n"
+        "        break\n"
+        "    time.sleep(0.02)\n"
+        "# the application quits now, with the job still running\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE_ROOT), str(LIB_ROOT)])}
+    done = subprocess.run(
+        [sys.executable, "-c", app], capture_output=True, text=True, timeout=120, env=env, check=True
+    )
+    worker = int(done.stdout.split()[0])
+    assert _gone(worker)
 
 
 def test_failure_without_an_engine_error_line():
@@ -153,7 +186,8 @@ def test_failure_without_an_engine_error_line():
 def test_environment_and_command():
     env = engine_environment({"PATH": "/bin", "PYTHONPATH": "/elsewhere"})
     assert env["RAD4XCNN_PROGRESS"] == "jsonl"
-    assert env["PYTHONPATH"].split(os.pathsep) == [str(ENGINE_ROOT), "/elsewhere"]
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(ENGINE_ROOT), str(LIB_ROOT), "/elsewhere"]
+    assert (LIB_ROOT / "Rad4XCNNLib" / "__init__.py").exists()
     assert (ENGINE_ROOT / "Rad4XCNNLogic" / "__init__.py").exists()
     assert engine_command("run", "--out", "x", python="py") == [
         "py",

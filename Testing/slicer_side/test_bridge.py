@@ -15,6 +15,7 @@ import pytest
 import SimpleITK as sitk
 import slicer  # a missing slicer-core must fail loudly, not skip
 from Rad4XCNNLib import bridge as mb
+from Rad4XCNNLib import masks, overlays, plots, tables
 
 from Rad4XCNNLogic.cohort.imageio import Image2D, read_image, read_mask, write_image
 from Rad4XCNNLogic.errors import Rad4XCNNError
@@ -158,10 +159,10 @@ def test_segment_mask_round_trip(mrml, direction):
     image = _image(direction=direction)
     volume = mb.volume_node_from_image(image, "us")
     mask = _lesion()
-    seg = mb.segmentation_from_mask(mask, volume, "us seg")
-    assert mb.segment_id_of(seg) == "lesion"
-    np.testing.assert_array_equal(mb.mask_from_segment(seg, "lesion", volume), mask)
-    np.testing.assert_array_equal(mb.mask_from_segment(seg, None, volume), mask)
+    seg = masks.segmentation_from_mask(mask, volume, "us seg")
+    assert masks.segment_id_of(seg) == "lesion"
+    np.testing.assert_array_equal(masks.mask_from_segment(seg, "lesion", volume), mask)
+    np.testing.assert_array_equal(masks.mask_from_segment(seg, None, volume), mask)
 
 
 def test_segment_drawn_on_another_grid_is_resampled(mrml):
@@ -172,8 +173,8 @@ def test_segment_drawn_on_another_grid_is_resampled(mrml):
     fine_volume = mb.volume_node_from_image(fine, "fine")
     fine_mask = np.zeros((40, 60), bool)
     fine_mask[10:20, 20:40] = True  # rows 5-9, columns 10-19 of the coarse grid
-    seg = mb.segmentation_from_mask(fine_mask, fine_volume, "seg")
-    coarse = mb.mask_from_segment(seg, "lesion", volume)
+    seg = masks.segmentation_from_mask(fine_mask, fine_volume, "seg")
+    coarse = masks.mask_from_segment(seg, "lesion", volume)
     expected = np.zeros((20, 30), bool)
     expected[5:10, 10:20] = True
     np.testing.assert_array_equal(coarse, expected)
@@ -186,38 +187,38 @@ def test_labelmap_mask_same_grid_label_value_and_cropped_grid(mrml):
     labels[5:12, 6:20] = 1
     labels[20:25, 25:35] = 2
     same = mb.volume_node_from_array(labels, volume, "labels", node_class="vtkMRMLLabelMapVolumeNode")
-    np.testing.assert_array_equal(mb.mask_from_labelmap(same, volume), labels > 0)
-    np.testing.assert_array_equal(mb.mask_from_labelmap(same, volume, label=2), labels == 2)
+    np.testing.assert_array_equal(masks.mask_from_labelmap(same, volume), labels > 0)
+    np.testing.assert_array_equal(masks.mask_from_labelmap(same, volume, label=2), labels == 2)
     # the same labels cropped to rows 4..27, columns 5..37 (another origin): resampled back to the full grid
     cropped_image = Image2D(
         labels[4:28, 5:38].astype(np.float32), spacing=(0.5, 0.5), origin=(2.0 + 5 * 0.5, -3.0 + 4 * 0.5)
     )
     cropped = mb.volume_node_from_image(cropped_image, "cropped", node_class="vtkMRMLLabelMapVolumeNode")
-    np.testing.assert_array_equal(mb.mask_from_labelmap(cropped, volume, label=1), labels == 1)
+    np.testing.assert_array_equal(masks.mask_from_labelmap(cropped, volume, label=1), labels == 1)
     empty = mb.volume_node_from_image(
         Image2D(np.zeros((5, 5), np.float32), origin=(2.0, -3.0)),
         "empty",
         node_class="vtkMRMLLabelMapVolumeNode",
     )
-    assert not mb.mask_from_labelmap(empty, volume).any()
+    assert not masks.mask_from_labelmap(empty, volume).any()
     temporary = [n.GetName() for n in slicer.util.getNodes("__rad4xcnn*").values()]
     assert temporary == []
 
 
 def test_segment_choice_errors(mrml):
     volume = mb.volume_node_from_image(_image(), "us")
-    seg = mb.segmentation_from_mask(_lesion(), volume, "seg", segment_name="tumour")
-    mb.segmentation_from_mask(_lesion(), volume, "seg", segment_name="cyst", node=seg)
+    seg = masks.segmentation_from_mask(_lesion(), volume, "seg", segment_name="tumour")
+    masks.segmentation_from_mask(_lesion(), volume, "seg", segment_name="cyst", node=seg)
     with pytest.raises(Rad4XCNNError, match="has 2 segments \\(tumour, cyst\\); choose one"):
-        mb.segment_id_of(seg)
-    assert mb.segment_id_of(seg, "cyst") == "cyst"
+        masks.segment_id_of(seg)
+    assert masks.segment_id_of(seg, "cyst") == "cyst"
     with pytest.raises(Rad4XCNNError, match="no segment 'bone'; segments: tumour, cyst"):
-        mb.segment_id_of(seg, "bone")
+        masks.segment_id_of(seg, "bone")
     with pytest.raises(Rad4XCNNError, match="does not match the 40x56"):
-        mb.segmentation_from_mask(np.zeros((3, 3), bool), volume, "bad")
+        masks.segmentation_from_mask(np.zeros((3, 3), bool), volume, "bad")
     empty = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "empty")
     with pytest.raises(Rad4XCNNError, match="'empty' has no segment"):
-        mb.segment_id_of(empty)
+        masks.segment_id_of(empty)
 
 
 # -------------------------------------------------------------------------------------------- tables
@@ -231,11 +232,11 @@ def test_table_round_trip_keeps_types_and_index(mrml):
         },
         index=pd.Index(["resnet50_1", "resnet50_7", "resnet50_9"], name="deep_feature"),
     )
-    node = mb.table_node_from_dataframe(frame, "explanations", descriptions={"rho": "Spearman's rho"})
+    node = tables.table_node_from_dataframe(frame, "explanations", descriptions={"rho": "Spearman's rho"})
     assert node.GetNumberOfColumns() == 5
     assert node.GetColumnName(0) == "deep_feature"
     assert node.GetColumnDescription("rho") == "Spearman's rho"
-    back = mb.dataframe_from_table_node(node)
+    back = tables.dataframe_from_table_node(node)
     assert list(back.index) == list(frame.index)
     assert back.index.name == "deep_feature"
     np.testing.assert_allclose(back["rho"], frame["rho"])
@@ -243,13 +244,13 @@ def test_table_round_trip_keeps_types_and_index(mrml):
     assert back["explained"].dtype == bool and back["explained"].tolist() == [True, False, True]
     assert back["partner"].tolist() == ["original_glcm_Contrast", "", "wavelet-LL_firstorder_Mean"]
     # refilling the same node replaces its columns
-    mb.table_node_from_dataframe(frame[["rho"]].iloc[:1], "", node=node)
-    assert mb.dataframe_from_table_node(node).shape == (1, 1)
+    tables.table_node_from_dataframe(frame[["rho"]].iloc[:1], "", node=node)
+    assert tables.dataframe_from_table_node(node).shape == (1, 1)
 
 
 def test_table_node_writes_the_csv_the_engine_reads(mrml, tmp_path):
     frame = pd.DataFrame({"AUC": [0.91, 0.84]}, index=pd.Index(["deep", "radiomic"], name="feature_set"))
-    node = mb.table_node_from_dataframe(frame, "classification")
+    node = tables.table_node_from_dataframe(frame, "classification")
     storage = mrml.scene.AddNewNodeByClass("vtkMRMLTableStorageNode")
     storage.SetFileName(str(tmp_path / "classification.csv"))
     assert storage.WriteData(node)
@@ -262,50 +263,50 @@ def test_coverage_plot_series_and_threshold_marker(mrml):
     coverage = pd.DataFrame(
         {"resnet50": [0.9, 0.5, 0.1], "densenet121": [0.8, 0.4, 0.0]}, index=pd.Index([0.5, 0.6, 0.7])
     )
-    chart = mb.plot_coverage(coverage, threshold=0.6)
+    chart = plots.plot_coverage(coverage, threshold=0.6)
     names = [chart.GetNthPlotSeriesNode(i).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())]
     assert names == ["resnet50", "densenet121", "M"]
-    x, y = mb.series_values(chart, "densenet121")
+    x, y = plots.series_values(chart, "densenet121")
     np.testing.assert_allclose(x, [0.5, 0.6, 0.7])
     np.testing.assert_allclose(y, [0.8, 0.4, 0.0])
-    np.testing.assert_allclose(mb.series_values(chart, "M")[0], [0.6, 0.6])
+    np.testing.assert_allclose(plots.series_values(chart, "M")[0], [0.6, 0.6])
     assert chart.GetXAxisTitle().startswith("M ")
     # moving M updates the marker in place, without new nodes
     n_nodes = mrml.scene.GetNumberOfNodes()
-    mb.plot_coverage(coverage, threshold=0.7, chart=chart)
-    np.testing.assert_allclose(mb.series_values(chart, "M")[0], [0.7, 0.7])
+    plots.plot_coverage(coverage, threshold=0.7, chart=chart)
+    np.testing.assert_allclose(plots.series_values(chart, "M")[0], [0.7, 0.7])
     assert mrml.scene.GetNumberOfNodes() == n_nodes
-    mb.set_threshold_marker(chart, None, (0, 1))
+    plots.set_threshold_marker(chart, None, (0, 1))
     assert chart.GetNumberOfPlotSeriesNodes() == 2
 
 
 def test_rho_histogram_counts_and_split_at_m(mrml):
     rho = np.array([[-0.95, -0.62, 0.0], [0.05, 0.61, 0.99], [np.nan, 0.3, 0.3]])
-    frame = mb.rho_histogram(rho, bins=10, threshold=0.6)
+    frame = plots.rho_histogram(rho, bins=10, threshold=0.6)
     assert frame.to_numpy().sum() == 8  # NaN left out
     assert frame["|rho| >= M"].sum() == 4  # -0.95, -0.62, 0.61, 0.99 (bins centred at |0.7| and |0.9|)
     assert frame.loc[0.3, "below M"] == 2
-    chart = mb.plot_rho_histogram(rho, threshold=0.6, bins=10)
-    x, y = mb.series_values(chart, "|rho| >= M")
+    chart = plots.plot_rho_histogram(rho, threshold=0.6, bins=10)
+    x, y = plots.series_values(chart, "|rho| >= M")
     assert len(x) == 10 and y.sum() == 4
     assert chart.GetNthPlotSeriesNode(0).GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeBar
-    mb.plot_rho_histogram(rho, threshold=0.9, bins=10, chart=chart)
-    assert mb.series_values(chart, "|rho| >= M")[1].sum() == 2
+    plots.plot_rho_histogram(rho, threshold=0.9, bins=10, chart=chart)
+    assert plots.series_values(chart, "|rho| >= M")[1].sum() == 2
 
 
 def test_show_table_and_chart_select_them(mrml):
-    table = mb.table_node_from_dataframe(pd.DataFrame({"a": [1.0]}), "t")
-    mb.show_table(table)
+    table = tables.table_node_from_dataframe(pd.DataFrame({"a": [1.0]}), "t")
+    tables.show_table(table)
     selection = mrml.application_logic.GetSelectionNode()
     assert selection.GetActiveTableID() == table.GetID()
-    chart = mb.plot_rho_histogram([0.1, 0.2])
-    mb.show_chart(chart)
+    chart = plots.plot_rho_histogram([0.1, 0.2])
+    plots.show_chart(chart)
     assert selection.GetActivePlotChartID() == chart.GetID()
 
 
 # ---------------------------------------------------------------------------------------- CAM overlay
 def test_heat_colour_table(mrml):
-    node = mb.heat_colour_node()
+    node = overlays.heat_colour_node()
     assert node.GetNumberOfColors() == 256
     rgba = [0.0] * 4
     node.GetColor(0, rgba)
@@ -319,11 +320,11 @@ def test_heat_colour_table(mrml):
         node.GetColor(i, rgba)
         reds.append(rgba[0])
     assert all(b >= a for a, b in itertools.pairwise(reds))  # brightness never falls
-    assert mb.heat_colour_node() is node  # one per scene
-    assert mb.colour_node("Iron").GetID() == "vtkMRMLColorTableNodeIron"
-    assert mb.colour_node("PET-Heat").GetID() == "vtkMRMLPETProceduralColorNodePET-Heat"
+    assert overlays.heat_colour_node() is node  # one per scene
+    assert overlays.colour_node("Iron").GetID() == "vtkMRMLColorTableNodeIron"
+    assert overlays.colour_node("PET-Heat").GetID() == "vtkMRMLPETProceduralColorNodePET-Heat"
     with pytest.raises(Rad4XCNNError, match="unknown colour table 'Plasma'"):
-        mb.colour_node("Plasma")
+        overlays.colour_node("Plasma")
 
 
 def test_cam_overlay_geometry_display_and_layers(mrml, tmp_path):
@@ -331,18 +332,18 @@ def test_cam_overlay_geometry_display_and_layers(mrml, tmp_path):
     volume = mb.volume_node_from_image(image, "us")
     rows, cols = np.mgrid[0:40, 0:56]
     cam = np.exp(-((rows - 15.0) ** 2 + (cols - 30.0) ** 2) / 50.0) * 7.0 + 2.0
-    node = mb.cam_overlay(cam, volume, opacity=0.35)
+    node = overlays.cam_overlay(cam, volume, opacity=0.35)
     np.testing.assert_allclose(mb.ijk_to_ras_array(node), mb.ijk_to_ras_array(volume))
     values = mb.image_from_volume_node(node).array
     assert values.max() == pytest.approx(1.0) and values.min() == pytest.approx(0.0)
     assert np.unravel_index(values.argmax(), values.shape) == (15, 30)
     display = node.GetDisplayNode()
-    assert display.GetColorNode().GetName() == mb.HEAT_COLOUR_NAME
+    assert display.GetColorNode().GetName() == overlays.HEAT_COLOUR_NAME
     assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
-    (layer,) = mb.slice_layers()
+    (layer,) = overlays.slice_layers()
     assert layer == {"view": "Red", "background": volume.GetID(), "foreground": node.GetID(), "opacity": 0.35}
-    mb.set_overlay_opacity(0.8)
-    assert mb.slice_layers()[0]["opacity"] == pytest.approx(0.8)
+    overlays.set_overlay_opacity(0.8)
+    assert overlays.slice_layers()[0]["opacity"] == pytest.approx(0.8)
     # the overlay written by Slicer is the CAM in the image's geometry, as the engine reads it
     storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
     mrml.scene.AddNode(storage)
@@ -350,7 +351,7 @@ def test_cam_overlay_geometry_display_and_layers(mrml, tmp_path):
     assert storage.WriteData(node)
     _assert_same_geometry(read_image(tmp_path / "cam.nrrd"), image)
     # a new CAM refills the same node; another colour table can be chosen
-    again = mb.cam_overlay(np.ones((40, 56)), volume, opacity=0.5, colour="Iron", node=node)
+    again = overlays.cam_overlay(np.ones((40, 56)), volume, opacity=0.5, colour="Iron", node=node)
     assert again is node and not mb.image_from_volume_node(node).array.any()
     assert node.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeIron"
 
@@ -358,11 +359,11 @@ def test_cam_overlay_geometry_display_and_layers(mrml, tmp_path):
 def test_cam_overlay_bad_input(mrml):
     volume = mb.volume_node_from_image(_image(), "us")
     with pytest.raises(Rad4XCNNError, match="does not match the 40x56"):
-        mb.cam_overlay(np.zeros((224, 224)), volume)
+        overlays.cam_overlay(np.zeros((224, 224)), volume)
     with pytest.raises(Rad4XCNNError, match="NaN"):
-        mb.cam_overlay(np.full((40, 56), np.nan), volume)
+        overlays.cam_overlay(np.full((40, 56), np.nan), volume)
     with pytest.raises(Rad4XCNNError, match="opacity must be between 0 and 1"):
-        mb.cam_overlay(np.zeros((40, 56)), volume, opacity=1.5)
+        overlays.cam_overlay(np.zeros((40, 56)), volume, opacity=1.5)
 
 
 # -------------------------------------------------------------------------------------- scene cohort
@@ -370,21 +371,21 @@ def test_scene_pairs_export_to_a_manifest_the_engine_loads(mrml, tmp_path):
     from Rad4XCNNLogic.cohort.manifest import read_manifest
 
     images = [_image(seed=i, origin=(i * 10.0, -4.0)) for i in range(3)]
-    masks = [np.roll(_lesion(), 3 * i, axis=1) for i in range(3)]
-    for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
+    lesions = [np.roll(_lesion(), 3 * i, axis=1) for i in range(3)]
+    for i, (image, mask) in enumerate(zip(images, lesions, strict=True)):
         name = "case 1" if i == 1 else f"case{i}"
         volume = mb.volume_node_from_image(image, name)
         volume.SetAttribute("Rad4XCNN.label", "malignant" if i else "benign")
-        mb.segmentation_from_mask(mask, volume, f"{name} seg")
+        masks.segmentation_from_mask(mask, volume, f"{name} seg")
     lonely = mrml.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "no reference")  # skipped
     assert lonely is not None
-    pairs = mb.scene_image_segmentation_pairs()
+    pairs = masks.scene_image_segmentation_pairs()
     assert [p.case_id for p in pairs] == ["case0", "case 1", "case2"]
-    manifest = mb.export_scene_cohort(pairs, tmp_path / "cohort")
+    manifest = masks.export_scene_cohort(pairs, tmp_path / "cohort")
     cohort = read_manifest(manifest, check_images=True)
     assert cohort.case_ids == ["case0", "case_1", "case2"] and not cohort.failures
     assert [c.label for c in cohort.cases] == ["benign", "malignant", "malignant"]
-    for case, image, mask in zip(cohort.cases, images, masks, strict=True):
+    for case, image, mask in zip(cohort.cases, images, lesions, strict=True):
         loaded = case.load()
         _assert_same_geometry(loaded.image, image)
         np.testing.assert_allclose(loaded.image.array, image.array)
@@ -392,9 +393,27 @@ def test_scene_pairs_export_to_a_manifest_the_engine_loads(mrml, tmp_path):
         np.testing.assert_array_equal(read_mask(case.masks[0]), mask)
 
 
+def test_every_segment_of_a_segmentation_is_a_case(mrml, tmp_path):
+    """As SlicerRadiomics: one result per segment, whatever the segments are called."""
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+
+    volume = mb.volume_node_from_image(_image(), "us")
+    tumour, cyst = _lesion(), np.roll(_lesion(), 12, axis=1)
+    seg = masks.segmentation_from_mask(tumour, volume, "seg", segment_name="tumour")
+    masks.segmentation_from_mask(cyst, volume, "seg", segment_name="cyst", node=seg)
+    mrml.scene.AddNewNodeByClass(
+        "vtkMRMLSegmentationNode", "empty"
+    ).SetReferenceImageGeometryParameterFromVolumeNode(volume)  # no segment: no case
+    pairs = masks.scene_image_segmentation_pairs()
+    assert [p.case_id for p in pairs] == ["us tumour", "us cyst"]
+    cohort = read_manifest(masks.export_scene_cohort(pairs, tmp_path), check_images=True)
+    assert cohort.case_ids == ["us_tumour", "us_cyst"]
+    np.testing.assert_array_equal(cohort.cases[1].load().mask, cyst)
+
+
 def test_empty_scene_has_no_cohort(mrml, tmp_path):
     with pytest.raises(Rad4XCNNError, match="no image volume with a segmentation"):
-        mb.export_scene_cohort(mb.scene_image_segmentation_pairs(), tmp_path)
+        masks.export_scene_cohort(masks.scene_image_segmentation_pairs(), tmp_path)
 
 
 def test_sitk_and_bridge_agree_on_direction_conventions(tmp_path, mrml):

@@ -188,3 +188,45 @@ def test_names_and_groups():
     with pytest.raises(ValueError, match="unknown group 'gui'"):
         deps.missing_requirements("gui")
     assert deps.InstallPlan([]).message() == "All required Python packages are installed."
+
+
+# ------------------------------------------------------------------------------------ the package panel
+def test_package_panel_rows_and_upgrade_plan():
+    from Rad4XCNNLib.dependencies import package_rows, pip_arguments, upgrade_plan
+
+    installed = {
+        "numpy": "2.1.0",
+        "pandas": "1.5.3",
+        "xgboost-cpu": "2.1.4",
+        "pyradiomics": "3.0.1",
+        "timm": "1.0.9",
+    }
+    rows = {row.name: row for row in package_rows(installed)}
+    assert rows["numpy"].status == "ok" and rows["pandas"].status == "too old"  # the floor is 2.0
+    assert rows["xgboost"].installed == "2.1.4"  # its CPU-only distribution counts
+    assert rows["pyradiomics-bhklab"].installed == "3.0.1"  # SlicerRadiomics' pyradiomics counts
+    assert rows["torch"].status == "missing"
+    assert rows["pandas"].text() == "pandas 1.5.3 (needs >=2.0; result tables): too old"
+    plan = upgrade_plan(list(rows.values()))
+    upgrade = plan.steps[-1]
+    assert upgrade.upgrade and "pandas>=2.0" in upgrade.requirements and "timm>=1.0" in upgrade.requirements
+    assert not any(
+        r.startswith(("numpy", "scipy", "SimpleITK", "pillow", "torch")) for r in upgrade.requirements
+    )
+    assert pip_arguments(upgrade, "c.txt")[:3] == ["-c", "c.txt", "--upgrade"]
+    assert any(step.kind == "pytorch" for step in plan.steps)  # what is missing, as on a first run
+
+
+def test_an_upgrade_leaves_its_packages_out_of_the_constraints(tmp_path):
+    from types import SimpleNamespace
+
+    from Rad4XCNNLib.dependencies import InstallPlan, InstallStep, run_plan
+
+    calls = []
+    fake = SimpleNamespace(util=SimpleNamespace(pip_install=lambda args: calls.append(list(args))))
+    plan = InstallPlan([], [InstallStep("pip", ("pandas>=2.0",), upgrade=True)])
+    run_plan(plan, tmp_path, fake, installed=lambda: {"pandas": "2.1.0", "numpy": "2.1.0"})
+    (args,) = calls
+    assert args == ["-c", str(tmp_path / "rad4xcnn-constraints.txt"), "--upgrade", "pandas>=2.0"]
+    pinned = (tmp_path / "rad4xcnn-constraints.txt").read_text()
+    assert "numpy==2.1.0" in pinned and "pandas==" not in pinned

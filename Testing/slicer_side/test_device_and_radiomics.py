@@ -35,6 +35,33 @@ def test_torch_report_without_torch(monkeypatch):
     assert not report.installed and report.lines()[0].startswith("PyTorch: not installed")
 
 
+def test_the_torch_report_comes_from_a_child_process():
+    """The Device panel and the CPU estimate ask a child process: the GUI's Python never imports torch."""
+    import os
+    import subprocess
+    import sys
+
+    from Rad4XCNNLib.background import ENGINE_ROOT, LIB_ROOT
+
+    code = (
+        "import sys\n"
+        "from Rad4XCNNLib import device\n"
+        "report = device.torch_report_in_child('cpu')\n"
+        "print('torch' in sys.modules, report.installed, report.device or '-')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ENGINE_ROOT), str(LIB_ROOT)])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300, check=True
+    ).stdout.split()
+    installed = importlib.util.find_spec("torch") is not None
+    assert out == ["False", str(installed), "cpu" if installed else "-"]
+
+
+def test_a_failing_child_is_named():
+    with pytest.raises(RuntimeError, match=r"'device bogus cpu' failed: .*invalid choice: 'bogus'"):
+        device.run_in_child("bogus", "cpu")
+
+
 def test_gpu_line():
     assert device.GPU(1, "NVIDIA H200", 143 * 2**30).text() == "cuda:1 NVIDIA H200 (143.0 GiB)"
 
@@ -137,8 +164,9 @@ def test_reference_case_is_fixed():
 
 
 def test_installed_pyradiomics_gives_the_reference_features():
+    """Checked as the module checks it: in a process started as the runs are."""
     pytest.importorskip("radiomics")
-    check = radiomics_check.check_radiomics()
+    check = radiomics_check.check_in_engine_process()
     assert check.accepted, check.problems
     assert check.n_features == 474  # the paper preset
     assert check.installed["distribution"] in radiomics_check.DISTRIBUTIONS
@@ -192,3 +220,41 @@ def test_run_json_records_the_pyradiomics_in_use():
     assert "pyradiomics" in versions and "pyradiomics-bhklab" in versions
     radiomics = pytest.importorskip("radiomics")
     assert package_versions()["radiomics"] == str(radiomics.__version__).lstrip("v")
+
+
+def _fake_radiomics(folder, version, distribution=None):
+    """A stand-in ``radiomics`` package in ``folder`` (and, with ``distribution``, pip's record of it)."""
+    package = folder / "radiomics"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    if distribution:
+        info = folder / f"{distribution.replace('-', '_')}-{version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: {version}\n")
+    return folder
+
+
+def test_the_engine_process_imports_the_installed_pyradiomics(tmp_path):
+    """As Slicer sets the path: SlicerRadiomics' site-packages on PYTHONPATH, ahead of the site-packages
+    where pip installed pyradiomics-bhklab (here a second folder after it)."""
+    import os
+
+    from Rad4XCNNLib.background import engine_environment
+
+    extension = _fake_radiomics(tmp_path / "SlicerRadiomics" / "site-packages", "3.0.1.post14+gabcdef")
+    site = _fake_radiomics(tmp_path / "site-packages", "3.1.4", distribution="pyradiomics-bhklab")
+    env = engine_environment({**os.environ, "PYTHONPATH": os.pathsep.join([str(extension), str(site)])})
+    before = radiomics_check.imported_by_engine(env)
+    assert before["location"] == str(extension.resolve())
+    assert before["module_version"] == "3.0.1.post14+gabcdef"
+    assert radiomics_check.installed_location([str(extension), str(site)]) == site.resolve()
+
+    fixed = radiomics_check.prefer_installed_radiomics(env, paths=[str(extension), str(site)])
+    after = radiomics_check.imported_by_engine(fixed)
+    assert (after["location"], after["module_version"]) == (str(site.resolve()), "3.1.4")
+    assert after["distribution"] == "pyradiomics-bhklab"
+    # nothing shadows, or nothing installed: the environment is left alone
+    assert radiomics_check.prefer_installed_radiomics(fixed, paths=[str(site)]) == fixed
+    assert radiomics_check.prefer_installed_radiomics(env, paths=[str(extension)]) == env
+    message = radiomics_check.shadowed_message(site, before["location"])
+    assert str(extension.resolve()) in message and "Uninstall the SlicerRadiomics extension" in message

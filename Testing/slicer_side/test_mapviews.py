@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import slicer  # a missing slicer-core must fail loudly, not skip
 from Rad4XCNNLib import bridge as mb
-from Rad4XCNNLib import mapviews
+from Rad4XCNNLib import mapviews, overlays, tables
 
 from Rad4XCNNLogic.cohort.imageio import Image2D, write_image
 from Rad4XCNNLogic.errors import Rad4XCNNError
@@ -53,7 +53,7 @@ def write_cam_folder(folder):
 def test_trust_table_joins_the_cohort_verdict_and_the_case(scene, tmp_path):
     folder = write_cam_folder(tmp_path / "cam")
     node = mapviews.show_cam_trust(folder, "c05")
-    frame = mb.dataframe_from_table_node(node)
+    frame = tables.dataframe_from_table_node(node)
     assert set(frame.index) == {"gradcam", "eigencam"}
     assert frame.loc["eigencam", "verdict"].startswith("not trustworthy")
     assert frame.loc["eigencam", "case_flags"] == "saturated" and frame.loc["gradcam", "case_flags"] == ""
@@ -80,24 +80,28 @@ def test_feature_map_volume_in_the_image_geometry_with_a_colour_map(scene, tmp_p
     assert display.GetWindowLevelMin() == pytest.approx(
         10.0
     ) and display.GetWindowLevelMax() == pytest.approx(39.0)
-    assert display.GetColorNodeID() == mb.colour_node("Iron").GetID()
+    assert display.GetColorNodeID() == overlays.colour_node("Iron").GetID()
     for colour in mapviews.FEATURE_COLOURS:
         mapviews.set_feature_colour(node, colour)
-        assert display.GetColorNodeID() == mb.colour_node(colour).GetID()
+        assert display.GetColorNodeID() == overlays.colour_node(colour).GetID()
     with pytest.raises(Rad4XCNNError, match=r"unknown colour table 'Plasma9'"):
         mapviews.set_feature_colour(node, "Plasma9")
+    # its colour legend (Slicer's default legend), titled with the feature, follows the colour map
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(node)
+    assert legend is not None and legend.GetTitleText() == "original_glcm_Contrast" and legend.GetVisibility()
+    assert legend.GetPrimaryDisplayNode() is display
 
 
 def test_feature_map_instead_of_or_beside_the_cam(scene, tmp_path):
     _, volume, _ = scene
-    cam = mb.cam_overlay(np.random.default_rng(0).random((20, 24)), volume, opacity=0.4)
+    cam = overlays.cam_overlay(np.random.default_rng(0).random((20, 24)), volume, opacity=0.4)
     feature = mapviews.feature_map_volume(np.ones((20, 24), np.float32), volume, "original_firstorder_Mean")
     mapviews.show_feature_map(feature, volume, "beside", opacity=0.5, cam_node=cam)
-    layers = {layer["view"]: layer for layer in mb.slice_layers()}
+    layers = {layer["view"]: layer for layer in overlays.slice_layers()}
     assert layers["Red"]["foreground"] == cam.GetID() and layers["Yellow"]["foreground"] == feature.GetID()
     mapviews.show_feature_map(feature, volume, "instead")
-    assert {layer["foreground"] for layer in mb.slice_layers()} == {feature.GetID()}
-    assert all(layer["background"] == volume.GetID() for layer in mb.slice_layers())
+    assert {layer["foreground"] for layer in overlays.slice_layers()} == {feature.GetID()}
+    assert all(layer["background"] == volume.GetID() for layer in overlays.slice_layers())
     with pytest.raises(Rad4XCNNError, match=r"placement must be 'instead' or 'beside'"):
         mapviews.show_feature_map(feature, volume, "over")
 
@@ -163,10 +167,10 @@ def test_case_maps_are_placed_and_recoloured_from_the_panel(scene, tmp_path):
             "file": ["c05_original_glcm_Contrast.nrrd"],
         }
     ).to_csv(maps / "featuremaps.csv", index=False)
-    cam = mb.cam_overlay(np.random.default_rng(0).random((20, 24)), volume, opacity=0.4)
+    cam = overlays.cam_overlay(np.random.default_rng(0).random((20, 24)), volume, opacity=0.4)
     notes = mapviews.show_case_maps(folder, volume, colour="Rainbow", placement="beside", cam_node=cam)
     assert notes[-1].startswith("original_glcm_Contrast shown beside")
-    layers = {layer["view"]: layer for layer in mb.slice_layers()}
+    layers = {layer["view"]: layer for layer in overlays.slice_layers()}
     (feature,) = mapviews.feature_map_nodes()
     assert layers["Red"]["foreground"] == cam.GetID() and layers["Yellow"]["foreground"] == feature.GetID()
     colour = feature.GetDisplayNode().GetColorNodeID()

@@ -86,6 +86,12 @@ def test_cmake_lists_name_existing_files():
     assert checked >= 6
 
 
+def test_cmake_minimum_is_that_of_the_slicer_5_10_template():
+    """Utilities/Templates/Extensions/Default/CMakeLists.txt at v5.10.0 asks for 3.20.6...3.22.6."""
+    name, args = _cmake_commands(ROOT / "CMakeLists.txt")[0]
+    assert name == "cmake_minimum_required" and args == ["VERSION", "3.20.6...3.22.6", "FATAL_ERROR"]
+
+
 def test_engine_package_is_collected_into_the_extension():
     commands = _cmake_commands(MODULE / "CMakeLists.txt")
     globs = [args for name, args in commands if name == "file" and args[0] == "GLOB_RECURSE"]
@@ -274,8 +280,12 @@ def test_module_file_defines_the_four_classes_and_imports_the_engine_under_other
 
 
 def test_module_file_stays_thin():
-    lines = [line for line in MODULE_FILE.read_text().splitlines() if line.strip()]
-    assert len(lines) < 600, f"Rad4XCNN.py has {len(lines)} lines; move logic into the engine"
+    """The widget binds and shows; the decisions live in Rad4XCNNLib (and the size rule of every Slicer-side
+    module, 700 lines, is Testing/test_layout.py's): no module-level function but the sample data's hook."""
+    tree = ast.parse(MODULE_FILE.read_text())
+    functions = [node.name for node in tree.body if isinstance(node, ast.FunctionDef)]
+    assert functions == ["registerSampleData"]
+    assert len(MODULE_FILE.read_text().splitlines()) <= 700
 
 
 def test_only_mrml_modules_of_the_engine_import_slicer():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import slicer  # a missing slicer-core must fail loudly, not skip
 from Rad4XCNNLib import bridge as mb
+from Rad4XCNNLib import masks, tables
 from Rad4XCNNLib import parameters as mp
 
 from Rad4XCNNLogic.cohort.imageio import Image2D
@@ -29,14 +30,30 @@ def test_singleton_node_with_defaults(mrml):
 
 def test_typed_values_and_limits(mrml):
     node = mp.parameter_node(mrml.scene)
+    assert mp.get(node, "Stratify") == ["label", "cohort"]
+    mp.set_value(node, "Stratify", " scanner,label ")
+    assert node.GetParameter("Stratify") == "scanner, label" and mp.get(node, "Stratify") == [
+        "scanner",
+        "label",
+    ]
+    mp.set_value(node, "Stratify", "")  # the paper's pooled rule: kept, not replaced by the default
+    mp.set_defaults(node)
+    assert mp.get(node, "Stratify") == []
     mp.set_value(node, "Threshold", 0.75)
     assert node.GetParameter("Threshold") == "0.75" and mp.get(node, "Threshold") == 0.75
     mp.set_value(node, "TopFeatures", 12)
     assert mp.get(node, "TopFeatures") == 12
     with pytest.raises(Rad4XCNNError, match=r"Threshold: must lie in \(0, 1\], got 1.5"):
         mp.set_value(node, "Threshold", 1.5)
-    with pytest.raises(Rad4XCNNError, match="CamMethod: 'lime' is not one of gradcam"):
+    # the CAM method and the device by the engine's own rules, in the engine's spelling
+    with pytest.raises(Rad4XCNNError, match="CamMethod: 'lime' is not allowed; allowed values: gradcam"):
         mp.set_value(node, "CamMethod", "lime")
+    mp.set_value(node, "CamMethod", "Grad-CAM")
+    assert node.GetParameter("CamMethod") == "gradcam"
+    mp.set_value(node, "Device", "cuda:1")
+    assert mp.get(node, "Device") == "cuda:1"
+    with pytest.raises(Rad4XCNNError, match="WeightsSource: 'imagenet21k' is not one of"):
+        mp.set_value(node, "WeightsSource", "imagenet21k")  # the module's own choice
     with pytest.raises(KeyError, match="unknown module parameter 'Colour'"):
         mp.set_value(node, "Colour", "red")
     # text edited by hand in a scene file falls back to the default rather than breaking the module
@@ -60,8 +77,8 @@ def test_node_references_are_checked(mrml):
 def test_saved_scene_restores_every_setting(mrml, tmp_path):
     node = mp.parameter_node(mrml.scene)
     volume = mb.volume_node_from_image(Image2D(np.zeros((8, 9), np.float32), spacing=(0.5, 0.5)), "us")
-    seg = mb.segmentation_from_mask(np.eye(8, 9, dtype=bool), volume, "us seg")
-    table = mb.table_node_from_dataframe(__import__("pandas").DataFrame({"rho": [0.7]}), "explanations")
+    seg = masks.segmentation_from_mask(np.eye(8, 9, dtype=bool), volume, "us seg")
+    table = tables.table_node_from_dataframe(__import__("pandas").DataFrame({"rho": [0.7]}), "explanations")
     chosen = {
         "Backbone": "densenet121",
         "WeightsSource": "checkpoint",
@@ -77,7 +94,9 @@ def test_saved_scene_restores_every_setting(mrml, tmp_path):
         "ManifestPath": str(tmp_path / "manifest.csv"),
         "RadiomicsPreset": "extended",
         "Threshold": 0.7,
+        "Stratify": [],
         "OutputFolder": str(tmp_path / "run"),
+        "ReuseOutputs": True,
         "ExplanationsTable": table,
     }
     mp.write_all(node, chosen)
@@ -106,8 +125,10 @@ def test_run_configuration(tmp_path):
         "device": "cuda",
         "models": [{"name": "densenet121", "weights": None}],
         "radiomics": {"params": "paper"},
-        "explain": {"thresholds": [0.65]},
+        "explain": {"thresholds": [0.65], "stratify": ["label", "cohort"]},  # the engine's default
     }
+    # the pooled rule (nothing typed) is a value of its own, kept by the node
+    assert mp.run_configuration({**values, "Stratify": []}, "m.csv", "out")["explain"]["stratify"] == []
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"x")
     params = tmp_path / "params.yaml"

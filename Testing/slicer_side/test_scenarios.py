@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import slicer  # a missing slicer-core must fail loudly, not skip
 from Rad4XCNNLib import bridge as mb
-from Rad4XCNNLib import scenarios
+from Rad4XCNNLib import overlays, scenarios
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
@@ -35,7 +35,7 @@ def test_export_the_mask(scene_case, tmp_path):
 
 def test_cam_overlay(scene_case):
     node = scenarios.add_cam_overlay(scene_case, opacity=0.25)
-    assert mb.slice_layers()[0]["opacity"] == 0.25
+    assert overlays.slice_layers()[0]["opacity"] == 0.25
     assert node.GetDisplayNode().GetWindowLevelMax() == 1.0
 
 
@@ -70,7 +70,7 @@ def test_fill_tables_and_plots_and_move_m(scene_case, correlation):
     node = scenarios.fill_tables_and_plots(correlation, threshold=0.6, new_threshold=0.75)
     from Rad4XCNNLib import parameters as settings
 
-    assert settings.get(node, "ExplanationsTable").GetName() == "Rad4XCNN explanations"
+    assert settings.get(node, "ExplanationsTable").GetName() == "run explanations"  # the run folder's name
     assert settings.get(node, "CoverageChart").GetNumberOfPlotSeriesNodes() == 2  # resnet18 and the M marker
 
 
@@ -99,23 +99,35 @@ def test_run_all_in_order(tmp_path):
 
 
 def test_default_self_test_installs_nothing_and_says_why_it_skips(tmp_path):
-    """The build-machine self-test: MRML scenarios; without the engine's packages the run is skipped with
-    the reason (here the packages are said to be missing, as on a fresh Slicer)."""
+    """The build-machine self-test: without the engine's packages the run is skipped with the reason (here
+    the packages are said to be missing, as on a fresh Slicer)."""
     mb.headless_slicer()
     outcomes = dict(scenarios.run_default(tmp_path, missing=["torch", "timm"]))
     assert list(outcomes) == [
+        "a case in the scene",
+        "CAM overlay",
+        "parameter node",
+        "close the scene",
         "synthetic cohort",
         "load image and segmentation",
         "export the mask",
-        "CAM overlay",
         "run a small correlation",
-        "close the scene",
     ]
     assert outcomes["run a small correlation"] == (
         "skipped: the engine's packages are not installed (torch, timm)"
     )
     assert not (tmp_path / "run").exists()  # no engine process ran
-    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0  # the scene was closed
+
+
+def test_default_self_test_without_the_modules_own_packages(tmp_path):
+    """As in a stock Slicer: no pandas or PyYAML, so the cohort scenarios say so; the scene ones run."""
+    mb.headless_slicer()
+    outcomes = dict(scenarios.run_default(tmp_path, missing=["pandas", "pyyaml", "torch"]))
+    assert outcomes["close the scene"] == "the CAM colours are there again"
+    why = "skipped: needs pandas, pyyaml, not in this Python (installed on the first run)"
+    cohort = ("synthetic cohort", "load image and segmentation", "export the mask")
+    assert [outcomes[name] for name in (*cohort, "run a small correlation")] == [why] * 4
+    assert not any(tmp_path.iterdir())  # nothing written
 
 
 def test_default_self_test_runs_the_engine_when_it_is_there(tmp_path):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import slicer
 from Rad4XCNNLib import bridge as mb
+from Rad4XCNNLib import masks, overlays
 from Rad4XCNNLib.scenewatch import SceneWatcher
 
 from Rad4XCNNLogic.cohort.imageio import Image2D
@@ -16,7 +17,7 @@ def _image_and_segmentation(name: str, shape=(24, 30)):
     volume = mb.volume_node_from_image(Image2D(np.zeros(shape, np.float32)), name)
     mask = np.zeros(shape, bool)
     mask[5:12, 6:15] = True
-    return volume, mb.segmentation_from_mask(mask, volume, f"{name} segmentation")
+    return volume, masks.segmentation_from_mask(mask, volume, f"{name} segmentation")
 
 
 def _heat_rgb(node, index):
@@ -29,12 +30,19 @@ def test_cam_colours_survive_a_closed_scene():
     mb.headless_slicer()
     volume, _ = _image_and_segmentation("us")
     cam = np.outer(np.hanning(24), np.hanning(30))
-    colour = mb.cam_overlay(cam, volume).GetDisplayNode().GetColorNode()
+    overlay = overlays.cam_overlay(cam, volume)
+    colour = overlay.GetDisplayNode().GetColorNode()
     assert " " not in colour.GetID() and not colour.GetSingletonTag()
+    legend = slicer.vtkSlicerColorLogic.GetColorLegendDisplayNode(overlay)  # the CAM's colour legend
+    assert (
+        legend.GetTitleText().startswith("CAM") and legend.GetPrimaryDisplayNode() is overlay.GetDisplayNode()
+    )
+    assert overlays.cam_overlay(cam, volume, node=overlay) is overlay  # shown again: still one legend
+    assert overlay.GetNumberOfDisplayNodes() == 2
     slicer.mrmlScene.Clear(0)  # File > Close Scene
-    assert slicer.mrmlScene.GetNodesByName(mb.HEAT_COLOUR_NAME).GetNumberOfItems() == 0
+    assert slicer.mrmlScene.GetNodesByName(overlays.HEAT_COLOUR_NAME).GetNumberOfItems() == 0
     volume, _ = _image_and_segmentation("us again")
-    colour = mb.cam_overlay(cam, volume).GetDisplayNode().GetColorNode()
+    colour = overlays.cam_overlay(cam, volume).GetDisplayNode().GetColorNode()
     assert colour.GetNumberOfColors() == 256
     assert np.allclose(_heat_rgb(colour, 0), [0, 0, 0]) and np.allclose(_heat_rgb(colour, 255), [1, 1, 1])
     assert np.allclose(_heat_rgb(colour, 153), [1.0, 0.45, 0.0], atol=0.02)  # orange at 0.6
@@ -42,13 +50,13 @@ def test_cam_colours_survive_a_closed_scene():
 
 def test_a_heat_table_that_lost_its_colours_is_filled_again():
     mb.headless_slicer()
-    colour = mb.heat_colour_node()
+    colour = overlays.heat_colour_node()
     colour.SetNumberOfColors(2)  # as a reset (or an edit) leaves it
     colour.SetColor(1, "x", 0.0, 0.0, 1.0, 1.0)
-    again = mb.heat_colour_node()
+    again = overlays.heat_colour_node()
     assert again is colour  # found, not duplicated
     assert colour.GetNumberOfColors() == 256 and np.allclose(_heat_rgb(colour, 255), [1, 1, 1])
-    assert slicer.mrmlScene.GetNodesByName(mb.HEAT_COLOUR_NAME).GetNumberOfItems() == 1
+    assert slicer.mrmlScene.GetNodesByName(overlays.HEAT_COLOUR_NAME).GetNumberOfItems() == 1
 
 
 @pytest.fixture
@@ -92,7 +100,7 @@ def test_a_batch_of_nodes_refreshes_once_without_an_event_loop():
     mb.headless_slicer()
     scene = slicer.mrmlScene
     seen = []
-    watcher = SceneWatcher(scene, lambda: seen.append(len(mb.scene_image_segmentation_pairs())))
+    watcher = SceneWatcher(scene, lambda: seen.append(len(masks.scene_image_segmentation_pairs())))
     scene.StartState(scene.BatchProcessState)
     for k in range(4):
         _image_and_segmentation(f"batch{k}")

@@ -8,7 +8,7 @@ import unittest
 
 import numpy as np
 import slicer
-from Rad4XCNNLib import bridge, dependencies
+from Rad4XCNNLib import bridge, dependencies, masks
 from Rad4XCNNLib import parameters as settings
 
 from Rad4XCNNLogic.cohort.imageio import Image2D
@@ -39,7 +39,7 @@ class Rad4XCNNWidgetTest(unittest.TestCase):
         volume = bridge.volume_node_from_image(Image2D(np.zeros((16, 20), np.float32)), "us")
         mask = np.zeros((16, 20), bool)
         mask[4:9, 5:12] = True
-        segmentation = bridge.segmentation_from_mask(mask, volume, "us segmentation")
+        segmentation = masks.segmentation_from_mask(mask, volume, "us segmentation")
         ui = self.widget.ui
         ui.caseImageSelector.setCurrentNode(volume)
         ui.caseMaskSelector.setCurrentNode(segmentation)
@@ -74,3 +74,13 @@ class Rad4XCNNWidgetTest(unittest.TestCase):
         ui.deviceCollapsibleButton.collapsed = False
         self.assertTrue(ui.deviceInfoLabel.text.startswith("PyTorch"))
         self.assertGreater(ui.torchBackendComboBox.count, 1)
+
+    def test_stratify_and_the_packages_panel(self):
+        ui = self.widget.ui
+        ui.stratifyLineEdit.text = "label, scanner"
+        self.assertEqual(settings.get(self.node, "Stratify"), ["label", "scanner"])
+        settings.set_value(self.node, "Stratify", [])
+        self.assertEqual(ui.stratifyLineEdit.text, "")
+        ui.packagesCollapsibleButton.collapsed = False
+        self.assertIn("pandas", ui.packagesLabel.text)
+        self.assertTrue(ui.demoButton.enabled and ui.upgradePackagesButton.enabled)
