@@ -38,7 +38,8 @@ def _describe(value: Any) -> str:
 
 def setting_type(key: str, *, comma: bool = False):
     """An argparse ``type`` that reads one value of setting ``key`` and checks it by the setting's rule
-    (``none`` gives None where the setting may be null; with ``comma``, a comma-separated list)."""
+    (``none`` gives None where the setting may be null; with ``comma``, a comma-separated list, and
+    ``none`` the empty one)."""
     from Rad4XCNNLogic.run.config import setting
 
     s = setting(key)
@@ -58,6 +59,8 @@ def setting_type(key: str, *, comma: bool = False):
             raise argparse.ArgumentTypeError(str(exc).split(": ", 2)[-1]) from None
 
     def parse(text: str) -> Any:
+        if comma and s.is_list and text.strip().lower() in _NULL:
+            return []  # 'none': the empty list
         if comma:
             return [parse_one(part.strip()) for part in text.split(",") if part.strip()]
         return parse_one(text)

@@ -312,9 +312,8 @@ def plan_classify(run: Pipeline) -> Plan:
             progress=run.progress,
         )
         # Which explained features the classifiers rely on: written here, where the importances appear.
-        ranked = work.rank_by_backbone(load_explanation(run.out), summary.pop("result").importances)
-        if ranked is not None:
-            summary["outputs"].append(write_csv_atomic(run.path(RunFiles.BY_IMPORTANCE), ranked))
+        importances = summary.pop("result").importances
+        summary["outputs"] += work.write_by_importance(load_explanation(run.out), importances, run.out)
         return summary
 
     return Plan(settings, compute)
