@@ -226,7 +226,7 @@ def plan_deep(run: Pipeline) -> Plan:
 
 # -------------------------------------------------------------------------------------------- radiomics
 def plan_radiomics(run: Pipeline) -> Plan:
-    from Rad4XCNNLogic.features.radiomics import resolve_params
+    from Rad4XCNNLogic.features.radiomics_params import resolve_params
 
     cfg = run.cfg
     params = resolve_params(cfg.radiomics.params)

@@ -209,7 +209,9 @@ def radiomics_stage(
 ) -> dict:
     """PyRadiomics features of every lesion case; writes ``out_csv`` and its side files (diagnostics,
     failures, quality, settings). Fails when no case gives features."""
-    from Rad4XCNNLogic.features.radiomics import extract_radiomics, resolve_params, write_radiomics
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics
+    from Rad4XCNNLogic.features.radiomics_params import resolve_params
+    from Rad4XCNNLogic.features.radiomics_result import write_radiomics
 
     params = resolve_params(radiomics.params)
     result = extract_radiomics(
