@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from Rad4XCNNLogic.cam.faithfulness import DEFAULT_PERCENTILES, DEFAULT_STEPS
+from Rad4XCNNLogic.cam.faithfulness import DEFAULT_PERCENTILES
 from Rad4XCNNLogic.cam.images import (
     CAM_SUBDIR,
     cam_paths,
@@ -57,7 +57,7 @@ from Rad4XCNNLogic.cam.methods import (
 )
 from Rad4XCNNLogic.cam.model import class_fields, load_cam_model, target_index_of
 from Rad4XCNNLogic.cam.sanity import RANDOMISATION_THRESHOLD, map_flags, method_verdicts
-from Rad4XCNNLogic.cam.settings import DEFAULT_METHODS, RANDOMISATIONS, check_methods
+from Rad4XCNNLogic.cam.settings import DEFAULTS, check, check_methods
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
@@ -71,9 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_METHODS",
     "METHODS",
-    "RANDOMISATIONS",
     "ActivationTransform",
     "CamMethod",
     "CamResult",
@@ -235,18 +233,16 @@ def select_cases(cohort, cases, failures: list[CaseFailure]) -> list[Case]:
 
 
 def _check_settings(batch_size, top_fraction, pointing_tolerance, randomisation, deletion_steps) -> None:
-    if int(batch_size) < 1:
-        raise Rad4XCNNError(f"batch size must be at least 1, got {batch_size}")
+    """The cam section's rules (one statement of them: :mod:`Rad4XCNNLogic.cam.settings`), and the top
+    fraction's, which no configuration sets."""
+    check(
+        batch_size=batch_size,
+        tolerance=float(pointing_tolerance),
+        randomisation=randomisation,
+        deletion_steps=deletion_steps,
+    )
     if not 0.0 < float(top_fraction) < 1.0:
         raise Rad4XCNNError(f"top fraction must be between 0 and 1, got {top_fraction}")
-    if float(pointing_tolerance) < 0:
-        raise Rad4XCNNError(f"pointing tolerance must be non-negative, got {pointing_tolerance}")
-    if randomisation not in RANDOMISATIONS:
-        raise Rad4XCNNError(
-            f"unknown randomisation {randomisation!r}; expected one of {', '.join(RANDOMISATIONS)}"
-        )
-    if int(deletion_steps) < 1:
-        raise Rad4XCNNError(f"deletion steps must be at least 1, got {deletion_steps}")
 
 
 def _faithfulness_of_batch(
@@ -532,20 +528,20 @@ def compute_cams(
     checkpoint: str | os.PathLike | Backbone | LoadedCheckpoint | None = None,
     *,
     model: str | None = None,
-    methods: str | Sequence[str] = DEFAULT_METHODS,
+    methods: str | Sequence[str] = tuple(DEFAULTS.methods),
     cases: str | Sequence[str] | None = None,
     target_class: str | int | None = None,
     target_layer: str | None = None,
     device: str = "auto",
-    batch_size: int = 32,
-    pointing_tolerance: float = 0.0,
+    batch_size: int = DEFAULTS.batch_size,
+    pointing_tolerance: float = DEFAULTS.tolerance,
     top_fraction: float = 0.2,
     out_dir: str | os.PathLike | None = None,
     keep_maps: bool | None = None,
-    faithfulness: bool = True,
-    randomisation: str = "cascade",
+    faithfulness: bool = DEFAULTS.faithfulness,
+    randomisation: str = DEFAULTS.randomisation,
     road_percentiles: Sequence[int] = DEFAULT_PERCENTILES,
-    deletion_steps: int = DEFAULT_STEPS,
+    deletion_steps: int = DEFAULTS.deletion_steps,
     randomisation_threshold: float = RANDOMISATION_THRESHOLD,
     seed: int = 0,
     progress: bool = True,

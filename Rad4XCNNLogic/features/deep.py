@@ -28,6 +28,7 @@ from Rad4XCNNLogic.features.preprocessing import (
     make_loader,
     normalize_batch,
 )
+from Rad4XCNNLogic.features.settings import DEEP
 from Rad4XCNNLogic.infra.progress import ProgressBar
 from Rad4XCNNLogic.names import FINAL_LAYER, deep_columns, layer_columns
 
@@ -221,13 +222,13 @@ def extract_deep_features(
     *,
     pretrained: bool = False,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = DEEP.batch_size,
     num_workers: int | None = None,
     margin: float | None = None,
     input_size: int | None = None,
     stage: int | None = None,
     layers: Sequence[str] | None = None,
-    dtype: str = "float32",
+    dtype: str = DEEP.dtype,
     include_normal: bool = False,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,

@@ -26,6 +26,7 @@ from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
+from Rad4XCNNLogic.features.settings import TRAINING
 from Rad4XCNNLogic.infra.progress import ProgressBar
 
 log = logging.getLogger(__name__)
@@ -488,24 +489,24 @@ def train_model(
     cohort: Cohort | Sequence[Case],
     model: str | None = None,
     *,
-    epochs: int = 30,
+    epochs: int = TRAINING.epochs,
     device: str = "auto",
     out: str | os.PathLike = "model.pt",
     weights: str | os.PathLike | None = None,
     pretrained: bool = False,
-    batch_size: int = 32,
-    lr: float = 3e-4,
+    batch_size: int = TRAINING.batch_size,
+    lr: float = TRAINING.learning_rate,
     weight_decay: float = 0.05,
     warmup_epochs: int = 1,
-    patience: int = 8,
+    patience: int = TRAINING.patience,
     input_size: int | None = None,
     margin: float | None = None,
-    augment: bool | UltrasoundAugmentation = True,
+    augment: bool | UltrasoundAugmentation = TRAINING.augment,
     train_cohort: str | None = None,
-    val_fraction: float = 0.15,
+    val_fraction: float = TRAINING.val_fraction,
     include_normal: bool = False,
     num_workers: int | None = None,
-    dtype: str = "auto",
+    dtype: str = TRAINING.dtype,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
