@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.features.settings import IMAGENET, TRAINED
 from Rad4XCNNLogic.infra.storage import file_sha256, write_csv_atomic
 from Rad4XCNNLogic.names import RunFiles
 from Rad4XCNNLogic.run import work
@@ -56,7 +57,7 @@ def run_protocol(cfg):
     from Rad4XCNNLogic.cohort.protocol import Protocol, TrainingPhase
 
     phases = tuple(TrainingPhase(name) for name in cfg.training.phases)
-    if not phases and any(m.weights == "trained" for m in cfg.models):
+    if not phases and any(m.weights_kind == TRAINED for m in cfg.models):
         phases = (TrainingPhase(cfg.split.train_cohort),)
     evaluate_on = cfg.classification.evaluate_on
     return Protocol(phases, cfg.split.train_cohort, None if evaluate_on is None else tuple(evaluate_on))
@@ -80,7 +81,7 @@ def plan_cohort(run: Pipeline) -> Plan:
     if not cohort.cases:
         raise Rad4XCNNError(f"manifest {manifest.name}: no usable case ({len(cohort.failures)} left out)")
     protocol.check_cohorts(cohort.cohorts)
-    if any(m.weights == "trained" for m in cfg.models):
+    if any(m.weights_kind == TRAINED for m in cfg.models):
         # a case that trained the network and is scored as held out stops the run here, before any work
         extra = []
         if cfg.training.finetune_manifest:
@@ -133,7 +134,7 @@ def plan_cohort(run: Pipeline) -> Plan:
 def plan_train(run: Pipeline) -> Plan:
     cfg = run.cfg
     tc = cfg.training
-    trained = [m for m in cfg.models if m.weights == "trained"]
+    trained = [m for m in cfg.models if m.weights_kind == TRAINED]
     if not trained:
         raise Skip("no model has weights: trained")
     settings = {
@@ -186,13 +187,13 @@ def plan_train(run: Pipeline) -> Plan:
 def _deep_job(run: Pipeline, model) -> tuple[work.DeepJob, str | None]:
     """The extraction job of a configured backbone, and what identifies its weights (for the fingerprint)."""
     where = {"stage": model.stage, "layers": tuple(model.layers) or None}
-    if model.weights is None:
+    if model.weights_kind == "random":
         return work.DeepJob(model.key, model.name, **where), None
-    if model.weights == "imagenet":
-        return work.DeepJob(model.key, model.name, pretrained=True, **where), "imagenet"
-    if model.weights == "trained":
+    if model.weights_kind == IMAGENET:
+        return work.DeepJob(model.key, model.name, pretrained=True, **where), IMAGENET
+    if model.weights_kind == TRAINED:
         checkpoint = str(run.path(RunFiles.checkpoint(model.key)))
-        return work.DeepJob(model.key, model.name, checkpoint, **where), "trained"
+        return work.DeepJob(model.key, model.name, checkpoint, **where), TRAINED
     path = Path(model.weights)
     if not path.is_file():
         raise Rad4XCNNError(f"weights file not found for {model.name}: {path}")
@@ -337,9 +338,9 @@ def cam_checkpoint(run: Pipeline) -> tuple[str, Path] | None:
     for model in run.cfg.models:
         if run.cfg.cam.model not in (None, model.key):
             continue
-        if model.weights == "trained":
+        if model.weights_kind == TRAINED:
             return model.key, run.path(RunFiles.checkpoint(model.key))
-        if model.weights not in (None, "imagenet") and _is_rad4xcnn_checkpoint(Path(model.weights)):
+        if model.weights_kind == "file" and _is_rad4xcnn_checkpoint(Path(model.weights)):
             return model.key, Path(model.weights)
     return None
 
