@@ -47,6 +47,11 @@ class Stage:
     plan: Callable[[Pipeline], Plan]
     #: runs even when a stage it reads from failed (the report shows the failures)
     always: bool = False
+    #: the run-folder files it reads (names of :class:`~Rad4XCNNLogic.names.RunFiles`), each written by a
+    #: stage of ``depends``
+    reads: tuple[str, ...] = ()
+    #: the run-folder files it always writes (some stages add optional ones, e.g. ``heldout.csv``)
+    writes: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------- cohort
@@ -431,17 +436,28 @@ def plan_report(run: Pipeline) -> Plan:
     return Plan(settings, compute)
 
 
+F = RunFiles
 #: The stages, in the order they run.
 STAGES: tuple[Stage, ...] = (
-    Stage("cohort", 1, (), plan_cohort),
-    Stage("train", 1, ("cohort",), plan_train),
-    Stage("deep", 2, ("cohort", "train"), plan_deep),
-    Stage("radiomics", 1, ("cohort",), plan_radiomics),
-    Stage("explain", 3, ("cohort", "deep", "radiomics"), plan_explain),
-    Stage("classify", 1, ("cohort", "deep", "radiomics", "explain"), plan_classify),
-    Stage("cam", 2, ("cohort", "train"), plan_cam),
+    Stage("cohort", 1, (), plan_cohort, writes=(F.COHORT, F.COHORT_FAILURES)),
+    Stage("train", 1, ("cohort",), plan_train, reads=(F.COHORT,), writes=(F.MODELS, F.TRAINING_HISTORY)),
+    Stage("deep", 2, ("cohort", "train"), plan_deep, reads=(F.COHORT, F.MODELS), writes=(F.DEEP,)),
+    Stage("radiomics", 1, ("cohort",), plan_radiomics, reads=(F.COHORT,), writes=(F.RADIOMICS,)),
     Stage(
-        "report", 1, ("cohort", "train", "deep", "radiomics", "explain", "classify", "cam"), plan_report, True
+        "explain", 3, ("cohort", "deep", "radiomics"), plan_explain,
+        reads=(F.COHORT, F.DEEP, F.RADIOMICS),
+        writes=(F.CORRELATIONS, F.EXPLANATIONS, F.EXPLANATION, F.COVERAGE, F.EXPLAINED_BY_THRESHOLD),
     ),
-)
+    Stage(
+        "classify", 1, ("cohort", "deep", "radiomics", "explain"), plan_classify,
+        reads=(F.COHORT, F.DEEP, F.RADIOMICS, F.EXPLANATIONS), writes=(F.CLASSIFICATION, F.IMPORTANCES),
+    ),
+    Stage("cam", 2, ("cohort", "train"), plan_cam, reads=(F.COHORT, F.MODELS), writes=(F.CAM,)),
+    Stage(
+        "report", 1, ("cohort", "train", "deep", "radiomics", "explain", "classify", "cam"), plan_report,
+        always=True,
+        reads=(F.COHORT, F.TRAINING_HISTORY, F.DEEP, F.RADIOMICS, F.EXPLANATIONS, F.CLASSIFICATION, F.CAM),
+        writes=(F.REPORT,),
+    ),
+)  # fmt: skip
 BY_NAME = {stage.name: stage for stage in STAGES}

@@ -66,6 +66,10 @@ def test_end_to_end_writes_every_file_with_the_documented_columns(first_run):
     out = Path(config.out)
     assert result.ok, [r.line() for r in result.stages.values()]
     assert set(_statuses(result).values()) == {"computed"}
+    from Rad4XCNNLogic.run.stages import STAGES
+
+    missing = [(stage.name, name) for stage in STAGES for name in stage.writes if not (out / name).exists()]
+    assert not missing, missing  # each stage record declares files the stage does write
 
     radiomics = pd.read_csv(out / "radiomics.csv", index_col=0)
     deep = pd.read_csv(out / "deep_features.csv", index_col=0)
