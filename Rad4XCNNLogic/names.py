@@ -110,6 +110,10 @@ def relabel_deep_columns(columns: Iterable[str], model: str, label: str) -> list
     return [label + c[len(model) :] if c.startswith(model) else c for c in map(str, columns)]
 
 
+#: The label suffix of a randomly initialised control backbone (``resnet50-random``).
+CONTROL_SUFFIX = "-random"
+
+
 def control_label(key: str) -> str:
     """The label of a backbone's random-weights control (the same architecture, never trained).
 
@@ -118,7 +122,44 @@ def control_label(key: str) -> str:
     >>> control_label("resnet50")
     'resnet50-random'
     """
-    return f"{key}-random"
+    return f"{key}{CONTROL_SUFFIX}"
+
+
+def controlled_key(label: str) -> str | None:
+    """The backbone whose random-weights control ``label`` is (the inverse of :func:`control_label`), or
+    None when ``label`` names no control.
+
+    >>> controlled_key("resnet50-random"), controlled_key("resnet50")
+    ('resnet50', None)
+    """
+    label = str(label)
+    return label.removesuffix(CONTROL_SUFFIX) if label.endswith(CONTROL_SUFFIX) else None
+
+
+def control_pairs(models: Iterable[str], controls: dict[str, str] | None = None) -> dict[str, str]:
+    """Each backbone of ``models`` -> its random-weights control, both in ``models``; a backbone that pools
+    layers pairs layer by layer (``<key>.<layer>`` -> ``<control>.<layer>``). ``controls``: backbone key ->
+    control key (a run's configuration); None: the control is the one named :func:`control_label`.
+
+    >>> control_pairs(["r18", "r18-random", "vit.blocks.11", "vit-random.blocks.11", "r50"])
+    {'r18': 'r18-random', 'vit.blocks.11': 'vit-random.blocks.11'}
+    >>> control_pairs(["r18", "rand"], {"r18": "rand"})
+    {'r18': 'rand'}
+    """
+    present = list(dict.fromkeys(map(str, models)))
+    pairs = {}
+    for model in present:
+        cuts = [len(model)] + [i for i, ch in enumerate(model) if ch == "."]
+        for cut in cuts:
+            key, layer = model[:cut], model[cut:]
+            if controls is None:
+                control = None if controlled_key(key) else control_label(key)
+            else:
+                control = controls.get(key)
+            if control is not None and control + layer in present and control + layer != model:
+                pairs[model] = control + layer
+                break
+    return pairs
 
 
 def deep_model(name: str) -> str | None:

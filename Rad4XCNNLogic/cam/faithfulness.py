@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from Rad4XCNNLogic.cam.settings import DEFAULT_STEPS
+
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
@@ -30,8 +32,6 @@ __all__ = [
 
 #: ROAD's removal levels: the percentiles of each map below which pixels are kept (pytorch-grad-cam's).
 DEFAULT_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
-#: Deletion and insertion curves are sampled at this many removal fractions (plus 0).
-DEFAULT_STEPS = 16
 
 
 def _softmax_targets(categories: Sequence[int]) -> list:

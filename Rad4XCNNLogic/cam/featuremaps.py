@@ -28,7 +28,7 @@ from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_li
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
 
-    from Rad4XCNNLogic.features.radiomics import RadiomicsParams
+    from Rad4XCNNLogic.features.radiomics_params import RadiomicsParams
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +338,7 @@ def compute_feature_maps(
     import pandas as pd
 
     from Rad4XCNNLogic.cam.maps import select_cases
-    from Rad4XCNNLogic.features.radiomics import resolve_params
+    from Rad4XCNNLogic.features.radiomics_params import resolve_params
 
     started = time.perf_counter()
     if int(kernel_radius) < 1:

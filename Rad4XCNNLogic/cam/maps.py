@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from Rad4XCNNLogic.cam.faithfulness import DEFAULT_PERCENTILES, DEFAULT_STEPS
+from Rad4XCNNLogic.cam.faithfulness import DEFAULT_PERCENTILES
 from Rad4XCNNLogic.cam.images import (
     CAM_SUBDIR,
     cam_paths,
@@ -57,7 +57,7 @@ from Rad4XCNNLogic.cam.methods import (
 )
 from Rad4XCNNLogic.cam.model import class_fields, load_cam_model, target_index_of
 from Rad4XCNNLogic.cam.sanity import RANDOMISATION_THRESHOLD, map_flags, method_verdicts
-from Rad4XCNNLogic.cam.settings import DEFAULT_METHODS, RANDOMISATIONS, check_methods
+from Rad4XCNNLogic.cam.settings import DEFAULTS, check, check_methods
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
@@ -71,9 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "DEFAULT_METHODS",
     "METHODS",
-    "RANDOMISATIONS",
     "ActivationTransform",
     "CamMethod",
     "CamResult",
@@ -235,18 +233,16 @@ def select_cases(cohort, cases, failures: list[CaseFailure]) -> list[Case]:
 
 
 def _check_settings(batch_size, top_fraction, pointing_tolerance, randomisation, deletion_steps) -> None:
-    if int(batch_size) < 1:
-        raise Rad4XCNNError(f"batch size must be at least 1, got {batch_size}")
+    """The cam section's rules (one statement of them: :mod:`Rad4XCNNLogic.cam.settings`), and the top
+    fraction's, which no configuration sets."""
+    check(
+        batch_size=batch_size,
+        tolerance=float(pointing_tolerance),
+        randomisation=randomisation,
+        deletion_steps=deletion_steps,
+    )
     if not 0.0 < float(top_fraction) < 1.0:
         raise Rad4XCNNError(f"top fraction must be between 0 and 1, got {top_fraction}")
-    if float(pointing_tolerance) < 0:
-        raise Rad4XCNNError(f"pointing tolerance must be non-negative, got {pointing_tolerance}")
-    if randomisation not in RANDOMISATIONS:
-        raise Rad4XCNNError(
-            f"unknown randomisation {randomisation!r}; expected one of {', '.join(RANDOMISATIONS)}"
-        )
-    if int(deletion_steps) < 1:
-        raise Rad4XCNNError(f"deletion steps must be at least 1, got {deletion_steps}")
 
 
 def _faithfulness_of_batch(
@@ -271,25 +267,281 @@ def _faithfulness_of_batch(
     return scores
 
 
+def _load_batch(chunk, config, failures: list, crops: dict) -> tuple[list[LoadedCase], list]:
+    """The cases of a batch loaded and preprocessed (their crops into ``crops``); a case that cannot be is
+    recorded in ``failures`` and the others go on."""
+    from Rad4XCNNLogic.features.preprocessing import preprocess_case
+
+    batch_loaded: list[LoadedCase] = []
+    inputs = []
+    for case in chunk:
+        try:
+            loaded = case.load()
+            x, crop = preprocess_case(loaded, config)
+        except CaseError as exc:
+            failures.append(CaseFailure(case.case_id, STAGE, exc.problem))
+            log.warning("%s", exc)
+            continue
+        except (ValueError, OSError, RuntimeError, MemoryError) as exc:
+            problem = f"preprocessing failed: {type(exc).__name__}: {first_line(exc, 200)}"
+            failures.append(CaseFailure(case.case_id, STAGE, problem))
+            log.warning("case %s: %s", case.case_id, problem)
+            continue
+        batch_loaded.append(loaded)
+        inputs.append(x)
+        crops[case.case_id] = crop
+    return batch_loaded, inputs
+
+
+def _batch_maps(mapper, names, net, layer, x, targets, ids, failures: list, seconds: dict):
+    """(maps, raw maps) of a batch by each method, on the input grid; a method failing on the batch is
+    recorded for its cases and the other methods go on. Adds each method's time to ``seconds``."""
+    input_maps: dict[str, np.ndarray] = {}
+    input_raw: dict[str, np.ndarray] = {}
+    bad_methods: dict[str, str] = {}
+    for method in names:
+        t0 = time.perf_counter()
+        try:
+            input_maps[method], input_raw[method] = mapper(method, net, layer, x, targets, ids)
+        except Rad4XCNNError:
+            raise
+        except Exception as exc:  # one method failing on a batch must not lose the others
+            bad_methods[method] = f"{method} failed: {type(exc).__name__}: {first_line(exc, 200)}"
+            log.warning("%s on cases %s: %s", method, ", ".join(ids), bad_methods[method])
+        seconds[method] += time.perf_counter() - t0
+    for problem in bad_methods.values():
+        failures.extend(CaseFailure(case_id, STAGE, problem) for case_id in ids)
+    # Non-finite values would poison every measure downstream; the flag keeps the fact.
+    input_maps = {m: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for m, v in input_maps.items()}
+    return input_maps, input_raw
+
+
+def _metrics_table(metric_rows: list[dict]):
+    """The per-(case, method) metrics with their documented columns and types."""
+    import pandas as pd
+
+    metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
+    metrics["pointing_hit"] = metrics["pointing_hit"].astype("Float64").round().astype("Int8")
+    metrics["peak_row"] = metrics["peak_row"].astype("Int64")
+    metrics["peak_col"] = metrics["peak_col"].astype("Int64")
+    metrics["flags"] = metrics["flags"].fillna("")
+    return metrics
+
+
+@dataclass
+class _ModelPlan:
+    """The network the maps are computed on, where, at which layer and for which class."""
+
+    loaded: Any
+    config: Any
+    device: Any
+    net: Any
+    n_out: int
+    target_index: int | None
+    layer: Any
+    channels: int
+    feature_grid: Any
+
+
+def _plan_model(checkpoint, model, seed, device, names, target_class, target_layer, batch_size) -> _ModelPlan:
+    """Load the model, refuse class-specific methods without a classifier head, warn about a classifier
+    not trained for the task, and find the target layer (its channels and grid)."""
+    from Rad4XCNNLogic.features.backbones import resolve_device
+
+    loaded_model = load_cam_model(checkpoint, model, seed)
+    config = loaded_model.preprocess
+    dev = resolve_device(device)
+    net = loaded_model.net.eval().to(dev)
+    n_out = int(getattr(net, "num_classes", len(loaded_model.class_names)) or 0)
+    needs_head = [m for m in names if METHODS[m].class_specific]
+    if n_out == 0 and needs_head:
+        raise Rad4XCNNError(
+            f"{loaded_model.name} has no classifier head, so {', '.join(needs_head)} have no class to "
+            "explain; give a checkpoint of 'rad4xcnn train', or use eigencam only"
+        )
+    if not loaded_model.task_classifier:
+        log.warning(
+            "%s has no classifier trained for the task (not a checkpoint of 'rad4xcnn train'): the maps "
+            "explain its %s classifier and are not meaningful for the task",
+            loaded_model.name,
+            {"imagenet": "ImageNet", "random": "randomly initialised"}.get(
+                str(loaded_model.weights.get("source")), "own"
+            ),
+        )
+    target_index = target_index_of(target_class, loaded_model.class_names)
+    layer = resolve_target_layer(net, target_layer, config.input_size)
+    channels, feature_grid = probe_layer(net, layer, config.input_size, dev)
+    if "scorecam" in names:
+        log.info(
+            "ScoreCAM: %d forward passes per case (one per channel of %s), %d at a time",
+            channels,
+            layer.name,
+            batch_size,
+        )
+    return _ModelPlan(loaded_model, config, dev, net, n_out, target_index, layer, channels, feature_grid)
+
+
+@dataclass(frozen=True)
+class _Checks:
+    """How each batch's maps are computed, checked, measured and kept."""
+
+    mapper: Any
+    names: list
+    faithfulness: bool
+    road_percentiles: list
+    deletion_steps: int
+    randomisation: str
+    seed: int
+    pointing_tolerance: float
+    top_fraction: float
+    keep: bool
+    out_dir: Any
+
+
+@dataclass
+class _Collected:
+    """What the batches give: metric, agreement and randomisation rows, maps, files, crops and timings."""
+
+    failures: list
+    method_seconds: dict
+    check_seconds: dict = field(default_factory=lambda: {"faithfulness": 0.0, "randomisation": 0.0})
+    metric_rows: list = field(default_factory=list)
+    agreement: list = field(default_factory=list)
+    random_rows: list = field(default_factory=list)
+    maps_kept: dict = field(default_factory=dict)
+    raw_kept: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)
+    crops: dict = field(default_factory=dict)
+    mapped: int = 0
+
+
+def _predict(plan: _ModelPlan, x, n_cases: int):
+    """(probabilities, predicted, explained class indices, CAM targets) of a batch; all None (and no target)
+    for a network without a classifier head, where only class-agnostic methods run."""
+    import torch
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    if plan.n_out == 0:
+        return None, None, None, [None] * n_cases
+    with torch.no_grad():
+        probs = torch.softmax(plan.net(x).float(), dim=1).cpu().numpy()
+    predicted = probs.argmax(axis=1)
+    chosen = predicted if plan.target_index is None else np.full(n_cases, plan.target_index)
+    return probs, predicted, chosen, [ClassifierOutputTarget(int(i)) for i in chosen]
+
+
+def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> None:
+    """Maps of one batch of cases by every method, their checks (faithfulness, randomisation), and each
+    case's measures, agreement, files and kept maps into ``out``."""
+    import torch
+
+    from Rad4XCNNLogic.cam.faithfulness import randomisation_rows
+
+    batch_loaded, inputs = _load_batch(chunk, plan.config, out.failures, out.crops)
+    if not batch_loaded:
+        return
+    ids = [lc.case_id for lc in batch_loaded]
+    x = torch.stack(inputs).to(plan.device)
+    probs, predicted, chosen, targets = _predict(plan, x, len(ids))
+    net, layer, mapper = plan.net, plan.layer, checks.mapper
+    input_maps, input_raw = _batch_maps(
+        mapper, checks.names, net, layer, x, targets, ids, out.failures, out.method_seconds
+    )
+    t0 = time.perf_counter()
+    scores = {}
+    if checks.faithfulness and chosen is not None:
+        scores = _faithfulness_of_batch(
+            net,
+            x,
+            chosen,
+            input_maps,
+            checks.road_percentiles,
+            checks.deletion_steps,
+            mapper.batch_size,
+            checks.seed,
+        )
+    out.check_seconds["faithfulness"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rows = []
+    if checks.randomisation != "none":
+        size = plan.config.input_size
+        rows = randomisation_rows(
+            net, layer, list(input_maps), x, targets, input_maps,
+            steps=checks.randomisation, seed=checks.seed, input_size=size, compute=mapper.scaled,
+        )  # fmt: skip
+    out.check_seconds["randomisation"] += time.perf_counter() - t0
+    final_step: dict[tuple[int, str], float] = {}
+    for r in rows:
+        out.random_rows.append({"case_id": ids[r["index"]], **{k: r[k] for k in RANDOMISATION_COLUMNS[1:]}})
+        if r["step"] == "all":
+            final_step[(r["index"], r["method"])] = r["spearman"]
+    predictions = (probs, predicted, chosen)
+    for row, loaded in enumerate(batch_loaded):
+        _record_case(plan, checks, loaded, row, input_maps, input_raw, scores, final_step, predictions, out)
+
+
+def _record_case(
+    plan, checks, loaded, row, input_maps, input_raw, scores, final_step, predictions, out
+) -> None:
+    """One case's maps on its image: their flags and measures, the agreement of the unflagged ones, the
+    files written and the maps kept."""
+    case = loaded.case
+    crop = out.crops[case.case_id]
+    config = plan.config
+    image_maps = {m: map_to_image(v[row], crop) for m, v in input_maps.items()}
+    raw_maps = {m: raw_map_to_image(v[row], crop, config.input_size) for m, v in input_raw.items()}
+    mask = loaded.mask if case.has_lesion else None
+    flagged: set[str] = set()
+    for method, cam in image_maps.items():
+        flags = map_flags(input_raw[method][row], cam, mask, crop.box_in_image)
+        if flags:
+            flagged.add(method)
+        faithful = {k: float(v[row]) for k, v in scores.get(method, {}).items()}
+        out.metric_rows.append(
+            {
+                "case_id": case.case_id,
+                "method": method,
+                "label": case.label,
+                "has_lesion": bool(case.has_lesion),
+                **class_fields(plan.loaded.class_names, *predictions, row),
+                **map_metrics(cam, mask, crop, checks.pointing_tolerance),
+                "flags": ";".join(flags),
+                **faithful,
+                "randomisation_similarity": final_step.get((row, method), float("nan")),
+            }
+        )
+        out.mapped += 1
+    clean = {m: v for m, v in image_maps.items() if m not in flagged}
+    out.agreement.extend(
+        {"case_id": case.case_id, **r} for r in agreement_rows(clean, crop, checks.top_fraction)
+    )
+    if checks.out_dir is not None and image_maps:
+        written = write_case_maps(checks.out_dir, loaded, image_maps, crop, config.intensity, raw_maps)
+        out.files.update({(case.case_id, m): p for m, p in written.items()})
+    if checks.keep:
+        out.maps_kept.update({(case.case_id, m): v for m, v in image_maps.items()})
+        out.raw_kept.update({(case.case_id, m): v for m, v in raw_maps.items()})
+
+
 def compute_cams(
     cohort: Cohort | Sequence[Case],
     checkpoint: str | os.PathLike | Backbone | LoadedCheckpoint | None = None,
     *,
     model: str | None = None,
-    methods: str | Sequence[str] = DEFAULT_METHODS,
+    methods: str | Sequence[str] = tuple(DEFAULTS.methods),
     cases: str | Sequence[str] | None = None,
     target_class: str | int | None = None,
     target_layer: str | None = None,
     device: str = "auto",
-    batch_size: int = 32,
-    pointing_tolerance: float = 0.0,
+    batch_size: int = DEFAULTS.batch_size,
+    pointing_tolerance: float = DEFAULTS.tolerance,
     top_fraction: float = 0.2,
     out_dir: str | os.PathLike | None = None,
     keep_maps: bool | None = None,
-    faithfulness: bool = True,
-    randomisation: str = "cascade",
+    faithfulness: bool = DEFAULTS.faithfulness,
+    randomisation: str = DEFAULTS.randomisation,
     road_percentiles: Sequence[int] = DEFAULT_PERCENTILES,
-    deletion_steps: int = DEFAULT_STEPS,
+    deletion_steps: int = DEFAULTS.deletion_steps,
     randomisation_threshold: float = RANDOMISATION_THRESHOLD,
     seed: int = 0,
     progress: bool = True,
@@ -343,12 +595,6 @@ def compute_cams(
     >>> write_cams(result, "run")  # doctest: +SKIP
     """
     import pandas as pd
-    import torch
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-    from Rad4XCNNLogic.cam.faithfulness import randomisation_rows
-    from Rad4XCNNLogic.features.backbones import resolve_device
-    from Rad4XCNNLogic.features.preprocessing import preprocess_case
 
     started = time.perf_counter()
     names = check_methods(methods, METHODS)
@@ -356,208 +602,56 @@ def compute_cams(
     failures: list[CaseFailure] = []
     all_cases = select_cases(cohort, cases, failures)
 
-    loaded_model = load_cam_model(checkpoint, model, seed)
-    config = loaded_model.preprocess
-    dev = resolve_device(device)
-    net = loaded_model.net.eval().to(dev)
-    n_out = int(getattr(net, "num_classes", len(loaded_model.class_names)) or 0)
-    needs_head = [m for m in names if METHODS[m].class_specific]
-    if n_out == 0 and needs_head:
-        raise Rad4XCNNError(
-            f"{loaded_model.name} has no classifier head, so {', '.join(needs_head)} have no class to "
-            "explain; give a checkpoint of 'rad4xcnn train', or use eigencam only"
-        )
-    if not loaded_model.task_classifier:
-        log.warning(
-            "%s has no classifier trained for the task (not a checkpoint of 'rad4xcnn train'): the maps "
-            "explain its %s classifier and are not meaningful for the task",
-            loaded_model.name,
-            {"imagenet": "ImageNet", "random": "randomly initialised"}.get(
-                str(loaded_model.weights.get("source")), "own"
-            ),
-        )
-    target_index = target_index_of(target_class, loaded_model.class_names)
-    layer = resolve_target_layer(net, target_layer, config.input_size)
-    channels, feature_grid = probe_layer(net, layer, config.input_size, dev)
-    if "scorecam" in names:
-        log.info(
-            "ScoreCAM: %d forward passes per case (one per channel of %s), %d at a time",
-            channels,
-            layer.name,
-            batch_size,
-        )
+    plan = _plan_model(checkpoint, model, seed, device, names, target_class, target_layer, batch_size)
+    loaded_model, config, dev, layer = plan.loaded, plan.config, plan.device, plan.layer
     keep = (out_dir is None) if keep_maps is None else bool(keep_maps)
-    mapper = MapComputer(int(batch_size), progress, dev)
-
-    metric_rows: list[dict] = []
-    agreement: list[dict] = []
-    random_rows: list[dict] = []
-    maps_kept: dict[tuple[str, str], np.ndarray] = {}
-    raw_kept: dict[tuple[str, str], np.ndarray] = {}
-    files: dict[tuple[str, str], dict[str, Path]] = {}
+    checks = _Checks(
+        MapComputer(int(batch_size), progress, dev), names, faithfulness, list(road_percentiles),
+        deletion_steps, randomisation, seed, pointing_tolerance, top_fraction, keep, out_dir,
+    )  # fmt: skip
+    out = _Collected(failures, method_seconds=dict.fromkeys(names, 0.0))
     case_map = {c.case_id: c for c in all_cases}
-    crops: dict[str, SquareCrop] = {}
-    method_seconds = dict.fromkeys(names, 0.0)
-    check_seconds = {"faithfulness": 0.0, "randomisation": 0.0}
-    mapped = 0
-
     chunks = [all_cases[i : i + batch_size] for i in range(0, len(all_cases), batch_size)]
-    desc = f"CAMs ({', '.join(names)})"
-    for chunk in track(chunks, desc=desc, stage=STAGE, enabled=progress, unit="batch"):
-        batch_loaded: list[LoadedCase] = []
-        inputs = []
-        for case in chunk:
-            try:
-                loaded = case.load()
-                x, crop = preprocess_case(loaded, config)
-            except CaseError as exc:
-                failures.append(CaseFailure(case.case_id, STAGE, exc.problem))
-                log.warning("%s", exc)
-                continue
-            except (ValueError, OSError, RuntimeError, MemoryError) as exc:
-                problem = f"preprocessing failed: {type(exc).__name__}: {first_line(exc, 200)}"
-                failures.append(CaseFailure(case.case_id, STAGE, problem))
-                log.warning("case %s: %s", case.case_id, problem)
-                continue
-            batch_loaded.append(loaded)
-            inputs.append(x)
-            crops[case.case_id] = crop
-        if not batch_loaded:
-            continue
-        ids = [lc.case_id for lc in batch_loaded]
-        x = torch.stack(inputs).to(dev)
-        if n_out > 0:
-            with torch.no_grad():
-                probs = torch.softmax(net(x).float(), dim=1).cpu().numpy()
-            predicted = probs.argmax(axis=1)
-            chosen = predicted if target_index is None else np.full(len(ids), target_index)
-            targets = [ClassifierOutputTarget(int(i)) for i in chosen]
-        else:  # a feature extractor: only class-agnostic methods (EigenCAM) got this far
-            probs = predicted = chosen = None
-            targets = [None] * len(ids)
+    for chunk in track(
+        chunks, desc=f"CAMs ({', '.join(names)})", stage=STAGE, enabled=progress, unit="batch"
+    ):
+        _run_batch(plan, checks, chunk, out)
 
-        input_maps: dict[str, np.ndarray] = {}
-        input_raw: dict[str, np.ndarray] = {}
-        bad_methods: dict[str, str] = {}
-        for method in names:
-            t0 = time.perf_counter()
-            try:
-                input_maps[method], input_raw[method] = mapper(method, net, layer, x, targets, ids)
-            except Rad4XCNNError:
-                raise
-            except Exception as exc:  # one method failing on a batch must not lose the others
-                bad_methods[method] = f"{method} failed: {type(exc).__name__}: {first_line(exc, 200)}"
-                log.warning("%s on cases %s: %s", method, ", ".join(ids), bad_methods[method])
-            method_seconds[method] += time.perf_counter() - t0
-        for problem in bad_methods.values():
-            failures.extend(CaseFailure(case_id, STAGE, problem) for case_id in ids)
-        # Non-finite values would poison every measure downstream; the flag keeps the fact.
-        input_maps = {m: np.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0) for m, v in input_maps.items()}
-
-        t0 = time.perf_counter()
-        scores = {}
-        if faithfulness and chosen is not None:
-            scores = _faithfulness_of_batch(
-                net, x, chosen, input_maps, road_percentiles, deletion_steps, mapper.batch_size, seed
-            )
-        check_seconds["faithfulness"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        rows = []
-        if randomisation != "none":
-            rows = randomisation_rows(
-                net,
-                layer,
-                list(input_maps),
-                x,
-                targets,
-                input_maps,
-                steps=randomisation,
-                seed=seed,
-                input_size=config.input_size,
-                compute=mapper.scaled,
-            )
-        check_seconds["randomisation"] += time.perf_counter() - t0
-        final_step: dict[tuple[int, str], float] = {}
-        for r in rows:
-            random_rows.append({"case_id": ids[r["index"]], **{k: r[k] for k in RANDOMISATION_COLUMNS[1:]}})
-            if r["step"] == "all":
-                final_step[(r["index"], r["method"])] = r["spearman"]
-
-        for row, loaded in enumerate(batch_loaded):
-            case = loaded.case
-            crop = crops[case.case_id]
-            image_maps = {m: map_to_image(v[row], crop) for m, v in input_maps.items()}
-            raw_maps = {m: raw_map_to_image(v[row], crop, config.input_size) for m, v in input_raw.items()}
-            mask = loaded.mask if case.has_lesion else None
-            box = crop.box_in_image
-            flagged: set[str] = set()
-            for method, cam in image_maps.items():
-                flags = map_flags(input_raw[method][row], cam, mask, box)
-                if flags:
-                    flagged.add(method)
-                faithful = {k: float(v[row]) for k, v in scores.get(method, {}).items()}
-                metric_rows.append(
-                    {
-                        "case_id": case.case_id,
-                        "method": method,
-                        "label": case.label,
-                        "has_lesion": bool(case.has_lesion),
-                        **class_fields(loaded_model.class_names, probs, predicted, chosen, row),
-                        **map_metrics(cam, mask, crop, pointing_tolerance),
-                        "flags": ";".join(flags),
-                        **faithful,
-                        "randomisation_similarity": final_step.get((row, method), float("nan")),
-                    }
-                )
-                mapped += 1
-            clean = {m: v for m, v in image_maps.items() if m not in flagged}
-            agreement.extend(
-                {"case_id": case.case_id, **r} for r in agreement_rows(clean, crop, top_fraction)
-            )
-            if out_dir is not None and image_maps:
-                written = write_case_maps(out_dir, loaded, image_maps, crop, config.intensity, raw_maps)
-                files.update({(case.case_id, m): p for m, p in written.items()})
-            if keep:
-                maps_kept.update({(case.case_id, m): v for m, v in image_maps.items()})
-                raw_kept.update({(case.case_id, m): v for m, v in raw_maps.items()})
-
-    if not metric_rows and failures:
+    if not out.metric_rows and failures:
         raise Rad4XCNNError(f"no saliency map: all {len(all_cases)} cases failed (first: {failures[0]})")
-    metrics = pd.DataFrame(metric_rows, columns=METRIC_COLUMNS)
-    metrics["pointing_hit"] = metrics["pointing_hit"].astype("Float64").round().astype("Int8")
-    metrics["peak_row"] = metrics["peak_row"].astype("Int64")
-    metrics["peak_col"] = metrics["peak_col"].astype("Int64")
-    metrics["flags"] = metrics["flags"].fillna("")
+    metrics = _metrics_table(out.metric_rows)
     agreement_frame = pd.DataFrame(
-        agreement, columns=["case_id", "method_a", "method_b", "spearman", iou_column(top_fraction)]
+        out.agreement, columns=["case_id", "method_a", "method_b", "spearman", iou_column(top_fraction)]
     )
-    randomisation_frame = pd.DataFrame(random_rows, columns=RANDOMISATION_COLUMNS)
+    randomisation_frame = pd.DataFrame(out.random_rows, columns=RANDOMISATION_COLUMNS)
     n_cases = metrics["case_id"].nunique()
     settings = _settings(
         loaded_model,
         layer,
         names,
-        target_index,
-        channels,
-        feature_grid,
+        plan.target_index,
+        plan.channels,
+        plan.feature_grid,
         dev,
         config,
         batch_size=int(batch_size),
         pointing_tolerance=float(pointing_tolerance),
         top_fraction=float(top_fraction),
-        faithfulness=bool(faithfulness) and n_out > 0,
+        faithfulness=bool(faithfulness) and plan.n_out > 0,
         randomisation=randomisation,
         road_percentiles=[int(p) for p in road_percentiles],
         deletion_steps=int(deletion_steps),
         randomisation_threshold=float(randomisation_threshold),
         seed=int(seed),
         cases=n_cases,
-        maps=mapped,
+        maps=out.mapped,
         failed=len(failures),
         seconds=round(time.perf_counter() - started, 3),
-        seconds_per_case={m: (round(s / n_cases, 4) if n_cases else None) for m, s in method_seconds.items()},
+        seconds_per_case={
+            m: (round(s / n_cases, 4) if n_cases else None) for m, s in out.method_seconds.items()
+        },
         check_seconds_per_case={
-            k: (round(s / n_cases, 4) if n_cases else None) for k, s in check_seconds.items()
+            k: (round(s / n_cases, 4) if n_cases else None) for k, s in out.check_seconds.items()
         },
     )
     log.info(
@@ -571,17 +665,9 @@ def compute_cams(
         settings["seconds"],
     )
     result = CamResult(
-        metrics,
-        agreement_frame,
-        maps_kept,
-        files,
-        failures,
-        settings,
-        case_map,
-        crops,
-        raw_kept,
-        randomisation_frame,
-    )
+        metrics, agreement_frame, out.maps_kept, out.files, failures, settings, case_map, out.crops,
+        out.raw_kept, randomisation_frame,
+    )  # fmt: skip
     if out_dir is not None:
         write_cams(result, out_dir, maps=False)
     return result

@@ -5,13 +5,14 @@ pytorch-grad-cam, so the command line's help and the Slicer panel read these rul
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.infra.settings import option
+from Rad4XCNNLogic.infra.settings import lookup, option
 
 #: The CAM methods, by their name here (their implementations: :data:`Rad4XCNNLogic.cam.methods.METHODS`).
 METHOD_NAMES = (
@@ -30,6 +31,8 @@ ALIASES = {"gradcampp": "gradcam++", "gradcamplusplus": "gradcam++"}
 #: How far the randomisation test goes: every cascade step (top layers first, then all), only the fully
 #: randomised model, or no test.
 RANDOMISATIONS = ("cascade", "all", "none")
+#: Deletion and insertion curves are sampled at this many removal fractions (plus 0).
+DEFAULT_STEPS = 16
 #: The kernel radius in pixels: each pixel's value is the feature of the (2r+1) x (2r+1) square around it,
 #: restricted to lesion pixels (PyRadiomics' ``kernelRadius`` with ``maskedKernel``). 2 gives 5 x 5 = 25
 #: pixels, the smallest window in which a 32-bin texture matrix is not mostly empty; larger kernels give
@@ -106,10 +109,23 @@ class CamConfig:
     faithfulness: bool = option(
         True, "measure each map's faithfulness: ROAD (most/least relevant first), deletion and insertion AUC"
     )
-    deletion_steps: int = option(16, "removal steps of the deletion and insertion curves", minimum=1)
+    deletion_steps: int = option(
+        DEFAULT_STEPS, "removal steps of the deletion and insertion curves", minimum=1
+    )
     randomisation: str = option(
         "all",
         "model-randomisation test: all (every weight random: one more map per method), cascade (top layers "
         "first, then all: about 7-10 maps per method; ScoreCAM's cost times that) or none",
         choices=RANDOMISATIONS,
     )
+
+
+#: The section's defaults, which the computation's keyword defaults are.
+DEFAULTS = CamConfig()
+
+
+def check(**values) -> None:
+    """Check values given to the computation directly (not through a configuration) by the section's
+    rules: ``check(batch_size=0)`` fails with ``cam.batch_size: must be at least 1, got 0``."""
+    for name, value in values.items():
+        dataclasses.replace(lookup(CamConfig, name), key=f"cam.{name}").validate(value)

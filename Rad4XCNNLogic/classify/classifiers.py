@@ -42,6 +42,7 @@ import numpy as np
 
 # the feature tables, the design and the importances live in their own modules; their public names are
 # also reachable from here, where the callers of the classification stage have always found them
+from Rad4XCNNLogic.classify.comparisons import compare_feature_sets
 from Rad4XCNNLogic.classify.design import INTERNAL_TEST, POSITIVE_NAMES, STAGE, training_design
 from Rad4XCNNLogic.classify.importance import (
     compute_importances,
@@ -73,6 +74,7 @@ from Rad4XCNNLogic.classify.tables import (
 )
 from Rad4XCNNLogic.cohort.manifest import Cohort
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.infra.progress import ProgressBar
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +153,193 @@ class ClassificationResult:
 
 
 # ------------------------------------------------------------------------------------------ main entry
+def _checked_inputs(features, classifiers, select_k, correlation_threshold):
+    """The feature table indexed by text case ids, after refusing unknown classifiers, bad settings and
+    repeated cases."""
+    import pandas as pd
+
+    unknown = [c for c in classifiers if c not in CLASSIFIERS]
+    if unknown or not classifiers:
+        raise Rad4XCNNError(
+            f"unknown classifier {', '.join(map(repr, unknown)) or '(none given)'} "
+            f"(expected some of {', '.join(CLASSIFIERS)})"
+        )
+    if not isinstance(features, pd.DataFrame):
+        raise Rad4XCNNError(
+            f"features must be a pandas DataFrame indexed by case_id, got {type(features).__name__}"
+        )
+    if select_k is not None and select_k < 1:
+        raise Rad4XCNNError(f"select_k must be at least 1, got {select_k}")
+    if correlation_threshold is not None and not 0 < correlation_threshold <= 1:
+        raise Rad4XCNNError(f"correlation threshold must be in (0, 1], got {correlation_threshold}")
+    features = features.copy()
+    features.index = features.index.astype(str)
+    if features.index.duplicated().any():
+        dup = features.index[features.index.duplicated()].unique().tolist()
+        raise Rad4XCNNError(f"the feature table repeats case_id {', '.join(map(repr, dup[:5]))}")
+
+    return features
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """How each (feature set, classifier) task is fitted and evaluated."""
+
+    seed: int
+    cv_folds: int
+    correlation_threshold: float | None
+    select_k: int | None
+    balanced: bool
+    jobs: int | None
+    n_bootstrap: int
+    confidence: float
+    importance_repeats: int
+    importance_on: str
+    grids: dict
+
+
+@dataclass
+class _Collected:
+    """What the tasks give: metric rows, ROC points, importances, predictions, fitted models, failures."""
+
+    rows: list = field(default_factory=list)
+    roc_rows: list = field(default_factory=list)
+    imp_frames: list = field(default_factory=list)
+    pred_frames: list = field(default_factory=list)
+    best_params: dict = field(default_factory=dict)
+    task_failures: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    models: dict = field(default_factory=dict)
+
+
+def _run_task(fit: _Fit, set_name: str, clf_name: str, columns, features, design, cache_dir, out: _Collected):
+    """Fit one classifier on one feature set, evaluate it on every evaluation set and measure its
+    importances; a task that cannot be fitted is recorded in ``out.task_failures`` and the others go on."""
+    X_train = features.loc[design.train, columns].to_numpy(dtype=float)
+    y_train = np.array([design.y[i] for i in design.train])
+    try:
+        fitted, params, cv_auc, note = fit_one(
+            clf_name,
+            X_train,
+            y_train,
+            grid=fit.grids[clf_name],
+            n_classes=len(design.classes),
+            seed=fit.seed,
+            cv_folds=fit.cv_folds,
+            groups=[design.groups[i] for i in design.train],
+            correlation_threshold=fit.correlation_threshold,
+            select_k=fit.select_k,
+            balanced=fit.balanced,
+            jobs=fit.jobs,
+            cache_dir=cache_dir,
+        )
+    except Rad4XCNNError as exc:
+        log.warning("feature set %s, classifier %s: %s", set_name, clf_name, exc)
+        out.task_failures.append({"feature_set": set_name, "classifier": clf_name, "problem": str(exc)})
+        return
+    out.models[(set_name, clf_name)] = fitted
+    out.best_params[f"{set_name}/{clf_name}"] = params
+    if note:
+        log.warning("feature set %s, classifier %s: %s", set_name, clf_name, note)
+        out.warnings.append({"feature_set": set_name, "classifier": clf_name, "problem": note})
+    for eval_name, ids in design.evaluations.items():
+        row, points, pred = _evaluate(
+            fitted,
+            (set_name, clf_name, eval_name),
+            features.loc[ids, columns],
+            np.array([design.y[i] for i in ids]),
+            design.classes,
+            n_bootstrap=fit.n_bootstrap,
+            confidence=fit.confidence,
+            seed=fit.seed,
+        )
+        out.rows.append({**row, "n_features": len(columns), "cv_auc": cv_auc})
+        out.roc_rows.extend(points)
+        out.pred_frames.append(pred)
+    ids = design.evaluations[fit.importance_on]
+    out.imp_frames.append(
+        compute_importances(
+            fitted,
+            clf_name,
+            set_name,
+            columns,
+            features.loc[ids, columns].to_numpy(dtype=float),
+            np.array([design.y[i] for i in ids]),
+            fit.importance_on,
+            fit.importance_repeats,
+            fit.seed,
+        )
+    )
+
+
+def _tables(out: _Collected):
+    """(metrics, roc, importances, predictions) of the tasks collected, with their documented columns."""
+    import pandas as pd
+
+    rows, roc_rows, imp_frames, pred_frames = out.rows, out.roc_rows, out.imp_frames, out.pred_frames
+    metric_columns = [
+        "feature_set",
+        "classifier",
+        "evaluated_on",
+        "n_cases",
+        "n_features",
+        "n_features_used",
+        "cv_auc",
+    ]
+    for metric in METRICS:
+        metric_columns += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
+    metrics = pd.DataFrame(rows, columns=metric_columns)
+    roc = pd.DataFrame(
+        roc_rows, columns=["feature_set", "classifier", "evaluated_on", "class", "fpr", "tpr", "threshold"]
+    )
+    imp_columns = [
+        "feature_set",
+        "classifier",
+        "feature",
+        "importance_mean",
+        "importance_std",
+        "method",
+        "selected",
+        "evaluated_on",
+    ]
+    importances = (
+        pd.concat(imp_frames, ignore_index=True) if imp_frames else pd.DataFrame(columns=imp_columns)
+    )
+    predictions = pd.concat(pred_frames, ignore_index=True) if pred_frames else pd.DataFrame()
+    return metrics, roc, importances[imp_columns], predictions
+
+
+def _settings(fit: _Fit, classifiers, sets, design, train_splits) -> dict:
+    """The settings of a classification, as ``classification.json`` records them."""
+    grouped = len(set(design.groups[i] for i in design.train)) < len(design.train)
+    return {
+        "classifiers": list(classifiers),
+        "feature_sets": {k: len(v) for k, v in sets.items()},
+        "classes": design.classes,
+        "positive": design.positive,
+        "task": "binary" if len(design.classes) == 2 else "multiclass (one-vs-rest AUC)",
+        "seed": fit.seed,
+        "cv_folds": fit.cv_folds,
+        "cv": ("stratified group k-fold by patient" if grouped else "stratified k-fold")
+        + ", shuffled with the seed, on the training data",
+        "n_bootstrap": fit.n_bootstrap,
+        "confidence": fit.confidence,
+        "ci_method": "stratified percentile bootstrap, as computed (not widened to contain the estimate)",
+        "threshold": "P(positive) >= 0.5 for two classes, else the most probable class",
+        "correlation_threshold": fit.correlation_threshold,
+        "select_k": fit.select_k,
+        "near_zero_variance": "caret rule: freq ratio > 19 and unique values <= 10% of cases, or constant",
+        "balanced": fit.balanced,
+        "grids": fit.grids,
+        "importance_repeats": fit.importance_repeats,
+        "importance_evaluated_on": fit.importance_on,
+        "train_cohort": design.train_cohort,
+        "train_splits": list(train_splits),
+        "evaluate_on": list(design.evaluations),
+        "versions": _versions(),
+    }
+
+
 def classify(
     features,
     cohort: Cohort,
@@ -226,28 +415,8 @@ def classify(
     >>> result = classify(frame, read_manifest("manifest.csv"), positive="malignant")  # doctest: +SKIP
     >>> result.metrics[["feature_set", "classifier", "evaluated_on", "auc"]]  # doctest: +SKIP
     """
-    import pandas as pd
 
-    unknown = [c for c in classifiers if c not in CLASSIFIERS]
-    if unknown or not classifiers:
-        raise Rad4XCNNError(
-            f"unknown classifier {', '.join(map(repr, unknown)) or '(none given)'} "
-            f"(expected some of {', '.join(CLASSIFIERS)})"
-        )
-    if not isinstance(features, pd.DataFrame):
-        raise Rad4XCNNError(
-            f"features must be a pandas DataFrame indexed by case_id, got {type(features).__name__}"
-        )
-    if select_k is not None and select_k < 1:
-        raise Rad4XCNNError(f"select_k must be at least 1, got {select_k}")
-    if correlation_threshold is not None and not 0 < correlation_threshold <= 1:
-        raise Rad4XCNNError(f"correlation threshold must be in (0, 1], got {correlation_threshold}")
-    features = features.copy()
-    features.index = features.index.astype(str)
-    if features.index.duplicated().any():
-        dup = features.index[features.index.duplicated()].unique().tolist()
-        raise Rad4XCNNError(f"the feature table repeats case_id {', '.join(map(repr, dup[:5]))}")
-
+    features = _checked_inputs(features, classifiers, select_k, correlation_threshold)
     sets = resolve_feature_sets(features, feature_sets, explained)
     design = training_design(
         list(features.index),
@@ -262,36 +431,11 @@ def classify(
     grid_by_clf = {c: {**DEFAULT_GRIDS[c], **dict((grids or {}).get(c, {}))} for c in classifiers}
     n_jobs = os.cpu_count() if jobs is None else jobs
     importance_on = INTERNAL_TEST if INTERNAL_TEST in design.evaluations else next(iter(design.evaluations))
-    settings = {
-        "classifiers": list(classifiers),
-        "feature_sets": {k: len(v) for k, v in sets.items()},
-        "classes": design.classes,
-        "positive": design.positive,
-        "task": "binary" if len(design.classes) == 2 else "multiclass (one-vs-rest AUC)",
-        "seed": seed,
-        "cv_folds": cv_folds,
-        "cv": (
-            "stratified group k-fold by patient"
-            if len(set(design.groups[i] for i in design.train)) < len(design.train)
-            else "stratified k-fold"
-        )
-        + ", shuffled with the seed, on the training data",
-        "n_bootstrap": n_bootstrap,
-        "confidence": confidence,
-        "ci_method": "stratified percentile bootstrap, as computed (not widened to contain the estimate)",
-        "threshold": "P(positive) >= 0.5 for two classes, else the most probable class",
-        "correlation_threshold": correlation_threshold,
-        "select_k": select_k,
-        "near_zero_variance": "caret rule: freq ratio > 19 and unique values <= 10% of cases, or constant",
-        "balanced": balanced,
-        "grids": grid_by_clf,
-        "importance_repeats": importance_repeats,
-        "importance_evaluated_on": importance_on,
-        "train_cohort": design.train_cohort,
-        "train_splits": list(train_splits),
-        "evaluate_on": list(design.evaluations),
-        "versions": _versions(),
-    }
+    fit = _Fit(
+        seed, cv_folds, correlation_threshold, select_k, balanced, n_jobs, n_bootstrap, confidence,
+        importance_repeats, importance_on, grid_by_clf,
+    )  # fmt: skip
+    settings = _settings(fit, classifiers, sets, design, train_splits)
     log.info(
         "classification: %d training cases, evaluation on %s; %d feature set(s) x %d classifier(s)",
         len(design.train),
@@ -300,117 +444,24 @@ def classify(
         len(classifiers),
     )
 
-    rows, roc_rows, imp_frames, pred_frames = [], [], [], []
-    best_params: dict[str, dict] = {}
-    task_failures: list[dict[str, str]] = []
-    warnings: list[dict[str, str]] = []
-    models: dict[tuple[str, str], Any] = {}
-    y_train = np.array([design.y[i] for i in design.train])
+    out = _Collected()
     tasks = [(s, c) for s in sets for c in classifiers]
-    from Rad4XCNNLogic.infra.progress import ProgressBar
-
     with (
         tempfile.TemporaryDirectory(prefix="rad4xcnn-classify-") as cache_dir,
         ProgressBar(len(tasks), desc="classify", stage="classify", unit="model", enabled=progress) as bar,
     ):
         for set_name, clf_name in tasks:
             bar.set_postfix(model=f"{set_name}/{clf_name}")
-            columns = sets[set_name]
-            X_train = features.loc[design.train, columns].to_numpy(dtype=float)
-            try:
-                fitted, params, cv_auc, note = fit_one(
-                    clf_name,
-                    X_train,
-                    y_train,
-                    grid=grid_by_clf[clf_name],
-                    n_classes=len(design.classes),
-                    seed=seed,
-                    cv_folds=cv_folds,
-                    groups=[design.groups[i] for i in design.train],
-                    correlation_threshold=correlation_threshold,
-                    select_k=select_k,
-                    balanced=balanced,
-                    jobs=n_jobs,
-                    cache_dir=cache_dir,
-                )
-            except Rad4XCNNError as exc:
-                log.warning("feature set %s, classifier %s: %s", set_name, clf_name, exc)
-                task_failures.append({"feature_set": set_name, "classifier": clf_name, "problem": str(exc)})
-                bar.update(1)
-                continue
-            models[(set_name, clf_name)] = fitted
-            best_params[f"{set_name}/{clf_name}"] = params
-            if note:
-                log.warning("feature set %s, classifier %s: %s", set_name, clf_name, note)
-                warnings.append({"feature_set": set_name, "classifier": clf_name, "problem": note})
-            for eval_name, ids in design.evaluations.items():
-                row, points, pred = _evaluate(
-                    fitted,
-                    (set_name, clf_name, eval_name),
-                    features.loc[ids, columns],
-                    np.array([design.y[i] for i in ids]),
-                    design.classes,
-                    n_bootstrap=n_bootstrap,
-                    confidence=confidence,
-                    seed=seed,
-                )
-                rows.append({**row, "n_features": len(columns), "cv_auc": cv_auc})
-                roc_rows.extend(points)
-                pred_frames.append(pred)
-            ids = design.evaluations[importance_on]
-            imp_frames.append(
-                compute_importances(
-                    fitted,
-                    clf_name,
-                    set_name,
-                    columns,
-                    features.loc[ids, columns].to_numpy(dtype=float),
-                    np.array([design.y[i] for i in ids]),
-                    importance_on,
-                    importance_repeats,
-                    seed,
-                )
-            )
+            _run_task(fit, set_name, clf_name, sets[set_name], features, design, cache_dir, out)
             bar.update(1)
-
-    metric_columns = [
-        "feature_set",
-        "classifier",
-        "evaluated_on",
-        "n_cases",
-        "n_features",
-        "n_features_used",
-        "cv_auc",
-    ]
-    for metric in METRICS:
-        metric_columns += [metric, f"{metric}_ci_low", f"{metric}_ci_high"]
-    metrics = pd.DataFrame(rows, columns=metric_columns)
-    roc = pd.DataFrame(
-        roc_rows, columns=["feature_set", "classifier", "evaluated_on", "class", "fpr", "tpr", "threshold"]
-    )
-    imp_columns = [
-        "feature_set",
-        "classifier",
-        "feature",
-        "importance_mean",
-        "importance_std",
-        "method",
-        "selected",
-        "evaluated_on",
-    ]
-    importances = (
-        pd.concat(imp_frames, ignore_index=True) if imp_frames else pd.DataFrame(columns=imp_columns)
-    )
-    predictions = pd.concat(pred_frames, ignore_index=True) if pred_frames else pd.DataFrame()
-    if not rows:
+    metrics, roc, importances, predictions = _tables(out)
+    if not out.rows:
         raise Rad4XCNNError(
             "every classifier failed: "
-            + "; ".join(f"{t['feature_set']}/{t['classifier']}: {t['problem']}" for t in task_failures)
+            + "; ".join(f"{t['feature_set']}/{t['classifier']}: {t['problem']}" for t in out.task_failures)
         )
     compared = None
     if comparisons:
-        from Rad4XCNNLogic.classify.comparisons import compare_feature_sets
-
         compared = compare_feature_sets(
             predictions,
             classes=design.classes,
@@ -423,17 +474,17 @@ def classify(
         comparisons=compared,
         metrics=metrics,
         roc=roc,
-        importances=importances[imp_columns],
+        importances=importances,
         predictions=predictions,
-        best_params=best_params,
+        best_params=out.best_params,
         failures=design.failures,
         counts=design.counts,
-        task_failures=task_failures,
-        warnings=warnings,
+        task_failures=out.task_failures,
+        warnings=out.warnings,
         classes=design.classes,
         feature_sets={k: list(v) for k, v in sets.items()},
         settings=settings,
-        models=models,
+        models=out.models,
     )
 
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from Rad4XCNNLogic.classify.metrics import evaluation_rng, stratified_bootstrap_weights, weighted_metrics
-from Rad4XCNNLogic.names import RADIOMIC_SET, feature_set_kind, feature_set_model, feature_set_name
+from Rad4XCNNLogic.names import (
+    RADIOMIC_SET,
+    controlled_key,
+    feature_set_kind,
+    feature_set_model,
+    feature_set_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +38,6 @@ COMPARISON_COLUMNS = (
     "ci_high",
     "p_delong",
 )
-#: The label suffix of a randomly initialised control backbone (``resnet50-random``).
-CONTROL_SUFFIX = "-random"
 
 # timm families built on self-attention over patches; every other backbone counts as a CNN.
 _TRANSFORMER_RE = re.compile(
@@ -147,7 +151,7 @@ def backbone_family(model: str) -> str:
     >>> backbone_family("vit_base_patch32_224"), backbone_family("densenet121-random")
     ('vit', 'cnn')
     """
-    name = str(model).removesuffix(CONTROL_SUFFIX)
+    name = controlled_key(model) or str(model)
     return "vit" if _TRANSFORMER_RE.match(name) else "cnn"
 
 
@@ -198,7 +202,7 @@ def comparison_pairs(
     parsed = {n: p for n in names if (p := _parse_set(n)) is not None}
     controls = dict(controls or {})
     control_models = set(controls.values()) | {
-        model for kind, model in parsed.values() if model and model.endswith(CONTROL_SUFFIX)
+        model for kind, model in parsed.values() if model and controlled_key(model)
     }
 
     def family(model: str | None) -> str:
@@ -222,9 +226,9 @@ def comparison_pairs(
         elif kind == "combined" and base in present:
             pairs.append(ComparisonPair(name, base, "combined-vs-deep"))
     trained_control = {
-        (model.removesuffix(CONTROL_SUFFIX), model)
+        (controlled_key(model), model)
         for _, model in deep_sets
-        if model is not None and model.endswith(CONTROL_SUFFIX)
+        if model is not None and controlled_key(model)
     }
     trained_control |= set(controls.items())
     for trained, control in sorted(trained_control):

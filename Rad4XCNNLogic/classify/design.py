@@ -100,18 +100,7 @@ def training_design(
         log.warning("%d case(s) of the feature table are not in the manifest; left out", len(unknown))
 
     cohorts = cohort.cohorts
-    if train_cohort is None:
-        if DEFAULT_COHORT in cohorts:
-            train_cohort = DEFAULT_COHORT
-        elif len(cohorts) == 1:
-            train_cohort = cohorts[0]
-        else:
-            raise Rad4XCNNError(
-                f"no cohort is named {DEFAULT_COHORT!r}: name the training cohort "
-                f"(one of {', '.join(cohorts)})"
-            )
-    elif train_cohort not in cohorts:
-        raise Rad4XCNNError(f"training cohort {train_cohort!r} is not in the manifest ({', '.join(cohorts)})")
+    train_cohort = _training_cohort(train_cohort, cohorts)
 
     usable = []
     for case in cohort.cases:
@@ -176,6 +165,41 @@ def training_design(
     train_counts = Counter(y[i] for i in train)
     if len(train_counts) < 2:
         raise Rad4XCNNError(f"the {train_name} has a single class ({classes[next(iter(train_counts))]!r})")
+    by_patient = {c.case_id: c.patient for c in kept}
+    _check_folds(train, y, classes, by_patient, cv_folds, train_name)
+    evaluations = _evaluation_sets(kept, cohorts, train_cohort, evaluate_on, reasons)
+    for name, members in evaluations.items():
+        present = {y[i] for i in members}
+        if len(present) < 2:
+            where = f"the test split of cohort {train_cohort}" if name == INTERNAL_TEST else f"cohort {name}"
+            raise Rad4XCNNError(
+                f"evaluation set {name} ({where}) has a single class ({classes[present.pop()]!r}, "
+                f"{len(members)} cases): AUC, sensitivity and specificity need both classes"
+            )
+    _refuse_shared_patients(train, evaluations, by_patient, train_name)
+    counts = {"train": len(train), **{f"evaluated_on:{k}": len(v) for k, v in evaluations.items()}}
+    counts.update({f"left_out:{k}": v for k, v in sorted(reasons.items()) if v})
+    return _Design(classes, y, train, evaluations, failures, counts, positive, train_cohort, by_patient)
+
+
+def _training_cohort(train_cohort: str | None, cohorts: Sequence[str]) -> str:
+    """The cohort whose train split trains: the one named, else ``internal``, else the only one."""
+    if train_cohort is None:
+        if DEFAULT_COHORT in cohorts:
+            return DEFAULT_COHORT
+        if len(cohorts) == 1:
+            return cohorts[0]
+        raise Rad4XCNNError(
+            f"no cohort is named {DEFAULT_COHORT!r}: name the training cohort (one of {', '.join(cohorts)})"
+        )
+    if train_cohort not in cohorts:
+        raise Rad4XCNNError(f"training cohort {train_cohort!r} is not in the manifest ({', '.join(cohorts)})")
+    return train_cohort
+
+
+def _check_folds(train, y, classes, by_patient, cv_folds: int, train_name: str) -> None:
+    """Refuse a training split too small for ``cv_folds``-fold (patient-grouped) cross-validation."""
+    train_counts = Counter(y[i] for i in train)
     if cv_folds < 2:
         raise Rad4XCNNError(f"cross-validation needs at least 2 folds, got {cv_folds}")
     smallest, n_small = min(train_counts.items(), key=lambda kv: (kv[1], kv[0]))
@@ -185,7 +209,6 @@ def training_design(
             f"{classes[smallest]!r} case(s), at least {cv_folds} are needed; lower the number of folds "
             f"(--cv-folds) or add cases"
         )
-    by_patient = {c.case_id: c.patient for c in kept}
     patients = {k: {by_patient[i] for i in train if y[i] == k} for k in train_counts}
     if len(set(by_patient[i] for i in train)) < len(train):
         k_small, p_small = min(((k, len(v)) for k, v in patients.items()), key=lambda kv: (kv[1], kv[0]))
@@ -195,6 +218,11 @@ def training_design(
                 f"{p_small} patient(s) with {classes[k_small]!r} cases, at least {cv_folds} are needed; "
                 "lower the number of folds (--cv-folds) or add patients"
             )
+
+
+def _evaluation_sets(kept, cohorts, train_cohort: str, evaluate_on, reasons: Counter) -> dict[str, list[str]]:
+    """The evaluation sets: the training cohort's test split, then each other cohort's test or unassigned
+    cases (only those of ``evaluate_on`` when given); counts what is left out in ``reasons``."""
     evaluations: dict[str, list[str]] = {}
     internal_test = [c.case_id for c in kept if c.cohort == train_cohort and c.split == "test"]
     if internal_test:
@@ -219,18 +247,7 @@ def training_design(
             f"no held-out case to evaluate on: cohort {train_cohort} has no test split "
             "and there is no other cohort"
         )
-    for name, members in evaluations.items():
-        present = {y[i] for i in members}
-        if len(present) < 2:
-            where = f"the test split of cohort {train_cohort}" if name == INTERNAL_TEST else f"cohort {name}"
-            raise Rad4XCNNError(
-                f"evaluation set {name} ({where}) has a single class ({classes[present.pop()]!r}, "
-                f"{len(members)} cases): AUC, sensitivity and specificity need both classes"
-            )
-    _refuse_shared_patients(train, evaluations, by_patient, train_name)
-    counts = {"train": len(train), **{f"evaluated_on:{k}": len(v) for k, v in evaluations.items()}}
-    counts.update({f"left_out:{k}": v for k, v in sorted(reasons.items()) if v})
-    return _Design(classes, y, train, evaluations, failures, counts, positive, train_cohort, by_patient)
+    return evaluations
 
 
 def _refuse_shared_patients(train, evaluations, patient, train_name) -> None:

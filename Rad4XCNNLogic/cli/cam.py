@@ -66,7 +66,8 @@ def cmd_cam(args: argparse.Namespace) -> int:
 def cmd_case(args: argparse.Namespace) -> int:
     """One case against a finished run: its radiomic features with the run's own parameters, and its CAM."""
     from Rad4XCNNLogic.cohort.manifest import read_manifest
-    from Rad4XCNNLogic.features.radiomics import extract_radiomics, write_radiomics
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics
+    from Rad4XCNNLogic.features.radiomics_result import write_radiomics
     from Rad4XCNNLogic.run.results import case_radiomics_params
 
     cohort = read_manifest(args.manifest)

@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from Rad4XCNNLogic.cli.options import add_setting, config_from_args, setting_dest, setting_type, show_progress
+from Rad4XCNNLogic.cli.options import (
+    add_setting,
+    config_from_args,
+    given,
+    setting_dest,
+    setting_type,
+    show_progress,
+)
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.settings import rule_text
 from Rad4XCNNLogic.names import RunFiles
+from Rad4XCNNLogic.run.config import setting
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -17,16 +25,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
     from Rad4XCNNLogic.cohort.manifest import read_manifest
     from Rad4XCNNLogic.run.work import explain_stage
 
-    # The command's own defaults: the paper's pooled rule on every case of the tables, unless --stratify /
-    # --cases ask otherwise ('rad4xcnn run' defaults to strata label,cohort and the training cases).
-    cfg = config_from_args(args, extra={"explain": {"stratify": [], "cases": "all"}})
+    # The run's settings: strata and the training cases come from the manifest, as in 'rad4xcnn run'.
+    cfg = config_from_args(args)
     manifest = None
     if args.manifest:
         manifest = read_manifest(args.manifest, check_files=False, assign_split=False)
-    elif cfg.explain.stratify or cfg.explain.cases == "train":
-        raise Rad4XCNNError(
-            "--stratify and --cases train need --manifest (the strata and splits of the cases)"
+    else:
+        asked = (given(args, "explain.stratify") and cfg.explain.stratify) or (
+            given(args, "explain.cases") and cfg.explain.cases == "train"
         )
+        if asked:
+            raise Rad4XCNNError(
+                "--stratify and --cases train need --manifest (the strata and splits of the cases)"
+            )
+        print("without --manifest there are no strata and no splits: the pooled rule on every case")
     importances = None
     if args.importances:
         if not Path(args.importances).is_file():
@@ -38,7 +50,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 raise Rad4XCNNError(
                     f"{args.importances} has no importances of classifier {args.classifier!r}"
                 )
-    cohort = None
+    # replicability between the manifest's cohorts, as in a run (--cohorts: another manifest's)
+    cohort = manifest
     if args.cohorts:
         cohort = read_manifest(args.cohorts, check_files=False, assign_split=False)
     ec = cfg.explain
@@ -117,9 +130,12 @@ def register(sub, parents: dict) -> None:
         description=(
             "Correlate every deep feature with every radiomic feature (Spearman's rho over the cases in "
             "both tables) and explain each deep feature by the radiomic features with |rho| >= M: the "
-            "explanation stage of 'rad4xcnn run', with the same defaults. Writes correlations.csv, "
-            "explanations.csv, coverage.csv, explained_by_threshold.csv, explanation.json and the "
-            "rho/p/q matrices (and replicability/, explanations_by_importance.csv when asked)."
+            "explanation stage of 'rad4xcnn run', with the same defaults: with --manifest, within the "
+            "strata of label and cohort, on the training cases, re-measured on the held-out ones, "
+            "replicated between cohorts, and each backbone beside its random-weights control "
+            "(<key>-random) when the table has it. Writes correlations.csv, explanations.csv, coverage.csv, "
+            "explained_by_threshold.csv, explanation.json and the rho/p/q matrices (and heldout.csv, "
+            "replicability/, control_coverage.csv, explanations_by_importance.csv where they apply)."
         ),
     )
     p.add_argument("--deep", required=True, help="deep_features.csv (case_id x deep features)")
@@ -136,7 +152,8 @@ def register(sub, parents: dict) -> None:
     p.add_argument(
         "--manifest",
         metavar="MANIFEST",
-        help="the cohort manifest: the strata (--stratify) and splits (--cases train) of the cases",
+        help="the cohort manifest: the strata (--stratify), splits (--cases train) and cohorts of the cases; "
+        "without it, the pooled rule on every case",
     )
     p.add_argument(
         "--stratify",
@@ -145,18 +162,19 @@ def register(sub, parents: dict) -> None:
         metavar="COLUMNS",
         help=(
             "manifest columns (e.g. label,cohort or scanner) within whose strata a pair must hold to "
-            "explain; pairs that hold only pooled are 'confounded' (default: none, the paper's pooled rule; "
-            "'rad4xcnn run' uses label,cohort)"
+            "explain; pairs that hold only pooled are 'confounded'; 'none': the paper's pooled rule "
+            f"(default: {','.join(setting('explain.stratify').default)})"
         ),
     )
     p.add_argument(
         "--cases",
         dest=setting_dest("explain.cases"),
         type=setting_type("explain.cases"),
-        choices=("train", "all"),
+        choices=setting("explain.cases").choices,
         help=(
             "train: explain on the train and val cases of --train-cohort and re-measure the explained "
-            "pairs on the other cases (heldout.csv); all: every case (default: all; 'run' uses train)"
+            "pairs on the other cases (heldout.csv); all: every case "
+            f"(default: {setting('explain.cases').default})"
         ),
     )
     add_setting(
@@ -165,7 +183,7 @@ def register(sub, parents: dict) -> None:
     p.add_argument(
         "--cohorts",
         metavar="MANIFEST",
-        help="manifest with a cohort column: replicability between cohorts (replicability/)",
+        help="another manifest whose cohort column groups the cases for replicability/ (default: --manifest)",
     )
     p.add_argument(
         "--importances", metavar="CSV", help="importances.csv: rank the explained features by importance"

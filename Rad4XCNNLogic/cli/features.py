@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_radiomics(args: argparse.Namespace) -> int:
     from Rad4XCNNLogic.cohort.manifest import read_manifest
-    from Rad4XCNNLogic.features.radiomics import side_files
+    from Rad4XCNNLogic.features.radiomics_result import side_files
     from Rad4XCNNLogic.run.work import radiomics_stage
 
     cfg = config_from_args(args)

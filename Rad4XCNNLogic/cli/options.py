@@ -9,6 +9,7 @@ import argparse
 from typing import Any
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.run.config import load_config, merge_settings, setting
 
 #: Prefix of the argparse destinations that hold a setting (``cfg__explain__thresholds``).
 PREFIX = "cfg__"
@@ -38,9 +39,8 @@ def _describe(value: Any) -> str:
 
 def setting_type(key: str, *, comma: bool = False):
     """An argparse ``type`` that reads one value of setting ``key`` and checks it by the setting's rule
-    (``none`` gives None where the setting may be null; with ``comma``, a comma-separated list)."""
-    from Rad4XCNNLogic.run.config import setting
-
+    (``none`` gives None where the setting may be null; with ``comma``, a comma-separated list, and
+    ``none`` the empty one)."""
     s = setting(key)
     convert = {int: int, float: float, str: str}[s.item_type]
 
@@ -58,6 +58,8 @@ def setting_type(key: str, *, comma: bool = False):
             raise argparse.ArgumentTypeError(str(exc).split(": ", 2)[-1]) from None
 
     def parse(text: str) -> Any:
+        if comma and s.is_list and text.strip().lower() in _NULL:
+            return []  # 'none': the empty list
         if comma:
             return [parse_one(part.strip()) for part in text.split(",") if part.strip()]
         return parse_one(text)
@@ -71,8 +73,6 @@ def add_setting(parser, key: str, *flags: str, help: str | None = None, comma: b
 
     List settings repeat the flag (``-M 0.6 -M 0.8``) unless ``nargs`` or ``comma`` is given.
     """
-    from Rad4XCNNLogic.run.config import setting
-
     s = setting(key)
     text = help or s.help
     if s.choices:
@@ -110,8 +110,6 @@ def settings_from_args(args: argparse.Namespace) -> dict:
 
 def config_from_args(args: argparse.Namespace, path=None, extra: dict | None = None):
     """The run configuration of a command: the file ``path`` (if any), then ``extra``, then the flags."""
-    from Rad4XCNNLogic.run.config import load_config, merge_settings
-
     return load_config(path, merge_settings(extra or {}, settings_from_args(args)))
 
 
@@ -150,8 +148,6 @@ def print_failures(failures, what: str) -> None:
 
 def value(args: argparse.Namespace, key: str) -> Any:
     """Setting ``key`` as given on the command line, else its configured default."""
-    from Rad4XCNNLogic.run.config import setting
-
     given = getattr(args, setting_dest(key), None)
     if given is NULL:
         return None

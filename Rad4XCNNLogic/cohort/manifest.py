@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from Rad4XCNNLogic.cohort.imageio import Image2D, read_image, read_mask
+from Rad4XCNNLogic.cohort.settings import DEFAULT_COHORT, DEFAULT_SPLIT_FRACTIONS
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,6 @@ log = logging.getLogger(__name__)
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
 OPTIONAL_COLUMNS = ("label", "split", "cohort", "has_lesion", "patient_id")
 SPLITS = ("train", "val", "test")
-DEFAULT_COHORT = "internal"
-DEFAULT_SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 MASK_SEPARATOR = ";"
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}

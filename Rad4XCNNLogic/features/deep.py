@@ -28,6 +28,7 @@ from Rad4XCNNLogic.features.preprocessing import (
     make_loader,
     normalize_batch,
 )
+from Rad4XCNNLogic.features.settings import DEEP
 from Rad4XCNNLogic.infra.progress import ProgressBar
 from Rad4XCNNLogic.names import FINAL_LAYER, deep_columns, layer_columns
 
@@ -65,6 +66,155 @@ def _case_key(case: Case) -> list:
     return [file_sha256(case.image), [file_sha256(m) for m in case.masks], bool(case.has_lesion)]
 
 
+def _backbone(model, weights, pretrained: bool, seed: int, input_size, margin) -> Backbone:
+    """The backbone to run: the caller's (a copy, with ``margin`` / ``input_size`` changed), or built."""
+    from Rad4XCNNLogic.features.backbones import build_backbone
+
+    if not isinstance(model, Backbone):
+        return build_backbone(
+            model, weights, pretrained=pretrained, seed=seed, input_size=input_size, margin=margin
+        )
+    if margin is None and input_size is None:
+        return model
+    changes = {k: v for k, v in (("margin", margin), ("input_size", input_size)) if v is not None}
+    return replace(model, preprocess=PreprocessConfig.from_dict({**model.preprocess.to_dict(), **changes}))
+
+
+def _from_cache(cases, cache, settings_key: str) -> tuple[dict[str, np.ndarray], dict[str, str], list[Case]]:
+    """(vectors found in the cache, each case's cache key, the cases still to compute)."""
+    vectors: dict[str, np.ndarray] = {}
+    keys: dict[str, str] = {}
+    pending: list[Case] = []
+    for case in cases:
+        if cache is not None:
+            try:
+                keys[case.case_id] = cache.key(*_case_key(case), settings_key)
+            except OSError as exc:  # unreadable file: the loader reports it with the case's name
+                log.debug("case %s: not hashed for the cache: %s", case.case_id, exc)
+            else:
+                hit = cache.get_array(keys[case.case_id])
+                if hit is not None:
+                    vectors[case.case_id] = hit
+                    continue
+        pending.append(case)
+    return vectors, keys, pending
+
+
+@dataclass
+class _Store:
+    """Where computed vectors go: the results, the failures, and the cache under each case's key."""
+
+    vectors: dict
+    failures: list
+    cache: Any
+    keys: dict
+
+    def put(self, case_id: str, vector: np.ndarray) -> None:
+        self.vectors[case_id] = vector
+        if self.cache is not None and case_id in self.keys:
+            self.cache.put_array(self.keys[case_id], vector)
+
+
+def _forward(net, plan, stage, device_type: str, compute_dtype):
+    """The pooled features of a batch: the planned layers side by side, or the stage's (final) features."""
+    import torch
+
+    from Rad4XCNNLogic.features.backbones import pooled_features
+    from Rad4XCNNLogic.features.layers import pooled_layers
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(
+            device_type=device_type, dtype=compute_dtype, enabled=compute_dtype != torch.float32
+        ):
+            if plan is not None:
+                return pooled_layers(net, x, plan).float()
+            return pooled_features(net, x, stage).float()
+
+    return forward
+
+
+def _run_batches(loader, forward, pending, config, dev, channels_last: bool, chunk: int, bar, store: _Store):
+    """Run ``forward`` over the loader's batches: each case's vector into ``store``, each unreadable case
+    into its failures. Returns (the batch size that fitted, seconds spent forward)."""
+    import torch
+
+    forward_seconds = 0.0
+    with torch.inference_mode():
+        for indices, grey, bad in loader:
+            for index, problem in bad:
+                store.failures.append(CaseFailure(pending[index].case_id, STAGE, problem))
+                log.warning("case %s: %s", pending[index].case_id, problem)
+            if grey is not None:
+                t0 = time.perf_counter()
+                x = normalize_batch(grey.to(dev, non_blocking=True), config)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out, chunk = forward_with_backoff(forward, x, chunk)
+                feats = out.cpu().numpy()
+                forward_seconds += time.perf_counter() - t0
+                for row, index in enumerate(indices):
+                    store.put(pending[index].case_id, feats[row])
+            bar.update(len(indices) + len(bad))
+    return chunk, forward_seconds
+
+
+def _feature_frame(vectors, cases, failures, architecture: str, stage, plan):
+    """The cases x features table, in the cases' order; refuses no vector at all, or vectors of two sizes."""
+    import pandas as pd
+
+    if not vectors:
+        first = f" (first: {failures[0]})" if failures else ""
+        raise Rad4XCNNError(f"no deep features: all {len(cases)} cases failed{first}")
+    dims = {v.shape[0] for v in vectors.values()}
+    if len(dims) != 1:
+        raise Rad4XCNNError(f"cached deep features have differing sizes {sorted(dims)}; clear the cache")
+    order = [c.case_id for c in cases if c.case_id in vectors]
+    matrix = np.stack([vectors[c] for c in order]).astype(np.float32, copy=False)
+    return pd.DataFrame(
+        matrix,
+        index=pd.Index(order, name="case_id"),
+        columns=_columns(architecture, matrix.shape[1], stage, plan),
+    )
+
+
+def _cases_of(cohort, include_normal: bool) -> list[Case]:
+    """The cases to extract: every case with a lesion (and the others with ``include_normal``)."""
+    cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
+    n_normal = sum(not c.has_lesion for c in cases)
+    if not include_normal:
+        cases = [c for c in cases if c.has_lesion]
+    if not cases:
+        raise Rad4XCNNError(
+            "no case to extract deep features from"
+            + (f": all {n_normal} cases have no lesion (include_normal=True keeps them)" if n_normal else "")
+        )
+    return cases
+
+
+def _cache_settings(backbone: Backbone, stage, plan, device_type: str, compute_dtype) -> dict:
+    """Everything a cached vector depends on besides the case: the network, its weights, the
+    preprocessing, the layers, the device kind, the compute type and the library versions."""
+    import timm
+    import torch
+
+    weights_id = {
+        "source": backbone.weights.source,
+        "sha256": backbone.weights.sha256,
+        "tag": backbone.weights.tag,
+        "seed": backbone.weights.seed if backbone.weights.random_init else None,
+    }
+    return {
+        "model": backbone.name,
+        "weights": weights_id,
+        "preprocess": backbone.preprocess.to_dict(),
+        "stage": stage,
+        **({"layers": [layer.name for layer in plan]} if plan is not None else {}),
+        "device": device_type,
+        "dtype": str(compute_dtype).replace("torch.", ""),
+        "versions": [torch.__version__, timm.__version__, FEATURE_CODE_VERSION],
+    }
+
+
 def extract_deep_features(
     cohort: Cohort | Sequence[Case],
     model: str | Backbone | None = None,
@@ -72,13 +222,13 @@ def extract_deep_features(
     *,
     pretrained: bool = False,
     device: str = "auto",
-    batch_size: int = 32,
+    batch_size: int = DEEP.batch_size,
     num_workers: int | None = None,
     margin: float | None = None,
     input_size: int | None = None,
     stage: int | None = None,
     layers: Sequence[str] | None = None,
-    dtype: str = "float32",
+    dtype: str = DEEP.dtype,
     include_normal: bool = False,
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
@@ -117,50 +267,24 @@ def extract_deep_features(
     (160, 512)
     >>> write_deep_features(result, "deep_features.csv")  # doctest: +SKIP
     """
-    import pandas as pd
     import timm
     import torch
 
-    from Rad4XCNNLogic.features.backbones import (
-        build_backbone,
-        check_stage,
-        pooled_features,
-        resolve_device,
-        resolve_dtype,
-    )
-    from Rad4XCNNLogic.features.layers import pooled_layers
+    from Rad4XCNNLogic.features.backbones import check_stage, resolve_device, resolve_dtype
+    from Rad4XCNNLogic.features.layers import resolve_layers
     from Rad4XCNNLogic.infra.storage import ResultCache, settings_hash
 
     started = time.perf_counter()
     if batch_size < 1:
         raise Rad4XCNNError(f"batch size must be at least 1, got {batch_size}")
-    cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
-    n_normal = sum(not c.has_lesion for c in cases)
-    if not include_normal:
-        cases = [c for c in cases if c.has_lesion]
-    if not cases:
-        raise Rad4XCNNError(
-            "no case to extract deep features from"
-            + (f": all {n_normal} cases have no lesion (include_normal=True keeps them)" if n_normal else "")
-        )
+    cases = _cases_of(cohort, include_normal)
     dev = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, dev)
-    if isinstance(model, Backbone):
-        backbone = model
-        if margin is not None or input_size is not None:  # the caller's backbone is left as it was
-            changes = {k: v for k, v in (("margin", margin), ("input_size", input_size)) if v is not None}
-            preprocess = PreprocessConfig.from_dict({**backbone.preprocess.to_dict(), **changes})
-            backbone = replace(backbone, preprocess=preprocess)
-    else:
-        backbone = build_backbone(
-            model, weights, pretrained=pretrained, seed=seed, input_size=input_size, margin=margin
-        )
+    backbone = _backbone(model, weights, pretrained, seed, input_size, margin)
     config = backbone.preprocess
     stage = check_stage(backbone.model, backbone.name, stage)
     plan = None
     if layers is not None:
-        from Rad4XCNNLogic.features.layers import resolve_layers
-
         if stage is not None:
             raise Rad4XCNNError("give either an intermediate stage or layers, not both")
         plan = resolve_layers(backbone.model, backbone.name, layers)
@@ -170,49 +294,20 @@ def extract_deep_features(
         net = net.to(memory_format=torch.channels_last)
         torch.backends.cudnn.benchmark = True  # every batch has the same shape: let cuDNN pick its fastest
 
-    weights_id = {
-        "source": backbone.weights.source,
-        "sha256": backbone.weights.sha256,
-        "tag": backbone.weights.tag,
-        "seed": backbone.weights.seed if backbone.weights.random_init else None,
-    }
-    cache_settings = {
-        "model": backbone.name,
-        "weights": weights_id,
-        "preprocess": config.to_dict(),
-        "stage": stage,
-        **({"layers": [layer.name for layer in plan]} if plan is not None else {}),
-        "device": dev.type,
-        "dtype": str(compute_dtype).replace("torch.", ""),
-        "versions": [torch.__version__, timm.__version__, FEATURE_CODE_VERSION],
-    }
+    cache_settings = _cache_settings(backbone, stage, plan, dev.type, compute_dtype)
     cache = ResultCache(cache_dir, "deep") if cache_dir is not None else None
     settings_key = settings_hash(cache_settings)
 
-    vectors: dict[str, np.ndarray] = {}
+    vectors, keys, pending = _from_cache(cases, cache, settings_key)
     failures: list[CaseFailure] = []
-    keys: dict[str, str] = {}
-    pending: list[Case] = []
-    for case in cases:
-        if cache is not None:
-            try:
-                keys[case.case_id] = cache.key(*_case_key(case), settings_key)
-            except OSError as exc:  # unreadable file: the loader reports it with the case's name
-                log.debug("case %s: not hashed for the cache: %s", case.case_id, exc)
-            else:
-                hit = cache.get_array(keys[case.case_id])
-                if hit is not None:
-                    vectors[case.case_id] = hit
-                    continue
-        pending.append(case)
     cache_hits = len(vectors)
     if cache is not None:
         log.info("deep features: %d of %d cases from the cache %s", cache_hits, len(cases), cache.root)
 
     workers = default_workers(dev.type, len(pending), batch_size) if num_workers is None else int(num_workers)
-    chunk = batch_size
-    forward_seconds = 0.0
+    chunk, forward_seconds = batch_size, 0.0
     if pending:
+        forward = _forward(net, plan, stage, dev.type, compute_dtype)
         loader = make_loader(
             CaseDataset(pending, config),
             batch_size=batch_size,
@@ -220,61 +315,22 @@ def extract_deep_features(
             device_type=dev.type,
             seed=seed,
         )
-        autocast = compute_dtype != torch.float32
+        desc = f"deep features ({backbone.architecture})"
+        bar = ProgressBar(len(pending), desc=desc, stage=STAGE, unit="img", enabled=progress)
+        store = _Store(vectors, failures, cache, keys)
+        with bar:
+            chunk, forward_seconds = _run_batches(
+                loader, forward, pending, config, dev, channels_last, batch_size, bar, store
+            )
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device_type=dev.type, dtype=compute_dtype, enabled=autocast):
-                if plan is not None:
-                    return pooled_layers(net, x, plan).float()
-                return pooled_features(net, x, stage).float()
-
-        bar = ProgressBar(
-            len(pending),
-            desc=f"deep features ({backbone.architecture})",
-            stage=STAGE,
-            unit="img",
-            enabled=progress,
-        )
-        with torch.inference_mode(), bar:
-            for indices, grey, bad in loader:
-                for index, problem in bad:
-                    failures.append(CaseFailure(pending[index].case_id, STAGE, problem))
-                    log.warning("case %s: %s", pending[index].case_id, problem)
-                if grey is not None:
-                    t0 = time.perf_counter()
-                    x = normalize_batch(grey.to(dev, non_blocking=True), config)
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    out, chunk = forward_with_backoff(forward, x, chunk)
-                    feats = out.cpu().numpy()
-                    forward_seconds += time.perf_counter() - t0
-                    for row, index in enumerate(indices):
-                        case_id = pending[index].case_id
-                        vectors[case_id] = feats[row]
-                        if cache is not None and case_id in keys:
-                            cache.put_array(keys[case_id], feats[row])
-                bar.update(len(indices) + len(bad))
-
-    if not vectors:
-        first = f" (first: {failures[0]})" if failures else ""
-        raise Rad4XCNNError(f"no deep features: all {len(cases)} cases failed{first}")
-    dims = {v.shape[0] for v in vectors.values()}
-    if len(dims) != 1:
-        raise Rad4XCNNError(f"cached deep features have differing sizes {sorted(dims)}; clear the cache")
-    order = [c.case_id for c in cases if c.case_id in vectors]
-    matrix = np.stack([vectors[c] for c in order]).astype(np.float32, copy=False)
-    frame = pd.DataFrame(
-        matrix,
-        index=pd.Index(order, name="case_id"),
-        columns=_columns(backbone.architecture, matrix.shape[1], stage, plan),
-    )
+    frame = _feature_frame(vectors, cases, failures, backbone.architecture, stage, plan)
     seconds = time.perf_counter() - started
-    computed = len(order) - cache_hits
+    computed = len(frame) - cache_hits
     settings = {
         "model": backbone.name,
         "stage": stage,
         "layers": None if plan is None else {layer.name: layer.channels for layer in plan},
-        "feature_dim": int(matrix.shape[1]),
+        "feature_dim": int(frame.shape[1]),
         "weights": backbone.weights.to_dict(),
         "random_init": backbone.weights.random_init,
         "class_names": backbone.class_names,
@@ -300,8 +356,8 @@ def extract_deep_features(
     }
     log.info(
         "deep features: %d cases x %d features (%s, %s on %s), %d failed, %.1f s",
-        len(order),
-        matrix.shape[1],
+        len(frame),
+        frame.shape[1],
         backbone.name,
         settings["dtype"],
         dev,

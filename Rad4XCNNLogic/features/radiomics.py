@@ -6,9 +6,11 @@ cases run in worker processes or on a Dask cluster, and bad cases become
 :class:`~Rad4XCNNLogic.errors.CaseFailure` records. (``import radiomics`` here is PyRadiomics: the engine's
 imports are absolute, so this module's name shadows nothing.)
 
-The module is not split although it is long: the per-case extraction, the three runners (serial, worker
-processes, Dask) and the assembly of their results share the worker-side state (PyRadiomics' logging,
-thread limits, the cached extractor) that a worker process preloads as this one module.
+The per-case extraction, the three runners (serial, worker processes, Dask) and the assembly of their
+results stay in this module: they share the worker-side state (PyRadiomics' logging, thread limits, the
+cached extractor) that a worker process preloads as this one module. The parameters are in
+:mod:`~Rad4XCNNLogic.features.radiomics_params`, the result and its files in
+:mod:`~Rad4XCNNLogic.features.radiomics_result`.
 """
 
 from __future__ import annotations
@@ -24,23 +26,19 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
-from Rad4XCNNLogic.features.settings import PRESETS
+from Rad4XCNNLogic.features.radiomics_params import RadiomicsParams, resolve_params
+from Rad4XCNNLogic.features.radiomics_result import RadiomicsResult
 from Rad4XCNNLogic.infra.environment import available_cpus
 from Rad4XCNNLogic.infra.storage import (
     ResultCache,
     file_sha256,
-    settings_hash,
-    write_csv_atomic,
-    write_json_atomic,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +56,6 @@ CACHE_NAMESPACE = "radiomics"
 DASK_CONNECT_TIMEOUT = "20s"
 # Bump when the cached document or the way an image is prepared for PyRadiomics changes.
 _CACHE_FORMAT = 1
-_TOP_KEYS = ("setting", "imageType", "featureClass", "voxelSetting")
 _THREAD_VARIABLES = (
     "OMP_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
@@ -71,105 +68,6 @@ _NOISE = {
     "radiomics.glcm": ("GLCM is symmetrical, therefore Sum Average",),
     "radiomics.featureextractor": ("Fixed bin Count enabled!",),
 }
-
-
-# ------------------------------------------------------------------------------------------ parameters
-@dataclass(frozen=True)
-class RadiomicsParams:
-    """A PyRadiomics parameter file, resolved and parsed.
-
-    ``name`` is the preset name (``paper``, ``extended``) or the file's name; ``config`` the parsed YAML;
-    ``sha256`` a hash of the parsed content (comments and layout do not change it), used in cache keys.
-    """
-
-    name: str
-    path: Path
-    text: str
-    config: dict
-    sha256: str
-
-    @property
-    def is_preset(self) -> bool:
-        return self.name in PRESETS
-
-    @property
-    def setting(self) -> dict:
-        """The ``setting`` section (discretisation, normalisation, resampling, ...)."""
-        return dict(self.config.get("setting") or {})
-
-    def pyradiomics_config(self) -> dict:
-        """The configuration handed to PyRadiomics: the file's, with ``label`` 1 (masks are 0/1)."""
-        config = {k: v for k, v in self.config.items()}
-        config["setting"] = {**self.setting, "label": 1}
-        return config
-
-
-def preset_path(name: str) -> Path:
-    """The parameter file of a built-in preset (``paper`` or ``extended``)."""
-    if name not in PRESETS:
-        raise Rad4XCNNError(f"unknown radiomics preset {name!r}; presets: {', '.join(PRESETS)}")
-    return Path(str(resources.files("Rad4XCNNLogic.features") / "data" / PRESETS[name]))
-
-
-def resolve_params(params: str | os.PathLike | RadiomicsParams = "paper") -> RadiomicsParams:
-    """Find and parse a preset name or a PyRadiomics YAML file (read with ``yaml.safe_load``).
-
-    The file's structure is checked here (a mapping with PyRadiomics' sections); its settings are checked
-    against PyRadiomics' schema when extraction starts. Does not import PyRadiomics.
-
-    Examples
-    --------
-    >>> p = resolve_params("paper")
-    >>> p.name, p.setting["binCount"]
-    ('paper', 32)
-    >>> resolve_params("my_params.yaml").sha256  # doctest: +SKIP
-    '3f9c...'
-    """
-    import yaml
-
-    if isinstance(params, RadiomicsParams):
-        return params
-    text_arg = os.fspath(params)
-    if text_arg in PRESETS:
-        path, name = preset_path(text_arg), text_arg
-    else:
-        path = Path(os.path.expanduser(text_arg))
-        name = path.name
-        if not path.is_file():
-            raise Rad4XCNNError(
-                f"radiomics parameters {text_arg!r} are neither a preset ({', '.join(PRESETS)}) "
-                "nor an existing YAML file"
-            )
-    try:
-        text = path.read_text(encoding="utf-8")
-        # the C loader when PyYAML has it (same safe subset as yaml.safe_load, ten times faster)
-        config = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise Rad4XCNNError(f"cannot read radiomics parameter file {path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise Rad4XCNNError(
-            f"radiomics parameter file {path.name} is not valid YAML{where}: {problem}"
-        ) from None
-    if not isinstance(config, dict):
-        raise Rad4XCNNError(
-            f"radiomics parameter file {path.name} must hold a mapping with the sections "
-            f"{', '.join(_TOP_KEYS[:3])}; got {type(config).__name__}"
-        )
-    unknown = [k for k in config if k not in _TOP_KEYS]
-    if unknown:
-        raise Rad4XCNNError(
-            f"radiomics parameter file {path.name}: unknown section {unknown[0]!r}; "
-            f"PyRadiomics knows {', '.join(_TOP_KEYS)}"
-        )
-    for section in _TOP_KEYS:
-        if config.get(section) is not None and not isinstance(config[section], dict):
-            raise Rad4XCNNError(
-                f"radiomics parameter file {path.name}: section {section!r} must be a mapping"
-            )
-    return RadiomicsParams(name, path.resolve(), text, config, settings_hash(config))
 
 
 @contextlib.contextmanager
@@ -393,69 +291,6 @@ def _extract_chunk(
     prepare_process(limit_threads=caller_pid is not None and os.getpid() != caller_pid)
     extractor = _extractor_for(params)
     return [_extract_case(extractor, case) for case in cases]
-
-
-# -------------------------------------------------------------------------------------------- result
-@dataclass
-class RadiomicsResult:
-    """Radiomic features of a cohort and everything needed to judge and reproduce them.
-
-    Attributes
-    ----------
-    features : DataFrame, case_id x feature (PyRadiomics names such as ``original_glcm_Contrast``), float64,
-        rows in the cohort's order, columns in PyRadiomics' order; only cases that succeeded.
-    diagnostics : DataFrame, case_id x PyRadiomics diagnostics (image/mask hashes, sizes, bounding box,
-        versions) and ``image_sha256``, ``mask_sha256``, ``extraction_seconds``.
-    failures : the cases that gave no features, with the reason (stage ``radiomics``).
-    settings : the parameter file (name, path, hash, text), its ``setting`` section, and library versions.
-    nonfinite : feature -> number of cases where it is NaN or infinite (only features with any).
-    constant : features with fewer than two distinct finite values across the cases (they cannot be
-        correlated with anything).
-    cache_hits, cache_misses : cases read from the cache and cases computed.
-    seconds : wall time of the extraction.
-    """
-
-    features: pd.DataFrame
-    diagnostics: pd.DataFrame
-    failures: list[CaseFailure]
-    settings: dict
-    nonfinite: pd.Series
-    constant: list[str]
-    cache_hits: int = 0
-    cache_misses: int = 0
-    seconds: float = 0.0
-    case_ids: list[str] = field(default_factory=list)
-
-    @property
-    def quality(self) -> pd.DataFrame:
-        """Per-feature quality table: ``n_nan``, ``n_inf`` and ``constant`` for every feature."""
-        import pandas as pd
-
-        values = self.features.to_numpy(dtype=float)
-        frame = pd.DataFrame(
-            {
-                "n_nan": np.isnan(values).sum(axis=0).astype(int),
-                "n_inf": np.isinf(values).sum(axis=0).astype(int),
-                "constant": self.features.columns.isin(self.constant),
-            },
-            index=pd.Index(self.features.columns, name="feature"),
-        )
-        return frame
-
-    def summary(self) -> dict:
-        """Counts for run.json and the command line."""
-        return {
-            "params": self.settings.get("params"),
-            "cases": len(self.case_ids),
-            "extracted": len(self.features),
-            "failed": len(self.failures),
-            "features": int(self.features.shape[1]),
-            "features_with_nonfinite": len(self.nonfinite),
-            "constant_features": len(self.constant),
-            "cache_hits": self.cache_hits,
-            "cache_misses": self.cache_misses,
-            "seconds": round(self.seconds, 3),
-        }
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -883,66 +718,3 @@ def _constant_features(features: pd.DataFrame) -> list[str]:
         scale = np.maximum(1.0, np.maximum(np.abs(lo), np.abs(hi)))
         flat = (finite.sum(axis=0) < 2) | ~(spread > 1e-12 * scale)
     return [name for name, is_flat in zip(features.columns, flat, strict=True) if is_flat]
-
-
-def side_files(out_csv: str | os.PathLike) -> dict[str, Path]:
-    """The files :func:`write_radiomics` writes for ``out_csv`` (e.g. ``radiomics.csv``).
-
-    Examples
-    --------
-    >>> sorted(side_files("run/radiomics.csv"))
-    ['diagnostics', 'failures', 'features', 'quality', 'settings']
-    """
-    out = Path(out_csv)
-    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
-    return {
-        "features": out,
-        "diagnostics": out.with_name(f"{stem}_diagnostics.csv"),
-        "failures": out.with_name(f"{stem}_failures.csv"),
-        "quality": out.with_name(f"{stem}_quality.csv"),
-        "settings": out.with_name(f"{stem}_settings.json"),
-    }
-
-
-def write_radiomics(
-    result: RadiomicsResult, out_csv: str | os.PathLike, *, extra_failures: Sequence[CaseFailure] = ()
-) -> dict[str, Path]:
-    """Write ``radiomics.csv`` and its side files, each atomically; return their paths by role.
-
-    ============================  ==================================================================
-    ``radiomics.csv``             case_id x features (docs/ARCHITECTURE.md), full float64 precision
-    ``radiomics_diagnostics.csv`` case_id x PyRadiomics diagnostics and the input hashes
-    ``radiomics_failures.csv``    case_id, stage, problem of every case left out (``extra_failures``,
-                                  e.g. the manifest's, first); written even when empty
-    ``radiomics_quality.csv``     feature x n_nan, n_inf, constant
-    ``radiomics_settings.json``   the parameters (file, hash, text), versions, and the run's summary
-    ============================  ==================================================================
-
-    Examples
-    --------
-    >>> paths = write_radiomics(result, "run/radiomics.csv")  # doctest: +SKIP
-    >>> pd.read_csv(paths["features"], index_col=0).shape  # doctest: +SKIP
-    (437, 474)
-    """
-    import pandas as pd
-
-    paths = side_files(out_csv)
-    write_csv_atomic(paths["features"], result.features)
-    write_csv_atomic(paths["diagnostics"], result.diagnostics)
-    failures = [*extra_failures, *result.failures]
-    frame = pd.DataFrame([f.to_dict() for f in failures], columns=["case_id", "stage", "problem"])
-    write_csv_atomic(paths["failures"], frame.set_index("case_id"))
-    write_csv_atomic(paths["quality"], result.quality)
-    summary = result.summary()
-    summary["failed"] = len(failures)
-    write_json_atomic(
-        paths["settings"],
-        {
-            **result.settings,
-            "summary": summary,
-            "nonfinite": {k: int(v) for k, v in result.nonfinite.items()},
-            "constant": list(result.constant),
-            "failures": [f.to_dict() for f in failures],
-        },
-    )
-    return paths

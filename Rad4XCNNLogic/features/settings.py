@@ -169,6 +169,11 @@ class DeepConfig:
     num_workers: int | None = option(None, "image-decoding worker processes (null: automatic)", minimum=0)
 
 
+#: The sections' defaults, which the computations' keyword defaults are.
+TRAINING = TrainingConfig()
+DEEP = DeepConfig()
+
+
 @dataclass
 class RadiomicsConfig:
     """Radiomic features with PyRadiomics."""

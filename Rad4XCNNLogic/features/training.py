@@ -26,6 +26,7 @@ from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
+from Rad4XCNNLogic.features.settings import TRAINING
 from Rad4XCNNLogic.infra.progress import ProgressBar
 
 log = logging.getLogger(__name__)
@@ -209,28 +210,303 @@ def _lr_lambda(warmup: int, total: int):
     return factor
 
 
+def _class_weight(y_train, counts: Counter, n_classes: int, device):
+    """Each class weighted inversely to its share of the training cases (the loss's class weights)."""
+    import torch
+
+    weights = [len(y_train) / (n_classes * max(1, counts.get(i, 0))) for i in range(n_classes)]
+    return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def _check_settings(epochs: int, batch_size: int, val_fraction: float) -> None:
+    if epochs < 1:
+        raise Rad4XCNNError(f"epochs must be at least 1, got {epochs}")
+    if batch_size < 2:
+        raise Rad4XCNNError(f"training needs a batch size of at least 2 (batch norm), got {batch_size}")
+    if not 0.0 < val_fraction < 1.0:
+        raise Rad4XCNNError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+
+
+def _classes(backbone, train_labels: list[str], val, failures: list) -> tuple[list[str], list]:
+    """(the class names in head order, the validation cases of those classes); a checkpoint continued on
+    the same classes keeps its order. Refuses one class, or a validation split without two."""
+    if backbone.class_names and sorted(backbone.class_names) == train_labels:
+        class_names = list(backbone.class_names)  # continue a checkpoint: keep its class order and head
+    else:
+        class_names = train_labels
+    if len(class_names) < 2:
+        raise Rad4XCNNError(f"training needs at least two classes; the train split has only {class_names}")
+    unknown = [c for c in val if c.label not in class_names]
+    failures += [
+        CaseFailure(c.case_id, STAGE, f"validation label {c.label!r} is not a training class {class_names}")
+        for c in unknown
+    ]
+    val = [c for c in val if c.label in class_names]
+    val_classes = sorted({c.label for c in val})
+    if len(val_classes) < 2:
+        raise Rad4XCNNError(
+            f"the validation split has {len(val)} case(s) of {val_classes or 'no class'}; the validation AUC "
+            "needs cases of at least two classes (add val cases or raise val_fraction)"
+        )
+    return class_names, val
+
+
+def _with_head(backbone, class_names: list[str], seed: int):
+    """The backbone's network, with a new (seeded) classifier head when it was trained on other classes."""
+    import torch
+
+    net = backbone.model
+    if backbone.num_classes != len(class_names) or (backbone.class_names or class_names) != class_names:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net.reset_classifier(len(class_names))
+        if backbone.class_names:
+            log.info("new classifier head for %s (the checkpoint had %s)", class_names, backbone.class_names)
+    return net
+
+
+@dataclass
+class _Data:
+    """The training and validation cases as datasets, targets and loaders."""
+
+    train_set: Any
+    val_set: Any
+    y_train: np.ndarray
+    y_val: np.ndarray
+    train_loader: Any
+    val_loader: Any
+
+    @classmethod
+    def of(
+        cls, train, val, index_of, config, augmenter, batch, val_batch, workers, device_type, seed
+    ) -> _Data:
+        from Rad4XCNNLogic.features.preprocessing import CaseDataset, make_loader
+
+        train_set = CaseDataset(train, config, augment=augmenter, seed=seed)
+        val_set = CaseDataset(val, config)
+        train_loader = make_loader(
+            train_set,
+            batch_size=batch,
+            num_workers=workers,
+            device_type=device_type,
+            shuffle=True,
+            drop_last=len(train) % batch == 1,  # a batch of one breaks batch norm
+            seed=seed,
+        )
+        val_loader = make_loader(val_set, batch_size=val_batch, num_workers=workers, device_type=device_type)
+        y_train = np.array([index_of[c.label] for c in train])
+        y_val = np.array([index_of[c.label] for c in val])
+        return cls(train_set, val_set, y_train, y_val, train_loader, val_loader)
+
+
+def _optimiser(net, lr: float, weight_decay: float, warmup_epochs: int, epochs: int, steps: int):
+    """AdamW (no decay on biases and norms) and its schedule: linear warm-up, then cosine decay to 0."""
+    import torch
+
+    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        foreach=True,  # one fused update over all tensors (PyTorch uses it on CUDA only by default): CPU too
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(min(warmup_epochs * steps, epochs * steps - 1) or 1, epochs * steps)
+    )
+    return optimizer, scheduler
+
+
+@dataclass
+class _Step:
+    """One epoch's passes: training over the train loader, then the validation predictions."""
+
+    net: Any
+    criterion: Any
+    device: Any
+    compute_dtype: Any
+    config: Any
+    channels_last: bool
+    failures: list
+
+    def note_failures(self, dataset, bad) -> None:
+        """Record each unreadable case once (it is skipped every epoch)."""
+        known = {f.case_id for f in self.failures}
+        for index, problem in bad:
+            case_id = dataset.cases[index].case_id
+            if case_id not in known:
+                known.add(case_id)
+                self.failures.append(CaseFailure(case_id, STAGE, problem))
+                log.warning("case %s: %s", case_id, problem)
+
+    def to_input(self, grey):
+        import torch
+
+        from Rad4XCNNLogic.features.preprocessing import normalize_batch
+
+        x = normalize_batch(grey.to(self.device, non_blocking=True), self.config)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _autocast(self):
+        import torch
+
+        enabled = self.compute_dtype != torch.float32
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype, enabled=enabled)
+
+    def train(self, loader, dataset, y, optimizer, scheduler) -> tuple[float, int]:
+        """(summed loss, cases seen) of one pass over the training batches."""
+        import torch
+
+        self.net.train()
+        total_loss, seen = 0.0, 0
+        for indices, grey, bad in loader:
+            self.note_failures(dataset, bad)
+            if grey is None or len(indices) < 2:
+                continue
+            target = torch.as_tensor(y[indices], device=self.device)
+            with self._autocast():
+                logits = self.net(self.to_input(grey))
+            loss = self.criterion(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total_loss += loss.detach().item() * len(indices)
+            seen += len(indices)
+        return total_loss, seen
+
+    def validate(self, loader, dataset, y) -> tuple[list, list, float]:
+        """(class probabilities per batch, labels, summed loss) over the validation batches."""
+        import torch
+
+        self.net.eval()
+        probs, labels, val_loss = [], [], 0.0
+        with torch.inference_mode():
+            for indices, grey, bad in loader:
+                self.note_failures(dataset, bad)
+                if grey is None:
+                    continue
+                with self._autocast():
+                    logits = self.net(self.to_input(grey)).float()
+                target = torch.as_tensor(y[indices], device=self.device)
+                val_loss += float(self.criterion(logits, target)) * len(indices)
+                probs.append(torch.softmax(logits, dim=1).cpu().numpy())
+                labels.extend(y[indices].tolist())
+        return probs, labels, val_loss
+
+
+@dataclass
+class _Checkpoint:
+    """The training's record: each epoch's history, the best epoch (validation AUC; a tie goes to the lower
+    validation loss) and its weights, saved to ``out`` at each improvement."""
+
+    out: Path
+    model_name: str
+    config: Any
+    class_names: list[str]
+    seed: int
+    settings: dict
+    history: list = field(default_factory=list)
+    best_auc: float = -math.inf
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: Any = None
+
+    def save(self) -> None:
+        from Rad4XCNNLogic.features.backbones import save_checkpoint
+
+        save_checkpoint(
+            self.out,
+            self.best_state,
+            self.model_name,
+            self.config,
+            class_names=self.class_names,
+            history=self.history,
+            best_metric={"name": "val_auc", "value": float(self.best_auc), "epoch": int(self.best_epoch)},
+            seed=self.seed,
+            extra={"training": self.settings},
+        )
+
+    def best_backbone(self, net, weights) -> Backbone:
+        """The network with the best epoch's weights, on the CPU, ready to use."""
+        import torch
+
+        net = net.to("cpu")
+        net.load_state_dict(self.best_state)
+        net = net.to(memory_format=torch.contiguous_format).eval()
+        meta = {"model_name": self.model_name, "class_names": self.class_names, "history": self.history}
+        return Backbone(
+            net, self.model_name, self.config, weights, len(self.class_names), self.class_names, meta
+        )
+
+    def epoch(
+        self, epoch: int, epochs: int, patience: int, step: _Step, data: _Data, optimizer, scheduler, bar
+    ):
+        """Train and validate one epoch, record it, keep its weights when best; False to stop early."""
+        t0 = time.perf_counter()
+        total_loss, seen = step.train(data.train_loader, data.train_set, data.y_train, optimizer, scheduler)
+        probs, labels, val_loss = step.validate(data.val_loader, data.val_set, data.y_val)
+        if not probs or seen == 0:
+            raise Rad4XCNNError("no training or validation case could be read; see the failures above")
+        proba = np.concatenate(probs)
+        auc = roc_auc(labels, proba)
+        record = {
+            "epoch": epoch,
+            "train_loss": total_loss / seen,
+            "val_loss": val_loss / len(labels),
+            "val_auc": auc,
+            "val_accuracy": float(np.mean(proba.argmax(1) == np.asarray(labels))),
+            "lr": float(optimizer.param_groups[0]["lr"]),
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        self.history.append(record)
+        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{auc:.3f}")
+        bar.update(1)
+        log.info(
+            "epoch %d/%d: train loss %.4f, val loss %.4f, val AUC %.4f",
+            epoch,
+            epochs,
+            record["train_loss"],
+            record["val_loss"],
+            auc,
+        )
+        # a tie in AUC (common at 1.0 on a small validation set) goes to the lower validation loss: the
+        # better calibrated model, whose batch-norm statistics have caught up with its weights
+        if auc > self.best_auc + 1e-6 or (
+            auc >= self.best_auc - 1e-6 and record["val_loss"] < self.best_loss
+        ):
+            self.best_auc, self.best_loss, self.best_epoch = auc, record["val_loss"], epoch
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in step.net.state_dict().items()}
+            self.save()
+        elif epoch - self.best_epoch >= patience:
+            log.info(
+                "early stop: no better validation AUC for %d epochs (best %.4f)", patience, self.best_auc
+            )
+            return False
+        return True
+
+
 def train_model(
     cohort: Cohort | Sequence[Case],
     model: str | None = None,
     *,
-    epochs: int = 30,
+    epochs: int = TRAINING.epochs,
     device: str = "auto",
     out: str | os.PathLike = "model.pt",
     weights: str | os.PathLike | None = None,
     pretrained: bool = False,
-    batch_size: int = 32,
-    lr: float = 3e-4,
+    batch_size: int = TRAINING.batch_size,
+    lr: float = TRAINING.learning_rate,
     weight_decay: float = 0.05,
     warmup_epochs: int = 1,
-    patience: int = 8,
+    patience: int = TRAINING.patience,
     input_size: int | None = None,
     margin: float | None = None,
-    augment: bool | UltrasoundAugmentation = True,
+    augment: bool | UltrasoundAugmentation = TRAINING.augment,
     train_cohort: str | None = None,
-    val_fraction: float = 0.15,
+    val_fraction: float = TRAINING.val_fraction,
     include_normal: bool = False,
     num_workers: int | None = None,
-    dtype: str = "auto",
+    dtype: str = TRAINING.dtype,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
@@ -263,20 +539,10 @@ def train_model(
     import timm
     import torch
 
-    from Rad4XCNNLogic.features.backbones import (
-        build_backbone,
-        resolve_device,
-        resolve_dtype,
-        save_checkpoint,
-    )
-    from Rad4XCNNLogic.features.preprocessing import default_workers, make_loader, normalize_batch
+    from Rad4XCNNLogic.features.backbones import build_backbone, resolve_device, resolve_dtype
+    from Rad4XCNNLogic.features.preprocessing import default_workers
 
-    if epochs < 1:
-        raise Rad4XCNNError(f"epochs must be at least 1, got {epochs}")
-    if batch_size < 2:
-        raise Rad4XCNNError(f"training needs a batch size of at least 2 (batch norm), got {batch_size}")
-    if not 0.0 < val_fraction < 1.0:
-        raise Rad4XCNNError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    _check_settings(epochs, batch_size, val_fraction)
     started = time.perf_counter()
     train, val, failures = _select_cases(cohort, train_cohort, include_normal, val_fraction, seed)
 
@@ -291,38 +557,13 @@ def train_model(
         margin=margin,
         to_be_trained=True,
     )
-    if backbone.class_names and sorted(backbone.class_names) == train_labels:
-        class_names = list(backbone.class_names)  # continue a checkpoint: keep its class order and head
-    else:
-        class_names = train_labels
-    if len(class_names) < 2:
-        raise Rad4XCNNError(f"training needs at least two classes; the train split has only {class_names}")
+    class_names, val = _classes(backbone, train_labels, val, failures)
     index_of = {name: i for i, name in enumerate(class_names)}
-    unknown = [c for c in val if c.label not in index_of]
-    failures += [
-        CaseFailure(c.case_id, STAGE, f"validation label {c.label!r} is not a training class {class_names}")
-        for c in unknown
-    ]
-    val = [c for c in val if c.label in index_of]
-    val_classes = sorted({c.label for c in val})
-    if len(val_classes) < 2:
-        raise Rad4XCNNError(
-            f"the validation split has {len(val)} case(s) of {val_classes or 'no class'}; the validation AUC "
-            "needs cases of at least two classes (add val cases or raise val_fraction)"
-        )
-    net = backbone.model
-    if backbone.num_classes != len(class_names) or (backbone.class_names or class_names) != class_names:
-        # a checkpoint trained on other classes: keep its body, give it a new head
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net.reset_classifier(len(class_names))
-        if backbone.class_names:
-            log.info("new classifier head for %s (the checkpoint had %s)", class_names, backbone.class_names)
+    net = _with_head(backbone, class_names, seed)
     config = backbone.preprocess
 
     dev = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, dev)
-    autocast = compute_dtype != torch.float32
     channels_last = dev.type == "cuda"
     net = net.to(dev)
     if channels_last:
@@ -330,75 +571,17 @@ def train_model(
     torch.manual_seed(seed)  # dropout, stochastic depth
 
     augmenter = UltrasoundAugmentation() if augment is True else (augment or None)
-    from Rad4XCNNLogic.features.preprocessing import CaseDataset
-
-    train_set = CaseDataset(train, config, augment=augmenter, seed=seed)
-    val_set = CaseDataset(val, config)
-    y_train = np.array([index_of[c.label] for c in train])
-    y_val = np.array([index_of[c.label] for c in val])
     if num_workers is None:
         num_workers = default_workers(dev.type, len(train), batch_size)
     batch = min(batch_size, len(train))
-    train_loader = make_loader(
-        train_set,
-        batch_size=batch,
-        num_workers=num_workers,
-        device_type=dev.type,
-        shuffle=True,
-        drop_last=len(train) % batch == 1,  # a batch of one breaks batch norm
-        seed=seed,
-    )
-    val_loader = make_loader(val_set, batch_size=batch_size, num_workers=num_workers, device_type=dev.type)
-
+    data = _Data.of(train, val, index_of, config, augmenter, batch, batch_size, num_workers, dev.type, seed)
+    y_train = data.y_train
     counts = Counter(y_train.tolist())
-    class_weight = torch.tensor(
-        [len(y_train) / (len(class_names) * max(1, counts.get(i, 0))) for i in range(len(class_names))],
-        dtype=torch.float32,
-        device=dev,
-    )
+    class_weight = _class_weight(y_train, counts, len(class_names), dev)
     criterion = torch.nn.CrossEntropyLoss(weight=class_weight)
-    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=lr,
-        foreach=True,  # one fused update over all tensors (PyTorch uses it on CUDA only by default): CPU too
+    optimizer, scheduler = _optimiser(
+        net, lr, weight_decay, warmup_epochs, epochs, max(1, len(data.train_loader))
     )
-    steps = max(1, len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(min(warmup_epochs * steps, epochs * steps - 1) or 1, epochs * steps)
-    )
-    failed_ids: set[str] = {f.case_id for f in failures}
-
-    def note_failures(dataset, bad) -> None:
-        for index, problem in bad:
-            case_id = dataset.cases[index].case_id
-            if case_id not in failed_ids:
-                failed_ids.add(case_id)
-                failures.append(CaseFailure(case_id, STAGE, problem))
-                log.warning("case %s: %s", case_id, problem)
-
-    def to_input(grey):
-        x = normalize_batch(grey.to(dev, non_blocking=True), config)
-        return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-    history: list[dict] = []
-    best_auc, best_loss, best_epoch, best_state = -math.inf, math.inf, 0, None
-    out = Path(out)
-
-    def save() -> None:
-        save_checkpoint(
-            out,
-            best_state,
-            backbone.name,
-            config,
-            class_names=class_names,
-            history=history,
-            best_metric={"name": "val_auc", "value": float(best_auc), "epoch": int(best_epoch)},
-            seed=seed,
-            extra={"training": settings},
-        )
-
     settings = {
         "model": backbone.name,
         "epochs": epochs,
@@ -428,89 +611,24 @@ def train_model(
         settings["dtype"],
         dev,
     )
+    checkpoint = _Checkpoint(Path(out), backbone.name, config, class_names, seed, settings)
+    step = _Step(net, criterion, dev, compute_dtype, config, channels_last, failures)
     bar = ProgressBar(
         epochs, desc=f"train {backbone.architecture}", stage="train", unit="epoch", enabled=progress
     )
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        train_set.epoch = epoch
-        total_loss, seen = 0.0, 0
-        for indices, grey, bad in train_loader:
-            note_failures(train_set, bad)
-            if grey is None or len(indices) < 2:
-                continue
-            target = torch.as_tensor(y_train[indices], device=dev)
-            with torch.autocast(device_type=dev.type, dtype=compute_dtype, enabled=autocast):
-                logits = net(to_input(grey))
-            loss = criterion(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total_loss += loss.detach().item() * len(indices)
-            seen += len(indices)
-        net.eval()
-        probs, labels, val_loss = [], [], 0.0
-        with torch.inference_mode():
-            for indices, grey, bad in val_loader:
-                note_failures(val_set, bad)
-                if grey is None:
-                    continue
-                with torch.autocast(device_type=dev.type, dtype=compute_dtype, enabled=autocast):
-                    logits = net(to_input(grey)).float()
-                target = torch.as_tensor(y_val[indices], device=dev)
-                val_loss += float(criterion(logits, target)) * len(indices)
-                probs.append(torch.softmax(logits, dim=1).cpu().numpy())
-                labels.extend(y_val[indices].tolist())
-        if not probs or seen == 0:
-            raise Rad4XCNNError("no training or validation case could be read; see the failures above")
-        proba = np.concatenate(probs)
-        auc = roc_auc(labels, proba)
-        record = {
-            "epoch": epoch,
-            "train_loss": total_loss / seen,
-            "val_loss": val_loss / len(labels),
-            "val_auc": auc,
-            "val_accuracy": float(np.mean(proba.argmax(1) == np.asarray(labels))),
-            "lr": float(optimizer.param_groups[0]["lr"]),
-            "seconds": round(time.perf_counter() - t0, 3),
-        }
-        history.append(record)
-        bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_auc=f"{auc:.3f}")
-        bar.update(1)
-        log.info(
-            "epoch %d/%d: train loss %.4f, val loss %.4f, val AUC %.4f",
-            epoch,
-            epochs,
-            record["train_loss"],
-            record["val_loss"],
-            auc,
-        )
-        # a tie in AUC (common at 1.0 on a small validation set) goes to the lower validation loss: the
-        # better calibrated model, whose batch-norm statistics have caught up with its weights
-        if auc > best_auc + 1e-6 or (auc >= best_auc - 1e-6 and record["val_loss"] < best_loss):
-            best_auc, best_loss, best_epoch = auc, record["val_loss"], epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
-            save()
-        elif epoch - best_epoch >= patience:
-            log.info("early stop: no better validation AUC for %d epochs (best %.4f)", patience, best_auc)
-            break
-    bar.close()
-    assert best_state is not None
-    save()
-    final = net.to("cpu")
-    final.load_state_dict(best_state)
-    final = final.to(memory_format=torch.contiguous_format).eval()
-    best = Backbone(
-        final,
-        backbone.name,
-        config,
-        backbone.weights,
-        len(class_names),
-        class_names,
-        {"model_name": backbone.name, "class_names": class_names, "history": history},
+    with bar:
+        for epoch in range(1, epochs + 1):
+            data.train_set.epoch = epoch
+            if not checkpoint.epoch(epoch, epochs, patience, step, data, optimizer, scheduler, bar):
+                break
+    checkpoint.save()
+    history, best_auc, best_epoch, out = (
+        checkpoint.history,
+        checkpoint.best_auc,
+        checkpoint.best_epoch,
+        checkpoint.out,
     )
+    best = checkpoint.best_backbone(net, backbone.weights)
     settings["seconds"] = round(time.perf_counter() - started, 3)
     log.info("best validation AUC %.4f at epoch %d; checkpoint %s", best_auc, best_epoch, out)
     return TrainResult(out, history, float(best_auc), best_epoch, class_names, best, failures, settings)

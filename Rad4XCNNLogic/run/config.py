@@ -95,12 +95,12 @@ class RunConfig:
             return {}
         found = {}
         for model in self.models:
-            if model.weights is None:
+            if model.weights_kind == "random":
                 continue
             existing = [
                 m.key
                 for m in self.models
-                if m.weights is None
+                if m.weights_kind == "random"
                 and m.name == model.name
                 and m.stage == model.stage
                 and m.layers == model.layers

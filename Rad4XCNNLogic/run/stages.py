@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.features.settings import IMAGENET, TRAINED
 from Rad4XCNNLogic.infra.storage import file_sha256, write_csv_atomic
 from Rad4XCNNLogic.names import RunFiles
 from Rad4XCNNLogic.run import work
@@ -46,6 +47,11 @@ class Stage:
     plan: Callable[[Pipeline], Plan]
     #: runs even when a stage it reads from failed (the report shows the failures)
     always: bool = False
+    #: the run-folder files it reads (names of :class:`~Rad4XCNNLogic.names.RunFiles`), each written by a
+    #: stage of ``depends``
+    reads: tuple[str, ...] = ()
+    #: the run-folder files it always writes (some stages add optional ones, e.g. ``heldout.csv``)
+    writes: tuple[str, ...] = ()
 
 
 # ----------------------------------------------------------------------------------------------- cohort
@@ -56,7 +62,7 @@ def run_protocol(cfg):
     from Rad4XCNNLogic.cohort.protocol import Protocol, TrainingPhase
 
     phases = tuple(TrainingPhase(name) for name in cfg.training.phases)
-    if not phases and any(m.weights == "trained" for m in cfg.models):
+    if not phases and any(m.weights_kind == TRAINED for m in cfg.models):
         phases = (TrainingPhase(cfg.split.train_cohort),)
     evaluate_on = cfg.classification.evaluate_on
     return Protocol(phases, cfg.split.train_cohort, None if evaluate_on is None else tuple(evaluate_on))
@@ -80,7 +86,7 @@ def plan_cohort(run: Pipeline) -> Plan:
     if not cohort.cases:
         raise Rad4XCNNError(f"manifest {manifest.name}: no usable case ({len(cohort.failures)} left out)")
     protocol.check_cohorts(cohort.cohorts)
-    if any(m.weights == "trained" for m in cfg.models):
+    if any(m.weights_kind == TRAINED for m in cfg.models):
         # a case that trained the network and is scored as held out stops the run here, before any work
         extra = []
         if cfg.training.finetune_manifest:
@@ -133,7 +139,7 @@ def plan_cohort(run: Pipeline) -> Plan:
 def plan_train(run: Pipeline) -> Plan:
     cfg = run.cfg
     tc = cfg.training
-    trained = [m for m in cfg.models if m.weights == "trained"]
+    trained = [m for m in cfg.models if m.weights_kind == TRAINED]
     if not trained:
         raise Skip("no model has weights: trained")
     settings = {
@@ -186,13 +192,13 @@ def plan_train(run: Pipeline) -> Plan:
 def _deep_job(run: Pipeline, model) -> tuple[work.DeepJob, str | None]:
     """The extraction job of a configured backbone, and what identifies its weights (for the fingerprint)."""
     where = {"stage": model.stage, "layers": tuple(model.layers) or None}
-    if model.weights is None:
+    if model.weights_kind == "random":
         return work.DeepJob(model.key, model.name, **where), None
-    if model.weights == "imagenet":
-        return work.DeepJob(model.key, model.name, pretrained=True, **where), "imagenet"
-    if model.weights == "trained":
+    if model.weights_kind == IMAGENET:
+        return work.DeepJob(model.key, model.name, pretrained=True, **where), IMAGENET
+    if model.weights_kind == TRAINED:
         checkpoint = str(run.path(RunFiles.checkpoint(model.key)))
-        return work.DeepJob(model.key, model.name, checkpoint, **where), "trained"
+        return work.DeepJob(model.key, model.name, checkpoint, **where), TRAINED
     path = Path(model.weights)
     if not path.is_file():
         raise Rad4XCNNError(f"weights file not found for {model.name}: {path}")
@@ -226,7 +232,7 @@ def plan_deep(run: Pipeline) -> Plan:
 
 # -------------------------------------------------------------------------------------------- radiomics
 def plan_radiomics(run: Pipeline) -> Plan:
-    from Rad4XCNNLogic.features.radiomics import resolve_params
+    from Rad4XCNNLogic.features.radiomics_params import resolve_params
 
     cfg = run.cfg
     params = resolve_params(cfg.radiomics.params)
@@ -312,9 +318,8 @@ def plan_classify(run: Pipeline) -> Plan:
             progress=run.progress,
         )
         # Which explained features the classifiers rely on: written here, where the importances appear.
-        ranked = work.rank_by_backbone(load_explanation(run.out), summary.pop("result").importances)
-        if ranked is not None:
-            summary["outputs"].append(write_csv_atomic(run.path(RunFiles.BY_IMPORTANCE), ranked))
+        importances = summary.pop("result").importances
+        summary["outputs"] += work.write_by_importance(load_explanation(run.out), importances, run.out)
         return summary
 
     return Plan(settings, compute)
@@ -338,9 +343,9 @@ def cam_checkpoint(run: Pipeline) -> tuple[str, Path] | None:
     for model in run.cfg.models:
         if run.cfg.cam.model not in (None, model.key):
             continue
-        if model.weights == "trained":
+        if model.weights_kind == TRAINED:
             return model.key, run.path(RunFiles.checkpoint(model.key))
-        if model.weights not in (None, "imagenet") and _is_rad4xcnn_checkpoint(Path(model.weights)):
+        if model.weights_kind == "file" and _is_rad4xcnn_checkpoint(Path(model.weights)):
             return model.key, Path(model.weights)
     return None
 
@@ -431,17 +436,28 @@ def plan_report(run: Pipeline) -> Plan:
     return Plan(settings, compute)
 
 
+F = RunFiles
 #: The stages, in the order they run.
 STAGES: tuple[Stage, ...] = (
-    Stage("cohort", 1, (), plan_cohort),
-    Stage("train", 1, ("cohort",), plan_train),
-    Stage("deep", 2, ("cohort", "train"), plan_deep),
-    Stage("radiomics", 1, ("cohort",), plan_radiomics),
-    Stage("explain", 3, ("cohort", "deep", "radiomics"), plan_explain),
-    Stage("classify", 1, ("cohort", "deep", "radiomics", "explain"), plan_classify),
-    Stage("cam", 2, ("cohort", "train"), plan_cam),
+    Stage("cohort", 1, (), plan_cohort, writes=(F.COHORT, F.COHORT_FAILURES)),
+    Stage("train", 1, ("cohort",), plan_train, reads=(F.COHORT,), writes=(F.MODELS, F.TRAINING_HISTORY)),
+    Stage("deep", 2, ("cohort", "train"), plan_deep, reads=(F.COHORT, F.MODELS), writes=(F.DEEP,)),
+    Stage("radiomics", 1, ("cohort",), plan_radiomics, reads=(F.COHORT,), writes=(F.RADIOMICS,)),
     Stage(
-        "report", 1, ("cohort", "train", "deep", "radiomics", "explain", "classify", "cam"), plan_report, True
+        "explain", 3, ("cohort", "deep", "radiomics"), plan_explain,
+        reads=(F.COHORT, F.DEEP, F.RADIOMICS),
+        writes=(F.CORRELATIONS, F.EXPLANATIONS, F.EXPLANATION, F.COVERAGE, F.EXPLAINED_BY_THRESHOLD),
     ),
-)
+    Stage(
+        "classify", 1, ("cohort", "deep", "radiomics", "explain"), plan_classify,
+        reads=(F.COHORT, F.DEEP, F.RADIOMICS, F.EXPLANATIONS), writes=(F.CLASSIFICATION, F.IMPORTANCES),
+    ),
+    Stage("cam", 2, ("cohort", "train"), plan_cam, reads=(F.COHORT, F.MODELS), writes=(F.CAM,)),
+    Stage(
+        "report", 1, ("cohort", "train", "deep", "radiomics", "explain", "classify", "cam"), plan_report,
+        always=True,
+        reads=(F.COHORT, F.TRAINING_HISTORY, F.DEEP, F.RADIOMICS, F.EXPLANATIONS, F.CLASSIFICATION, F.CAM),
+        writes=(F.REPORT,),
+    ),
+)  # fmt: skip
 BY_NAME = {stage.name: stage for stage in STAGES}

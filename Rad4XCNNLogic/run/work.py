@@ -19,7 +19,7 @@ from typing import Any
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.infra.storage import write_csv_atomic, write_json_atomic
-from Rad4XCNNLogic.names import RunFiles, feature_set_kind, model_of, relabel_deep_columns
+from Rad4XCNNLogic.names import RunFiles, control_pairs, feature_set_kind, model_of, relabel_deep_columns
 from Rad4XCNNLogic.run.config import CamConfig, ClassificationConfig, DeepConfig, ExplainConfig
 
 log = logging.getLogger(__name__)
@@ -209,7 +209,9 @@ def radiomics_stage(
 ) -> dict:
     """PyRadiomics features of every lesion case; writes ``out_csv`` and its side files (diagnostics,
     failures, quality, settings). Fails when no case gives features."""
-    from Rad4XCNNLogic.features.radiomics import extract_radiomics, resolve_params, write_radiomics
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics
+    from Rad4XCNNLogic.features.radiomics_params import resolve_params
+    from Rad4XCNNLogic.features.radiomics_result import write_radiomics
 
     params = resolve_params(radiomics.params)
     result = extract_radiomics(
@@ -267,8 +269,9 @@ def explain_stage(
     With ``manifest`` (a cohort: its label, cohort, split and any other column), the explanation holds
     within the strata of ``explain.stratify`` (confounded pairs flagged), and with ``explain.cases`` train
     it comes from the train and val cases of ``train_cohort`` only: its kept pairs are then re-measured on
-    the internal test split and every other cohort (``heldout.csv``, ``heldout_pairs.csv``). ``controls``
-    (backbone -> its random-weights control) adds ``control_coverage.csv``."""
+    the internal test split and every other cohort (``heldout.csv``, ``heldout_pairs.csv``). Each backbone
+    beside its random-weights control gives ``control_coverage.csv``: ``controls`` (backbone -> control, as
+    a run's configuration pairs them; ``{}``: none), or None: the controls named by the control label."""
     from Rad4XCNNLogic.explain.correlation import read_feature_table
     from Rad4XCNNLogic.explain.explanation import explain as explain_features
     from Rad4XCNNLogic.explain.explanation import write_explanation
@@ -279,9 +282,8 @@ def explain_stage(
     deep = read_feature_table(deep_csv, "deep feature")
     rad = read_feature_table(radiomics_csv, "radiomic feature")
     frame = manifest.frame() if manifest is not None else None
-    if frame is None and (explain.stratify or explain.cases == "train"):
-        # Without a manifest there are neither strata nor splits: the paper's pooled rule on every case.
-        log.info("explain: no manifest, so no strata and every case: the pooled rule")
+    # Without a manifest there are neither strata nor splits: the paper's pooled rule on every case (the
+    # explain command says so).
     strata = stratum_labels(frame, explain.stratify) if frame is not None and explain.stratify else None
     held_sets = None
     used_deep, used_rad = deep, rad
@@ -317,14 +319,7 @@ def explain_stage(
         held = remeasure(result, deep, rad, held_sets, strata=strata, backend=explain.backend)
         outputs += list(held.write(out_dir).values())
     control_table = None
-    models = set(result.coverage["model"])
-    # per layer: <key>.<layer> against <control>.<layer> when the backbones pool layers
-    pairs = {
-        m: v + m[len(k) :]
-        for k, v in (controls or {}).items()
-        for m in sorted(models)
-        if (m == k or m.startswith(k + ".")) and v + m[len(k) :] in models
-    }
+    pairs = control_pairs(sorted(set(result.coverage["model"])), controls)
     if pairs:
         control_table = coverage_against_control(result.coverage, pairs)
         outputs.append(write_csv_atomic(out_dir / RunFiles.CONTROL_COVERAGE, control_table, index=False))
@@ -334,9 +329,7 @@ def explain_stage(
         if replicability is not None:
             outputs += replicability[1]
     if importances is not None:
-        ranked = rank_by_backbone(result, importances)
-        if ranked is not None:
-            outputs.append(write_csv_atomic(out_dir / RunFiles.BY_IMPORTANCE, ranked))
+        outputs += write_by_importance(result, importances, out_dir)
     s = result.summary()
     frac = s["fraction_explained"]
     where = "within " + ",".join(s["strata"]["columns"]) if "strata" in s else "pooled"
@@ -412,6 +405,16 @@ def threshold_table(result, thresholds: Sequence[float]):
                 }
             )
     return pd.DataFrame(rows)
+
+
+def write_by_importance(explanation, importances, out_dir: Path) -> list[Path]:
+    """Write ``explanations_by_importance.csv`` (see :func:`rank_by_backbone`) into ``out_dir``: the one
+    writer of that table, for the explain stage given importances and for the classify stage of a run.
+    Returns the path written, or nothing when no deep feature set has importances."""
+    ranked = rank_by_backbone(explanation, importances)
+    if ranked is None:
+        return []
+    return [write_csv_atomic(Path(out_dir) / RunFiles.BY_IMPORTANCE, ranked)]
 
 
 def rank_by_backbone(explanation, importances):

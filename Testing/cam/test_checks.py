@@ -216,6 +216,7 @@ def test_the_stage_writes_flags_faithfulness_randomisation_and_raw_maps(
         keep_maps=True,
         deletion_steps=4,
         road_percentiles=(30, 70),
+        randomisation="cascade",
     )
     metrics = result.metrics.set_index(["case_id", "method"])
     for column in ("road_combined", "deletion_auc", "insertion_auc", "randomisation_similarity"):
@@ -263,9 +264,11 @@ def test_the_stage_writes_flags_faithfulness_randomisation_and_raw_maps(
 def test_bad_check_settings(synthetic_manifest):
     cohort = read_manifest(synthetic_manifest)
     args = {"model": "test_resnet", "cases": cohort.case_ids[:1], "device": "cpu", "progress": False}
-    with pytest.raises(Rad4XCNNError, match=r"unknown randomisation 'some'; expected one of cascade, all"):
+    with pytest.raises(
+        Rad4XCNNError, match=r"cam.randomisation: 'some' is not allowed; allowed values: cascade, all, none"
+    ):
         compute_cams(cohort, randomisation="some", **args)
-    with pytest.raises(Rad4XCNNError, match=r"deletion steps must be at least 1, got 0"):
+    with pytest.raises(Rad4XCNNError, match=r"cam.deletion_steps: must be at least 1, got 0"):
         compute_cams(cohort, deletion_steps=0, **args)
 
 

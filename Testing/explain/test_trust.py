@@ -375,8 +375,8 @@ def test_explain_stratify_flags_confounded_features(tables, capsys):
                 *argv,
                 "--manifest",
                 str(tmp_path / "manifest.csv"),
-                "--stratify",
-                "label,cohort",
+                "--cases",
+                "all",
                 "--out",
                 str(out),
             ]
@@ -438,7 +438,7 @@ def test_explain_cases_train_remeasures_on_held_out_cases(tables, capsys):
     [
         (["--stratify", "label"], "--stratify and --cases train need --manifest"),
         (["--manifest", "MANIFEST", "--stratify", "label,scanner"], "the manifest has no column scanner"),
-        (["--manifest", "SHORT", "--stratify", "label"], "are missing from the manifest"),
+        (["--manifest", "SHORT", "--stratify", "label", "--cases", "all"], "are missing from the manifest"),
         (["--manifest", "TINY", "--stratify", "label"], "no stratum of label has at least 3 cases"),
     ],
 )
@@ -453,6 +453,22 @@ def test_explain_stratify_bad_input_is_one_line(tables, capsys, extra, message):
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0
     assert not (tmp_path / "o" / "correlations.csv").exists()
+
+
+def test_explain_without_a_manifest_says_it_cannot_stratify(tables, capsys):
+    """The run's defaults stratify and hold cases out; without the manifest they cannot, and one line says
+    so before the pooled rule is applied to every case."""
+    tmp_path, argv, real, confounded = tables
+    out = tmp_path / "o"
+    assert main([*argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[0] == (
+        "without --manifest there are no strata and no splits: the pooled rule on every case"
+    )
+    summary = json.loads((out / "explanation.json").read_text())
+    assert "strata" not in summary and len(summary["cases"]) == 160 and summary["settings"]["cases"] == "all"
+    table = pd.read_csv(out / "explanations.csv", index_col=0)
+    assert set(table.index[table["status"] == "explained"]) == set(real) | set(confounded)
 
 
 def test_report_says_what_explained_means_and_escapes_names(tables, capsys):

@@ -18,14 +18,9 @@ from Rad4XCNNLogic.cohort.imageio import Image2D, write_image
 from Rad4XCNNLogic.cohort.manifest import read_manifest
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.features import radiomics as rf
-from Rad4XCNNLogic.features.radiomics import (
-    PAPER_FEATURE_COUNT,
-    extract_radiomics,
-    preset_path,
-    resolve_params,
-    side_files,
-    write_radiomics,
-)
+from Rad4XCNNLogic.features.radiomics import PAPER_FEATURE_COUNT, extract_radiomics
+from Rad4XCNNLogic.features.radiomics_params import preset_path, resolve_params
+from Rad4XCNNLogic.features.radiomics_result import side_files, write_radiomics
 from Rad4XCNNLogic.names import parse_radiomic_name
 
 pytest.importorskip("radiomics")

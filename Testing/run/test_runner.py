@@ -66,6 +66,10 @@ def test_end_to_end_writes_every_file_with_the_documented_columns(first_run):
     out = Path(config.out)
     assert result.ok, [r.line() for r in result.stages.values()]
     assert set(_statuses(result).values()) == {"computed"}
+    from Rad4XCNNLogic.run.stages import STAGES
+
+    missing = [(stage.name, name) for stage in STAGES for name in stage.writes if not (out / name).exists()]
+    assert not missing, missing  # each stage record declares files the stage does write
 
     radiomics = pd.read_csv(out / "radiomics.csv", index_col=0)
     deep = pd.read_csv(out / "deep_features.csv", index_col=0)
@@ -303,8 +307,9 @@ def test_a_bad_setting_fails_its_stage_and_the_independent_stages_still_run(coho
 
 
 def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
-    """Each stage command runs its run stage's work: on the run's inputs and settings it writes the very
-    tables ``rad4xcnn run`` wrote (docs/ARCHITECTURE.md, "Stages")."""
+    """Each stage command runs its run stage's work: on the run's inputs and with the run's defaults left
+    unsaid (strata, training cases, replicability, the random-weights control), it writes the very tables
+    ``rad4xcnn run`` wrote (docs/ARCHITECTURE.md, "Stages")."""
     import json
 
     from Rad4XCNNLogic.cli import main
@@ -321,8 +326,7 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
         ["radiomics", "--manifest", manifest, "--jobs", "1", "--no-cache",
          "--out", str(other / "radiomics.csv")],
         ["explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv"),
-         "-M", "0.6", "-M", "0.8", "--fdr", "0.05", "--permutations", "20", "--bootstrap", "10",
-         "--cohorts", manifest, "--manifest", manifest, "--stratify", "label,cohort", "--cases", "train",
+         "-M", "0.6", "-M", "0.8", "--permutations", "20", "--bootstrap", "10", "--manifest", manifest,
          "--out", str(other)],
         ["classify", "--features", str(run / "deep_features.csv"), str(run / "radiomics.csv"),
          "--manifest", manifest, "--explained", str(run / "explanations.csv"), "--classifiers", "rf", "svm",
@@ -345,6 +349,7 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
         "explained_by_threshold.csv",
         "heldout.csv",
         "heldout_pairs.csv",
+        "control_coverage.csv",
         "radiomic_clusters.csv",
         "replicability/replicability.csv",
         "replicability/replicated_pairs.csv",
