@@ -18,8 +18,6 @@ import qt
 import slicer
 import vtk
 from Rad4XCNNLib import compatibility
-from slicer.i18n import tr as _  # translatable strings, as in Slicer's module template (v5.10.0)
-from slicer.i18n import translate
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -28,6 +26,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+# translatable strings, as in Slicer's module template (v5.10.0), untranslated on a Slicer without them
+_, translate = compatibility.translation_functions()
 #: Why this Slicer cannot run the module (None: it can). Checked before the engine is imported.
 UNSUPPORTED = compatibility.slicer_version_problem(compatibility.running_slicer_version())
 if UNSUPPORTED is None:
@@ -80,7 +80,8 @@ class Rad4XCNN(ScriptedLoadableModule):
         if not UNSUPPORTED:  # the synthetic case and cohort in the SampleData module, once Slicer has started
             version = _("Engine version {version}.").format(version=rad4xcnn_engine.__version__)
             self.parent.acknowledgementText += version
-            slicer.app.connect("startupCompleted()", registerSampleData)
+            if hasattr(slicer.app, "connect"):  # a stand-in application (import checks) emits no signals
+                slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def registerSampleData():

@@ -64,6 +64,19 @@ def running_slicer_version() -> tuple[int, int] | None:
     return int(app.majorVersion), int(app.minorVersion)
 
 
+def translation_functions():
+    """Slicer's ``(tr, translate)`` (Base/Python/slicer/i18n.py at v5.10.0), or untranslated stand-ins.
+
+    Slicer added ``slicer.i18n`` in 5.6 (SlicerIGT/SlicerIGT#224); without the stand-ins an older Slicer
+    would fail on the module file's first lines instead of showing :func:`slicer_version_problem`'s message.
+    """
+    try:
+        from slicer.i18n import tr, translate
+    except ImportError:
+        return (lambda text: text), (lambda context, text: text)
+    return tr, translate
+
+
 def platform_problem(
     system: str | None = None, machine: str | None = None, torch_version: str | None = None
 ) -> str | None:

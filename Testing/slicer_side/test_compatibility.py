@@ -59,6 +59,18 @@ def test_xgboost_without_openmp_gets_a_clear_message():
     assert compat.xgboost_problem(OSError("disk full"), "Darwin") is None
 
 
+def test_translation_uses_slicers_functions_and_stands_in_before_slicer_5_6(monkeypatch):
+    import types
+
+    tr, translate = compat.translation_functions()  # slicer-core, like Slicer < 5.6, has no slicer.i18n
+    assert tr("Run") == "Run" and translate("qSlicerAbstractCoreModule", "Informatics") == "Informatics"
+    i18n = types.ModuleType("slicer.i18n")
+    i18n.tr, i18n.translate = (lambda text: f"<{text}>"), (lambda context, text: f"{context}:{text}")
+    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
+    tr, translate = compat.translation_functions()
+    assert tr("Run") == "<Run>" and translate("ctx", "Informatics") == "ctx:Informatics"
+
+
 def test_the_module_checks_the_version_before_importing_the_engine():
     """Everything above ``UNSUPPORTED = ...`` must import on Slicer 5.8: no engine and no Rad4XCNNLib module
     but compatibility; the engine is imported only under ``if UNSUPPORTED is None``."""
