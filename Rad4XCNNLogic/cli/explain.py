@@ -22,14 +22,15 @@ from Rad4XCNNLogic.run.config import setting
 def cmd_explain(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.run.stages import read_run_manifest
     from Rad4XCNNLogic.run.work import explain_stage
 
     # The run's settings: strata and the training cases come from the manifest, as in 'rad4xcnn run'.
     cfg = config_from_args(args)
     manifest = None
     if args.manifest:
-        manifest = read_manifest(args.manifest, check_files=False, assign_split=False)
+        # cases without a split get the run's (a run folder's cohort.csv already holds them)
+        manifest = read_run_manifest(cfg, args.manifest, check_files=False)
     else:
         asked = (given(args, "explain.stratify") and cfg.explain.stratify) or (
             given(args, "explain.cases") and cfg.explain.cases == "train"
@@ -53,7 +54,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     # replicability between the manifest's cohorts, as in a run (--cohorts: another manifest's)
     cohort = manifest
     if args.cohorts:
-        cohort = read_manifest(args.cohorts, check_files=False, assign_split=False)
+        cohort = read_run_manifest(cfg, args.cohorts, check_files=False)
     ec = cfg.explain
     out = Path(args.out)
     summary = explain_stage(

@@ -6,6 +6,7 @@ stage commands (docs/ARCHITECTURE.md, "Stages").
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -68,6 +69,22 @@ def run_protocol(cfg):
     return Protocol(phases, cfg.split.train_cohort, None if evaluate_on is None else tuple(evaluate_on))
 
 
+def read_run_manifest(cfg, path: str | os.PathLike, **checks):
+    """``path`` read as a run's cohort stage reads its manifest: cases without a split get the seeded,
+    stratified split of the run's protocol (``split.fractions``, ``seed``, the cohorts that are split), so a
+    stage command given the run's manifest works on the run's cases. ``checks``: ``read_manifest``'s
+    ``check_files``, ``check_images``, ``require_images``."""
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+
+    return read_manifest(
+        path,
+        seed=cfg.seed,
+        fractions=cfg.split.fractions,
+        train_cohort=run_protocol(cfg).split_cohorts(),
+        **checks,
+    )
+
+
 def plan_cohort(run: Pipeline) -> Plan:
     from Rad4XCNNLogic.cohort.manifest import read_manifest, write_manifest
     from Rad4XCNNLogic.cohort.protocol import check_no_leakage
@@ -76,13 +93,7 @@ def plan_cohort(run: Pipeline) -> Plan:
     cfg = run.cfg
     manifest = Path(cfg.manifest)
     protocol = run_protocol(cfg)
-    cohort = read_manifest(
-        manifest,
-        check_images=True,
-        seed=cfg.seed,
-        fractions=cfg.split.fractions,
-        train_cohort=protocol.split_cohorts(),
-    )
+    cohort = read_run_manifest(cfg, manifest, check_images=True)
     if not cohort.cases:
         raise Rad4XCNNError(f"manifest {manifest.name}: no usable case ({len(cohort.failures)} left out)")
     protocol.check_cohorts(cohort.cohorts)

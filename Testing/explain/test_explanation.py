@@ -368,6 +368,39 @@ def test_cli_explain_writes_the_outputs(tmp_path, capsys):
     assert len(corr) == 4
 
 
+def test_cli_explain_splits_a_manifest_without_splits_as_a_run_does(tmp_path, capsys):
+    """A user's manifest has no split column (the run's cohort stage assigns it): explain --manifest with
+    no other flag gives its cases the run's seeded split and explains on the training cases, the rest held
+    out."""
+    deep, rad, _ = planted(n=120, n_deep=12, n_planted=4, seed=4)
+    deep.index.name = rad.index.name = "case_id"
+    deep.to_csv(tmp_path / "deep_features.csv")
+    rad.to_csv(tmp_path / "radiomics.csv")
+    pd.DataFrame(
+        {
+            "case_id": deep.index,
+            "image": "x.png",
+            "mask": "x_mask.png",
+            "label": ["benign", "malignant"] * 60,
+            "cohort": ["internal"] * 90 + ["external"] * 30,
+        }
+    ).to_csv(tmp_path / "manifest.csv", index=False)
+    argv = [
+        "explain",
+        "--deep",
+        str(tmp_path / "deep_features.csv"),
+        "--radiomics",
+        str(tmp_path / "radiomics.csv"),
+    ]
+    argv += ["--manifest", str(tmp_path / "manifest.csv"), "--permutations", "0", "--bootstrap", "0"]
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "within label,cohort" in printed
+    assert "held out internal_test" in printed and "held out external (30 cases)" in printed
+    held = pd.read_csv(tmp_path / "out" / "heldout.csv")
+    assert set(held["set"]) == {"internal_test", "external"}
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
