@@ -632,6 +632,7 @@ def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failur
         concepts_measure=concepts.measure,
         cka_table=html_table(concepts.cka),
         sensitivity_table=html_table(concepts.sensitivity),
+        concepts_chosen=concepts.chosen,
     )
     context.update(_cam_section(out, labels))
     if failures:
