@@ -160,10 +160,7 @@ def test_cli_compares_tables_a_user_names(wdbc, tmp_path, capsys):
         ["means", "worst", "all-pairs"]
     ]
     assert len(table) == 2 and (table["family_size"] == 1).all()  # one pair on each of two evaluation sets
-    code = main(["classify", "--features", *sources, "--out", str(tmp_path / "three"), *quick])
-    table = pd.read_csv(tmp_path / "three" / "comparisons.csv")
-    assert code == 0 and len(table) == 3 * 2 and (table["family_size"] == 3).all()
-    assert (table["p_holm"] >= table["p_delong"]).all()
+    assert (table["p_holm"] == table["p_delong"]).all()  # a family of one: nothing to adjust
     # pairs a user names replace the default; the difference is A - B
     code = main(["classify", "--features", *sources, "--out", str(tmp_path / "named"), *quick,
                  "--compare", "error:worst"])  # fmt: skip
