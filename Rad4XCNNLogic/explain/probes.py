@@ -337,7 +337,7 @@ def selectivity_interval(
 
 def rank_concepts(probes: pd.DataFrame) -> pd.DataFrame:
     """``probes`` ordered from the most selective concept down, by the training folds' cross-validated
-    ``cv_selectivity`` (``cv_r2`` where no control was probed) - never by a held-out value, which the
+    ``cv_selectivity`` (``cv_r2`` when no layer had a control) - never by a held-out value, which the
     choice would inflate. A table without the CV columns (written before them) is ordered by the held-out
     ``selectivity`` or ``r2`` as then.
 
