@@ -42,7 +42,7 @@ import numpy as np
 
 # the feature tables, the design and the importances live in their own modules; their public names are
 # also reachable from here, where the callers of the classification stage have always found them
-from Rad4XCNNLogic.classify.comparisons import compare_feature_sets
+from Rad4XCNNLogic.classify.comparisons import choose_pairs, compare_feature_sets
 from Rad4XCNNLogic.classify.design import INTERNAL_TEST, POSITIVE_NAMES, STAGE, training_design
 from Rad4XCNNLogic.classify.importance import (
     compute_importances,
@@ -365,6 +365,7 @@ def classify(
     controls: Mapping[str, str] | None = None,
     comparisons: bool = True,
     evaluate_on: Sequence[str] | None = None,
+    compare: Sequence[str] | None = None,
 ) -> ClassificationResult:
     """Train and validate every classifier on every feature set.
 
@@ -401,6 +402,7 @@ def classify(
     evaluate_on : the other cohorts evaluated (external validation); None: every other cohort. A cohort
         that trained the network (a training phase) should be left out: its cases are counted
         ``not_evaluated``.
+    compare : pairs ``"A:B"`` to compare (checked before any fit; see :func:`.comparisons.choose_pairs`).
 
     Raises
     ------
@@ -418,6 +420,7 @@ def classify(
 
     features = _checked_inputs(features, classifiers, select_k, correlation_threshold)
     sets = resolve_feature_sets(features, feature_sets, explained)
+    pairs = choose_pairs(list(sets), compare, controls) if comparisons else []
     design = training_design(
         list(features.index),
         cohort,
@@ -465,7 +468,7 @@ def classify(
         compared = compare_feature_sets(
             predictions,
             classes=design.classes,
-            controls=controls,
+            pairs=pairs,
             n_bootstrap=n_bootstrap,
             confidence=confidence,
             seed=seed,

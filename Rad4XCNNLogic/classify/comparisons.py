@@ -1,20 +1,28 @@
 """Paired comparisons between feature sets: the AUC difference of two feature sets scored on the same cases,
 with a percentile interval from the very bootstrap draws of the per-set intervals, and DeLong's test.
 
-Which sets are compared follows from their names (:func:`comparison_pairs`); the test is the fast DeLong
-algorithm of Sun & Xu (2014), written with numpy (:func:`delong_covariance`).
+Which sets are compared: the pairs a user names (``classification.compare``, :func:`named_pairs`), else
+those that follow from the set names (:func:`comparison_pairs`), else every pair (:func:`all_pairs`). The
+test is the fast DeLong algorithm of Sun & Xu (2014), written with numpy (:func:`delong_covariance`).
+
+Many comparisons back one claim (every classifier, every CNN against every ViT), so each claim and evaluation
+set is a *family*: its p-values are Holm-adjusted (:func:`holm`) and its intervals widened to a simultaneous
+band (:func:`simultaneous_band`, max-|t| over the family on the same bootstrap draws).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from Rad4XCNNLogic.classify.metrics import evaluation_rng, stratified_bootstrap_weights, weighted_metrics
+from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.names import (
     RADIOMIC_SET,
     controlled_key,
@@ -37,7 +45,15 @@ COMPARISON_COLUMNS = (
     "ci_low",
     "ci_high",
     "p_delong",
+    "p_holm",
+    "sim_ci_low",
+    "sim_ci_high",
+    "family",
+    "family_size",
 )
+#: The ``family`` (claim) of the pairs a user names, and of every pair when no other rule applies.
+NAMED_FAMILY = "named"
+ALL_PAIRS_FAMILY = "all-pairs"
 
 # timm families built on self-attention over patches; every other backbone counts as a CNN.
 _TRANSFORMER_RE = re.compile(
@@ -238,6 +254,128 @@ def comparison_pairs(
     return pairs
 
 
+def named_pairs(compare: Iterable[str], set_names: Iterable[str]) -> list[ComparisonPair]:
+    """The pairs a user names, ``"A:B"`` each (the difference is ``A - B``), checked against the sets.
+
+    Raises :class:`Rad4XCNNError` (one line) for a text that is not ``A:B`` or a set that is not among
+    ``set_names``.
+
+    Examples
+    --------
+    >>> [(p.set_a, p.set_b, p.kind) for p in named_pairs(["worst:means"], ["means", "worst"])]
+    [('worst', 'means', 'named')]
+    """
+    names = list(dict.fromkeys(str(n) for n in set_names))
+    pairs = []
+    for text in compare:
+        a, sep, b = str(text).partition(":")
+        a, b = a.strip(), b.strip()
+        if not sep or not a or not b or ":" in b:
+            raise Rad4XCNNError(f"classification.compare: {text!r} is not A:B (two feature set names)")
+        for name in (a, b):
+            if name not in names:
+                raise Rad4XCNNError(
+                    f"classification.compare: no feature set {name!r}; the sets are {', '.join(names)}"
+                )
+        if a == b:
+            raise Rad4XCNNError(f"classification.compare: {text!r} compares a set with itself")
+        pairs.append(ComparisonPair(a, b, NAMED_FAMILY))
+    return list(dict.fromkeys(pairs))
+
+
+def all_pairs(set_names: Iterable[str]) -> list[ComparisonPair]:
+    """Every pair of sets, in the order given (earlier set first).
+
+    Examples
+    --------
+    >>> [(p.set_a, p.set_b) for p in all_pairs(["a", "b", "c"])]
+    [('a', 'b'), ('a', 'c'), ('b', 'c')]
+    """
+    names = list(dict.fromkeys(str(n) for n in set_names))
+    return [ComparisonPair(a, b, ALL_PAIRS_FAMILY) for i, a in enumerate(names) for b in names[i + 1 :]]
+
+
+def choose_pairs(
+    set_names: Iterable[str],
+    compare: Iterable[str] | None = None,
+    controls: Mapping[str, str] | None = None,
+) -> list[ComparisonPair]:
+    """The comparisons of a classification: the pairs named in ``compare`` (:func:`named_pairs`) when
+    given, else those the set names imply (:func:`comparison_pairs`), else - no rule applies, e.g. tables a
+    user named ``means`` and ``worst`` - every pair (:func:`all_pairs`).
+
+    Examples
+    --------
+    >>> [(p.set_a, p.set_b, p.kind) for p in choose_pairs(["means", "worst"])]
+    [('means', 'worst', 'all-pairs')]
+    """
+    names = list(dict.fromkeys(str(n) for n in set_names))
+    if compare:
+        return named_pairs(compare, names)
+    return comparison_pairs(names, controls) or all_pairs(names)
+
+
+# ------------------------------------------------------------------------------------------ multiplicity
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjustment of the p-values ``p`` (one family); NaN stays NaN and is not counted.
+
+    Examples
+    --------
+    >>> holm([0.01, 0.04, 0.03, float("nan")]).round(2).tolist()[:3]
+    [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if finite.size == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(stepped, 1.0)
+    return out
+
+
+def simultaneous_band(delta, boots, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """A simultaneous ``confidence`` band for the differences ``delta`` (k,) of one family, from their
+    bootstrap differences ``boots`` (k, B) on the same draws: each bootstrap difference is studentised by its
+    bootstrap standard deviation, ``t = (d_b - delta) / sd``; the band is ``delta +- c * sd``, ``c`` the
+    ``confidence`` quantile of ``max |t|`` over the family. All k intervals hold together with probability
+    about ``confidence`` (the max-|t| method), where each percentile interval alone holds with it.
+
+    A difference with no bootstrap spread (a set against itself) gets the band ``[delta, delta]``; without
+    draws the band is NaN.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> low, high = simultaneous_band(np.zeros(2), rng.normal(size=(2, 2000)))
+    >>> bool(2.0 < high[0] < 2.6 and np.allclose(low, -high))
+    True
+    """
+    delta = np.asarray(delta, dtype=float)
+    boots = np.atleast_2d(np.asarray(boots, dtype=float))
+    low = np.full(delta.shape, np.nan)
+    high = np.full(delta.shape, np.nan)
+    if boots.shape[1] < 2:
+        return low, high
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # rows without a finite draw
+        sd = np.nanstd(boots, axis=1, ddof=1)
+    flat = np.isfinite(delta) & (sd <= 1e-12)
+    low[flat] = high[flat] = delta[flat]
+    spread = np.isfinite(delta) & np.isfinite(sd) & (sd > 1e-12)
+    if spread.any():
+        t = np.abs(boots[spread] - delta[spread, None]) / sd[spread, None]
+        most = np.nanmax(np.where(np.isfinite(t), t, -np.inf), axis=0)
+        most = most[np.isfinite(most)]
+        if most.size:
+            c = float(np.quantile(most, confidence))
+            low[spread] = delta[spread] - c * sd[spread]
+            high[spread] = delta[spread] + c * sd[spread]
+    return low, high
+
+
 # ------------------------------------------------------------------------------------------ comparisons
 def compare_feature_sets(
     predictions,
@@ -245,11 +383,13 @@ def compare_feature_sets(
     classes: Sequence[str],
     pairs: Sequence[ComparisonPair] | None = None,
     controls: Mapping[str, str] | None = None,
+    compare: Sequence[str] | None = None,
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
 ):
-    """Paired AUC differences between feature sets, per evaluation set and classifier.
+    """Paired AUC differences between feature sets, per evaluation set and classifier, adjusted for the
+    number of comparisons within each claim.
 
     Parameters
     ----------
@@ -257,8 +397,9 @@ def compare_feature_sets(
         :func:`~Rad4XCNNLogic.classify.classifiers.classify`: case_id, feature_set, classifier,
         evaluated_on, label, ``p_<class>``, and ``score`` (what the AUC ranks by) for two classes.
     classes : the class names, for two classes [negative, positive].
-    pairs : the comparisons; default :func:`comparison_pairs` of the feature sets present.
-    controls : passed to :func:`comparison_pairs`.
+    pairs : the comparisons; default :func:`choose_pairs` of the feature sets present, ``compare`` and
+        ``controls``.
+    controls, compare : passed to :func:`choose_pairs` (the pairs a user names, ``"A:B"``).
     n_bootstrap, confidence, seed : the stratified bootstrap. The draws are those of the per-set intervals
         in ``classification.csv`` (:func:`~Rad4XCNNLogic.classify.metrics.evaluation_rng`), so the
         difference's interval is paired with them: both sets are scored on each resample.
@@ -267,7 +408,10 @@ def compare_feature_sets(
     -------
     pandas DataFrame with :data:`COMPARISON_COLUMNS`: the two AUCs, ``delta_auc = auc_a - auc_b``, its
     percentile interval (as computed, not widened) and DeLong's two-sided p (two classes only; NaN for a
-    multi-class one-vs-rest AUC, which DeLong's test does not cover).
+    multi-class one-vs-rest AUC, which DeLong's test does not cover); then, per family - the comparisons
+    of one claim (the pair's kind, e.g. ``cnn-vs-vit``) on one evaluation set, every classifier included
+    - ``p_holm`` (:func:`holm`), the simultaneous band ``sim_ci_low`` / ``sim_ci_high``
+    (:func:`simultaneous_band`), the claim as ``family`` and the number of comparisons ``family_size``.
 
     Examples
     --------
@@ -281,24 +425,26 @@ def compare_feature_sets(
     if predictions is None or len(predictions) == 0:
         return empty
     set_names = list(dict.fromkeys(predictions["feature_set"]))
-    pairs = list(pairs) if pairs is not None else comparison_pairs(set_names, controls)
+    pairs = list(pairs) if pairs is not None else choose_pairs(set_names, compare, controls)
     if not pairs:
         return empty
     binary = len(classes) == 2
     score_columns = ["score"] if binary and "score" in predictions else [f"p_{c}" for c in classes]
     alpha = (1 - confidence) / 2
-    rows = []
+    rows, boots = [], []
+    case_order: dict[str, Any] = {}  # one case order, hence the same draws, for every classifier of a set
     for (where, clf), part in predictions.groupby(["evaluated_on", "classifier"], sort=False):
         by_set = {name: frame.set_index("case_id") for name, frame in part.groupby("feature_set", sort=False)}
         wanted = [p for p in pairs if p.set_a in by_set and p.set_b in by_set]
         if not wanted:
             continue
-        first = by_set[wanted[0].set_a]
+        order = case_order.setdefault(where, by_set[wanted[0].set_a].index)
+        first = by_set[wanted[0].set_a].reindex(order)
         y = np.array([list(classes).index(label) for label in first["label"]])
         weights = stratified_bootstrap_weights(y, n_bootstrap, evaluation_rng(seed, str(where)))
         needed = list(dict.fromkeys(name for p in wanted for name in (p.set_a, p.set_b)))
         scored = {
-            name: _set_auc(by_set[name].reindex(first.index), y, weights, classes, score_columns, name, where)
+            name: _set_auc(by_set[name].reindex(order), y, weights, classes, score_columns, name, where)
             for name in needed
         }
         for pair in wanted:
@@ -312,9 +458,41 @@ def compare_feature_sets(
             p = float("nan")
             if binary and score_a.ndim == 1:
                 p = delong_test(y == 1, score_a, score_b).p
-            rows.append((where, clf, pair.set_a, pair.set_b, auc_a, auc_b, auc_a - auc_b, low, high, p))
-    log.info("%d paired comparison(s) of feature sets", len(rows))
-    return pd.DataFrame(rows, columns=list(COMPARISON_COLUMNS)) if rows else empty
+            rows.append(
+                (where, clf, pair.set_a, pair.set_b, auc_a, auc_b, auc_a - auc_b, low, high, p, pair.kind)
+            )
+            boots.append(diff)
+    if not rows:
+        return empty
+    columns = [c for c in COMPARISON_COLUMNS if c not in _FAMILY_COLUMNS]
+    table = pd.DataFrame(rows, columns=[*columns, "family"])
+    table = _adjust_families(table, boots, confidence)
+    log.info(
+        "%d paired comparison(s) of feature sets in %d famil(ies) of claim x evaluation set",
+        len(table),
+        table.groupby(["family", "evaluated_on"]).ngroups,
+    )
+    return table[list(COMPARISON_COLUMNS)]
+
+
+#: The columns :func:`_adjust_families` adds.
+_FAMILY_COLUMNS = ("p_holm", "sim_ci_low", "sim_ci_high", "family", "family_size")
+
+
+def _adjust_families(table, boots, confidence):
+    """Holm p, simultaneous band and size of each family (claim x evaluation set) of ``table``'s rows."""
+    table = table.assign(p_holm=np.nan, sim_ci_low=np.nan, sim_ci_high=np.nan, family_size=0)
+    for _, rows in table.groupby(["family", "evaluated_on"], sort=False):
+        idx = rows.index.to_numpy()
+        table.loc[idx, "p_holm"] = holm(rows["p_delong"].to_numpy(dtype=float))
+        draws = [boots[i] for i in idx]
+        if len({len(d) for d in draws}) == 1 and len(draws[0]):
+            low, high = simultaneous_band(
+                rows["delta_auc"].to_numpy(dtype=float), np.vstack(draws), confidence
+            )
+            table.loc[idx, "sim_ci_low"], table.loc[idx, "sim_ci_high"] = low, high
+        table.loc[idx, "family_size"] = len(idx)
+    return table
 
 
 def _set_auc(frame, y, weights, classes, score_columns, name, where):

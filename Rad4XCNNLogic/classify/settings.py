@@ -40,3 +40,8 @@ class ClassificationConfig:
         "external cohorts to validate on (their test or unassigned cases; null: every cohort that "
         "trains neither the network nor the classifiers)",
     )
+    compare: list[str] | None = option(
+        None,
+        "pairs of feature sets to compare, A:B each (difference of AUC A - B); null: the pairs the set "
+        "names imply (deep vs radiomic, CNN vs ViT, explained vs deep, ...), else every pair",
+    )

@@ -46,11 +46,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     for failure in result.task_failures:
         print(f"  failed: {failure['feature_set']}/{failure['classifier']}: {failure['problem']}")
     if result.comparisons is not None and len(result.comparisons):
-        print("paired comparisons (delta AUC = a - b, 95% CI on the same bootstrap draws, DeLong p):")
-        for row in result.comparisons.itertuples():
+        table = result.comparisons
+        families = table.groupby(["family", "evaluated_on"]).ngroups
+        print(
+            f"paired comparisons: {len(table)} in {families} famil(ies) of claim x evaluation set "
+            "(delta AUC = a - b, 95% CI on the same bootstrap draws, DeLong p; simultaneous 95% band and "
+            "Holm p within the family):"
+        )
+        for row in table.itertuples():
             print(
                 f"  {row.evaluated_on:<16}{row.classifier:<5}{row.set_a} - {row.set_b}: "
-                f"{row.delta_auc:+.3f} ({row.ci_low:+.3f} to {row.ci_high:+.3f}), p {row.p_delong:.3g}"
+                f"{row.delta_auc:+.3f} ({row.ci_low:+.3f} to {row.ci_high:+.3f}), p {row.p_delong:.3g}; "
+                f"band {row.sim_ci_low:+.3f} to {row.sim_ci_high:+.3f}, Holm p {row.p_holm:.3g} "
+                f"[{row.family}, {row.family_size}]"
             )
     print(f"wrote {', '.join(Path(p).name for p in summary['outputs'])} to {Path(args.out)}")
     return 0
@@ -103,4 +111,5 @@ def register(sub, parents: dict) -> None:
     )
     add_setting(p, "classification.jobs", "--jobs")
     add_setting(p, "classification.evaluate_on", "--evaluate-on", nargs="+", metavar="COHORT")
+    add_setting(p, "classification.compare", "--compare", nargs="+", metavar="A:B")
     p.set_defaults(func=cmd_classify)

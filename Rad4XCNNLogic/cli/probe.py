@@ -14,6 +14,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     import numpy as np
 
     from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.explain.probes import rank_concepts
     from Rad4XCNNLogic.run.probing import probe_stage
 
     cfg = config_from_args(args)
@@ -48,10 +49,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     for (model, layer), part in probes.groupby(["model", "layer"], sort=False):
         line = f"  {model}.{layer}: median R² {np.nanmedian(part['r2']):.3f}"
         if part["selectivity"].notna().any():
-            top = part.loc[part["selectivity"].idxmax()]
+            top = rank_concepts(part).iloc[0]  # chosen on the training folds' CV error, measured held out
             line += (
-                f", median selectivity {np.nanmedian(part['selectivity']):.3f}; most selective "
-                f"{top['radiomic_feature']} (R² {top['r2']:.2f} vs control {top['r2_control']:.2f})"
+                f", median selectivity {np.nanmedian(part['selectivity']):.3f}; most selective by CV of "
+                f"{len(part)}: {top['radiomic_feature']} (held-out R² {top['r2']:.2f} vs control "
+                f"{top['r2_control']:.2f}, selectivity {top['selectivity']:+.2f} "
+                f"[{top['selectivity_ci_low']:+.2f}, {top['selectivity_ci_high']:+.2f}])"
             )
         else:
             line += " (no control layer: no selectivity)"
@@ -84,7 +87,9 @@ def register(sub, parents: dict) -> None:
             "from the layer's deep features to the feature's ranks, its penalty chosen by cross-validation "
             "on the training cases (train and val splits of the training cohort), R² on the held-out cases "
             "(its test split and the other cohorts) with a bootstrap interval; the same probe on the control "
-            "network's layer gives r2_control, and selectivity = r2 - r2_control. Also linear CKA of each "
+            "network's layer gives r2_control, and selectivity = r2 - r2_control (against a random-weights "
+            "network, not a control task), with a paired bootstrap interval; the 'most selective' concepts "
+            "are chosen on the training folds' CV error, then measured held out. Also linear CKA of each "
             "layer with the radiomic table, between layers and backbones, and against the control, with a "
             "permutation baseline. Writes probes.csv, probes.json and cka.csv (and concepts.csv with "
             "--checkpoint). Give a run's cohort.csv as "

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.probes import rank_transform
+from Rad4XCNNLogic.explain.probes import rank_concepts, rank_transform
 from Rad4XCNNLogic.names import FINAL_LAYER
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -36,6 +36,11 @@ CONCEPT_COLUMNS = (
     "derivative_mean",
     "derivative_z",
     "n_cases",
+    "cv_selectivity",
+    "selectivity",
+    "selectivity_ci_low",
+    "selectivity_ci_high",
+    "n_searched",
 )
 
 
@@ -211,7 +216,9 @@ def concept_sensitivity(
     batch_size: int = 16,
 ) -> pd.DataFrame:
     """The sensitivity of a fine-tuned classifier to the ``concepts`` most selective radiomic concepts of
-    its layer ``layer`` (rows :data:`CONCEPT_COLUMNS`).
+    its layer ``layer`` (rows :data:`CONCEPT_COLUMNS`): most selective by the training folds' CV error
+    (:func:`~Rad4XCNNLogic.explain.probes.rank_concepts`), measured on the held-out cases, with their
+    held-out selectivity (and its paired interval) and the number of concepts searched, ``n_searched``.
 
     ``probes`` is :attr:`~Rad4XCNNLogic.explain.probes.ProbeResult.probes` (with the chosen ``penalty``);
     ``model`` the backbone's label in ``deep``, whose features at ``layer`` must be the checkpoint's;
@@ -246,8 +253,8 @@ def concept_sensitivity(
         target_class = "malignant" if "malignant" in classes else (classes[-1] if classes else None)
     if target_class not in classes:
         raise Rad4XCNNError(f"class {target_class!r} is not a class of the checkpoint ({', '.join(classes)})")
-    order = "selectivity" if rows["selectivity"].notna().any() else "r2"
-    top = rows.sort_values(order, ascending=False).head(int(concepts))
+    # chosen on the training folds' CV error: the held-out cases then measure them without the choice's bias
+    top = rank_concepts(rows).head(int(concepts))
     train = [c for c in train_ids if c in deep.index and c in radiomics.index]
     directions = concept_directions(
         deep.loc[train, columns].to_numpy(np.float64),
@@ -273,4 +280,9 @@ def concept_sensitivity(
     table.insert(0, "model", model)
     table.insert(1, "layer", layer)
     table.insert(3, "target_class", target_class)
+    chosen = top.set_index("radiomic_feature")
+    for column in ("cv_selectivity", "selectivity", "selectivity_ci_low", "selectivity_ci_high"):
+        values = chosen[column] if column in chosen else pd.Series(np.nan, index=chosen.index)
+        table[column] = table["radiomic_feature"].map(values).to_numpy(float)
+    table["n_searched"] = len(rows)  # the concepts were the best of this many radiomic features
     return table[list(CONCEPT_COLUMNS)]

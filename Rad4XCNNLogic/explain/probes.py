@@ -3,7 +3,14 @@
 For every (backbone, layer) and radiomic feature, a ridge regression from the layer's standardised deep
 features to the radiomic feature's ranks, its penalty chosen by K-fold cross-validation on the training
 cases, scored by R² on held-out cases (bootstrap interval); the same probe on a control network's features
-gives ``r2_control``, and ``selectivity = r2 - r2_control`` (Hewitt and Liang, 2019).
+gives ``r2_control``, and ``selectivity = r2 - r2_control`` with a paired bootstrap interval.
+
+"Selectivity" here is against a *random-weights network* of the same architecture (what any such network
+encodes), not against Hewitt and Liang's (2019) control *task* (random labels for the same inputs).
+
+Which concepts are "most selective" (:func:`rank_concepts`) is decided on the training folds' cross-validated
+error alone (``cv_selectivity``), so that the held-out selectivity of the concepts chosen is not inflated by
+the choice: among many targets x layers, the largest held-out value is large by chance.
 """
 
 from __future__ import annotations
@@ -33,6 +40,11 @@ PROBE_COLUMNS = (
     "r2_ci_high",
     "r2_control",
     "selectivity",
+    "selectivity_ci_low",
+    "selectivity_ci_high",
+    "cv_r2",
+    "cv_r2_control",
+    "cv_selectivity",
 )
 #: Each cross-validation fold must hold at least this many training cases.
 MIN_CASES_PER_FOLD = 2
@@ -277,6 +289,74 @@ def ridge_probe(
 
 
 # ------------------------------------------------------------------------------------------- the tables
+def cv_r2(fit: ProbeFit, y_train) -> np.ndarray:
+    """Per target, the cross-validated R² on the training cases at the chosen penalty:
+    ``1 - cv_error / variance`` (the folds' squared error against the training targets' variance).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.normal(size=(120, 10)); y = x[:, :1] + 0.3 * rng.normal(size=(120, 1))
+    >>> fit = ridge_probe(x[:80], y[:80], x[80:], y[80:], folds=4, bootstrap=0)
+    >>> bool(0.8 < cv_r2(fit, y[:80])[0] < 1)
+    True
+    """
+    y_train = np.asarray(y_train, float)
+    variance = ((y_train - y_train.mean(axis=0)) ** 2).mean(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(variance > 0, 1.0 - fit.cv_error.min(axis=0) / variance, np.nan)
+
+
+def selectivity_interval(
+    y_test, y_mean, pred, pred_control, *, bootstrap: int = 1000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Paired percentile bootstrap interval of ``r2 - r2_control`` per target over the held-out cases: both
+    R² on each resample of the same cases (the draws of :func:`ridge_probe`'s interval for ``seed``).
+
+    ``y_test`` (cases, targets); ``y_mean`` the training targets' mean; ``pred`` and ``pred_control`` the
+    two probes' held-out predictions. NaN without resamples or with fewer than :data:`MIN_HELDOUT` cases.
+    """
+    y_test, pred, pred_control = (np.asarray(a, float) for a in (y_test, pred, pred_control))
+    m = len(y_test)
+    low = np.full(y_test.shape[1], np.nan)
+    high = np.full(y_test.shape[1], np.nan)
+    if bootstrap <= 0 or m < MIN_HELDOUT:
+        return low, high
+    w = _bootstrap_counts(m, bootstrap, seed + 1)
+    centred = y_test - np.asarray(y_mean, float)
+    ss_tot = w @ (centred * centred)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        diff = (w @ ((y_test - pred_control) ** 2) - w @ ((y_test - pred) ** 2)) / ss_tot
+    diff = np.where(ss_tot > 0, diff, np.nan)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (constant targets)
+        low, high = np.nanpercentile(diff, [tail, 100 - tail], axis=0)
+    return low, high
+
+
+def rank_concepts(probes: pd.DataFrame) -> pd.DataFrame:
+    """``probes`` ordered from the most selective concept down, by the training folds' cross-validated
+    ``cv_selectivity`` (``cv_r2`` when no layer had a control) - never by a held-out value, which the
+    choice would inflate. A table without the CV columns (written before them) is ordered by the held-out
+    ``selectivity`` or ``r2`` as then.
+
+    Examples
+    --------
+    >>> probes = pd.DataFrame({"radiomic_feature": ["a", "b"], "selectivity": [0.9, 0.1],
+    ...                        "cv_selectivity": [0.0, 0.2], "cv_r2": [0.1, 0.3]})
+    >>> rank_concepts(probes)["radiomic_feature"].tolist()
+    ['b', 'a']
+    """
+    if "cv_selectivity" in probes and probes["cv_selectivity"].notna().any():
+        key = "cv_selectivity"
+    elif "cv_r2" in probes and probes["cv_r2"].notna().any():
+        key = "cv_r2"
+    else:
+        key = "selectivity" if probes["selectivity"].notna().any() else "r2"
+    return probes.sort_values(key, ascending=False, kind="stable", na_position="last")
+
+
 def layer_groups(columns: Sequence[str]) -> dict[tuple[str, str], list[str]]:
     """The deep-feature columns of each (backbone, layer), in the table's order; other columns are left out.
 
@@ -426,7 +506,7 @@ def run_probes(
     Examples
     --------
     >>> result = run_probes(deep, radiomics, train_ids, heldout_ids, control=random_deep)  # doctest: +SKIP
-    >>> result.probes.sort_values("selectivity", ascending=False).head()  # doctest: +SKIP
+    >>> rank_concepts(result.probes).head()  # chosen on CV error, measured held out  # doctest: +SKIP
     """
     deep_groups = layer_groups(deep.columns)
     if not deep_groups:
@@ -458,6 +538,7 @@ def run_probes(
         raise Rad4XCNNError("no radiomic feature varies across the training cases: nothing to probe")
     targets = rank_transform(rad.loc[train].to_numpy(np.float64), rad.to_numpy(np.float64))
     y_train, y_test = targets[: len(train)], targets[len(train) :]
+    y_mean = y_train.mean(axis=0)
 
     if control is not None:
         _check_control_cases(control, train + held)
@@ -485,6 +566,13 @@ def run_probes(
         theirs = None
         if pairs.get(key) is not None:
             theirs = fit(control_table, ctrl_groups[pairs[key]])
+        sel_low, sel_high, cv_theirs = nan, nan, nan
+        if theirs is not None:
+            sel_low, sel_high = selectivity_interval(
+                y_test, y_mean, mine.predictions, theirs.predictions, bootstrap=bootstrap, seed=seed
+            )
+            cv_theirs = cv_r2(theirs, y_train)
+        cv_mine = cv_r2(mine, y_train)
         frame = pd.DataFrame(
             {
                 "model": model,
@@ -495,6 +583,11 @@ def run_probes(
                 "r2_ci_high": mine.ci_high,
                 "r2_control": nan if theirs is None else theirs.r2,
                 "selectivity": nan if theirs is None else mine.r2 - theirs.r2,
+                "selectivity_ci_low": sel_low,
+                "selectivity_ci_high": sel_high,
+                "cv_r2": cv_mine,
+                "cv_r2_control": cv_theirs,
+                "cv_selectivity": cv_mine - cv_theirs,
                 "penalty": mine.penalty,
                 "penalty_control": nan if theirs is None else theirs.penalty,
             }
@@ -511,6 +604,9 @@ def run_probes(
         "train_cases": len(train),
         "heldout_cases": len(held),
         "radiomic_features": int(rad.shape[1]),
+        # the "most selective" concept is the best of this many (targets x layers), chosen on CV error
+        "searched": int(rad.shape[1]) * len(trained_keys),
+        "ranked_by": "cv_selectivity (training folds' CV error; cv_r2 without a control)",
         "layers": [f"{m}.{layer}" for m, layer in trained_keys],
         "controls": {f"{k[0]}.{k[1]}": (None if v is None else f"{v[0]}.{v[1]}") for k, v in pairs.items()},
         "target": "ranks among the training cases",

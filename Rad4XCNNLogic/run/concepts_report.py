@@ -70,6 +70,37 @@ class ConceptsSection:
     measure: str | None = None
     cka: Any = None
     sensitivity: Any = None
+    #: the most selective concept, as chosen (training folds' CV) and measured (held out), in words
+    chosen: str | None = None
+
+
+def chosen_concept(probes) -> str | None:
+    """One sentence: the most selective concept by the training folds' cross-validated selectivity, the
+    number of targets x layers it was chosen among, and its held-out selectivity with the paired interval;
+    None for a ``probes.csv`` without the CV columns or without a control.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> probes = pd.DataFrame({"model": ["r", "r"], "layer": ["l4", "l4"], "radiomic_feature": ["a", "b"],
+    ...     "r2": [0.5, 0.2], "r2_control": [0.1, 0.1], "selectivity": [0.4, 0.1],
+    ...     "selectivity_ci_low": [0.3, 0.0], "selectivity_ci_high": [0.5, 0.2],
+    ...     "cv_selectivity": [0.35, 0.05]})
+    >>> text = chosen_concept(probes)
+    >>> "among 2 radiomic features x layers searched: a in r.l4" in text, "+0.40 (95% interval +0.30" in text
+    (True, True)
+    """
+    if "cv_selectivity" not in probes or not probes["cv_selectivity"].notna().any():
+        return None
+    from Rad4XCNNLogic.explain.probes import rank_concepts
+
+    row = rank_concepts(probes).iloc[0]
+    return (
+        f"Most selective by the training folds' cross-validated error, among {len(probes)} radiomic "
+        f"features x layers searched: {row['radiomic_feature']} in {row['model']}.{row['layer']}, held-out "
+        f"selectivity {row['selectivity']:+.2f} (95% interval {row['selectivity_ci_low']:+.2f} to "
+        f"{row['selectivity_ci_high']:+.2f})."
+    )
 
 
 def concepts_section(out: Path) -> ConceptsSection:
@@ -80,6 +111,7 @@ def concepts_section(out: Path) -> ConceptsSection:
     if probes is not None and len(probes):
         table, section.measure = by_layer_and_family(probes)
         section.figure = selectivity_figure(table, section.measure)
+        section.chosen = chosen_concept(probes)
     cka = read_optional_csv(out / RunFiles.CKA, keep_default_na=False, na_values=[""])
     if cka is not None and len(cka):
         columns = ["kind", "model_a", "layer_a", "model_b", "layer_b", "cka", "null_mean", "p"]

@@ -47,6 +47,7 @@ def probe_stage(
         layer_groups,
         match_controls,
         probe_cases,
+        rank_concepts,
         run_probes,
     )
     from Rad4XCNNLogic.explain.similarity import cka_table
@@ -95,13 +96,16 @@ def probe_stage(
         write_json_atomic(out_dir / RunFiles.PROBES_SETTINGS, settings),
         write_csv_atomic(out_dir / RunFiles.CKA, cka, index=False),
     ]
-    best = probes.sort_values("selectivity", ascending=False, na_position="last").head(1)
+    # the most selective concept is chosen on the training folds' CV error, then measured held out
+    best = rank_concepts(probes).head(1)
     text = f"{probes['radiomic_feature'].nunique()} radiomic features x {len(result.pairs)} layers"
     if not best.empty and np.isfinite(best["selectivity"].iloc[0]):
         row = best.iloc[0]
         text += (
-            f"; most selective: {row['radiomic_feature']} in {row['model']}.{row['layer']} "
-            f"(R² {row['r2']:.2f}, control {row['r2_control']:.2f})"
+            f"; most selective by CV of {result.settings['searched']} searched: {row['radiomic_feature']} "
+            f"in {row['model']}.{row['layer']} (held-out R² {row['r2']:.2f}, control "
+            f"{row['r2_control']:.2f}, selectivity {row['selectivity']:+.2f} "
+            f"[{row['selectivity_ci_low']:+.2f}, {row['selectivity_ci_high']:+.2f}])"
         )
     concepts = None
     if checkpoint is not None:

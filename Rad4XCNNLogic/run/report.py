@@ -210,6 +210,8 @@ CLAIMS = (
 
 
 def _pair_kinds(comparisons) -> list[str]:
+    if "family" in comparisons:  # written since the comparisons are adjusted per family
+        return [str(f) for f in comparisons["family"]]
     from Rad4XCNNLogic.classify.comparisons import comparison_pairs
 
     names = list(dict.fromkeys([*comparisons["set_a"], *comparisons["set_b"]]))
@@ -218,10 +220,20 @@ def _pair_kinds(comparisons) -> list[str]:
     return [kinds.get(pair, "other") for pair in pairs]
 
 
+def _judged_interval(comparisons) -> tuple[str, str, str]:
+    """(low column, high column, words): the simultaneous band where ``comparisons.csv`` has it, else the
+    per-comparison interval of an older table."""
+    if "sim_ci_low" in comparisons and comparisons["sim_ci_low"].notna().any():
+        return "sim_ci_low", "sim_ci_high", "simultaneous 95% band"
+    return "ci_low", "ci_high", "95% interval"
+
+
 def forest_figure(comparisons) -> str:
     """Forest plot of ``comparisons.csv``: each difference of AUC (set a - set b) with its paired 95%
-    bootstrap interval, one row per pair and classifier, one panel per evaluation set."""
+    bootstrap interval (thick) and its family's simultaneous band (thin, which sets the colour), one row per
+    pair and classifier, one panel per evaluation set."""
     plt = _pyplot()
+    low_col, high_col, words = _judged_interval(comparisons)
     where = list(dict.fromkeys(comparisons["evaluated_on"]))
     most = int(comparisons.groupby("evaluated_on").size().max())
     fig, axes = plt.subplots(len(where), 1, figsize=(7.5, len(where) * (0.9 + 0.26 * most)), squeeze=False)
@@ -229,45 +241,68 @@ def forest_figure(comparisons) -> str:
         part = comparisons[comparisons["evaluated_on"] == name]
         y = np.arange(len(part))[::-1]
         delta = part["delta_auc"].to_numpy(dtype=float)
-        low = part["ci_low"].to_numpy(dtype=float)
-        high = part["ci_high"].to_numpy(dtype=float)
+        low = part[low_col].to_numpy(dtype=float)
+        high = part[high_col].to_numpy(dtype=float)
         colour = np.where(low > 0, "tab:blue", np.where(high < 0, "tab:red", "grey")).tolist()
         for k in range(len(part)):
-            ax.plot([low[k], high[k]], [y[k], y[k]], color=colour[k], lw=1.4)
+            ax.plot([low[k], high[k]], [y[k], y[k]], color=colour[k], lw=0.9)
+            ax.plot([part["ci_low"].iloc[k], part["ci_high"].iloc[k]], [y[k], y[k]], color=colour[k], lw=2.4)
         ax.scatter(delta, y, c=colour, s=18, zorder=3)
         ax.axvline(0, color="black", lw=0.8, ls="--")
         labels = [f"{r.set_a} - {r.set_b} ({r.classifier})" for r in part.itertuples()]
         ax.set_yticks(y, labels, fontsize=7)
         ax.set_title(str(name), fontsize=10)
-    axes[-1, 0].set_xlabel("difference of AUC, 95% interval")
+    axes[-1, 0].set_xlabel(f"difference of AUC: 95% interval (thick), {words} (thin)")
     fig.tight_layout()
     return _png(fig)
 
 
 def claims_as_measured(comparisons) -> list[str]:
-    """The paper's claims (:data:`CLAIMS`) as measured by the paired comparisons: one sentence per claim and
-    evaluation set, counting the classifiers whose 95% interval of the difference lies above 0, below 0, or
-    across it (no difference shown - which is not a proof of equivalence)."""
+    """The paper's claims (:data:`CLAIMS`) as measured by the paired comparisons: first the number of
+    comparisons and families, then one sentence per claim and evaluation set, counting the comparisons whose
+    family-adjusted interval - the simultaneous band of ``comparisons.csv`` - lies above 0, below 0, or
+    across it (no difference shown - which is not a proof of equivalence), and those with Holm p < 0.05.
+    Comparisons a user named, or every pair, are counted as claims of their own."""
     if comparisons is None or not len(comparisons):
         return []
     kinds = _pair_kinds(comparisons)
     table = comparisons.assign(kind=kinds)
-    lines = []
-    for kind, claim in CLAIMS:
+    low_col, high_col, words = _judged_interval(table)
+    families = table.groupby(["kind", "evaluated_on"]).ngroups
+    lines = [
+        f"{len(table)} paired comparison(s) in {families} famil(ies) of claim x evaluation set; each claim "
+        f"is judged on its family's {words}"
+        + (" and Holm-adjusted DeLong p" if "p_holm" in table else "")
+        + ", not on the comparisons one by one."
+    ]
+    claims = list(CLAIMS) + [(k, _OTHER_CLAIMS[k]) for k in _OTHER_CLAIMS if k in set(kinds)]
+    for kind, claim in claims:
         part = table[table["kind"] == kind]
         if part.empty:
             lines.append(f"{claim}: not measured (no such pair of feature sets in this run).")
             continue
         for name, rows in part.groupby("evaluated_on", sort=False):
-            above = int((rows["ci_low"] > 0).sum())
-            below = int((rows["ci_high"] < 0).sum())
+            above = int((rows[low_col] > 0).sum())
+            below = int((rows[high_col] < 0).sum())
             n = len(rows)
+            holm_text = ""
+            if "p_holm" in rows and rows["p_holm"].notna().any():
+                holm_text = f"; Holm p < 0.05 in {int((rows['p_holm'] < 0.05).sum())}"
             lines.append(
                 f"{claim} - on {name}: {n} comparison(s) ({', '.join(sorted(set(rows['classifier'])))}); "
                 f"difference of AUC from {rows['delta_auc'].min():+.3f} to {rows['delta_auc'].max():+.3f}; "
-                f"interval above 0 in {above}, below 0 in {below}, across 0 in {n - above - below}."
+                f"{words} above 0 in {above}, below 0 in {below}, across 0 in {n - above - below}{holm_text}."
             )
     return lines
+
+
+#: Families of comparisons that are no claim of the paper, reported after them.
+_OTHER_CLAIMS = {
+    "named": "the pairs named in classification.compare differ",
+    "all-pairs": "the feature sets differ (every pair compared)",
+    "combined-vs-deep": "adding radiomic features to the deep features changes the AUC",
+    "trained-vs-control": "the trained network's features classify better than its control's",
+}
 
 
 def _cohort_section(out: Path) -> dict:
@@ -597,6 +632,7 @@ def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failur
         concepts_measure=concepts.measure,
         cka_table=html_table(concepts.cka),
         sensitivity_table=html_table(concepts.sensitivity),
+        concepts_chosen=concepts.chosen,
     )
     context.update(_cam_section(out, labels))
     if failures:

@@ -460,7 +460,7 @@ STAGES: tuple[Stage, ...] = (
         writes=(F.CORRELATIONS, F.EXPLANATIONS, F.EXPLANATION, F.COVERAGE, F.EXPLAINED_BY_THRESHOLD),
     ),
     Stage(
-        "classify", 1, ("cohort", "deep", "radiomics", "explain"), plan_classify,
+        "classify", 2, ("cohort", "deep", "radiomics", "explain"), plan_classify,
         reads=(F.COHORT, F.DEEP, F.RADIOMICS, F.EXPLANATIONS), writes=(F.CLASSIFICATION, F.IMPORTANCES),
     ),
     Stage("cam", 2, ("cohort", "train"), plan_cam, reads=(F.COHORT, F.MODELS), writes=(F.CAM,)),

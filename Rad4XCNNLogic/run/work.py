@@ -485,6 +485,7 @@ def classify_stage(
         jobs=classification.jobs,
         progress=progress,
         evaluate_on=classification.evaluate_on if evaluate_on is None else evaluate_on,
+        compare=classification.compare,
     )
     written = write_classification(result, out_dir)
     text = f"{len(sets)} feature sets x {len(classification.classifiers)} classifiers"

@@ -15,14 +15,18 @@ from Rad4XCNNLogic.classify.comparisons import (
     COMPARISON_COLUMNS,
     ComparisonPair,
     backbone_family,
+    choose_pairs,
     compare_feature_sets,
     comparison_pairs,
     delong_covariance,
     delong_test,
+    holm,
+    named_pairs,
     select_by_cv,
 )
 from Rad4XCNNLogic.classify.metrics import evaluation_rng, stratified_bootstrap_weights, weighted_metrics
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, assign_splits
+from Rad4XCNNLogic.errors import Rad4XCNNError
 
 QUICK = {"n_bootstrap": 200, "jobs": 1, "progress": False, "grids": {"rf": {"n_estimators": [100]}}}
 
@@ -264,3 +268,101 @@ def test_select_by_cv_never_looks_at_test_auc(named_result):
         }
     )
     assert select_by_cv(rigged)[["classifier", "cv_auc"]].values.tolist() == [["rf", 0.91]]
+
+
+# ------------------------------------------------------------------------------------------ multiplicity
+def _null_predictions(rng, n_sets: int = 5, n_cases: int = 80, classifiers=("rf", "svm")) -> pd.DataFrame:
+    """Predictions of ``n_sets`` feature sets unrelated to the labels (a global null), two classifiers."""
+    labels = np.where(np.arange(n_cases) < n_cases // 2, "benign", "malignant")
+    rows = []
+    for clf in classifiers:
+        for k in range(n_sets):
+            score = rng.random(n_cases)
+            rows.append(
+                pd.DataFrame(
+                    {
+                        "case_id": [f"c{i:03d}" for i in range(n_cases)],
+                        "feature_set": f"set{k}",
+                        "classifier": clf,
+                        "evaluated_on": INTERNAL_TEST,
+                        "label": labels,
+                        "p_benign": 1 - score,
+                        "p_malignant": score,
+                        "score": score,
+                    }
+                )
+            )
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_family_adjustment_controls_the_family_wise_rate_under_a_global_null():
+    # features unrelated to labels, five sets: every pair (10) x 2 classifiers = one family of 20 comparisons.
+    # Read one by one, some interval leaves 0 in far more than 5% of the runs; the simultaneous band and
+    # Holm's p keep the chance of any false claim near 5%.
+    rng = np.random.default_rng(7)
+    runs, any_raw, any_band, any_holm = 40, 0, 0, 0
+    for _ in range(runs):
+        table = compare_feature_sets(
+            _null_predictions(rng),
+            classes=["benign", "malignant"],
+            n_bootstrap=200,
+            seed=int(rng.integers(1e6)),
+        )
+        assert list(table.columns) == list(COMPARISON_COLUMNS)
+        assert (table["family"] == "all-pairs").all() and (table["family_size"] == 20).all()
+        any_raw += bool(((table["ci_low"] > 0) | (table["ci_high"] < 0)).any())
+        any_band += bool(((table["sim_ci_low"] > 0) | (table["sim_ci_high"] < 0)).any())
+        any_holm += bool((table["p_holm"] < 0.05).any())
+    assert any_raw / runs >= 0.3
+    assert any_band / runs <= 0.15 and any_holm / runs <= 0.15
+
+
+def test_holm_and_the_band_are_never_narrower_than_one_comparison():
+    table = compare_feature_sets(
+        _null_predictions(np.random.default_rng(1), n_sets=3),
+        classes=["benign", "malignant"],
+        n_bootstrap=300,
+    )
+    assert (table["p_holm"] >= table["p_delong"] - 1e-12).all() and (table["p_holm"] <= 1).all()
+    half = (table["sim_ci_high"] - table["sim_ci_low"]) / 2
+    assert np.allclose(table["sim_ci_low"] + half, table["delta_auc"])  # centred on the difference
+    # the band's half-width is at least each comparison's own 95% quantile of |d_b - delta|
+    preds = _null_predictions(np.random.default_rng(1), n_sets=3)
+    y = (preds.query("feature_set == 'set0' and classifier == 'rf'")["label"] == "malignant").to_numpy(int)
+    weights = stratified_bootstrap_weights(y, 300, evaluation_rng(0, INTERNAL_TEST))
+
+    def boot(name, clf):
+        part = preds.query("feature_set == @name and classifier == @clf")
+        return weighted_metrics(y, np.full((len(y), 2), 0.5), weights, score=part["score"].to_numpy())["auc"]
+
+    for row, h in zip(table.itertuples(), half, strict=True):
+        own = np.quantile(
+            np.abs(boot(row.set_a, row.classifier) - boot(row.set_b, row.classifier) - row.delta_auc), 0.95
+        )
+        assert h >= own - 1e-9
+    # Holm by hand on one small family
+    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_families_are_claims_per_evaluation_set(named_result):
+    table = named_result.comparisons
+    # deep-vs-radiomic, combined-vs-deep, explained-vs-deep, each on two evaluation sets, two classifiers
+    sizes = table.groupby(["family", "evaluated_on"])["family_size"].agg(["first", "size"])
+    assert len(sizes) == 6 and (sizes["first"] == sizes["size"]).all() and (sizes["size"] == 2).all()
+    assert ((table["sim_ci_low"] <= table["ci_low"] + 0.05) & (table["p_holm"] >= table["p_delong"])).all()
+
+
+# ------------------------------------------------------------------------------------------ named pairs
+def test_named_pairs_and_every_pair_when_no_rule_applies():
+    assert [(p.set_a, p.set_b, p.kind) for p in choose_pairs(["means", "worst", "error"])] == [
+        ("means", "worst", "all-pairs"),
+        ("means", "error", "all-pairs"),
+        ("worst", "error", "all-pairs"),
+    ]
+    assert [(p.set_a, p.set_b, p.kind) for p in choose_pairs(["deep", "radiomic"], ["radiomic:deep"])] == [
+        ("radiomic", "deep", "named")
+    ]
+    with pytest.raises(Rad4XCNNError, match=r"no feature set 'wrst'; the sets are means, worst$"):
+        named_pairs(["means:wrst"], ["means", "worst"])
+    with pytest.raises(Rad4XCNNError, match="is not A:B"):
+        named_pairs(["means-worst"], ["means", "worst"])

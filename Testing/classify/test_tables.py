@@ -134,3 +134,44 @@ def test_cli_classify_with_a_label_only_manifest_and_evaluate_on(wdbc, tmp_path,
     table = pd.read_csv(tmp_path / "out" / "classification.csv")
     assert set(table["evaluated_on"]) == {"internal-test", "external"}
     assert "wrote" in capsys.readouterr().out
+
+
+def _column_groups(wdbc, tmp_path) -> list[str]:
+    """The Wisconsin table's "mean", "worst" and "error" columns as three feature tables, NAME=FILE each."""
+    table = pd.read_csv(wdbc / "wdbc.csv", dtype={"case_id": str})
+    sources = []
+    for name, pick in (("means", "mean "), ("worst", "worst "), ("error", " error")):
+        columns = [c for c in table.columns if pick in c]
+        assert len(columns) == 10
+        table[["case_id", *columns]].to_csv(tmp_path / f"{name}.csv", index=False)
+        sources.append(f"{name}={tmp_path / f'{name}.csv'}")
+    return sources
+
+
+def test_cli_compares_tables_a_user_names(wdbc, tmp_path, capsys):
+    # set names imply no comparison (no deep, no radiomic): every pair is compared, Holm-adjusted together
+    sources = _column_groups(wdbc, tmp_path)
+    quick = ["--manifest", str(wdbc / "labels.csv"), "--classifiers", "svm", "--cv-folds", "3",
+             "--bootstrap", "50", "--jobs", "1"]  # fmt: skip
+    code = main(["classify", "--features", *sources[:2], "--out", str(tmp_path / "two"), *quick])
+    assert code == 0
+    table = pd.read_csv(tmp_path / "two" / "comparisons.csv")
+    assert table[["set_a", "set_b", "family"]].drop_duplicates().values.tolist() == [
+        ["means", "worst", "all-pairs"]
+    ]
+    assert len(table) == 2 and (table["family_size"] == 1).all()  # one pair on each of two evaluation sets
+    assert (table["p_holm"] == table["p_delong"]).all()  # a family of one: nothing to adjust
+    # pairs a user names replace the default; the difference is A - B
+    code = main(["classify", "--features", *sources, "--out", str(tmp_path / "named"), *quick,
+                 "--compare", "error:worst"])  # fmt: skip
+    table = pd.read_csv(tmp_path / "named" / "comparisons.csv")
+    assert code == 0 and table[["set_a", "set_b", "family"]].drop_duplicates().values.tolist() == [
+        ["error", "worst", "named"]
+    ]
+    assert "paired comparisons: 2 in 2 famil(ies)" in capsys.readouterr().out
+    code = main(["classify", "--features", *sources, "--out", str(tmp_path / "bad"), *quick,
+                 "--compare", "means:wrst"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1
+    assert "no feature set 'wrst'; the sets are means, worst, error" in err
+    assert not (tmp_path / "bad" / "classification.csv").exists()  # refused before any model is fitted

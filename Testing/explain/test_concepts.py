@@ -137,10 +137,12 @@ def test_probe_command_measures_the_concepts_of_a_checkpoint(synthetic_manifest,
     args += ["--manifest", str(synthetic_manifest), "--checkpoint", str(checkpoint), "--folds", "3"]
     args += ["--bootstrap", "50", "--permutations", "10", "--random-directions", "20", "--out", str(out)]
     assert main(args) == 0
-    assert "sensitivity of class 'malignant'" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "sensitivity of class 'malignant'" in printed
     concepts = pd.read_csv(out / "concepts.csv")
     assert tuple(concepts.columns) == CONCEPT_COLUMNS
     assert concepts["radiomic_feature"].iloc[0] == "original_firstorder_Mean"  # the best probed first
+    assert (concepts["n_searched"] == 2).all()  # chosen (by training-fold CV R², no control) among two
     assert set(concepts["layer"]) == {"layer3"} and set(concepts["target_class"]) == {"malignant"}
     assert concepts["tcav"].between(0, 1).all() and concepts["p"].between(1 / 21, 1).all()
     bad = [*args[:-1], str(tmp_path / "bad"), "--concept-layer", "resnet18.layer9"]

@@ -56,6 +56,7 @@ def test_probe_command_writes_probes_and_cka(tmp_path, capsys):
     assert main(_args(paths, out, *extra)) == 0
     printed = capsys.readouterr().out
     assert "80 training and 80 held-out cases" in printed
+    assert f"most selective by CV of 2: {ENCODED} (held-out R²" in printed
     probes = pd.read_csv(out / "probes.csv")
     assert tuple(probes.columns) == PROBE_COLUMNS
     table = probes.set_index("radiomic_feature")
@@ -67,6 +68,12 @@ def test_probe_command_writes_probes_and_cka(tmp_path, capsys):
     settings = json.loads((out / "probes.json").read_text())
     assert settings["folds"] == 4 and settings["controls"] == {"net.layer4": "net-random.layer4"}
     assert sum(settings["penalty_chosen"].values()) == 2
+    assert settings["searched"] == 2 and settings["ranked_by"].startswith("cv_selectivity")
+    hit = table.loc[ENCODED]
+    assert (
+        hit["selectivity_ci_low"] < hit["selectivity"] < hit["selectivity_ci_high"]
+        and hit["cv_selectivity"] > 0.3
+    )
 
 
 def test_penalties_flag_and_its_rule(tmp_path, capsys):

@@ -60,6 +60,11 @@ def test_report_shows_where_concepts_live(tmp_path):
     assert "Where concepts live" in html
     assert "Representation similarity by layer" in html and "Concepts the classifier is sensitive to" in html
     assert "&lt;b&gt;original_firstorder_Mean&lt;/b&gt;" in html and "<b>original_firstorder_Mean" not in html
+    # the most selective concept as chosen on the training folds, with the number searched and its interval
+    assert section.chosen.startswith("Most selective by the training folds' cross-validated error, among 2 ")
+    assert "original_firstorder_Mean in net.layer4, held-out selectivity +" in section.chosen
+    assert section.chosen in html.replace("&#39;", "'")
+    assert "not Hewitt and Liang's control task" in html.replace("&#39;", "'")
 
 
 def test_no_probe_files_no_section(tmp_path):
