@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from Rad4XCNNLogic.cam.faithfulness import DEFAULT_PERCENTILES
+from Rad4XCNNLogic.cam.faithfulness import BASELINE_COLUMNS, DEFAULT_PERCENTILES
 from Rad4XCNNLogic.cam.images import (
     CAM_SUBDIR,
     cam_paths,
@@ -199,6 +199,7 @@ METRIC_COLUMNS = [
     "road_combined",
     "deletion_auc",
     "insertion_auc",
+    *BASELINE_COLUMNS,
     "randomisation_similarity",
 ]
 RANDOMISATION_COLUMNS = ["case_id", "method", "step", "order", "spearman"]
@@ -243,28 +244,6 @@ def _check_settings(batch_size, top_fraction, pointing_tolerance, randomisation,
     )
     if not 0.0 < float(top_fraction) < 1.0:
         raise Rad4XCNNError(f"top fraction must be between 0 and 1, got {top_fraction}")
-
-
-def _faithfulness_of_batch(
-    net, x, chosen, input_maps: dict[str, np.ndarray], road_percentiles, deletion_steps: int, batch_size, seed
-) -> dict[str, dict[str, np.ndarray]]:
-    """ROAD and deletion / insertion AUC of one batch's maps: ``{method: {column: (B,)}}``."""
-    from Rad4XCNNLogic.cam.faithfulness import deletion_insertion_auc, road_scores
-
-    scores: dict[str, dict[str, np.ndarray]] = {}
-    for method, cams in input_maps.items():
-        road = road_scores(net, x, cams, chosen, road_percentiles, seed=seed)
-        deletion, insertion = deletion_insertion_auc(
-            net, x, cams, chosen, deletion_steps, batch_size=batch_size, seed=seed
-        )
-        scores[method] = {
-            "road_morf": road["morf"],
-            "road_lerf": road["lerf"],
-            "road_combined": road["combined"],
-            "deletion_auc": deletion,
-            "insertion_auc": insertion,
-        }
-    return scores
 
 
 def _load_batch(chunk, config, failures: list, crops: dict) -> tuple[list[LoadedCase], list]:
@@ -435,7 +414,7 @@ def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> Non
     case's measures, agreement, files and kept maps into ``out``."""
     import torch
 
-    from Rad4XCNNLogic.cam.faithfulness import randomisation_rows
+    from Rad4XCNNLogic.cam.faithfulness import faithfulness_scores, lesion_on_input, randomisation_rows
 
     batch_loaded, inputs = _load_batch(chunk, plan.config, out.failures, out.crops)
     if not batch_loaded:
@@ -450,16 +429,13 @@ def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> Non
     t0 = time.perf_counter()
     scores = {}
     if checks.faithfulness and chosen is not None:
-        scores = _faithfulness_of_batch(
-            net,
-            x,
-            chosen,
-            input_maps,
-            checks.road_percentiles,
-            checks.deletion_steps,
-            mapper.batch_size,
-            checks.seed,
-        )
+        size = plan.config.input_size
+        masks = [lesion_on_input(lc.mask if lc.case.has_lesion else None, out.crops[lc.case_id], size)
+                 for lc in batch_loaded]  # fmt: skip
+        scores = faithfulness_scores(
+            net, x, chosen, input_maps, masks, checks.road_percentiles, checks.deletion_steps,
+            mapper.batch_size, checks.seed,
+        )  # fmt: skip
     out.check_seconds["faithfulness"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     rows = []
