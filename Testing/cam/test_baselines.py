@@ -15,6 +15,7 @@ from Rad4XCNNLogic.cam.faithfulness import (  # noqa: E402
     BASELINE_COLUMNS,
     DEFAULT_PERCENTILES,
     faithfulness_scores,
+    impute,
     removal_masks,
     rise_blur,
     rise_kernel,
@@ -81,6 +82,26 @@ def test_road_removes_the_fraction_asked_of_a_map_with_90_percent_zeros():
     again, _ = removal_masks(cam, DEFAULT_PERCENTILES, seed=0)
     other, _ = removal_masks(cam, DEFAULT_PERCENTILES, seed=1)
     assert (again == morf).all() and not (other == morf).all()
+
+
+def test_the_imputation_is_pytorch_grad_cams_noisy_linear_imputation():
+    import warnings
+
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    rng = np.random.default_rng(4)
+    image = torch.as_tensor(rng.normal(size=(3, 20, 24)), dtype=torch.float32)
+    removed = rng.random((20, 24)) < 0.6
+    removed[:5, :5] = True  # a block at the corner: neighbours outside the image
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.manual_seed(0)
+        theirs = NoisyLinearImputer()(image, torch.as_tensor(~removed, dtype=torch.float32))
+    torch.manual_seed(0)
+    ours = impute(image, removed)
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), atol=1e-5)
+    assert (ours[:, ~removed] == image[:, ~removed]).all()
+    assert torch.equal(impute(image, np.zeros((20, 24), bool)), image)
 
 
 def test_a_sparse_random_map_no_longer_scores_like_the_true_map():
