@@ -116,11 +116,12 @@ class CamResult:
     predicted_class, target_probability, energy_inside, energy_chance, pointing_hit, peak_row, peak_col,
     max_value, empty (see :func:`map_metrics`), flags (``;``-joined, see
     :func:`~Rad4XCNNLogic.cam.sanity.map_flags`), road_morf, road_lerf, road_combined, deletion_auc,
-    insertion_auc (see :mod:`~Rad4XCNNLogic.cam.faithfulness`) and randomisation_similarity (Spearman with
-    the fully randomised model's map). ``agreement``: one row per case and pair of unflagged maps:
-    case_id, method_a, method_b, spearman, top20_iou. ``randomisation``: one row per case, method and
-    cascade step. ``maps`` / ``raw_maps``: ``{(case_id, method): map}`` in image geometry (scaled to [0, 1]
-    / as the method computed it), when kept. ``files``: ``{(case_id, method): {"nrrd", "raw", "png"}}``.
+    insertion_auc, the same scores of the baseline maps (``road_combined_random``, ...,
+    ``insertion_auc_shuffled``; see :mod:`~Rad4XCNNLogic.cam.faithfulness`) and randomisation_similarity
+    (Spearman with the fully randomised model's map). ``agreement``: one row per case and pair of unflagged
+    maps: case_id, method_a, method_b, spearman, top20_iou. ``randomisation``: one row per case, method and
+    cascade step. ``maps`` / ``raw_maps``: ``{(case_id, method): map}`` in image geometry (scaled to [0, 1] /
+    as the method computed it), when kept. ``files``: ``{(case_id, method): {"nrrd", "raw", "png"}}``.
     ``failures``: cases (or case and method) left out. ``settings``: model, weights, target layer, methods,
     device, timings.
     """
@@ -553,9 +554,10 @@ def compute_cams(
         as soon as it is done, and the CSV tables at the end (see :func:`write_cams`).
     keep_maps : keep the maps in memory (``result.maps``, ``result.raw_maps``); default: only when
         ``out_dir`` is None.
-    faithfulness : measure ROAD and deletion / insertion AUC of every map against the class explained
-        (models with a classifier head only; 18 imputations and ``2 * (deletion_steps + 1)`` forward passes
-        per map).
+    faithfulness : measure ROAD and deletion / insertion AUC of every map against the class explained,
+        and of its baselines (a random map per case, the map shuffled within the lesion; models with a
+        classifier head only; 18 imputations and ``2 * (deletion_steps + 1)`` forward passes per scored map,
+        ``1 + 2 * methods`` scored maps per case).
     randomisation : the model-randomisation test: ``cascade`` (top layers first, then all), ``all``
         (only the fully randomised model) or ``none``; each step recomputes every method's maps.
     road_percentiles, deletion_steps : the removal levels of ROAD and of the deletion / insertion curves.

@@ -341,4 +341,8 @@ def test_report_says_which_map_to_trust_escaped(tmp_path):
     trust, flagged = str(section["trust_table"]), str(section["flagged_table"])
     assert "not trustworthy: its maps barely change" in trust and "&lt;script&gt;" in trust
     assert "<script>" not in trust and "Spearman with randomised weights (median)" in trust
+    # the paired gains over the baselines, with their interval and the cases paired
+    assert "ROAD gain over a random map [95% interval] (cases)" in trust
+    assert "insertion - deletion AUC gain over its map shuffled in the lesion" in trust
+    assert "+0.10 [-0.15, +0.35] (2)" in trust
     assert "&lt;b&gt;c1&lt;/b&gt;" in flagged and "saturated" in flagged and "c2" not in flagged
