@@ -360,6 +360,8 @@ def faithfulness_scores(
     with the same seeds (tie order, imputation noise), so that method and baseline differ only by the map.
     Cost per image: the maps of ``1 + 2 * methods`` instead of ``methods``.
     """
+    if not input_maps:
+        return {}
     chosen = np.asarray(chosen)
     n = len(x)
     args = (percentiles, int(steps), int(batch_size), int(seed))

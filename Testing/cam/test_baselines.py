@@ -185,3 +185,5 @@ def test_a_random_map_that_puts_deletion_before_insertion_is_no_better_than_a_ra
     assert "over 5 cases" in table.loc["true", "verdict"]  # the shuffled map needs a lesion
     assert table.loc["true", "beats_baselines"] and table.loc["true", "cases_shuffled"] == 5
     assert table.loc["true", "road_gain_shuffled_low"] > 0 and table.loc["true", "insdel_gain_random_low"] > 0
+    # a batch whose every method failed scores no baseline either
+    assert faithfulness_scores(model, x, [1] * n, {}, masks) == {}
