@@ -26,6 +26,8 @@ TRUST_COLUMNS = (
     "road_combined",
     "deletion_auc",
     "insertion_auc",
+    "paired_gain",
+    "beats_baselines",
     "randomisation_similarity",
 )
 _ATTRIBUTE = "Rad4XCNN.featuremap"
@@ -66,6 +68,9 @@ def show_cam_trust(cam_folder, case_id: str | None = None, node=None):
         "road_combined": "ROAD (most minus least relevant first) / 2: above 0 when the map's pixels matter",
         "deletion_auc": "class probability as the map's top pixels are removed (lower is better)",
         "insertion_auc": "class probability as the map's top pixels are restored (higher is better)",
+        "paired_gain": "smallest mean gain, case by case, of ROAD and insertion - deletion over a random map "
+        "and over the map shuffled within the lesion",
+        "beats_baselines": "every 95% interval of those gains is above 0 (needed to be supported)",
         "randomisation_similarity": "Spearman with the map of a randomly weighted model (high: not learnt)",
     }
     return tables.table_node_from_dataframe(frame, "Rad4XCNN CAM trust", node=node, descriptions=descriptions)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from Rad4XCNNLogic.cam.faithfulness import DEFAULT_PERCENTILES
+from Rad4XCNNLogic.cam.faithfulness import BASELINE_COLUMNS, DEFAULT_PERCENTILES
 from Rad4XCNNLogic.cam.images import (
     CAM_SUBDIR,
     cam_paths,
@@ -116,11 +116,12 @@ class CamResult:
     predicted_class, target_probability, energy_inside, energy_chance, pointing_hit, peak_row, peak_col,
     max_value, empty (see :func:`map_metrics`), flags (``;``-joined, see
     :func:`~Rad4XCNNLogic.cam.sanity.map_flags`), road_morf, road_lerf, road_combined, deletion_auc,
-    insertion_auc (see :mod:`~Rad4XCNNLogic.cam.faithfulness`) and randomisation_similarity (Spearman with
-    the fully randomised model's map). ``agreement``: one row per case and pair of unflagged maps:
-    case_id, method_a, method_b, spearman, top20_iou. ``randomisation``: one row per case, method and
-    cascade step. ``maps`` / ``raw_maps``: ``{(case_id, method): map}`` in image geometry (scaled to [0, 1]
-    / as the method computed it), when kept. ``files``: ``{(case_id, method): {"nrrd", "raw", "png"}}``.
+    insertion_auc, the same scores of the baseline maps (``road_combined_random``, ...,
+    ``insertion_auc_shuffled``; see :mod:`~Rad4XCNNLogic.cam.faithfulness`) and randomisation_similarity
+    (Spearman with the fully randomised model's map). ``agreement``: one row per case and pair of unflagged
+    maps: case_id, method_a, method_b, spearman, top20_iou. ``randomisation``: one row per case, method and
+    cascade step. ``maps`` / ``raw_maps``: ``{(case_id, method): map}`` in image geometry (scaled to [0, 1] /
+    as the method computed it), when kept. ``files``: ``{(case_id, method): {"nrrd", "raw", "png"}}``.
     ``failures``: cases (or case and method) left out. ``settings``: model, weights, target layer, methods,
     device, timings.
     """
@@ -199,6 +200,7 @@ METRIC_COLUMNS = [
     "road_combined",
     "deletion_auc",
     "insertion_auc",
+    *BASELINE_COLUMNS,
     "randomisation_similarity",
 ]
 RANDOMISATION_COLUMNS = ["case_id", "method", "step", "order", "spearman"]
@@ -243,28 +245,6 @@ def _check_settings(batch_size, top_fraction, pointing_tolerance, randomisation,
     )
     if not 0.0 < float(top_fraction) < 1.0:
         raise Rad4XCNNError(f"top fraction must be between 0 and 1, got {top_fraction}")
-
-
-def _faithfulness_of_batch(
-    net, x, chosen, input_maps: dict[str, np.ndarray], road_percentiles, deletion_steps: int, batch_size, seed
-) -> dict[str, dict[str, np.ndarray]]:
-    """ROAD and deletion / insertion AUC of one batch's maps: ``{method: {column: (B,)}}``."""
-    from Rad4XCNNLogic.cam.faithfulness import deletion_insertion_auc, road_scores
-
-    scores: dict[str, dict[str, np.ndarray]] = {}
-    for method, cams in input_maps.items():
-        road = road_scores(net, x, cams, chosen, road_percentiles, seed=seed)
-        deletion, insertion = deletion_insertion_auc(
-            net, x, cams, chosen, deletion_steps, batch_size=batch_size, seed=seed
-        )
-        scores[method] = {
-            "road_morf": road["morf"],
-            "road_lerf": road["lerf"],
-            "road_combined": road["combined"],
-            "deletion_auc": deletion,
-            "insertion_auc": insertion,
-        }
-    return scores
 
 
 def _load_batch(chunk, config, failures: list, crops: dict) -> tuple[list[LoadedCase], list]:
@@ -435,7 +415,7 @@ def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> Non
     case's measures, agreement, files and kept maps into ``out``."""
     import torch
 
-    from Rad4XCNNLogic.cam.faithfulness import randomisation_rows
+    from Rad4XCNNLogic.cam.faithfulness import faithfulness_scores, lesion_on_input, randomisation_rows
 
     batch_loaded, inputs = _load_batch(chunk, plan.config, out.failures, out.crops)
     if not batch_loaded:
@@ -450,16 +430,13 @@ def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> Non
     t0 = time.perf_counter()
     scores = {}
     if checks.faithfulness and chosen is not None:
-        scores = _faithfulness_of_batch(
-            net,
-            x,
-            chosen,
-            input_maps,
-            checks.road_percentiles,
-            checks.deletion_steps,
-            mapper.batch_size,
-            checks.seed,
-        )
+        size = plan.config.input_size
+        masks = [lesion_on_input(lc.mask if lc.case.has_lesion else None, out.crops[lc.case_id], size)
+                 for lc in batch_loaded]  # fmt: skip
+        scores = faithfulness_scores(
+            net, x, chosen, input_maps, masks, checks.road_percentiles, checks.deletion_steps,
+            mapper.batch_size, checks.seed,
+        )  # fmt: skip
     out.check_seconds["faithfulness"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     rows = []
@@ -577,9 +554,10 @@ def compute_cams(
         as soon as it is done, and the CSV tables at the end (see :func:`write_cams`).
     keep_maps : keep the maps in memory (``result.maps``, ``result.raw_maps``); default: only when
         ``out_dir`` is None.
-    faithfulness : measure ROAD and deletion / insertion AUC of every map against the class explained
-        (models with a classifier head only; 18 imputations and ``2 * (deletion_steps + 1)`` forward passes
-        per map).
+    faithfulness : measure ROAD and deletion / insertion AUC of every map against the class explained,
+        and of its baselines (a random map per case, the map shuffled within the lesion; models with a
+        classifier head only; 18 imputations and ``2 * (deletion_steps + 1)`` forward passes per scored map,
+        ``1 + 2 * methods`` scored maps per case).
     randomisation : the model-randomisation test: ``cascade`` (top layers first, then all), ``all``
         (only the fully randomised model) or ``none``; each step recomputes every method's maps.
     road_percentiles, deletion_steps : the removal levels of ROAD and of the deletion / insertion curves.

@@ -107,7 +107,9 @@ class CamConfig:
     target_class: str | None = option(None, "the class explained, by name (null: each case's prediction)")
     tolerance: float = option(0.0, "pointing game: pixels around the lesion that count", minimum=0)
     faithfulness: bool = option(
-        True, "measure each map's faithfulness: ROAD (most/least relevant first), deletion and insertion AUC"
+        True,
+        "measure each map's faithfulness: ROAD (most/least relevant first), deletion and insertion AUC, each "
+        "against a random map and the map shuffled within the lesion (a method must beat both)",
     )
     deletion_steps: int = option(
         DEFAULT_STEPS, "removal steps of the deletion and insertion curves", minimum=1

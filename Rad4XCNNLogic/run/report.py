@@ -593,12 +593,38 @@ def _cam_trust_section(cam_dir: Path, metrics) -> dict:
         "randomisation_similarity": "Spearman with randomised weights (median)",
     }
     table = summary[[c for c in columns if c in summary]].rename(columns=columns)
+    for name, values in _cam_gain_columns(summary).items():
+        table.insert(len(table.columns) - 1, name, values)
     table.index.name = "method"
     flagged = None
     if "flags" in metrics:
         chosen = metrics[metrics["flags"].astype("string").fillna("") != ""]
         flagged = chosen[["case_id", "method", "flags"]] if len(chosen) else None
     return {"trust_table": html_table(table, index=True), "flagged_table": html_table(flagged)}
+
+
+def _cam_gain_columns(summary) -> dict[str, list[str]]:
+    """The trust table's paired gains over the baseline maps: per baseline and score, ``mean [low, high]``
+    over the cases paired (columns of ``cam_summary.csv``; none for a summary without them)."""
+
+    def text(value: float) -> str:
+        return f"{value:+.2f}" if np.isfinite(value) else "n/a"
+
+    out: dict[str, list[str]] = {}
+    for baseline, label in (("random", "a random map"), ("shuffled", "its map shuffled in the lesion")):
+        for gain, score in (("road", "ROAD"), ("insdel", "insertion - deletion AUC")):
+            key = f"{gain}_gain_{baseline}"
+            if not {key, f"{key}_low", f"{key}_high"} <= set(summary.columns):
+                continue
+            cases = summary.get(f"cases_{baseline}")
+            out[f"{score} gain over {label} [95% interval] (cases)"] = [
+                f"{text(float(m))} [{text(float(lo))}, {text(float(hi))}]"
+                + ("" if cases is None else f" ({int(cases.loc[method])})")
+                for method, m, lo, hi in zip(
+                    summary.index, summary[key], summary[f"{key}_low"], summary[f"{key}_high"], strict=True
+                )
+            ]
+    return out
 
 
 def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failures: Sequence[Any]) -> Path:

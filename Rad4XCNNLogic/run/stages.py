@@ -463,7 +463,7 @@ STAGES: tuple[Stage, ...] = (
         "classify", 2, ("cohort", "deep", "radiomics", "explain"), plan_classify,
         reads=(F.COHORT, F.DEEP, F.RADIOMICS, F.EXPLANATIONS), writes=(F.CLASSIFICATION, F.IMPORTANCES),
     ),
-    Stage("cam", 2, ("cohort", "train"), plan_cam, reads=(F.COHORT, F.MODELS), writes=(F.CAM,)),
+    Stage("cam", 3, ("cohort", "train"), plan_cam, reads=(F.COHORT, F.MODELS), writes=(F.CAM,)),
     Stage(
         "report", 1, ("cohort", "train", "deep", "radiomics", "explain", "classify", "cam"), plan_report,
         always=True,

@@ -138,8 +138,12 @@ def test_randomised_copy_changes_only_what_it_is_told(tiny_resnet):
 
 
 # ---------------------------------------------------------------------------------------------- verdicts
-def _metrics(method, n, flags="", road=0.1, deletion=0.2, insertion=0.6, similarity=0.1):
-    return pd.DataFrame(
+def _metrics(
+    method, n, flags="", road=0.1, deletion=0.2, insertion=0.6, similarity=0.1, gain=0.1, gain_shuffled=None
+):
+    """``n`` cases of one method whose ROAD and insertion - deletion beat the random map by ``gain`` and the
+    shuffled map by ``gain_shuffled`` (default ``gain``) per case, give or take 0.02 (None: no baselines)."""
+    frame = pd.DataFrame(
         {
             "case_id": [f"c{i}" for i in range(n)],
             "method": method,
@@ -150,31 +154,65 @@ def _metrics(method, n, flags="", road=0.1, deletion=0.2, insertion=0.6, similar
             "randomisation_similarity": similarity,
         }
     )
+    if gain is None:
+        return frame
+    wobble = 0.02 * np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    for baseline, by in (("random", gain), ("shuffled", gain if gain_shuffled is None else gain_shuffled)):
+        frame[f"road_combined_{baseline}"] = road - by - wobble
+        frame[f"deletion_auc_{baseline}"] = deletion
+        frame[f"insertion_auc_{baseline}"] = insertion - by + wobble
+    return frame
 
 
 def test_verdicts_say_which_map_to_trust():
     metrics = pd.concat(
         [
-            _metrics("gradcam", 4, road=0.2),
-            _metrics("layercam", 4, road=0.1),
+            # the higher ROAD, the smaller gain over the baselines: trusted second
+            _metrics("gradcam", 4, road=0.3, gain=0.1),
+            _metrics("layercam", 4, road=0.2, gain=0.2),
             _metrics("eigencam", 4, similarity=0.9),
             _metrics("scorecam", 4, flags="empty"),
             _metrics("hirescam", 4, road=-0.05, deletion=0.5, insertion=0.4),
+            # deletion well below insertion, ROAD positive, and no better than a random map
+            _metrics("gradcam++", 4, road=0.1, gain=0.0),
+            _metrics("xgradcam", 4, gain=0.1, gain_shuffled=0.0),
+            _metrics("eigengradcam", 4, gain=None),
         ]
     )
     table = method_verdicts(metrics)
-    assert table.loc["gradcam", "verdict"].startswith("the map to trust first (supported: ROAD +0.20")
-    assert table.loc["layercam", "verdict"].startswith("supported: ROAD +0.10")
+    assert table.loc["layercam", "verdict"].startswith(
+        "the map to trust first (supported: beats a random map (paired gain ROAD +0.20 ["
+    )
+    assert table.loc["gradcam", "verdict"].startswith("supported: beats a random map (paired gain ROAD +0.10")
+    assert "over 4 cases) and its own map shuffled within the lesion" in table.loc["gradcam", "verdict"]
+    assert table.loc["layercam", "paired_gain"] == pytest.approx(0.2)
     assert table.loc["eigencam", "verdict"].startswith("not trustworthy: its maps barely change")
     assert (
         bool(table.loc["eigencam", "fails_randomisation"]) and not table.loc["gradcam", "fails_randomisation"]
     )
     assert table.loc["scorecam", "verdict"] == "not trustworthy: 4 of 4 maps flagged (empty 4)"
     assert table.loc["hirescam", "verdict"].startswith("unfaithful")
+    assert table.loc["gradcam++", "verdict"] == (
+        "no better than a random map: paired gain ROAD +0.00 [-0.04, +0.04], insertion - deletion AUC +0.00 "
+        "[-0.04, +0.04] over 4 cases"
+    )
+    assert (
+        table.loc["gradcam++", "road_gain_random_low"] < 0 < table.loc["gradcam++", "road_gain_random_high"]
+    )
+    assert table.loc["xgradcam", "verdict"].startswith(
+        "no better than its own map shuffled within the lesion"
+    )
+    assert table.loc["eigengradcam", "verdict"].startswith("unconfirmed: not compared with a random map")
+    # beating the baselines is one condition of the verdict, shown apart from the others
+    beats = table["beats_baselines"]
+    assert beats[["gradcam", "layercam", "eigencam"]].all()
+    assert not beats[["gradcam++", "xgradcam", "eigengradcam"]].any()
     assert table.loc["scorecam", "flagged_maps"] == 4 and table.loc["gradcam", "flagged_maps"] == 0
     assert (
         method_verdicts(metrics, randomisation_threshold=0.95).loc["eigencam", "verdict"].startswith("supp")
     )
+    # one case gives no interval: not supported
+    assert method_verdicts(_metrics("gradcam", 1)).loc["gradcam", "verdict"].startswith("unconfirmed")
 
 
 # ------------------------------------------------------------------------------------------ the CAM stage
@@ -259,6 +297,16 @@ def test_the_stage_writes_flags_faithfulness_randomisation_and_raw_maps(
     summary = pd.read_csv(tmp_path / "run" / "cam" / "cam_summary.csv", index_col=0)
     assert summary.loc["flat", "verdict"] == "not trustworthy: 3 of 3 maps flagged (constant 3)"
     assert set(summary.columns) >= {"flagged_maps", "road_combined", "randomisation_similarity", "verdict"}
+    # every map is scored against a random map and its own map shuffled within the lesion, case by case
+    written = pd.read_csv(tmp_path / "run" / "cam" / "cam_metrics.csv")
+    assert written[["road_combined_random", "insertion_auc_shuffled"]].notna().all().all()
+    assert set(summary.columns) >= {
+        "road_gain_random",
+        "insdel_gain_shuffled_low",
+        "cases_random",
+        "paired_gain",
+    }
+    assert (summary["cases_random"] == 3).all()
 
 
 def test_bad_check_settings(synthetic_manifest):
@@ -293,4 +341,8 @@ def test_report_says_which_map_to_trust_escaped(tmp_path):
     trust, flagged = str(section["trust_table"]), str(section["flagged_table"])
     assert "not trustworthy: its maps barely change" in trust and "&lt;script&gt;" in trust
     assert "<script>" not in trust and "Spearman with randomised weights (median)" in trust
+    # the paired gains over the baselines, with their interval and the cases paired
+    assert "ROAD gain over a random map [95% interval] (cases)" in trust
+    assert "insertion - deletion AUC gain over its map shuffled in the lesion" in trust
+    assert "+0.10 [-0.15, +0.35] (2)" in trust
     assert "&lt;b&gt;c1&lt;/b&gt;" in flagged and "saturated" in flagged and "c2" not in flagged

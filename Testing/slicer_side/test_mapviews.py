@@ -33,7 +33,9 @@ def write_cam_folder(folder):
             "deletion_auc": [0.2, 0.5],
             "insertion_auc": [0.7, 0.4],
             "randomisation_similarity": [0.05, 0.91],
-            "verdict": ["supported: ROAD +0.12", "not trustworthy: its maps barely change"],
+            "paired_gain": [0.08, -0.01],
+            "beats_baselines": [True, False],
+            "verdict": ["supported: beats a random map", "not trustworthy: its maps barely change"],
         }
     ).to_csv(folder / "cam_summary.csv", index=False)
     pd.DataFrame(
@@ -59,6 +61,8 @@ def test_trust_table_joins_the_cohort_verdict_and_the_case(scene, tmp_path):
     assert frame.loc["eigencam", "case_flags"] == "saturated" and frame.loc["gradcam", "case_flags"] == ""
     assert frame.loc["gradcam", "case_road_combined"] == pytest.approx(0.3)
     assert "Spearman" in node.GetColumnDescription("randomisation_similarity")
+    assert frame.loc["gradcam", "paired_gain"] == pytest.approx(0.08)
+    assert "random map" in node.GetColumnDescription("paired_gain")
     with pytest.raises(Rad4XCNNError, match=r"case c99 has no saliency map"):
         mapviews.cam_trust_frame(folder, "c99")
     with pytest.raises(Rad4XCNNError, match=r"no CAM summary in"):
