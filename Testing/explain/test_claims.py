@@ -185,12 +185,20 @@ def test_one_denominator_for_the_fraction_explained(result):
 
 
 # ------------------------------------------------------------------------------------------- the control
+CONTROL_RADIOMIC = [
+    "original_firstorder_Mean",
+    "original_firstorder_Median",
+    "original_glcm_Contrast",
+    "original_glcm_Idm",
+    "original_glszm_ZoneEntropy",
+    "original_glrlm_RunEntropy",
+]
+
+
 def control_tables(n=80, seed=0, control_like_trained=False):
     rng = np.random.default_rng(seed)
     cases = [f"c{i}" for i in range(n)]
-    rad = pd.DataFrame(
-        rng.normal(size=(n, 6)), index=cases, columns=[f"original_glcm_F{i}" for i in range(6)]
-    )
+    rad = pd.DataFrame(rng.normal(size=(n, 6)), index=cases, columns=CONTROL_RADIOMIC)
     trained = {f"cnn_{i}": rad.iloc[:, i] + 0.4 * rng.normal(size=n) for i in range(6)}
     trained.update({f"cnn_{i}": rng.normal(size=n) for i in range(6, 8)})
     if control_like_trained:
@@ -307,3 +315,43 @@ def test_the_command_writes_the_control_interval_and_verdict(tmp_path, capsys):
     (verdict,) = json.loads((out / "explanation.json").read_text())["control_verdicts"]
     assert verdict["specific"] and verdict["model"] == "cnn" and verdict["M"] == 0.6
     assert "control: cnn: training added explanations" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------------- the report
+def _report(out):
+    from Rad4XCNNLogic.run.config import config_from_dict
+    from Rad4XCNNLogic.run.report import write_report
+
+    return write_report(out, config_from_dict({}), {}, []).read_text(encoding="utf-8")
+
+
+def test_the_report_names_attenuated_and_reversed_pairs_and_each_counts_error(tmp_path):
+    deep, rad, strata = planted()
+    argv = _write(tmp_path, deep, rad, _manifest(list(deep.index), list(strata)))
+    out = tmp_path / "o"
+    assert main([*argv, "--cases", "all", "--permutations", "99", "--out", str(out)]) == 0
+    html = _report(out)
+    assert "Attenuated pairs (1;" in html and "Reversed pairs: strata that disagree (1;" in html
+    assert "smallest rho in a stratum" in html and "no significant association" in html
+    assert "Which error each count controls" in html and "no feature-level error control" in html
+    assert "left out and counted apart (cnn 0)" in html
+    assert "explain.cases all: the test cases are among the cases explained" in html
+    assert "is not above the max-|rho| permutation threshold" not in html
+    argv[argv.index("-M") + 1] = "0.2"  # below the permutation threshold (about 0.26 on 120 cases)
+    assert main([*argv, "--cases", "all", "--permutations", "99", "--out", str(out)]) == 0
+    assert "is not above the max-|rho| permutation threshold" in _report(out)
+
+
+@pytest.mark.parametrize("like", [False, True])
+def test_the_report_opens_with_the_control_verdict(tmp_path, like):
+    deep, rad = control_tables(control_like_trained=like)
+    cases = list(deep.index)
+    labels = ["benign" if i % 2 else "malignant" for i in range(len(cases))]
+    argv = _write(tmp_path, deep, rad, _manifest(cases, labels))
+    out = tmp_path / "o"
+    assert main([*argv, "--cases", "all", "--control-bootstrap", "30", "--out", str(out)]) == 0
+    html = _report(out)
+    verdict = html.index("training added explanations" if not like else NOT_SPECIFIC)
+    assert verdict < html.index("How to read this report")
+    assert ('class="bad"><b>cnn: ' + NOT_SPECIFIC in html) == like
+    assert "gain_ci_low" in html
