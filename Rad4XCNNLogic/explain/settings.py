@@ -80,7 +80,7 @@ class ExplainConfig:
     stratify: list[str] = option(
         ["label", "cohort"],
         "manifest columns (label, cohort, scanner, ...) within whose strata a pair must hold to explain; "
-        "pairs that hold only pooled over them are 'confounded'; []: the paper's pooled rule",
+        "pairs that hold only pooled over them are 'confounded' or 'attenuated'; []: the paper's pooled rule",
     )
     min_stratum: int = option(
         MIN_STRATUM,
