@@ -474,7 +474,9 @@ def _replicability(
 
 
 def threshold_table(result, thresholds: Sequence[float]):
-    """Per backbone and M: deep features, how many are explained, and the pairs kept."""
+    """Per backbone and M: deep features (varying, constant, left out), how many are explained (the fraction
+    over the varying ones, as in ``coverage.csv``), the pairs kept and, with strata, how many deep features
+    are reversed, confounded and attenuated."""
     import pandas as pd
 
     rows = []
@@ -500,6 +502,14 @@ def threshold_table(result, thresholds: Sequence[float]):
                     "n_explained": explained,
                     "fraction_explained": explained / varying if varying else float("nan"),
                     "n_pairs": int(group["n_partners"].sum()),
+                    **(
+                        {
+                            f"n_{k}": int((group["status"] == k).sum())
+                            for k in ("reversed", "confounded", "attenuated")
+                        }
+                        if at.within is not None
+                        else {}
+                    ),
                 }
             )
     return pd.DataFrame(rows)

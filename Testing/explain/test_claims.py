@@ -181,6 +181,7 @@ def test_one_denominator_for_the_fraction_explained(result):
     by_m = threshold_table(out, [0.6]).iloc[0]
     coverage = out.coverage.set_index("M").loc[0.6]
     assert by_m["n_constant"] == 1 and by_m["n_varying"] == 4
+    assert (by_m["n_reversed"], by_m["n_confounded"], by_m["n_attenuated"]) == (1, 1, 1)
     assert by_m["fraction_explained"] == pytest.approx(coverage["fraction"])
 
 
