@@ -128,17 +128,23 @@ def control_gain_bootstrap(
         dtype=bool,
     )
     di, ri = di[found], ri[found]
-    values = pair_resamples(
-        prep,
-        np.array([d_pos[result.deep_features[i]] for i in di], dtype=np.intp),
-        np.array([r_pos[result.radiomic_features[j]] for j in ri], dtype=np.intp),
-        n_boot,
-        seed,
-        False,
-        resample=resample,
-        rho=rho,
-        desc="control bootstrap",
-        elementwise=True,
+    if not len(di):  # no deep feature of the two networks varies: nothing is explained on any resample
+        di = ri = np.empty(0, np.intp)
+    values = (
+        np.zeros((n_boot, 0))
+        if not len(di)
+        else pair_resamples(
+            prep,
+            np.array([d_pos[result.deep_features[i]] for i in di], dtype=np.intp),
+            np.array([r_pos[result.radiomic_features[j]] for j in ri], dtype=np.intp),
+            n_boot,
+            seed,
+            False,
+            resample=resample,
+            rho=rho,
+            desc="control bootstrap",
+            elementwise=True,
+        )
     )
     strength = np.nan_to_num(np.abs(values), nan=0.0)
     feature_of = pd.factorize(di)[0]  # each candidate's deep feature, numbered 0..

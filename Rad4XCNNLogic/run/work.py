@@ -427,13 +427,26 @@ def _strata_of_cases_used(frame, explain: ExplainConfig, deep, rad, held_sets):
 def _control_comparison(result, deep, rad, strata, controls, explain: ExplainConfig, seed: int):
     """(control_coverage table with the gain's bootstrap interval, verdicts at the primary M), or (None, [])
     when no backbone has its random-weights control here."""
+    import numpy as np
+    import pandas as pd
+
     from Rad4XCNNLogic.explain.claims import control_gain_bootstrap, control_verdicts
+    from Rad4XCNNLogic.explain.explanation import coverage_curve
     from Rad4XCNNLogic.explain.heldout import coverage_against_control
 
     pairs = control_pairs(sorted(set(result.coverage["model"])), controls)
     if not pairs:
         return None, []
-    table = coverage_against_control(result.coverage, pairs)
+    coverage = result.coverage
+    if not np.isclose(coverage["M"].astype(float), result.threshold).any():  # the verdict's M, off the grid
+        stat, q = (result.correlation.rho, result.correlation.q)
+        if result.within is not None:
+            stat, q = result.within.rho, result.within.q
+        extra = coverage_curve(
+            stat, [result.threshold], deep_features=result.correlation.deep_features, q=q, fdr=result.fdr
+        )
+        coverage = pd.concat([coverage, extra]).sort_values(["model", "M"], kind="stable")
+    table = coverage_against_control(coverage, pairs)
     if not explain.control_bootstrap:
         return table, []
     intervals = control_gain_bootstrap(

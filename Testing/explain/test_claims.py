@@ -356,3 +356,16 @@ def test_the_report_opens_with_the_control_verdict(tmp_path, like):
     assert verdict < html.index("How to read this report")
     assert ('class="bad"><b>cnn: ' + NOT_SPECIFIC in html) == like
     assert "gain_ci_low" in html
+
+
+def test_the_verdict_is_at_the_primary_m_even_off_the_coverage_grid(tmp_path):
+    deep, rad = control_tables()
+    cases = list(deep.index)
+    labels = ["benign" if i % 2 else "malignant" for i in range(len(cases))]
+    argv = _write(tmp_path, deep, rad, _manifest(cases, labels), m="0.62")
+    out = tmp_path / "o"
+    assert main([*argv, "--cases", "all", "--control-bootstrap", "20", "--out", str(out)]) == 0
+    (verdict,) = json.loads((out / "explanation.json").read_text())["control_verdicts"]
+    assert verdict["M"] == 0.62 and verdict["specific"]
+    control = pd.read_csv(out / "control_coverage.csv")
+    assert 0.62 in set(control["M"]) and len(control) == 14
