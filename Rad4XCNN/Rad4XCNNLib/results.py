@@ -43,7 +43,9 @@ _CONCEPT_TABLES = {
     "ConceptsTable": RunFiles.CONCEPTS,
 }
 _DESCRIPTIONS = {
-    "status": "explained: at least one radiomic feature with |rho| >= M",
+    "status": "explained: at least one radiomic feature with |rho| >= M (within strata when stratified); "
+    "reversed: strata disagree in sign; confounded: meets the rule only pooled, no association within "
+    "strata; attenuated: pooled, and weaker than M within strata",
     "n_partners": "how many radiomic features explain this deep feature",
     "strongest_partner": "the radiomic feature with the largest |rho|",
     "rho": "Spearman's rank correlation across the cohort's cases",

@@ -77,17 +77,38 @@ def cmd_explain(args: argparse.Namespace) -> int:
         f"{s['n_radiomic_features']} radiomic features; {len(result.correlations)} pairs with {rule}"
     )
     status = result.explanations.groupby("model", sort=False)["status"].value_counts().unstack(fill_value=0)
+    kinds = ("explained", "reversed", "confounded", "attenuated", "unexplained")
+    fwer = s.get("n_explained_fwer_by_model") or {}
     for model, counts in status.iterrows():
-        varying = int(sum(counts.get(k, 0) for k in ("explained", "confounded", "unexplained")))
+        varying = int(sum(counts.get(k, 0) for k in kinds))
+        constant = int(counts.get("zero variance", 0))
         line = f"  {model}: {int(counts.get('explained', 0))} of {varying} varying deep features explained"
         if result.within is not None:
-            line += (
-                f" within {','.join(result.within.columns)}, {int(counts.get('confounded', 0))} confounded"
+            line += f" within {','.join(result.within.columns)}, " + ", ".join(
+                f"{int(counts.get(k, 0))} {k}" for k in kinds[1:4]
             )
+        if constant:
+            line += f" ({constant} constant, left out of the fraction)"
+        if s.get("n_explained_fwer_by_model") is not None:
+            line += f"; {int(fwer.get(model, 0))} above the permutation threshold"
         print(line)
+    for count, error in s["error_control"].items():
+        print(f"  {count}: {error}")
+    for model in s["M_below_permutation_threshold"]:
+        print(
+            f"  warning: {model}: M = {result.threshold:g} is not above the permutation threshold "
+            f"{result.permutation_thresholds[model]:.3f}: some explained features may be chance"
+        )
     if result.within is not None and result.within.small_strata:
         small = ", ".join(f"{k} ({v})" for k, v in result.within.small_strata.items())
-        print(f"  strata of fewer than 3 cases, left out of the within-stratum rho: {small}")
+        print(
+            f"  strata of fewer than {s['strata']['min_stratum']} cases, left out of the within-stratum "
+            f"rho: {small}"
+        )
+    for verdict in summary.get("control_verdicts") or []:
+        print(f"  control: {verdict['text']}")
+    if summary.get("test_cases_warning"):
+        print(f"  warning: {summary['test_cases_warning']}")
     if summary["heldout"]:
         for row in summary["heldout"]:
             print(
@@ -150,6 +171,8 @@ def register(sub, parents: dict) -> None:
     add_setting(p, "explain.bootstrap", "--bootstrap")
     add_setting(p, "explain.backend", "--backend")
     add_setting(p, "explain.chunk_size", "--chunk-size")
+    add_setting(p, "explain.min_stratum", "--min-stratum")
+    add_setting(p, "explain.control_bootstrap", "--control-bootstrap")
     p.add_argument(
         "--manifest",
         metavar="MANIFEST",
@@ -163,7 +186,8 @@ def register(sub, parents: dict) -> None:
         metavar="COLUMNS",
         help=(
             "manifest columns (e.g. label,cohort or scanner) within whose strata a pair must hold to "
-            "explain; pairs that hold only pooled are 'confounded'; 'none': the paper's pooled rule "
+            "explain; pairs that hold only pooled are 'confounded' or 'attenuated'; 'none': the paper's "
+            "pooled rule "
             f"(default: {','.join(setting('explain.stratify').default)})"
         ),
     )

@@ -22,6 +22,7 @@ import pandas as pd
 
 from Rad4XCNNLogic import __version__
 from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.explain.claims import below_permutation_threshold, error_control, explained_fwer
 from Rad4XCNNLogic.explain.correlation import CorrelationResult, name_list, prepare_tables, spearman_prepared
 from Rad4XCNNLogic.explain.partners import CLUSTER_LEVEL, RadiomicClusters, cluster_radiomics
 from Rad4XCNNLogic.explain.replicability import Replicability, replicate, write_replicability
@@ -34,7 +35,7 @@ from Rad4XCNNLogic.explain.resampling import (
     suggest_threshold,
 )
 from Rad4XCNNLogic.explain.rule import keep_mask
-from Rad4XCNNLogic.explain.settings import check_threshold, rule_text
+from Rad4XCNNLogic.explain.settings import MIN_STRATUM, check_threshold, rule_text
 from Rad4XCNNLogic.explain.strata import (
     StratifiedResult,
     prepare_within,
@@ -137,7 +138,9 @@ class Explanation:
     cluster, meaning); ``explanations`` one row per deep feature (status, n_partners, partners, strongest
     partner and rho, families, partner clusters, a summary sentence); ``coverage`` the fraction explained
     per model for M from 0.3 to 0.9. With strata (``within``), a deep feature is explained by the rule
-    within strata, and ``confounded`` when it meets the rule only pooled over them.
+    within strata; when it meets the rule only pooled over them it is ``confounded`` (no significant
+    association within strata) or ``attenuated`` (a significant but weaker one), and ``reversed`` when its
+    strata disagree in sign (:func:`~Rad4XCNNLogic.explain.tables.pairs_table`).
 
     The permutation null, its threshold and the suggested M are per model (``permutation_nulls``,
     ``permutation_thresholds``, ``suggested_Ms``): each backbone is its own family of tests.
@@ -257,17 +260,32 @@ class Explanation:
             "backend": self.correlation.backend,
             "timings_s": self.timings,
         }
+        alpha = float(self.settings.get("alpha", 0.05))
+        fwer = explained_fwer(self.correlations, alpha, self.within is not None)
+        out["n_explained_fwer"] = None if fwer is None else sum(fwer.values())
+        out["n_explained_fwer_by_model"] = fwer
+        out["M_below_permutation_threshold"] = below_permutation_threshold(
+            self.threshold, self.permutation_thresholds
+        )
+        out["error_control"] = error_control(
+            self.fdr, alpha, self.within is not None, int(self.settings.get("permutations", 0))
+        )
         if self.within is not None:
-            pooled_explained = self.explanations["n_partners"].gt(0) | status.eq("confounded")
+            pooled_explained = self.explanations["n_partners"].gt(0) | status.isin(
+                ["confounded", "attenuated", "reversed"]
+            )
             out["strata"] = {
                 "columns": self.within.columns,
                 "sizes": self.within.strata,
                 "left_out": self.within.small_strata,
+                "min_stratum": int(self.settings.get("min_stratum", MIN_STRATUM)),
                 "n_cases": self.within.n_cases,
             }
-            out["n_confounded"] = int(status.eq("confounded").sum())
-            out["n_pairs_confounded"] = int((self.correlations["status"] == "confounded").sum())
-            # Deep features that the paper's pooled rule alone would call explained.
+            for name in ("confounded", "attenuated", "reversed"):
+                out[f"n_{name}"] = int(status.eq(name).sum())
+                out[f"n_pairs_{name}"] = int((self.correlations["status"] == name).sum())
+            # Deep features that the pooled rule alone would call explained. n_explained_or_confounded:
+            # those with a kept pair of any status (explained, reversed, confounded or attenuated).
             kept_pooled = keep_mask(self.correlation.rho, self.threshold, q=self.correlation.q, fdr=self.fdr)
             out["n_explained_pooled"] = int(kept_pooled.any(axis=1).sum())
             out["n_explained_or_confounded"] = int(pooled_explained.sum())
@@ -319,6 +337,8 @@ def _assemble(
         nulls=nulls,
         intervals=intervals,
         clusters=clusters,
+        threshold=threshold,
+        level=fdr if fdr is not None else alpha,  # the significance of q_within and q_heterogeneity
     )
     thresholds, suggested = _per_model_thresholds(nulls, alpha, threshold)
     rule = rule_text(threshold, fdr)
@@ -381,6 +401,7 @@ def explain(
     max_missing_fraction: float = 0.5,
     cluster_level: float = CLUSTER_LEVEL,
     coverage_thresholds: Sequence[float] = DEFAULT_COVERAGE_THRESHOLDS,
+    min_stratum: int = MIN_STRATUM,
     progress: bool = False,
 ) -> Explanation:
     """Correlate every deep feature with every radiomic feature and explain each deep feature by the radiomic
@@ -401,8 +422,9 @@ def explain(
         The stratum of each case (a Series indexed by case id, e.g. from
         :func:`~Rad4XCNNLogic.explain.strata.stratum_labels` on the manifest's ``label`` and ``cohort``).
         Then the rule is applied to rho within strata (``rho_within``, ``q_within``); a deep feature that
-        meets it only pooled over the strata is ``confounded``; the permutation null shuffles within strata
-        and the bootstrap resamples within strata. None: the paper's pooled rule.
+        meets it only pooled over the strata is ``confounded`` or ``attenuated``, one whose strata disagree
+        in sign ``reversed``; the permutation null shuffles within strata and the bootstrap resamples within
+        strata. Strata of fewer than ``min_stratum`` cases are left out. None: the paper's pooled rule.
     permutations
         Shuffles of the case order for the max-|rho| null of each model (0: none). Gives the per-model
         ``permutation_thresholds`` (the |rho| a pair must exceed for family-wise error ``alpha``),
@@ -444,6 +466,7 @@ def explain(
         "max_missing_fraction": float(max_missing_fraction),
         "cluster_level": float(cluster_level),
         "coverage_thresholds": [float(m) for m in coverage_thresholds],
+        "min_stratum": int(min_stratum),
     }
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -454,7 +477,7 @@ def explain(
     test_prep = prep  # the preparation whose statistic decides: within strata when stratified
     if strata is not None:
         start = time.perf_counter()
-        test_prep = prepare_within(prep, strata)
+        test_prep = prepare_within(prep, strata, min_stratum)
         within = within_spearman(test_prep, progress)
         settings["stratify"] = within.columns
         timings["spearman_within"] = time.perf_counter() - start

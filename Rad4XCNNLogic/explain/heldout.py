@@ -16,6 +16,7 @@ import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.correlation import name_list, spearman
+from Rad4XCNNLogic.explain.settings import MIN_STRATUM
 from Rad4XCNNLogic.explain.strata import spearman_within
 from Rad4XCNNLogic.infra.storage import write_csv_atomic
 from Rad4XCNNLogic.names import RunFiles
@@ -90,6 +91,7 @@ def remeasure(
     *,
     strata: pd.Series | None = None,
     backend: str = "auto",
+    min_stratum: int = MIN_STRATUM,
 ) -> HeldOut:
     """Re-measure an explanation's explained pairs on each held-out set of cases.
 
@@ -104,8 +106,8 @@ def remeasure(
         be in a held-out set (a one-line error names it).
     strata
         Case id -> stratum; given when the explanation is stratified, so that held-out rho is within strata
-        as well (strata of fewer than 3 held-out cases are left out, as always). A set where no stratum has 3
-        cases gets NaN, and a warning.
+        as well (strata of fewer than ``min_stratum`` held-out cases are left out, as in the explanation). A
+        set where no stratum has that many cases gets NaN, and a warning.
 
     Examples
     --------
@@ -139,7 +141,7 @@ def remeasure(
         if len(pairs):
             try:
                 if stratified:
-                    result = spearman_within(deep, rad, strata, backend=backend)
+                    result = spearman_within(deep, rad, strata, backend=backend, min_stratum=min_stratum)
                 else:
                     result = spearman(deep, rad, backend=backend)
                 n_cases = result.n_cases

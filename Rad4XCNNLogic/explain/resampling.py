@@ -180,15 +180,6 @@ def bootstrap_pairs(
     progress: bool,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bootstrap percentile intervals of rho for the given (deep, radiomic) index pairs of prepared tables."""
-
-    def rho(raw_d, raw_r, deep_pos, rad_pos, pick):
-        ops = prep.ops
-        zd, d_const = standardise(average_ranks(raw_d, ops), ops)
-        zr, r_const = standardise(average_ranks(raw_r, ops), ops)
-        sample = pick(zd, zr)
-        sample[d_const[deep_pos] | r_const[rad_pos]] = np.nan  # a resample where a feature is constant
-        return sample
-
     return pair_intervals(
         prep,
         deep_index,
@@ -198,9 +189,24 @@ def bootstrap_pairs(
         seed,
         progress,
         resample=lambda rng: rng.integers(0, prep.n, prep.n),
-        rho=rho,
+        rho=pooled_rho(prep),
         desc="bootstrap",
     )
+
+
+def pooled_rho(prep: PreparedTables):
+    """The pooled rho of resampled cases, for :func:`pair_resamples` (the within-stratum one is
+    :func:`~Rad4XCNNLogic.explain.strata.within_rho`)."""
+
+    def rho(raw_d, raw_r, deep_pos, rad_pos, pick):
+        ops = prep.ops
+        zd, d_const = standardise(average_ranks(raw_d, ops), ops)
+        zr, r_const = standardise(average_ranks(raw_r, ops), ops)
+        sample = pick(zd, zr)
+        sample[d_const[deep_pos] | r_const[rad_pos]] = np.nan  # a resample where a feature is constant
+        return sample
+
+    return rho
 
 
 def pair_intervals(
@@ -219,10 +225,35 @@ def pair_intervals(
     """The bootstrap loop shared by the pooled and the within-stratum intervals: ``resample(rng)`` draws the
     cases of one resample, ``rho(raw_d, raw_r, deep_pos, radiomic_pos, pick)`` turns their raw values into
     the pairs' rho (``pick(zd, zr)`` takes the pairs out of the standardised product)."""
-    if prep.n < MIN_CASES_RESAMPLING:
-        raise Rad4XCNNError(f"bootstrap intervals need at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
     if not 0 < confidence < 1:
         raise Rad4XCNNError(f"the confidence level must lie between 0 and 1, got {confidence}")
+    values = pair_resamples(
+        prep, deep_index, radiomic_index, n_boot, seed, progress, resample=resample, rho=rho, desc=desc
+    )
+    tail = (1 - confidence) / 2
+    with np.errstate(all="ignore"):
+        low, high = np.nanquantile(np.clip(values, -1, 1), [tail, 1 - tail], axis=0)
+    return low, high
+
+
+def pair_resamples(
+    prep,
+    deep_index: np.ndarray,
+    radiomic_index: np.ndarray,
+    n_boot: int,
+    seed: int,
+    progress: bool,
+    *,
+    resample,
+    rho,
+    desc: str,
+    elementwise: bool = False,
+) -> np.ndarray:
+    """The pairs' rho on each of ``n_boot`` resamples of the cases (``n_boot`` x pairs), as
+    :func:`pair_intervals` describes. ``elementwise``: each pair's product on its own (pairs x cases) rather
+    than the product of every deep with every radiomic feature involved, for many pairs spread thinly."""
+    if prep.n < MIN_CASES_RESAMPLING:
+        raise Rad4XCNNError(f"bootstrap intervals need at least {MIN_CASES_RESAMPLING} cases, got {prep.n}")
     ops = prep.ops
     deep_used, deep_pos = np.unique(deep_index, return_inverse=True)
     rad_used, rad_pos = np.unique(radiomic_index, return_inverse=True)
@@ -231,6 +262,8 @@ def pair_intervals(
     pick_d, pick_r = ops.index(deep_pos), ops.index(rad_pos)
 
     def pick(zd, zr):
+        if elementwise:
+            return ops.to_numpy((zd[pick_d] * zr[pick_r]).sum(-1))
         # The product of the features involved is at most deep x radiomic; the pairs are picked from it.
         return ops.to_numpy((zd @ zr.T)[pick_d, pick_r])
 
@@ -241,10 +274,7 @@ def pair_intervals(
             idx = ops.index(resample(rng))
             values[b] = rho(raw_d[:, idx], raw_r[:, idx], deep_pos, rad_pos, pick)
             bar.update()
-    tail = (1 - confidence) / 2
-    with np.errstate(all="ignore"):
-        low, high = np.nanquantile(np.clip(values, -1, 1), [tail, 1 - tail], axis=0)
-    return low, high
+    return values
 
 
 def bootstrap_within(

@@ -28,6 +28,9 @@ BACKENDS = ("auto", "numpy", "torch", "torch:cpu", "torch:cuda")
 #: layer is about cases x features, so the grid spans from almost no shrinkage to almost full).
 DEFAULT_PENALTIES = (0.1, 1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6)
 PENALTY_RANGE = Interval(0, low_open=True)
+#: The fewest cases a stratum needs to enter the within-stratum rho: with many strata of 3 cases the t
+#: approximation of p_within is liberal (README, "Strata").
+MIN_STRATUM = 5
 
 
 def check_threshold(threshold: float, fdr: float | None) -> None:
@@ -77,7 +80,19 @@ class ExplainConfig:
     stratify: list[str] = option(
         ["label", "cohort"],
         "manifest columns (label, cohort, scanner, ...) within whose strata a pair must hold to explain; "
-        "pairs that hold only pooled over them are 'confounded'; []: the paper's pooled rule",
+        "pairs that hold only pooled over them are 'confounded' or 'attenuated'; []: the paper's pooled rule",
+    )
+    min_stratum: int = option(
+        MIN_STRATUM,
+        "fewest cases a stratum needs to enter the within-stratum rho (smaller strata are left out and "
+        "reported): with many tiny strata p_within is liberal",
+        minimum=3,
+    )
+    control_bootstrap: int = option(
+        200,
+        "bootstrap resamples of the cases for the interval of each backbone's gain over its random-weights "
+        "control (0: no interval, and no verdict)",
+        minimum=0,
     )
     cases: str = option(
         "train",

@@ -21,7 +21,6 @@ import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.correlation import (
-    MIN_CASES,
     AlignedTables,
     FeatureTable,
     NumpyOps,
@@ -34,6 +33,7 @@ from Rad4XCNNLogic.explain.correlation import (
     standardise,
     t_pvalues,
 )
+from Rad4XCNNLogic.explain.settings import MIN_STRATUM
 from Rad4XCNNLogic.infra.storage import atomic_path, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -43,11 +43,19 @@ STRATUM_SEPARATOR = " | "
 
 
 # ------------------------------------------------------------------------------------------ the strata
-def stratum_labels(manifest: pd.DataFrame, columns: Sequence[str] | str) -> pd.Series:
+def stratum_labels(
+    manifest: pd.DataFrame,
+    columns: Sequence[str] | str,
+    *,
+    cases: Sequence[str] | None = None,
+    skip_blank: bool = False,
+) -> pd.Series:
     """The stratum of each case: the values of ``columns`` of the manifest, joined (``benign | internal``).
 
     ``manifest`` is indexed by case id, or has a ``case_id`` column. Any column may be a stratum (label,
-    cohort, scanner, ...). A missing column or a case without a value is a one-line error.
+    cohort, scanner, ...). ``cases``: only these cases are read (the cases an explanation uses, so that a
+    blank label on a case it never uses does not matter). A missing column or a case without a value is a
+    one-line error; with ``skip_blank`` such a case is left out with a warning instead.
 
     Examples
     --------
@@ -61,6 +69,8 @@ def stratum_labels(manifest: pd.DataFrame, columns: Sequence[str] | str) -> pd.S
     if not columns:
         raise Rad4XCNNError("no stratum column given: expected manifest column names such as label,cohort")
     frame = manifest.set_index("case_id") if "case_id" in manifest.columns else manifest
+    if cases is not None:
+        frame = frame[frame.index.map(str).isin([str(c) for c in cases])]
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise Rad4XCNNError(
@@ -69,14 +79,26 @@ def stratum_labels(manifest: pd.DataFrame, columns: Sequence[str] | str) -> pd.S
         )
     values = frame[columns].astype(object)
     blank = values.isna() | values.apply(lambda col: col.astype(str).str.strip() == "")
-    if blank.any(axis=None):
+    if blank.any(axis=None) and skip_blank:
+        lacking = blank.any(axis=1).to_numpy()
+        log.warning(
+            "%d case(s) without a value in the stratum column(s) %s are left out: %s",
+            int(lacking.sum()),
+            ",".join(columns),
+            name_list([str(c) for c in frame.index[lacking]]),
+        )
+        frame, values = frame[~lacking], values[~lacking]
+    elif blank.any(axis=None):
         row = int(np.flatnonzero(blank.any(axis=1).to_numpy())[0])
         column = columns[int(np.flatnonzero(blank.iloc[row].to_numpy())[0])]
         raise Rad4XCNNError(
             f"case {frame.index[row]} has no value in the stratum column {column} "
             f"({int(blank.any(axis=1).sum())} case(s) lack one)"
         )
-    labels = values.astype(str).apply(lambda r: STRATUM_SEPARATOR.join(v.strip() for v in r), axis=1)
+    if values.empty:
+        labels = pd.Series([], index=values.index, dtype=object)
+    else:
+        labels = values.astype(str).apply(lambda r: STRATUM_SEPARATOR.join(v.strip() for v in r), axis=1)
     labels.index = labels.index.map(str)
     labels.name = ",".join(columns)
     return labels
@@ -118,7 +140,13 @@ class _WithinPrepared(PreparedTables):
     ``denominator``), so the permutation null runs through the same code.
     """
 
-    def __init__(self, pooled: PreparedTables, labels: pd.Series, columns: Sequence[str]):
+    def __init__(
+        self,
+        pooled: PreparedTables,
+        labels: pd.Series,
+        columns: Sequence[str],
+        min_stratum: int = MIN_STRATUM,
+    ):
         cases = pooled.aligned.cases
         missing = [c for c in cases if c not in labels.index]
         if missing:
@@ -132,18 +160,19 @@ class _WithinPrepared(PreparedTables):
             )
         of_case = labels.reindex(cases).to_numpy()
         sizes = pd.Series(of_case).value_counts(sort=False)
-        small = {str(k): int(v) for k, v in sizes.items() if v < MIN_CASES}
-        kept = sorted(str(k) for k, v in sizes.items() if v >= MIN_CASES)
+        min_stratum = max(3, int(min_stratum))  # a stratum's rank correlation needs 3 cases
+        small = {str(k): int(v) for k, v in sizes.items() if v < min_stratum}
+        kept = sorted(str(k) for k, v in sizes.items() if v >= min_stratum)
         if not kept:
             raise Rad4XCNNError(
-                f"no stratum of {','.join(columns)} has at least {MIN_CASES} cases "
+                f"no stratum of {','.join(columns)} has at least {min_stratum} cases "
                 f"({name_list([f'{k}: {v}' for k, v in sizes.items()])}): nothing to correlate within strata"
             )
         if small:
             log.warning(
                 "%d stratum(s) with fewer than %d cases are left out of the within-stratum correlation: %s",
                 len(small),
-                MIN_CASES,
+                min_stratum,
                 name_list([f"{k} ({v})" for k, v in small.items()]),
             )
         positions, bounds = [], []
@@ -165,6 +194,7 @@ class _WithinPrepared(PreparedTables):
             pooled.aligned.dropped_features,
         )
         self.columns = list(columns)
+        self.min_stratum = min_stratum
         self.strata = kept
         self.stratum_bounds = bounds
         self.sizes = np.array([b - a for a, b in bounds])
@@ -229,6 +259,46 @@ def _denominator(d_inf: np.ndarray, r_inf: np.ndarray, weights: np.ndarray) -> n
 
 
 # ------------------------------------------------------------------------------------------ the result
+HETEROGENEITY = ("rho_min", "rho_max", "p_heterogeneity", "q_heterogeneity")
+"""The per-pair matrices of strata that disagree, saved as ``<name>_within.npy``."""
+
+SPEARMAN_Z_VARIANCE = 1.06
+"""Fisher's z of a Spearman rho over ``n`` cases has variance about ``1.06 / (n - 3)`` (Fieller, Hartley and
+Pearson 1957), not Pearson's ``1 / (n - 3)``: the heterogeneity test weighs each stratum by
+``(n_s - 3) / 1.06``."""
+
+
+class _Heterogeneity:
+    """Running per-pair sums over strata: the smallest and largest per-stratum rho and Cochran's Q of their
+    Fisher z (weights ``(n_s - 3) / 1.06``), chunk by chunk."""
+
+    def __init__(self, n_deep: int, n_rad: int):
+        self.low = np.full((n_deep, n_rad), np.nan)
+        self.high = np.full((n_deep, n_rad), np.nan)
+        self.sw, self.swz, self.swz2, self.k = (np.zeros((n_deep, n_rad)) for _ in range(4))
+
+    def add(self, rows: slice, rho_s: np.ndarray, valid: np.ndarray, size: int) -> None:
+        rho_s = np.where(valid, rho_s, np.nan)
+        self.low[rows] = np.fmin(self.low[rows], rho_s)
+        self.high[rows] = np.fmax(self.high[rows], rho_s)
+        if size <= 3:
+            return
+        weight = np.where(valid, (size - 3) / SPEARMAN_Z_VARIANCE, 0.0)
+        z = np.arctanh(np.clip(np.nan_to_num(rho_s), -0.9999, 0.9999))
+        self.sw[rows] += weight
+        self.swz[rows] += weight * z
+        self.swz2[rows] += weight * z * z
+        self.k[rows] += valid
+
+    def pvalues(self) -> np.ndarray:
+        from scipy import special  # chdtrc(df, x): the chi-squared survival function, without scipy.stats
+
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.maximum(self.swz2 - self.swz**2 / self.sw, 0.0)
+            p = special.chdtrc(self.k - 1, q)
+        return np.where(self.k >= 2, p, np.nan)
+
+
 @dataclass
 class StratifiedResult:
     """Spearman's rho within strata for every (deep, radiomic) pair, with its p and per-model BH q.
@@ -241,6 +311,10 @@ class StratifiedResult:
     stratum's centring, as a correlation adjusted for a categorical covariate does, and one on the slope; with
     one stratum that is Spearman's ``n - 2``. ``cases`` are the cases in the strata used; ``small_strata``
     those left out (stratum -> cases).
+
+    Strata that disagree: ``rho_min`` and ``rho_max`` are the smallest and largest per-stratum rho (over the
+    strata where both features vary), ``p_heterogeneity`` the test that the per-stratum rhos are equal
+    (Cochran's Q on Fisher's z, :data:`SPEARMAN_Z_VARIANCE`) and ``q_heterogeneity`` its per-model BH q.
     """
 
     rho: np.ndarray
@@ -250,6 +324,10 @@ class StratifiedResult:
     strata: dict[str, int]
     cases: list[str]
     small_strata: dict[str, int] = field(default_factory=dict)
+    rho_min: np.ndarray | None = None
+    rho_max: np.ndarray | None = None
+    p_heterogeneity: np.ndarray | None = None
+    q_heterogeneity: np.ndarray | None = None
 
     @property
     def n_cases(self) -> int:
@@ -259,9 +337,10 @@ class StratifiedResult:
         """Write ``rho_within.npy``, ``p_within.npy``, ``q_within.npy`` and ``strata.json``."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for name in ("rho", "p", "q"):
-            with atomic_path(folder / f"{name}_within.npy") as tmp, tmp.open("wb") as fh:
-                np.save(fh, getattr(self, name))
+        for name in ("rho", "p", "q", *HETEROGENEITY):
+            if getattr(self, name) is not None:
+                with atomic_path(folder / f"{name}_within.npy") as tmp, tmp.open("wb") as fh:
+                    np.save(fh, getattr(self, name))
         meta = {"columns": self.columns, "strata": self.strata, "cases": self.cases}
         write_json_atomic(folder / "strata.json", {**meta, "small_strata": self.small_strata})
         return folder
@@ -275,6 +354,9 @@ class StratifiedResult:
         try:
             meta = json.loads((folder / "strata.json").read_text(encoding="utf-8"))
             arrays = {n: np.load(folder / f"{n}_within.npy", allow_pickle=False) for n in ("rho", "p", "q")}
+            for name in HETEROGENEITY:  # absent in an explanation written before the heterogeneity test
+                if (folder / f"{name}_within.npy").exists():
+                    arrays[name] = np.load(folder / f"{name}_within.npy", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise Rad4XCNNError(f"cannot read the within-stratum matrices in {folder}: {exc}") from None
         return cls(**arrays, **meta)
@@ -285,9 +367,16 @@ def within_spearman(prep: _WithinPrepared, progress: bool) -> StratifiedResult:
     ops = prep.ops
     n_deep, n_rad = len(prep.aligned.deep.columns), len(prep.aligned.radiomic.columns)
     rho = np.empty((n_deep, n_rad))
+    spread = _Heterogeneity(n_deep, n_rad)
     with progress_bar(n_deep, "rho within strata", progress) as bar:
         for start, stop, zd, _ in prep.deep_chunks():
-            rho[start:stop] = ops.to_numpy(zd @ prep.zr.T)
+            rho[start:stop] = 0.0
+            for s, (a, b) in enumerate(prep.stratum_bounds):
+                # Each stratum's rows are scaled by sqrt(n_s / n): their product is weight_s * rho_s.
+                part = ops.to_numpy(zd[:, a:b] @ prep.zr[:, a:b].T)
+                rho[start:stop] += part
+                valid = prep.d_informative[start:stop, s][:, None] & prep.r_informative[:, s][None, :]
+                spread.add(slice(start, stop), part / prep.weights[s], valid, int(prep.sizes[s]))
             bar.update(stop - start)
     denominator = _denominator(prep.d_informative, prep.r_informative, prep.weights)
     n_strata = len(prep.strata)
@@ -307,10 +396,15 @@ def within_spearman(prep: _WithinPrepared, progress: bool) -> StratifiedResult:
         dof = np.where(denominator > 0, n_pair - strata_pair - 1, 0)
     np.clip(rho, -1.0, 1.0, out=rho)
     p = t_pvalues(rho, dof)
+    p_het = spread.pvalues()
     return StratifiedResult(
         rho=rho,
         p=p,
         q=benjamini_hochberg_by_model(p, prep.models),
+        rho_min=np.clip(spread.low, -1.0, 1.0),
+        rho_max=np.clip(spread.high, -1.0, 1.0),
+        p_heterogeneity=p_het,
+        q_heterogeneity=benjamini_hochberg_by_model(p_het, prep.models),
         columns=prep.columns,
         strata={name: int(size) for name, size in zip(prep.strata, prep.sizes, strict=True)},
         cases=list(prep.aligned.cases),
@@ -333,11 +427,14 @@ def within_rho(prep: _WithinPrepared):
     return rho
 
 
-def prepare_within(pooled: PreparedTables, strata: pd.Series | pd.DataFrame) -> _WithinPrepared:
-    """The within-stratum preparation of already aligned tables (see :func:`spearman_within`)."""
+def prepare_within(
+    pooled: PreparedTables, strata: pd.Series | pd.DataFrame, min_stratum: int = MIN_STRATUM
+) -> _WithinPrepared:
+    """The within-stratum preparation of already aligned tables (see :func:`spearman_within`); strata of
+    fewer than ``min_stratum`` cases are left out."""
     labels = _as_labels(strata)
     columns = [c for c in str(labels.name or "stratum").split(",") if c]
-    return _WithinPrepared(pooled, labels, columns)
+    return _WithinPrepared(pooled, labels, columns, min_stratum)
 
 
 def spearman_within(
@@ -348,6 +445,7 @@ def spearman_within(
     backend: str = "auto",
     chunk_size: int | None = None,
     max_missing_fraction: float = 0.5,
+    min_stratum: int = MIN_STRATUM,
     progress: bool = False,
 ) -> StratifiedResult:
     """Spearman's rho within strata, its p (``n - strata - 1`` degrees of freedom) and per-model BH q.
@@ -359,8 +457,9 @@ def spearman_within(
         :func:`~Rad4XCNNLogic.explain.correlation.spearman` (the same cases and features are used).
     strata
         The stratum of each case: a Series indexed by case id (e.g. :func:`stratum_labels`), or a DataFrame
-        of stratum columns indexed by case id. Every case used must have one; strata with fewer than 3 cases
-        are left out and reported in ``small_strata``.
+        of stratum columns indexed by case id. Every case used must have one; strata with fewer than
+        ``min_stratum`` cases (:data:`~Rad4XCNNLogic.explain.settings.MIN_STRATUM`, at least 3) are left out
+        and reported in ``small_strata``.
 
     Examples
     --------
@@ -373,4 +472,4 @@ def spearman_within(
     True
     """
     prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
-    return within_spearman(prepare_within(prep, strata), progress)
+    return within_spearman(prepare_within(prep, strata, min_stratum), progress)

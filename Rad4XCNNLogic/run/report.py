@@ -21,6 +21,7 @@ import numpy as np
 
 from Rad4XCNNLogic import __version__
 from Rad4XCNNLogic.explain.settings import rule_text
+from Rad4XCNNLogic.run.claims_report import claims_section
 from Rad4XCNNLogic.run.concepts_report import concepts_section
 from Rad4XCNNLogic.run.results import read_optional_csv
 
@@ -330,9 +331,16 @@ def _explain_section(out: Path, cfg, top: int, heat_n: int) -> dict:
         result["coverage_fig"] = coverage_figure(coverage)
     by_m = read_optional_csv(out / "explained_by_threshold.csv")
     if by_m is not None:
-        shown = by_m[
-            ["model", "threshold", "n_explained", "n_deep_features", "fraction_explained", "n_pairs"]
+        columns = [
+            "model",
+            "threshold",
+            "n_explained",
+            "n_varying",
+            "n_constant",
+            "fraction_explained",
+            "n_pairs",
         ]
+        shown = by_m[[c for c in columns if c in by_m.columns]]
         result["threshold_table"] = html_table(shown, {"fraction_explained": lambda v: f"{100 * v:.1f}%"})
     summary_path = out / "explanation.json"
     if summary_path.is_file():
@@ -434,12 +442,14 @@ def _trust_section(out: Path) -> dict:
             f"{strata['n_cases']} cases). A deep feature is explained when it co-varies with a radiomic "
             f"feature among cases of the same {columns}: co-variation within class and site, not proof that "
             "the network computes that property, nor a meaning beyond it. A deep feature that meets the rule "
-            "only pooled over the strata is confounded: both features differ between the strata (classes, "
-            "sites, scanners) without co-varying within them."
+            "only pooled over the strata is confounded when it has no significant association within them "
+            "(both features differ between the strata: classes, sites, scanners), attenuated when it has a "
+            "significant but weaker one, and reversed when its strata disagree in sign."
         )
         if strata.get("left_out"):
             small = ", ".join(f"{k} ({v})" for k, v in strata["left_out"].items())
-            note += f" Strata of fewer than 3 cases are left out of the within-stratum rho: {small}."
+            least = strata.get("min_stratum", 3)
+            note += f" Strata of fewer than {least} cases are left out of the within-stratum rho: {small}."
     else:
         note = (
             f"Rule used: the paper's pooled rule, {rule} over all cases together. It does not tell a "
@@ -457,7 +467,8 @@ def _trust_section(out: Path) -> dict:
         counts = table.groupby("model", sort=False)["status"].value_counts().unstack(fill_value=0)
         shown = {"explained": counts.get("explained", 0)}
         if strata:
-            shown["confounded"] = counts.get("confounded", 0)
+            for status in ("reversed", "confounded", "attenuated"):
+                shown[status] = counts.get(status, 0)
         shown["unexplained"] = counts.get("unexplained", 0)
         frame = counts.assign(**shown)[list(shown)]
         if strata and pairs is not None:
@@ -486,7 +497,18 @@ def _trust_section(out: Path) -> dict:
     percent = {c: (lambda v: f"{100 * v:.0f}%") for c in ("fraction", "fraction_control", "gain")}
     control = read_optional_csv(out / "control_coverage.csv")
     if control is not None and len(control):
-        shown = control[["model", "control", "M", "fraction", "fraction_control", "gain"]]
+        columns = [
+            "model",
+            "control",
+            "M",
+            "fraction",
+            "fraction_control",
+            "gain",
+            "gain_ci_low",
+            "gain_ci_high",
+        ]
+        shown = control[[c for c in columns if c in control.columns]]
+        percent.update({c: (lambda v: f"{100 * v:+.0f}%") for c in ("gain_ci_low", "gain_ci_high")})
         result["control_table"] = html_table(shown, percent)
     held = read_optional_csv(out / "heldout.csv")
     if held is not None and len(held):
@@ -651,6 +673,10 @@ def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failur
     context.update(_cohort_section(out))
     context.update(_explain_section(out, cfg, cfg.report.top_features, cfg.report.heatmap_features))
     context.update(_trust_section(out))
+    claims = claims_section(out)  # what the counts claim; its tables escaped here like the others
+    context.update(
+        {k: html_table(v, max_rows=20) if isinstance(v, pd.DataFrame) else v for k, v in claims.items()}
+    )
     context.update(_classification_section(out))
     concepts = concepts_section(out)
     context.update(

@@ -455,7 +455,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("deep", 2, ("cohort", "train"), plan_deep, reads=(F.COHORT, F.MODELS), writes=(F.DEEP,)),
     Stage("radiomics", 1, ("cohort",), plan_radiomics, reads=(F.COHORT,), writes=(F.RADIOMICS,)),
     Stage(
-        "explain", 3, ("cohort", "deep", "radiomics"), plan_explain,
+        "explain", 4, ("cohort", "deep", "radiomics"), plan_explain,
         reads=(F.COHORT, F.DEEP, F.RADIOMICS),
         writes=(F.CORRELATIONS, F.EXPLANATIONS, F.EXPLANATION, F.COVERAGE, F.EXPLAINED_BY_THRESHOLD),
     ),

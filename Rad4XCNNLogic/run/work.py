@@ -9,6 +9,7 @@ written (paths) and the per-case ``failures``.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -245,6 +246,13 @@ def radiomics_stage(
 
 
 # ------------------------------------------------------------------------------------------- explanation
+TEST_CASES_WARNING = (
+    "explain.cases all: the test cases are among the cases explained, so their labels (through the strata) "
+    "and their features shape which deep features count as explained, and the classifiers' explained set is "
+    "then measured on them; use explain.cases train for a held-out claim"
+)
+
+
 def explain_stage(
     deep_csv: Path,
     radiomics_csv: Path,
@@ -275,8 +283,7 @@ def explain_stage(
     from Rad4XCNNLogic.explain.correlation import read_feature_table
     from Rad4XCNNLogic.explain.explanation import explain as explain_features
     from Rad4XCNNLogic.explain.explanation import write_explanation
-    from Rad4XCNNLogic.explain.heldout import coverage_against_control, remeasure, split_cases
-    from Rad4XCNNLogic.explain.strata import stratum_labels
+    from Rad4XCNNLogic.explain.heldout import remeasure, split_cases
 
     out_dir = Path(out_dir)
     deep = read_feature_table(deep_csv, "deep feature")
@@ -284,13 +291,14 @@ def explain_stage(
     frame = manifest.frame() if manifest is not None else None
     # Without a manifest there are neither strata nor splits: the paper's pooled rule on every case (the
     # explain command says so).
-    strata = stratum_labels(frame, explain.stratify) if frame is not None and explain.stratify else None
     held_sets = None
     used_deep, used_rad = deep, rad
     if frame is not None and explain.cases == "train":
         training, held_sets = split_cases(frame, train_cohort)
         used_deep, used_rad = deep[deep.index.isin(training)], rad[rad.index.isin(training)]
         held_sets = held_sets[held_sets.index.isin(deep.index) & held_sets.index.isin(rad.index)]
+    test_cases_warning = TEST_CASES_WARNING if frame is not None and explain.cases == "all" else None
+    strata, held_strata, held_sets = _strata_of_cases_used(frame, explain, used_deep, used_rad, held_sets)
     result = explain_features(
         used_deep,
         used_rad,
@@ -303,9 +311,13 @@ def explain_stage(
         seed=seed,
         backend=explain.backend,
         chunk_size=explain.chunk_size,
+        min_stratum=explain.min_stratum,
         progress=progress,
     )
     result.settings["cases"] = explain.cases if frame is not None else "all"
+    result.settings["test_cases_explained"] = test_cases_warning is not None
+    if test_cases_warning:  # said once the explanation exists, not before an error that stops it
+        log.warning("%s", test_cases_warning)
     outputs = list(write_explanation(result, out_dir).values())
     outputs.append(
         write_csv_atomic(
@@ -316,13 +328,26 @@ def explain_stage(
     )
     held = None
     if held_sets is not None and len(held_sets):
-        held = remeasure(result, deep, rad, held_sets, strata=strata, backend=explain.backend)
+        held = remeasure(
+            result,
+            deep,
+            rad,
+            held_sets,
+            strata=held_strata,
+            backend=explain.backend,
+            min_stratum=explain.min_stratum,
+        )
         outputs += list(held.write(out_dir).values())
-    control_table = None
-    pairs = control_pairs(sorted(set(result.coverage["model"])), controls)
-    if pairs:
-        control_table = coverage_against_control(result.coverage, pairs)
+    control_table, verdicts = _control_comparison(
+        result, used_deep, used_rad, strata, controls, explain, seed
+    )
+    if control_table is not None:
         outputs.append(write_csv_atomic(out_dir / RunFiles.CONTROL_COVERAGE, control_table, index=False))
+    if verdicts or test_cases_warning:  # the claims made after the explanation was written
+        summary_path = out_dir / "explanation.json"
+        stored = json.loads(summary_path.read_text(encoding="utf-8"))
+        stored.update(control_verdicts=verdicts, test_cases_warning=test_cases_warning)
+        write_json_atomic(summary_path, stored)
     replicability = None
     if cohort is not None:
         replicability = _replicability(deep, rad, cohort, result.threshold, explain, out_dir, progress)
@@ -331,27 +356,19 @@ def explain_stage(
     if importances is not None:
         outputs += write_by_importance(result, importances, out_dir)
     s = result.summary()
-    frac = s["fraction_explained"]
-    where = "within " + ",".join(s["strata"]["columns"]) if "strata" in s else "pooled"
-    text = (
-        f"M={result.threshold:g}: {s['n_explained']} of {s['n_deep_features']} deep features explained "
-        f"({0 if frac is None else 100 * frac:.0f}%) {where}, {s['n_pairs_kept']} pairs"
-    )
-    if "n_confounded" in s:
-        text += f"; {s['n_confounded']} confounded (pooled rule alone: {s['n_explained_pooled']} explained)"
-    if held is not None:
-        text += "; held out: " + ", ".join(
-            f"{r.set} {r.n_replicated}/{r.n_measured} replicated" for r in held.summary.itertuples()
-        )
-    if s["permutation_threshold"] is not None:
-        text += f"; permutation threshold {s['permutation_threshold']:.2f}"
+    text = _explain_text(result, s, held, verdicts)
     return {
         "threshold": result.threshold,
         "fdr": explain.fdr,
         **{k: s[k] for k in ("n_cases", "n_pairs_kept", "n_explained", "fraction_explained", "rule")},
         "cases": result.settings["cases"],
         "n_confounded": s.get("n_confounded"),
+        "n_attenuated": s.get("n_attenuated"),
+        "n_reversed": s.get("n_reversed"),
+        "n_explained_fwer": s["n_explained_fwer"],
         "n_explained_pooled": s.get("n_explained_pooled"),
+        "control_verdicts": verdicts,
+        "test_cases_warning": test_cases_warning,
         "permutation_threshold": s["permutation_threshold"],
         "suggested_M": s["suggested_M"],
         "suggested_M_by_model": s["suggested_M_by_model"],
@@ -362,6 +379,91 @@ def explain_stage(
         "replicability": None if replicability is None else replicability[0],
         "control_coverage": control_table,
     }
+
+
+def _explain_text(result, s: dict, held, verdicts: list[dict]) -> str:
+    """The explain stage's one-paragraph summary."""
+    frac = s["fraction_explained"]
+    where = "within " + ",".join(s["strata"]["columns"]) if "strata" in s else "pooled"
+    text = (
+        f"M={result.threshold:g}: {s['n_explained']} of {s['n_deep_features']} deep features explained "
+        f"({0 if frac is None else 100 * frac:.0f}%) {where}, {s['n_pairs_kept']} pairs"
+    )
+    if "n_confounded" in s:
+        text += (
+            f"; {s['n_confounded']} confounded, {s['n_attenuated']} attenuated, {s['n_reversed']} reversed "
+            f"(pooled rule alone: {s['n_explained_pooled']} explained)"
+        )
+    if s["n_explained_fwer"] is not None:
+        text += f"; {s['n_explained_fwer']} explained above the permutation threshold (feature-level FWER)"
+    for verdict in verdicts:
+        text += f"; {verdict['text']}"
+    if held is not None:
+        text += "; held out: " + ", ".join(
+            f"{r.set} {r.n_replicated}/{r.n_measured} replicated" for r in held.summary.itertuples()
+        )
+    if s["permutation_threshold"] is not None:
+        text += f"; permutation threshold {s['permutation_threshold']:.2f}"
+    return text
+
+
+def _strata_of_cases_used(frame, explain: ExplainConfig, deep, rad, held_sets):
+    """(strata of the cases explained, strata of the held-out cases, the held-out sets left with a stratum).
+
+    Only the cases used are read: a blank label on a case never used (an external case without features)
+    does not stop the explanation; a held-out case without one is left out of the re-measurement."""
+    from Rad4XCNNLogic.explain.strata import stratum_labels
+
+    if frame is None or not explain.stratify:
+        return None, None, held_sets
+    strata = stratum_labels(frame, explain.stratify, cases=deep.index.intersection(rad.index))
+    held_strata = None
+    if held_sets is not None and len(held_sets):
+        held_strata = stratum_labels(frame, explain.stratify, cases=held_sets.index, skip_blank=True)
+        held_sets = held_sets[held_sets.index.isin(held_strata.index)]
+    return strata, held_strata, held_sets
+
+
+def _control_comparison(result, deep, rad, strata, controls, explain: ExplainConfig, seed: int):
+    """(control_coverage table with the gain's bootstrap interval, verdicts at the primary M), or (None, [])
+    when no backbone has its random-weights control here."""
+    import numpy as np
+    import pandas as pd
+
+    from Rad4XCNNLogic.explain.claims import control_gain_bootstrap, control_verdicts
+    from Rad4XCNNLogic.explain.explanation import coverage_curve
+    from Rad4XCNNLogic.explain.heldout import coverage_against_control
+
+    pairs = control_pairs(sorted(set(result.coverage["model"])), controls)
+    if not pairs:
+        return None, []
+    coverage = result.coverage
+    if not np.isclose(coverage["M"].astype(float), result.threshold).any():  # the verdict's M, off the grid
+        stat, q = (result.correlation.rho, result.correlation.q)
+        if result.within is not None:
+            stat, q = result.within.rho, result.within.q
+        extra = coverage_curve(
+            stat, [result.threshold], deep_features=result.correlation.deep_features, q=q, fdr=result.fdr
+        )
+        coverage = pd.concat([coverage, extra]).sort_values(["model", "M"], kind="stable")
+    table = coverage_against_control(coverage, pairs)
+    if not explain.control_bootstrap:
+        return table, []
+    intervals = control_gain_bootstrap(
+        result,
+        deep,
+        rad,
+        pairs,
+        sorted(set(table["M"])),
+        n_boot=explain.control_bootstrap,
+        strata=strata,
+        seed=seed,
+    )
+    table = table.merge(intervals, on=["model", "control", "M"], how="left")
+    verdicts = control_verdicts(table, result.threshold)
+    for verdict in verdicts:
+        (log.info if verdict["specific"] else log.warning)("control: %s", verdict["text"])
+    return table, verdicts
 
 
 def _replicability(
@@ -385,7 +487,9 @@ def _replicability(
 
 
 def threshold_table(result, thresholds: Sequence[float]):
-    """Per backbone and M: deep features, how many are explained, and the pairs kept."""
+    """Per backbone and M: deep features (varying, constant, left out), how many are explained (the fraction
+    over the varying ones, as in ``coverage.csv``), the pairs kept and, with strata, how many deep features
+    are reversed, confounded and attenuated."""
     import pandas as pd
 
     rows = []
@@ -393,15 +497,32 @@ def threshold_table(result, thresholds: Sequence[float]):
         at = result if m == result.threshold else result.with_threshold(m)
         table = at.explanations
         for model, group in table.groupby(table.index.map(model_of)):
+            # One denominator, as in coverage.csv: the deep features that vary; the constant ones (and
+            # those left out for missing values) are counted apart.
+            constant = int((group["status"] == "zero variance").sum())
+            left_out = int((group["status"] == "left out").sum())
+            varying = len(group) - constant - left_out
+            explained = int((group["status"] == "explained").sum())
             rows.append(
                 {
                     "model": model,
                     "threshold": m,
                     "fdr": at.fdr,
                     "n_deep_features": len(group),
-                    "n_explained": int((group["status"] == "explained").sum()),
-                    "fraction_explained": float((group["status"] == "explained").mean()),
+                    "n_constant": constant,
+                    "n_left_out": left_out,
+                    "n_varying": varying,
+                    "n_explained": explained,
+                    "fraction_explained": explained / varying if varying else float("nan"),
                     "n_pairs": int(group["n_partners"].sum()),
+                    **(
+                        {
+                            f"n_{k}": int((group["status"] == k).sum())
+                            for k in ("reversed", "confounded", "attenuated")
+                        }
+                        if at.within is not None
+                        else {}
+                    ),
                 }
             )
     return pd.DataFrame(rows)

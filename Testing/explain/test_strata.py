@@ -99,7 +99,7 @@ def test_small_strata_are_left_out_and_reported():
 
 def test_strata_too_small_or_missing_cases_are_one_line_errors():
     deep, rad = tables(n=6)
-    with pytest.raises(Rad4XCNNError, match="no stratum of s has at least 3 cases") as err:
+    with pytest.raises(Rad4XCNNError, match="no stratum of s has at least 5 cases") as err:
         spearman_within(deep, rad, pd.Series(list("aabbcc"), index=deep.index, name="s"), backend="numpy")
     assert "\n" not in str(err.value)
     deep, rad = tables(n=30)

@@ -93,7 +93,13 @@ def test_confounded_pairs_flagged_and_real_pairs_explained_at_cluster_level(stra
     table = result.explanations
     cluster_of = result.clusters.table["cluster"]
     assert result.clusters.n_clusters == len(CLUSTERS)  # the collinear groups, recovered
-    truth = {(d, cluster_of[CLUSTERS[k][0]]) for d, k in real.items()}
+    # A real feature whose own shift between strata runs against its within-stratum relation has pooled and
+    # within rho of opposite signs: it is reversed, not explained (the pooled sign misleads).
+    reversed_ = set(table.index[table["status"] == "reversed"])
+    assert reversed_ <= set(real) and len(reversed_) <= 3
+    flips = result.correlations[result.correlations["status"] == "reversed"]
+    assert (np.sign(flips["rho"]) != np.sign(flips["rho_within"])).all()
+    truth = {(d, cluster_of[CLUSTERS[k][0]]) for d, k in real.items() if d not in reversed_}
     found = {
         (d, c)
         for d, row in table[table["status"] == "explained"].iterrows()
@@ -384,12 +390,17 @@ def test_explain_stratify_flags_confounded_features(tables, capsys):
         == 0
     )
     printed = capsys.readouterr().out
-    assert "within label,cohort" in printed and f"{len(confounded)} confounded" in printed
+    assert "within label,cohort" in printed and " confounded, " in printed and " reversed, " in printed
     corr = pd.read_csv(out / "correlations.csv")
     assert {"rho", "rho_within", "p_within", "q_within", "status"} <= set(corr.columns)
     table = pd.read_csv(out / "explanations.csv", index_col=0)
-    assert set(table.index[table["status"] == "confounded"]) == set(confounded)
-    assert set(table.index[table["status"] == "explained"]) == set(real)
+    flagged = set(table.index[table["status"] == "confounded"])
+    # A planted confounded feature may show a chance within-stratum association (q_within just under the
+    # level) of the sign opposite to its pooled one: reversed, not confounded. At most one here.
+    assert flagged <= set(confounded) and len(flagged) >= len(confounded) - 1
+    assert f"{len(flagged)} confounded" in printed
+    reversed_ = set(table.index[table["status"] == "reversed"])
+    assert set(table.index[table["status"] == "explained"]) == set(real) - reversed_
     assert {"n_clusters", "partner_clusters", "n_confounded"} <= set(table.columns)
     summary = json.loads((out / "explanation.json").read_text())
     assert summary["strata"]["columns"] == ["label", "cohort"] and len(summary["cases"]) == 160
@@ -439,7 +450,7 @@ def test_explain_cases_train_remeasures_on_held_out_cases(tables, capsys):
         (["--stratify", "label"], "--stratify and --cases train need --manifest"),
         (["--manifest", "MANIFEST", "--stratify", "label,scanner"], "the manifest has no column scanner"),
         (["--manifest", "SHORT", "--stratify", "label", "--cases", "all"], "are missing from the manifest"),
-        (["--manifest", "TINY", "--stratify", "label"], "no stratum of label has at least 3 cases"),
+        (["--manifest", "TINY", "--stratify", "label"], "no stratum of label has at least 5 cases"),
     ],
 )
 def test_explain_stratify_bad_input_is_one_line(tables, capsys, extra, message):
