@@ -295,7 +295,8 @@ def compare_feature_sets(
             continue
         first = by_set[wanted[0].set_a]
         y = np.array([list(classes).index(label) for label in first["label"]])
-        weights = stratified_bootstrap_weights(y, n_bootstrap, evaluation_rng(seed, str(where)))
+        groups = first["split_group"].tolist() if "split_group" in first else None  # the per-set draws
+        weights = stratified_bootstrap_weights(y, n_bootstrap, evaluation_rng(seed, str(where)), groups)
         needed = list(dict.fromkeys(name for p in wanted for name in (p.set_a, p.set_b)))
         scored = {
             name: _set_auc(by_set[name].reindex(first.index), y, weights, classes, score_columns, name, where)

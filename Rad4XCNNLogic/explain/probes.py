@@ -123,19 +123,38 @@ def rank_transform(train: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out / len(train)
 
 
-def fold_labels(n: int, folds: int, seed: int = 0) -> np.ndarray:
+def fold_labels(n: int, folds: int, seed: int = 0, groups: Sequence[str] | None = None) -> np.ndarray:
     """The cross-validation fold (0..folds-1) of each of ``n`` cases: a seeded shuffle cut in near-equal
-    parts.
+    parts. With ``groups`` (one per case: a patient, or patients joined by near-duplicate images) a group's
+    cases share a fold: the groups, shuffled, go largest first to the fold with the fewest cases.
 
     Examples
     --------
     >>> np.bincount(fold_labels(11, 3))
     array([4, 4, 3])
+    >>> labels = fold_labels(4, 2, groups=["a", "a", "b", "c"])
+    >>> bool(labels[0] == labels[1])
+    True
     """
     if folds < 2:
         raise Rad4XCNNError(f"cross-validation needs at least 2 folds, got {folds}")
-    labels = np.arange(n) % folds
-    return labels[np.random.default_rng(seed).permutation(n)]
+    rng = np.random.default_rng(seed)
+    if groups is None or len(set(groups)) == n:
+        labels = np.arange(n) % folds
+        return labels[rng.permutation(n)]
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(str(g), []).append(i)
+    names = sorted(members)
+    order = [names[i] for i in rng.permutation(len(names))]
+    order.sort(key=lambda g: -len(members[g]))  # stable: ties keep the shuffled order
+    labels = np.zeros(n, dtype=int)
+    sizes = np.zeros(folds, dtype=int)
+    for g in order:
+        f = int(np.argmin(sizes))
+        labels[members[g]] = f
+        sizes[f] += len(members[g])
+    return labels
 
 
 # -------------------------------------------------------------------------------------------- the probe
@@ -169,6 +188,7 @@ def ridge_probe(
     bootstrap: int = 1000,
     seed: int = 0,
     backend: str = "numpy",
+    groups: Sequence[str] | None = None,
 ) -> ProbeFit:
     """Ridge probes from one layer's features to every target column at once.
 
@@ -190,6 +210,7 @@ def ridge_probe(
     bootstrap : resamples of the held-out cases for the interval (0: none, the interval is NaN).
     seed : seed of the folds and of the bootstrap.
     backend : ``numpy``, or ``torch`` / ``torch:cpu`` / ``torch:cuda`` (same results to rounding).
+    groups : one per training case; a group's cases share a fold (:func:`fold_labels`).
 
     Examples
     --------
@@ -233,7 +254,7 @@ def ridge_probe(
     shrink = s2[None, :] / (s2[None, :] + lam[:, None])  # (penalties, components)
     uty = u.T @ yc  # (components, targets)
 
-    labels = fold_labels(n, folds, seed)
+    labels = fold_labels(n, folds, seed, groups)
     cv_error = xp.asarray(np.zeros((len(grid), y_train.shape[1])))
     for f in range(folds):
         idx = xp.index(np.flatnonzero(labels == f))
@@ -414,6 +435,7 @@ def run_probes(
     bootstrap: int = 1000,
     seed: int = 0,
     backend: str = "numpy",
+    groups: Mapping[str, str] | None = None,
 ) -> ProbeResult:
     """Probe every radiomic feature from every (backbone, layer) of ``deep``, and from the matching layer of
     ``control`` (a random-weights network's table; when None, a backbone ``<label>-random`` of ``deep``
@@ -422,6 +444,7 @@ def run_probes(
     Cases are those of ``train_ids`` / ``heldout_ids`` present in both tables (and in ``control``, which
     must hold them all). Radiomic features are rank-transformed against the training cases
     (:func:`rank_transform`); features with missing values or constant on the training cases are left out.
+    ``groups`` (case id -> group, :attr:`Case.group`) keeps a group's training cases in one fold.
 
     Examples
     --------
@@ -467,7 +490,10 @@ def run_probes(
     if unmatched:
         log.warning("no control layer for %s: r2_control and selectivity are NaN there", ", ".join(unmatched))
 
-    common = dict(penalties=penalties, folds=folds, bootstrap=bootstrap, seed=seed, backend=backend)
+    fold_groups = None if groups is None else [str(groups.get(c, c)) for c in train]
+    common = dict(
+        penalties=penalties, folds=folds, bootstrap=bootstrap, seed=seed, backend=backend, groups=fold_groups
+    )
 
     def fit(table: pd.DataFrame, columns: list[str]) -> ProbeFit:
         block = _finite_columns(table.loc[train + held, columns], "deep feature")
