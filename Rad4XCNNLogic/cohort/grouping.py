@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: The columns of ``duplicates.csv``: one row per near-duplicate pair.
 DUPLICATE_COLUMNS = (
     "case_a", "case_b", "distance", "identical", "label_a", "label_b", "conflict",
-    "place_a", "place_b", "across_splits", "cluster",
+    "place_a", "place_b", "across_splits", "cluster", "image_a", "image_b",
 )  # fmt: skip
 _EVALUATION_SPLITS = ("val", "test")
 
@@ -117,14 +117,28 @@ class Grouping:
     external_overlap: list[DuplicatePair] = field(default_factory=list)
     grouped: bool = True
     hashed: bool = True
+    #: case id -> image file, of every case searched (those a label conflict left out too)
+    images: dict[str, Path] = field(default_factory=dict)
 
     @property
     def across_splits(self) -> list[DuplicatePair]:
         return [p for p in self.pairs if p.across_splits]
 
-    def frame(self):
-        """The pairs as the rows of ``duplicates.csv`` (:data:`DUPLICATE_COLUMNS`)."""
+    def frame(self, relative_to: str | os.PathLike | None = None):
+        """The pairs as the rows of ``duplicates.csv`` (:data:`DUPLICATE_COLUMNS`; image paths relative to
+        ``relative_to`` when given)."""
         import pandas as pd
+
+        def image(case_id: str) -> str:
+            path = self.images.get(case_id)
+            if path is None:
+                return ""
+            if relative_to is None:
+                return os.fspath(path)
+            try:
+                return Path(os.path.relpath(path, Path(relative_to).resolve())).as_posix()
+            except ValueError:  # another drive on Windows
+                return os.fspath(path)
 
         labels = {c.case_id: c.label or "" for c in self.cohort.cases}
         conflicting = {(p.case_a, p.case_b) for p in self.conflicts}
@@ -141,6 +155,8 @@ class Grouping:
                 "place_b": p.place_b,
                 "across_splits": p.across_splits,
                 "cluster": self.clusters.get(p.case_a, ""),
+                "image_a": image(p.case_a),
+                "image_b": image(p.case_b),
             }
             for p in self.pairs
         ]
@@ -283,6 +299,7 @@ def group_and_split(
         near_duplicate_clusters(pairs),
         external,
         grouped=settings.group_duplicates,
+        images={c.case_id: c.image for c in cohort.cases},
     )
     if result.across_splits:
         log.warning(
@@ -313,16 +330,18 @@ def read_grouped(
     **checks,
 ) -> Grouping:
     """A manifest read and split by groups: :func:`read_manifest` (``checks``: ``check_files``,
-    ``check_images``, ``require_images``) then :func:`group_and_split`. A manifest whose split cohorts'
-    cases all have a split (e.g. a run's ``cohort.csv``, with its ``split_group`` column) is not hashed
-    again: nothing is left to assign."""
+    ``check_images``, ``require_images``) then :func:`group_and_split`. Without ``check_images``, a
+    manifest whose split cohorts' cases all have a split (e.g. a run's ``cohort.csv``, with its
+    ``split_group`` column) is not hashed again: nothing is left to assign."""
     settings = settings or SplitConfig()
     if train_cohort is None:
         train_cohort = settings.train_cohort
     split_here = {train_cohort} if isinstance(train_cohort, str) else set(train_cohort)
     cohort = read_manifest(path, assign_split=False, **checks)
     pending = any(c.split is None and c.cohort in split_here for c in cohort.cases)
-    if not pending or not checks.get("require_images", True):
+    # images read anyway (check_images) are always searched; otherwise only when a split is to be assigned
+    searched = checks.get("check_images") or pending
+    if not searched or not checks.get("require_images", True):
         cases = assign_splits(
             cohort.cases, fractions=settings.fractions, seed=seed, train_cohort=train_cohort
         )
@@ -335,7 +354,7 @@ def write_duplicates(grouping: Grouping, path: str | os.PathLike) -> Path:
     from Rad4XCNNLogic.infra.storage import write_csv_atomic
 
     path = Path(path)
-    write_csv_atomic(path, grouping.frame(), index=False)
+    write_csv_atomic(path, grouping.frame(path.parent), index=False)
     return path
 
 

@@ -487,6 +487,7 @@ def classify_stage(
         evaluate_on=classification.evaluate_on if evaluate_on is None else evaluate_on,
     )
     written = write_classification(result, out_dir)
+    written.update(_repeated_splits(features, cohort, result, out_dir, classification.repeated_splits, seed))
     text = f"{len(sets)} feature sets x {len(classification.classifiers)} classifiers"
     # the best model is chosen by its cross-validated AUC on the training data, never by a test AUC
     chosen = select_by_cv(result.metrics).sort_values("cv_auc", ascending=False, kind="stable").head(1)
@@ -511,6 +512,16 @@ def classify_stage(
         "failures": result.failures,
         "result": result,
     }
+
+
+def _repeated_splits(features, cohort, result, out_dir: Path, repeats: int, seed: int) -> dict:
+    """``repeated_splits.csv`` (split luck and leakage: :mod:`Rad4XCNNLogic.classify.repeated`)."""
+    from Rad4XCNNLogic.classify.repeated import repeated_splits
+
+    if repeats <= 0:
+        return {}
+    table = repeated_splits(features, cohort, result, repeats=repeats, seed=seed)
+    return {"repeated_splits": write_csv_atomic(Path(out_dir) / RunFiles.REPEATED_SPLITS, table, index=False)}
 
 
 # ------------------------------------------------------------------------------------------------- CAMs
