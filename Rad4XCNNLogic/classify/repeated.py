@@ -60,6 +60,18 @@ def _auc(model, X, y, classes: Sequence[str]) -> float:
     return float(roc_auc_score(y, proba, multi_class="ovr", labels=list(range(len(classes)))))
 
 
+def _refit_and_score(model, X_train, y_train, X_test, y_test, classes, weighted: bool):
+    """(AUC of ``model`` refitted on the training cases, scored on the test cases; the problem, if any)."""
+    from Rad4XCNNLogic.classify.models import class_weights
+
+    fit_params = {"clf__sample_weight": class_weights(y_train)} if weighted else {}
+    try:
+        model.fit(X_train, y_train, **fit_params)
+        return _auc(model, X_test, y_test, classes), None
+    except ValueError as exc:  # a split with a single class in training, a filter that keeps nothing
+        return float("nan"), str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def repeated_splits(
     features,
     cohort,
@@ -68,6 +80,7 @@ def repeated_splits(
     repeats: int,
     seed: int = 0,
     train_cohort: str | None = None,
+    jobs: int | None = None,
 ):
     """``repeated_splits.csv``: per feature set, its classifier of best CV AUC refitted on ``repeats`` new
     splits, grouped and (when near-duplicates join patients) as if ungrouped.
@@ -80,6 +93,7 @@ def repeated_splits(
     result : what ``classify`` returned (its metrics, fitted models and classes).
     repeats : the number of new splits per grouping (seeds ``seed + 1`` ... ``seed + repeats``).
     train_cohort : the training cohort (default: the one ``classify`` used).
+    jobs : parallel refits (None: all cores).
 
     Returns
     -------
@@ -93,7 +107,6 @@ def repeated_splits(
     from sklearn.base import clone
 
     from Rad4XCNNLogic.classify.comparisons import select_by_cv
-    from Rad4XCNNLogic.classify.models import class_weights
 
     rows: list[dict] = []
     if repeats <= 0 or result.metrics is None or not len(result.metrics):
@@ -121,42 +134,48 @@ def repeated_splits(
             splits[(grouping, seed + r)] = (train, test)
     label = {c.case_id: classes.index(c.label) for c in cases}
     balanced = bool(result.settings.get("balanced", True))
+    specs = []  # light: the matrices are cut as the refits are dispatched
     for row in select_by_cv(result.metrics).itertuples():
         fitted = result.models.get((row.feature_set, row.classifier))
         if fitted is None:
             continue
         columns = result.feature_sets[row.feature_set]
         for (grouping, s), (train, test) in splits.items():
-            X_train = features.loc[train, columns].to_numpy(dtype=float)
-            y_train = np.array([label[i] for i in train])
-            model = clone(fitted)
-            fit_params = (
-                {"clf__sample_weight": class_weights(y_train)} if row.classifier == "xgb" and balanced else {}
+            key = {
+                "feature_set": row.feature_set,
+                "classifier": row.classifier,
+                "grouping": grouping,
+                "seed": s,
+            }
+            specs.append((key, fitted, columns, train, test))
+    from joblib import Parallel, delayed
+
+    def matrix(ids, columns):
+        return features.loc[ids, columns].to_numpy(dtype=float)
+
+    outcomes = Parallel(n_jobs=jobs or -1)(
+        delayed(_refit_and_score)(
+            clone(fitted),
+            matrix(train, columns),
+            np.array([label[i] for i in train]),
+            matrix(test, columns),
+            np.array([label[i] for i in test]),
+            classes,
+            balanced and key["classifier"] == "xgb",
+        )
+        for key, fitted, columns, train, test in specs
+    )
+    for (key, _, _, train, test), (auc, problem) in zip(specs, outcomes, strict=True):
+        if problem:
+            log.warning(
+                "repeated split %s seed %d, %s/%s: %s",
+                key["grouping"],
+                key["seed"],
+                key["feature_set"],
+                key["classifier"],
+                problem,
             )
-            try:
-                model.fit(X_train, y_train, **fit_params)
-                auc = _auc(
-                    model,
-                    features.loc[test, columns].to_numpy(dtype=float),
-                    np.array([label[i] for i in test]),
-                    classes,
-                )
-            except ValueError as exc:  # a split with a single class in training, a filter that keeps nothing
-                log.warning(
-                    "repeated split %s seed %d, %s/%s: %s", grouping, s, row.feature_set, row.classifier, exc
-                )
-                auc = float("nan")
-            rows.append(
-                {
-                    "feature_set": row.feature_set,
-                    "classifier": row.classifier,
-                    "grouping": grouping,
-                    "seed": s,
-                    "auc": auc,
-                    "n_train": len(train),
-                    "n_test": len(test),
-                }
-            )
+        rows.append({**key, "auc": auc, "n_train": len(train), "n_test": len(test)})
     return pd.DataFrame(rows, columns=list(REPEATED_COLUMNS))
 
 

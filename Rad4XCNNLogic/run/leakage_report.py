@@ -61,6 +61,9 @@ def duplicates_section(out: Path, cohort_summary: dict | None = None) -> dict[st
         f"in {clusters} cluster(s); {int(conflict.sum())} label conflict(s); {int(across.sum())} pair(s) "
         "across splits."
     )
+    external = table["place_a"].str.split("/").str[0] != table["place_b"].str.split("/").str[0]
+    if external.any():
+        note += f" {int(external.sum())} pair(s) join two cohorts (an external cohort overlaps another)."
     if cohort_summary and cohort_summary.get("label_conflict_action"):
         note += f" Label conflicts: {cohort_summary['label_conflict_action']}."
     if cohort_summary and cohort_summary.get("grouped") is False:
@@ -103,7 +106,7 @@ def repeated_section(out: Path, fine_tuned: bool) -> dict[str, Any]:
         line["headline AUC (internal test)"] = f"{part['headline_auc'].iloc[0]:.3f}"
         line["grouped: mean ± sd (range)"] = cell(grouped) if grouped is not None else ""
         line["headline's place among grouped"] = (
-            f"{grouped.headline_rank:.0%} at or below" if grouped is not None else ""
+            f"{grouped.headline_rank:.0%} of repeats at or below it" if grouped is not None else ""
         )
         if UNGROUPED in by:
             line["as if ungrouped: mean ± sd (range)"] = cell(by[UNGROUPED])

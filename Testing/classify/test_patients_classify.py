@@ -127,7 +127,7 @@ def test_repeated_splits_measure_leakage_of_near_duplicates():
     features = pd.DataFrame.from_dict(rows, orient="index", columns=[f"cnn_{i}" for i in range(4)])
     cohort = Cohort(assign_splits(cases, fractions=(0.7, 0.0, 0.3), seed=0))
     result = classify(features, cohort, **TOY)
-    table = repeated_splits(features, cohort, result, repeats=4, seed=0)
+    table = repeated_splits(features, cohort, result, repeats=4, seed=0, jobs=1)
     assert set(table["grouping"]) == {GROUPED, UNGROUPED} and len(table) == 8
     assert np.isfinite(table["auc"]).all() and (table["n_test"] > 0).all()
     summary = summarise_repeats(table, result.metrics).set_index("grouping")
@@ -135,5 +135,5 @@ def test_repeated_splits_measure_leakage_of_near_duplicates():
     assert 0 <= summary.loc[GROUPED, "headline_rank"] <= 1
     # without near-duplicates joining patients only the grouped repeats are run
     plain = Cohort([replace(c, split_group=None) for c in cohort])
-    alone = repeated_splits(features, plain, classify(features, plain, **TOY), repeats=2, seed=0)
+    alone = repeated_splits(features, plain, classify(features, plain, **TOY), repeats=2, seed=0, jobs=1)
     assert set(alone["grouping"]) == {GROUPED}
