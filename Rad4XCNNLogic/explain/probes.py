@@ -171,10 +171,15 @@ class ProbeFit:
     predictions: np.ndarray
 
 
-def _bootstrap_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """How often each of ``n`` held-out cases is drawn in each of ``n_boot`` resamples: (n_boot, n)."""
+def _bootstrap_counts(n: int, n_boot: int, seed: int, groups: Sequence[str] | None = None) -> np.ndarray:
+    """How often each of ``n`` held-out cases is drawn in each of ``n_boot`` resamples: (n_boot, n). With
+    ``groups`` where a group holds several cases, whole groups are drawn (a group's cases together)."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    if groups is None or len(set(groups)) == n:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    names, index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    drawn = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=n_boot)
+    return drawn[:, index].astype(np.float64)
 
 
 def ridge_probe(
@@ -189,6 +194,7 @@ def ridge_probe(
     seed: int = 0,
     backend: str = "numpy",
     groups: Sequence[str] | None = None,
+    test_groups: Sequence[str] | None = None,
 ) -> ProbeFit:
     """Ridge probes from one layer's features to every target column at once.
 
@@ -211,6 +217,7 @@ def ridge_probe(
     seed : seed of the folds and of the bootstrap.
     backend : ``numpy``, or ``torch`` / ``torch:cpu`` / ``torch:cuda`` (same results to rounding).
     groups : one per training case; a group's cases share a fold (:func:`fold_labels`).
+    test_groups : one per held-out case; the bootstrap draws a group's cases together.
 
     Examples
     --------
@@ -285,7 +292,7 @@ def ridge_probe(
     ci_low = np.full_like(r2, np.nan)
     ci_high = np.full_like(r2, np.nan)
     if bootstrap > 0 and m >= MIN_HELDOUT:
-        w = xp.asarray(_bootstrap_counts(m, bootstrap, seed + 1))
+        w = xp.asarray(_bootstrap_counts(m, bootstrap, seed + 1, test_groups))
         ss_res_b = xp.to_numpy(w @ xp.asarray(resid * resid))
         ss_tot_b = xp.to_numpy(w @ xp.asarray(centred * centred))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -444,7 +451,8 @@ def run_probes(
     Cases are those of ``train_ids`` / ``heldout_ids`` present in both tables (and in ``control``, which
     must hold them all). Radiomic features are rank-transformed against the training cases
     (:func:`rank_transform`); features with missing values or constant on the training cases are left out.
-    ``groups`` (case id -> group, :attr:`Case.group`) keeps a group's training cases in one fold.
+    ``groups`` (case id -> group, :attr:`Case.group`) keeps a group's training cases in one fold and has
+    the bootstrap of the held-out R² draw a group's held-out cases together.
 
     Examples
     --------
@@ -491,8 +499,15 @@ def run_probes(
         log.warning("no control layer for %s: r2_control and selectivity are NaN there", ", ".join(unmatched))
 
     fold_groups = None if groups is None else [str(groups.get(c, c)) for c in train]
+    held_groups = None if groups is None else [str(groups.get(c, c)) for c in held]
     common = dict(
-        penalties=penalties, folds=folds, bootstrap=bootstrap, seed=seed, backend=backend, groups=fold_groups
+        penalties=penalties,
+        folds=folds,
+        bootstrap=bootstrap,
+        seed=seed,
+        backend=backend,
+        groups=fold_groups,
+        test_groups=held_groups,
     )
 
     def fit(table: pd.DataFrame, columns: list[str]) -> ProbeFit:
