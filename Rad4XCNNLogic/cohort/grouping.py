@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,6 +25,8 @@ from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 
 log = logging.getLogger(__name__)
 
+#: A split group above this many cases (and 5% of the split cohorts) is warned about.
+LARGE_GROUP = 10
 #: The columns of ``duplicates.csv``: one row per near-duplicate pair.
 DUPLICATE_COLUMNS = (
     "case_a", "case_b", "distance", "identical", "label_a", "label_b", "conflict",
@@ -117,6 +120,8 @@ class Grouping:
     external_overlap: list[DuplicatePair] = field(default_factory=list)
     grouped: bool = True
     hashed: bool = True
+    #: the size of a split group large enough to be warned about (0: none)
+    largest_group: int = 0
     #: case id -> image file, of every case searched (those a label conflict left out too)
     images: dict[str, Path] = field(default_factory=dict)
 
@@ -177,6 +182,8 @@ class Grouping:
             parts.append(f"{len(self.conflicts)} label conflict(s): {self.conflict_action}")
         if self.external_overlap:
             parts.append(f"{len(self.external_overlap)} pair(s) shared with an external cohort")
+        if self.largest_group:
+            parts.append(f"WARNING: one split group holds {self.largest_group} cases")
         return "; ".join(parts)
 
 
@@ -301,6 +308,19 @@ def group_and_split(
         grouped=settings.group_duplicates,
         images={c.case_id: c.image for c in cohort.cases},
     )
+    sizes = Counter(c.split_group for c in cases if c.cohort in split_here)
+    if sizes and settings.group_duplicates:
+        name, size = sizes.most_common(1)[0]
+        if size > max(LARGE_GROUP, 0.05 * sum(sizes.values())):
+            # chained near-duplicates (a ~ b ~ c ...) can join many scans: the split shares then drift
+            log.warning(
+                "split group %s holds %d of %d cases (chained near-duplicates?): the split's shares may "
+                "drift; a smaller split.duplicate_distance splits it",
+                name,
+                size,
+                sum(sizes.values()),
+            )
+            result.largest_group = size
     if result.across_splits:
         log.warning(
             "%d near-duplicate image pair(s) across splits%s: %s",

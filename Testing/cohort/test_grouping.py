@@ -160,3 +160,20 @@ def test_probe_bootstrap_draws_groups_whole():
     grouped = ridge_probe(x[:60], y[:60], x_test, y_test, test_groups=pairs, **common)
     assert plain.r2[0] == grouped.r2[0]
     assert grouped.ci_high[0] - grouped.ci_low[0] > 1.2 * (plain.ci_high[0] - plain.ci_low[0])
+
+
+def test_a_chain_of_near_duplicates_is_one_group_and_warned_about(caplog):
+    from Rad4XCNNLogic.cohort.duplicates import ImageHashes
+
+    rng = np.random.default_rng(0)
+    chain = [(1 << k) - 1 for k in range(12)]  # each one bit from the next: a ~ b ~ c ...
+    others = [int(v) for v in rng.integers(0, 2**63, size=18, dtype=np.int64)]
+    hashes = [ImageHashes(f"c{i:02d}", h, str(i)) for i, h in enumerate(chain + others)]
+    cases = [
+        Case(h.case_id, Path("x"), (), label="benign" if i % 2 else "malignant") for i, h in enumerate(hashes)
+    ]
+    grouping = group_and_split(Cohort(cases), SplitConfig(label_conflicts="keep"), hashes=hashes)
+    assert len({c.split_group for c in grouping.cohort if c.case_id < "c12"}) == 1
+    assert len({c.split for c in grouping.cohort if c.case_id < "c12"}) == 1
+    assert grouping.largest_group == 12 and "one split group holds 12 cases" in grouping.text()
+    assert "chained near-duplicates" in caplog.text
