@@ -329,6 +329,7 @@ class RunFiles:
 
     COHORT = "cohort.csv"
     COHORT_FAILURES = "cohort_failures.csv"
+    DUPLICATES = "duplicates.csv"
     MODELS = "models"
     TRAINING_HISTORY = "training_history.csv"
     DEEP = "deep_features.csv"
@@ -349,6 +350,7 @@ class RunFiles:
     BY_IMPORTANCE = "explanations_by_importance.csv"
     CLASSIFICATION = "classification.csv"
     IMPORTANCES = "importances.csv"
+    REPEATED_SPLITS = "repeated_splits.csv"
     CAM = "cam"
     REPORT = "report.html"
     RUN = "run.json"

@@ -122,7 +122,8 @@ class ClassificationResult:
         (the held-out set for ``permutation``, ``training`` for ``model``).
     predictions : per case: case_id, feature_set, classifier, evaluated_on, label, predicted,
         ``p_<class>`` for every class, and for two classes ``score``, what the AUC ranks by (P(positive),
-        or the SVM's decision function: see :func:`ranking_model`).
+        or the SVM's decision function: see :func:`ranking_model`), ``split_group`` (what the bootstrap
+        draws whole).
     best_params : ``"<feature_set>/<classifier>"`` -> the chosen hyper-parameters.
     failures : cases left out (no label, no features, unknown class, not in the manifest).
     counts : number of cases used per role, and left out per reason.
@@ -252,6 +253,7 @@ def _run_task(fit: _Fit, set_name: str, clf_name: str, columns, features, design
             n_bootstrap=fit.n_bootstrap,
             confidence=fit.confidence,
             seed=fit.seed,
+            groups=[design.groups[i] for i in ids],
         )
         out.rows.append({**row, "n_features": len(columns), "cv_auc": cv_auc})
         out.roc_rows.extend(points)
@@ -320,11 +322,12 @@ def _settings(fit: _Fit, classifiers, sets, design, train_splits) -> dict:
         "task": "binary" if len(design.classes) == 2 else "multiclass (one-vs-rest AUC)",
         "seed": fit.seed,
         "cv_folds": fit.cv_folds,
-        "cv": ("stratified group k-fold by patient" if grouped else "stratified k-fold")
+        "cv": ("stratified group k-fold by split group" if grouped else "stratified k-fold")
         + ", shuffled with the seed, on the training data",
         "n_bootstrap": fit.n_bootstrap,
         "confidence": fit.confidence,
-        "ci_method": "stratified percentile bootstrap, as computed (not widened to contain the estimate)",
+        "ci_method": "stratified percentile bootstrap (whole split groups drawn), as computed (not widened "
+        "to contain the estimate)",
         "threshold": "P(positive) >= 0.5 for two classes, else the most probable class",
         "correlation_threshold": fit.correlation_threshold,
         "select_k": fit.select_k,
@@ -383,8 +386,9 @@ def classify(
         (:data:`POSITIVE_NAMES`), else the second label; with more labels, giving it makes the task
         positive-vs-rest, leaving it out makes it multi-class (one-vs-rest AUC).
     seed : seeds the folds, the models, the bootstrap and the permutations; same seed, same result.
-    cv_folds : stratified folds of the hyper-parameter search on the training data; grouped by patient
-        (no patient in two folds) when the manifest's ``patient_id`` gives a patient several cases.
+    cv_folds : stratified folds of the hyper-parameter search on the training data; grouped (no group in
+        two folds) when a group (:attr:`Case.group`: a patient joined with its near-duplicate images)
+        holds several cases.
     n_bootstrap, confidence : stratified bootstrap resamples and level of the intervals. Every model is
         resampled with the same draws on a given evaluation set, so the intervals are paired.
     correlation_threshold, select_k : see :class:`TrainingFeatureFilter` (None turns either off).
@@ -491,7 +495,7 @@ def classify(
     )
 
 
-def _evaluate(fitted, key, X_eval, y_eval, classes, *, n_bootstrap, confidence, seed):
+def _evaluate(fitted, key, X_eval, y_eval, classes, *, n_bootstrap, confidence, seed, groups=None):
     """Metrics row, ROC points and per-case predictions of one fitted pipeline on one evaluation set."""
     import pandas as pd
 
@@ -507,6 +511,7 @@ def _evaluate(fitted, key, X_eval, y_eval, classes, *, n_bootstrap, confidence, 
         confidence=confidence,
         rng=evaluation_rng(seed, eval_name),
         score=score,
+        groups=groups,  # whole near-duplicate groups and patients are drawn
     )
     row: dict[str, Any] = {
         "feature_set": set_name,
@@ -531,6 +536,8 @@ def _evaluate(fitted, key, X_eval, y_eval, classes, *, n_bootstrap, confidence, 
     )
     if len(classes) == 2:
         pred["score"] = score if score.ndim == 1 else score[:, 1]
+    if groups is not None:
+        pred["split_group"] = list(groups)
     return row, _roc_points(set_name, clf_name, eval_name, y_eval, score, classes), pred
 
 

@@ -441,7 +441,8 @@ def compare_feature_sets(
         order = case_order.setdefault(where, by_set[wanted[0].set_a].index)
         first = by_set[wanted[0].set_a].reindex(order)
         y = np.array([list(classes).index(label) for label in first["label"]])
-        weights = stratified_bootstrap_weights(y, n_bootstrap, evaluation_rng(seed, str(where)))
+        groups = first["split_group"].tolist() if "split_group" in first else None  # the per-set draws
+        weights = stratified_bootstrap_weights(y, n_bootstrap, evaluation_rng(seed, str(where)), groups)
         needed = list(dict.fromkeys(name for p in wanted for name in (p.set_a, p.set_b)))
         scored = {
             name: _set_auc(by_set[name].reindex(order), y, weights, classes, score_columns, name, where)

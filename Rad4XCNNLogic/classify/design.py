@@ -44,7 +44,7 @@ class _Design:
     counts: dict[str, int]
     positive: str | None
     train_cohort: str
-    groups: dict[str, str]  # case_id -> patient (the case itself without a patient_id)
+    groups: dict[str, str]  # case_id -> its group (Case.group: near-duplicates and patient; else the case)
 
 
 def _choose_positive(labels: Sequence[str], positive: str | None) -> str | None:
@@ -166,7 +166,9 @@ def training_design(
     if len(train_counts) < 2:
         raise Rad4XCNNError(f"the {train_name} has a single class ({classes[next(iter(train_counts))]!r})")
     by_patient = {c.case_id: c.patient for c in kept}
-    _check_folds(train, y, classes, by_patient, cv_folds, train_name)
+    # folds keep a group whole: a patient, joined with the patients of its near-duplicate images
+    by_group = {c.case_id: c.group for c in kept}
+    _check_folds(train, y, classes, by_group, cv_folds, train_name)
     evaluations = _evaluation_sets(kept, cohorts, train_cohort, evaluate_on, reasons)
     for name, members in evaluations.items():
         present = {y[i] for i in members}
@@ -179,7 +181,7 @@ def training_design(
     _refuse_shared_patients(train, evaluations, by_patient, train_name)
     counts = {"train": len(train), **{f"evaluated_on:{k}": len(v) for k, v in evaluations.items()}}
     counts.update({f"left_out:{k}": v for k, v in sorted(reasons.items()) if v})
-    return _Design(classes, y, train, evaluations, failures, counts, positive, train_cohort, by_patient)
+    return _Design(classes, y, train, evaluations, failures, counts, positive, train_cohort, by_group)
 
 
 def _training_cohort(train_cohort: str | None, cohorts: Sequence[str]) -> str:
@@ -215,8 +217,8 @@ def _check_folds(train, y, classes, by_patient, cv_folds: int, train_name: str) 
         if p_small < cv_folds:
             raise Rad4XCNNError(
                 f"too few patients for {cv_folds}-fold grouped cross-validation: the {train_name} has "
-                f"{p_small} patient(s) with {classes[k_small]!r} cases, at least {cv_folds} are needed; "
-                "lower the number of folds (--cv-folds) or add patients"
+                f"{p_small} patient(s) (or near-duplicate groups) with {classes[k_small]!r} cases, at least "
+                f"{cv_folds} are needed; lower the number of folds (--cv-folds) or add patients"
             )
 
 

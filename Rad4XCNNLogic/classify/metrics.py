@@ -140,29 +140,54 @@ def auc_score(y: np.ndarray, score: np.ndarray) -> float:
     return float(weighted_metrics(y, dummy, np.ones((1, len(y))), score=score)["auc"][0])
 
 
-def stratified_bootstrap_weights(y: np.ndarray, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+def stratified_bootstrap_weights(
+    y: np.ndarray, n_bootstrap: int, rng: np.random.Generator, groups=None
+) -> np.ndarray:
     """(n_bootstrap, n) draw counts of resamples that keep each class's number of cases.
 
     Resampling within each class (as pROC does by default) keeps both classes in every resample, so the
-    AUC, sensitivity and specificity are defined in each.
+    AUC, sensitivity and specificity are defined in each. With ``groups`` (one per case: a patient, or
+    near-duplicate images joined; see ``Case.group``) where some group holds several cases, whole groups
+    are drawn, within the class of each group's most common label (a cluster bootstrap): the number of
+    groups per class is kept, the number of cases may vary.
 
     Examples
     --------
     >>> w = stratified_bootstrap_weights(np.array([0, 0, 1]), 2, np.random.default_rng(0))
     >>> w.shape, w[:, 2].tolist()
     ((2, 3), [1.0, 1.0])
+    >>> w = stratified_bootstrap_weights(np.array([0, 0, 1]), 3, np.random.default_rng(0), ["a", "a", "b"])
+    >>> bool((w[:, 0] == w[:, 1]).all())
+    True
     """
     y = np.asarray(y)
     n = len(y)
     weights = np.zeros((n_bootstrap, n))
     if n_bootstrap == 0:
         return weights
+    if groups is not None and len(set(groups)) < n:
+        return _group_bootstrap_weights(y, n_bootstrap, rng, groups)
     offsets = (np.arange(n_bootstrap) * n)[:, None]
     for k in np.unique(y):
         members = np.flatnonzero(y == k)
         draws = members[rng.integers(0, len(members), size=(n_bootstrap, len(members)))]
         weights += np.bincount((draws + offsets).ravel(), minlength=n_bootstrap * n).reshape(n_bootstrap, n)
     return weights
+
+
+def _group_bootstrap_weights(y: np.ndarray, n_bootstrap: int, rng: np.random.Generator, groups) -> np.ndarray:
+    """Cluster bootstrap of :func:`stratified_bootstrap_weights`: whole groups drawn within their class."""
+    names, index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    membership = np.zeros((len(names), len(y)))
+    membership[index, np.arange(len(y))] = 1.0
+    stratum = np.array([np.bincount(y[index == g]).argmax() for g in range(len(names))])
+    counts = np.zeros((n_bootstrap, len(names)))
+    for k in np.unique(stratum):
+        units = np.flatnonzero(stratum == k)
+        draws = units[rng.integers(0, len(units), size=(n_bootstrap, len(units)))]
+        for b in range(n_bootstrap):
+            counts[b] += np.bincount(draws[b], minlength=len(names))
+    return counts @ membership
 
 
 def evaluation_rng(seed: int, evaluated_on: str) -> np.random.Generator:
@@ -195,13 +220,15 @@ def evaluate_predictions(
     confidence: float = 0.95,
     rng: np.random.Generator | int | None = 0,
     score: np.ndarray | None = None,
+    groups=None,
 ) -> dict[str, MetricEstimate]:
     """Point estimates of :data:`METRICS` with stratified percentile-bootstrap confidence intervals.
 
     The interval is the percentile interval of ``n_bootstrap`` stratified resamples, reported as computed:
     with very few cases a skewed bootstrap distribution can give an interval that misses the point
     estimate, and it is then left so (widening it would claim a coverage it does not have).
-    With ``n_bootstrap=0`` the bounds are NaN. ``score`` is passed to :func:`weighted_metrics`.
+    With ``n_bootstrap=0`` the bounds are NaN. ``score`` is passed to :func:`weighted_metrics`; ``groups``
+    (one per case) makes the resamples draw whole groups (:func:`stratified_bootstrap_weights`).
 
     Examples
     --------
@@ -216,7 +243,7 @@ def evaluate_predictions(
     y = np.asarray(y)
     point = weighted_metrics(y, proba, np.ones((1, len(y))), score)
     boot = (
-        weighted_metrics(y, proba, stratified_bootstrap_weights(y, n_bootstrap, rng), score)
+        weighted_metrics(y, proba, stratified_bootstrap_weights(y, n_bootstrap, rng, groups), score)
         if n_bootstrap
         else None
     )

@@ -35,6 +35,13 @@ class ClassificationConfig:
     )
     select_k: int | None = option(None, "keep the k features with the smallest Mann-Whitney p", minimum=1)
     jobs: int | None = option(None, "parallel fits (null: all cores)", minimum=1)
+    repeated_splits: int = option(
+        10,
+        "new train/test splits on which the best classifier of each feature set is refitted (its chosen "
+        "hyper-parameters), grouped and, with near-duplicates, as if ungrouped: split luck and leakage "
+        "(0: none)",
+        minimum=0,
+    )
     evaluate_on: list[str] | None = option(
         None,
         "external cohorts to validate on (their test or unassigned cases; null: every cohort that "

@@ -66,6 +66,7 @@ def infer_feature_sets(
 
 #: Manifest columns: never features, even when numeric (a label column in a feature table would leak it).
 _MANIFEST_COLUMNS = {"case_id", "image", "mask", "label", "split", "cohort", "has_lesion", "patient_id"}
+_MANIFEST_COLUMNS |= {"split_group"}
 #: ``frame.attrs`` key of :func:`read_feature_tables`: column -> the feature set of unrecognised columns.
 OTHER_SETS_KEY = "other_feature_sets"
 #: The set name of unrecognised numeric columns of a table that has no file name.

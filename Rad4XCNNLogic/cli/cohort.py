@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from Rad4XCNNLogic.cli.options import value
+from Rad4XCNNLogic.cli.options import add_setting, config_from_args, value
 
 
 def _shape(text: str) -> tuple[int, int]:
@@ -55,6 +55,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_import_busi(args: argparse.Namespace) -> int:
     from Rad4XCNNLogic.cohort.busi import import_busi
+    from Rad4XCNNLogic.cohort.duplicates import find_near_duplicates, format_duplicates
+    from Rad4XCNNLogic.cohort.grouping import format_conflicts, label_conflicts, near_duplicate_clusters
     from Rad4XCNNLogic.cohort.manifest import format_summary
 
     result = import_busi(args.folder, args.out)
@@ -62,28 +64,50 @@ def cmd_import_busi(args: argparse.Namespace) -> int:
     print(
         f"wrote {args.out}: {len(cohort)} cases "
         f"({sum(not c.has_lesion for c in cohort)} without a lesion, flagged has_lesion=false; "
-        f"{len(result.multi_mask_cases)} with several masks, joined with ';')"
+        f"{len(result.multi_mask_cases)} with several masks, joined with ';' and merged as their union)"
     )
+    print("\n".join(result.describe()))
     print(format_summary(cohort))
-    _print_duplicates(cohort, every_pair=True)  # no split yet: every pair may end up on two sides
+    # no split yet: every pair may end up on two sides; the run keeps each cluster on one side
+    pairs, _ = find_near_duplicates(
+        cohort.cases, max_distance=value(args, "split.duplicate_distance"), warn=False
+    )
+    if pairs:
+        clusters = len(set(near_duplicate_clusters(pairs).values()))
+        print(
+            f"{len(pairs)} near-duplicate pair(s) in {clusters} cluster(s); a run keeps each cluster on one "
+            "side of the split (split.group_duplicates)"
+        )
+    print(format_duplicates(pairs, limit=20, every_pair=True))
+    conflicts = format_conflicts(label_conflicts(pairs, cohort.cases), cohort.cases)
+    if conflicts:
+        print("\n".join(conflicts))
+        print("  -> a run handles them as split.label_conflicts says")
     return 0
 
 
-def _print_duplicates(cohort, every_pair: bool = False) -> None:
-    """Near-duplicate images across splits: a warning with the pairs (reads every image once)."""
-    from Rad4XCNNLogic.cohort.duplicates import find_near_duplicates, format_duplicates
-
-    pairs, _ = find_near_duplicates(cohort.cases)
-    print(format_duplicates(pairs, every_pair=every_pair))
-
-
 def cmd_cohort(args: argparse.Namespace) -> int:
+    from Rad4XCNNLogic.cohort.grouping import format_grouping, group_and_split
     from Rad4XCNNLogic.cohort.manifest import format_summary, read_manifest, write_manifest
 
-    cohort = read_manifest(args.manifest, check_images=args.check_images, seed=value(args, "seed"))
-    print(format_summary(cohort))
-    if not args.no_duplicates:
-        _print_duplicates(cohort)
+    cfg = config_from_args(args)
+    split = cfg.split
+    if args.no_duplicates:
+        cohort = read_manifest(
+            args.manifest,
+            check_images=args.check_images,
+            seed=cfg.seed,
+            fractions=split.fractions,
+            train_cohort=split.train_cohort,
+        )
+        print(format_summary(cohort))
+    else:
+        # the run's split: near-duplicates and patients kept whole, label conflicts as split.label_conflicts
+        unsplit = read_manifest(args.manifest, check_images=args.check_images, assign_split=False)
+        grouping = group_and_split(unsplit, split, seed=cfg.seed)
+        cohort = grouping.cohort
+        print(format_summary(cohort))
+        print(format_grouping(grouping, unsplit.cases))
     if args.write:
         write_manifest(cohort, args.write)
         print(f"wrote the manifest with its splits to {args.write}")
@@ -110,10 +134,12 @@ def register(sub, parents: dict) -> None:
     p = sub.add_parser(
         "import-busi",
         help="write a manifest for a folder in the BUSI layout",
-        description="Pair BUSI images with their masks (benign/, malignant/, normal/).",
+        description="Pair BUSI images with their masks (benign/, malignant/, normal/), in BUSI's own layout "
+        "or with images/ and masks/ sub-folders per class, and list the near-duplicates and label conflicts.",
     )
     p.add_argument("folder", help="the BUSI folder holding benign/, malignant/ and normal/")
     p.add_argument("--out", required=True, help="manifest CSV to write")
+    add_setting(p, "split.duplicate_distance", "--duplicate-distance")
     p.set_defaults(func=cmd_import_busi)
 
     p = sub.add_parser(
@@ -129,6 +155,9 @@ def register(sub, parents: dict) -> None:
     p.add_argument(
         "--no-duplicates",
         action="store_true",
-        help="skip the search for near-duplicate images across splits (it reads every image)",
+        help="skip the search for near-duplicate images (it reads every image): split by patient only",
     )
+    add_setting(p, "split.group_duplicates", "--group-duplicates")
+    add_setting(p, "split.duplicate_distance", "--duplicate-distance")
+    add_setting(p, "split.label_conflicts", "--label-conflicts")
     p.set_defaults(func=cmd_cohort)

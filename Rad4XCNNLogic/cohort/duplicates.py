@@ -16,14 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from Rad4XCNNLogic.cohort.manifest import Case
+from Rad4XCNNLogic.cohort.settings import DEFAULT_DUPLICATE_DISTANCE
 from Rad4XCNNLogic.errors import CaseError, CaseFailure
 
 log = logging.getLogger(__name__)
 
-#: Hamming distance (of 64 bits) up to which two images count as near-duplicates. Re-encoded, resized or
-#: slightly re-windowed copies of one image stay within a few bits; different images of one organ differ
-#: by about half of them (~32).
-DEFAULT_MAX_DISTANCE = 6
+#: Hamming distance up to which two images are near-duplicates (setting ``split.duplicate_distance``).
+DEFAULT_MAX_DISTANCE = DEFAULT_DUPLICATE_DISTANCE
 _THUMB = 32
 _LOW = 8
 
@@ -152,6 +151,7 @@ def find_near_duplicates(
     *,
     max_distance: int = DEFAULT_MAX_DISTANCE,
     hashes: Iterable[ImageHashes] | None = None,
+    warn: bool = True,
 ) -> tuple[list[DuplicatePair], list[CaseFailure]]:
     """Pairs of cases whose images are identical or within ``max_distance`` pHash bits, closest first.
 
@@ -160,6 +160,7 @@ def find_near_duplicates(
     cases : the cases (their ``cohort`` and ``split`` give each pair's places).
     max_distance : the largest Hamming distance (of 64 bits) that counts as a near-duplicate.
     hashes : the hashes if already computed (:func:`hash_cases`); otherwise the images are read.
+    warn : log the pairs across splits as a warning.
 
     Returns
     -------
@@ -204,7 +205,7 @@ def find_near_duplicates(
             )
     pairs.sort(key=lambda p: (p.distance, p.case_a, p.case_b))
     across = [p for p in pairs if p.across_splits]
-    if across:
+    if across and warn:
         log.warning(
             "%d near-duplicate image pair(s) across splits: %s",
             len(across),

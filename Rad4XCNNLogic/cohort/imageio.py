@@ -173,9 +173,10 @@ def read_mask(
 ) -> np.ndarray:
     """Read one or several binary mask files and merge them (logical OR) into one boolean ``(H, W)`` mask.
 
-    Each file must hold at most two distinct values (background 0 and one lesion value, e.g. 1 or 255);
-    colour masks whose channels agree are read through their first channel. With ``shape`` given, every
-    mask must have that size.
+    Each file must hold at most two distinct values (background 0 and one lesion value, e.g. 1 or 255).
+    1-bit and grey (L) PNGs are read as they are; colour masks go through :func:`mask_plane` (the alpha
+    channel of LA/RGBA is dropped unless it alone draws the lesion; colour channels that agree are read
+    through the first, others as "nonzero in any"). With ``shape`` given, every mask must have that size.
     """
     from Rad4XCNNLogic.errors import CaseError
 
@@ -188,11 +189,7 @@ def read_mask(
         p = Path(p)
         img = _read_sitk(p, case_id, "mask")
         array, *_ = _as_2d(img, p, case_id, "mask")
-        if array.ndim == 3:
-            if all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[2])):
-                array = array[..., 0]
-            else:
-                array = np.any(array != 0, axis=2).astype(np.uint8)
+        array = mask_plane(array)
         values = _distinct_values(array)
         if values.size > 2 or (values.size == 2 and values[0] != 0):
             shown = ", ".join(str(v) for v in values[:5]) + (", ..." if values.size > 5 else "")
@@ -213,6 +210,37 @@ def read_mask(
         merged = current if merged is None else (merged | current)
     assert merged is not None
     return merged
+
+
+def mask_plane(array: np.ndarray) -> np.ndarray:
+    """The one plane of a mask file's pixels that holds the lesion.
+
+    A grey mask is kept. With 2 or 4 components (LA, RGBA) the last is alpha: it is dropped, unless the
+    colour channels are constant and alpha varies (a mask drawn in the alpha channel only), when alpha is
+    the mask. Colour channels that agree (BUSI's RGB and RGBA masks: 0/255 in R, G and B) are read through
+    the first; channels that differ (a lesion drawn in one colour) count as "nonzero in any channel".
+
+    Examples
+    --------
+    >>> rgba = np.zeros((2, 2, 4), np.uint8); rgba[..., 3] = 255; rgba[0, 0, :3] = 255
+    >>> mask_plane(rgba).tolist()  # the opaque background is not lesion
+    [[255, 0], [0, 0]]
+    >>> alpha_only = np.zeros((2, 2, 4), np.uint8); alpha_only[1, 1, 3] = 255
+    >>> mask_plane(alpha_only).tolist()
+    [[0, 0], [0, 255]]
+    """
+    if array.ndim != 3:
+        return array
+    channels = array.shape[2]
+    if channels in (2, 4):
+        colour, alpha = array[..., : channels - 1], array[..., channels - 1]
+        constant_colour = bool((colour == colour.flat[0]).all())
+        if constant_colour and not bool((alpha == alpha.flat[0]).all()):
+            return alpha
+        array = colour
+    if all(np.array_equal(array[..., 0], array[..., c]) for c in range(1, array.shape[2])):
+        return array[..., 0]
+    return np.any(array != 0, axis=2).astype(np.uint8)
 
 
 def _distinct_values(array: np.ndarray) -> np.ndarray:
@@ -242,3 +270,44 @@ def write_image(path: str | os.PathLike, array: np.ndarray, like: Image2D | None
             if target.exists():
                 target.unlink()
     return path
+
+
+#: PNG colour types (the IHDR byte) by name; a 1-bit grey PNG is ``1``.
+_PNG_MODES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
+
+
+def image_info(path: str | os.PathLike) -> tuple[int, int, str] | None:
+    """(width, height, mode) of an image file without decoding it: the PNG header's size, and its colour
+    type as a mode (``1`` for 1-bit grey, ``L``, ``RGB``, ``P``, ``LA``, ``RGBA``; ``L16`` etc. for 16 bits);
+    other formats through SimpleITK's header (mode ``<n>-component``). None when the header is unreadable.
+
+    Examples
+    --------
+    >>> image_info("benign (1).png")  # doctest: +SKIP
+    (562, 471, 'RGB')
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(33)
+    except OSError:
+        return None
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        depth, colour = head[24], head[25]
+        mode = _PNG_MODES.get(colour, f"colour type {colour}")
+        if colour == 0 and depth == 1:
+            mode = "1"
+        elif depth == 16:
+            mode += "16"
+        return width, height, mode
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(os.fspath(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    size = reader.GetSize()
+    return int(size[0]), int(size[1]), f"{reader.GetNumberOfComponents()}-component"

@@ -25,7 +25,7 @@ from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_li
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("case_id", "image", "mask")
-OPTIONAL_COLUMNS = ("label", "split", "cohort", "has_lesion", "patient_id")
+OPTIONAL_COLUMNS = ("label", "split", "cohort", "has_lesion", "patient_id", "split_group")
 SPLITS = ("train", "val", "test")
 MASK_SEPARATOR = ";"
 _TRUE = {"1", "true", "yes", "y", "t"}
@@ -39,6 +39,8 @@ class Case:
     ``has_lesion`` is False for cases without a lesion (e.g. BUSI's ``normal`` class): their mask may be
     empty, and lesion analyses (radiomics, ROI crops, correlations) leave them out by default.
     ``patient_id`` groups the images of one patient (None: the case is its own patient).
+    ``split_group`` is the unit a split keeps whole (patients joined by near-duplicate images, written by
+    the cohort stage; None: the patient).
     """
 
     case_id: str
@@ -51,11 +53,18 @@ class Case:
     split_assigned: bool = False
     extra: dict = field(default_factory=dict, compare=False)
     patient_id: str | None = None
+    split_group: str | None = None
 
     @property
     def patient(self) -> str:
         """The patient this case belongs to: ``patient_id``, or the case itself when none is given."""
         return self.patient_id if self.patient_id else self.case_id
+
+    @property
+    def group(self) -> str:
+        """What splits, cross-validation folds and the bootstrap keep whole: ``split_group``, else the
+        patient."""
+        return self.split_group if self.split_group else self.patient
 
     def load(self) -> LoadedCase:
         """Read the image and the merged mask, and check them; raises :class:`CaseError` on bad input."""
@@ -157,6 +166,7 @@ class Cohort:
                     "cohort": c.cohort,
                     "has_lesion": "true" if c.has_lesion else "false",
                     "patient_id": c.patient_id or "",
+                    "split_group": c.split_group or "",
                     **{k: v for k, v in c.extra.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS},
                 }
             )
@@ -319,6 +329,7 @@ def read_manifest(
                 has_lesion=has_lesion,
                 extra=extra,
                 patient_id=values.get("patient_id") or None,
+                split_group=values.get("split_group") or None,
             )
         )
     cohort = Cohort(cases, failures, path)
@@ -382,10 +393,11 @@ def assign_splits(
     cohort are external validation data and get ``test``. ``train_cohort`` may name several cohorts (e.g.
     the cohorts of a two-phase training): each is split the same way, on its own.
 
-    Patients (``patient_id``) are never divided: a patient's cases are shuffled and assigned as one unit
-    (stratified by the patient's most common label), so the proportions hold in cases up to one patient's
-    size; a case whose patient already has cases with a split given in the manifest takes that split.
-    Without patient ids every case is its own unit and the result is the per-case split.
+    Groups (:attr:`Case.group`: the ``split_group``, else the ``patient_id``) are never divided: a group's
+    cases are shuffled and assigned as one unit (stratified by the group's most common label), so the
+    proportions hold in cases up to one group's size; a case whose group already has cases with a split
+    given in the manifest takes that split. Without patient ids or groups every case is its own unit and
+    the result is the per-case split.
 
     Examples
     --------
@@ -398,16 +410,16 @@ def assign_splits(
     given: dict[str, set[str]] = {}
     for c in cases:
         if c.split is not None and c.cohort in split_here:
-            given.setdefault(c.patient, set()).add(c.split)
+            given.setdefault(c.group, set()).add(c.split)
     pending = sorted(
         (c for c in cases if c.split is None and c.cohort in split_here), key=lambda c: c.case_id
     )
     units: dict[str, list[Case]] = {}
     for c in pending:
-        if len(given.get(c.patient, ())) == 1:
-            assigned[c.case_id] = next(iter(given[c.patient]))  # join the patient's other cases
+        if len(given.get(c.group, ())) == 1:
+            assigned[c.case_id] = next(iter(given[c.group]))  # join the group's other cases
         else:
-            units.setdefault(c.patient, []).append(c)
+            units.setdefault(c.group, []).append(c)
     by_label: dict[tuple[str, str], list[list[Case]]] = {}
     for members in units.values():
         labels = Counter(c.label or "" for c in members)

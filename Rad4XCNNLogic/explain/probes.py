@@ -135,19 +135,38 @@ def rank_transform(train: np.ndarray, values: np.ndarray) -> np.ndarray:
     return out / len(train)
 
 
-def fold_labels(n: int, folds: int, seed: int = 0) -> np.ndarray:
+def fold_labels(n: int, folds: int, seed: int = 0, groups: Sequence[str] | None = None) -> np.ndarray:
     """The cross-validation fold (0..folds-1) of each of ``n`` cases: a seeded shuffle cut in near-equal
-    parts.
+    parts. With ``groups`` (one per case: a patient, or patients joined by near-duplicate images) a group's
+    cases share a fold: the groups, shuffled, go largest first to the fold with the fewest cases.
 
     Examples
     --------
     >>> np.bincount(fold_labels(11, 3))
     array([4, 4, 3])
+    >>> labels = fold_labels(4, 2, groups=["a", "a", "b", "c"])
+    >>> bool(labels[0] == labels[1])
+    True
     """
     if folds < 2:
         raise Rad4XCNNError(f"cross-validation needs at least 2 folds, got {folds}")
-    labels = np.arange(n) % folds
-    return labels[np.random.default_rng(seed).permutation(n)]
+    rng = np.random.default_rng(seed)
+    if groups is None or len(set(groups)) == n:
+        labels = np.arange(n) % folds
+        return labels[rng.permutation(n)]
+    members: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(str(g), []).append(i)
+    names = sorted(members)
+    order = [names[i] for i in rng.permutation(len(names))]
+    order.sort(key=lambda g: -len(members[g]))  # stable: ties keep the shuffled order
+    labels = np.zeros(n, dtype=int)
+    sizes = np.zeros(folds, dtype=int)
+    for g in order:
+        f = int(np.argmin(sizes))
+        labels[members[g]] = f
+        sizes[f] += len(members[g])
+    return labels
 
 
 # -------------------------------------------------------------------------------------------- the probe
@@ -164,10 +183,15 @@ class ProbeFit:
     predictions: np.ndarray
 
 
-def _bootstrap_counts(n: int, n_boot: int, seed: int) -> np.ndarray:
-    """How often each of ``n`` held-out cases is drawn in each of ``n_boot`` resamples: (n_boot, n)."""
+def _bootstrap_counts(n: int, n_boot: int, seed: int, groups: Sequence[str] | None = None) -> np.ndarray:
+    """How often each of ``n`` held-out cases is drawn in each of ``n_boot`` resamples: (n_boot, n). With
+    ``groups`` where a group holds several cases, whole groups are drawn (a group's cases together)."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    if groups is None or len(set(groups)) == n:
+        return rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(np.float64)
+    names, index = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    drawn = rng.multinomial(len(names), np.full(len(names), 1.0 / len(names)), size=n_boot)
+    return drawn[:, index].astype(np.float64)
 
 
 def ridge_probe(
@@ -181,6 +205,8 @@ def ridge_probe(
     bootstrap: int = 1000,
     seed: int = 0,
     backend: str = "numpy",
+    groups: Sequence[str] | None = None,
+    test_groups: Sequence[str] | None = None,
 ) -> ProbeFit:
     """Ridge probes from one layer's features to every target column at once.
 
@@ -202,6 +228,8 @@ def ridge_probe(
     bootstrap : resamples of the held-out cases for the interval (0: none, the interval is NaN).
     seed : seed of the folds and of the bootstrap.
     backend : ``numpy``, or ``torch`` / ``torch:cpu`` / ``torch:cuda`` (same results to rounding).
+    groups : one per training case; a group's cases share a fold (:func:`fold_labels`).
+    test_groups : one per held-out case; the bootstrap draws a group's cases together.
 
     Examples
     --------
@@ -245,7 +273,7 @@ def ridge_probe(
     shrink = s2[None, :] / (s2[None, :] + lam[:, None])  # (penalties, components)
     uty = u.T @ yc  # (components, targets)
 
-    labels = fold_labels(n, folds, seed)
+    labels = fold_labels(n, folds, seed, groups)
     cv_error = xp.asarray(np.zeros((len(grid), y_train.shape[1])))
     for f in range(folds):
         idx = xp.index(np.flatnonzero(labels == f))
@@ -276,7 +304,7 @@ def ridge_probe(
     ci_low = np.full_like(r2, np.nan)
     ci_high = np.full_like(r2, np.nan)
     if bootstrap > 0 and m >= MIN_HELDOUT:
-        w = xp.asarray(_bootstrap_counts(m, bootstrap, seed + 1))
+        w = xp.asarray(_bootstrap_counts(m, bootstrap, seed + 1, test_groups))
         ss_res_b = xp.to_numpy(w @ xp.asarray(resid * resid))
         ss_tot_b = xp.to_numpy(w @ xp.asarray(centred * centred))
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -494,6 +522,7 @@ def run_probes(
     bootstrap: int = 1000,
     seed: int = 0,
     backend: str = "numpy",
+    groups: Mapping[str, str] | None = None,
 ) -> ProbeResult:
     """Probe every radiomic feature from every (backbone, layer) of ``deep``, and from the matching layer of
     ``control`` (a random-weights network's table; when None, a backbone ``<label>-random`` of ``deep``
@@ -502,6 +531,8 @@ def run_probes(
     Cases are those of ``train_ids`` / ``heldout_ids`` present in both tables (and in ``control``, which
     must hold them all). Radiomic features are rank-transformed against the training cases
     (:func:`rank_transform`); features with missing values or constant on the training cases are left out.
+    ``groups`` (case id -> group, :attr:`Case.group`) keeps a group's training cases in one fold and has
+    the bootstrap of the held-out R² draw a group's held-out cases together.
 
     Examples
     --------
@@ -548,7 +579,17 @@ def run_probes(
     if unmatched:
         log.warning("no control layer for %s: r2_control and selectivity are NaN there", ", ".join(unmatched))
 
-    common = dict(penalties=penalties, folds=folds, bootstrap=bootstrap, seed=seed, backend=backend)
+    fold_groups = None if groups is None else [str(groups.get(c, c)) for c in train]
+    held_groups = None if groups is None else [str(groups.get(c, c)) for c in held]
+    common = dict(
+        penalties=penalties,
+        folds=folds,
+        bootstrap=bootstrap,
+        seed=seed,
+        backend=backend,
+        groups=fold_groups,
+        test_groups=held_groups,
+    )
 
     def fit(table: pd.DataFrame, columns: list[str]) -> ProbeFit:
         block = _finite_columns(table.loc[train + held, columns], "deep feature")

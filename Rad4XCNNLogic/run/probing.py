@@ -68,6 +68,7 @@ def probe_stage(
         bootstrap=probe.bootstrap,
         seed=seed,
         backend=probe.backend,
+        groups={c.case_id: c.group for c in cohort.cases},  # near-duplicates and patients share a fold
     )
     # the backbones probed (not the controls inside the deep table) are compared by CKA
     control_table, ctrl_groups, _ = match_controls(deep, control)

@@ -649,6 +649,23 @@ def _cam_gain_columns(summary) -> dict[str, list[str]]:
     return out
 
 
+def _leakage_sections(out: Path, cfg, records: Mapping[str, Any]) -> dict:
+    """Near-duplicates (thumbnails of the closest pairs and of every label conflict) and the repeated
+    splits (split luck, and the leakage the grouping prevents): :mod:`Rad4XCNNLogic.run.leakage_report`."""
+    from Rad4XCNNLogic.features.settings import TRAINED
+    from Rad4XCNNLogic.run.leakage_report import duplicates_section, repeated_section
+
+    cohort_record = records.get("cohort")
+    context = duplicates_section(out, getattr(cohort_record, "summary", None))
+    fine_tuned = any(m.weights_kind == TRAINED for m in cfg.models)
+    repeated = repeated_section(out, fine_tuned)
+    if repeated:
+        context.update(
+            repeated_table=html_table(repeated["repeated_table"]), repeated_note=repeated["repeated_note"]
+        )
+    return context
+
+
 def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failures: Sequence[Any]) -> Path:
     """Write ``report.html`` into the run folder ``out`` from the files there; return its path."""
     import pandas as pd
@@ -687,6 +704,7 @@ def write_report(out: str | os.PathLike, cfg, records: Mapping[str, Any], failur
         concepts_chosen=concepts.chosen,
     )
     context.update(_cam_section(out, labels))
+    context.update(_leakage_sections(out, cfg, records))
     if failures:
         frame = pd.DataFrame([f.to_dict() if hasattr(f, "to_dict") else dict(f) for f in failures])
         context["failures_table"] = html_table(frame)

@@ -321,8 +321,8 @@ def demo_config(out: str | os.PathLike, manifest: str | os.PathLike, seed: int =
     profile behind them): a ResNet18 fine-tuned from random initialisation (no download) at 112 px for at
     most 8 epochs and compared with the same architecture left random; the CAMs of layer3 (256 channels:
     half the forward passes of ScoreCAM and its randomisation test, and 7 x 7 maps instead of 4 x 4); the
-    explanation, its permutation test and the classifiers' intervals with fewer resamples than a study
-    would use. Relative paths are taken from the working directory.
+    explanation, its permutation test, the classifiers' intervals and repeated splits with fewer resamples
+    than a study would use. Relative paths are taken from the working directory.
     """
     from Rad4XCNNLogic.run.config import load_config
 
@@ -346,7 +346,7 @@ def demo_config(out: str | os.PathLike, manifest: str | os.PathLike, seed: int =
             ],
             "deep": {"input_size": 112},
             "explain": {"thresholds": [0.6, 0.7, 0.8], "fdr": 0.05, "permutations": 200, "bootstrap": 100},
-            "classification": {"cv_folds": 3, "n_bootstrap": 200},
+            "classification": {"cv_folds": 3, "n_bootstrap": 200, "repeated_splits": 5},
             "cam": {
                 "methods": ["gradcam", "eigencam", "scorecam"],
                 "gallery": 4,

@@ -73,15 +73,17 @@ def read_run_manifest(cfg, path: str | os.PathLike, **checks):
     """``path`` read as a run's cohort stage reads its manifest: cases without a split get the seeded,
     stratified split of the run's protocol (``split.fractions``, ``seed``, the cohorts that are split), so a
     stage command given the run's manifest works on the run's cases. ``checks``: ``read_manifest``'s
-    ``check_files``, ``check_images``, ``require_images``."""
-    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    ``check_files``, ``check_images``, ``require_images``. Near-duplicate images and patients are split as
+    groups (:mod:`Rad4XCNNLogic.cohort.grouping`; a run's ``cohort.csv`` carries them as ``split_group``)."""
+    return read_run_grouping(cfg, path, **checks).cohort
 
-    return read_manifest(
-        path,
-        seed=cfg.seed,
-        fractions=cfg.split.fractions,
-        train_cohort=run_protocol(cfg).split_cohorts(),
-        **checks,
+
+def read_run_grouping(cfg, path: str | os.PathLike, **checks):
+    """:func:`read_run_manifest` with the near-duplicate pairs and label conflicts found on the way."""
+    from Rad4XCNNLogic.cohort.grouping import read_grouped
+
+    return read_grouped(
+        path, cfg.split, seed=cfg.seed, train_cohort=run_protocol(cfg).split_cohorts(), **checks
     )
 
 
@@ -93,7 +95,8 @@ def plan_cohort(run: Pipeline) -> Plan:
     cfg = run.cfg
     manifest = Path(cfg.manifest)
     protocol = run_protocol(cfg)
-    cohort = read_run_manifest(cfg, manifest, check_images=True)
+    grouping = read_run_grouping(cfg, manifest, check_images=True)
+    cohort = grouping.cohort
     if not cohort.cases:
         raise Rad4XCNNError(f"manifest {manifest.name}: no usable case ({len(cohort.failures)} left out)")
     protocol.check_cohorts(cohort.cohorts)
@@ -126,20 +129,22 @@ def plan_cohort(run: Pipeline) -> Plan:
         write_manifest(cohort, run.path(RunFiles.COHORT))
         frame = pd.DataFrame([f.to_dict() for f in cohort.failures], columns=["case_id", "stage", "problem"])
         write_csv_atomic(run.path(RunFiles.COHORT_FAILURES), frame, index=False)
-        from Rad4XCNNLogic.cohort.duplicates import find_near_duplicates
+        from Rad4XCNNLogic.cohort.grouping import grouping_summary
 
         summary = cohort.summary()
         summary["text"] = (
             f"{summary['cases']} cases ({summary['with_lesion']} with a lesion), "
             f"{summary['failures']} left out"
         )
-        # near-duplicate images across splits: logged as a warning with the pairs, kept in run.json
-        pairs, _ = find_near_duplicates(cohort.cases)
-        across = [str(p) for p in pairs if p.across_splits]
-        summary["near_duplicates_across_splits"] = across
-        if across:
-            summary["text"] += f"; WARNING: {len(across)} near-duplicate image pair(s) across splits"
-        summary["outputs"] = [run.path(RunFiles.COHORT), run.path(RunFiles.COHORT_FAILURES)]
+        # near-duplicates: split groups, label conflicts, duplicates.csv; kept in run.json
+        found = grouping_summary(grouping, run.path(RunFiles.DUPLICATES))
+        summary["text"] += "; " + found.pop("text")
+        summary.update(found)
+        summary["outputs"] = [
+            run.path(RunFiles.COHORT),
+            run.path(RunFiles.COHORT_FAILURES),
+            run.path(RunFiles.DUPLICATES),
+        ]
         summary["failures"] = cohort.failures
         return summary
 
@@ -450,7 +455,7 @@ def plan_report(run: Pipeline) -> Plan:
 F = RunFiles
 #: The stages, in the order they run.
 STAGES: tuple[Stage, ...] = (
-    Stage("cohort", 1, (), plan_cohort, writes=(F.COHORT, F.COHORT_FAILURES)),
+    Stage("cohort", 2, (), plan_cohort, writes=(F.COHORT, F.COHORT_FAILURES, F.DUPLICATES)),
     Stage("train", 1, ("cohort",), plan_train, reads=(F.COHORT,), writes=(F.MODELS, F.TRAINING_HISTORY)),
     Stage("deep", 2, ("cohort", "train"), plan_deep, reads=(F.COHORT, F.MODELS), writes=(F.DEEP,)),
     Stage("radiomics", 1, ("cohort",), plan_radiomics, reads=(F.COHORT,), writes=(F.RADIOMICS,)),

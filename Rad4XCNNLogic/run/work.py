@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -609,7 +610,11 @@ def classify_stage(
         compare=classification.compare,
     )
     written = write_classification(result, out_dir)
+    started = time.perf_counter()
+    written.update(_repeated_splits(features, cohort, result, out_dir, classification, seed))
     text = f"{len(sets)} feature sets x {len(classification.classifiers)} classifiers"
+    if "repeated_splits" in written:
+        text += f" (+ repeated splits, {time.perf_counter() - started:.1f} s)"
     # the best model is chosen by its cross-validated AUC on the training data, never by a test AUC
     chosen = select_by_cv(result.metrics).sort_values("cv_auc", ascending=False, kind="stable").head(1)
     if not chosen.empty:
@@ -633,6 +638,19 @@ def classify_stage(
         "failures": result.failures,
         "result": result,
     }
+
+
+def _repeated_splits(
+    features, cohort, result, out_dir: Path, classification: ClassificationConfig, seed: int
+) -> dict:
+    """``repeated_splits.csv`` (split luck and leakage: :mod:`Rad4XCNNLogic.classify.repeated`)."""
+    from Rad4XCNNLogic.classify.repeated import repeated_splits
+
+    repeats = classification.repeated_splits
+    if repeats <= 0:
+        return {}
+    table = repeated_splits(features, cohort, result, repeats=repeats, seed=seed, jobs=classification.jobs)
+    return {"repeated_splits": write_csv_atomic(Path(out_dir) / RunFiles.REPEATED_SPLITS, table, index=False)}
 
 
 # ------------------------------------------------------------------------------------------------- CAMs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ def _patients(n_patients=40, per_patient=3, seed=0):
 def test_grouped_cross_validation_keeps_patients_out_of_their_own_folds():
     features, cohort = _patients()
     result = classify(features, cohort, **TOY)
-    assert result.settings["cv"].startswith("stratified group k-fold by patient")
+    assert result.settings["cv"].startswith("stratified group k-fold by split group")
     train = [c for c in cohort if c.split == "train"]
     groups = [c.patient_id for c in train]
     y = np.array([c.label == "malignant" for c in train])
@@ -84,3 +85,55 @@ def test_evaluate_on_leaves_a_training_phase_cohort_out():
     assert chosen.counts["left_out:not_evaluated"] == sum(c.cohort == "busi" for c in cases)
     with pytest.raises(Rad4XCNNError, match=r"evaluation cohort\(s\) mars not in the manifest"):
         classify(features, Cohort(cases), evaluate_on=["mars"], **TOY)
+
+
+def test_near_duplicate_groups_group_the_folds_and_the_bootstrap():
+    """A split_group (near-duplicates joined by the cohort stage) groups like a patient id: the folds, and
+    the bootstrap, which draws a group's cases together."""
+    features, cohort = _patients()
+    grouped = Cohort(
+        [Case(c.case_id, c.image, (), label=c.label, split=c.split, split_group=c.patient_id) for c in cohort]
+    )
+    result = classify(features, grouped, **TOY)
+    assert result.settings["cv"].startswith("stratified group k-fold by split group")
+    test = result.predictions[result.predictions["evaluated_on"] == "internal-test"]
+    assert (test["split_group"] == test["case_id"].str[:3].str.replace("p", "P")).all()
+    from Rad4XCNNLogic.classify.metrics import stratified_bootstrap_weights
+
+    y = np.array([0, 0, 0, 1, 1, 1])
+    w = stratified_bootstrap_weights(y, 200, np.random.default_rng(0), ["a", "a", "b", "c", "c", "d"])
+    assert (w[:, 0] == w[:, 1]).all() and (w[:, 3] == w[:, 4]).all()
+    assert not (w[:, 0] == w[:, 2]).all()
+    # no group of several cases: the draws of the per-case bootstrap, unchanged
+    plain = stratified_bootstrap_weights(y, 50, np.random.default_rng(1))
+    same = stratified_bootstrap_weights(y, 50, np.random.default_rng(1), list("abcdef"))
+    assert (plain == same).all()
+
+
+def test_repeated_splits_measure_leakage_of_near_duplicates():
+    """Labels unrelated to the features, each case with a near-copy: split as if ungrouped, the copy in
+    training gives the answer away; grouped, the AUC stays near chance."""
+    from Rad4XCNNLogic.classify.repeated import GROUPED, UNGROUPED, repeated_splits, summarise_repeats
+
+    rng = np.random.default_rng(0)
+    cases, rows = [], {}
+    for g in range(36):
+        label = "malignant" if rng.random() < 0.5 else "benign"
+        base = rng.normal(size=4)
+        for k in range(2):
+            cid = f"g{g:02d}_{k}"
+            cases.append(Case(cid, Path("x"), (), label=label, split_group=f"G{g:02d}"))
+            rows[cid] = base + rng.normal(size=4) * 0.01
+    features = pd.DataFrame.from_dict(rows, orient="index", columns=[f"cnn_{i}" for i in range(4)])
+    cohort = Cohort(assign_splits(cases, fractions=(0.7, 0.0, 0.3), seed=0))
+    result = classify(features, cohort, **TOY)
+    table = repeated_splits(features, cohort, result, repeats=4, seed=0, jobs=1)
+    assert set(table["grouping"]) == {GROUPED, UNGROUPED} and len(table) == 8
+    assert np.isfinite(table["auc"]).all() and (table["n_test"] > 0).all()
+    summary = summarise_repeats(table, result.metrics).set_index("grouping")
+    assert summary.loc[UNGROUPED, "mean_auc"] > summary.loc[GROUPED, "mean_auc"] + 0.2
+    assert 0 <= summary.loc[GROUPED, "headline_rank"] <= 1
+    # without near-duplicates joining patients only the grouped repeats are run
+    plain = Cohort([replace(c, split_group=None) for c in cohort])
+    alone = repeated_splits(features, plain, classify(features, plain, **TOY), repeats=2, seed=0, jobs=1)
+    assert set(alone["grouping"]) == {GROUPED}

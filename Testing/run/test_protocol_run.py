@@ -46,7 +46,7 @@ def _config(manifest: Path, out: Path, **changes):
         "deep": {"input_size": 64},
         "radiomics": {"jobs": 1},
         "explain": {"thresholds": [0.6], "fdr": None, "permutations": 0, "bootstrap": 0},
-        "classification": {"classifiers": ["svm"], "cv_folds": 2, "n_bootstrap": 50},
+        "classification": {"classifiers": ["svm"], "cv_folds": 2, "n_bootstrap": 50, "repeated_splits": 3},
         "cam": {"enabled": False},
     }  # fmt: skip
     for key, value in changes.items():
@@ -73,6 +73,14 @@ def test_two_phases_then_classifiers_on_the_inhouse_cohort(three_cohorts, tmp_pa
     html = (out / "report.html").read_text()
     assert "Paired comparisons" in html and "forest plot of the paired comparisons" in html
     assert "as measured here" in html and "deep features classify better than radiomic features" in html
+    # near-duplicates: none here, recorded as such; split luck over repeated grouped splits
+    assert pd.read_csv(out / "duplicates.csv").empty and cohort_summary["label_conflicts"] == []
+    assert cohort["split_group"].ne("").all()
+    repeated = pd.read_csv(out / "repeated_splits.csv")
+    assert set(repeated["grouping"]) == {"grouped"} and repeated["seed"].nunique() == 3
+    assert repeated["auc"].notna().all()
+    assert "Split luck and leakage" in html and "fine-tuned on the headline split" in html
+    assert "No near-duplicate images were found." in html
 
 
 def test_a_training_image_in_an_evaluation_set_stops_the_run(three_cohorts, tmp_path):

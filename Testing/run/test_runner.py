@@ -33,7 +33,12 @@ def _settings(manifest: Path, out: Path, **sections) -> dict:
         "deep": {"input_size": 64},
         "radiomics": {"jobs": 1},
         "explain": {"thresholds": [0.6, 0.8], "fdr": 0.05, "permutations": 20, "bootstrap": 10},
-        "classification": {"classifiers": ["rf", "svm"], "cv_folds": 2, "n_bootstrap": 20},
+        "classification": {
+            "classifiers": ["rf", "svm"],
+            "cv_folds": 2,
+            "n_bootstrap": 20,
+            "repeated_splits": 2,
+        },
         "cam": {"methods": ["gradcam", "eigencam"], "gallery": 2},
     }
     for key, value in sections.items():
