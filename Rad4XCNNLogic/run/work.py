@@ -291,20 +291,7 @@ def explain_stage(
         training, held_sets = split_cases(frame, train_cohort)
         used_deep, used_rad = deep[deep.index.isin(training)], rad[rad.index.isin(training)]
         held_sets = held_sets[held_sets.index.isin(deep.index) & held_sets.index.isin(rad.index)]
-    result = explain_features(
-        used_deep,
-        used_rad,
-        explain.thresholds[0],
-        fdr=explain.fdr,
-        strata=strata,
-        permutations=explain.permutations,
-        alpha=explain.alpha,
-        bootstrap=explain.bootstrap,
-        seed=seed,
-        backend=explain.backend,
-        chunk_size=explain.chunk_size,
-        progress=progress,
-    )
+    result = explain_features(used_deep, used_rad, explain, strata=strata, seed=seed, progress=progress)
     result.settings["cases"] = explain.cases if frame is not None else "all"
     outputs = list(write_explanation(result, out_dir).values())
     outputs.append(
