@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from Rad4XCNNLogic.errors import Rad4XCNNError
+from Rad4XCNNLogic.errors import Rad4XCNNError, UsageError
 from Rad4XCNNLogic.infra.settings import lookup, option
 
 #: The CAM methods, by their name here (their implementations: :data:`Rad4XCNNLogic.cam.methods.METHODS`).
@@ -126,6 +126,10 @@ DEFAULTS = CamConfig()
 
 def check(**values) -> None:
     """Check values given to the computation directly (not through a configuration) by the section's
-    rules: ``check(batch_size=0)`` fails with ``cam.batch_size: must be at least 1, got 0``."""
+    rules: ``check(batch_size=0)`` fails with ``cam.batch_size: must be at least 1, got 0`` (without the
+    ``configuration:`` of a file's or a flag's error: no configuration was read)."""
     for name, value in values.items():
-        dataclasses.replace(lookup(CamConfig, name), key=f"cam.{name}").validate(value)
+        try:
+            dataclasses.replace(lookup(CamConfig, name), key=f"cam.{name}").validate(value)
+        except UsageError as exc:
+            raise Rad4XCNNError(str(exc).removeprefix("configuration: ")) from None

@@ -265,10 +265,10 @@ def test_bad_check_settings(synthetic_manifest):
     cohort = read_manifest(synthetic_manifest)
     args = {"model": "test_resnet", "cases": cohort.case_ids[:1], "device": "cpu", "progress": False}
     with pytest.raises(
-        Rad4XCNNError, match=r"cam.randomisation: 'some' is not allowed; allowed values: cascade, all, none"
+        Rad4XCNNError, match=r"^cam\.randomisation: 'some' is not allowed; allowed values: cascade, all, none"
     ):
         compute_cams(cohort, randomisation="some", **args)
-    with pytest.raises(Rad4XCNNError, match=r"cam.deletion_steps: must be at least 1, got 0"):
+    with pytest.raises(Rad4XCNNError, match=r"^cam\.deletion_steps: must be at least 1, got 0"):
         compute_cams(cohort, deletion_steps=0, **args)
 
 

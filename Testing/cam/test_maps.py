@@ -551,7 +551,7 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
         ({"methods": "occlusion"}, r"known methods: gradcam, gradcam\+\+, .*eigencam, .*scorecam"),
         ({"target_class": "cancer"}, r"unknown target class 'cancer'; the model's classes are: benign, mal"),
         ({"cases": "zzz"}, r"case id\(s\) not in the manifest: zzz"),
-        ({"batch_size": 0}, r"cam.batch_size: must be at least 1, got 0"),
+        ({"batch_size": 0}, r"^cam\.batch_size: must be at least 1, got 0"),
     ],
 )
 def test_bad_input_is_one_clear_error(kwargs, message, tiny_checkpoint, synthetic_manifest):
