@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     for part in (cohort, features, probe, cam, featuremaps, run):
         part.register(sub, shared)
     # the stage commands made from the stage records (docs/ARCHITECTURE.md, "Stages")
-    stagecmd.register(sub, shared, [explain.COMMAND, classify.COMMAND])
+    stagecmd.register(sub, shared, [features.RADIOMICS, explain.COMMAND, classify.COMMAND])
     return parser
 
 

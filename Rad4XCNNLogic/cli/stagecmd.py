@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from Rad4XCNNLogic.cli.options import add_setting, config_from_args, show_progress
@@ -51,12 +52,15 @@ class StageCommand:
     file_help: dict[str, str] = field(default_factory=dict)
     #: adds the flags that are neither files nor settings
     flags: Callable[[argparse.ArgumentParser], None] | None = None
-    #: StageOnFiles keyword arguments from the flags (checks, cohorts, more_features)
+    #: StageOnFiles keyword arguments from the flags (checks, cohorts, more_features; ``files``: more
+    #: run files, e.g. the cache)
     options: Callable[[argparse.Namespace], dict] | None = None
     #: checks before the work: (args, the stage on files) -> None
     before: Callable[[argparse.Namespace, Any], None] | None = None
     #: help of --out
     out_help: str = "output folder"
+    #: the run file that --out names (its folder receives the other outputs); None: --out is a folder
+    out_file: str | None = None
     #: the shared option groups it takes (:func:`~Rad4XCNNLogic.cli.options.parents`)
     parents: tuple[str, ...] = ("seed", "progress")
 
@@ -67,12 +71,16 @@ def _handler(command: StageCommand, reads: tuple[str, ...]):
 
         cfg = config_from_args(args, args.config)
         files = {name: getattr(args, file_dest(name)) for name in reads}
-        extra = command.options(args) if command.options else {}
+        extra = dict(command.options(args)) if command.options else {}
+        files.update(extra.pop("files", {}))
+        out = Path(args.out)
+        if command.out_file is not None:
+            files[command.out_file], out = out, out.parent
         run = StageOnFiles(
             command.stage,
             cfg,
             files,
-            args.out,
+            out,
             progress=show_progress(args),
             configured=args.config is not None,
             **extra,

@@ -52,6 +52,8 @@ class StageOnFiles:
         #: whether the backbones come from a configuration file (else from the tables' column names)
         self.configured = configured
         self._cohort = None
+        #: the manifest's cases left out for having no lesion (known once the cohort is read)
+        self.without_lesion = 0
 
     def path(self, name: str) -> Path | None:
         """The user's file for ``name`` (None: an optional file left out), else ``out``'s file ``name``."""
@@ -70,6 +72,7 @@ class StageOnFiles:
         if self._cohort is None:
             cohort = read_run_manifest(self.cfg, where, **self.checks)
             self._cohort = cohort.lesion_cases() if self.cfg.lesion_only else cohort
+            self.without_lesion = len(cohort) - len(self._cohort)
         return self._cohort
 
     def controls(self) -> dict[str, str] | None:

@@ -326,7 +326,7 @@ def test_stage_commands_write_byte_identical_tables(first_run, cohort_manifest, 
     commands = [
         ["deep", "--manifest", manifest, "--weights", checkpoint, "--input-size", "64", "--device", "cpu",
          "--out", str(other / "deep_features.csv")],
-        ["radiomics", "--manifest", manifest, "--jobs", "1", "--no-cache",
+        ["radiomics", "--config", str(settings), "--manifest", manifest, "--no-cache",
          "--out", str(other / "radiomics.csv")],
         ["explain", "--config", str(settings), "--deep", str(run / "deep_features.csv"),
          "--radiomics", str(run / "radiomics.csv"), "--manifest", manifest, "--out", str(other)],
