@@ -198,6 +198,8 @@ def check_section(section: Any, name: str) -> Any:
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
         value = getattr(section, f.name)
+        if isinstance(value, tuple):  # a list written as a tuple in Python
+            value = list(value)
         if dataclasses.is_dataclass(value):
             check_section(value, f"{name}.{f.name}")
             continue

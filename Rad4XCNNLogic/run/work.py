@@ -9,6 +9,7 @@ written (paths) and the per-case ``failures``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -456,22 +457,17 @@ def classify_stage(
             f"classification: no feature set of the kinds {', '.join(classification.feature_sets)} in the "
             "feature tables"
         )
+    if evaluate_on is not None:  # the protocol's cohorts, resolved by the caller
+        classification = dataclasses.replace(classification, evaluate_on=list(evaluate_on))
     result = classify(
         features,
         cohort,
+        classification,
         feature_sets=sets,
         feature_failures=feature_failures,
-        classifiers=classification.classifiers,
-        positive=classification.positive,
         seed=seed,
-        cv_folds=classification.cv_folds,
-        n_bootstrap=classification.n_bootstrap,
-        correlation_threshold=classification.correlation_threshold,
-        select_k=classification.select_k,
         train_cohort=train_cohort,
-        jobs=classification.jobs,
         progress=progress,
-        evaluate_on=classification.evaluate_on if evaluate_on is None else evaluate_on,
     )
     written = write_classification(result, out_dir)
     text = f"{len(sets)} feature sets x {len(classification.classifiers)} classifiers"

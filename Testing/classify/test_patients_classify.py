@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,12 @@ import pandas as pd
 import pytest
 
 from Rad4XCNNLogic.classify.classifiers import classify, cv_splitter
+from Rad4XCNNLogic.classify.settings import ClassificationConfig
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, assign_splits
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
-TOY = {"n_bootstrap": 50, "jobs": 1, "progress": False, "classifiers": ("svm",), "cv_folds": 3}
+TOY = {"progress": False}
+TOY_SETTINGS = ClassificationConfig(n_bootstrap=50, jobs=1, classifiers=["svm"], cv_folds=3)
 
 
 def _patients(n_patients=40, per_patient=3, seed=0):
@@ -33,7 +36,7 @@ def _patients(n_patients=40, per_patient=3, seed=0):
 
 def test_grouped_cross_validation_keeps_patients_out_of_their_own_folds():
     features, cohort = _patients()
-    result = classify(features, cohort, **TOY)
+    result = classify(features, cohort, TOY_SETTINGS, **TOY)
     assert result.settings["cv"].startswith("stratified group k-fold by patient")
     train = [c for c in cohort if c.split == "train"]
     groups = [c.patient_id for c in train]
@@ -42,7 +45,7 @@ def test_grouped_cross_validation_keeps_patients_out_of_their_own_folds():
         assert not {groups[i] for i in fit_rows} & {groups[i] for i in held_rows}
     # without patient ids the folds are per image
     plain = Cohort([Case(c.case_id, c.image, (), label=c.label, split=c.split) for c in cohort])
-    assert classify(features, plain, **TOY).settings["cv"].startswith("stratified k-fold")
+    assert classify(features, plain, TOY_SETTINGS, **TOY).settings["cv"].startswith("stratified k-fold")
 
 
 def test_a_patient_on_both_sides_is_refused():
@@ -59,13 +62,13 @@ def test_a_patient_on_both_sides_is_refused():
         match=rf"^1 patient\(s\) have cases in the training split .* and in evaluation set internal-test: "
         rf"{moved.patient_id}; a patient must stay on one side",
     ):
-        classify(features, Cohort(cases), **TOY)
+        classify(features, Cohort(cases), TOY_SETTINGS, **TOY)
 
 
 def test_too_few_patients_for_grouped_folds():
     features, cohort = _patients(n_patients=6, per_patient=4)
     with pytest.raises(Rad4XCNNError, match=r"too few patients for 3-fold grouped cross-validation"):
-        classify(features, cohort, **TOY)
+        classify(features, cohort, TOY_SETTINGS, **TOY)
 
 
 def test_evaluate_on_leaves_a_training_phase_cohort_out():
@@ -77,10 +80,10 @@ def test_evaluate_on_leaves_a_training_phase_cohort_out():
         else c
         for i, c in enumerate(cohort.cases)
     ]
-    everything = classify(features, Cohort(cases), **TOY)
+    everything = classify(features, Cohort(cases), TOY_SETTINGS, **TOY)
     assert set(everything.metrics["evaluated_on"]) == {"busi", "external"}
-    chosen = classify(features, Cohort(cases), evaluate_on=["external"], **TOY)
+    chosen = classify(features, Cohort(cases), replace(TOY_SETTINGS, evaluate_on=["external"]), **TOY)
     assert set(chosen.metrics["evaluated_on"]) == {"external"}
     assert chosen.counts["left_out:not_evaluated"] == sum(c.cohort == "busi" for c in cases)
     with pytest.raises(Rad4XCNNError, match=r"evaluation cohort\(s\) mars not in the manifest"):
-        classify(features, Cohort(cases), evaluate_on=["mars"], **TOY)
+        classify(features, Cohort(cases), replace(TOY_SETTINGS, evaluate_on=["mars"]), **TOY)
