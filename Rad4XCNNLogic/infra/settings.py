@@ -190,13 +190,16 @@ def lookup(root: type, key: str) -> Setting:
     raise KeyError(f"no setting {key!r}")
 
 
-def check_section(section: Any, name: str) -> Any:
+def check_section(section: Any, name: str, *, checked: tuple[str, ...] = ()) -> Any:
     """``section`` (a settings dataclass built in Python, not read from a file or flags) checked once
     against its options' rules; returns it. A bad value raises :class:`Rad4XCNNError` naming
     ``NAME.KEY`` and the problem, without the ``configuration:`` of a file's or a flag's error. A
-    computation that takes its section whole calls this once, instead of restating the ranges."""
+    computation that takes its section whole calls this once, instead of restating the ranges.
+    ``checked``: fields the computation checks itself (against a wider registry, e.g. CAM methods)."""
     hints = typing.get_type_hints(type(section))
     for f in dataclasses.fields(section):
+        if f.name in checked:
+            continue
         value = getattr(section, f.name)
         if isinstance(value, tuple):  # a list written as a tuple in Python
             value = list(value)
