@@ -234,6 +234,17 @@ def select_cases(cohort, cases, failures: list[CaseFailure]) -> list[Case]:
     return all_cases
 
 
+def _checked_section(settings: CamConfig | None, top_fraction: float) -> CamConfig:
+    """The cam section (None: its defaults) with its methods' names: the methods checked against the
+    registry (other spellings, a hint for a misspelt name), the rest once by the section's options."""
+    section = CamConfig() if settings is None else settings
+    names = check_methods(section.methods, METHODS)
+    section = check_section(dataclasses.replace(section, methods=names), "cam", checked=("methods",))
+    if not 0.0 < float(top_fraction) < 1.0:
+        raise Rad4XCNNError(f"top fraction must be between 0 and 1, got {top_fraction}")
+    return section
+
+
 def _faithfulness_of_batch(
     net, x, chosen, input_maps: dict[str, np.ndarray], road_percentiles, deletion_steps: int, batch_size, seed
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -553,10 +564,8 @@ def compute_cams(
     target_layer : a dotted module name (``layer4.1``, ``layer4[-1]``, ``features.denseblock4``); None:
         the default of the model's family (:func:`default_target_layer`).
     device : ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
-    batch_size : images per forward pass: cases per batch for the gradient methods and EigenCAM, and
-        masked inputs per forward pass for ScoreCAM, which needs one forward pass per channel of the target
-        layer for every case (2048 for ResNet50's last stage, 1024 for DenseNet121, 512 for ResNet18, 768
-        for ViT-B).
+    batch_size : images per forward pass: cases for the gradient methods and EigenCAM, masked inputs for
+        ScoreCAM (one forward pass per channel of the target layer for every case: 2048 for ResNet50).
     tolerance : pixels around the lesion that still count as a pointing-game hit.
     top_fraction : the share of each map's pixels compared by the IoU agreement (0.2: top-20%).
     out_dir : when given, each case's NRRD (scaled and raw) and PNG files are written to ``<out_dir>/cam/``
@@ -584,19 +593,10 @@ def compute_cams(
     import pandas as pd
 
     started = time.perf_counter()
-    section = CamConfig() if settings is None else settings
-    # the methods against the registry (other spellings, a hint for a misspelt name), the rest by the section
-    names = check_methods(section.methods, METHODS)
-    section = check_section(dataclasses.replace(section, methods=names), "cam", checked=("methods",))
-    if not 0.0 < float(top_fraction) < 1.0:
-        raise Rad4XCNNError(f"top fraction must be between 0 and 1, got {top_fraction}")
-    target_class, target_layer, batch_size = section.target_class, section.target_layer, section.batch_size
-    faithfulness, deletion_steps, randomisation = (
-        section.faithfulness,
-        section.deletion_steps,
-        section.randomisation,
-    )
-    pointing_tolerance = section.tolerance
+    section = _checked_section(settings, top_fraction)
+    names, target_class, target_layer = section.methods, section.target_class, section.target_layer
+    batch_size, pointing_tolerance, faithfulness = section.batch_size, section.tolerance, section.faithfulness
+    deletion_steps, randomisation = section.deletion_steps, section.randomisation
     failures: list[CaseFailure] = []
     all_cases = select_cases(cohort, cases, failures)
 
