@@ -367,3 +367,17 @@ class RunFiles:
     def side_file(table: str, suffix: str) -> str:
         """A table's side file: ``deep_features.csv`` -> ``deep_features.json`` for ``.json``."""
         return table.rsplit(".", 1)[0] + suffix
+
+
+#: What each run-folder file a stage reads holds: the help of a stage command's flag for that file
+#: (:mod:`Rad4XCNNLogic.cli.stagecmd`), stated once.
+FILE_HELP = {
+    RunFiles.COHORT: "the cohort manifest (case_id, image, mask, label, cohort, split; a run's cohort.csv)",
+    RunFiles.MODELS: "the fine-tuned checkpoints (a run's models/)",
+    RunFiles.DEEP: "deep_features.csv (case_id x deep features)",
+    RunFiles.RADIOMICS: "radiomics.csv (case_id x radiomic features)",
+    RunFiles.EXPLANATIONS: (
+        "explanations.csv (columns deep_feature, n_partners): its deep features with n_partners > 0 form "
+        "the 'explained-deep' feature set"
+    ),
+}

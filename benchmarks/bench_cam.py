@@ -27,6 +27,7 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
     import torch
 
     from Rad4XCNNLogic.cam.maps import compute_cams, resolve_target_layer
-    from Rad4XCNNLogic.cam.settings import check_methods
+    from Rad4XCNNLogic.cam.settings import CamConfig, check_methods
     from Rad4XCNNLogic.cohort.manifest import read_manifest
     from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
     from Rad4XCNNLogic.features.backbones import (
@@ -146,24 +147,20 @@ def main(argv=None) -> int:
             net = backbone.model.eval().to(device)
             anchor = forward_seconds_per_image(net, size, args.batch_size, device)
             layer = resolve_target_layer(net, None, size)
-            common = {
-                "device": args.device,
-                "batch_size": args.batch_size,
-                "progress": False,
-                "keep_maps": False,
-                "faithfulness": False,
-                "randomisation": "none",
-            }
-            compute_cams(cohort, ckpt, methods="gradcam", cases=cohort.case_ids[:1], **common)  # warm-up
+            common = {"device": args.device, "progress": False, "keep_maps": False}
+            section = CamConfig(batch_size=args.batch_size, faithfulness=False, randomisation="none")
+            compute_cams(
+                cohort, ckpt, replace(section, methods=["gradcam"]), cases=cohort.case_ids[:1], **common
+            )  # warm-up
             if args.checks:
-                bench_checks(args, cohort, ckpt, methods, common, name, layer)
+                bench_checks(args, cohort, ckpt, methods, common, section, name, layer)
                 continue
             print(f"\n{name}: target layer {layer.name}; raw forward pass {1000 * anchor:.1f} ms per image")
             print(f"  {'method':<10} {'CAM s/case':>11} {'x forward':>10} {'all-in s/case':>14}")
             for method in methods:
                 cases = cohort.case_ids[: args.scorecam_cases if method == "scorecam" else args.cases]
                 t0 = time.perf_counter()
-                result = compute_cams(cohort, ckpt, methods=[method], cases=cases, **common)
+                result = compute_cams(cohort, ckpt, replace(section, methods=[method]), cases=cases, **common)
                 wall = (time.perf_counter() - t0) / len(cases)
                 cam_s = result.settings["seconds_per_case"][method]
                 extra = ""
@@ -175,7 +172,11 @@ def main(argv=None) -> int:
                     x, _ = preprocess_case(cohort.cases[0].load(), config)
                     lib = library_scorecam_seconds(net, layer.module, x[None].to(device), 1, args.batch_size)
                     ours = compute_cams(
-                        cohort, ckpt, methods=["scorecam"], cases=cohort.case_ids[:1], **common
+                        cohort,
+                        ckpt,
+                        replace(section, methods=["scorecam"]),
+                        cases=cohort.case_ids[:1],
+                        **common,
                     )
                     ours_s = ours.settings["seconds_per_case"]["scorecam"]
                     mb = 4 * 3 * size * size / 2**20  # one masked float32 input
@@ -187,18 +188,18 @@ def main(argv=None) -> int:
     return 0
 
 
-def bench_checks(args, cohort, ckpt, methods, common, name, layer) -> None:
+def bench_checks(args, cohort, ckpt, methods, common, section, name, layer) -> None:
     """Seconds per case of each method's map, its faithfulness scores and its randomisation test."""
     from Rad4XCNNLogic.cam.maps import compute_cams
 
-    checks = {**common, "faithfulness": True, "randomisation": args.randomisation}
+    checks = replace(section, faithfulness=True, randomisation=args.randomisation)
     print(f"\n{name}: target layer {layer.name}; randomisation {args.randomisation}")
     print(
         f"  {'method':<10} {'map s/case':>11} {'faithful s':>11} {'x map':>7} {'random s':>10} {'x map':>7}"
     )
     for method in methods:
         cases = cohort.case_ids[: args.scorecam_cases if method == "scorecam" else args.cases]
-        result = compute_cams(cohort, ckpt, methods=[method], cases=cases, **checks)
+        result = compute_cams(cohort, ckpt, replace(checks, methods=[method]), cases=cases, **common)
         cam_s = result.settings["seconds_per_case"][method]
         faith = result.settings["check_seconds_per_case"]["faithfulness"]
         rand = result.settings["check_seconds_per_case"]["randomisation"]

@@ -38,6 +38,7 @@ from timing import timed
 from Rad4XCNNLogic.classify.classifiers import DEFAULT_GRIDS, classify, permutation_importance_batched
 from Rad4XCNNLogic.classify.comparisons import compare_feature_sets
 from Rad4XCNNLogic.classify.metrics import evaluate_predictions, stratified_bootstrap_weights
+from Rad4XCNNLogic.classify.settings import ClassificationConfig
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, assign_splits
 
 
@@ -134,7 +135,11 @@ def bench_classify(frame, cohort, explained, jobs: int, n_bootstrap: int) -> Non
 
     t_ours, result = timed(
         lambda: classify(
-            frame, cohort, explained=explained, jobs=jobs, n_bootstrap=n_bootstrap, progress=False
+            frame,
+            cohort,
+            ClassificationConfig(jobs=jobs, n_bootstrap=n_bootstrap),
+            explained=explained,
+            progress=False,
         )
     )
     train = [c.case_id for c in cohort.cases if c.cohort == "internal" and c.split != "test"]
@@ -170,9 +175,8 @@ def bench_comparisons(frame, cohort, explained, jobs: int, n_bootstrap: int) -> 
         lambda: classify(
             frame,
             cohort,
+            ClassificationConfig(jobs=jobs, n_bootstrap=n_bootstrap),
             explained=explained,
-            jobs=jobs,
-            n_bootstrap=n_bootstrap,
             progress=False,
             comparisons=False,
         )

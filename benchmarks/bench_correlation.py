@@ -32,6 +32,7 @@ from timing import timed
 from Rad4XCNNLogic.explain.correlation import spearman
 from Rad4XCNNLogic.explain.explanation import explain
 from Rad4XCNNLogic.explain.resampling import permutation_null
+from Rad4XCNNLogic.explain.settings import ExplainConfig
 from Rad4XCNNLogic.explain.strata import spearman_within
 
 
@@ -171,8 +172,15 @@ def bench_stratified(n: int, args: argparse.Namespace, backend: str, permutation
     )
     print(f"  rho, p, q pooled: {pooled:7.2f} s; within strata: {within:7.2f} s; ratio {ratio:.2f}x")
     pooled, within, ratio = _pairs(
-        lambda: explain(deep, rad, 0.6, bootstrap=0, backend=backend),
-        lambda: explain(deep, rad, 0.6, strata=strata, bootstrap=0, backend=backend),
+        lambda: explain(
+            deep, rad, ExplainConfig(thresholds=[0.6], bootstrap=0, backend=backend, fdr=None, permutations=0)
+        ),
+        lambda: explain(
+            deep,
+            rad,
+            ExplainConfig(thresholds=[0.6], bootstrap=0, backend=backend, fdr=None, permutations=0),
+            strata=strata,
+        ),
         args.repeat,
     )
     print(

@@ -9,6 +9,7 @@ randomisation in :mod:`.faithfulness`; this module runs them over a cohort and w
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -57,11 +58,12 @@ from Rad4XCNNLogic.cam.methods import (
 )
 from Rad4XCNNLogic.cam.model import class_fields, load_cam_model, target_index_of
 from Rad4XCNNLogic.cam.sanity import RANDOMISATION_THRESHOLD, map_flags, method_verdicts
-from Rad4XCNNLogic.cam.settings import DEFAULTS, check, check_methods
+from Rad4XCNNLogic.cam.settings import CamConfig, check_methods
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 from Rad4XCNNLogic.infra.progress import track
+from Rad4XCNNLogic.infra.settings import check_section
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -234,17 +236,15 @@ def select_cases(cohort, cases, failures: list[CaseFailure]) -> list[Case]:
     return all_cases
 
 
-def _check_settings(batch_size, top_fraction, pointing_tolerance, randomisation, deletion_steps) -> None:
-    """The cam section's rules (one statement of them: :mod:`Rad4XCNNLogic.cam.settings`), and the top
-    fraction's, which no configuration sets."""
-    check(
-        batch_size=batch_size,
-        tolerance=float(pointing_tolerance),
-        randomisation=randomisation,
-        deletion_steps=deletion_steps,
-    )
+def _checked_section(settings: CamConfig | None, top_fraction: float) -> CamConfig:
+    """The cam section (None: its defaults) with its methods' names: the methods checked against the
+    registry (other spellings, a hint for a misspelt name), the rest once by the section's options."""
+    section = CamConfig() if settings is None else settings
+    names = check_methods(section.methods, METHODS)
+    section = check_section(dataclasses.replace(section, methods=names), "cam", checked=("methods",))
     if not 0.0 < float(top_fraction) < 1.0:
         raise Rad4XCNNError(f"top fraction must be between 0 and 1, got {top_fraction}")
+    return section
 
 
 def _load_batch(chunk, config, failures: list, crops: dict) -> tuple[list[LoadedCase], list]:
@@ -503,22 +503,15 @@ def _record_case(
 def compute_cams(
     cohort: Cohort | Sequence[Case],
     checkpoint: str | os.PathLike | Backbone | LoadedCheckpoint | None = None,
+    settings: CamConfig | None = None,
     *,
     model: str | None = None,
-    methods: str | Sequence[str] = tuple(DEFAULTS.methods),
     cases: str | Sequence[str] | None = None,
-    target_class: str | int | None = None,
-    target_layer: str | None = None,
     device: str = "auto",
-    batch_size: int = DEFAULTS.batch_size,
-    pointing_tolerance: float = DEFAULTS.tolerance,
     top_fraction: float = 0.2,
     out_dir: str | os.PathLike | None = None,
     keep_maps: bool | None = None,
-    faithfulness: bool = DEFAULTS.faithfulness,
-    randomisation: str = DEFAULTS.randomisation,
     road_percentiles: Sequence[int] = DEFAULT_PERCENTILES,
-    deletion_steps: int = DEFAULTS.deletion_steps,
     randomisation_threshold: float = RANDOMISATION_THRESHOLD,
     seed: int = 0,
     progress: bool = True,
@@ -535,20 +528,22 @@ def compute_cams(
         with ``model`` also works, and None with ``model`` gives random weights: the maps are then computed
         for the model's own (ImageNet or random) classifier and are not meaningful for the task; a warning
         says so.
+    settings : the ``cam`` section (:class:`~Rad4XCNNLogic.cam.settings.CamConfig`; None: its defaults),
+        the one statement of the values below (``methods`` ... ``randomisation``). Its ``enabled``,
+        ``model``, ``gallery`` and ``cases`` are the caller's: they choose the checkpoint and ``cases``
+        (:func:`~Rad4XCNNLogic.run.stages.plan_cam`).
     model : timm model name, for weights that are not a rad4xcnn checkpoint.
+    cases : case ids to map (default: every case).
     methods : names from :data:`METHODS` (``gradcam``, ``gradcam++``, ``eigencam``, ``scorecam``,
         ``layercam``, ...), a list or a comma-separated string.
-    cases : case ids to map (default: every case).
     target_class : the class explained, by name (or index); None: each case's predicted class. Every
         method of a case explains the same class. EigenCAM ignores it (it is class-agnostic).
     target_layer : a dotted module name (``layer4.1``, ``layer4[-1]``, ``features.denseblock4``); None:
         the default of the model's family (:func:`default_target_layer`).
     device : ``auto``, ``cpu``, ``cuda[:N]`` or ``mps``.
-    batch_size : images per forward pass: cases per batch for the gradient methods and EigenCAM, and
-        masked inputs per forward pass for ScoreCAM, which needs one forward pass per channel of the target
-        layer for every case (2048 for ResNet50's last stage, 1024 for DenseNet121, 512 for ResNet18, 768
-        for ViT-B).
-    pointing_tolerance : pixels around the lesion that still count as a pointing-game hit (default 0).
+    batch_size : images per forward pass: cases for the gradient methods and EigenCAM, masked inputs for
+        ScoreCAM (one forward pass per channel of the target layer for every case: 2048 for ResNet50).
+    tolerance : pixels around the lesion that still count as a pointing-game hit.
     top_fraction : the share of each map's pixels compared by the IoU agreement (0.2: top-20%).
     out_dir : when given, each case's NRRD (scaled and raw) and PNG files are written to ``<out_dir>/cam/``
         as soon as it is done, and the CSV tables at the end (see :func:`write_cams`).
@@ -568,15 +563,18 @@ def compute_cams(
     Examples
     --------
     >>> cohort = read_manifest("manifest.csv")  # doctest: +SKIP
-    >>> result = compute_cams(cohort, "model.pt", methods="gradcam,eigencam", device="cpu")  # doctest: +SKIP
+    >>> section = CamConfig(methods=["gradcam", "eigencam"])
+    >>> result = compute_cams(cohort, "model.pt", section, device="cpu")  # doctest: +SKIP
     >>> result.summary()[["flagged_maps", "road_combined", "verdict"]]  # doctest: +SKIP
     >>> write_cams(result, "run")  # doctest: +SKIP
     """
     import pandas as pd
 
     started = time.perf_counter()
-    names = check_methods(methods, METHODS)
-    _check_settings(batch_size, top_fraction, pointing_tolerance, randomisation, deletion_steps)
+    section = _checked_section(settings, top_fraction)
+    names, target_class, target_layer = section.methods, section.target_class, section.target_layer
+    batch_size, pointing_tolerance, faithfulness = section.batch_size, section.tolerance, section.faithfulness
+    deletion_steps, randomisation = section.deletion_steps, section.randomisation
     failures: list[CaseFailure] = []
     all_cases = select_cases(cohort, cases, failures)
 

@@ -5,14 +5,13 @@ pytorch-grad-cam, so the command line's help and the Slicer panel read these rul
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.infra.settings import lookup, option
+from Rad4XCNNLogic.infra.settings import option
 
 #: The CAM methods, by their name here (their implementations: :data:`Rad4XCNNLogic.cam.methods.METHODS`).
 METHOD_NAMES = (
@@ -120,14 +119,3 @@ class CamConfig:
         "first, then all: about 7-10 maps per method; ScoreCAM's cost times that) or none",
         choices=RANDOMISATIONS,
     )
-
-
-#: The section's defaults, which the computation's keyword defaults are.
-DEFAULTS = CamConfig()
-
-
-def check(**values) -> None:
-    """Check values given to the computation directly (not through a configuration) by the section's
-    rules: ``check(batch_size=0)`` fails with ``cam.batch_size: must be at least 1, got 0``."""
-    for name, value in values.items():
-        dataclasses.replace(lookup(CamConfig, name), key=f"cam.{name}").validate(value)

@@ -65,6 +65,7 @@ from Rad4XCNNLogic.classify.models import (
     fit_one,
     make_pipeline,
 )
+from Rad4XCNNLogic.classify.settings import ClassificationConfig
 from Rad4XCNNLogic.classify.tables import (
     infer_feature_sets,
     is_radiomic_feature,
@@ -75,6 +76,7 @@ from Rad4XCNNLogic.classify.tables import (
 from Rad4XCNNLogic.cohort.manifest import Cohort
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.infra.progress import ProgressBar
+from Rad4XCNNLogic.infra.settings import check_section
 
 log = logging.getLogger(__name__)
 
@@ -154,25 +156,15 @@ class ClassificationResult:
 
 
 # ------------------------------------------------------------------------------------------ main entry
-def _checked_inputs(features, classifiers, select_k, correlation_threshold):
-    """The feature table indexed by text case ids, after refusing unknown classifiers, bad settings and
-    repeated cases."""
+def _checked_inputs(features):
+    """The feature table indexed by text case ids, after refusing repeated cases (the settings are checked
+    by their section's rules)."""
     import pandas as pd
 
-    unknown = [c for c in classifiers if c not in CLASSIFIERS]
-    if unknown or not classifiers:
-        raise Rad4XCNNError(
-            f"unknown classifier {', '.join(map(repr, unknown)) or '(none given)'} "
-            f"(expected some of {', '.join(CLASSIFIERS)})"
-        )
     if not isinstance(features, pd.DataFrame):
         raise Rad4XCNNError(
             f"features must be a pandas DataFrame indexed by case_id, got {type(features).__name__}"
         )
-    if select_k is not None and select_k < 1:
-        raise Rad4XCNNError(f"select_k must be at least 1, got {select_k}")
-    if correlation_threshold is not None and not 0 < correlation_threshold <= 1:
-        raise Rad4XCNNError(f"correlation threshold must be in (0, 1], got {correlation_threshold}")
     features = features.copy()
     features.index = features.index.astype(str)
     if features.index.duplicated().any():
@@ -346,29 +338,21 @@ def _settings(fit: _Fit, classifiers, sets, design, train_splits) -> dict:
 def classify(
     features,
     cohort: Cohort,
+    settings: ClassificationConfig | None = None,
     *,
     feature_sets: Mapping[str, Sequence[str]] | None = None,
     explained: Iterable[str] | None = None,
     feature_failures: Iterable[CaseFailure] = (),
-    classifiers: Sequence[str] = CLASSIFIERS,
-    positive: str | None = None,
     seed: int = 0,
-    cv_folds: int = 5,
-    n_bootstrap: int = 1000,
     confidence: float = 0.95,
-    correlation_threshold: float | None = 0.95,
-    select_k: int | None = None,
     balanced: bool = True,
     grids: Mapping[str, Mapping[str, Sequence]] | None = None,
     importance_repeats: int = 5,
     train_cohort: str | None = None,
     train_splits: Sequence[str] = ("train", "val"),
-    jobs: int | None = None,
     progress: bool = True,
     controls: Mapping[str, str] | None = None,
     comparisons: bool = True,
-    evaluate_on: Sequence[str] | None = None,
-    compare: Sequence[str] | None = None,
 ) -> ClassificationResult:
     """Train and validate every classifier on every feature set.
 
@@ -376,37 +360,37 @@ def classify(
     ----------
     features : pandas DataFrame indexed by case_id (e.g. from :func:`read_feature_tables`).
     cohort : the manifest's cohort: labels, splits and cohort names.
+    settings : the ``classification`` section (:class:`~Rad4XCNNLogic.classify.settings.ClassificationConfig`;
+        None: its defaults), the one statement of these values: ``classifiers`` (some of ``rf``, ``xgb``,
+        ``svm``); ``positive``, the positive class's name (with two labels it defaults to a name such as
+        ``malignant``, :data:`POSITIVE_NAMES`, else the second label; with more labels, giving it makes the
+        task positive-vs-rest, leaving it out makes it multi-class, one-vs-rest AUC); ``cv_folds``, the
+        stratified folds of the hyper-parameter search on the training data (grouped by patient when the
+        manifest's ``patient_id`` gives a patient several cases); ``n_bootstrap``, the stratified bootstrap
+        resamples of the intervals (every model is resampled with the same draws on a given evaluation
+        set, so the intervals are paired); ``correlation_threshold`` and ``select_k`` (see
+        :class:`TrainingFeatureFilter`; None turns either off); ``jobs``, parallel cross-validation fits
+        (None: all cores; results do not depend on it); ``evaluate_on``, the other cohorts evaluated
+        (external validation; None: every other cohort; a cohort that trained the network should be left
+        out: its cases are counted ``not_evaluated``). ``enabled`` and ``feature_sets`` (kinds) are the
+        caller's (:func:`~Rad4XCNNLogic.run.work.classify_stage`).
     feature_sets : name -> columns. Default: :func:`infer_feature_sets` on the columns.
     explained : deep features with a radiomic partner at M (e.g. :func:`read_explained`), for the
         ``explained-deep`` set of the default feature sets. Ignored when ``feature_sets`` is given.
     feature_failures : the failures returned by :func:`read_feature_tables` (cases missing from one of
         the joined tables), added to the result's failures and counts.
-    classifiers : some of ``rf``, ``xgb``, ``svm``.
-    positive : the positive class's name. With two labels it defaults to a name such as ``malignant``
-        (:data:`POSITIVE_NAMES`), else the second label; with more labels, giving it makes the task
-        positive-vs-rest, leaving it out makes it multi-class (one-vs-rest AUC).
     seed : seeds the folds, the models, the bootstrap and the permutations; same seed, same result.
-    cv_folds : stratified folds of the hyper-parameter search on the training data; grouped (no group in
-        two folds) when a group (:attr:`Case.group`: a patient joined with its near-duplicate images)
-        holds several cases.
-    n_bootstrap, confidence : stratified bootstrap resamples and level of the intervals. Every model is
-        resampled with the same draws on a given evaluation set, so the intervals are paired.
-    correlation_threshold, select_k : see :class:`TrainingFeatureFilter` (None turns either off).
+    confidence : the level of the bootstrap intervals.
     balanced : weight classes inversely to their frequency in training.
     grids : per classifier, parameter name -> values; overrides :data:`DEFAULT_GRIDS` key by key.
     importance_repeats : permutations per feature for the permutation importance (0: skip it). It is
         measured on the internal test split, or on the first other cohort when there is none.
     train_cohort, train_splits : which cases train (default: cohort ``internal``, splits train + val).
-    jobs : parallel cross-validation fits (None: all cores). Results do not depend on it.
     progress : show a progress bar on stderr.
     controls : trained backbone -> its control backbone (labels of deep features), compared as
         ``trained-vs-control`` besides every ``<model>-random``
         (see :func:`~Rad4XCNNLogic.classify.comparisons.comparison_pairs`).
     comparisons : compute the paired comparisons between feature sets (``result.comparisons``).
-    evaluate_on : the other cohorts evaluated (external validation); None: every other cohort. A cohort
-        that trained the network (a training phase) should be left out: its cases are counted
-        ``not_evaluated``.
-    compare : pairs ``"A:B"`` to compare (checked before any fit; see :func:`.comparisons.choose_pairs`).
 
     Raises
     ------
@@ -418,13 +402,21 @@ def classify(
     Examples
     --------
     >>> frame, missing = read_feature_tables(["deep_features.csv", "radiomics.csv"])  # doctest: +SKIP
-    >>> result = classify(frame, read_manifest("manifest.csv"), positive="malignant")  # doctest: +SKIP
+    >>> section = ClassificationConfig(positive="malignant")
+    >>> result = classify(frame, read_manifest("manifest.csv"), section)  # doctest: +SKIP
     >>> result.metrics[["feature_set", "classifier", "evaluated_on", "auc"]]  # doctest: +SKIP
     """
 
-    features = _checked_inputs(features, classifiers, select_k, correlation_threshold)
+    cc = check_section(ClassificationConfig() if settings is None else settings, "classification")
+    classifiers, positive, cv_folds, n_bootstrap = cc.classifiers, cc.positive, cc.cv_folds, cc.n_bootstrap
+    correlation_threshold, select_k, jobs = cc.correlation_threshold, cc.select_k, cc.jobs
+    if not classifiers:
+        raise Rad4XCNNError(
+            f"classification.classifiers: none given (expected some of {', '.join(CLASSIFIERS)})"
+        )
+    features = _checked_inputs(features)
     sets = resolve_feature_sets(features, feature_sets, explained)
-    pairs = choose_pairs(list(sets), compare, controls) if comparisons else []
+    pairs = choose_pairs(list(sets), cc.compare, controls) if comparisons else []
     design = training_design(
         list(features.index),
         cohort,
@@ -433,7 +425,7 @@ def classify(
         train_splits=tuple(train_splits),
         cv_folds=cv_folds,
         feature_failures=list(feature_failures),
-        evaluate_on=None if evaluate_on is None else list(evaluate_on),
+        evaluate_on=None if cc.evaluate_on is None else list(cc.evaluate_on),
     )
     grid_by_clf = {c: {**DEFAULT_GRIDS[c], **dict((grids or {}).get(c, {}))} for c in classifiers}
     n_jobs = os.cpu_count() if jobs is None else jobs

@@ -46,7 +46,18 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``rad4xcnn`` parser with every sub-command."""
-    from Rad4XCNNLogic.cli import cam, classify, cohort, explain, featuremaps, features, options, probe, run
+    from Rad4XCNNLogic.cli import (
+        cam,
+        classify,
+        cohort,
+        explain,
+        featuremaps,
+        features,
+        options,
+        probe,
+        run,
+        stagecmd,
+    )
 
     parser = _Parser(
         prog="rad4xcnn",
@@ -70,8 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     shared = options.parents()
-    for part in (cohort, features, explain, probe, classify, cam, featuremaps, run):
+    for part in (cohort, features, probe, cam, featuremaps, run):
         part.register(sub, shared)
+    # the stage commands made from the stage records (docs/ARCHITECTURE.md, "Stages")
+    stagecmd.register(sub, shared, [features.RADIOMICS, explain.COMMAND, classify.COMMAND])
     return parser
 
 

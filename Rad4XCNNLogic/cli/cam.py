@@ -4,6 +4,7 @@ run, which the 3D Slicer module runs in the background)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from Rad4XCNNLogic.cli.featuremaps import add_featuremap_flags
@@ -95,13 +96,10 @@ def cmd_case(args: argparse.Namespace) -> int:
         cams = compute_cams(
             cohort,
             args.weights,
+            dataclasses.replace(cfg.cam, methods=[args.cam]),
             model=args.model or (None if args.weights else "resnet50"),  # a checkpoint names its model
-            methods=[args.cam],
             device=cfg.device,
             out_dir=out,
-            faithfulness=cfg.cam.faithfulness,
-            deletion_steps=cfg.cam.deletion_steps,
-            randomisation=cfg.cam.randomisation,
             progress=args.verbosity >= 0,
         )
         if cams.failures:

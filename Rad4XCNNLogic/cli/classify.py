@@ -1,34 +1,27 @@
-"""The ``classify`` command: the classification stage of a run on the feature tables a user names."""
+"""The ``classify`` command: the classification stage of a run on the feature tables a user names (made
+from its stage record by :mod:`Rad4XCNNLogic.cli.stagecmd`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from Rad4XCNNLogic.cli.options import add_setting, config_from_args, given, show_progress
+from Rad4XCNNLogic.cli.stagecmd import StageCommand
+from Rad4XCNNLogic.errors import UsageError
+from Rad4XCNNLogic.names import RunFiles
 
 
-def cmd_classify(args: argparse.Namespace) -> int:
-    from Rad4XCNNLogic.classify.classifiers import read_explained, read_feature_tables
-    from Rad4XCNNLogic.cohort.manifest import read_manifest
-    from Rad4XCNNLogic.run.work import classify_stage
+def _before(args: argparse.Namespace, run) -> None:
+    """At least one feature table, and a manifest with the cohorts of the run's protocol."""
+    from Rad4XCNNLogic.run.onfiles import check_protocol
 
-    cfg = config_from_args(args)
-    features, missing = read_feature_tables(args.features)
-    # a manifest of labels alone (case_id, label, split, cohort, patient_id) is enough to classify a table
-    cohort = read_manifest(cfg.manifest, check_files=False, seed=cfg.seed, require_images=False)
-    summary = classify_stage(
-        features,
-        cohort,
-        Path(args.out),
-        classification=cfg.classification,
-        seed=cfg.seed,
-        # without --train-cohort, the training split of every cohort trains
-        train_cohort=cfg.split.train_cohort if given(args, "split.train_cohort") else None,
-        explained=read_explained(args.explained) if args.explained else None,
-        feature_failures=missing,
-        progress=show_progress(args),
-    )
+    if not (run.more_features or run.files.get(RunFiles.DEEP) or run.files.get(RunFiles.RADIOMICS)):
+        raise UsageError("give the feature tables: --deep and/or --radiomics, or --features")
+    check_protocol(run)
+
+
+def show_classify(args: argparse.Namespace, run, summary: dict) -> int:
+    """The terminal summary: each model's AUC per evaluated cohort, the failures and the comparisons."""
     result = summary["result"]
     print(
         f"classes: {' / '.join(result.classes)}; cases: "
@@ -60,56 +53,55 @@ def cmd_classify(args: argparse.Namespace) -> int:
                 f"band {row.sim_ci_low:+.3f} to {row.sim_ci_high:+.3f}, Holm p {row.p_holm:.3g} "
                 f"[{row.family}, {row.family_size}]"
             )
-    print(f"wrote {', '.join(Path(p).name for p in summary['outputs'])} to {Path(args.out)}")
+    print(f"wrote {', '.join(Path(p).name for p in summary['outputs'])} to {run.out}")
     return 0
 
 
-def register(sub, parents: dict) -> None:
-    p = sub.add_parser(
-        "classify",
-        parents=[parents["seed"], parents["progress"]],
-        help="train RandomForest, XGBoost and SVM on feature tables and validate them",
-        description=(
-            "Train each classifier on each feature set (deep, radiomic, deep+radiomic, explained deep), "
-            "choosing hyper-parameters by cross-validation on the training split (train + val), and "
-            "evaluate on the internal test split and every other cohort, with bootstrap 95% CIs: the "
-            "classification stage of 'rad4xcnn run'. Writes classification.csv, roc.csv, importances.csv, "
-            "predictions.csv, comparisons.csv (paired differences between feature sets) and "
-            "classification.json."
-        ),
-    )
+def _flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--features",
         nargs="+",
-        required=True,
+        default=[],
         metavar="[NAME=]FILE",
-        help="feature CSVs (case_id first), joined on case_id; numeric columns that are neither deep "
-        "(<model>_<index>) nor PyRadiomics features form a feature set named after the file, or NAME",
+        help="feature CSVs (case_id first), joined on case_id with --deep and --radiomics; numeric columns "
+        "that are neither deep (<model>_<index>) nor PyRadiomics features form a feature set named after "
+        "the file, or NAME",
     )
-    add_setting(
-        p, "manifest", "--manifest", required=True, help="the cohort manifest (labels, splits, cohorts)"
-    )
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--explained",
-        metavar="CSV",
-        help="explanations.csv (columns deep_feature, n_partners): its deep features with n_partners > 0 "
-        "form the 'explained-deep' feature set",
-    )
-    add_setting(p, "classification.classifiers", "--classifiers", nargs="+", metavar="CLF")
-    add_setting(p, "classification.feature_sets", "--feature-sets", nargs="+", metavar="KIND")
-    add_setting(p, "classification.positive", "--positive")
-    add_setting(p, "classification.cv_folds", "--cv-folds")
-    add_setting(p, "classification.n_bootstrap", "--bootstrap")
-    add_setting(p, "classification.correlation_threshold", "--correlation-threshold")
-    add_setting(p, "classification.select_k", "--select-k")
-    add_setting(
-        p,
-        "split.train_cohort",
-        "--train-cohort",
-        help="cohort that trains (default: every cohort's train split)",
-    )
-    add_setting(p, "classification.jobs", "--jobs")
-    add_setting(p, "classification.evaluate_on", "--evaluate-on", nargs="+", metavar="COHORT")
-    add_setting(p, "classification.compare", "--compare", nargs="+", metavar="A:B")
-    p.set_defaults(func=cmd_classify)
+
+
+COMMAND = StageCommand(
+    "classify",
+    help="train RandomForest, XGBoost and SVM on feature tables and validate them",
+    description=(
+        "Train each classifier on each feature set (deep, radiomic, deep+radiomic, explained deep), "
+        "choosing hyper-parameters by cross-validation on the training split (train + val) of "
+        "--train-cohort, and evaluate on its test split and every other cohort, with bootstrap 95% CIs: "
+        "the classification stage of 'rad4xcnn run'. Writes classification.csv, roc.csv, importances.csv, "
+        "predictions.csv, comparisons.csv (paired differences between feature sets) and "
+        "classification.json (and explanations_by_importance.csv when --explained sits in an explanation "
+        "folder)."
+    ),
+    settings=(
+        ("classification.classifiers", ("--classifiers",), {"nargs": "+", "metavar": "CLF"}),
+        ("classification.feature_sets", ("--feature-sets",), {"nargs": "+", "metavar": "KIND"}),
+        ("classification.positive", ("--positive",), {}),
+        ("classification.cv_folds", ("--cv-folds",), {}),
+        ("classification.n_bootstrap", ("--bootstrap",), {}),
+        ("classification.correlation_threshold", ("--correlation-threshold",), {}),
+        ("classification.select_k", ("--select-k",), {}),
+        ("split.train_cohort", ("--train-cohort",), {"help": "the cohort whose train split trains"}),
+        ("classification.jobs", ("--jobs",), {}),
+        ("classification.evaluate_on", ("--evaluate-on",), {"nargs": "+", "metavar": "COHORT"}),
+        ("classification.compare", ("--compare",), {"nargs": "+", "metavar": "A:B"}),
+    ),
+    show=show_classify,
+    optional=(RunFiles.DEEP, RunFiles.RADIOMICS, RunFiles.EXPLANATIONS),
+    file_help={RunFiles.COHORT: "the cohort manifest (labels, splits, cohorts)"},
+    flags=_flags,
+    options=lambda args: {
+        "more_features": args.features,
+        # a manifest of labels alone (case_id, label, split, cohort, patient_id) is enough to classify
+        "checks": {"check_files": False, "require_images": False},
+    },
+    before=_before,
+)

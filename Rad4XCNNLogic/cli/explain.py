@@ -1,74 +1,66 @@
-"""The ``explain`` command: the explanation stage of a run on the deep and radiomic tables a user names."""
+"""The ``explain`` command: the explanation stage of a run on the deep and radiomic tables a user names
+(made from its stage record by :mod:`Rad4XCNNLogic.cli.stagecmd`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from Rad4XCNNLogic.cli.options import (
-    add_setting,
-    config_from_args,
-    given,
-    setting_dest,
-    setting_type,
-    show_progress,
-)
+from Rad4XCNNLogic.cli.options import given
+from Rad4XCNNLogic.cli.stagecmd import StageCommand
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.settings import rule_text
 from Rad4XCNNLogic.names import RunFiles
-from Rad4XCNNLogic.run.config import setting
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+def _without_manifest(args: argparse.Namespace, run) -> None:
+    """Without a manifest there are neither strata nor splits: say so in one line (or refuse a flag that
+    needs them)."""
+    if run.files.get(RunFiles.COHORT) is not None:
+        return
+    ec = run.cfg.explain
+    asked = (given(args, "explain.stratify") and ec.stratify) or (
+        given(args, "explain.cases") and ec.cases == "train"
+    )
+    if asked:
+        raise Rad4XCNNError(
+            "--stratify and --cases train need --manifest (the strata and splits of the cases)"
+        )
+    print("without --manifest there are no strata and no splits: the pooled rule on every case")
+
+
+def _before(args: argparse.Namespace, run) -> None:
+    _without_manifest(args, run)
+    args.importance_table = _importances(args) if args.importances else None
+
+
+def _importances(args: argparse.Namespace):
+    """The table of --importances (one classifier's with --classifier), checked before the work."""
     import pandas as pd
 
-    from Rad4XCNNLogic.run.stages import read_run_manifest
-    from Rad4XCNNLogic.run.work import explain_stage
+    if not Path(args.importances).is_file():
+        raise Rad4XCNNError(f"importances table not found: {args.importances}")
+    importances = pd.read_csv(args.importances)
+    if args.classifier:
+        importances = importances[importances["classifier"] == args.classifier]
+        if importances.empty:
+            raise Rad4XCNNError(f"{args.importances} has no importances of classifier {args.classifier!r}")
+    return importances
 
-    # The run's settings: strata and the training cases come from the manifest, as in 'rad4xcnn run'.
-    cfg = config_from_args(args)
-    manifest = None
-    if args.manifest:
-        # cases without a split get the run's (a run folder's cohort.csv already holds them)
-        manifest = read_run_manifest(cfg, args.manifest, check_files=False)
-    else:
-        asked = (given(args, "explain.stratify") and cfg.explain.stratify) or (
-            given(args, "explain.cases") and cfg.explain.cases == "train"
-        )
-        if asked:
-            raise Rad4XCNNError(
-                "--stratify and --cases train need --manifest (the strata and splits of the cases)"
-            )
-        print("without --manifest there are no strata and no splits: the pooled rule on every case")
-    importances = None
-    if args.importances:
-        if not Path(args.importances).is_file():
-            raise Rad4XCNNError(f"importances table not found: {args.importances}")
-        importances = pd.read_csv(args.importances)
-        if args.classifier:
-            importances = importances[importances["classifier"] == args.classifier]
-            if importances.empty:
-                raise Rad4XCNNError(
-                    f"{args.importances} has no importances of classifier {args.classifier!r}"
-                )
+
+def show_explain(args: argparse.Namespace, run, summary: dict) -> int:
+    """The terminal summary of the explanation (and, with --importances, the ranked explained features)."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.run.work import write_by_importance
+
+    ec = run.cfg.explain
+    out = run.out
     # replicability between the manifest's cohorts, as in a run (--cohorts: another manifest's)
-    cohort = manifest
-    if args.cohorts:
-        cohort = read_run_manifest(cfg, args.cohorts, check_files=False)
-    ec = cfg.explain
-    out = Path(args.out)
-    summary = explain_stage(
-        Path(args.deep),
-        Path(args.radiomics),
-        out,
-        explain=ec,
-        seed=cfg.seed,
-        cohort=cohort,
-        manifest=manifest,
-        train_cohort=cfg.split.train_cohort,
-        importances=importances,
-        progress=show_progress(args),
-    )
+    cohort = run.cohorts if run.cohorts is not None else run.load_cohort()
+    importances = args.importance_table
+    if importances is not None:
+        summary["outputs"] += write_by_importance(summary["result"], importances, out)
     result = summary["result"]
     s = result.summary()
     rule = rule_text(result.threshold, ec.fdr)
@@ -144,67 +136,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub, parents: dict) -> None:
-    p = sub.add_parser(
-        "explain",
-        parents=[parents["seed"], parents["progress"]],
-        help="explain deep features by correlated radiomic features (Spearman, |rho| >= M)",
-        description=(
-            "Correlate every deep feature with every radiomic feature (Spearman's rho over the cases in "
-            "both tables) and explain each deep feature by the radiomic features with |rho| >= M: the "
-            "explanation stage of 'rad4xcnn run', with the same defaults: with --manifest, within the "
-            "strata of label and cohort, on the training cases, re-measured on the held-out ones, "
-            "replicated between cohorts, and each backbone beside its random-weights control "
-            "(<key>-random) when the table has it. Writes correlations.csv, explanations.csv, coverage.csv, "
-            "explained_by_threshold.csv, explanation.json and the rho/p/q matrices (and heldout.csv, "
-            "replicability/, control_coverage.csv, explanations_by_importance.csv where they apply)."
-        ),
-    )
-    p.add_argument("--deep", required=True, help="deep_features.csv (case_id x deep features)")
-    p.add_argument("--radiomics", required=True, help="radiomics.csv (case_id x radiomic features)")
-    add_setting(p, "explain.thresholds", "--threshold", "-M", metavar="M")
-    add_setting(
-        p, "explain.fdr", "--fdr", help="also require a Benjamini-Hochberg q-value <= this ('none': not)"
-    )
-    add_setting(p, "explain.permutations", "--permutations")
-    add_setting(p, "explain.alpha", "--alpha")
-    add_setting(p, "explain.bootstrap", "--bootstrap")
-    add_setting(p, "explain.backend", "--backend")
-    add_setting(p, "explain.chunk_size", "--chunk-size")
-    add_setting(p, "explain.min_stratum", "--min-stratum")
-    add_setting(p, "explain.control_bootstrap", "--control-bootstrap")
-    p.add_argument(
-        "--manifest",
-        metavar="MANIFEST",
-        help="the cohort manifest: the strata (--stratify), splits (--cases train) and cohorts of the cases; "
-        "without it, the pooled rule on every case",
-    )
-    p.add_argument(
-        "--stratify",
-        dest=setting_dest("explain.stratify"),
-        type=setting_type("explain.stratify", comma=True),
-        metavar="COLUMNS",
-        help=(
-            "manifest columns (e.g. label,cohort or scanner) within whose strata a pair must hold to "
-            "explain; pairs that hold only pooled are 'confounded' or 'attenuated'; 'none': the paper's "
-            "pooled rule "
-            f"(default: {','.join(setting('explain.stratify').default)})"
-        ),
-    )
-    p.add_argument(
-        "--cases",
-        dest=setting_dest("explain.cases"),
-        type=setting_type("explain.cases"),
-        choices=setting("explain.cases").choices,
-        help=(
-            "train: explain on the train and val cases of --train-cohort and re-measure the explained "
-            "pairs on the other cases (heldout.csv); all: every case "
-            f"(default: {setting('explain.cases').default})"
-        ),
-    )
-    add_setting(
-        p, "split.train_cohort", "--train-cohort", help="the cohort whose train/val cases --cases train uses"
-    )
+def _flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cohorts",
         metavar="MANIFEST",
@@ -217,5 +149,67 @@ def register(sub, parents: dict) -> None:
     p.add_argument(
         "--top", type=int, default=20, help="important features summarised on the terminal (default 20)"
     )
-    p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=cmd_explain)
+
+
+COMMAND = StageCommand(
+    "explain",
+    help="explain deep features by correlated radiomic features (Spearman, |rho| >= M)",
+    description=(
+        "Correlate every deep feature with every radiomic feature (Spearman's rho over the cases in "
+        "both tables) and explain each deep feature by the radiomic features with |rho| >= M: the "
+        "explanation stage of 'rad4xcnn run', with the same defaults: with --manifest, within the "
+        "strata of label and cohort, on the training cases, re-measured on the held-out ones, "
+        "replicated between cohorts, and each backbone beside its random-weights control "
+        "(<key>-random) when the table has it. Writes correlations.csv, explanations.csv, coverage.csv, "
+        "explained_by_threshold.csv, explanation.json and the rho/p/q matrices (and heldout.csv, "
+        "replicability/, control_coverage.csv, explanations_by_importance.csv where they apply)."
+    ),
+    settings=(
+        ("explain.thresholds", ("--threshold", "-M"), {"metavar": "M"}),
+        (
+            "explain.fdr",
+            ("--fdr",),
+            {"help": "also require a Benjamini-Hochberg q-value <= this ('none': not)"},
+        ),
+        ("explain.permutations", ("--permutations",), {}),
+        ("explain.alpha", ("--alpha",), {}),
+        ("explain.bootstrap", ("--bootstrap",), {}),
+        ("explain.backend", ("--backend",), {}),
+        ("explain.chunk_size", ("--chunk-size",), {}),
+        ("explain.min_stratum", ("--min-stratum",), {}),
+        ("explain.control_bootstrap", ("--control-bootstrap",), {}),
+        (
+            "explain.stratify",
+            ("--stratify",),
+            {
+                "comma": True,
+                "metavar": "COLUMNS",
+                "help": "manifest columns (e.g. label,cohort or scanner) within whose strata a pair must "
+                "hold to explain; pairs that hold only pooled are 'confounded'; 'none': the paper's "
+                "pooled rule",
+            },
+        ),
+        (
+            "explain.cases",
+            ("--cases",),
+            {
+                "help": "train: explain on the train and val cases of --train-cohort and re-measure the "
+                "explained pairs on the other cases (heldout.csv); all: every case"
+            },
+        ),
+        (
+            "split.train_cohort",
+            ("--train-cohort",),
+            {"help": "the cohort whose train/val cases --cases train uses"},
+        ),
+    ),
+    show=show_explain,
+    optional=(RunFiles.COHORT,),
+    file_help={
+        RunFiles.COHORT: "the cohort manifest: the strata (--stratify), splits (--cases train) and cohorts "
+        "of the cases; without it, the pooled rule on every case"
+    },
+    flags=_flags,
+    options=lambda args: {"cohorts": args.cohorts},
+    before=_before,
+)

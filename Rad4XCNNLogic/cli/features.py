@@ -1,5 +1,6 @@
 """Commands that compute features: ``deep`` (deep features), ``train`` (fine-tuning) and ``radiomics``.
-Each runs the work of its run stage (:mod:`Rad4XCNNLogic.run.work`) on the files it is given."""
+Each runs the work of its run stage (:mod:`Rad4XCNNLogic.run.work`) on the files it is given; ``radiomics``
+is made from its stage record (:mod:`Rad4XCNNLogic.cli.stagecmd`) and runs the stage's plan."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from Rad4XCNNLogic.cli.options import add_setting, config_from_args, given, print_failures, show_progress
+from Rad4XCNNLogic.cli.stagecmd import StageCommand
 from Rad4XCNNLogic.errors import UsageError
 from Rad4XCNNLogic.features.settings import IMAGENET, normalise_weights, weights_kind
 from Rad4XCNNLogic.names import RunFiles
@@ -108,24 +110,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_radiomics(args: argparse.Namespace) -> int:
-    from Rad4XCNNLogic.cohort.manifest import read_manifest
+def show_radiomics(args: argparse.Namespace, run, s: dict) -> int:
+    """The terminal summary of the radiomics stage: cases extracted, failures, feature quality."""
     from Rad4XCNNLogic.features.radiomics_result import side_files
-    from Rad4XCNNLogic.run.work import radiomics_stage
 
-    cfg = config_from_args(args)
-    out = Path(args.out)
-    cohort = read_manifest(cfg.manifest, seed=cfg.seed)
-    cache_dir = None if args.no_cache else Path(args.cache_dir or out.parent / ".rad4xcnn_cache")
-    s = radiomics_stage(
-        cohort,
-        out,
-        radiomics=cfg.radiomics,
-        cache_dir=cache_dir,
-        lesion_only=cfg.lesion_only,
-        progress=show_progress(args),
-    )
-    left_out = len(cohort) - s["cases"]
+    out = run.path(RunFiles.RADIOMICS)
+    cohort = run.load_cohort()
+    left_out = run.without_lesion
     print(
         f"radiomics ({s['params']}, {s['features']} features): {s['extracted']} of {s['cases']} cases "
         "extracted"
@@ -145,6 +136,39 @@ def cmd_radiomics(args: argparse.Namespace) -> int:
     extras = ", ".join(p.name for role, p in side_files(out).items() if role != "features")
     print(f"wrote {out} (and {extras})")
     return 0
+
+
+def _radiomics_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir", help="on-disk cache of per-case results (default: OUT's folder/.rad4xcnn_cache)"
+    )
+    p.add_argument("--no-cache", action="store_true", help="compute every case, read and write no cache")
+
+
+def _radiomics_cache(args: argparse.Namespace) -> dict:
+    cache = None if args.no_cache else Path(args.cache_dir or Path(args.out).parent / ".rad4xcnn_cache")
+    # the manifest's image and mask files are checked as it is read, as before any extraction
+    return {"files": {RunFiles.CACHE: cache}, "checks": {"check_files": True}}
+
+
+RADIOMICS = StageCommand(
+    "radiomics",
+    help="compute PyRadiomics features for every lesion case of a manifest",
+    description="Radiomic features (PyRadiomics) of every lesion case, in parallel, cached and "
+    "resumable; writes radiomics.csv and its side files (diagnostics, failures, quality, settings): "
+    "the radiomics stage of 'rad4xcnn run'.",
+    settings=(
+        ("radiomics.params", ("--params",), {}),
+        ("radiomics.jobs", ("--jobs",), {}),
+        ("radiomics.scheduler", ("--scheduler",), {"metavar": "ADDR"}),
+    ),
+    show=show_radiomics,
+    flags=_radiomics_flags,
+    options=_radiomics_cache,
+    out_help="features CSV to write (e.g. run/radiomics.csv)",
+    out_file=RunFiles.RADIOMICS,
+    parents=("seed", "progress", "normal"),
+)
 
 
 def register(sub, parents: dict) -> None:
@@ -205,22 +229,3 @@ def register(sub, parents: dict) -> None:
     )
     p.add_argument("--out", required=True, help="checkpoint to write, e.g. model.pt")
     p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "radiomics",
-        parents=[parents["seed"], parents["progress"], parents["normal"]],
-        help="compute PyRadiomics features for every lesion case of a manifest",
-        description="Radiomic features (PyRadiomics) of every lesion case, in parallel, cached and "
-        "resumable; writes radiomics.csv and its side files (diagnostics, failures, quality, settings): "
-        "the radiomics stage of 'rad4xcnn run'.",
-    )
-    add_setting(p, "manifest", "--manifest", required=True)
-    p.add_argument("--out", required=True, help="features CSV to write (e.g. run/radiomics.csv)")
-    add_setting(p, "radiomics.params", "--params")
-    add_setting(p, "radiomics.jobs", "--jobs")
-    add_setting(p, "radiomics.scheduler", "--scheduler", metavar="ADDR")
-    p.add_argument(
-        "--cache-dir", help="on-disk cache of per-case results (default: OUT's folder/.rad4xcnn_cache)"
-    )
-    p.add_argument("--no-cache", action="store_true", help="compute every case, read and write no cache")
-    p.set_defaults(func=cmd_radiomics)

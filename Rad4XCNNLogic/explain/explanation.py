@@ -29,13 +29,12 @@ from Rad4XCNNLogic.explain.replicability import Replicability, replicate, write_
 from Rad4XCNNLogic.explain.resampling import (
     bootstrap_pairs,
     bootstrap_within,
-    check_alpha,
     permutation_null_prepared,
     permutation_threshold,
     suggest_threshold,
 )
 from Rad4XCNNLogic.explain.rule import keep_mask
-from Rad4XCNNLogic.explain.settings import MIN_STRATUM, check_threshold, rule_text
+from Rad4XCNNLogic.explain.settings import MIN_STRATUM, ExplainConfig, check_threshold, rule_text
 from Rad4XCNNLogic.explain.strata import (
     StratifiedResult,
     prepare_within,
@@ -43,6 +42,7 @@ from Rad4XCNNLogic.explain.strata import (
     within_spearman,
 )
 from Rad4XCNNLogic.explain.tables import explanations_table, pairs_table
+from Rad4XCNNLogic.infra.settings import check_section
 from Rad4XCNNLogic.infra.storage import atomic_path, write_csv_atomic, write_json_atomic
 from Rad4XCNNLogic.names import model_of
 
@@ -387,25 +387,18 @@ def _radiomic_clusters(prep, level: float) -> RadiomicClusters:
 def explain(
     deep_df: pd.DataFrame,
     radiomic_df: pd.DataFrame,
-    threshold: float = 0.6,
+    settings: ExplainConfig | None = None,
     *,
-    fdr: float | None = None,
     strata: pd.Series | pd.DataFrame | None = None,
-    permutations: int = 0,
-    alpha: float = 0.05,
-    bootstrap: int = 200,
-    confidence: float = 0.95,
     seed: int = 0,
-    backend: str = "auto",
-    chunk_size: int | None = None,
+    progress: bool = False,
+    confidence: float = 0.95,
     max_missing_fraction: float = 0.5,
     cluster_level: float = CLUSTER_LEVEL,
     coverage_thresholds: Sequence[float] = DEFAULT_COVERAGE_THRESHOLDS,
-    min_stratum: int = MIN_STRATUM,
-    progress: bool = False,
 ) -> Explanation:
     """Correlate every deep feature with every radiomic feature and explain each deep feature by the radiomic
-    features with ``|rho| >= threshold`` (and ``q <= fdr`` when given), as in Rad4XCNN.
+    features with ``|rho| >= M`` (and ``q <= fdr`` when set), as in Rad4XCNN.
 
     Parameters
     ----------
@@ -413,28 +406,27 @@ def explain(
         Cases x features, indexed by case id (docs/ARCHITECTURE.md). Cases in one table only are left out and
         reported; features and cases with missing values are handled as in
         :func:`~Rad4XCNNLogic.explain.correlation.spearman`.
-    threshold
-        M, the smallest |rho| that explains (the paper's rule).
-    fdr
-        Also require the Benjamini–Hochberg q-value (over the pairs of the feature's model) to be at
-        most this.
+    settings
+        The ``explain`` section (:class:`~Rad4XCNNLogic.explain.settings.ExplainConfig`; None: its
+        defaults), the one statement of every value: M is ``thresholds[0]`` (the paper's rule; the other
+        values of M re-threshold the result, :meth:`Explanation.with_threshold`); ``fdr`` also requires the
+        Benjamini–Hochberg q-value (over the pairs of the feature's model) to be at most this;
+        ``permutations`` shuffles the case order for the max-|rho| null of each model (0: none), which gives
+        the per-model ``permutation_thresholds`` (the |rho| a pair must exceed for family-wise error
+        ``alpha``), ``suggested_Ms`` and a ``p_fwer`` column; ``bootstrap`` resamples for the percentile
+        ``confidence`` interval of each kept pair's rho (0: none); ``backend`` and ``chunk_size`` as in
+        :func:`~Rad4XCNNLogic.explain.correlation.spearman`. ``stratify`` and ``cases`` are the caller's:
+        they pick ``strata`` and the cases from a manifest (:func:`~Rad4XCNNLogic.run.work.explain_stage`).
     strata
         The stratum of each case (a Series indexed by case id, e.g. from
         :func:`~Rad4XCNNLogic.explain.strata.stratum_labels` on the manifest's ``label`` and ``cohort``).
         Then the rule is applied to rho within strata (``rho_within``, ``q_within``); a deep feature that
         meets it only pooled over the strata is ``confounded`` or ``attenuated``, one whose strata disagree
         in sign ``reversed``; the permutation null shuffles within strata and the bootstrap resamples within
-        strata. Strata of fewer than ``min_stratum`` cases are left out. None: the paper's pooled rule.
-    permutations
-        Shuffles of the case order for the max-|rho| null of each model (0: none). Gives the per-model
-        ``permutation_thresholds`` (the |rho| a pair must exceed for family-wise error ``alpha``),
-        ``suggested_Ms`` and a ``p_fwer`` column.
-    bootstrap
-        Resamples for the percentile ``confidence`` interval of each kept pair's rho (0: none).
+        strata. Strata of fewer than ``settings.min_stratum`` cases are left out. None: the paper's pooled
+        rule.
     seed
         Seeds the permutations and the bootstrap; the same seed gives the same result on every backend.
-    backend, chunk_size
-        As in :func:`~Rad4XCNNLogic.explain.correlation.spearman`.
     cluster_level
         The |rho| at which radiomic features are one redundancy cluster
         (:data:`~Rad4XCNNLogic.explain.partners.CLUSTER_LEVEL`).
@@ -445,14 +437,14 @@ def explain(
     >>> rad = pd.DataFrame(rng.normal(size=(80, 3)), columns=[
     ...     "original_glcm_Contrast", "original_firstorder_Mean", "wavelet-HL_glszm_ZoneEntropy"])
     >>> deep = pd.DataFrame({"cnn_0": np.exp(rad["original_glcm_Contrast"]), "cnn_1": rng.normal(size=80)})
-    >>> result = explain(deep, rad, 0.6, bootstrap=0, backend="numpy")
+    >>> result = explain(deep, rad, ExplainConfig(permutations=0, bootstrap=0, backend="numpy"))
     >>> result.explanations.loc["cnn_0", "summary"]
     '1 partner: high local grey-level variation (original_glcm_Contrast), rho 1.00'
     """
-    check_threshold(threshold, fdr)
-    check_alpha(alpha)
-    if permutations < 0 or bootstrap < 0:
-        raise Rad4XCNNError("the numbers of permutations and of bootstrap resamples cannot be negative")
+    ec = check_section(ExplainConfig() if settings is None else settings, "explain")
+    threshold, fdr, alpha = ec.thresholds[0], ec.fdr, ec.alpha
+    permutations, bootstrap, backend = ec.permutations, ec.bootstrap, ec.backend
+    min_stratum = ec.min_stratum
     settings = {
         "threshold": float(threshold),
         "fdr": fdr,
@@ -462,7 +454,7 @@ def explain(
         "confidence": float(confidence),
         "seed": int(seed),
         "backend": backend,
-        "chunk_size": chunk_size,
+        "chunk_size": ec.chunk_size,
         "max_missing_fraction": float(max_missing_fraction),
         "cluster_level": float(cluster_level),
         "coverage_thresholds": [float(m) for m in coverage_thresholds],
@@ -470,7 +462,7 @@ def explain(
     }
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    prep = prepare_tables(deep_df, radiomic_df, backend, chunk_size, max_missing_fraction)
+    prep = prepare_tables(deep_df, radiomic_df, backend, ec.chunk_size, max_missing_fraction)
     result = spearman_prepared(prep, progress)
     timings["spearman"] = time.perf_counter() - start
     within = None

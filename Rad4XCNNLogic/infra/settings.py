@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from Rad4XCNNLogic.errors import UsageError
+from Rad4XCNNLogic.errors import Rad4XCNNError, UsageError
 from Rad4XCNNLogic.infra.interval import Interval
 
 #: [0, 1] and (0, 1): the ranges of shares and probabilities.
@@ -188,3 +188,26 @@ def lookup(root: type, key: str) -> Setting:
             )
         owner = typing.get_args(tp)[0] if typing.get_origin(tp) is list else tp
     raise KeyError(f"no setting {key!r}")
+
+
+def check_section(section: Any, name: str, *, checked: tuple[str, ...] = ()) -> Any:
+    """``section`` (a settings dataclass built in Python, not read from a file or flags) checked once
+    against its options' rules; returns it. A bad value raises :class:`Rad4XCNNError` naming
+    ``NAME.KEY`` and the problem, without the ``configuration:`` of a file's or a flag's error. A
+    computation that takes its section whole calls this once, instead of restating the ranges.
+    ``checked``: fields the computation checks itself (against a wider registry, e.g. CAM methods)."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        if f.name in checked:
+            continue
+        value = getattr(section, f.name)
+        if isinstance(value, tuple):  # a list written as a tuple in Python
+            value = list(value)
+        if dataclasses.is_dataclass(value):
+            check_section(value, f"{name}.{f.name}")
+            continue
+        try:
+            coerce(f"{name}.{f.name}", value, hints[f.name], dict(f.metadata))
+        except UsageError as exc:
+            raise Rad4XCNNError(str(exc).removeprefix("configuration: ")) from None
+    return section

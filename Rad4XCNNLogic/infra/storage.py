@@ -13,9 +13,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import numpy as np
 
 _HASH_MEMO: dict[tuple[str, int, int], str] = {}
 _UMASK: int | None = None
@@ -74,6 +75,8 @@ def write_csv_atomic(path: str | os.PathLike, frame, **kwargs) -> Path:
 
 
 def _json_default(obj: Any) -> Any:
+    import numpy as np  # here: the stage records and the command line's help import this module
+
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -142,6 +145,8 @@ class ResultCache:
         write_json_atomic(self._path(key, ".json"), value)
 
     def get_array(self, key: str) -> np.ndarray | None:
+        import numpy as np
+
         path = self._path(key, ".npy")
         try:
             return np.load(path, allow_pickle=False)
@@ -149,6 +154,8 @@ class ResultCache:
             return None
 
     def put_array(self, key: str, value: np.ndarray) -> None:
+        import numpy as np
+
         with atomic_path(self._path(key, ".npy")) as tmp, tmp.open("wb") as fh:
             np.save(fh, np.asarray(value), allow_pickle=False)
 

@@ -130,6 +130,9 @@ def _failure_dicts(failures) -> list[dict]:
 class Pipeline:
     """Runs the stages of one configuration in its run folder; see :func:`run_pipeline`."""
 
+    #: feature tables classified besides the run's own (a stage command's ``--features``; none in a run)
+    more_features: tuple = ()
+
     def __init__(self, config: RunConfig, *, progress: bool = True, force: bool = False):
         if not config.manifest:
             raise UsageError("configuration: manifest: a cohort manifest is required (--manifest)")
@@ -212,6 +215,8 @@ class Pipeline:
             except Exception as exc:  # any failure ends this stage only; the traceback goes to run.log
                 self._fail(name, exc, time.perf_counter() - start)
                 return
+            for key in plan.private:
+                summary.pop(key, None)
             written = [self._relative(p) for p in summary.pop("outputs", [])]
             outputs = {rel: file_sha256(self.out / rel) for rel in written}
             failures = _failure_dicts(summary.pop("failures", []))
@@ -236,6 +241,14 @@ class Pipeline:
 
         cohort = read_manifest(self.path(RunFiles.COHORT), assign_split=False)
         return cohort.lesion_cases() if self.cfg.lesion_only else cohort
+
+    def controls(self) -> dict[str, str]:
+        """Backbone -> its random-weights control, as the configuration pairs them."""
+        return self.cfg.controls()
+
+    def replication_cohort(self, cohort):
+        """The cohort whose cohorts the explanation is replicated between: the run's own."""
+        return cohort
 
     # -------------------------------------------------------------------------------------------- run
     def collect_failures(self) -> list[CaseFailure]:

@@ -35,6 +35,9 @@ class Plan:
     settings: dict
     compute: Callable[[], dict]
     started: float | None = None
+    #: keys of the summary that only the caller in this process reads (result objects for a stage command's
+    #: terminal summary): ``rad4xcnn run`` leaves them out of ``run.json``
+    private: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -263,11 +266,9 @@ def plan_radiomics(run: Pipeline) -> Plan:
             lesion_only=cfg.lesion_only,
             progress=run.progress,
         )
-        for key in ("nonfinite", "constant", "paths"):
-            summary.pop(key)
         return summary
 
-    return Plan(settings, compute)
+    return Plan(settings, compute, private=("nonfinite", "constant", "paths"))
 
 
 # ------------------------------------------------------------------------------------------- explanation
@@ -288,17 +289,15 @@ def plan_explain(run: Pipeline) -> Plan:
             run.out,
             explain=cfg.explain,
             seed=cfg.seed,
-            cohort=cohort,
+            cohort=run.replication_cohort(cohort),
             manifest=cohort,
             train_cohort=cfg.split.train_cohort,
-            controls=cfg.controls(),
+            controls=run.controls(),
             progress=run.progress,
         )
-        for key in ("result", "replicability", "control_coverage"):
-            summary.pop(key)
         return summary
 
-    return Plan(settings, compute)
+    return Plan(settings, compute, private=("result", "replicability", "control_coverage"))
 
 
 # ---------------------------------------------------------------------------------------- classification
@@ -319,7 +318,10 @@ def plan_classify(run: Pipeline) -> Plan:
         from Rad4XCNNLogic.classify.classifiers import read_explained, read_feature_tables
         from Rad4XCNNLogic.explain.explanation import load_explanation
 
-        features, missing = read_feature_tables([run.path(RunFiles.DEEP), run.path(RunFiles.RADIOMICS)])
+        # a stage command may leave a table out, and add other feature tables (--features)
+        tables = [p for p in (run.path(RunFiles.DEEP), run.path(RunFiles.RADIOMICS)) if p is not None]
+        features, missing = read_feature_tables([*tables, *run.more_features])
+        explanations = run.path(RunFiles.EXPLANATIONS)
         cohort = run.load_cohort()
         summary = work.classify_stage(
             features,
@@ -329,16 +331,18 @@ def plan_classify(run: Pipeline) -> Plan:
             classification=cc,
             seed=cfg.seed,
             train_cohort=cfg.split.train_cohort,
-            explained=read_explained(run.path(RunFiles.EXPLANATIONS)),
+            explained=None if explanations is None else read_explained(explanations),
             feature_failures=missing,
             progress=run.progress,
         )
         # Which explained features the classifiers rely on: written here, where the importances appear.
-        importances = summary.pop("result").importances
-        summary["outputs"] += work.write_by_importance(load_explanation(run.out), importances, run.out)
+        importances = summary["result"].importances
+        folder = None if explanations is None else explanations.parent
+        if folder is not None and (folder / RunFiles.EXPLANATION).is_file():
+            summary["outputs"] += work.write_by_importance(load_explanation(folder), importances, run.out)
         return summary
 
-    return Plan(settings, compute)
+    return Plan(settings, compute, private=("result",))
 
 
 # ------------------------------------------------------------------------------------------------- CAMs
@@ -396,11 +400,10 @@ def plan_cam(run: Pipeline) -> Plan:
             cases=cases,
             progress=run.progress,
         )
-        summary.pop("result")
         summary["model"] = label
         return summary
 
-    return Plan(settings, compute)
+    return Plan(settings, compute, private=("result",))
 
 
 def gallery_cases(cohort, n: int, seed: int = 0, train_cohort: str = "internal") -> list[str]:

@@ -9,6 +9,7 @@ written (paths) and the per-case ``failures``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -300,21 +301,7 @@ def explain_stage(
         held_sets = held_sets[held_sets.index.isin(deep.index) & held_sets.index.isin(rad.index)]
     test_cases_warning = TEST_CASES_WARNING if frame is not None and explain.cases == "all" else None
     strata, held_strata, held_sets = _strata_of_cases_used(frame, explain, used_deep, used_rad, held_sets)
-    result = explain_features(
-        used_deep,
-        used_rad,
-        explain.thresholds[0],
-        fdr=explain.fdr,
-        strata=strata,
-        permutations=explain.permutations,
-        alpha=explain.alpha,
-        bootstrap=explain.bootstrap,
-        seed=seed,
-        backend=explain.backend,
-        chunk_size=explain.chunk_size,
-        min_stratum=explain.min_stratum,
-        progress=progress,
-    )
+    result = explain_features(used_deep, used_rad, explain, strata=strata, seed=seed, progress=progress)
     result.settings["cases"] = explain.cases if frame is not None else "all"
     result.settings["test_cases_explained"] = test_cases_warning is not None
     if test_cases_warning:  # said once the explanation exists, not before an error that stops it
@@ -591,23 +578,17 @@ def classify_stage(
             f"classification: no feature set of the kinds {', '.join(classification.feature_sets)} in the "
             "feature tables"
         )
+    if evaluate_on is not None:  # the protocol's cohorts, resolved by the caller
+        classification = dataclasses.replace(classification, evaluate_on=list(evaluate_on))
     result = classify(
         features,
         cohort,
+        classification,
         feature_sets=sets,
         feature_failures=feature_failures,
-        classifiers=classification.classifiers,
-        positive=classification.positive,
         seed=seed,
-        cv_folds=classification.cv_folds,
-        n_bootstrap=classification.n_bootstrap,
-        correlation_threshold=classification.correlation_threshold,
-        select_k=classification.select_k,
         train_cohort=train_cohort,
-        jobs=classification.jobs,
         progress=progress,
-        evaluate_on=classification.evaluate_on if evaluate_on is None else evaluate_on,
-        compare=classification.compare,
     )
     written = write_classification(result, out_dir)
     started = time.perf_counter()
@@ -680,17 +661,10 @@ def cam_stage(
         result = compute_cams(
             cohort,
             checkpoint,
+            cam,
             model=model,
-            methods=cam.methods,
             cases=cases,
-            target_class=cam.target_class,
-            target_layer=cam.target_layer,
             device=device,
-            batch_size=cam.batch_size,
-            pointing_tolerance=cam.tolerance,
-            faithfulness=cam.faithfulness,
-            deletion_steps=cam.deletion_steps,
-            randomisation=cam.randomisation,
             out_dir=staging,
             seed=seed,
             progress=progress,

@@ -23,6 +23,7 @@ from Rad4XCNNLogic.cam.faithfulness import (  # noqa: E402
 from Rad4XCNNLogic.cam.maps import compute_cams  # noqa: E402
 from Rad4XCNNLogic.cam.methods import METHODS, CamMethod, _with_raw_maps  # noqa: E402
 from Rad4XCNNLogic.cam.sanity import map_flags, method_verdicts  # noqa: E402
+from Rad4XCNNLogic.cam.settings import CamConfig  # noqa: E402
 from Rad4XCNNLogic.cohort.manifest import read_manifest  # noqa: E402
 from Rad4XCNNLogic.errors import Rad4XCNNError  # noqa: E402
 
@@ -246,15 +247,13 @@ def test_the_stage_writes_flags_faithfulness_randomisation_and_raw_maps(
     result = compute_cams(
         cohort,
         ckpt,
-        methods="gradcam,eigencam,flat",
+        CamConfig(methods=["gradcam", "eigencam", "flat"], deletion_steps=4, randomisation="cascade"),
         cases=ids,
         device="cpu",
         progress=False,
         out_dir=tmp_path / "run",
         keep_maps=True,
-        deletion_steps=4,
         road_percentiles=(30, 70),
-        randomisation="cascade",
     )
     metrics = result.metrics.set_index(["case_id", "method"])
     for column in ("road_combined", "deletion_auc", "insertion_auc", "randomisation_similarity"):
@@ -313,11 +312,11 @@ def test_bad_check_settings(synthetic_manifest):
     cohort = read_manifest(synthetic_manifest)
     args = {"model": "test_resnet", "cases": cohort.case_ids[:1], "device": "cpu", "progress": False}
     with pytest.raises(
-        Rad4XCNNError, match=r"cam.randomisation: 'some' is not allowed; allowed values: cascade, all, none"
+        Rad4XCNNError, match=r"^cam\.randomisation: 'some' is not allowed; allowed values: cascade, all, none"
     ):
-        compute_cams(cohort, randomisation="some", **args)
-    with pytest.raises(Rad4XCNNError, match=r"cam.deletion_steps: must be at least 1, got 0"):
-        compute_cams(cohort, deletion_steps=0, **args)
+        compute_cams(cohort, None, CamConfig(randomisation="some"), **args)
+    with pytest.raises(Rad4XCNNError, match=r"^cam\.deletion_steps: must be at least 1, got 0"):
+        compute_cams(cohort, None, CamConfig(deletion_steps=0), **args)
 
 
 def test_report_says_which_map_to_trust_escaped(tmp_path):

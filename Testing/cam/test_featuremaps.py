@@ -148,6 +148,7 @@ def test_parallel_workers_give_the_same_maps(cohort):
 
 def test_features_are_picked_from_a_run(cohort, tmp_path):
     from Rad4XCNNLogic.explain.explanation import explain, write_explanation
+    from Rad4XCNNLogic.explain.settings import ExplainConfig
 
     rng = np.random.default_rng(0)
     n = 30
@@ -163,7 +164,9 @@ def test_features_are_picked_from_a_run(cohort, tmp_path):
     )
     deep = pd.DataFrame({"m_0": a + 0.01 * rng.random(n), "m_1": b + 0.01 * rng.random(n)}, index=ids)
     run = tmp_path / "run"
-    write_explanation(explain(deep, radiomic, threshold=0.8, bootstrap=0), run)
+    write_explanation(
+        explain(deep, radiomic, ExplainConfig(thresholds=[0.8], bootstrap=0, fdr=None, permutations=0)), run
+    )
     pd.DataFrame(
         {"feature_set": "deep", "classifier": "rf", "feature": ["m_0", "m_1"], "importance_mean": [0.1, 0.9]}
     ).to_csv(run / "importances.csv", index=False)

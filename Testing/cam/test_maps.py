@@ -3,6 +3,7 @@ the metrics on hand-made maps, ScoreCAM against the library, default layers, the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -34,6 +35,7 @@ from Rad4XCNNLogic.cam.maps import (  # noqa: E402
     top_region,
     write_cams,
 )
+from Rad4XCNNLogic.cam.settings import CamConfig  # noqa: E402
 from Rad4XCNNLogic.cli import main  # noqa: E402
 from Rad4XCNNLogic.cohort.imageio import Image2D  # noqa: E402
 from Rad4XCNNLogic.cohort.manifest import Case, LoadedCase, read_manifest  # noqa: E402
@@ -121,9 +123,8 @@ def test_gradcam_of_the_trained_detector_points_at_the_blob(blob_detector):
     result = compute_cams(
         cohort,
         blob_detector["checkpoint"],
-        methods="gradcam",
+        CamConfig(methods=["gradcam"], target_layer="layer3"),
         cases=test_blobs,
-        target_layer="layer3",
         device="cpu",
         progress=False,
     )
@@ -155,15 +156,9 @@ def test_eigencam_of_the_detector_points_at_the_blob_for_either_svd_sign(
         return svd_sign * u, s, svd_sign * vt
 
     monkeypatch.setattr(np.linalg, "svd", signed_svd)
-    args = {"cases": test_blobs, "target_layer": "layer3", "device": "cpu", "progress": False}
-    result = compute_cams(
-        cohort,
-        blob_detector["checkpoint"],
-        methods="eigencam",
-        faithfulness=False,
-        randomisation="none",
-        **args,
-    )
+    args = {"cases": test_blobs, "device": "cpu", "progress": False}
+    section = CamConfig(methods=["eigencam"], target_layer="layer3", faithfulness=False, randomisation="none")
+    result = compute_cams(cohort, blob_detector["checkpoint"], section, **args)
     assert seen  # the SVD ran with the sign this test forces
     hits = [pointing_game(result.maps[(c, "eigencam")], blobs[c]) for c in test_blobs]
     assert np.mean(hits) >= 0.8
@@ -308,8 +303,7 @@ def test_nrrd_keeps_the_image_geometry_and_zero_outside_the_crop(blob_detector, 
     result = compute_cams(
         read_manifest(manifest),
         blob_detector["checkpoint"],
-        methods=["gradcam", "eigencam"],
-        target_layer="layer3",
+        CamConfig(methods=["gradcam", "eigencam"], target_layer="layer3"),
         device="cpu",
         out_dir=tmp_path / "out",
         progress=False,
@@ -470,9 +464,10 @@ def test_maps_do_not_depend_on_the_batch(tmp_path, synthetic_manifest):
     )
     cohort = read_manifest(synthetic_manifest)
     ids = cohort.case_ids[:4]
-    kwargs = {"methods": "gradcam,gradcam++,layercam", "cases": ids, "device": "cpu", "progress": False}
-    batched = compute_cams(cohort, ckpt, batch_size=4, target_class="malignant", **kwargs)
-    single = compute_cams(cohort, ckpt, batch_size=1, target_class="malignant", **kwargs)
+    kwargs = {"cases": ids, "device": "cpu", "progress": False}
+    section = CamConfig(methods=["gradcam", "gradcam++", "layercam"], target_class="malignant")
+    batched = compute_cams(cohort, ckpt, dataclasses.replace(section, batch_size=4), **kwargs)
+    single = compute_cams(cohort, ckpt, dataclasses.replace(section, batch_size=1), **kwargs)
     assert set(batched.maps) == set(single.maps) and len(batched.maps) == 12
     for key, cam in batched.maps.items():
         np.testing.assert_allclose(cam, single.maps[key], atol=1e-4)
@@ -510,7 +505,12 @@ def test_vit_maps_of_a_model_without_task_classifier(tmp_path, caplog):
     assert len(normal) == 1
     with caplog.at_level("WARNING", logger="Rad4XCNNLogic"):
         result = compute_cams(
-            cohort, None, model="test_vit", methods="gradcam,eigencam", device="cpu", progress=False
+            cohort,
+            None,
+            CamConfig(methods=["gradcam", "eigencam"]),
+            model="test_vit",
+            device="cpu",
+            progress=False,
         )
     assert "not meaningful for the task" in caplog.text
     assert result.settings["task_classifier"] is False
@@ -551,14 +551,17 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
         ({"methods": "occlusion"}, r"known methods: gradcam, gradcam\+\+, .*eigencam, .*scorecam"),
         ({"target_class": "cancer"}, r"unknown target class 'cancer'; the model's classes are: benign, mal"),
         ({"cases": "zzz"}, r"case id\(s\) not in the manifest: zzz"),
-        ({"batch_size": 0}, r"cam.batch_size: must be at least 1, got 0"),
+        ({"batch_size": 0}, r"^cam\.batch_size: must be at least 1, got 0"),
     ],
 )
 def test_bad_input_is_one_clear_error(kwargs, message, tiny_checkpoint, synthetic_manifest):
     cohort = read_manifest(synthetic_manifest)
-    args = {"cases": cohort.case_ids[:1], "device": "cpu", "progress": False, "methods": "gradcam", **kwargs}
+    args = {"cases": cohort.case_ids[:1], "device": "cpu", "progress": False}
+    if "cases" in kwargs:
+        args["cases"] = kwargs.pop("cases")
+    section = CamConfig(**{"methods": ["gradcam"], **kwargs})
     with pytest.raises(Rad4XCNNError, match=message):
-        compute_cams(cohort, tiny_checkpoint, **args)
+        compute_cams(cohort, tiny_checkpoint, section, **args)
 
 
 def test_missing_checkpoint_and_missing_model(tmp_path, synthetic_manifest):
@@ -575,7 +578,9 @@ def test_a_bad_case_is_recorded_and_the_others_go_on(tmp_path, tiny_checkpoint, 
     rows = [make_case("good", box=(10, 10, 40, 50)), make_case("broken", box=(10, 10, 40, 50))]
     (tmp_path / rows[1]["image"]).write_bytes(b"not a png")
     cohort = read_manifest(write_manifest_rows(tmp_path / "m.csv", rows))
-    result = compute_cams(cohort, tiny_checkpoint, methods="gradcam", device="cpu", progress=False)
+    result = compute_cams(
+        cohort, tiny_checkpoint, CamConfig(methods=["gradcam"]), device="cpu", progress=False
+    )
     assert list(result.metrics["case_id"]) == ["good"]
     assert [f.case_id for f in result.failures] == ["broken"] and result.failures[0].stage == "cam"
 
@@ -585,7 +590,7 @@ def test_all_cases_failing_is_an_error(tmp_path, tiny_checkpoint, make_case):
     (tmp_path / row["image"]).write_bytes(b"not a png")
     cohort = read_manifest(write_manifest_rows(tmp_path / "m.csv", [row]))
     with pytest.raises(Rad4XCNNError, match=r"no saliency map: all 1 cases failed \(first: case broken: "):
-        compute_cams(cohort, tiny_checkpoint, methods="gradcam", device="cpu", progress=False)
+        compute_cams(cohort, tiny_checkpoint, CamConfig(methods=["gradcam"]), device="cpu", progress=False)
 
 
 def test_a_feature_extractor_gets_eigencam_only(synthetic_manifest):
@@ -594,9 +599,20 @@ def test_a_feature_extractor_gets_eigencam_only(synthetic_manifest):
     backbone = build_backbone("test_resnet", input_size=64)  # no classifier head
     cohort = read_manifest(synthetic_manifest)
     with pytest.raises(Rad4XCNNError, match=r"no classifier head, so gradcam, scorecam have no class"):
-        compute_cams(cohort, backbone, methods="gradcam,eigencam,scorecam", device="cpu", progress=False)
+        compute_cams(
+            cohort,
+            backbone,
+            CamConfig(methods=["gradcam", "eigencam", "scorecam"]),
+            device="cpu",
+            progress=False,
+        )
     result = compute_cams(
-        cohort, backbone, methods="eigencam", cases=cohort.case_ids[:2], device="cpu", progress=False
+        cohort,
+        backbone,
+        CamConfig(methods=["eigencam"]),
+        cases=cohort.case_ids[:2],
+        device="cpu",
+        progress=False,
     )
     assert len(result.metrics) == 2 and result.metrics["target_class"].isna().all()
     assert result.metrics["energy_inside"].between(0, 1).all()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,15 @@ from Rad4XCNNLogic.classify.metrics import (
     stratified_bootstrap_weights,
     weighted_metrics,
 )
+from Rad4XCNNLogic.classify.settings import ClassificationConfig
 from Rad4XCNNLogic.cli import main
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, assign_splits
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
 # small but real: the default grids with fewer trees, one process
 FAST = {"rf": {"n_estimators": [100]}, "xgb": {"n_estimators": [100]}}
-QUICK = {"n_bootstrap": 200, "jobs": 1, "progress": False, "grids": FAST}
+QUICK = {"progress": False, "grids": FAST}
+QUICK_SETTINGS = ClassificationConfig(n_bootstrap=200, jobs=1)
 
 
 def _breast_cancer(n_external: int = 120, seed: int = 0):
@@ -85,7 +88,7 @@ def bc():
 @pytest.fixture(scope="module")
 def bc_result(bc):
     frame, cohort = bc
-    return classify(frame, cohort, feature_sets={"all": list(frame.columns)}, **QUICK)
+    return classify(frame, cohort, QUICK_SETTINGS, feature_sets={"all": list(frame.columns)}, **QUICK)
 
 
 # ------------------------------------------------------------------------------------------ real data
@@ -159,12 +162,12 @@ def test_roc_points_and_importances(bc_result):
 def test_same_seed_same_results_and_jobs_do_not_matter(bc):
     frame, cohort = bc
     kw = {**QUICK, "feature_sets": {"all": list(frame.columns)}}
-    a = classify(frame, cohort, seed=3, **kw)
-    b = classify(frame, cohort, seed=3, **{**kw, "jobs": 2})
+    a = classify(frame, cohort, QUICK_SETTINGS, seed=3, **kw)
+    b = classify(frame, cohort, replace(QUICK_SETTINGS, jobs=2), seed=3, **kw)
     for name in ("metrics", "roc", "importances", "predictions"):
         pd.testing.assert_frame_equal(getattr(a, name), getattr(b, name))
     assert a.best_params == b.best_params
-    c = classify(frame, cohort, seed=4, **{**kw, "classifiers": ("rf",)})
+    c = classify(frame, cohort, replace(QUICK_SETTINGS, classifiers=["rf"]), seed=4, **kw)
     rf = a.predictions[a.predictions["classifier"] == "rf"].reset_index(drop=True)
     assert c.predictions["case_id"].equals(rf["case_id"])
     assert not np.array_equal(c.predictions["p_malignant"], rf["p_malignant"])
@@ -224,12 +227,21 @@ def leak_runs(bc):
     sets = {"all": [*WEAKER, "planted"]}
     with_leak = frame[WEAKER].assign(planted=leak)
     return {
-        "leak": classify(with_leak, cohort, feature_sets=sets, **QUICK),
-        "control": classify(frame[WEAKER].assign(planted=control), cohort, feature_sets=sets, **QUICK),
-        "leak_selected": classify(with_leak, cohort, feature_sets=sets, select_k=5, **QUICK),
+        "leak": classify(with_leak, cohort, QUICK_SETTINGS, feature_sets=sets, **QUICK),
+        "control": classify(
+            frame[WEAKER].assign(planted=control), cohort, QUICK_SETTINGS, feature_sets=sets, **QUICK
+        ),
+        "leak_selected": classify(
+            with_leak, cohort, replace(QUICK_SETTINGS, select_k=5), feature_sets=sets, **QUICK
+        ),
         # what the check must catch: held-out cases seen in training
         "cheat": classify(
-            with_leak, cohort, feature_sets=sets, train_splits=("train", "val", "test"), **QUICK
+            with_leak,
+            cohort,
+            QUICK_SETTINGS,
+            feature_sets=sets,
+            train_splits=("train", "val", "test"),
+            **QUICK,
         ),
     }
 
@@ -282,7 +294,13 @@ def test_variance_filter_imputation_and_scaler_are_learnt_on_training_only(bc, b
     extra = frame.assign(flat=pd.Series(np.where(is_train, 0.0, y * 10), index=cohort.case_ids))
     # missing on every held-out case: filled with the training median
     extra["gappy"] = np.where(is_train, np.arange(len(y)) % 7, np.nan)
-    result = classify(extra, cohort, feature_sets={"all": list(extra.columns)}, classifiers=("svm",), **QUICK)
+    result = classify(
+        extra,
+        cohort,
+        replace(QUICK_SETTINGS, classifiers=("svm",)),
+        feature_sets={"all": list(extra.columns)},
+        **QUICK,
+    )
     imp = result.importances
     assert not imp.loc[imp["feature"] == "flat", "selected"].any()
     pipe = result.models[("all", "svm")]
@@ -316,7 +334,7 @@ def test_svm_auc_uses_its_decision_function_when_platt_scaling_reverses_it():
             ]
         )
     )
-    result = classify(frame, cohort, classifiers=("svm",), **QUICK)
+    result = classify(frame, cohort, replace(QUICK_SETTINGS, classifiers=("svm",)), **QUICK)
     assert [w["problem"].split(" (")[0] for w in result.warnings] == ["Platt scaling came out decreasing"]
     pipe = result.models[("deep", "svm")]
     svc = pipe.named_steps["clf"].calibrated_classifiers_[0].estimator
@@ -346,7 +364,11 @@ def wine():
 def test_multiclass_one_vs_rest(wine):
     frame, cohort = wine
     result = classify(
-        frame, cohort, feature_sets={"all": list(frame.columns)}, classifiers=("svm", "rf"), **QUICK
+        frame,
+        cohort,
+        replace(QUICK_SETTINGS, classifiers=("svm", "rf")),
+        feature_sets={"all": list(frame.columns)},
+        **QUICK,
     )
     assert result.classes == ["barbera", "barolo", "grignolino"]
     assert result.settings["task"].startswith("multiclass")
@@ -366,7 +388,11 @@ def test_multiclass_evaluation_set_lacking_a_class(wine):
     cases = [Case(c.case_id, c.image, (), c.label, "test" if c.case_id in moved else c.split,
                   "external" if c.case_id in moved else "internal") for c in cohort.cases]  # fmt: skip
     result = classify(
-        frame, Cohort(cases), feature_sets={"all": list(frame.columns)}, classifiers=("svm",), **QUICK
+        frame,
+        Cohort(cases),
+        replace(QUICK_SETTINGS, classifiers=("svm",)),
+        feature_sets={"all": list(frame.columns)},
+        **QUICK,
     )
     row = result.metrics.set_index("evaluated_on").loc["external"]
     pred = result.predictions[result.predictions["evaluated_on"] == "external"]
@@ -380,15 +406,16 @@ def test_positive_class_by_name_makes_a_binary_task(wine):
     result = classify(
         frame,
         cohort,
+        replace(QUICK_SETTINGS, classifiers=("svm",), positive="barolo"),
         feature_sets={"all": list(frame.columns)},
-        classifiers=("svm",),
-        positive="barolo",
         **QUICK,
     )
     assert result.classes == ["not-barolo", "barolo"]
     assert (result.metrics["auc"] > 0.97).all()
     with pytest.raises(Rad4XCNNError, match="positive class 'nebbiolo' is not a label"):
-        classify(frame, cohort, positive="nebbiolo", feature_sets={"all": ["v0"]}, **QUICK)
+        classify(
+            frame, cohort, replace(QUICK_SETTINGS, positive="nebbiolo"), feature_sets={"all": ["v0"]}, **QUICK
+        )
 
 
 # ------------------------------------------------------------------------------------------ metrics
@@ -459,7 +486,9 @@ def test_default_sets_inferred_in_classify(bc):
     frame, cohort = bc
     named = frame.iloc[:, :8].copy()
     named.columns = [f"cnn_{j}" for j in range(4)] + [f"original_firstorder_F{j}" for j in range(4)]
-    result = classify(named, cohort, classifiers=("svm",), explained=["cnn_1", "cnn_3"], **QUICK)
+    result = classify(
+        named, cohort, replace(QUICK_SETTINGS, classifiers=("svm",)), explained=["cnn_1", "cnn_3"], **QUICK
+    )
     assert list(result.feature_sets) == ["deep", "radiomic", "deep+radiomic", "explained-deep"]
     assert result.metrics.groupby("feature_set")["n_features"].first().to_dict() == {
         "deep": 4,
@@ -593,7 +622,8 @@ def _balanced(n_train=20, n_test=10, n_ext=0):
     return _toy_cohort(labels, splits, cohorts)
 
 
-TOY = {"n_bootstrap": 50, "jobs": 1, "progress": False, "classifiers": ("svm",), "cv_folds": 3}
+TOY = {"progress": False}
+TOY_SETTINGS = ClassificationConfig(n_bootstrap=50, jobs=1, classifiers=["svm"], cv_folds=3)
 
 
 def test_single_class_split_is_an_error_naming_it():
@@ -601,19 +631,19 @@ def test_single_class_split_is_an_error_naming_it():
     with pytest.raises(
         Rad4XCNNError, match=r"training split \(cohort internal, train\+val\) has a single class"
     ):
-        classify(_toy_features(cohort), cohort, **TOY)
+        classify(_toy_features(cohort), cohort, TOY_SETTINGS, **TOY)
     cohort = _toy_cohort(BINARY * 10 + ["benign"] * 6, ["train"] * 20 + ["test"] * 6)
     with pytest.raises(
         Rad4XCNNError, match=r"evaluation set internal-test .* single class \('benign', 6 cases\)"
     ):
-        classify(_toy_features(cohort), cohort, **TOY)
+        classify(_toy_features(cohort), cohort, TOY_SETTINGS, **TOY)
     cohort = _toy_cohort(
         BINARY * 15 + ["malignant"] * 4, ["train"] * 20 + ["test"] * 14, ["internal"] * 30 + ["external"] * 4
     )
     with pytest.raises(
         Rad4XCNNError, match="evaluation set external \\(cohort external\\) has a single class"
     ):
-        classify(_toy_features(cohort), cohort, **TOY)
+        classify(_toy_features(cohort), cohort, TOY_SETTINGS, **TOY)
 
 
 def test_missing_labels_are_left_out_and_counted():
@@ -631,7 +661,7 @@ def test_missing_labels_are_left_out_and_counted():
     cohort.cases[-2] = Case(
         cohort.cases[-2].case_id, Path("x"), (), cohort.cases[-2].label, "train", "external"
     )
-    result = classify(features, cohort, **TOY)
+    result = classify(features, cohort, TOY_SETTINGS, **TOY)
     assert result.counts["left_out:no_lesion"] == 1  # no features, as expected: counted, not a failure
     assert result.counts["left_out:no_label"] == 3
     assert result.counts["left_out:not_held_out"] == 1
@@ -647,8 +677,8 @@ def test_too_few_cases_for_the_folds():
     with pytest.raises(
         Rad4XCNNError, match=r"too few cases for 5-fold cross-validation: .* 4 'malignant' case"
     ):
-        classify(_toy_features(cohort), cohort, **{**TOY, "cv_folds": 5})
-    result = classify(_toy_features(cohort), cohort, **{**TOY, "cv_folds": 4})
+        classify(_toy_features(cohort), cohort, replace(TOY_SETTINGS, cv_folds=5), **TOY)
+    result = classify(_toy_features(cohort), cohort, replace(TOY_SETTINGS, cv_folds=4), **TOY)
     assert len(result.metrics) == 1
 
 
@@ -659,10 +689,10 @@ def test_feature_ids_that_do_not_match_the_manifest():
     with pytest.raises(
         Rad4XCNNError, match="none of the 36 case ids of the feature table is in the manifest"
     ):
-        classify(other, cohort, **TOY)
+        classify(other, cohort, TOY_SETTINGS, **TOY)
     # some extra rows, some cases without features: left out and counted
     partial = pd.concat([features.drop(["c002", "c031"]), other.iloc[:2]])
-    result = classify(partial, cohort, **TOY)
+    result = classify(partial, cohort, TOY_SETTINGS, **TOY)
     assert result.counts["left_out:not_in_manifest"] == 2
     assert result.counts["left_out:no_features"] == 2
     problems = {f.case_id: f.problem for f in result.failures}
@@ -673,24 +703,31 @@ def test_feature_ids_that_do_not_match_the_manifest():
 def test_other_bad_arguments():
     cohort = _balanced()
     features = _toy_features(cohort)
-    with pytest.raises(Rad4XCNNError, match="unknown classifier 'knn'"):
-        classify(features, cohort, **{**TOY, "classifiers": ("knn",)})
+    with pytest.raises(
+        Rad4XCNNError,
+        match=r"^classification\.classifiers\[0\]: 'knn' is not allowed; allowed values: rf, xgb, svm",
+    ):
+        classify(features, cohort, replace(TOY_SETTINGS, classifiers=("knn",)), **TOY)
     with pytest.raises(
         Rad4XCNNError, match=r"feature set 'a': 1 column\(s\) not in the feature table, e\.g\. 'zz'"
     ):
-        classify(features, cohort, feature_sets={"a": ["cnn_0", "zz"]}, **TOY)
-    generic = classify(features.set_axis(["age", "size", "depth", "site"], axis=1), cohort, **TOY)
+        classify(features, cohort, TOY_SETTINGS, feature_sets={"a": ["cnn_0", "zz"]}, **TOY)
+    generic = classify(
+        features.set_axis(["age", "size", "depth", "site"], axis=1), cohort, TOY_SETTINGS, **TOY
+    )
     assert generic.feature_sets == {"other": ["age", "size", "depth", "site"]}
     with pytest.raises(Rad4XCNNError, match="no numeric feature column in the feature table"):
-        classify(features.astype(str), cohort, **TOY)
-    with pytest.raises(Rad4XCNNError, match="at least 2 folds"):
-        classify(features, cohort, **{**TOY, "cv_folds": 1})
+        classify(features.astype(str), cohort, TOY_SETTINGS, **TOY)
+    with pytest.raises(Rad4XCNNError, match=r"^classification\.cv_folds: must be at least 2, got 1"):
+        classify(features, cohort, replace(TOY_SETTINGS, cv_folds=1), **TOY)
 
 
 def test_a_failing_feature_set_does_not_stop_the_others():
     cohort = _balanced()
     features = _toy_features(cohort).assign(flat=1.0)
-    result = classify(features, cohort, feature_sets={"good": ["cnn_0", "cnn_1"], "flat": ["flat"]}, **TOY)
+    result = classify(
+        features, cohort, TOY_SETTINGS, feature_sets={"good": ["cnn_0", "cnn_1"], "flat": ["flat"]}, **TOY
+    )
     assert result.metrics["feature_set"].tolist() == ["good"]
     assert result.task_failures == [
         {

@@ -3,6 +3,7 @@ names, a set against itself, the table written by classify, and the choice of cl
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,12 @@ from Rad4XCNNLogic.classify.comparisons import (
     select_by_cv,
 )
 from Rad4XCNNLogic.classify.metrics import evaluation_rng, stratified_bootstrap_weights, weighted_metrics
+from Rad4XCNNLogic.classify.settings import ClassificationConfig
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, assign_splits
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
-QUICK = {"n_bootstrap": 200, "jobs": 1, "progress": False, "grids": {"rf": {"n_estimators": [100]}}}
+QUICK = {"progress": False, "grids": {"rf": {"n_estimators": [100]}}}
+QUICK_SETTINGS = ClassificationConfig(n_bootstrap=200, jobs=1)
 
 
 def _breast_cancer(n_external: int = 120):
@@ -173,7 +176,13 @@ def named_result():
     frame, cohort = _breast_cancer()
     named = frame.iloc[:, :12].copy()
     named.columns = [f"cnn_{j}" for j in range(6)] + [f"original_glcm_F{j}" for j in range(6)]
-    result = classify(named, cohort, classifiers=("svm", "rf"), explained=["cnn_0", "cnn_3"], **QUICK)
+    result = classify(
+        named,
+        cohort,
+        replace(QUICK_SETTINGS, classifiers=("svm", "rf")),
+        explained=["cnn_0", "cnn_3"],
+        **QUICK,
+    )
     return result
 
 
@@ -203,7 +212,7 @@ def test_comparison_uses_the_draws_of_the_per_set_intervals(named_result):
     preds = named_result.predictions
     part = preds.query("feature_set == 'deep' and classifier == 'svm' and evaluated_on == 'external'")
     y = (part["label"] == "malignant").to_numpy().astype(int)
-    weights = stratified_bootstrap_weights(y, QUICK["n_bootstrap"], evaluation_rng(0, "external"))
+    weights = stratified_bootstrap_weights(y, QUICK_SETTINGS.n_bootstrap, evaluation_rng(0, "external"))
     boot = weighted_metrics(y, np.full((len(y), 2), 0.5), weights, score=part["score"].to_numpy())["auc"]
     row = named_result.metrics.set_index(["feature_set", "classifier", "evaluated_on"]).loc[
         ("deep", "svm", "external")
@@ -238,7 +247,7 @@ def test_multiclass_comparison_has_no_delong_p():
     cohort = Cohort(
         assign_splits([Case(i, Path("x"), (), label=f"c{k}") for i, k in zip(ids, data.target, strict=True)])
     )
-    result = classify(frame, cohort, classifiers=("svm",), cv_folds=3, **QUICK)
+    result = classify(frame, cohort, replace(QUICK_SETTINGS, classifiers=("svm",), cv_folds=3), **QUICK)
     table = result.comparisons
     assert table[["set_a", "set_b"]].values.tolist() == [["deep", "radiomic"], ["deep+radiomic", "deep"]]
     assert table["p_delong"].isna().all() and (table["ci_low"] < table["ci_high"]).all()

@@ -10,10 +10,12 @@ import pandas as pd
 import pytest
 
 from Rad4XCNNLogic.classify.classifiers import classify, cv_splitter
+from Rad4XCNNLogic.classify.settings import ClassificationConfig
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort, assign_splits
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
-TOY = {"n_bootstrap": 50, "jobs": 1, "progress": False, "classifiers": ("svm",), "cv_folds": 3}
+TOY = {"progress": False}
+TOY_SETTINGS = ClassificationConfig(n_bootstrap=50, jobs=1, classifiers=["svm"], cv_folds=3)
 
 
 def _patients(n_patients=40, per_patient=3, seed=0):
@@ -34,7 +36,7 @@ def _patients(n_patients=40, per_patient=3, seed=0):
 
 def test_grouped_cross_validation_keeps_patients_out_of_their_own_folds():
     features, cohort = _patients()
-    result = classify(features, cohort, **TOY)
+    result = classify(features, cohort, TOY_SETTINGS, **TOY)
     assert result.settings["cv"].startswith("stratified group k-fold by split group")
     train = [c for c in cohort if c.split == "train"]
     groups = [c.patient_id for c in train]
@@ -43,7 +45,7 @@ def test_grouped_cross_validation_keeps_patients_out_of_their_own_folds():
         assert not {groups[i] for i in fit_rows} & {groups[i] for i in held_rows}
     # without patient ids the folds are per image
     plain = Cohort([Case(c.case_id, c.image, (), label=c.label, split=c.split) for c in cohort])
-    assert classify(features, plain, **TOY).settings["cv"].startswith("stratified k-fold")
+    assert classify(features, plain, TOY_SETTINGS, **TOY).settings["cv"].startswith("stratified k-fold")
 
 
 def test_a_patient_on_both_sides_is_refused():
@@ -60,13 +62,13 @@ def test_a_patient_on_both_sides_is_refused():
         match=rf"^1 patient\(s\) have cases in the training split .* and in evaluation set internal-test: "
         rf"{moved.patient_id}; a patient must stay on one side",
     ):
-        classify(features, Cohort(cases), **TOY)
+        classify(features, Cohort(cases), TOY_SETTINGS, **TOY)
 
 
 def test_too_few_patients_for_grouped_folds():
     features, cohort = _patients(n_patients=6, per_patient=4)
     with pytest.raises(Rad4XCNNError, match=r"too few patients for 3-fold grouped cross-validation"):
-        classify(features, cohort, **TOY)
+        classify(features, cohort, TOY_SETTINGS, **TOY)
 
 
 def test_evaluate_on_leaves_a_training_phase_cohort_out():
@@ -78,13 +80,13 @@ def test_evaluate_on_leaves_a_training_phase_cohort_out():
         else c
         for i, c in enumerate(cohort.cases)
     ]
-    everything = classify(features, Cohort(cases), **TOY)
+    everything = classify(features, Cohort(cases), TOY_SETTINGS, **TOY)
     assert set(everything.metrics["evaluated_on"]) == {"busi", "external"}
-    chosen = classify(features, Cohort(cases), evaluate_on=["external"], **TOY)
+    chosen = classify(features, Cohort(cases), replace(TOY_SETTINGS, evaluate_on=["external"]), **TOY)
     assert set(chosen.metrics["evaluated_on"]) == {"external"}
     assert chosen.counts["left_out:not_evaluated"] == sum(c.cohort == "busi" for c in cases)
     with pytest.raises(Rad4XCNNError, match=r"evaluation cohort\(s\) mars not in the manifest"):
-        classify(features, Cohort(cases), evaluate_on=["mars"], **TOY)
+        classify(features, Cohort(cases), replace(TOY_SETTINGS, evaluate_on=["mars"]), **TOY)
 
 
 def test_near_duplicate_groups_group_the_folds_and_the_bootstrap():
@@ -94,7 +96,7 @@ def test_near_duplicate_groups_group_the_folds_and_the_bootstrap():
     grouped = Cohort(
         [Case(c.case_id, c.image, (), label=c.label, split=c.split, split_group=c.patient_id) for c in cohort]
     )
-    result = classify(features, grouped, **TOY)
+    result = classify(features, grouped, TOY_SETTINGS, **TOY)
     assert result.settings["cv"].startswith("stratified group k-fold by split group")
     test = result.predictions[result.predictions["evaluated_on"] == "internal-test"]
     assert (test["split_group"] == test["case_id"].str[:3].str.replace("p", "P")).all()
@@ -126,7 +128,7 @@ def test_repeated_splits_measure_leakage_of_near_duplicates():
             rows[cid] = base + rng.normal(size=4) * 0.01
     features = pd.DataFrame.from_dict(rows, orient="index", columns=[f"cnn_{i}" for i in range(4)])
     cohort = Cohort(assign_splits(cases, fractions=(0.7, 0.0, 0.3), seed=0))
-    result = classify(features, cohort, **TOY)
+    result = classify(features, cohort, TOY_SETTINGS, **TOY)
     table = repeated_splits(features, cohort, result, repeats=4, seed=0, jobs=1)
     assert set(table["grouping"]) == {GROUPED, UNGROUPED} and len(table) == 8
     assert np.isfinite(table["auc"]).all() and (table["n_test"] > 0).all()
@@ -135,5 +137,7 @@ def test_repeated_splits_measure_leakage_of_near_duplicates():
     assert 0 <= summary.loc[GROUPED, "headline_rank"] <= 1
     # without near-duplicates joining patients only the grouped repeats are run
     plain = Cohort([replace(c, split_group=None) for c in cohort])
-    alone = repeated_splits(features, plain, classify(features, plain, **TOY), repeats=2, seed=0, jobs=1)
+    alone = repeated_splits(
+        features, plain, classify(features, plain, TOY_SETTINGS, **TOY), repeats=2, seed=0, jobs=1
+    )
     assert set(alone["grouping"]) == {GROUPED}

@@ -3,11 +3,14 @@ text columns and manifest columns are not features, and a table without numbers 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from Rad4XCNNLogic.classify.classifiers import classify
+from Rad4XCNNLogic.classify.settings import ClassificationConfig
 from Rad4XCNNLogic.classify.tables import (
     OTHER_SETS_KEY,
     parse_feature_source,
@@ -18,7 +21,8 @@ from Rad4XCNNLogic.cli import main
 from Rad4XCNNLogic.cohort.manifest import read_manifest
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
-QUICK = {"n_bootstrap": 100, "jobs": 1, "progress": False, "cv_folds": 3}
+QUICK = {"progress": False}
+QUICK_SETTINGS = ClassificationConfig(n_bootstrap=100, jobs=1, cv_folds=3)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,7 @@ def test_generic_table_classifies_as_a_set_named_after_the_file(wdbc):
     assert set(frame.attrs[OTHER_SETS_KEY].values()) == {"wdbc"}
     cohort = read_manifest(wdbc / "labels.csv", require_images=False)
     assert len(cohort) == 569 and cohort.failures == []
-    result = classify(frame, cohort, classifiers=("svm",), **QUICK)
+    result = classify(frame, cohort, replace(QUICK_SETTINGS, classifiers=("svm",)), **QUICK)
     assert list(result.feature_sets) == ["wdbc"] and len(result.feature_sets["wdbc"]) == 30
     assert (result.metrics["auc"] > 0.95).all()  # published AUCs on this table are about 0.99
 

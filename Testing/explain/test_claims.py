@@ -15,6 +15,7 @@ from Rad4XCNNLogic.cli import main
 from Rad4XCNNLogic.explain.claims import NOT_SPECIFIC, control_gain_bootstrap, control_verdicts
 from Rad4XCNNLogic.explain.explanation import explain, load_explanation, write_explanation
 from Rad4XCNNLogic.explain.heldout import coverage_against_control
+from Rad4XCNNLogic.explain.settings import ExplainConfig
 from Rad4XCNNLogic.explain.strata import spearman_within
 from Rad4XCNNLogic.run.work import threshold_table
 
@@ -60,7 +61,12 @@ def planted(n_per=60, seed=0):
 @pytest.fixture(scope="module")
 def result():
     deep, rad, strata = planted()
-    return explain(deep, rad, 0.6, fdr=0.05, strata=strata, permutations=99, bootstrap=0, backend="numpy")
+    return explain(
+        deep,
+        rad,
+        ExplainConfig(thresholds=[0.6], fdr=0.05, permutations=99, bootstrap=0, backend="numpy"),
+        strata=strata,
+    )
 
 
 def _pair(result, deep, radiomic):
@@ -118,7 +124,12 @@ def test_pooled_and_within_of_opposite_sign_is_reversed():
     rad = pd.DataFrame({RADIOMIC[3]: d - 6 * group}, index=cases)
     deep = pd.DataFrame({"cnn_0": d + 0.3 * rng.normal(size=len(group)) + 6 * group}, index=cases)
     strata = pd.Series(group.astype(str), index=cases, name="site")
-    out = explain(deep, rad, 0.6, fdr=0.05, strata=strata, bootstrap=0, backend="numpy")
+    out = explain(
+        deep,
+        rad,
+        ExplainConfig(thresholds=[0.6], fdr=0.05, bootstrap=0, backend="numpy", permutations=0),
+        strata=strata,
+    )
     pair = out.correlations.iloc[0]
     assert pair["rho"] <= -0.6 and pair["rho_within"] >= 0.9 and pair["status"] == "reversed"
     assert out.explanations.loc["cnn_0", "status"] == "reversed" and out.n_explained == 0
@@ -161,7 +172,11 @@ def test_each_count_says_which_error_it_controls_and_the_fwer_count_is_given(cap
     names = [f"original_firstorder_F{i}" for i in range(20)]
     rad = pd.DataFrame(rng.normal(size=(60, 20)), index=cases, columns=names)
     with caplog.at_level(logging.WARNING):
-        out = explain(deep, rad, 0.3, fdr=None, permutations=99, bootstrap=0, backend="numpy")
+        out = explain(
+            deep,
+            rad,
+            ExplainConfig(thresholds=[0.3], fdr=None, permutations=99, bootstrap=0, backend="numpy"),
+        )
     summary = out.summary()
     # Pure noise: M = 0.3 is below the permutation threshold and "explains" many features by chance ...
     assert summary["M_below_permutation_threshold"] == ["cnn"] and summary["n_explained"] >= 5
@@ -177,7 +192,12 @@ def test_each_count_says_which_error_it_controls_and_the_fwer_count_is_given(cap
 def test_one_denominator_for_the_fraction_explained(result):
     deep, rad, strata = planted()
     deep = deep.assign(cnn_9=1.0)  # a constant feature: counted apart, out of the fraction
-    out = explain(deep, rad, 0.6, fdr=0.05, strata=strata, bootstrap=0, backend="numpy")
+    out = explain(
+        deep,
+        rad,
+        ExplainConfig(thresholds=[0.6], fdr=0.05, bootstrap=0, backend="numpy", permutations=0),
+        strata=strata,
+    )
     by_m = threshold_table(out, [0.6]).iloc[0]
     coverage = out.coverage.set_index("M").loc[0.6]
     assert by_m["n_constant"] == 1 and by_m["n_varying"] == 4
@@ -213,7 +233,9 @@ def control_tables(n=80, seed=0, control_like_trained=False):
 @pytest.mark.parametrize("like", [False, True])
 def test_the_control_comparison_has_an_interval_and_a_verdict(like):
     deep, rad = control_tables(control_like_trained=like)
-    out = explain(deep, rad, 0.6, fdr=0.05, bootstrap=0, backend="numpy")
+    out = explain(
+        deep, rad, ExplainConfig(thresholds=[0.6], fdr=0.05, bootstrap=0, backend="numpy", permutations=0)
+    )
     pairs = {"cnn": "cnn-random"}
     table = coverage_against_control(out.coverage, pairs)
     intervals = control_gain_bootstrap(out, deep, rad, pairs, [0.6], n_boot=60)

@@ -20,6 +20,7 @@ from Rad4XCNNLogic.explain.explanation import (
     write_explanation,
 )
 from Rad4XCNNLogic.explain.glossary import family_of
+from Rad4XCNNLogic.explain.settings import ExplainConfig
 from Rad4XCNNLogic.names import model_of, parse_radiomic_name
 
 IMAGE_TYPES = ("original", "wavelet-LL", "wavelet-HL", "wavelet-LH", "wavelet-HH")
@@ -82,7 +83,12 @@ def data():
 @pytest.fixture(scope="module")
 def result(data):
     deep, rad, _ = data
-    return explain(deep, rad, 0.6, fdr=0.05, permutations=200, bootstrap=100, seed=1, backend="numpy")
+    return explain(
+        deep,
+        rad,
+        ExplainConfig(thresholds=[0.6], fdr=0.05, permutations=200, bootstrap=100, backend="numpy"),
+        seed=1,
+    )
 
 
 # ------------------------------------------------------------------------------------------- the rule
@@ -112,8 +118,12 @@ def test_kept_pairs_obey_the_rule_and_carry_their_statistics(result):
 
 def test_fdr_is_optional_and_only_removes_pairs(data):
     deep, rad, _ = data
-    loose = explain(deep, rad, 0.15, bootstrap=0, backend="numpy")
-    strict = explain(deep, rad, 0.15, fdr=0.01, bootstrap=0, backend="numpy")
+    loose = explain(
+        deep, rad, ExplainConfig(thresholds=[0.15], bootstrap=0, backend="numpy", fdr=None, permutations=0)
+    )
+    strict = explain(
+        deep, rad, ExplainConfig(thresholds=[0.15], fdr=0.01, bootstrap=0, backend="numpy", permutations=0)
+    )
     assert len(strict.correlations) < len(loose.correlations)
     assert (strict.correlations["q"] <= 0.01).all()
     assert set(strict.correlations["radiomic_feature"] + strict.correlations["deep_feature"]) <= set(
@@ -157,7 +167,9 @@ def test_family_summary_counts_partners_by_family():
     rad[names[4]] = rng.normal(size=n)
     rad["original_glcm_Contrast"] = base + 0.01 * rng.normal(size=n)  # the strongest partner
     deep = pd.DataFrame({"densenet121_4": base, "densenet121_5": rng.normal(size=n)})
-    result = explain(deep, rad, 0.6, bootstrap=0, backend="numpy")
+    result = explain(
+        deep, rad, ExplainConfig(thresholds=[0.6], bootstrap=0, backend="numpy", fdr=None, permutations=0)
+    )
     row = result.explanations.loc["densenet121_4"]
     assert row["n_partners"] == 4 and row["top_family"] == "wavelet-HL texture"
     # Ties in the count are ordered by the strongest partner first.
@@ -173,19 +185,26 @@ def test_family_summary_counts_partners_by_family():
 
 def test_rejects_bad_settings(data):
     deep, rad, _ = data
-    with pytest.raises(Rad4XCNNError, match=r"threshold M must lie in \(0, 1\]"):
-        explain(deep, rad, 1.5)
-    with pytest.raises(Rad4XCNNError, match="FDR level"):
-        explain(deep, rad, 0.6, fdr=0)
+    with pytest.raises(Rad4XCNNError, match=r"^explain\.thresholds\[0\]: must lie in \(0, 1\]"):
+        explain(deep, rad, ExplainConfig(thresholds=[1.5], fdr=None, permutations=0))
+    with pytest.raises(Rad4XCNNError, match=r"^explain\.fdr: "):
+        explain(deep, rad, ExplainConfig(thresholds=[0.6], fdr=0, permutations=0))
     with pytest.raises(Rad4XCNNError, match="use at least 19"):
-        explain(deep, rad, 0.6, permutations=5, bootstrap=0, backend="numpy")
+        explain(
+            deep, rad, ExplainConfig(thresholds=[0.6], permutations=5, bootstrap=0, backend="numpy", fdr=None)
+        )
 
 
 # --------------------------------------------------------------------------------------- re-threshold
 def test_new_threshold_without_recomputing_matches_a_fresh_run(result, data):
     deep, rad, _ = data
     stricter = result.with_threshold(0.8)
-    fresh = explain(deep, rad, 0.8, fdr=0.05, permutations=200, bootstrap=100, seed=1, backend="numpy")
+    fresh = explain(
+        deep,
+        rad,
+        ExplainConfig(thresholds=[0.8], fdr=0.05, permutations=200, bootstrap=100, backend="numpy"),
+        seed=1,
+    )
     assert stricter.correlation is result.correlation  # the same matrices, nothing recomputed
     pd.testing.assert_frame_equal(stricter.explanations, fresh.explanations)
     cols = ["deep_feature", "radiomic_feature", "rho", "p", "q", "p_fwer", "family"]
@@ -426,7 +445,9 @@ def test_other_named_features_explain_with_no_glossary_meaning():
     base = rng.normal(size=60)
     rad = pd.DataFrame({"stiffness_kPa": base + 0.05 * rng.normal(size=60), "age": rng.normal(size=60)})
     deep = pd.DataFrame({"resnet50_0": base, "resnet50_1": rng.normal(size=60)})
-    result = explain(deep, rad, 0.6, bootstrap=0, backend="numpy")
+    result = explain(
+        deep, rad, ExplainConfig(thresholds=[0.6], bootstrap=0, backend="numpy", fdr=None, permutations=0)
+    )
     row = result.explanations.loc["resnet50_0"]
     assert row["n_partners"] == 1 and row["strongest_partner"] == "stiffness_kPa"
     assert row["strongest_meaning"] == "not in the glossary"

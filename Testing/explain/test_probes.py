@@ -242,10 +242,15 @@ def test_text_and_missing_radiomic_columns_are_left_out():
 
 def test_the_explanation_and_its_coverage_work_per_layer():
     from Rad4XCNNLogic.explain.explanation import explain
+    from Rad4XCNNLogic.explain.settings import ExplainConfig
 
     deep, _, rad, _, _ = planted_tables(n=80, p=6)
     second = deep.set_axis(layer_columns("net", "layer2", 6), axis=1) * -1.0
-    result = explain(pd.concat([deep, second], axis=1), rad, 0.3, bootstrap=0, backend="numpy")
+    result = explain(
+        pd.concat([deep, second], axis=1),
+        rad,
+        ExplainConfig(thresholds=[0.3], bootstrap=0, backend="numpy", fdr=None, permutations=0),
+    )
     assert set(result.coverage["model"]) == {"net.layer4", "net.layer2"}
 
 

@@ -13,6 +13,7 @@ from Rad4XCNNLogic.cli import main
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.explanation import explain, load_explanation, write_explanation
 from Rad4XCNNLogic.explain.partners import cluster_radiomics, group_partners, groups_text
+from Rad4XCNNLogic.explain.settings import ExplainConfig
 from Rad4XCNNLogic.explain.strata import stratum_labels
 
 IMAGE_TYPES = ("original", "wavelet-LL", "wavelet-HL", "wavelet-LH", "wavelet-HH")
@@ -79,7 +80,12 @@ def confounded_cohort(n_per=60, seed=0, n_real=12, n_confounded=8, n_noise=8, mo
 @pytest.fixture(scope="module")
 def stratified():
     deep, rad, strata, real, confounded = confounded_cohort()
-    result = explain(deep, rad, 0.5, fdr=0.05, strata=strata, permutations=99, bootstrap=0, backend="numpy")
+    result = explain(
+        deep,
+        rad,
+        ExplainConfig(thresholds=[0.5], fdr=0.05, permutations=99, bootstrap=0, backend="numpy"),
+        strata=strata,
+    )
     return result, real, confounded
 
 
@@ -132,7 +138,9 @@ def test_partner_groups_read_as_named_clusters(stratified):
 
 def test_without_strata_the_paper_rule_calls_shared_shifts_explained():
     deep, rad, _, _real, confounded = confounded_cohort(seed=1)
-    pooled = explain(deep, rad, 0.5, bootstrap=0, backend="numpy")
+    pooled = explain(
+        deep, rad, ExplainConfig(thresholds=[0.5], bootstrap=0, backend="numpy", fdr=None, permutations=0)
+    )
     status = pooled.explanations["status"]
     assert set(status.unique()) <= {"explained", "unexplained", "zero variance"}
     assert (status[list(confounded)] == "explained").mean() >= 0.9
@@ -143,10 +151,12 @@ def test_adding_a_backbone_never_changes_another_backbones_results():
     deep_a, rad, strata, *_ = confounded_cohort(seed=2, model="resnet18")
     deep_b, *_ = confounded_cohort(seed=3, model="densenet121", n_real=3, n_confounded=20)
     both = pd.concat([deep_b, deep_a], axis=1)  # the other backbone first: positions move
-    kwargs = dict(fdr=0.05, permutations=60, bootstrap=0, backend="numpy", chunk_size=7)
+    settings = ExplainConfig(
+        thresholds=[0.5], fdr=0.05, permutations=60, bootstrap=0, backend="numpy", chunk_size=7
+    )
     for with_strata in (None, strata):
-        alone = explain(deep_a, rad, 0.5, strata=with_strata, **kwargs)
-        joint = explain(both, rad, 0.5, strata=with_strata, **kwargs)
+        alone = explain(deep_a, rad, settings, strata=with_strata)
+        joint = explain(both, rad, settings, strata=with_strata)
         a_rows = [c for c in both.columns if c.startswith("resnet18")]
         np.testing.assert_array_equal(joint.correlation.frame("q").loc[a_rows], alone.correlation.frame("q"))
         np.testing.assert_array_equal(
@@ -259,7 +269,10 @@ def test_planted_factors_correlate_within_class_with_the_radiomics_that_measure_
     names = [*list(planted), "shadowing"]
     deep = factors[names].set_axis([f"factor_{k}" for k in range(len(names))], axis=1)
     result = explain(
-        deep, radiomics, 0.45, strata=stratum_labels(manifest, "label"), bootstrap=0, backend="numpy"
+        deep,
+        radiomics,
+        ExplainConfig(thresholds=[0.45], bootstrap=0, backend="numpy", fdr=None, permutations=0),
+        strata=stratum_labels(manifest, "label"),
     )
     within = pd.DataFrame(result.within.rho, index=names, columns=result.correlation.radiomic_features)
     for k, (factor, (feature, bound)) in enumerate(planted.items()):
@@ -280,7 +293,12 @@ def test_kept_pairs_are_remeasured_on_held_out_cases():
     deep, rad, strata, real, _confounded = confounded_cohort(n_per=80, seed=6)
     train = deep.index[::2]
     held = pd.Series({c: ("test" if i % 4 == 1 else "external") for i, c in enumerate(deep.index) if i % 2})
-    result = explain(deep.loc[train], rad.loc[train], 0.5, strata=strata, bootstrap=0, backend="numpy")
+    result = explain(
+        deep.loc[train],
+        rad.loc[train],
+        ExplainConfig(thresholds=[0.5], bootstrap=0, backend="numpy", fdr=None, permutations=0),
+        strata=strata,
+    )
     out = remeasure(result, deep, rad, held, strata=strata, backend="numpy")
     assert set(out.summary["set"]) == {"test", "external"}
     assert (out.summary["n_cases"] == 80).all() and (out.summary["n_pairs"] == len(out.pairs)).all()
@@ -319,7 +337,10 @@ def test_coverage_beside_the_random_control():
         columns=[c.replace("resnet18", "resnet18-random") for c in deep.columns],
     )
     result = explain(
-        pd.concat([deep, control], axis=1), rad, 0.5, strata=strata, bootstrap=0, backend="numpy"
+        pd.concat([deep, control], axis=1),
+        rad,
+        ExplainConfig(thresholds=[0.5], bootstrap=0, backend="numpy", fdr=None, permutations=0),
+        strata=strata,
     )
     table = coverage_against_control(result.coverage, {"resnet18": "resnet18-random"})
     at = table.set_index("M").loc[0.5]
@@ -527,8 +548,18 @@ def test_each_pooled_stage_is_its_own_family():
     deep, rad, strata, *_ = confounded_cohort(seed=8, n_real=4, n_confounded=2, n_noise=2, model="resnet18")
     stage = deep.set_axis([c.replace("resnet18", "resnet18_stage3") for c in deep.columns], axis=1)
     both = pd.concat([deep, stage + 0.01], axis=1)
-    result = explain(both, rad, 0.5, strata=strata, permutations=30, bootstrap=0, backend="numpy")
+    result = explain(
+        both,
+        rad,
+        ExplainConfig(thresholds=[0.5], permutations=30, bootstrap=0, backend="numpy", fdr=None),
+        strata=strata,
+    )
     assert set(result.permutation_nulls) == {"resnet18", "resnet18_stage3"}
-    alone = explain(deep, rad, 0.5, strata=strata, permutations=30, bootstrap=0, backend="numpy")
+    alone = explain(
+        deep,
+        rad,
+        ExplainConfig(thresholds=[0.5], permutations=30, bootstrap=0, backend="numpy", fdr=None),
+        strata=strata,
+    )
     np.testing.assert_array_equal(result.permutation_nulls["resnet18"], alone.permutation_nulls["resnet18"])
     assert set(result.explanations["model"]) == {"resnet18", "resnet18_stage3"}

@@ -317,10 +317,11 @@ def test_a_bad_setting_fails_its_stage_and_the_independent_stages_still_run(coho
     assert (tmp_path / "run" / "radiomics.csv").is_file()
 
 
-def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
-    """Each stage command runs its run stage's work: on the run's inputs and with the run's defaults left
-    unsaid (strata, training cases, replicability, the random-weights control), it writes the very tables
-    ``rad4xcnn run`` wrote (docs/ARCHITECTURE.md, "Stages")."""
+def test_stage_commands_write_byte_identical_tables(first_run, cohort_manifest, tmp_path):
+    """Each stage command runs its run stage's plan: on the run's inputs and with the run's configuration
+    file, no setting spelt out (strata, training cases, replicability, the random-weights control, the
+    training cohort and the evaluated cohorts all come from it), it writes the very tables ``rad4xcnn run``
+    wrote (docs/ARCHITECTURE.md, "Stages")."""
     import json
 
     from Rad4XCNNLogic.cli import main
@@ -328,20 +329,21 @@ def test_stage_commands_write_byte_identical_tables(first_run, tmp_path):
     config, _ = first_run
     run = Path(config.out)
     other = tmp_path / "commands"
+    settings = tmp_path / "run.yaml"
+    settings.write_text(yaml.safe_dump(_settings(cohort_manifest, run)), encoding="utf-8")
     manifest = str(run / "cohort.csv")
     checkpoint = str(run / "models" / "resnet18.pt")
     cam_cases = json.loads((run / "run.json").read_text())["stages"]["cam"]["summary"]["cases"]
     commands = [
         ["deep", "--manifest", manifest, "--weights", checkpoint, "--input-size", "64", "--device", "cpu",
          "--out", str(other / "deep_features.csv")],
-        ["radiomics", "--manifest", manifest, "--jobs", "1", "--no-cache",
+        ["radiomics", "--config", str(settings), "--manifest", manifest, "--no-cache",
          "--out", str(other / "radiomics.csv")],
-        ["explain", "--deep", str(run / "deep_features.csv"), "--radiomics", str(run / "radiomics.csv"),
-         "-M", "0.6", "-M", "0.8", "--permutations", "20", "--bootstrap", "10", "--manifest", manifest,
-         "--out", str(other)],
-        ["classify", "--features", str(run / "deep_features.csv"), str(run / "radiomics.csv"),
-         "--manifest", manifest, "--explained", str(run / "explanations.csv"), "--classifiers", "rf", "svm",
-         "--cv-folds", "2", "--bootstrap", "20", "--train-cohort", "internal", "--out", str(other)],
+        ["explain", "--config", str(settings), "--deep", str(run / "deep_features.csv"),
+         "--radiomics", str(run / "radiomics.csv"), "--manifest", manifest, "--out", str(other)],
+        ["classify", "--config", str(settings), "--deep", str(run / "deep_features.csv"),
+         "--radiomics", str(run / "radiomics.csv"), "--manifest", manifest,
+         "--explained", str(run / "explanations.csv"), "--out", str(other)],
         ["cam", "--manifest", manifest, "--weights", checkpoint, "--methods", "gradcam,eigencam",
          "--cases", ",".join(cam_cases), "--device", "cpu", "--out", str(other)],
     ]  # fmt: skip

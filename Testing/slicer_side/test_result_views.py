@@ -14,6 +14,7 @@ from Rad4XCNNLib import results as mrml_results
 from Rad4XCNNLogic.cohort.imageio import Image2D, write_image
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.explain.explanation import explain, write_explanation
+from Rad4XCNNLogic.explain.settings import ExplainConfig
 
 RADIOMIC = ["original_firstorder_Mean", "original_glcm_Contrast", "original_shape2D_Elongation"]
 
@@ -36,7 +37,14 @@ def run(tmp_path):
         index=radiomics.index,
     )
     folder = tmp_path / "run"
-    write_explanation(explain(deep, radiomics, 0.6, bootstrap=0, backend="numpy"), folder)
+    write_explanation(
+        explain(
+            deep,
+            radiomics,
+            ExplainConfig(thresholds=[0.6], bootstrap=0, backend="numpy", fdr=None, permutations=0),
+        ),
+        folder,
+    )
     radiomics.to_csv(folder / "radiomics.csv")
     pd.DataFrame(
         {
