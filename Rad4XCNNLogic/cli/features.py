@@ -219,6 +219,7 @@ def register(sub, parents: dict) -> None:
     add_setting(p, "radiomics.params", "--params")
     add_setting(p, "radiomics.jobs", "--jobs")
     add_setting(p, "radiomics.scheduler", "--scheduler", metavar="ADDR")
+    add_setting(p, "radiomics.resample_spacing", "--resample-spacing", nargs="+", metavar="MM")
     p.add_argument(
         "--cache-dir", help="on-disk cache of per-case results (default: OUT's folder/.rad4xcnn_cache)"
     )

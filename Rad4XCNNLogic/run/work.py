@@ -210,10 +210,10 @@ def radiomics_stage(
     """PyRadiomics features of every lesion case; writes ``out_csv`` and its side files (diagnostics,
     failures, quality, settings). Fails when no case gives features."""
     from Rad4XCNNLogic.features.radiomics import extract_radiomics
-    from Rad4XCNNLogic.features.radiomics_params import resolve_params
+    from Rad4XCNNLogic.features.radiomics_params import resolve_params, with_resampling
     from Rad4XCNNLogic.features.radiomics_result import write_radiomics
 
-    params = resolve_params(radiomics.params)
+    params = with_resampling(resolve_params(radiomics.params), radiomics.resample_spacing)
     result = extract_radiomics(
         cohort,
         params,
