@@ -9,7 +9,7 @@ factor                 benign                           malignant
 =====================  ===============================  ===================================
 ``radius_fraction``    0.10–0.20 of the smallest side   0.14–0.26
 ``elongation``         1.2–1.6 (longest / shortest)     1.0–1.25
-``irregularity``       0.00–0.06 (smooth surface)       0.15–0.35 (lobulated: less spherical)
+``irregularity``       0.00–0.06 (smooth surface)       0.20–0.45 (lobulated: less spherical)
 ``heterogeneity``      10–30 (std. of the interior)     60–120 (heterogeneous interior)
 ``contrast``           40–70 above the tissue           10–40
 =====================  ===============================  ===================================
@@ -33,7 +33,7 @@ from Rad4XCNNLogic.errors import Rad4XCNNError
 FACTOR_RANGES_3D: dict[str, dict[str, tuple[float, float]]] = {
     "radius_fraction": {BENIGN: (0.10, 0.20), MALIGNANT: (0.14, 0.26)},
     "elongation": {BENIGN: (1.2, 1.6), MALIGNANT: (1.0, 1.25)},
-    "irregularity": {BENIGN: (0.0, 0.06), MALIGNANT: (0.15, 0.35)},
+    "irregularity": {BENIGN: (0.0, 0.06), MALIGNANT: (0.2, 0.45)},
     "heterogeneity": {BENIGN: (10.0, 30.0), MALIGNANT: (60.0, 120.0)},
     "contrast": {BENIGN: (40.0, 70.0), MALIGNANT: (10.0, 40.0)},
 }
@@ -101,7 +101,7 @@ def synthesize_volume(
         distance = np.sqrt(
             ((xx - centre[0]) / a) ** 2 + ((yy - centre[1]) / b) ** 2 + ((zz - centre[2]) / c) ** 2
         )
-        smooth = radius / 2.5  # surface bumps about half a radius wide
+        smooth = radius / 4.0  # surface bumps about a quarter of a radius wide
         wobble = _unit_noise(rng, grid, (smooth / sz, smooth / sy, smooth / sx))
         mask = distance <= 1.0 + factors["irregularity"] * wobble
         interior = factors["contrast"] + factors["heterogeneity"] * _unit_noise(
