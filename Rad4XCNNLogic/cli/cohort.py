@@ -114,6 +114,9 @@ def _print_duplicates(cohort, every_pair: bool = False) -> None:
     """Near-duplicate images across splits: a warning with the pairs (reads every image once)."""
     from Rad4XCNNLogic.cohort.duplicates import find_near_duplicates, format_duplicates
 
+    if cohort.dims == 3:
+        print("near-duplicate images: not checked (the check reads 2D images; this cohort holds 3D volumes)")
+        return
     pairs, _ = find_near_duplicates(cohort.cases)
     print(format_duplicates(pairs, every_pair=every_pair))
 
