@@ -3,7 +3,8 @@
 Supported: NRRD, NIfTI (``.nii``, ``.nii.gz``), MHA/MHD and a DICOM series given as a folder (read with
 GDCM's series ids; the folder must hold one series, and a missing slice, seen as non-uniform spacing along
 the slice normal, is an error). A volume is a file whose three axes all hold more than one voxel (a
-one-slice volume is a 2D image, read by :mod:`~Rad4XCNNLogic.cohort.imageio`). The mask must lie on the
+one-slice volume is a 2D image, read by :mod:`~Rad4XCNNLogic.cohort.imageio`; so is a multi-frame DICOM
+file, a clip in time that the 2D reader refuses). The mask must lie on the
 image's grid: same size, spacing, origin and direction (up to a small tolerance); any difference is a
 one-line error naming the case and the difference.
 """
@@ -97,7 +98,8 @@ def image_info(path: str | os.PathLike) -> tuple[int, tuple[float, ...]] | None:
     except RuntimeError:
         return None
     size = reader.GetSize()
-    if len(size) == 3 and min(size) > 1:
+    # a multi-frame DICOM file is a cine clip (frames in time), not a volume: the 2D reader refuses it
+    if len(size) == 3 and min(size) > 1 and path.suffix.lower() != ".dcm":
         return 3, tuple(float(s) for s in reader.GetSpacing())
     return 2, tuple(float(s) for s in reader.GetSpacing())[:2]
 

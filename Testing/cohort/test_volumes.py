@@ -192,3 +192,13 @@ def test_stages_not_built_for_volumes_stop_in_one_line(tmp_path):
             seed=0,
             cache_dir=None,
         )
+
+
+def test_a_multi_frame_dicom_file_stays_a_refused_2d_case(tmp_path, make_case):
+    image, _ = _case_arrays()
+    sitk.WriteImage(sitk.GetImageFromArray(image.astype(np.uint8)), str(tmp_path / "clip.dcm"))
+    row = make_case("us01")
+    manifest = write_manifest_rows(tmp_path / "m.csv", [row, {**row, "case_id": "clip", "image": "clip.dcm"}])
+    cohort = read_manifest(manifest, check_images=True)
+    assert cohort.case_ids == ["us01"]
+    assert "multi-frame DICOM" in cohort.failures[0].problem
