@@ -38,27 +38,28 @@ def _one(paths: tuple[str, str]) -> dict:
     return {k: v for k, v in _EXTRACTOR.execute(image, mask, label=1).items() if not k.startswith("diag")}
 
 
-def direct(cases, params_path: Path, jobs: int) -> tuple[float, list[dict]]:
-    """Wall seconds of PyRadiomics alone over the cases, in this process (jobs 1) or a pool of ``jobs``."""
+def direct(cases, params_path: Path, jobs: int) -> tuple[float, float, list[dict]]:
+    """Wall and CPU seconds (CPU: this process only) of PyRadiomics alone over the cases, in this process
+    (jobs 1) or a pool of ``jobs``."""
     from Rad4XCNNLogic.features.radiomics import worker_context
 
     paths = [(str(c.image), str(c.masks[0])) for c in cases]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     if jobs == 1:
         _init(str(params_path))
         values = [_one(p) for p in paths]
     else:
         with worker_context().Pool(jobs, initializer=_init, initargs=(str(params_path),)) as pool:
             values = pool.map(_one, paths, chunksize=1)
-    return time.perf_counter() - start, values
+    return time.perf_counter() - start, time.process_time() - cpu, values
 
 
 def ours(cases, params, jobs: int):
     from Rad4XCNNLogic.features.radiomics import extract_radiomics
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = extract_radiomics(cases, params, jobs=jobs, cache_dir=None, progress=False)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu, result
 
 
 def main(argv=None) -> int:
@@ -97,12 +98,16 @@ def main(argv=None) -> int:
         for jobs in sorted({1, args.jobs}):
             runs[("PyRadiomics alone", jobs)] = direct(cases, params.path, jobs)
             runs[("Rad4XCNN radiomics stage", jobs)] = ours(cases, params, jobs)
-        n_features = runs[("Rad4XCNN radiomics stage", 1)][1].features.shape[1]
-        print(f"\n{'':28}{'processes':>10}{'wall s':>10}{'s / volume':>12}   ({n_features} features)")
-        for (what, jobs), (seconds, _) in runs.items():
-            print(f"{what:<28}{jobs:>10}{seconds:>10.1f}{seconds / len(cases):>12.2f}")
-        table = runs[("Rad4XCNN radiomics stage", 1)][1].features
-        alone = runs[("PyRadiomics alone", 1)][1]
+        n_features = runs[("Rad4XCNN radiomics stage", 1)][2].features.shape[1]
+        print(
+            f"\n{'':28}{'processes':>10}{'wall s':>10}{'s / volume':>12}{'CPU s / volume':>16}"
+            f"   ({n_features} features; CPU: serial runs only)"
+        )
+        for (what, jobs), (seconds, cpu, _) in runs.items():
+            cpu_text = f"{cpu / len(cases):16.2f}" if jobs == 1 else f"{'':16}"
+            print(f"{what:<28}{jobs:>10}{seconds:>10.1f}{seconds / len(cases):>12.2f}{cpu_text}")
+        table = runs[("Rad4XCNN radiomics stage", 1)][2].features
+        alone = runs[("PyRadiomics alone", 1)][2]
         worst = 0.0
         for case, values in zip(cases, alone, strict=True):
             mine = table.loc[case.case_id]
