@@ -384,7 +384,10 @@ def refuse_volumes(cohort: Cohort | Sequence[Case], what: str) -> None:
     ...     print(exc)
     3D volumes (case ct01): deep features need the 2.5D extractor, not yet built; radiomics works on volumes
     """
-    cases = cohort.cases if isinstance(cohort, Cohort) else cohort
+    cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
+    if cases and all(c.dims is None for c in cases):  # read without checking files: ask the first header
+        info = image_info(cases[0].image) if cases[0].image.exists() else None
+        cases = [replace(cases[0], dims=info[0])] if info else []
     volume = next((c for c in cases if c.dims == 3), None)
     if volume is not None:
         raise Rad4XCNNError(
