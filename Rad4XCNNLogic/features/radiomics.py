@@ -528,6 +528,12 @@ def extract_radiomics(
         if params.name != chosen:
             log.info("radiomics: 3D volumes, preset %s used for %s", params.name, chosen)
     _check_params(params, dims)
+    spacing = params.setting.get("resampledPixelSpacing")
+    if spacing is not None and len(spacing) != dims:
+        raise Rad4XCNNError(
+            f"resample spacing {list(spacing)} has {len(spacing)} values but the cohort holds {dims}D "
+            f"{'volumes' if dims == 3 else 'images'}; give {dims}"
+        )
     versions = library_versions()
     if jobs is not None and jobs < 1:
         raise Rad4XCNNError(f"jobs must be at least 1, got {jobs}")

@@ -66,6 +66,8 @@ def test_resampling_is_pyradiomics_own_and_changes_the_cache_key(tmp_path, small
     assert result.diagnostics.loc["box", "Image-interpolated_Spacing"] == "(1.0, 1.0, 1.0)"
     with pytest.raises(Rad4XCNNError, match=r"resample spacing must be 2 or 3 positive numbers"):
         with_resampling(params, [1.0, 0.0, 1.0])
+    with pytest.raises(Rad4XCNNError, match=r"has 2 values but the cohort holds 3D volumes; give 3"):
+        extract_radiomics(_box_case(tmp_path), with_resampling(params, [1.0, 1.0]), jobs=1, progress=False)
 
 
 def test_paper_preset_on_volumes_is_paper3d(volumes):
