@@ -3,6 +3,9 @@ errors naming the case, 2D and 3D not mixed, and the synthetic 3D cohort."""
 
 from __future__ import annotations
 
+import contextlib
+import locale
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -102,7 +105,22 @@ def test_two_d_and_three_d_in_one_manifest_is_refused(tmp_path):
         read_manifest(write_manifest_rows(tmp_path / "m.csv", rows))
 
 
+@contextlib.contextmanager
+def _keep_locale():
+    """GDCM's DICOM writer sets the C locale (reading does not): restore it for the tests after these."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def _write_series(folder, array, spacing=SPACING, skip=None):
+    with _keep_locale():
+        _write_slices(folder, array, spacing, skip)
+
+
+def _write_slices(folder, array, spacing, skip):
     folder.mkdir(parents=True)
     uid = "1.2.826.0.1.3680043.2.1125.1.42"
     for k in range(array.shape[0]):
@@ -199,7 +217,8 @@ def test_stages_not_built_for_volumes_stop_in_one_line(tmp_path):
 
 def test_a_multi_frame_dicom_file_stays_a_refused_2d_case(tmp_path, make_case):
     image, _ = _case_arrays()
-    sitk.WriteImage(sitk.GetImageFromArray(image.astype(np.uint8)), str(tmp_path / "clip.dcm"))
+    with _keep_locale():
+        sitk.WriteImage(sitk.GetImageFromArray(image.astype(np.uint8)), str(tmp_path / "clip.dcm"))
     row = make_case("us01")
     manifest = write_manifest_rows(tmp_path / "m.csv", [row, {**row, "case_id": "clip", "image": "clip.dcm"}])
     cohort = read_manifest(manifest, check_images=True)
