@@ -82,6 +82,34 @@ def test_synth_and_cohort_commands(tmp_path, capsys):
     assert "train" in written.read_text()
 
 
+def test_synth_volumes_and_cohort_commands(tmp_path, capsys):
+    out = tmp_path / "v"
+    argv = [
+        "synth",
+        "--dims",
+        "3",
+        "--n",
+        "3",
+        "--out",
+        str(out),
+        "--shape",
+        "24x24x10",
+        "--spacing",
+        "1,1,3",
+    ]
+    assert main(argv) == 0
+    assert "3D volumes, voxel spacing 1 x 1 x 3 mm" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "images").iterdir()) == [
+        "vol0001.nrrd",
+        "vol0002.nrrd",
+        "vol0003.nrrd",
+    ]
+    assert main(["cohort", str(out / "manifest.csv"), "--check-images"]) == 0
+    assert "near-duplicate images: not checked" in capsys.readouterr().out
+    assert main(["synth", "--out", str(tmp_path / "w"), "--shape", "24x24x10"]) != 0
+    assert "are for volumes: add --dims 3" in capsys.readouterr().err
+
+
 def test_bad_manifest_prints_one_line_without_traceback(tmp_path, make_case):
     row = make_case("a")
     del row["image"]
@@ -108,6 +136,7 @@ def test_bad_cases_are_listed_and_strict_fails(tmp_path, make_case, capsys):
     [
         (["synth", "--n", "0", "--out", "x"], "expected a number of at least 1"),
         (["synth", "--out", "x", "--shape", "big"], "expected ROWSxCOLS"),
+        (["synth", "--out", "x", "--dims", "3", "--spacing", "1,0,2"], "expected three positive numbers"),
     ],
 )
 def test_argument_errors(argv, message, capsys):

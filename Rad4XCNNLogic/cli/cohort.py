@@ -7,14 +7,29 @@ import argparse
 from pathlib import Path
 
 from Rad4XCNNLogic.cli.options import add_setting, config_from_args, value
+from Rad4XCNNLogic.errors import UsageError
 
 
-def _shape(text: str) -> tuple[int, int]:
+def _shape(text: str) -> tuple[int, ...]:
     try:
-        rows, cols = (int(v) for v in text.lower().split("x"))
+        sizes = tuple(int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected ROWSxCOLS such as 256x320, got {text!r}") from None
-    return rows, cols
+        sizes = ()
+    if len(sizes) not in (2, 3):
+        raise argparse.ArgumentTypeError(
+            f"expected ROWSxCOLS such as 256x320 (or ROWSxCOLSxSLICES for --dims 3), got {text!r}"
+        )
+    return sizes
+
+
+def _spacing(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected three positive numbers X,Y,Z in mm, got {text!r}")
+    return values  # type: ignore[return-value]
 
 
 def _count(minimum: int):
@@ -35,22 +50,48 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
 
     seed = value(args, "seed")
-    manifest = make_synthetic_cohort(
+    if args.dims == 3:
+        manifest = _synth_volumes(args, seed)
+    elif len(args.shape or ()) == 3 or args.spacing is not None:
+        raise UsageError("--shape ROWSxCOLSxSLICES and --spacing are for volumes: add --dims 3")
+    else:
+        manifest = make_synthetic_cohort(
+            args.out,
+            args.n,
+            seed=seed,
+            n_external=args.external,
+            malignant_fraction=args.malignant_fraction,
+            normal_fraction=args.normal_fraction,
+            shape=args.shape or (256, 320),
+            separation=args.separation,
+            fmt=args.format,
+        )
+    cohort = read_manifest(manifest, seed=seed)
+    print(f"wrote {len(cohort)} synthetic cases to {Path(args.out)}")
+    print(f"  manifest: {manifest}\n  factors:  {Path(args.out) / 'factors.csv'}")
+    print(format_summary(cohort))
+    return 0
+
+
+def _synth_volumes(args: argparse.Namespace, seed: int) -> Path:
+    from Rad4XCNNLogic.cohort.synthetic3d import DEFAULT_SHAPE_3D, DEFAULT_SPACING_3D, make_synthetic_volumes
+
+    shape = args.shape or DEFAULT_SHAPE_3D
+    if len(shape) != 3:
+        raise UsageError(f"--dims 3 needs --shape ROWSxCOLSxSLICES, e.g. 64x64x32; got {len(shape)} sizes")
+    if args.format != "png":
+        raise UsageError("--dims 3 writes NRRD volumes; leave out --format")
+    return make_synthetic_volumes(
         args.out,
         args.n,
         seed=seed,
         n_external=args.external,
         malignant_fraction=args.malignant_fraction,
         normal_fraction=args.normal_fraction,
-        shape=args.shape,
+        shape=shape,
+        spacing=args.spacing or DEFAULT_SPACING_3D,
         separation=args.separation,
-        fmt=args.format,
     )
-    cohort = read_manifest(manifest, seed=seed)
-    print(f"wrote {len(cohort)} synthetic cases to {Path(args.out)}")
-    print(f"  manifest: {manifest}\n  factors:  {Path(args.out) / 'factors.csv'}")
-    print(format_summary(cohort))
-    return 0
 
 
 def cmd_import_busi(args: argparse.Namespace) -> int:
@@ -107,7 +148,10 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         grouping = group_and_split(unsplit, split, seed=cfg.seed)
         cohort = grouping.cohort
         print(format_summary(cohort))
-        print(format_grouping(grouping, unsplit.cases))
+        if cohort.dims == 3:
+            print("near-duplicate images: not checked (the check reads 2D images; these are 3D volumes)")
+        else:
+            print(format_grouping(grouping, unsplit.cases))
     if args.write:
         write_manifest(cohort, args.write)
         print(f"wrote the manifest with its splits to {args.write}")
@@ -124,7 +168,26 @@ def register(sub, parents: dict) -> None:
     p.add_argument("--n", type=_count(1), default=200, help="internal cases (default 200)")
     p.add_argument("--external", type=_count(0), default=0, help="cases of an external cohort (default 0)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--shape", type=_shape, default=(256, 320), help="image size ROWSxCOLS (default 256x320)")
+    p.add_argument(
+        "--shape",
+        type=_shape,
+        default=None,
+        help="image size ROWSxCOLS (default 256x320); with --dims 3 ROWSxCOLSxSLICES (default 64x64x32)",
+    )
+    p.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: ultrasound-like images (default); 3: CT-like NRRD volumes with planted lesion volume, "
+        "sphericity and texture",
+    )
+    p.add_argument(
+        "--spacing",
+        type=_spacing,
+        default=None,
+        help="voxel spacing X,Y,Z in mm for --dims 3 (default 0.8,0.8,2)",
+    )
     p.add_argument("--malignant-fraction", type=float, default=0.4, help="default 0.4")
     p.add_argument("--normal-fraction", type=float, default=0.0, help="cases without lesion (default 0)")
     p.add_argument("--separation", type=float, default=1.0, help="0-1, how distinct the classes are")

@@ -160,6 +160,7 @@ RADIOMICS = StageCommand(
     settings=(
         ("radiomics.params", ("--params",), {}),
         ("radiomics.jobs", ("--jobs",), {}),
+        ("radiomics.resample_spacing", ("--resample-spacing",), {"nargs": "+", "metavar": "MM"}),
         ("radiomics.scheduler", ("--scheduler",), {"metavar": "ADDR"}),
     ),
     show=show_radiomics,

@@ -264,9 +264,13 @@ def group_and_split(
     split_here = {train_cohort} if isinstance(train_cohort, str) else set(train_cohort)
     cases = list(cohort.cases)
     failures = list(cohort.failures)
-    pairs, hash_failures = find_near_duplicates(
-        cases, max_distance=settings.duplicate_distance, hashes=hashes, warn=False
-    )
+    if cohort.dims == 3:  # the perceptual hash reads 2D images
+        log.info("near-duplicate images: not searched (the cohort holds 3D volumes)")
+        pairs, hash_failures = [], []
+    else:
+        pairs, hash_failures = find_near_duplicates(
+            cases, max_distance=settings.duplicate_distance, hashes=hashes, warn=False
+        )
     for failure in hash_failures:
         log.warning("%s (not searched for near-duplicates)", failure)
     conflicts = label_conflicts(pairs, cases)

@@ -20,6 +20,7 @@ import numpy as np
 
 from Rad4XCNNLogic.cohort.imageio import Image2D, read_image, read_mask
 from Rad4XCNNLogic.cohort.settings import DEFAULT_COHORT, DEFAULT_SPLIT_FRACTIONS
+from Rad4XCNNLogic.cohort.volumes import Volume, image_info, read_volume, read_volume_mask
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,11 @@ class Case:
     extra: dict = field(default_factory=dict, compare=False)
     patient_id: str | None = None
     split_group: str | None = None
+    #: 2 (an image) or 3 (a volume: three axes of more than one voxel, or a DICOM series folder), read
+    #: from the file's header when the manifest is read; None when it was not read.
+    dims: int | None = field(default=None, compare=False)
+    #: The voxel spacing (x, y[, z]) in mm from the header, when read.
+    spacing: tuple[float, ...] | None = field(default=None, compare=False)
 
     @property
     def patient(self) -> str:
@@ -67,9 +73,22 @@ class Case:
         return self.split_group if self.split_group else self.patient
 
     def load(self) -> LoadedCase:
-        """Read the image and the merged mask, and check them; raises :class:`CaseError` on bad input."""
-        image = read_image(self.image, self.case_id)
-        mask = read_mask(self.masks, image.shape, self.case_id)
+        """Read the image and the merged mask, and check them; raises :class:`CaseError` on bad input.
+
+        A volume (see :attr:`dims`) is read as a :class:`~Rad4XCNNLogic.cohort.volumes.Volume` with its
+        mask checked against its geometry; anything else as a 2D image.
+        """
+        dims = self.dims
+        if dims is None:
+            info = image_info(self.image) if self.image.exists() else None
+            dims = info[0] if info else 2
+        image: Image2D | Volume
+        if dims == 3:
+            image = read_volume(self.image, self.case_id)
+            mask = read_volume_mask(self.masks, image, self.case_id)
+        else:
+            image = read_image(self.image, self.case_id)
+            mask = read_mask(self.masks, image.shape, self.case_id)
         if self.has_lesion and not mask.any():
             raise CaseError(
                 self.case_id,
@@ -80,10 +99,10 @@ class Case:
 
 @dataclass(frozen=True)
 class LoadedCase:
-    """A case with its pixels: the grey image with geometry and the boolean lesion mask."""
+    """A case with its pixels: the grey image (or volume) with geometry and the boolean lesion mask."""
 
     case: Case
-    image: Image2D
+    image: Image2D | Volume
     mask: np.ndarray
 
     @property
@@ -189,7 +208,22 @@ class Cohort:
             "labels": dict(Counter(c.label or "unlabelled" for c in self.cases)),
             "by_cohort_split_label": table,
             "failures": len(self.failures),
+            **self.geometry(),
         }
+
+    @property
+    def dims(self) -> int | None:
+        """3 for a cohort of volumes, 2 for one of images, None when no header was read."""
+        found = {c.dims for c in self.cases if c.dims is not None}
+        return max(found) if found else None
+
+    def geometry(self) -> dict:
+        """``dims`` and, for volumes, the range of each spacing axis (mm) over the cases."""
+        if self.dims != 3:
+            return {}
+        spacings = np.array([c.spacing for c in self.cases if c.spacing is not None], dtype=float)
+        ranges = [[float(spacings[:, a].min()), float(spacings[:, a].max())] for a in range(3)]
+        return {"dims": 3, "spacing_range": ranges}
 
     def iter_loaded(
         self, failures: list[CaseFailure] | None = None, stage: str = "load"
@@ -312,7 +346,8 @@ def read_manifest(
         image = _resolve(root, values.get("image") or ".")
         masks = tuple(_resolve(root, m) for m in mask_names)
         if check_files and require_images:
-            absent = [p for p in (image, *masks) if not p.is_file()]
+            # a folder image is a DICOM series; its masks are files
+            absent = [p for p in (image, *masks) if not (p.is_file() or (p is image and p.is_dir()))]
             if absent:
                 kind = "image" if absent[0] == image else "mask"
                 fail(f"{kind} file not found: {absent[0]}")
@@ -332,6 +367,8 @@ def read_manifest(
                 split_group=values.get("split_group") or None,
             )
         )
+    if check_files and require_images:
+        cases = _with_dimensions(cases, path.name)
     cohort = Cohort(cases, failures, path)
     if check_images:
         cohort = validate_images(cohort)
@@ -347,6 +384,43 @@ def read_manifest(
     for failure in cohort.failures:
         log.warning("%s", failure)
     return cohort
+
+
+def refuse_volumes(cohort: Cohort | Sequence[Case], what: str) -> None:
+    """Stop a stage that does not handle 3D volumes yet, in one line, before it reads any volume.
+
+    >>> try:
+    ...     refuse_volumes([Case("ct01", Path("ct01.nrrd"), (), dims=3)], "deep features")
+    ... except Rad4XCNNError as exc:
+    ...     print(exc)
+    3D volumes (case ct01): deep features need the 2.5D extractor, not yet built; radiomics works on volumes
+    """
+    cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
+    if cases and all(c.dims is None for c in cases):  # read without checking files: ask the first header
+        info = image_info(cases[0].image) if cases[0].image.exists() else None
+        cases = [replace(cases[0], dims=info[0])] if info else []
+    volume = next((c for c in cases if c.dims == 3), None)
+    if volume is not None:
+        raise Rad4XCNNError(
+            f"3D volumes (case {volume.case_id}): {what} need the 2.5D extractor, not yet built; "
+            "radiomics works on volumes"
+        )
+
+
+def _with_dimensions(cases: list[Case], manifest: str) -> list[Case]:
+    """Each case with its dimensionality read from its image header; 2D and 3D mixed is an error."""
+    result = []
+    for case in cases:
+        info = image_info(case.image)
+        result.append(replace(case, dims=info[0], spacing=info[1]) if info else case)
+    flat = next((c for c in result if c.dims == 2), None)
+    deep = next((c for c in result if c.dims == 3), None)
+    if flat is not None and deep is not None:
+        raise Rad4XCNNError(
+            f"manifest {manifest} mixes 2D images and 3D volumes (case {flat.case_id} is 2D, case "
+            f"{deep.case_id} is 3D); analyse them in separate runs"
+        )
+    return result
 
 
 def _resolve(root: Path, text: str) -> Path:
@@ -501,5 +575,11 @@ def format_summary(cohort: Cohort) -> str:
     lines.append(
         f"{summary['cases']} cases ({summary['with_lesion']} with a lesion), {summary['failures']} left out"
     )
+    if summary.get("dims") == 3:
+        spacing = " x ".join(
+            f"{lo:.3g}" if abs(hi - lo) < 1e-9 else f"{lo:.3g}-{hi:.3g}"
+            for lo, hi in summary["spacing_range"]
+        )
+        lines.append(f"3D volumes, voxel spacing {spacing} mm")
     lines.extend(f"  left out: {f}" for f in cohort.failures)
     return "\n".join(lines)

@@ -243,18 +243,7 @@ def make_synthetic_cohort(
 
     from Rad4XCNNLogic.infra.storage import write_csv_atomic, write_json_atomic
 
-    if n < 1 or n_external < 0:
-        raise Rad4XCNNError(
-            f"need at least one internal case and n_external >= 0, got n={n}, n_external={n_external}"
-        )
-    if not (0.0 <= separation <= 1.0):
-        raise Rad4XCNNError(f"separation must lie in [0, 1], got {separation}")
-    if (
-        not (0.0 <= malignant_fraction <= 1.0)
-        or not (0.0 <= normal_fraction < 1.0)
-        or malignant_fraction + normal_fraction > 1.0
-    ):
-        raise Rad4XCNNError("class fractions must lie in [0, 1] and add up to at most 1")
+    check_proportions(n, n_external, separation, malignant_fraction, normal_fraction)
     if fmt not in ("png", "nrrd"):
         raise Rad4XCNNError(f"unknown image format {fmt!r}; expected png or nrrd")
     rows, cols = int(shape[0]), int(shape[1])
@@ -265,7 +254,7 @@ def make_synthetic_cohort(
     (out / "masks").mkdir(parents=True, exist_ok=True)
     manifest_rows, factor_rows = [], []
     for cohort, count, cohort_code in (("internal", n, 0), ("external", n_external, 1)):
-        labels = _class_sequence(count, malignant_fraction, normal_fraction, seed, cohort_code)
+        labels = class_sequence(count, malignant_fraction, normal_fraction, seed, cohort_code)
         scanner = Scanner.for_cohort(cohort)
         prefix = "syn" if cohort == "internal" else "ext"
         for i, label in enumerate(labels):
@@ -301,7 +290,25 @@ def make_synthetic_cohort(
     return manifest_path
 
 
-def _class_sequence(
+def check_proportions(
+    n: int, n_external: int, separation: float, malignant_fraction: float, normal_fraction: float
+) -> None:
+    """Refuse case counts, a separation or class fractions out of range (2D and 3D cohorts alike)."""
+    if n < 1 or n_external < 0:
+        raise Rad4XCNNError(
+            f"need at least one internal case and n_external >= 0, got n={n}, n_external={n_external}"
+        )
+    if not (0.0 <= separation <= 1.0):
+        raise Rad4XCNNError(f"separation must lie in [0, 1], got {separation}")
+    if (
+        not (0.0 <= malignant_fraction <= 1.0)
+        or not (0.0 <= normal_fraction < 1.0)
+        or malignant_fraction + normal_fraction > 1.0
+    ):
+        raise Rad4XCNNError("class fractions must lie in [0, 1] and add up to at most 1")
+
+
+def class_sequence(
     count: int, malignant_fraction: float, normal_fraction: float, seed: int, cohort_code: int
 ) -> list[str]:
     n_mal = round(count * malignant_fraction)

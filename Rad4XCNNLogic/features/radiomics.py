@@ -1,8 +1,8 @@
 """Radiomic features of a cohort with PyRadiomics: presets, parallel and cached extraction, Dask, outputs.
 
-Each lesion case goes to PyRadiomics as a true 2D SimpleITK image in its pixel spacing (integer grey
-values stay integers, others become float64) with its 0/1 mask; results are cached on disk by content,
-cases run in worker processes or on a Dask cluster, and bad cases become
+Each lesion case goes to PyRadiomics as a true 2D SimpleITK image (or a 3D volume) in its pixel spacing
+(integer grey values stay integers, others become float64) with its 0/1 mask; results are cached on disk
+by content, cases run in worker processes or on a Dask cluster, and bad cases become
 :class:`~Rad4XCNNLogic.errors.CaseFailure` records. (``import radiomics`` here is PyRadiomics: the engine's
 imports are absolute, so this module's name shadows nothing.)
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
-from Rad4XCNNLogic.features.radiomics_params import RadiomicsParams, resolve_params
+from Rad4XCNNLogic.features.radiomics_params import RadiomicsParams, for_volumes, resolve_params
 from Rad4XCNNLogic.features.radiomics_result import RadiomicsResult
 from Rad4XCNNLogic.infra.environment import available_cpus
 from Rad4XCNNLogic.infra.storage import (
@@ -101,9 +101,11 @@ def _make_extractor(params: RadiomicsParams):
         ) from None
 
 
-def _check_params(params: RadiomicsParams) -> None:
-    """Warn about settings that make no sense for the 2D images Rad4XCNN gives PyRadiomics."""
+def _check_params(params: RadiomicsParams, dims: int = 2) -> None:
+    """Warn about settings that make no sense for the 2D images (or 3D volumes) given to PyRadiomics."""
     setting = params.setting
+    if dims == 3:
+        return  # for_volumes refused the 2D settings
     if setting.get("force2D"):
         log.warning(
             "radiomics parameters %s set force2D: true; images are already 2D, and force2D on a 2D image "
@@ -518,13 +520,25 @@ def extract_radiomics(
 
     started = time.perf_counter()
     params = resolve_params(params)
-    _check_params(params)
+    all_cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
+    dims = cohort_dims(all_cases)
+    if dims == 3:
+        chosen = params.name
+        params = for_volumes(params)
+        if params.name != chosen:
+            log.info("radiomics: 3D volumes, preset %s used for %s", params.name, chosen)
+    _check_params(params, dims)
+    spacing = params.setting.get("resampledPixelSpacing")
+    if spacing is not None and len(spacing) != dims:
+        raise Rad4XCNNError(
+            f"resample spacing {list(spacing)} has {len(spacing)} values but the cohort holds {dims}D "
+            f"{'volumes' if dims == 3 else 'images'}; give {dims}"
+        )
     versions = library_versions()
     if jobs is not None and jobs < 1:
         raise Rad4XCNNError(f"jobs must be at least 1, got {jobs}")
     if chunk_size is not None and chunk_size < 1:
         raise Rad4XCNNError(f"chunk_size must be at least 1, got {chunk_size}")
-    all_cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
     cases = [c for c in all_cases if c.has_lesion or not lesion_only]
     if lesion_only and len(cases) < len(all_cases):
         log.info("radiomics: %d case(s) without a lesion left out", len(all_cases) - len(cases))
@@ -596,9 +610,29 @@ def extract_radiomics(
     total = len(cached) + len(todo)
     for outcome in track(stream(), total=total, desc="radiomics", stage=STAGE, enabled=progress):
         outcomes[outcome.case_id] = outcome
-    return _assemble(
+    result = _assemble(
         cases, outcomes, params, versions, lesion_only, len(cached), len(todo), time.perf_counter() - started
     )
+    if dims == 3:
+        result.settings.update(dims=3, image_preparation=_VOLUME_PREPARATION)
+    return result
+
+
+_VOLUME_PREPARATION = (
+    "3D SimpleITK volume in the file's voxel spacing, origin and direction; grey values as the smallest "
+    "exact integer type or float64; mask 0/1 on the same grid, label 1"
+)
+
+
+def cohort_dims(cases: Sequence[Case]) -> int:
+    """3 when the cases are volumes (from the manifest's header reading, else the first image's header)."""
+    from Rad4XCNNLogic.cohort.volumes import image_info
+
+    known = {c.dims for c in cases if c.dims is not None}
+    if known:
+        return max(known)
+    info = image_info(cases[0].image) if cases and cases[0].image.exists() else None
+    return info[0] if info else 2
 
 
 def _document(outcome: _Outcome) -> dict:

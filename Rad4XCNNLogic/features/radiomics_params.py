@@ -9,7 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.features.settings import PRESETS
+from Rad4XCNNLogic.features.settings import PRESETS, PRESETS_3D
 from Rad4XCNNLogic.infra.storage import settings_hash
 
 _TOP_KEYS = ("setting", "imageType", "featureClass", "voxelSetting")
@@ -50,6 +50,45 @@ def preset_path(name: str) -> Path:
     if name not in PRESETS:
         raise Rad4XCNNError(f"unknown radiomics preset {name!r}; presets: {', '.join(PRESETS)}")
     return Path(str(resources.files("Rad4XCNNLogic.features") / "data" / PRESETS[name]))
+
+
+def with_resampling(
+    params: RadiomicsParams, spacing: list[float] | tuple[float, ...] | None
+) -> RadiomicsParams:
+    """``params`` with PyRadiomics' ``resampledPixelSpacing`` set to ``spacing`` (mm; None: unchanged).
+
+    The hash changes with it, so cached features of another spacing are not reused.
+
+    >>> with_resampling(resolve_params("paper3d"), [1, 1, 1]).setting["resampledPixelSpacing"]
+    [1.0, 1.0, 1.0]
+    """
+    if spacing is None:
+        return params
+    values = [float(v) for v in spacing]
+    if len(values) not in (2, 3) or min(values) <= 0:
+        raise Rad4XCNNError(
+            "resample spacing must be 2 or 3 positive numbers in mm ([x, y] or [x, y, z]), "
+            f"got {list(spacing)}"
+        )
+    config = {**params.config, "setting": {**params.setting, "resampledPixelSpacing": values}}
+    return RadiomicsParams(params.name, params.path, params.text, config, settings_hash(config))
+
+
+def for_volumes(params: RadiomicsParams) -> RadiomicsParams:
+    """The parameters to use on 3D volumes: a 2D preset becomes its 3D counterpart (``paper`` ->
+    ``paper3d``, with the same resampling); a file made for 2D (``shape2D``, ``force2D``) is refused."""
+    if params.name in PRESETS_3D and params.is_preset:
+        return with_resampling(
+            resolve_params(PRESETS_3D[params.name]), params.setting.get("resampledPixelSpacing")
+        )
+    classes = params.config.get("featureClass") or {}
+    if "shape2D" in classes or params.setting.get("force2D"):
+        what = "shape2D" if "shape2D" in classes else "force2D: true"
+        raise Rad4XCNNError(
+            f"radiomics parameters {params.name} are made for 2D images ({what}) but the cohort holds 3D "
+            f"volumes; use the preset paper3d or a file with the 3D 'shape' class"
+        )
+    return params
 
 
 def resolve_params(params: str | os.PathLike | RadiomicsParams = "paper") -> RadiomicsParams:

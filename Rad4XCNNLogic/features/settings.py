@@ -14,7 +14,13 @@ from Rad4XCNNLogic.infra.settings import UNIT_OPEN, option
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 #: The radiomics presets, by name: their PyRadiomics parameter files (in ``features/data``).
-PRESETS = {"paper": "radiomics_paper.yaml", "extended": "radiomics_extended.yaml"}
+PRESETS = {
+    "paper": "radiomics_paper.yaml",
+    "paper3d": "radiomics_paper3d.yaml",
+    "extended": "radiomics_extended.yaml",
+}
+#: The 3D counterpart of a 2D preset, used when a cohort of volumes is given the 2D one.
+PRESETS_3D = {"paper": "paper3d"}
 
 #: The words of a backbone's ``weights`` (anything else is a checkpoint or state-dict file).
 IMAGENET = "imagenet"
@@ -181,7 +187,15 @@ class RadiomicsConfig:
     params: str = option(
         "paper",
         f"a preset ({', '.join(PRESETS)}; paper: the 474 features of shape2D, original and 4 wavelet "
-        "sub-bands; extended: adds LoG and other filters) or a path to a PyRadiomics YAML file",
+        "sub-bands; paper3d: the same families on volumes, 3D shape and 8 wavelet sub-bands, taken for a "
+        "cohort of volumes when paper is named; extended: adds LoG and other filters) or a path to a "
+        "PyRadiomics YAML file",
+    )
+    resample_spacing: list[float] | None = option(
+        None,
+        "resample every image and mask to this spacing in mm before extraction, [x, y] or [x, y, z] "
+        "(PyRadiomics' resampledPixelSpacing; null: the parameter file's, none in the presets)",
+        interval=Interval(0, low_open=True),
     )
     jobs: int | None = option(None, "worker processes (null: all cores)", minimum=1)
     scheduler: str | None = option(None, "address of a Dask scheduler to run the cases on (null: local)")

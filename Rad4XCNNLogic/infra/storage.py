@@ -89,8 +89,16 @@ def _json_default(obj: Any) -> Any:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's content, memoised per (path, size, mtime) within the process."""
+    """SHA-256 of a file's content, memoised per (path, size, mtime) within the process.
+
+    A folder (a DICOM series) hashes the names and contents of the files directly in it, sorted.
+    """
     path = Path(path)
+    if path.is_dir():
+        folder = hashlib.sha256()
+        for child in sorted(p for p in path.iterdir() if p.is_file()):
+            folder.update(f"{child.name}\0{file_sha256(child)}\n".encode())
+        return folder.hexdigest()
     st = path.stat()
     memo_key = (os.fspath(path.resolve()), st.st_size, st.st_mtime_ns)
     if memo_key not in _HASH_MEMO:

@@ -251,10 +251,10 @@ def plan_deep(run: Pipeline) -> Plan:
 
 # -------------------------------------------------------------------------------------------- radiomics
 def plan_radiomics(run: Pipeline) -> Plan:
-    from Rad4XCNNLogic.features.radiomics_params import resolve_params
+    from Rad4XCNNLogic.features.radiomics_params import resolve_params, with_resampling
 
     cfg = run.cfg
-    params = resolve_params(cfg.radiomics.params)
+    params = with_resampling(resolve_params(cfg.radiomics.params), cfg.radiomics.resample_spacing)
     settings = {"params": params.sha256, "lesion_only": cfg.lesion_only}
 
     def compute() -> dict:

@@ -58,7 +58,10 @@ def train_stage(
     checkpoint and ``training_history.csv``."""
     import pandas as pd
 
+    from Rad4XCNNLogic.cohort.manifest import refuse_volumes
     from Rad4XCNNLogic.features.training import train_model
+
+    refuse_volumes(cohort, "fine-tuning and deep features")
 
     common = dict(
         device=device,
@@ -147,7 +150,10 @@ def deep_stage(
     settings beside it (``deep_features.json``)."""
     import pandas as pd
 
+    from Rad4XCNNLogic.cohort.manifest import refuse_volumes
     from Rad4XCNNLogic.features.deep import extract_deep_features
+
+    refuse_volumes(cohort, "deep features")
 
     frames, failures, per_model = [], [], {}
     for job in jobs:
@@ -213,10 +219,10 @@ def radiomics_stage(
     """PyRadiomics features of every lesion case; writes ``out_csv`` and its side files (diagnostics,
     failures, quality, settings). Fails when no case gives features."""
     from Rad4XCNNLogic.features.radiomics import extract_radiomics
-    from Rad4XCNNLogic.features.radiomics_params import resolve_params
+    from Rad4XCNNLogic.features.radiomics_params import resolve_params, with_resampling
     from Rad4XCNNLogic.features.radiomics_result import write_radiomics
 
-    params = resolve_params(radiomics.params)
+    params = with_resampling(resolve_params(radiomics.params), radiomics.resample_spacing)
     result = extract_radiomics(
         cohort,
         params,
@@ -237,7 +243,7 @@ def radiomics_stage(
         nonfinite=list(result.nonfinite),
         constant=list(result.constant),
         text=(
-            f"{summary['extracted']} cases x {summary['features']} features ({params.name}); "
+            f"{summary['extracted']} cases x {summary['features']} features ({result.settings['params']}); "
             f"{summary['failed']} failed, {summary['cache_hits']} from cache"
         ),
         outputs=list(written.values()),
@@ -651,6 +657,9 @@ def cam_stage(
     into ``<out_dir>/cam/``. The maps go to a fresh folder that replaces ``cam/`` only once every map is
     done, so that a failed run keeps the previous maps and a new gallery leaves no stale ones."""
     from Rad4XCNNLogic.cam.maps import compute_cams
+    from Rad4XCNNLogic.cohort.manifest import refuse_volumes
+
+    refuse_volumes(cohort, "saliency maps")
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -171,3 +171,17 @@ def test_every_feature_the_presets_produce_has_an_entry(synthetic_manifest, pres
     assert len(names) == 474 if preset == "paper" else len(names) > 474
     for name in names:  # describe() raises for a feature or image type the glossary lacks
         assert len(describe(name)) > 20
+
+
+def test_every_feature_of_the_paper3d_preset_has_an_entry(tmp_path):
+    from Rad4XCNNLogic.cohort.manifest import read_manifest
+    from Rad4XCNNLogic.cohort.synthetic3d import make_synthetic_volumes
+    from Rad4XCNNLogic.features.radiomics import extract_radiomics
+
+    manifest = make_synthetic_volumes(tmp_path, n=1, shape=(24, 24, 10), malignant_fraction=0.0)
+    result = extract_radiomics(read_manifest(manifest), "paper3d", jobs=1, progress=False)
+    names = list(result.features.columns)
+    assert len(names) == 851 and "original_shape_SurfaceVolumeRatio" in names
+    for name in names:  # the 3D shape class and the eight 3D wavelet sub-bands
+        assert len(describe(name)) > 20
+    assert "z (slice)" in describe("wavelet-HHH_glcm_Contrast")
