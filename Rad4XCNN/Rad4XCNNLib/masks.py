@@ -78,17 +78,19 @@ def _same_grid(a, b) -> bool:
 
 
 def mask_from_labelmap(labelmap_node, reference_volume, label: int | None = None) -> np.ndarray:
-    """A labelmap volume (voxels == ``label``, or any non-zero voxel) as a boolean mask of the reference grid.
+    """A labelmap volume (voxels == ``label``, or any non-zero voxel) as a boolean mask of the reference grid
+    (2D for a single-slice reference, 3D for a 3D one).
 
     A labelmap on another grid is resampled through a temporary segmentation, as Slicer would.
     """
     if labelmap_node is None or labelmap_node.GetImageData() is None:
         raise Rad4XCNNError(f"labelmap '{bridge.node_name(labelmap_node)}' holds no image data")
-    thin = bridge.thin_axis(reference_volume)
+    three_d = bridge.is_volume_3d(reference_volume)
+    thin = None if three_d else bridge.thin_axis(reference_volume)
     values = np.asarray(slicer.util.arrayFromVolume(labelmap_node))
     selected = values != 0 if label is None else values == label
     if _same_grid(labelmap_node, reference_volume):
-        return bridge.slice_2d(selected, thin)
+        return selected if three_d else bridge.slice_2d(selected, thin)
     scene = bridge.current_scene()
     binary = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__rad4xcnn_binary__")
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "__rad4xcnn_resample__")
@@ -100,8 +102,8 @@ def mask_from_labelmap(labelmap_node, reference_volume, label: int | None = None
             raise Rad4XCNNError(f"could not read labelmap '{labelmap_node.GetName()}' as a segmentation")
         segmentation_obj = segmentation.GetSegmentation()
         if segmentation_obj.GetNumberOfSegments() == 0:
-            grid = bridge.slice_2d(slicer.util.arrayFromVolume(reference_volume), thin).shape[:2]
-            return np.zeros(grid, bool)
+            grid = slicer.util.arrayFromVolume(reference_volume)
+            return np.zeros(grid.shape[:3] if three_d else bridge.slice_2d(grid, thin).shape[:2], bool)
         return mask_from_segment(segmentation, segmentation_obj.GetNthSegmentID(0), reference_volume)
     finally:
         for node in (binary, segmentation):

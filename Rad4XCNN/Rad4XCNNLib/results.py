@@ -174,7 +174,9 @@ def export_case(values: Mapping[str, Any], folder: Path) -> Path:
         raise Rad4XCNNError("choose the case's image volume")
     if mask_node is None:
         raise Rad4XCNNError("choose the case's segmentation or labelmap")
-    image = bridge.image_from_volume_node(image_node)
+    # a 3D volume is written as it is, with its geometry (the engine reads the case as a volume)
+    three_d = bridge.is_volume_3d(image_node)
+    image = bridge.volume_from_node(image_node) if three_d else bridge.image_from_volume_node(image_node)
     if mask_node.IsA("vtkMRMLSegmentationNode"):
         mask = masks.mask_from_segment(mask_node, values.get("CaseSegment") or None, image_node)
     else:

@@ -154,3 +154,18 @@ def test_volume_rendering_without_the_module_is_one_line(mrml, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(Rad4XCNNError, match="single slice"):
         overlays.show_volume_rendering(flat)
+
+
+def test_case_panel_exports_a_3d_case_from_a_segment_or_a_labelmap(mrml, tmp_path):
+    from Rad4XCNNLib import results
+
+    _, node, mask = _ct_with_segment()
+    segmentation = slicer.mrmlScene.GetFirstNodeByName("ct01 seg")
+    labelmap = mb.volume_node_like(mask * 2, node, "ct01 label", node_class="vtkMRMLLabelMapVolumeNode")
+    for lesion in (segmentation, labelmap):
+        folder = tmp_path / lesion.GetName().replace(" ", "_")
+        manifest = results.export_case({"CaseImage": node, "CaseMask": lesion}, folder)
+        case = read_manifest(manifest).cases[0]
+        loaded = case.load()
+        assert isinstance(loaded.image, Volume) and loaded.image.spacing == pytest.approx(SPACING)
+        np.testing.assert_array_equal(loaded.mask, mask != 0)
