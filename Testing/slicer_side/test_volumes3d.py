@@ -169,3 +169,14 @@ def test_case_panel_exports_a_3d_case_from_a_segment_or_a_labelmap(mrml, tmp_pat
         loaded = case.load()
         assert isinstance(loaded.image, Volume) and loaded.image.spacing == pytest.approx(SPACING)
         np.testing.assert_array_equal(loaded.mask, mask != 0)
+
+
+def test_a_3d_feature_map_renders_over_its_own_window(mrml):
+    _, node, mask = _ct_with_segment()
+    values = np.where(mask > 0, np.linspace(10, 20, mask.size).reshape(mask.shape), 0.0)
+    feature = mapviews.feature_map_volume(values, node, "original_glcm_Contrast")
+    display = overlays.show_volume_rendering(feature)
+    low, high = feature.GetDisplayNode().GetWindowLevelMin(), feature.GetDisplayNode().GetWindowLevelMax()
+    assert low > 9 and high < 21  # the lesion's values, not [0, 1] as for a CAM
+    opacity = display.GetVolumePropertyNode().GetVolumeProperty().GetScalarOpacity()
+    assert opacity.GetValue(low) == pytest.approx(0.0) and opacity.GetValue(high) == pytest.approx(0.6)
