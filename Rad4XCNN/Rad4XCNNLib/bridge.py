@@ -64,6 +64,8 @@ class HeadlessSlicer:
 
 
 _HEADLESS: HeadlessSlicer | None = None
+#: slicer-core holds the Volume Rendering module logic (checked, as a wheel might not)
+_HAS_VOLUME_RENDERING = hasattr(slicer, "vtkSlicerVolumeRenderingLogic")
 
 
 def in_slicer_application() -> bool:
@@ -101,6 +103,7 @@ def headless_slicer() -> HeadlessSlicer:
         ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
         ("Plots", slicer.vtkSlicerPlotsLogic),
         ("Tables", slicer.vtkSlicerTablesLogic),
+        *([("VolumeRendering", slicer.vtkSlicerVolumeRenderingLogic)] if _HAS_VOLUME_RENDERING else []),
     ):
         logic = cls()
         logic.SetMRMLScene(scene)
@@ -324,3 +327,108 @@ def load_volume_file(path, name: str | None = None, labelmap: bool = False):
     if node is None:
         raise Rad4XCNNError(f"Slicer could not read {path}")
     return node
+
+
+# ------------------------------------------------------------------------------------------- volumes
+def is_volume_3d(node) -> bool:
+    """True for a volume with more than one voxel along each axis (a 3D volume, not a single slice)."""
+    image_data = node.GetImageData() if node is not None else None
+    if image_data is None:
+        raise Rad4XCNNError(f"volume '{node_name(node)}' holds no image data")
+    return min(image_data.GetDimensions()) > 1
+
+
+def ijk_to_ras_from_volume(volume) -> np.ndarray:
+    """The 4x4 IJK-to-RAS matrix of a :class:`~Rad4XCNNLogic.cohort.volumes.Volume` (LPS, SimpleITK's
+    geometry) for Slicer (RAS)."""
+    direction = np.asarray(volume.direction, dtype=float).reshape(3, 3)
+    matrix = np.eye(4)
+    matrix[:3, :3] = LPS_TO_RAS @ direction @ np.diag([float(s) for s in volume.spacing])
+    matrix[:3, 3] = LPS_TO_RAS @ np.asarray(volume.origin, dtype=float)
+    return matrix
+
+
+def volume_from_node(node):
+    """A 3D scalar volume node as a grey :class:`~Rad4XCNNLogic.cohort.volumes.Volume` with its geometry
+    (spacing, origin and direction in SimpleITK's LPS convention), as the engine reads the same NRRD.
+
+    Examples
+    --------
+    >>> volume = volume_from_node(slicer.util.getNode("ct01"))  # doctest: +SKIP
+    >>> volume.spacing  # doctest: +SKIP
+    (0.8, 0.8, 2.5)
+    """
+    from Rad4XCNNLogic.cohort.volumes import Volume
+
+    if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
+        raise Rad4XCNNError(f"expected a scalar volume node, got {node_name(node)}")
+    if node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise Rad4XCNNError(f"volume '{node.GetName()}' is a labelmap; choose the image, not its mask")
+    components = node.GetImageData().GetNumberOfScalarComponents() if node.GetImageData() else 0
+    if components != 1:
+        raise Rad4XCNNError(
+            f"volume '{node.GetName()}' has {components} components per voxel; a grey 3D volume is expected"
+        )
+    array = np.array(slicer.util.arrayFromVolume(node), dtype=np.float32)
+    ijk_to_ras = ijk_to_ras_array(node)
+    lps = LPS_TO_RAS @ ijk_to_ras[:3, :3]
+    spacing = np.linalg.norm(lps, axis=0)
+    direction = lps / spacing
+    origin = LPS_TO_RAS @ ijk_to_ras[:3, 3]
+    return Volume(
+        array,
+        tuple(float(s) for s in spacing),
+        tuple(float(o) for o in origin),
+        tuple(float(d) for d in direction.ravel()),
+        {"node": node.GetName(), "ijk_to_ras": ijk_to_ras.tolist(), "components": 1},
+    )
+
+
+def volume_node_from_volume(volume, name: str, node=None, node_class: str = "vtkMRMLScalarVolumeNode"):
+    """Put a :class:`~Rad4XCNNLogic.cohort.volumes.Volume` into the scene (a new node, or ``node`` updated)
+    with its geometry."""
+    array = np.asarray(volume.array)
+    if array.ndim != 3:
+        raise Rad4XCNNError(f"expected a 3D volume array, got shape {array.shape}")
+    if node is None:
+        node = current_scene().AddNewNodeByClass(node_class, name)
+    elif name:
+        node.SetName(name)
+    set_ijk_to_ras(node, ijk_to_ras_from_volume(volume))
+    slicer.util.updateVolumeFromArray(node, array)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def volume_node_like(array: np.ndarray, like, name: str, node=None, node_class: str | None = None):
+    """Put ``array`` into the scene in the geometry of the volume ``like``: a 2D array on a single-slice
+    volume (:func:`volume_node_from_array`), or a (slices, rows, columns) array on a 3D volume."""
+    if not is_volume_3d(like):
+        return volume_node_from_array(array, like, name, node=node, node_class=node_class)
+    array = np.asarray(array)
+    expected = tuple(slicer.util.arrayFromVolume(like).shape[:3])
+    if array.shape != expected:
+        raise Rad4XCNNError(
+            f"array of shape {array.shape} does not match the {' x '.join(map(str, expected))} "
+            f"(slices x rows x columns) voxel grid of '{like.GetName()}'"
+        )
+    if node is None:
+        node = current_scene().AddNewNodeByClass(node_class or "vtkMRMLScalarVolumeNode", name)
+    elif name:
+        node.SetName(name)
+    set_ijk_to_ras(node, ijk_to_ras_array(like))
+    slicer.util.updateVolumeFromArray(node, array)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def read_map_array(path) -> np.ndarray:
+    """A CAM or feature-map file as an array: 2D for a one-slice image, (slices, rows, columns) for a 3D
+    volume (as the engine wrote it, in its image's geometry)."""
+    from Rad4XCNNLogic.cohort.imageio import read_image
+    from Rad4XCNNLogic.cohort.volumes import image_info, read_volume
+
+    info = image_info(path)
+    if info is not None and info[0] == 3:
+        return read_volume(path).array
+    return read_image(path).array

@@ -13,7 +13,6 @@ import slicer
 
 from Rad4XCNNLib import bridge, overlays, tables
 from Rad4XCNNLib.parameters import FEATURE_COLOURS
-from Rad4XCNNLogic.cohort.imageio import Image2D, read_image
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
 log = logging.getLogger(__name__)
@@ -102,20 +101,19 @@ def recolour_feature_maps(colour: str) -> int:
 def feature_map_volume(
     feature_map, image_volume, feature: str, colour: str = DEFAULT_FEATURE_COLOUR, node=None
 ):
-    """A voxel-based feature map (path to its NRRD, :class:`Image2D` or 2D array on the image's grid) as a
-    scalar volume over ``image_volume``, coloured by ``colour``.
+    """A voxel-based feature map (path to its NRRD, :class:`Image2D` or 2D array on the image's grid; for a
+    3D ``image_volume`` a 3D NRRD or (slices, rows, columns) array) as a scalar volume over
+    ``image_volume``, coloured by ``colour``.
 
     The window spans the map's finite values inside the lesion (pixels outside the lesion hold 0, undefined
     ones NaN, shown as 0), so that the colours use the whole range of the feature in this lesion.
     """
     if isinstance(feature_map, (str, Path)):
-        feature_map = read_image(feature_map)
-    array = np.asarray(feature_map.array if isinstance(feature_map, Image2D) else feature_map, np.float32)
+        feature_map = bridge.read_map_array(feature_map)
+    array = np.asarray(getattr(feature_map, "array", feature_map), np.float32)
     inside = array[np.isfinite(array) & (array != 0)]
     shown = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
-    node = bridge.volume_node_from_array(
-        shown, image_volume, f"{image_volume.GetName()} {feature}", node=node
-    )
+    node = bridge.volume_node_like(shown, image_volume, f"{image_volume.GetName()} {feature}", node=node)
     display = node.GetDisplayNode()
     set_feature_colour(node, colour)
     low, high = (float(inside.min()), float(inside.max())) if inside.size else (0.0, 1.0)

@@ -49,7 +49,8 @@ def segment_id_of(segmentation_node, segment: str | None = None) -> str:
 
 
 def mask_from_segment(segmentation_node, segment: str | None, reference_volume) -> np.ndarray:
-    """One segment as a boolean 2D mask in the pixel grid of the single-slice ``reference_volume``.
+    """One segment as a boolean 2D mask in the pixel grid of the single-slice ``reference_volume`` (a 3D
+    (slices, rows, columns) mask of its voxel grid when ``reference_volume`` is a 3D volume).
 
     The segment is exported through Slicer's segmentation logic into the reference geometry, so a
     segmentation drawn on another grid (other extent or spacing) is resampled the way Slicer does it.
@@ -61,6 +62,9 @@ def mask_from_segment(segmentation_node, segment: str | None, reference_volume) 
     True
     """
     segment_id = segment_id_of(segmentation_node, segment)
+    if bridge.is_volume_3d(reference_volume):
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume)
+        return np.asarray(array) != 0
     thin = bridge.thin_axis(reference_volume)
     array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation_node, segment_id, reference_volume)
     return bridge.slice_2d(np.asarray(array), thin) != 0
@@ -74,17 +78,19 @@ def _same_grid(a, b) -> bool:
 
 
 def mask_from_labelmap(labelmap_node, reference_volume, label: int | None = None) -> np.ndarray:
-    """A labelmap volume (voxels == ``label``, or any non-zero voxel) as a boolean mask of the reference grid.
+    """A labelmap volume (voxels == ``label``, or any non-zero voxel) as a boolean mask of the reference grid
+    (2D for a single-slice reference, 3D for a 3D one).
 
     A labelmap on another grid is resampled through a temporary segmentation, as Slicer would.
     """
     if labelmap_node is None or labelmap_node.GetImageData() is None:
         raise Rad4XCNNError(f"labelmap '{bridge.node_name(labelmap_node)}' holds no image data")
-    thin = bridge.thin_axis(reference_volume)
+    three_d = bridge.is_volume_3d(reference_volume)
+    thin = None if three_d else bridge.thin_axis(reference_volume)
     values = np.asarray(slicer.util.arrayFromVolume(labelmap_node))
     selected = values != 0 if label is None else values == label
     if _same_grid(labelmap_node, reference_volume):
-        return bridge.slice_2d(selected, thin)
+        return selected if three_d else bridge.slice_2d(selected, thin)
     scene = bridge.current_scene()
     binary = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__rad4xcnn_binary__")
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "__rad4xcnn_resample__")
@@ -96,8 +102,8 @@ def mask_from_labelmap(labelmap_node, reference_volume, label: int | None = None
             raise Rad4XCNNError(f"could not read labelmap '{labelmap_node.GetName()}' as a segmentation")
         segmentation_obj = segmentation.GetSegmentation()
         if segmentation_obj.GetNumberOfSegments() == 0:
-            grid = bridge.slice_2d(slicer.util.arrayFromVolume(reference_volume), thin).shape[:2]
-            return np.zeros(grid, bool)
+            grid = slicer.util.arrayFromVolume(reference_volume)
+            return np.zeros(grid.shape[:3] if three_d else bridge.slice_2d(grid, thin).shape[:2], bool)
         return mask_from_segment(segmentation, segmentation_obj.GetNthSegmentID(0), reference_volume)
     finally:
         for node in (binary, segmentation):
@@ -199,8 +205,10 @@ def scene_image_segmentation_pairs(label_attribute: str = "Rad4XCNN.label") -> l
 def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     """Write image/segmentation pairs as NRRD files and a cohort manifest; returns the manifest's path.
 
-    Each image keeps its geometry; each mask is written in its image's grid. Case ids are the volume names
-    (made unique). The manifest is the one ``rad4xcnn`` reads (docs/ARCHITECTURE.md).
+    Each image keeps its geometry; each mask is written in its image's grid. A 3D volume is written as it is
+    (a 3D NRRD with its spacing, origin and direction, its segment as a 3D mask), so the engine reads the
+    cohort as volumes; a scene mixing single-slice and 3D volumes stops with one line. Case ids are the
+    volume names (made unique). The manifest is the one ``rad4xcnn`` reads (docs/ARCHITECTURE.md).
     """
     from pathlib import Path
 
@@ -210,14 +218,23 @@ def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     from Rad4XCNNLogic.infra.storage import write_csv_atomic
 
     folder = Path(folder)
+    pairs = list(pairs)
+    check_same_dims(pairs)
     rows = []
     used: set[str] = set()
     for pair in pairs:
         case_id = _unique(safe_name(pair.case_id), used)
-        image = bridge.image_from_volume_node(pair.volume)
+        image_path, mask_path = (
+            folder / "images" / f"{case_id}.nrrd",
+            folder / "masks" / f"{case_id}_mask.nrrd",
+        )
         mask = mask_from_segment(pair.segmentation, pair.segment_id, pair.volume)
-        write_image(folder / "images" / f"{case_id}.nrrd", image.array, like=image)
-        write_image(folder / "masks" / f"{case_id}_mask.nrrd", mask.astype(np.uint8), like=image)
+        if bridge.is_volume_3d(pair.volume):
+            write_volume_pair(bridge.volume_from_node(pair.volume), mask, image_path, mask_path)
+        else:
+            image = bridge.image_from_volume_node(pair.volume)
+            write_image(image_path, image.array, like=image)
+            write_image(mask_path, mask.astype(np.uint8), like=image)
         rows.append(
             {
                 "case_id": case_id,
@@ -232,6 +249,25 @@ def export_scene_cohort(pairs: Iterable[ScenePair], folder) -> object:
     manifest = folder / "manifest.csv"
     write_csv_atomic(manifest, pd.DataFrame(rows).set_index("case_id"))
     return manifest
+
+
+def check_same_dims(pairs: Sequence[ScenePair]) -> None:
+    """Stop with one line when ``pairs`` mix single-slice (2D) and 3D volumes, naming one of each."""
+    flat = next((p for p in pairs if not bridge.is_volume_3d(p.volume)), None)
+    deep = next((p for p in pairs if bridge.is_volume_3d(p.volume)), None)
+    if flat is not None and deep is not None:
+        raise Rad4XCNNError(
+            f"the scene mixes 2D images and 3D volumes ('{flat.case_id}' is a single slice, "
+            f"'{deep.case_id}' a 3D volume); export one kind at a time"
+        )
+
+
+def write_volume_pair(volume, mask: np.ndarray, image_path, mask_path) -> None:
+    """Write a 3D volume and its mask (same grid) as NRRD files with the volume's geometry."""
+    from Rad4XCNNLogic.cohort.imageio import write_image
+
+    write_image(image_path, volume.array, like=volume)
+    write_image(mask_path, mask.astype(np.uint8), like=volume)
 
 
 def safe_name(text: str) -> str:

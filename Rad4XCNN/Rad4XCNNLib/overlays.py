@@ -10,7 +10,6 @@ import numpy as np
 import slicer
 
 from Rad4XCNNLib import bridge
-from Rad4XCNNLogic.cohort.imageio import Image2D
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
 log = logging.getLogger(__name__)
@@ -100,10 +99,14 @@ def cam_overlay(
     name: str | None = None,
     node=None,
     normalise: bool = True,
+    volume_rendering: bool = False,
 ):
     """Show a CAM over its image: a scalar volume in the image's geometry, heat colours, foreground layer.
 
-    ``cam`` is a 2D array (or :class:`Image2D`) of the image's pixel grid; with ``normalise`` it is scaled to
+    ``cam`` is a 2D array (or :class:`Image2D`) of the image's pixel grid, or for a 3D ``image_volume`` a
+    (slices, rows, columns) array (or :class:`~Rad4XCNNLogic.cohort.volumes.Volume`) of its voxel grid;
+    with ``volume_rendering`` (3D only) it is also rendered in the 3D view (:func:`show_volume_rendering`);
+    with ``normalise`` it is scaled to
     [0, 1] (a constant map becomes zeros). The volume's window spans [0, 1] so colours mean the same across
     cases and methods. Every slice view gets ``image_volume`` as background and the CAM as foreground at
     ``opacity``. Returns the CAM volume node (new, or ``node`` refilled).
@@ -112,7 +115,7 @@ def cam_overlay(
     --------
     >>> overlay = cam_overlay(gradcam, slicer.util.getNode("case001"), opacity=0.4)  # doctest: +SKIP
     """
-    array = np.asarray(cam.array if isinstance(cam, Image2D) else cam, dtype=np.float32)
+    array = np.asarray(getattr(cam, "array", cam), dtype=np.float32)
     if not np.isfinite(array).all():
         raise Rad4XCNNError("the CAM holds NaN or infinite values")
     if not 0.0 <= float(opacity) <= 1.0:
@@ -121,7 +124,7 @@ def cam_overlay(
         low, high = float(array.min()), float(array.max())
         array = (array - low) / (high - low) if high > low else np.zeros_like(array)
     name = name or f"{image_volume.GetName()} CAM"
-    node = bridge.volume_node_from_array(array, image_volume, name, node=node)
+    node = bridge.volume_node_like(array, image_volume, name, node=node)
     display = node.GetDisplayNode()
     display.SetAndObserveColorNodeID(colour_node(colour).GetID())
     display.SetAutoWindowLevel(False)
@@ -132,7 +135,42 @@ def cam_overlay(
     slicer.util.setSliceViewerLayers(
         background=image_volume, foreground=node, foregroundOpacity=float(opacity)
     )
+    if volume_rendering:
+        show_volume_rendering(node)
     return node
+
+
+def volume_rendering_logic():
+    """Slicer's Volume Rendering module logic; a one-line error where this Slicer has none."""
+    module = getattr(getattr(slicer, "modules", None), "volumerendering", None)
+    if module is None:
+        raise Rad4XCNNError(
+            "volume rendering is not available (this Slicer has no Volume Rendering module); "
+            "the map is shown in the slice views only"
+        )
+    return module.logic()
+
+
+def show_volume_rendering(node, max_opacity: float = 0.6):
+    """Render a 3D map volume in the 3D view with its own colours: the volume's colour table and window
+    (copied from its slice display), transparent in the lowest fifth of the window, rising to
+    ``max_opacity`` at its top. Returns the volume rendering display node (made once per volume)."""
+    if not bridge.is_volume_3d(node):
+        raise Rad4XCNNError(f"'{node.GetName()}' is a single slice; volume rendering is for 3D volumes")
+    logic = volume_rendering_logic()
+    display = logic.GetFirstVolumeRenderingDisplayNode(node) or logic.CreateDefaultVolumeRenderingNodes(node)
+    if display is None or display.GetVolumePropertyNode() is None:
+        raise Rad4XCNNError(f"Slicer could not set up the volume rendering of '{node.GetName()}'")
+    scalar = node.GetDisplayNode()
+    logic.CopyScalarDisplayToVolumeRenderingDisplayNode(display, scalar)
+    low, high = float(scalar.GetWindowLevelMin()), float(scalar.GetWindowLevelMax())
+    opacity = display.GetVolumePropertyNode().GetVolumeProperty().GetScalarOpacity()
+    opacity.RemoveAllPoints()
+    opacity.AddPoint(low, 0.0)
+    opacity.AddPoint(low + 0.2 * (high - low), 0.0)
+    opacity.AddPoint(high, float(max_opacity))
+    display.SetVisibility(True)
+    return display
 
 
 def colour_legend(volume, title: str):

@@ -204,6 +204,13 @@ PARAMETERS: tuple[Parameter, ...] = (
         maximum=1,
     ),
     Parameter(
+        "VolumeRendering",
+        "bool",
+        False,
+        "volumeRenderingCheckBox",
+        "for a 3D volume, also render the CAM in the 3D view (volume rendering)",
+    ),
+    Parameter(
         "TopFeatures",
         "int",
         5,

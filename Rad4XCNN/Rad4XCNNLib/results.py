@@ -174,7 +174,9 @@ def export_case(values: Mapping[str, Any], folder: Path) -> Path:
         raise Rad4XCNNError("choose the case's image volume")
     if mask_node is None:
         raise Rad4XCNNError("choose the case's segmentation or labelmap")
-    image = bridge.image_from_volume_node(image_node)
+    # a 3D volume is written as it is, with its geometry (the engine reads the case as a volume)
+    three_d = bridge.is_volume_3d(image_node)
+    image = bridge.volume_from_node(image_node) if three_d else bridge.image_from_volume_node(image_node)
     if mask_node.IsA("vtkMRMLSegmentationNode"):
         mask = masks.mask_from_segment(mask_node, values.get("CaseSegment") or None, image_node)
     else:
@@ -219,10 +221,11 @@ def case_command(values: Mapping[str, Any], folder: Path) -> list[str]:
 
 
 def read_case_outputs(folder: Path) -> tuple[object | None, np.ndarray | None]:
-    """The case's radiomic values (a Series) and CAM (a 2D array), where the case command wrote them."""
+    """The case's radiomic values (a Series) and CAM (a 2D array, 3D for a volume), where the case command
+    wrote them."""
     import pandas as pd
 
-    from Rad4XCNNLogic.cohort.imageio import read_image
+    from Rad4XCNNLib.bridge import read_map_array
 
     folder = Path(folder)
     values = None
@@ -233,7 +236,7 @@ def read_case_outputs(folder: Path) -> tuple[object | None, np.ndarray | None]:
             values = frame.iloc[0]
     cams = sorted((folder / "cam").glob("*.nrrd")) if (folder / "cam").is_dir() else []
     cams = [p for p in cams if not p.name.endswith("_raw.nrrd")]  # raw maps sit beside the scaled ones
-    cam = read_image(cams[0]).array if cams else None
+    cam = read_map_array(cams[0]) if cams else None
     return values, cam
 
 
@@ -255,7 +258,11 @@ def show_case(
         notes.append("the case's image is no longer in the scene, so its CAM is not shown")
     elif cam is not None:
         node = overlays.cam_overlay(
-            cam, image, opacity=values["CamOpacity"], node=settings.get(parameter_node, "CamVolume")
+            cam,
+            image,
+            opacity=values["CamOpacity"],
+            node=settings.get(parameter_node, "CamVolume"),
+            volume_rendering=bool(values.get("VolumeRendering")) and cam.ndim == 3,
         )
         settings.set_value(parameter_node, "CamVolume", node)
         notes.append(f"{values['CamMethod']} map shown over {image.GetName()}")

@@ -154,75 +154,96 @@ def _filtered_image(image, mask, prefix: str, image_type: str, params: Radiomics
 
 def feature_map(loaded, name: str, params: RadiomicsParams, kernel_radius: int = DEFAULT_KERNEL_RADIUS):
     """One voxel-based feature map of one case, on the image's pixel grid (float32, 0 outside the lesion;
-    NaN where the feature is undefined for a pixel's kernel).
+    NaN where the feature is undefined for a pixel's kernel). For a 3D volume, a (slices, rows, columns)
+    map with a 3D kernel (a cube of ``2 * kernel_radius + 1`` voxels) on the volume's own grid.
 
     Raises :class:`CaseError` when the kernel is larger than the lesion (a map of one value would say
     nothing) or when PyRadiomics refuses the case.
     """
     import SimpleITK as sitk
-    from radiomics import featureextractor
 
     from Rad4XCNNLogic.features.radiomics import pixels_for_pyradiomics
     from Rad4XCNNLogic.names import parse_radiomic_name
 
     mask = np.asarray(loaded.mask, bool)
-    rows, cols = np.nonzero(mask)
-    height, width = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+    volume = mask.ndim == 3
+    extent = [int(axis.max() - axis.min() + 1) for axis in np.nonzero(mask)]
     side = 2 * int(kernel_radius) + 1
-    if side > min(height, width):
+    if side > min(extent):
+        unit = "voxels" if volume else "pixels"
+        kernel = " x ".join([str(side)] * len(extent))
         raise CaseError(
             loaded.case_id,
-            f"the kernel of radius {kernel_radius} ({side} x {side} pixels) is larger than the lesion "
-            f"({height} x {width} pixels); choose a kernel radius of at most {(min(height, width) - 1) // 2}",
+            f"the kernel of radius {kernel_radius} ({kernel} {unit}) is larger than the lesion "
+            f"({' x '.join(map(str, extent))} {unit}); choose a kernel radius of at most "
+            f"{(min(extent) - 1) // 2}",
         )
-    parsed = parse_radiomic_name(name)
-    prefix, feature_class, feature = parsed.image_type, parsed.feature_class, parsed.feature
-    image_type = _image_type_of(prefix)
+    prefix = parse_radiomic_name(name).image_type
     settings = _settings_for(params)
-    image2d = loaded.image.to_sitk(pixels_for_pyradiomics(loaded.image.array))
-    mask2d = loaded.image.to_sitk(mask.astype(np.uint8))
-    filtered = _filtered_image(image2d, mask2d, prefix, image_type, params, settings)
+    image_sitk = loaded.image.to_sitk(pixels_for_pyradiomics(loaded.image.array))
+    mask_sitk = loaded.image.to_sitk(mask.astype(np.uint8))
+    filtered = _filtered_image(image_sitk, mask_sitk, prefix, _image_type_of(prefix), params, settings)
+    if volume:  # a 3D kernel on the volume's own grid
+        inner = {**settings, "normalize": False, "force2D": False}
+        return _voxel_map(loaded.case_id, filtered, mask_sitk, mask, inner, name, kernel_radius)
     # Voxel-based firstorder fails on a true 2D image in PyRadiomics 3.1 (2-column kernel offsets get a
     # 3-column centre appended); the filtered image as one slice of a 3D image, with force2D, gives the
     # same in-plane kernel. Normalisation was applied before the filter, as the extractor does.
     inner = {**settings, "normalize": False, "force2D": True, "force2Ddimension": 0}
+    image3d, mask3d = sitk.JoinSeries(filtered), sitk.JoinSeries(mask_sitk)
+    return _voxel_map(loaded.case_id, image3d, mask3d, mask[np.newaxis], inner, name, kernel_radius)[0]
+
+
+def _voxel_map(case_id, image, mask_image, mask: np.ndarray, setting: dict, name: str, kernel_radius: int):
+    """PyRadiomics' voxel-based map of ``name``'s feature on the 3D ``image`` (already filtered), placed on
+    the image's whole (slices, rows, columns) grid, 0 outside ``mask``."""
+    import SimpleITK as sitk
+    from radiomics import featureextractor
+
+    from Rad4XCNNLogic.names import parse_radiomic_name
+
+    parsed = parse_radiomic_name(name)
     extractor = featureextractor.RadiomicsFeatureExtractor(
-        {"setting": inner, "voxelSetting": {**_VOXEL_SETTING, "kernelRadius": int(kernel_radius)}}
+        {"setting": setting, "voxelSetting": {**_VOXEL_SETTING, "kernelRadius": int(kernel_radius)}}
     )
     extractor.disableAllImageTypes()
     extractor.enableImageTypeByName("Original")
     extractor.disableAllFeatures()
-    extractor.enableFeaturesByName(**{feature_class: [feature]})
-    image3d, mask3d = sitk.JoinSeries(filtered), sitk.JoinSeries(mask2d)
+    extractor.enableFeaturesByName(**{parsed.feature_class: [parsed.feature]})
     try:
-        result = extractor.execute(image3d, mask3d, label=1, voxelBased=True)
+        result = extractor.execute(image, mask_image, label=1, voxelBased=True)
     except ValueError as exc:
         problem = f"{name}: PyRadiomics refused the case: {first_line(exc)}"
-        raise CaseError(loaded.case_id, problem) from None
-    key = f"original_{feature_class}_{feature}"
+        raise CaseError(case_id, problem) from None
+    key = f"original_{parsed.feature_class}_{parsed.feature}"
     if key not in result:
-        raise CaseError(loaded.case_id, f"PyRadiomics gave no voxel-based map of {name}")
+        raise CaseError(case_id, f"PyRadiomics gave no voxel-based map of {name}")
     out = result[key]
-    values = sitk.GetArrayFromImage(out)[0].astype(np.float32)
-    x0, y0, _ = image3d.TransformPhysicalPointToIndex(out.GetOrigin())
+    values = sitk.GetArrayFromImage(out).astype(np.float32)
+    x0, y0, z0 = image.TransformPhysicalPointToIndex(out.GetOrigin())
     full = np.zeros(mask.shape, np.float32)
-    full[y0 : y0 + values.shape[0], x0 : x0 + values.shape[1]] = values
+    depth, height, width = values.shape
+    full[z0 : z0 + depth, y0 : y0 + height, x0 : x0 + width] = values
     full[~mask] = 0.0
     return full
 
 
 # ----------------------------------------------------------------------------------------- agreement
 def read_cam_maps(cam_dir: str | os.PathLike, case_id: str) -> dict[str, np.ndarray]:
-    """The scaled CAMs of one case in a CAM folder (``<case>_<method>.nrrd``; raw maps are left out)."""
+    """The scaled CAMs of one case in a CAM folder (``<case>_<method>.nrrd``; raw maps are left out); a
+    CAM volume of a 3D case as a (slices, rows, columns) array."""
     from Rad4XCNNLogic.cam.methods import METHODS
     from Rad4XCNNLogic.cohort.imageio import read_image
+    from Rad4XCNNLogic.cohort.volumes import image_info, read_volume
 
     folder = Path(cam_dir)
     maps = {}
     for method, record in METHODS.items():
         path = folder / f"{file_stem(case_id)}_{record.file_tag}.nrrd"
         if path.is_file():
-            maps[method] = read_image(path, case_id).array.astype(np.float32)
+            three_d = (image_info(path) or (2,))[0] == 3
+            image = read_volume(path, case_id) if three_d else read_image(path, case_id)
+            maps[method] = image.array.astype(np.float32)
     return maps
 
 
@@ -338,7 +359,7 @@ def compute_feature_maps(
     import pandas as pd
 
     from Rad4XCNNLogic.cam.maps import select_cases
-    from Rad4XCNNLogic.features.radiomics_params import resolve_params
+    from Rad4XCNNLogic.features.radiomics_params import for_volumes, resolve_params
 
     started = time.perf_counter()
     if int(kernel_radius) < 1:
@@ -351,6 +372,8 @@ def compute_feature_maps(
     if not usable:
         raise Rad4XCNNError(f"no feature with a voxel-based form among {', '.join(skipped)} (shape features)")
     params = resolve_params(params)
+    if getattr(cohort, "dims", None) == 3:  # volumes: the 3D counterpart of a 2D preset (paper -> paper3d)
+        params = for_volumes(params)
     failures: list[CaseFailure] = []
     chosen = select_cases(cohort, cases, failures)
     if cam_dir is None and from_run is not None and (Path(from_run) / "cam").is_dir():
@@ -428,13 +451,15 @@ def compute_feature_maps(
 
 def _write_map(out_dir, case: Case, name: str, value: np.ndarray) -> Path:
     from Rad4XCNNLogic.cohort.imageio import read_image, write_image
+    from Rad4XCNNLogic.cohort.volumes import read_volume
 
     path = Path(out_dir) / f"{file_stem(case.case_id)}_{file_stem(name)}.nrrd"
     path.parent.mkdir(parents=True, exist_ok=True)
     # undefined pixels (NaN, counted in the table) are written as 0: image readers, ours included, refuse
     # NaN pixels as a sign of a broken file
     value = np.nan_to_num(value.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
-    return write_image(path, value, like=read_image(case.image, case.case_id))
+    like = read_volume(case.image, case.case_id) if value.ndim == 3 else read_image(case.image, case.case_id)
+    return write_image(path, value, like=like)
 
 
 def write_feature_maps(result: FeatureMapResult, out_dir: str | os.PathLike) -> dict[str, Path]:

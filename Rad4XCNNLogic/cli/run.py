@@ -58,12 +58,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _print_run(run_pipeline(config, progress=show_progress(args), force=args.force))
 
 
+def _demo3d(args: argparse.Namespace) -> int:
+    """``demo --dims 3``: the 3D profile (Rad4XCNNLogic.run.demo3d), what runs on volumes today."""
+    from Rad4XCNNLogic.run.demo3d import LEFT_OUT, run_demo3d
+
+    if args.external is not None:
+        raise UsageError("--external is for the 2D demo: the 3D demo has one cohort")
+    out = Path(args.out or "demo3d_run")
+    result = run_demo3d(out, args.n or 24, seed=value(args, "seed"), progress=show_progress(args))
+    print(f"radiomics:    {result.radiomics} ({result.summary.get('text', '')})")
+    print(f"feature maps: {result.maps} in {result.featuremaps} (NRRD in each volume's geometry)")
+    print(LEFT_OUT)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import json
 
     from Rad4XCNNLogic.cohort.synthetic import make_synthetic_cohort
     from Rad4XCNNLogic.run.runner import demo_config, run_pipeline
 
+    if args.dims == 3:
+        return _demo3d(args)
+    args.out = args.out or "demo_run"
+    args.n = 120 if args.n is None else args.n
+    args.external = 40 if args.external is None else args.external
     out = Path(args.out)
     cohort_dir = out / "cohort"
     seed = value(args, "seed")
@@ -130,8 +149,20 @@ def register(sub, parents: dict) -> None:
         description="Write the synthetic demo cohort (if not there yet) and run the whole pipeline on it: "
         "a ResNet18 fine-tuned on the cohort, compared with the same network left random.",
     )
-    p.add_argument("--out", default="demo_run", help="output folder (default ./demo_run)")
-    p.add_argument("--n", type=int, default=120, help="internal cases (default 120)")
-    p.add_argument("--external", type=int, default=40, help="external cases (default 40)")
+    p.add_argument(
+        "--out", default=None, help="output folder (default ./demo_run; ./demo3d_run with --dims 3)"
+    )
+    p.add_argument(
+        "--n", type=int, default=None, help="internal cases (default 120; 24 volumes with --dims 3)"
+    )
+    p.add_argument("--external", type=int, default=None, help="external cases (default 40; 2D only)")
     p.add_argument("--force", action="store_true", help="recompute every stage")
+    p.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        default=2,
+        help="2: the whole pipeline on ultrasound-like images (default); 3: the 3D profile, CT-like volumes "
+        "with 3D radiomics and voxel-based feature maps (what runs on volumes today)",
+    )
     p.set_defaults(func=cmd_demo)

@@ -21,6 +21,7 @@ from Rad4XCNNLogic.errors import UsageError
 from Rad4XCNNLogic.explain.settings import CONTROLS, ExplainConfig, ProbeConfig
 from Rad4XCNNLogic.features.settings import (
     DEVICES,
+    PRESETS,
     DeepConfig,
     ModelConfig,
     RadiomicsConfig,
@@ -201,7 +202,7 @@ PATH_SETTINGS = {
     ("manifest",): (),
     ("out",): (),
     ("training", "finetune_manifest"): (),
-    ("radiomics", "params"): ("paper", "extended"),
+    ("radiomics", "params"): tuple(PRESETS),
 }
 
 

@@ -213,3 +213,63 @@ def test_cli_featuremaps_and_case(cohort, tmp_path, capsys):
     assert code == 0
     assert (case_out / "featuremaps" / "big_original_firstorder_Mean.nrrd").is_file()
     assert (case_out / "radiomics.csv").is_file()
+
+
+def write_volume_case(folder, case_id="ct01", shape=(8, 24, 24), seed=3):
+    """A 3D NRRD (anisotropic spacing, an origin, an oblique direction) with a box lesion, and its mask."""
+    from Rad4XCNNLogic.cohort.volumes import Volume
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 200, size=shape).astype(np.int16)
+    mask = np.zeros(shape, np.uint8)
+    mask[2:6, 6:16, 5:17] = 1
+    image[mask > 0] += 40
+    c, s = np.cos(0.2), np.sin(0.2)
+    like = Volume(image, (0.8, 0.7, 2.5), (10.0, -4.0, 30.0), (c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    write_image(folder / f"{case_id}.nrrd", image, like=like)
+    write_image(folder / f"{case_id}_mask.nrrd", mask, like=like)
+    row = {"case_id": case_id, "image": f"{case_id}.nrrd", "mask": f"{case_id}_mask.nrrd", "label": "a"}
+    return row, like
+
+
+def test_3d_mean_map_uses_a_3d_kernel_in_the_volume_geometry(tmp_path, capsys):
+    from Rad4XCNNLogic.cli import main
+    from Rad4XCNNLogic.cohort.volumes import read_volume
+
+    row, like = write_volume_case(tmp_path)
+    cohort = read_manifest(write_manifest_rows(tmp_path / "manifest.csv", [row]))
+    assert cohort.dims == 3
+    out = tmp_path / "maps"
+    args = ["featuremaps", "--manifest", str(tmp_path / "manifest.csv"), "--kernel-radius", "1"]
+    assert main([*args, "--out", str(out), "--features", "original_firstorder_Mean"]) == 0
+    assert "wrote 1 feature map(s) of 1 case(s)" in capsys.readouterr().out
+    loaded = cohort.cases[0].load()
+    image, mask = loaded.image.array.astype(float), loaded.mask
+    written = read_volume(out / "ct01_original_firstorder_Mean.nrrd")
+    assert written.array.shape == image.shape
+    assert written.spacing == pytest.approx(like.spacing) and written.origin == pytest.approx(like.origin)
+    assert written.direction == pytest.approx(like.direction)
+    for z, r, c in [(2, 6, 5), (4, 10, 11), (5, 15, 16)]:  # corner, middle, far corner: a 3 x 3 x 3 window
+        window = (slice(z - 1, z + 2), slice(r - 1, r + 2), slice(c - 1, c + 2))
+        assert written.array[z, r, c] == pytest.approx(image[window][mask[window]].mean(), rel=1e-5)
+    assert (written.array[~mask] == 0).all()
+    # a kernel wider than the lesion's 4 slices is named in 3D
+    with pytest.raises(
+        Rad4XCNNError, match=r"\(5 x 5 x 5 voxels\) is larger than the lesion \(4 x 10 x 12 voxels"
+    ):
+        compute_feature_maps(cohort, "original_firstorder_Mean", kernel_radius=2)
+
+
+def test_3d_agreement_with_a_cam_volume(tmp_path):
+    row, like = write_volume_case(tmp_path)
+    cohort = read_manifest(write_manifest_rows(tmp_path / "manifest.csv", [row]))
+    image = cohort.cases[0].load().image.array.astype(np.float32)
+    cams = tmp_path / "cam"
+    write_image(cams / "ct01_gradcam.nrrd", image, like=like)  # a "CAM" that is the image itself
+    result = compute_feature_maps(
+        cohort, "original_firstorder_Mean", kernel_radius=1, cam_dir=cams, keep_maps=True
+    )
+    assert list(result.agreement["method"]) == ["gradcam"]
+    value = result.maps[("ct01", "original_firstorder_Mean")]
+    expected = map_agreement(value, image, cohort.cases[0].load().mask)
+    assert result.agreement["spearman"].iloc[0] == pytest.approx(expected) and expected > 0.1

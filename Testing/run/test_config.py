@@ -156,3 +156,13 @@ def test_a_setting_is_read_in_every_spelling_its_rule_accepts():
     assert [m.weights_kind for m in cfg.models] == ["imagenet", "random"]
     with pytest.raises(Rad4XCNNError, match=r"cam.methods\[0\]: 'gradcamx' is not allowed"):
         config_from_dict({"cam": {"methods": ["gradcamx"]}})
+
+
+def test_the_volumes_example_configuration_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "volumes3d.yaml"
+    cfg = load_config(example)
+    # a preset name is kept as it is (not read as a file beside the configuration)
+    assert cfg.radiomics.params == "paper3d" and cfg.radiomics.resample_spacing == [1.0, 1.0, 1.0]
+    assert cfg.manifest.endswith("synthetic3d/manifest.csv")
