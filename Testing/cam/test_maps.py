@@ -655,3 +655,16 @@ def test_importing_the_module_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "none", None])
+def test_cam_command_needs_a_classifier_trained_on_the_cohort(weights, synthetic_manifest, tmp_path, capsys):
+    """ImageNet or random weights have no classifier of the cohort's classes: one line says what to give."""
+    argv = ["cam", "--manifest", str(synthetic_manifest), "--out", str(tmp_path / "o")]
+    argv += ["--weights", weights] if weights else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "cam: CAMs need a classifier trained on the cohort: give a rad4xcnn checkpoint (rad4xcnn train)"
+    )
+    assert "\n" not in err

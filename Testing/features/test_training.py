@@ -173,3 +173,29 @@ def test_roc_auc_matches_scikit_learn():
     p3 = rng.dirichlet(np.ones(3), 60)
     assert roc_auc(y3, p3) == pytest.approx(metrics.roc_auc_score(y3, p3, multi_class="ovr"))
     assert np.isnan(roc_auc([1, 1], np.array([[0.2, 0.8], [0.4, 0.6]])))
+
+
+def test_deep_and_train_commands_run_their_stage_on_the_checkpoint_they_are_given(trained, cohort, tmp_path):
+    """``deep --weights CHECKPOINT`` names the checkpoint's model and, as the run's deep stage, extracts its
+    random-weights control unless ``--controls none``; ``train --weights CHECKPOINT`` starts from it."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.cohort.manifest import write_manifest
+
+    manifest = str(write_manifest(cohort.subset(cohort="internal"), tmp_path / "m.csv"))
+    common = ["--manifest", manifest, "--weights", str(trained.checkpoint), "--input-size", "32"]
+    common += ["--device", "cpu", "--no-progress"]
+    assert main(["-q", "deep", *common, "--out", str(tmp_path / "d.csv")]) == 0
+    both = pd.read_csv(tmp_path / "d.csv", index_col=0)
+    assert {c.rsplit("_", 1)[0] for c in both.columns} == {"resnet18", "resnet18-random"}
+    assert (tmp_path / "d.json").is_file()  # its settings, beside it
+    assert main(["-q", "deep", *common, "--controls", "none", "--out", str(tmp_path / "o" / "d.csv")]) == 0
+    alone = pd.read_csv(tmp_path / "o" / "d.csv", index_col=0)
+    pd.testing.assert_frame_equal(alone, both[alone.columns])
+    assert {c.rsplit("_", 1)[0] for c in alone.columns} == {"resnet18"}
+
+    argv = ["-q", "train", *common, "--epochs", "1", "--out", str(tmp_path / "t" / "p2.pt")]
+    assert main(argv) == 0
+    _, _, meta = load_checkpoint(tmp_path / "t" / "p2.pt")
+    assert meta["training"]["base_weights"]["sha256"] == file_sha256(trained.checkpoint)
+    assert (tmp_path / "t" / "training_history.csv").is_file()
