@@ -224,6 +224,9 @@ def test_too_few_training_cases_for_the_folds_asked():
         run_probes(deep, rad, train[:12], held, ProbeConfig(folds=10))
     with pytest.raises(Rad4XCNNError, match="too few held-out cases"):
         run_probes(deep, rad, train, held[:2])
+    # a section built in Python is checked once against the probe section's rules, naming the setting
+    with pytest.raises(Rad4XCNNError, match=r"probe\.folds"):
+        run_probes(deep, rad, train, held, ProbeConfig(folds=1))
 
 
 def test_control_table_with_other_case_ids_is_refused():
