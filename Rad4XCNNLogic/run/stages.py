@@ -195,7 +195,6 @@ def plan_train(run: Pipeline) -> Plan:
                 m.name,
                 run.path(RunFiles.checkpoint(m.key)),
                 weights=start.get(m.key),
-                pretrained=tc.pretrained and m.key not in start,
             )
             for m in trained
         ]

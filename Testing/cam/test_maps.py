@@ -92,21 +92,21 @@ def make_blob_cohort(out: Path, n: int = 160, seed: int = 0, shape=(64, 80), rad
 @pytest.fixture(scope="module")
 def blob_detector(tmp_path_factory):
     """A timm ``test_resnet`` trained by ``train_model`` to tell blob from plain (96-px input)."""
+    from Rad4XCNNLogic.features.settings import TrainingConfig
     from Rad4XCNNLogic.features.training import train_model
 
     out = tmp_path_factory.mktemp("blobs")
     manifest, blobs = make_blob_cohort(out)
     cohort = read_manifest(manifest)
+    settings = TrainingConfig(
+        pretrained=False, epochs=12, batch_size=16, learning_rate=2e-3, input_size=96, augment=False
+    )
     result = train_model(
         cohort,
         "test_resnet",
-        epochs=12,
+        settings,
         device="cpu",
         out=out / "blob.pt",
-        batch_size=16,
-        lr=2e-3,
-        input_size=96,
-        augment=False,
         num_workers=0,
         progress=False,
         seed=0,
