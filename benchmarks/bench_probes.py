@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from timing import timed
 
-from Rad4XCNNLogic.explain.probes import DEFAULT_PENALTIES, fold_labels, rank_transform, run_probes
+from Rad4XCNNLogic.explain.probes import fold_labels, rank_transform, run_probes
+from Rad4XCNNLogic.explain.settings import DEFAULT_PENALTIES, ProbeConfig
 from Rad4XCNNLogic.infra.environment import available_cpus, cpu_name
 from Rad4XCNNLogic.names import layer_columns
 
@@ -122,10 +123,15 @@ def main(argv=None) -> int:
     results = {}
     for backend in backends:
         if backend == "torch:cuda":  # warm-up: CUDA context and kernels
-            run_probes(deep, rad, train, held, bootstrap=10, backend=backend)
+            run_probes(deep, rad, train, held, ProbeConfig(bootstrap=10, backend=backend))
         seconds, result = timed(
             lambda b=backend: run_probes(
-                deep, rad, train, held, folds=folds, bootstrap=args.bootstrap, seed=seed, backend=b
+                deep,
+                rad,
+                train,
+                held,
+                ProbeConfig(folds=folds, bootstrap=args.bootstrap, backend=b),
+                seed=seed,
             ),
             repeat=args.repeat,
         )

@@ -81,10 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     shared = options.parents()
-    for part in (cohort, features, probe, cam, featuremaps, run):
+    for part in (cohort, probe, cam, featuremaps, run):
         part.register(sub, shared)
     # the stage commands made from the stage records (docs/ARCHITECTURE.md, "Stages")
-    stagecmd.register(sub, shared, [features.RADIOMICS, explain.COMMAND, classify.COMMAND])
+    commands = [features.TRAIN, features.DEEP, features.RADIOMICS, explain.COMMAND, classify.COMMAND]
+    stagecmd.register(sub, shared, [*commands, cam.COMMAND])
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Saliency commands: ``cam`` (the CAM stage of a run on a manifest) and ``case`` (one case against a finished
+"""Saliency commands: ``cam`` (the CAM stage of a run on a manifest, made from its stage record by
+:mod:`Rad4XCNNLogic.cli.stagecmd`) and ``case`` (one case against a finished
 run, which the 3D Slicer module runs in the background)."""
 
 from __future__ import annotations
@@ -8,39 +9,44 @@ import dataclasses
 from pathlib import Path
 
 from Rad4XCNNLogic.cli.featuremaps import add_featuremap_flags
-from Rad4XCNNLogic.cli.options import add_setting, config_from_args, print_failures, show_progress
+from Rad4XCNNLogic.cli.options import config_from_args, print_failures
+from Rad4XCNNLogic.cli.stagecmd import StageCommand
 from Rad4XCNNLogic.errors import Rad4XCNNError, UsageError
 
+NEEDS_CLASSIFIER = (
+    "cam: CAMs need a classifier trained on the cohort: give a rad4xcnn checkpoint (rad4xcnn train)"
+)
 
-def cmd_cam(args: argparse.Namespace) -> int:
-    from Rad4XCNNLogic.cohort.manifest import read_manifest
-    from Rad4XCNNLogic.run.work import cam_stage
 
-    if args.model is None and args.weights is None:
-        raise UsageError("give --weights with a checkpoint of 'rad4xcnn train' (or --model NAME)")
-    cfg = config_from_args(args)
-    cohort = read_manifest(cfg.manifest, seed=cfg.seed)
-    if args.split:
-        cohort = cohort.subset(split=args.split)
-    summary = cam_stage(
-        cohort,
-        args.weights,
-        Path(args.out),
-        cam=cfg.cam,
-        device=cfg.device,
-        seed=cfg.seed,
-        cases=cfg.cam.cases or None,
-        model=args.model,
-        progress=show_progress(args),
-    )
+def _cam_config(args: argparse.Namespace) -> dict:
+    """The run's ``models``: the one checkpoint of ``--weights`` (its model from its metadata, or
+    ``--model``); none given: the ``--config`` file's."""
+    from Rad4XCNNLogic.cli.features import checkpoint_model
+    from Rad4XCNNLogic.features.settings import weights_kind
+
+    if args.weights is None:
+        if args.config is None:
+            raise UsageError(NEEDS_CLASSIFIER)
+        return {}
+    if weights_kind(args.weights) != "file":
+        raise UsageError(NEEDS_CLASSIFIER)
+    try:
+        name = checkpoint_model(args.weights)
+    except UsageError:
+        raise UsageError(NEEDS_CLASSIFIER) from None
+    if args.model is not None and args.model != name:
+        raise UsageError(f"cam: --model {args.model} but {args.weights} holds {name}")
+    return {"models": [{"name": name, "weights": args.weights}], "control": "none"}
+
+
+def show_cam(args: argparse.Namespace, run, summary: dict) -> int:
+    """The terminal summary of the CAM stage: the maps, each method's checks and the methods' agreement."""
     result = summary["result"]
     s = result.settings
     print(
-        f"wrote {s['maps']} maps of {s['cases']} case(s) to {Path(args.out) / 'cam'} ({s['model']}, "
+        f"wrote {s['maps']} maps of {s['cases']} case(s) to {run.out / 'cam'} ({s['model']}, "
         f"layer {s['target_layer']}, {s['device']}, {s['seconds']:.1f} s)"
     )
-    if not s["task_classifier"]:
-        print("  the model has no classifier trained for the task: the maps are not meaningful for it")
     table = result.summary()
     if not table.empty:
         print("  method        pointing game   energy in lesion (chance)   empty maps   flagged")
@@ -60,8 +66,62 @@ def cmd_cam(args: argparse.Namespace) -> int:
         print(f"  agreement between methods (mean over cases): Spearman, top-{share}% IoU")
         for (a, b), row in agreement.iterrows():
             print(f"  {a} vs {b}: {row['spearman']:.3f}, {row[iou]:.3f}")
-    print_failures(cohort.failures + summary["failures"], "the saliency maps")
+    print_failures(run.load_cohort().failures + summary["failures"], "the saliency maps")
     return 0
+
+
+def _cam_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--weights",
+        help="checkpoint of 'rad4xcnn train' (the model with its classifier trained on the cohort); "
+        "without it, the --config file's models",
+    )
+    p.add_argument("--model", help="timm model name (default and check: the checkpoint's)")
+    p.add_argument(
+        "--split", choices=("train", "val", "test"), help="only the manifest's cases of this split"
+    )
+
+
+COMMAND = StageCommand(
+    "cam",
+    help="saliency maps (Grad-CAM, EigenCAM, ScoreCAM, ...) in image geometry, with their metrics",
+    description=(
+        "Compute class activation maps of a trained model on the lesion crops of the run's gallery "
+        "(--gallery test cases, the classes in turn) or of --cases, map them back onto the image (NRRD in "
+        "the image's size, spacing and origin, and a PNG overlay) and measure them: the CAM energy inside "
+        "the lesion, the pointing game, and the agreement between methods (Spearman correlation, top-20% "
+        "IoU); writes OUT/cam/: the CAM stage of 'rad4xcnn run'. Cost: ScoreCAM runs one forward pass per "
+        "channel of the target layer for every case (2048 for ResNet50's last stage, 1024 for "
+        "DenseNet121, 768 for ViT-B, 512 for ResNet18), --batch-size at a time: hundreds of times "
+        "Grad-CAM's cost."
+    ),
+    settings=(
+        ("cam.methods", ("--methods",), {"comma": True, "help": "CAM methods, comma-separated"}),
+        ("cam.gallery", ("--gallery",), {}),
+        (
+            "cam.cases",
+            ("--cases",),
+            {"comma": True, "help": "case ids, comma-separated (default: the gallery)"},
+        ),
+        ("cam.target_class", ("--target-class",), {}),
+        ("cam.target_layer", ("--target-layer",), {}),
+        (
+            "cam.batch_size",
+            ("--batch-size",),
+            {"help": "images per forward pass: cases for Grad-CAM and EigenCAM, masked inputs for ScoreCAM"},
+        ),
+        ("cam.tolerance", ("--tolerance",), {}),
+        ("cam.faithfulness", ("--faithfulness",), {}),
+        ("cam.deletion_steps", ("--deletion-steps",), {}),
+        ("cam.randomisation", ("--randomisation",), {}),
+    ),
+    show=show_cam,
+    flags=_cam_flags,
+    config=_cam_config,
+    options=lambda args: {"split": args.split},
+    out_help="output folder; the maps and tables go to OUT/cam/",
+    parents=("seed", "device", "progress"),
+)
 
 
 def cmd_case(args: argparse.Namespace) -> int:
@@ -132,45 +192,6 @@ def cmd_case(args: argparse.Namespace) -> int:
 
 
 def register(sub, parents: dict) -> None:
-    p = sub.add_parser(
-        "cam",
-        parents=[parents["seed"], parents["device"], parents["progress"]],
-        help="saliency maps (Grad-CAM, EigenCAM, ScoreCAM, ...) in image geometry, with their metrics",
-        description=(
-            "Compute class activation maps of a trained model on each case's lesion crop, map them back onto "
-            "the image (NRRD in the image's size, spacing and origin, and a PNG overlay) and measure them: "
-            "the CAM energy inside the lesion, the pointing game, and the agreement between methods "
-            "(Spearman correlation, top-20% IoU); writes OUT/cam/, as the CAM stage of 'rad4xcnn run'. "
-            "Cost: ScoreCAM runs one forward pass per channel of the target layer for every case (2048 for "
-            "ResNet50's last stage, 1024 for DenseNet121, 768 for ViT-B, 512 for ResNet18), --batch-size at "
-            "a time: hundreds of times Grad-CAM's cost."
-        ),
-    )
-    add_setting(p, "manifest", "--manifest", required=True)
-    p.add_argument(
-        "--weights",
-        help="checkpoint of 'rad4xcnn train' (the model with its trained classifier); with --model also "
-        "imagenet or a state dict file, whose maps explain ImageNet's classes, not the task",
-    )
-    p.add_argument("--model", help="timm model name (default: the checkpoint's)")
-    add_setting(p, "cam.methods", "--methods", comma=True, help="CAM methods, comma-separated")
-    add_setting(p, "cam.cases", "--cases", comma=True, help="case ids, comma-separated (default: every case)")
-    p.add_argument("--split", choices=("train", "val", "test"), help="only the cases of this split")
-    add_setting(p, "cam.target_class", "--target-class")
-    add_setting(p, "cam.target_layer", "--target-layer")
-    add_setting(
-        p,
-        "cam.batch_size",
-        "--batch-size",
-        help="images per forward pass: cases for Grad-CAM and EigenCAM, masked inputs for ScoreCAM",
-    )
-    add_setting(p, "cam.tolerance", "--tolerance")
-    add_setting(p, "cam.faithfulness", "--faithfulness")
-    add_setting(p, "cam.deletion_steps", "--deletion-steps")
-    add_setting(p, "cam.randomisation", "--randomisation")
-    p.add_argument("--out", required=True, help="output folder; the maps and tables go to OUT/cam/")
-    p.set_defaults(func=cmd_cam)
-
     p = sub.add_parser(
         "case",
         parents=[parents["device"]],

@@ -1,16 +1,16 @@
 """Commands that compute features: ``deep`` (deep features), ``train`` (fine-tuning) and ``radiomics``.
-Each runs the work of its run stage (:mod:`Rad4XCNNLogic.run.work`) on the files it is given; ``radiomics``
-is made from its stage record (:mod:`Rad4XCNNLogic.cli.stagecmd`) and runs the stage's plan."""
+Each is made from its stage record (:mod:`Rad4XCNNLogic.cli.stagecmd`) and runs the stage's plan on the
+files it is given; ``--model`` and ``--weights`` describe the one backbone of the run's ``models``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from Rad4XCNNLogic.cli.options import add_setting, config_from_args, given, print_failures, show_progress
+from Rad4XCNNLogic.cli.options import print_failures
 from Rad4XCNNLogic.cli.stagecmd import StageCommand
 from Rad4XCNNLogic.errors import UsageError
-from Rad4XCNNLogic.features.settings import IMAGENET, normalise_weights, weights_kind
+from Rad4XCNNLogic.features.settings import IMAGENET, TRAINED, weights_kind
 from Rad4XCNNLogic.names import RunFiles
 
 WEIGHTS_HELP = (
@@ -19,95 +19,192 @@ WEIGHTS_HELP = (
 )
 
 
-def _weights(text: str | None) -> tuple[str | None, bool]:
-    """(weights file, pretrained) of a ``--weights`` value."""
-    kind = weights_kind(text)
-    if kind == "random":
-        return None, False
-    if kind == IMAGENET:
-        return None, True
-    return normalise_weights(text), False
+def checkpoint_model(weights: str) -> str:
+    """The timm name of the model in a ``rad4xcnn train`` checkpoint (its metadata's ``model_name``)."""
+    from Rad4XCNNLogic.features.backbones import read_weights_file
+
+    _, meta = read_weights_file(weights)
+    if not meta or not meta.get("model_name"):
+        raise UsageError(f"{weights} is not a checkpoint of 'rad4xcnn train': give --model NAME with it")
+    return str(meta["model_name"])
 
 
-def _need_model(args) -> None:
+def _backbone(args: argparse.Namespace) -> dict | None:
+    """The one backbone that ``--model`` and ``--weights`` describe, as a ``models`` entry (its ``weights``
+    read by the setting's own parser); None when neither is given (the configuration's ``models``)."""
     if args.model is None and args.weights is None:
-        raise UsageError("give --model NAME (a timm name such as resnet50), or --weights with a checkpoint")
+        return None
+    name = args.model
+    if name is None:
+        if weights_kind(args.weights) != "file":
+            raise UsageError(
+                "give --model NAME (a timm name such as resnet50) with --weights " + args.weights
+            )
+        name = checkpoint_model(args.weights)
+    return {"name": name, "weights": args.weights}
 
 
-def cmd_deep(args: argparse.Namespace) -> int:
-    from Rad4XCNNLogic.cohort.manifest import read_manifest
-    from Rad4XCNNLogic.run.work import DeepJob, deep_stage
+def _deep_config(args: argparse.Namespace) -> dict:
+    model = _backbone(args)
+    if model is None:
+        return {}
+    if args.stage is not None:
+        model["stage"] = args.stage
+    if args.layers:
+        model["layers"] = [p.strip() for p in args.layers.split(",") if p.strip()]
+    return {"models": [model]}
 
-    _need_model(args)
-    cfg = config_from_args(args)
-    cohort = read_manifest(cfg.manifest, seed=cfg.seed)
-    weights, pretrained = _weights(args.weights)
-    layers = tuple(p.strip() for p in args.layers.split(",") if p.strip()) if args.layers else None
-    job = DeepJob(args.model, args.model, weights, pretrained, args.stage, layers)
-    summary = deep_stage(
-        cohort,
-        [job],
-        Path(args.out),
-        deep=cfg.deep,
-        device=cfg.device,
-        seed=cfg.seed,
-        cache_dir=args.cache,
-        include_normal=not cfg.lesion_only,
-        progress=show_progress(args),
-    )
-    (info,) = summary["models"].values()
-    s = info["settings"]
-    w = s["weights"]
-    source = {
-        "random": f"random initialisation (seed {w['seed']}): NOT a trained model",
-        "imagenet": f"ImageNet ({w['tag']})",
-        "file": f"{w['path']} (sha256 {str(w['sha256'])[:12]})",
-    }[w["source"]]
-    print(f"wrote {args.out}: {summary['cases']} cases x {s['feature_dim']} features of {s['model']}")
-    print(f"  weights: {source}")
+
+def show_deep(args: argparse.Namespace, run, summary: dict) -> int:
+    """The terminal summary of the deep stage: cases and features, and each backbone's weights and cost."""
+    models = summary["models"]
+    first = next(iter(models.values()))["settings"]
+    dims = " + ".join(f"{info['settings']['feature_dim']} of {key}" for key, info in models.items())
+    print(f"wrote {args.out}: {summary['cases']} cases x {dims} features")
+    for key, info in models.items():
+        s = info["settings"]
+        w = s["weights"]
+        source = {
+            "random": f"random initialisation (seed {w['seed']}): NOT a trained model",
+            "imagenet": f"ImageNet ({w['tag']})",
+            "file": f"{w['path']} (sha256 {str(w['sha256'])[:12]})",
+        }[w["source"]]
+        print(f"  {key} ({s['model']}) weights: {source}")
+        print(f"    {info['cache_hits']} from the cache, {info['computed']} computed in {s['seconds']:.1f} s")
     print(
-        f"  {s['device']}, {s['dtype']}, batch {s['batch_size_used']}, "
-        f"input {s['preprocess']['input_size']} px, margin {s['preprocess']['margin']}; "
-        f"{info['cache_hits']} from the cache, {info['computed']} computed in {s['seconds']:.1f} s"
+        f"  {first['device']}, {first['dtype']}, batch {first['batch_size_used']}, "
+        f"input {first['preprocess']['input_size']} px, margin {first['preprocess']['margin']}"
     )
-    print_failures(cohort.failures + summary["failures"], "the deep features")
+    print_failures(run.load_cohort().failures + summary["failures"], "the deep features")
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from Rad4XCNNLogic.cohort.manifest import read_manifest
-    from Rad4XCNNLogic.run.work import TrainJob, train_stage
+def _deep_options(args: argparse.Namespace) -> dict:
+    # the manifest's image and mask files are checked as it is read, as before any extraction
+    return {"files": {RunFiles.CACHE: args.cache}, "checks": {"check_files": True}}
 
-    _need_model(args)
-    cfg = config_from_args(args)
-    # --cohort restricts training to one cohort; without it every train/val case trains
-    train_cohort = cfg.split.train_cohort if given(args, "split.train_cohort") else None
-    cohort = read_manifest(cfg.manifest, seed=cfg.seed, train_cohort=cfg.split.train_cohort)
+
+def _deep_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        help="timm model name, e.g. resnet50, densenet121, vit_base_patch16_224 (default: the --weights "
+        "checkpoint's; neither: the --config file's models)",
+    )
+    p.add_argument("--weights", help=WEIGHTS_HELP)
+    p.add_argument("--stage", type=int, help="pool this intermediate stage instead of the final features")
+    p.add_argument(
+        "--layers",
+        metavar="LAYER[,LAYER...]",
+        help="pool these layers instead, side by side, as columns <model>.<layer>_<index>: timm's "
+        "feature_info modules (layer2, layer4 for ResNets; blocks.11 for ViTs, its CLS token) and "
+        "pre_logits for the final features; an unknown name lists the model's layers",
+    )
+    p.add_argument("--cache", metavar="DIR", help="cache folder: reruns reuse finished cases")
+
+
+DEEP = StageCommand(
+    "deep",
+    help="extract deep features (one pooled vector per lesion) with a timm backbone",
+    description="Crop each lesion, run it through the backbone and write deep_features.csv (and its "
+    "settings, deep_features.json, beside it): the deep stage of 'rad4xcnn run'. Like the run, it also "
+    "extracts the backbone's random-weights control (columns <key>-random_<index>) unless --controls none.",
+    settings=(
+        ("control", ("--controls",), {}),
+        ("deep.dtype", ("--dtype",), {}),
+        ("deep.batch_size", ("--batch-size",), {}),
+        ("deep.num_workers", ("--workers",), {}),
+        ("deep.margin", ("--margin",), {}),
+        ("deep.input_size", ("--input-size",), {}),
+    ),
+    show=show_deep,
+    flags=_deep_flags,
+    config=_deep_config,
+    options=_deep_options,
+    out_help="deep_features.csv to write",
+    out_file=RunFiles.DEEP,
+    parents=("seed", "device", "progress", "normal"),
+)
+
+
+def _train_config(args: argparse.Namespace) -> dict:
+    model = _backbone(args)
+    if model is None:
+        return {}
+    # the backbone is fine-tuned from --weights: ImageNet's, a file's, or (none) a seeded random start
+    start = weights_kind(args.weights)
+    return {
+        "models": [dict(model, weights=TRAINED)],
+        "control": "none",
+        "training": {"pretrained": start == IMAGENET},
+    }
+
+
+def _train_options(args: argparse.Namespace) -> dict:
+    """--out is the checkpoint: the stage's models/<key>.pt, with training_history.csv beside it."""
     out = Path(args.out)
-    job = TrainJob(args.model or out.stem, args.model, out, weights=args.weights)
-    summary = train_stage(
-        cohort,
-        [job],
-        out.parent / RunFiles.TRAINING_HISTORY,
-        training=cfg.training,
-        deep=cfg.deep,
-        device=cfg.device,
-        seed=cfg.seed,
-        train_cohort=train_cohort,
-        include_normal=not cfg.lesion_only,
-        progress=show_progress(args),
-    )
-    info = summary["models"][job.label]
-    s = info["settings"]
-    print(
-        f"wrote {out}: {s['model']} for {', '.join(info['classes'])}, best validation AUC "
-        f"{info['best_val_auc']:.4f} at epoch {info['best_epoch']} of {info['epochs_run']} "
-        f"({s['train_cases']} train / {s['val_cases']} val cases, {s['seconds']:.0f} s on {s['device']})"
-    )
-    if s["base_weights"]["random_init"]:
-        print("  started from random weights (no --weights): expect less than with --weights imagenet")
-    print_failures(cohort.failures + summary["failures"], "training")
+    files = {RunFiles.TRAINING_HISTORY: out.parent / RunFiles.TRAINING_HISTORY}
+    model = _backbone(args)
+    if model is None:
+        return {"files": files, "out": out.parent}
+    files[RunFiles.checkpoint(model["name"])] = out
+    start = {model["name"]: args.weights} if weights_kind(args.weights) == "file" else {}
+    return {"files": files, "out": out.parent, "start_weights": start}
+
+
+def show_train(args: argparse.Namespace, run, summary: dict) -> int:
+    """The terminal summary of the training stage: each backbone's best validation AUC."""
+    for key, info in summary["models"].items():
+        s = info["settings"]
+        print(
+            f"wrote {run.path(RunFiles.checkpoint(key))}: {s['model']} for {', '.join(info['classes'])}, "
+            f"best validation AUC {info['best_val_auc']:.4f} at epoch {info['best_epoch']} of "
+            f"{info['epochs_run']} ({s['train_cases']} train / {s['val_cases']} val cases, "
+            f"{s['seconds']:.0f} s on {s['device']})"
+        )
+        if s["base_weights"]["random_init"]:
+            print("  started from random weights (no --weights): expect less than with --weights imagenet")
+    print_failures(run.load_cohort().failures + summary["failures"], "training")
     return 0
+
+
+def _train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", help="timm model name (default: the --weights checkpoint's; neither: --config's models)"
+    )
+    p.add_argument("--weights", help="starting weights: " + WEIGHTS_HELP)
+
+
+TRAIN = StageCommand(
+    "train",
+    help="fine-tune a backbone on the manifest's train split, validating on val",
+    description=(
+        "Transfer learning with ultrasound augmentation, class-weighted loss, AdamW and early stopping "
+        "on the validation AUC: the training stage of 'rad4xcnn run', for one backbone. Writes the "
+        "checkpoint and training_history.csv beside it. Two-phase protocol: --phases FIRST SECOND, or train "
+        "on one cohort, then --weights PHASE1.pt --cohort OTHER."
+    ),
+    settings=(
+        ("training.epochs", ("--epochs",), {}),
+        ("training.patience", ("--patience",), {}),
+        ("training.batch_size", ("--batch-size",), {}),
+        ("training.learning_rate", ("--lr",), {}),
+        ("training.input_size", ("--input-size",), {}),
+        ("training.val_fraction", ("--val-fraction",), {}),
+        ("training.augment", ("--augment",), {}),
+        ("training.phases", ("--phases",), {"nargs": "+", "metavar": "COHORT"}),
+        ("training.finetune_manifest", ("--finetune",), {"metavar": "MANIFEST"}),
+        ("deep.margin", ("--margin",), {}),
+        ("training.dtype", ("--dtype",), {}),
+        ("deep.num_workers", ("--workers",), {}),
+        ("split.train_cohort", ("--cohort",), {"help": "train and validate on this cohort"}),
+    ),
+    show=show_train,
+    flags=_train_flags,
+    config=_train_config,
+    options=_train_options,
+    out_help="checkpoint to write, e.g. model.pt",
+    parents=("seed", "device", "progress", "normal"),
+)
 
 
 def show_radiomics(args: argparse.Namespace, run, s: dict) -> int:
@@ -170,63 +267,3 @@ RADIOMICS = StageCommand(
     out_file=RunFiles.RADIOMICS,
     parents=("seed", "progress", "normal"),
 )
-
-
-def register(sub, parents: dict) -> None:
-    common = [parents["seed"], parents["device"], parents["progress"], parents["normal"]]
-    p = sub.add_parser(
-        "deep",
-        parents=common,
-        help="extract deep features (one pooled vector per lesion) with a timm backbone",
-        description="Crop each lesion, run it through the backbone and write deep_features.csv (and its "
-        "settings, deep_features.json, beside it): the deep stage of 'rad4xcnn run'.",
-    )
-    add_setting(p, "manifest", "--manifest", required=True)
-    p.add_argument("--model", help="timm model name, e.g. resnet50, densenet121, vit_base_patch16_224")
-    p.add_argument("--weights", help=WEIGHTS_HELP)
-    p.add_argument("--stage", type=int, help="pool this intermediate stage instead of the final features")
-    p.add_argument(
-        "--layers",
-        metavar="LAYER[,LAYER...]",
-        help="pool these layers instead, side by side, as columns <model>.<layer>_<index>: timm's "
-        "feature_info modules (layer2, layer4 for ResNets; blocks.11 for ViTs, its CLS token) and "
-        "pre_logits for the final features; an unknown name lists the model's layers",
-    )
-    add_setting(p, "deep.dtype", "--dtype")
-    add_setting(p, "deep.batch_size", "--batch-size")
-    add_setting(p, "deep.num_workers", "--workers")
-    add_setting(p, "deep.margin", "--margin")
-    add_setting(p, "deep.input_size", "--input-size")
-    p.add_argument("--cache", metavar="DIR", help="cache folder: reruns reuse finished cases")
-    p.add_argument("--out", required=True, help="deep_features.csv to write")
-    p.set_defaults(func=cmd_deep)
-
-    p = sub.add_parser(
-        "train",
-        parents=common,
-        help="fine-tune a backbone on the manifest's train split, validating on val",
-        description=(
-            "Transfer learning with ultrasound augmentation, class-weighted loss, AdamW and early stopping "
-            "on the validation AUC: the training stage of 'rad4xcnn run', for one backbone. Writes the "
-            "checkpoint and training_history.csv beside it. Two-phase protocol: train on one cohort, then "
-            "--weights PHASE1.pt --cohort OTHER."
-        ),
-    )
-    add_setting(p, "manifest", "--manifest", required=True)
-    p.add_argument("--model", help="timm model name (default: the --weights checkpoint's)")
-    p.add_argument("--weights", help="starting weights: " + WEIGHTS_HELP)
-    add_setting(p, "training.epochs", "--epochs")
-    add_setting(p, "training.patience", "--patience")
-    add_setting(p, "training.batch_size", "--batch-size")
-    add_setting(p, "training.learning_rate", "--lr")
-    add_setting(p, "training.input_size", "--input-size")
-    add_setting(p, "training.val_fraction", "--val-fraction")
-    add_setting(p, "training.augment", "--augment")
-    add_setting(p, "deep.margin", "--margin")
-    add_setting(p, "training.dtype", "--dtype")
-    add_setting(p, "deep.num_workers", "--workers")
-    add_setting(
-        p, "split.train_cohort", "--cohort", help="train and validate on this cohort only (default: all)"
-    )
-    p.add_argument("--out", required=True, help="checkpoint to write, e.g. model.pt")
-    p.set_defaults(func=cmd_train)

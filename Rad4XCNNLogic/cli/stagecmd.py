@@ -53,8 +53,12 @@ class StageCommand:
     #: adds the flags that are neither files nor settings
     flags: Callable[[argparse.ArgumentParser], None] | None = None
     #: StageOnFiles keyword arguments from the flags (checks, cohorts, more_features; ``files``: more
-    #: run files, e.g. the cache)
+    #: run files, e.g. the cache; ``out``: the folder of the other outputs when --out names a file that
+    #: depends on the settings, e.g. a checkpoint)
     options: Callable[[argparse.Namespace], dict] | None = None
+    #: settings that the command's own flags stand for (e.g. the ``models`` of ``--model`` and
+    #: ``--weights``): args -> settings, applied over --config and under the setting flags
+    config: Callable[[argparse.Namespace], dict] | None = None
     #: checks before the work: (args, the stage on files) -> None
     before: Callable[[argparse.Namespace, Any], None] | None = None
     #: help of --out
@@ -69,11 +73,13 @@ def _handler(command: StageCommand, reads: tuple[str, ...]):
     def handle(args: argparse.Namespace) -> int:
         from Rad4XCNNLogic.run.onfiles import StageOnFiles
 
-        cfg = config_from_args(args, args.config)
+        cfg = config_from_args(args, args.config)  # the setting flags checked before any file is read
+        if command.config is not None:
+            cfg = config_from_args(args, args.config, command.config(args))
         files = {name: getattr(args, file_dest(name)) for name in reads}
         extra = dict(command.options(args)) if command.options else {}
         files.update(extra.pop("files", {}))
-        out = Path(args.out)
+        out = Path(extra.pop("out", args.out))
         if command.out_file is not None:
             files[command.out_file], out = out, out.parent
         run = StageOnFiles(

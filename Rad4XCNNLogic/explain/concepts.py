@@ -209,9 +209,9 @@ def concept_sensitivity(
     *,
     model: str,
     layer: str,
-    concepts: int = 5,
+    concepts: int,
     target_class: str | None = None,
-    random: int = 100,
+    random: int,
     seed: int = 0,
     batch_size: int = 16,
 ) -> pd.DataFrame:
@@ -229,7 +229,7 @@ def concept_sensitivity(
     Examples
     --------
     >>> concept_sensitivity(result.probes, deep, rad, train, held_cases, "model.pt",
-    ...                     model="resnet50", layer="layer3")  # doctest: +SKIP
+    ...                     model="resnet50", layer="layer3", concepts=5, random=100)  # doctest: +SKIP
     """
     import logging
 

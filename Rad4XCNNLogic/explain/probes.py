@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
-from Rad4XCNNLogic.explain.settings import DEFAULT_PENALTIES
+from Rad4XCNNLogic.explain.settings import ProbeConfig
+from Rad4XCNNLogic.infra.settings import check_section
 from Rad4XCNNLogic.names import control_label, deep_layer
 
 log = logging.getLogger(__name__)
@@ -200,9 +201,9 @@ def ridge_probe(
     x_test,
     y_test,
     *,
-    penalties: Sequence[float] = DEFAULT_PENALTIES,
-    folds: int = 5,
-    bootstrap: int = 1000,
+    penalties: Sequence[float],
+    folds: int,
+    bootstrap: int,
     seed: int = 0,
     backend: str = "numpy",
     groups: Sequence[str] | None = None,
@@ -336,7 +337,7 @@ def cv_r2(fit: ProbeFit, y_train) -> np.ndarray:
 
 
 def selectivity_interval(
-    y_test, y_mean, pred, pred_control, *, bootstrap: int = 1000, seed: int = 0
+    y_test, y_mean, pred, pred_control, *, bootstrap: int, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paired percentile bootstrap interval of ``r2 - r2_control`` per target over the held-out cases: both
     R² on each resample of the same cases (the draws of :func:`ridge_probe`'s interval for ``seed``).
@@ -515,13 +516,10 @@ def run_probes(
     radiomics: pd.DataFrame,
     train_ids: Sequence[str],
     heldout_ids: Sequence[str],
+    settings: ProbeConfig | None = None,
     *,
     control: pd.DataFrame | None = None,
-    penalties: Sequence[float] = DEFAULT_PENALTIES,
-    folds: int = 5,
-    bootstrap: int = 1000,
     seed: int = 0,
-    backend: str = "numpy",
     groups: Mapping[str, str] | None = None,
 ) -> ProbeResult:
     """Probe every radiomic feature from every (backbone, layer) of ``deep``, and from the matching layer of
@@ -532,13 +530,17 @@ def run_probes(
     must hold them all). Radiomic features are rank-transformed against the training cases
     (:func:`rank_transform`); features with missing values or constant on the training cases are left out.
     ``groups`` (case id -> group, :attr:`Case.group`) keeps a group's training cases in one fold and has
-    the bootstrap of the held-out R² draw a group's held-out cases together.
+    the bootstrap of the held-out R² draw a group's held-out cases together. ``settings``: the ``probe``
+    section (:class:`~Rad4XCNNLogic.explain.settings.ProbeConfig`; None: its defaults), the one statement
+    of ``penalties``, ``folds``, ``bootstrap`` and ``backend``.
 
     Examples
     --------
     >>> result = run_probes(deep, radiomics, train_ids, heldout_ids, control=random_deep)  # doctest: +SKIP
     >>> rank_concepts(result.probes).head()  # chosen on CV error, measured held out  # doctest: +SKIP
     """
+    section = check_section(settings or ProbeConfig(), "probe")
+    folds = section.folds
     deep_groups = layer_groups(deep.columns)
     if not deep_groups:
         raise Rad4XCNNError(
@@ -582,11 +584,11 @@ def run_probes(
     fold_groups = None if groups is None else [str(groups.get(c, c)) for c in train]
     held_groups = None if groups is None else [str(groups.get(c, c)) for c in held]
     common = dict(
-        penalties=penalties,
+        penalties=section.penalties,
         folds=folds,
-        bootstrap=bootstrap,
+        bootstrap=section.bootstrap,
         seed=seed,
-        backend=backend,
+        backend=section.backend,
         groups=fold_groups,
         test_groups=held_groups,
     )
@@ -610,7 +612,7 @@ def run_probes(
         sel_low, sel_high, cv_theirs = nan, nan, nan
         if theirs is not None:
             sel_low, sel_high = selectivity_interval(
-                y_test, y_mean, mine.predictions, theirs.predictions, bootstrap=bootstrap, seed=seed
+                y_test, y_mean, mine.predictions, theirs.predictions, bootstrap=section.bootstrap, seed=seed
             )
             cv_theirs = cv_r2(theirs, y_train)
         cv_mine = cv_r2(mine, y_train)
@@ -636,12 +638,12 @@ def run_probes(
         frames.append(frame)
     probes = pd.concat(frames, ignore_index=True)
     settings = {
-        "penalties": sorted(float(p) for p in penalties),
+        "penalties": sorted(float(p) for p in section.penalties),
         "folds": int(folds),
-        "bootstrap": int(bootstrap),
+        "bootstrap": int(section.bootstrap),
         "confidence": CONFIDENCE,
         "seed": int(seed),
-        "backend": _Xp(backend).name,
+        "backend": _Xp(section.backend).name,
         "train_cases": len(train),
         "heldout_cases": len(held),
         "radiomic_features": int(rad.shape[1]),

@@ -54,7 +54,7 @@ def replicate(
     deep_df: pd.DataFrame,
     radiomic_df: pd.DataFrame,
     groups: pd.Series | Mapping[str, str],
-    threshold: float = 0.6,
+    threshold: float,
     *,
     fdr: float | None = None,
     backend: str = "auto",

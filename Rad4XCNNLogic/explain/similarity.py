@@ -64,7 +64,7 @@ def _cka_from_grams(k: np.ndarray, l_: np.ndarray) -> float:
 
 
 def cka_permutation(
-    x: np.ndarray, y: np.ndarray, permutations: int = 200, seed: int = 0
+    x: np.ndarray, y: np.ndarray, permutations: int, seed: int = 0
 ) -> tuple[float, float, float]:
     """``(cka, null_mean, p)``: linear CKA of ``x`` and ``y``, the mean of its permutation null (the cases
     of ``y`` shuffled, which breaks the pairing and keeps each table's structure) and the one-sided
@@ -128,7 +128,7 @@ def cka_table(
     control: pd.DataFrame | None = None,
     control_pairs: Mapping[tuple[str, str], tuple[str, str] | None] | None = None,
     control_groups: Mapping[tuple[str, str], Sequence[str]] | None = None,
-    permutations: int = 200,
+    permutations: int,
     seed: int = 0,
 ) -> pd.DataFrame:
     """Linear CKA with its permutation baseline, one row per pair (:data:`CKA_COLUMNS`):

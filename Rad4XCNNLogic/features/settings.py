@@ -123,7 +123,7 @@ class TrainingConfig:
 
     pretrained: bool = option(True, "start from ImageNet weights (needs network access or timm's cache)")
     epochs: int = option(30, "maximum number of epochs", minimum=1)
-    batch_size: int = option(32, "training batch size", minimum=1)
+    batch_size: int = option(32, "training batch size (at least 2, for batch normalisation)", minimum=2)
     learning_rate: float = option(3e-4, "AdamW learning rate", minimum=0)
     patience: int = option(8, "early stopping: epochs without a better validation AUC", minimum=1)
     input_size: int | None = option(
@@ -175,8 +175,7 @@ class DeepConfig:
     num_workers: int | None = option(None, "image-decoding worker processes (null: automatic)", minimum=0)
 
 
-#: The sections' defaults, which the computations' keyword defaults are.
-TRAINING = TrainingConfig()
+#: The section's defaults, which the extraction's keyword defaults are.
 DEEP = DeepConfig()
 
 

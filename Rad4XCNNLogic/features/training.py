@@ -26,8 +26,9 @@ from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
-from Rad4XCNNLogic.features.settings import TRAINING
+from Rad4XCNNLogic.features.settings import TrainingConfig
 from Rad4XCNNLogic.infra.progress import ProgressBar
+from Rad4XCNNLogic.infra.settings import check_section
 
 log = logging.getLogger(__name__)
 
@@ -216,15 +217,6 @@ def _class_weight(y_train, counts: Counter, n_classes: int, device):
 
     weights = [len(y_train) / (n_classes * max(1, counts.get(i, 0))) for i in range(n_classes)]
     return torch.tensor(weights, dtype=torch.float32, device=device)
-
-
-def _check_settings(epochs: int, batch_size: int, val_fraction: float) -> None:
-    if epochs < 1:
-        raise Rad4XCNNError(f"epochs must be at least 1, got {epochs}")
-    if batch_size < 2:
-        raise Rad4XCNNError(f"training needs a batch size of at least 2 (batch norm), got {batch_size}")
-    if not 0.0 < val_fraction < 1.0:
-        raise Rad4XCNNError(f"val_fraction must be between 0 and 1, got {val_fraction}")
 
 
 def _classes(backbone, train_labels: list[str], val, failures: list) -> tuple[list[str], list]:
@@ -488,25 +480,17 @@ class _Checkpoint:
 def train_model(
     cohort: Cohort | Sequence[Case],
     model: str | None = None,
+    settings: TrainingConfig | None = None,
     *,
-    epochs: int = TRAINING.epochs,
     device: str = "auto",
     out: str | os.PathLike = "model.pt",
     weights: str | os.PathLike | None = None,
-    pretrained: bool = False,
-    batch_size: int = TRAINING.batch_size,
-    lr: float = TRAINING.learning_rate,
+    margin: float | None = None,
+    num_workers: int | None = None,
     weight_decay: float = 0.05,
     warmup_epochs: int = 1,
-    patience: int = TRAINING.patience,
-    input_size: int | None = None,
-    margin: float | None = None,
-    augment: bool | UltrasoundAugmentation = TRAINING.augment,
     train_cohort: str | None = None,
-    val_fraction: float = TRAINING.val_fraction,
     include_normal: bool = False,
-    num_workers: int | None = None,
-    dtype: str = TRAINING.dtype,
     seed: int = 0,
     progress: bool = True,
 ) -> TrainResult:
@@ -518,21 +502,25 @@ def train_model(
         stratified, when absent) and ``label``. Cases without a lesion are left out unless
         ``include_normal``.
     model : timm name; None with a rad4xcnn checkpoint as ``weights`` continues that model (phase two).
-    epochs, patience : at most ``epochs``; stop when the validation AUC has not improved for ``patience``.
-    device, dtype : as in :func:`~Rad4XCNNLogic.features.deep.extract_deep_features` (bf16 on CUDA).
+    settings : the ``training`` section (:class:`~Rad4XCNNLogic.features.settings.TrainingConfig`; None:
+        its defaults), the one statement of ``epochs``, ``patience``, ``batch_size``, ``learning_rate``,
+        ``input_size``, ``augment`` (:class:`UltrasoundAugmentation`'s defaults), ``val_fraction``,
+        ``dtype`` and ``pretrained``; its ``phases`` and ``finetune_manifest`` are the training stage's.
+    device : as in :func:`~Rad4XCNNLogic.features.deep.extract_deep_features` (bf16 on CUDA).
     out : checkpoint path, written atomically at each improvement.
-    weights, pretrained : the starting point: ``"imagenet"``, a state dict file, or a rad4xcnn checkpoint;
-        none gives a seeded random initialisation (the run says so).
-    batch_size, lr, weight_decay, warmup_epochs : AdamW with linear warm-up then cosine decay to 0.
-    input_size, margin : preprocessing (default: the model's input size and a 0.1 margin, or the
-        checkpoint's).
-    augment : True for :class:`UltrasoundAugmentation` defaults, False for none, or your own.
+    weights : the starting point: ``"imagenet"``, a state dict file, or a rad4xcnn checkpoint; None:
+        ImageNet's weights when ``settings.pretrained``, else a seeded random initialisation (the run
+        says so).
+    margin, num_workers : preprocessing (``deep.margin``; None: 0.1, or the checkpoint's) and the
+        image-decoding workers (``deep.num_workers``; None: automatic).
+    weight_decay, warmup_epochs : AdamW with linear warm-up then cosine decay to 0.
     train_cohort : train and validate on this cohort only (two-phase protocol).
 
     Examples
     --------
-    >>> r = train_model(cohort, "resnet18", epochs=20, weights="imagenet", out="phase1.pt")  # doctest: +SKIP
-    >>> r2 = train_model(cohort, weights=r.checkpoint, train_cohort="site2", out="p2.pt")  # doctest: +SKIP
+    >>> settings = TrainingConfig(epochs=20)
+    >>> r = train_model(cohort, "resnet18", settings, weights="imagenet", out="phase1.pt")  # doctest: +SKIP
+    >>> r2 = train_model(cohort, None, settings, weights=r.checkpoint, train_cohort="site2")  # doctest: +SKIP
     >>> r2.best_val_auc  # doctest: +SKIP
     0.91
     """
@@ -542,9 +530,12 @@ def train_model(
     from Rad4XCNNLogic.features.backbones import build_backbone, resolve_device, resolve_dtype
     from Rad4XCNNLogic.features.preprocessing import default_workers
 
-    _check_settings(epochs, batch_size, val_fraction)
+    section = check_section(settings or TrainingConfig(), "training")
+    epochs, batch_size, patience = section.epochs, section.batch_size, section.patience
+    lr, input_size, dtype = section.learning_rate, section.input_size, section.dtype
+    pretrained = section.pretrained and weights is None  # a file or checkpoint is the start
     started = time.perf_counter()
-    train, val, failures = _select_cases(cohort, train_cohort, include_normal, val_fraction, seed)
+    train, val, failures = _select_cases(cohort, train_cohort, include_normal, section.val_fraction, seed)
 
     train_labels = sorted({c.label for c in train})
     backbone = build_backbone(
@@ -570,7 +561,7 @@ def train_model(
         net = net.to(memory_format=torch.channels_last)
     torch.manual_seed(seed)  # dropout, stochastic depth
 
-    augmenter = UltrasoundAugmentation() if augment is True else (augment or None)
+    augmenter = UltrasoundAugmentation() if section.augment else None
     if num_workers is None:
         num_workers = default_workers(dev.type, len(train), batch_size)
     batch = min(batch_size, len(train))

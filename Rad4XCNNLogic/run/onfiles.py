@@ -5,8 +5,9 @@ so that the command and ``rad4xcnn run`` do the same work with the same settings
 
 The plan functions read from the run: ``cfg``, ``out``, ``progress``, ``path(name)`` (a file of the run
 folder, :class:`~Rad4XCNNLogic.names.RunFiles`), ``load_cohort()``, ``controls()``,
-``replication_cohort(cohort)`` and ``more_features``. Here ``path`` gives the user's file for each name the
-stage reads (None for an optional one left out) and a file of ``out`` for what it writes.
+``replication_cohort(cohort)``, ``more_features`` and, here only, ``start_weights`` (training). Here
+``path`` gives the user's file for each name the stage reads (None for an optional one left out) and a
+file of ``out`` for what it writes.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class StageOnFiles:
         cohorts: Where = None,
         more_features: Sequence[str] = (),
         configured: bool = False,
+        start_weights: Mapping[str, str] | None = None,
+        split: str | None = None,
     ):
         self.stage = BY_NAME[stage]
         self.cfg = cfg
@@ -51,6 +54,11 @@ class StageOnFiles:
         self.more_features = list(more_features)
         #: whether the backbones come from a configuration file (else from the tables' column names)
         self.configured = configured
+        #: backbone key -> the weights its fine-tuning starts from (``rad4xcnn train --weights FILE``; the
+        #: run starts from ``training.pretrained``)
+        self.start_weights = dict(start_weights or {})
+        #: only the manifest's cases of this split (``rad4xcnn cam --split``); None: every case
+        self.split = split
         self._cohort = None
         #: the manifest's cases left out for having no lesion (known once the cohort is read)
         self.without_lesion = 0
@@ -72,6 +80,8 @@ class StageOnFiles:
         if self._cohort is None:
             cohort = read_run_manifest(self.cfg, where, **self.checks)
             self._cohort = cohort.lesion_cases() if self.cfg.lesion_only else cohort
+            if self.split is not None:
+                self._cohort = self._cohort.subset(split=self.split)
             self.without_lesion = len(cohort) - len(self._cohort)
         return self._cohort
 

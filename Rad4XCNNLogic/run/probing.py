@@ -62,12 +62,9 @@ def probe_stage(
         rad,
         train,
         held,
+        probe,
         control=control,
-        penalties=probe.penalties,
-        folds=probe.folds,
-        bootstrap=probe.bootstrap,
         seed=seed,
-        backend=probe.backend,
         groups={c.case_id: c.group for c in cohort.cases},  # near-duplicates and patients share a fold
     )
     # the backbones probed (not the controls inside the deep table) are compared by CKA

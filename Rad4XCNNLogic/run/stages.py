@@ -186,8 +186,16 @@ def plan_train(run: Pipeline) -> Plan:
         elif len(tc.phases) == 2:
             # the second phase: the same manifest, that cohort's train split (val early-stops)
             finetune = run.load_cohort().subset(cohort=tc.phases[1])
+        # a stage command may start a backbone from a file (its --weights); the run starts every one from
+        # training.pretrained
+        start = getattr(run, "start_weights", {})
         jobs = [
-            work.TrainJob(m.key, m.name, run.path(RunFiles.checkpoint(m.key)), pretrained=tc.pretrained)
+            work.TrainJob(
+                m.key,
+                m.name,
+                run.path(RunFiles.checkpoint(m.key)),
+                weights=start.get(m.key),
+            )
             for m in trained
         ]
         return work.train_stage(

@@ -31,13 +31,13 @@ log = logging.getLogger(__name__)
 # -------------------------------------------------------------------------------------------- training
 @dataclass(frozen=True)
 class TrainJob:
-    """One backbone to fine-tune: its label (file names), timm name, checkpoint and starting weights."""
+    """One backbone to fine-tune: its label (file names), timm name, checkpoint and starting weights (None:
+    ``training.pretrained`` says, ImageNet's or a seeded random start)."""
 
     label: str
     model: str | None
     checkpoint: Path
     weights: str | None = None
-    pretrained: bool = False
 
 
 def train_stage(
@@ -65,17 +65,9 @@ def train_stage(
 
     common = dict(
         device=device,
-        epochs=training.epochs,
-        batch_size=training.batch_size,
-        lr=training.learning_rate,
-        patience=training.patience,
-        input_size=training.input_size,
         margin=deep.margin,
-        augment=training.augment,
-        val_fraction=training.val_fraction,
         include_normal=include_normal,
         num_workers=deep.num_workers,
-        dtype=training.dtype,
         seed=seed,
         progress=progress,
     )
@@ -84,9 +76,9 @@ def train_stage(
         result = train_model(
             cohort,
             job.model,
+            training,
             out=job.checkpoint,
             weights=job.weights,
-            pretrained=job.pretrained,
             train_cohort=train_cohort,
             **common,
         )
@@ -94,7 +86,9 @@ def train_stage(
         failures += list(result.failures)
         if finetune is not None:
             first_auc = result.best_val_auc
-            result = train_model(finetune, job.model, out=job.checkpoint, weights=job.checkpoint, **common)
+            result = train_model(
+                finetune, job.model, training, out=job.checkpoint, weights=job.checkpoint, **common
+            )
             history += [dict(h, model=job.label, phase="finetune") for h in result.history]
             failures += list(finetune.failures) + list(result.failures)
             log.info(

@@ -92,21 +92,21 @@ def make_blob_cohort(out: Path, n: int = 160, seed: int = 0, shape=(64, 80), rad
 @pytest.fixture(scope="module")
 def blob_detector(tmp_path_factory):
     """A timm ``test_resnet`` trained by ``train_model`` to tell blob from plain (96-px input)."""
+    from Rad4XCNNLogic.features.settings import TrainingConfig
     from Rad4XCNNLogic.features.training import train_model
 
     out = tmp_path_factory.mktemp("blobs")
     manifest, blobs = make_blob_cohort(out)
     cohort = read_manifest(manifest)
+    settings = TrainingConfig(
+        pretrained=False, epochs=12, batch_size=16, learning_rate=2e-3, input_size=96, augment=False
+    )
     result = train_model(
         cohort,
         "test_resnet",
-        epochs=12,
+        settings,
         device="cpu",
         out=out / "blob.pt",
-        batch_size=16,
-        lr=2e-3,
-        input_size=96,
-        augment=False,
         num_workers=0,
         progress=False,
         seed=0,
@@ -655,3 +655,16 @@ def test_importing_the_module_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "none", None])
+def test_cam_command_needs_a_classifier_trained_on_the_cohort(weights, synthetic_manifest, tmp_path, capsys):
+    """ImageNet or random weights have no classifier of the cohort's classes: one line says what to give."""
+    argv = ["cam", "--manifest", str(synthetic_manifest), "--out", str(tmp_path / "o")]
+    argv += ["--weights", weights] if weights else []
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        "cam: CAMs need a classifier trained on the cohort: give a rad4xcnn checkpoint (rad4xcnn train)"
+    )
+    assert "\n" not in err

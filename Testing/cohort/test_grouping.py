@@ -148,6 +148,7 @@ def test_probe_bootstrap_draws_groups_whole():
     """Held-out cases that are copies of each other are one case for the interval: drawn together, the
     interval is wider than if they were independent."""
     from Rad4XCNNLogic.explain.probes import ridge_probe
+    from Rad4XCNNLogic.explain.settings import DEFAULT_PENALTIES
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 6))
@@ -155,7 +156,7 @@ def test_probe_bootstrap_draws_groups_whole():
     x_test = np.repeat(x[60:], 2, axis=0)  # 20 held-out scans, each twice
     y_test = np.repeat(y[60:], 2, axis=0)
     pairs = [f"g{i // 2}" for i in range(40)]
-    common = dict(folds=4, bootstrap=400, seed=0)
+    common = dict(penalties=DEFAULT_PENALTIES, folds=4, bootstrap=400, seed=0)
     plain = ridge_probe(x[:60], y[:60], x_test, y_test, **common)
     grouped = ridge_probe(x[:60], y[:60], x_test, y_test, test_groups=pairs, **common)
     assert plain.r2[0] == grouped.r2[0]

@@ -21,7 +21,11 @@ from Rad4XCNNLogic.explain.probes import (
     ridge_probe,
     run_probes,
 )
+from Rad4XCNNLogic.explain.settings import DEFAULT_PENALTIES, ProbeConfig
 from Rad4XCNNLogic.names import layer_columns
+
+#: the probe section's grid and folds, which the ridge probe takes explicitly
+GRID = {"penalties": DEFAULT_PENALTIES, "folds": ProbeConfig().folds}
 
 ENCODED, NOWHERE = "original_firstorder_Mean", "original_glcm_Contrast"
 
@@ -44,7 +48,7 @@ def planted_tables(n=240, p=48, seed=0):
 
 def test_planted_encoding_is_recovered_and_selective():
     deep, control, rad, train, held = planted_tables()
-    result = run_probes(deep, rad, train, held, control=control, bootstrap=400, seed=1)
+    result = run_probes(deep, rad, train, held, ProbeConfig(bootstrap=400), control=control, seed=1)
     table = result.probes.set_index("radiomic_feature")
     assert list(result.probes.columns[: len(PROBE_COLUMNS)]) == list(PROBE_COLUMNS)
     hit = table.loc[ENCODED]
@@ -74,7 +78,9 @@ def test_the_most_selective_concept_is_chosen_on_training_folds_and_measured_hel
         noise = pd.DataFrame(
             rng.normal(size=(90, 40)), index=ids, columns=[f"original_glcm_F{j}" for j in range(40)]
         )
-        result = run_probes(deep, noise, ids[:60], ids[60:], control=control, bootstrap=200, seed=seed)
+        result = run_probes(
+            deep, noise, ids[:60], ids[60:], ProbeConfig(bootstrap=200), control=control, seed=seed
+        )
         probes = result.probes
         assert result.settings["searched"] == 40
         winners_by_heldout.append(probes["selectivity"].max())
@@ -88,7 +94,7 @@ def test_selectivity_has_a_paired_interval_and_a_planted_concept_ranks_first():
     deep, control, rad, train, held = planted_tables(n=160, p=24)
     noise = np.random.default_rng(5).normal(size=(160, 20))
     rad = rad.join(pd.DataFrame(noise, index=rad.index, columns=[f"original_glrlm_N{j}" for j in range(20)]))
-    result = run_probes(deep, rad, train, held, control=control, bootstrap=300, seed=2)
+    result = run_probes(deep, rad, train, held, ProbeConfig(bootstrap=300), control=control, seed=2)
     ranked = rank_concepts(result.probes)
     assert ranked.iloc[0]["radiomic_feature"] == ENCODED and ranked.iloc[0]["cv_selectivity"] > 0.3
     hit = ranked.iloc[0]
@@ -105,11 +111,11 @@ def test_selectivity_has_a_paired_interval_and_a_planted_concept_ranks_first():
 def test_control_inside_the_deep_table_is_used_and_not_probed_itself():
     deep, control, rad, train, held = planted_tables(n=120, p=16)
     both = pd.concat([deep, control], axis=1)
-    result = run_probes(both, rad, train, held, bootstrap=0)
+    result = run_probes(both, rad, train, held, ProbeConfig(bootstrap=0))
     assert set(result.probes["model"]) == {"net"}
     assert result.probes["r2_control"].notna().all()
     # no control anywhere: r2_control and selectivity are NaN, r2 is still measured
-    alone = run_probes(deep, rad, train, held, bootstrap=0)
+    alone = run_probes(deep, rad, train, held, ProbeConfig(bootstrap=0))
     assert alone.probes["selectivity"].isna().all() and alone.probes["r2"].notna().all()
 
 
@@ -144,7 +150,7 @@ def test_held_out_predictions_and_r2_equal_scikit_learn_at_the_chosen_penalty():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(100, 40))
     y = np.column_stack([x[:, 0] - x[:, 1] + 0.5 * rng.normal(size=100), rng.normal(size=100)])
-    fit = ridge_probe(x[:75], y[:75], x[75:], y[75:], bootstrap=0)
+    fit = ridge_probe(x[:75], y[:75], x[75:], y[75:], **GRID, bootstrap=0)
     mean, sd = x[:75].mean(0), x[:75].std(0)
     for j in range(2):
         model = Ridge(alpha=fit.penalty[j]).fit((x[:75] - mean) / sd, y[:75, j])
@@ -160,8 +166,8 @@ def test_numpy_and_torch_give_the_same_probes():
     rng = np.random.default_rng(6)
     x = rng.normal(size=(80, 100))
     y = rng.normal(size=(80, 5)) + x[:, :5]
-    a = ridge_probe(x[:60], y[:60], x[60:], y[60:], bootstrap=100, backend="numpy")
-    b = ridge_probe(x[:60], y[:60], x[60:], y[60:], bootstrap=100, backend="torch:cpu")
+    a = ridge_probe(x[:60], y[:60], x[60:], y[60:], **GRID, bootstrap=100, backend="numpy")
+    b = ridge_probe(x[:60], y[:60], x[60:], y[60:], **GRID, bootstrap=100, backend="torch:cpu")
     for name in ("r2", "ci_low", "ci_high", "penalty", "cv_error", "predictions"):
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=1e-8, atol=1e-10)
 
@@ -215,9 +221,12 @@ def test_probe_cases_split_as_the_run_does(synthetic_manifest):
 def test_too_few_training_cases_for_the_folds_asked():
     deep, _, rad, train, held = planted_tables(n=60, p=8)
     with pytest.raises(Rad4XCNNError, match=r"too few training cases for 10-fold .*: 12 training cases"):
-        run_probes(deep, rad, train[:12], held, folds=10)
+        run_probes(deep, rad, train[:12], held, ProbeConfig(folds=10))
     with pytest.raises(Rad4XCNNError, match="too few held-out cases"):
         run_probes(deep, rad, train, held[:2])
+    # a section built in Python is checked once against the probe section's rules, naming the setting
+    with pytest.raises(Rad4XCNNError, match=r"probe\.folds"):
+        run_probes(deep, rad, train, held, ProbeConfig(folds=1))
 
 
 def test_control_table_with_other_case_ids_is_refused():
@@ -230,13 +239,13 @@ def test_control_table_with_other_case_ids_is_refused():
 def test_bad_penalties_are_refused():
     x = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(Rad4XCNNError, match="penalties must be positive"):
-        ridge_probe(x[:15], x[:15], x[15:], x[15:], penalties=[0.0, 1.0], folds=3)
+        ridge_probe(x[:15], x[:15], x[15:], x[15:], penalties=[0.0, 1.0], folds=3, bootstrap=0)
 
 
 def test_text_and_missing_radiomic_columns_are_left_out():
     deep, _, rad, train, held = planted_tables(n=60, p=8)
     rad = rad.assign(diagnostics_Versions_PyRadiomics="3.1", original_shape2D_Area=np.nan)
-    result = run_probes(deep, rad, train, held, bootstrap=0)
+    result = run_probes(deep, rad, train, held, ProbeConfig(bootstrap=0))
     assert set(result.probes["radiomic_feature"]) == {ENCODED, NOWHERE}
 
 

@@ -86,4 +86,4 @@ def test_cka_table_rows():
     assert b.loc["layer4", "cka"] > b.loc["layer2", "cka"]
     assert (table["n_cases"] == 60).all()
     with pytest.raises(Rad4XCNNError, match="at least 3 cases"):
-        cka_table(deep.iloc[:2], None, groups)
+        cka_table(deep.iloc[:2], None, groups, permutations=0)

@@ -16,10 +16,17 @@ from Rad4XCNNLogic.errors import Rad4XCNNError  # noqa: E402
 from Rad4XCNNLogic.features.backbones import PreprocessConfig, load_checkpoint  # noqa: E402
 from Rad4XCNNLogic.features.deep import extract_deep_features  # noqa: E402
 from Rad4XCNNLogic.features.preprocessing import grey_input, preprocess_case  # noqa: E402
+from Rad4XCNNLogic.features.settings import TrainingConfig  # noqa: E402
 from Rad4XCNNLogic.features.training import UltrasoundAugmentation, roc_auc, train_model  # noqa: E402
 from Rad4XCNNLogic.infra.storage import file_sha256  # noqa: E402
 
-FAST = {"input_size": 64, "batch_size": 16, "lr": 1e-3, "device": "cpu", "progress": False}
+FAST = {"device": "cpu", "progress": False}
+
+
+def fast(**settings) -> TrainingConfig:
+    """A small training section: random start (no network), small inputs, a few epochs."""
+    base = {"pretrained": False, "input_size": 64, "batch_size": 16, "learning_rate": 1e-3, "epochs": 1}
+    return TrainingConfig(**{**base, **settings})
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +46,7 @@ def cohort(tmp_path_factory) -> Cohort:
 @pytest.fixture(scope="module")
 def trained(cohort, tmp_path_factory):
     out = tmp_path_factory.mktemp("model") / "model.pt"
-    return train_model(cohort, "resnet18", epochs=4, out=out, train_cohort="internal", **FAST)
+    return train_model(cohort, "resnet18", fast(epochs=4), out=out, train_cohort="internal", **FAST)
 
 
 def test_fine_tuning_reaches_a_validation_auc_clearly_above_chance(trained):
@@ -78,7 +85,13 @@ def test_checkpoint_loads_safely_and_reproduces_features(trained, cohort):
 
 def test_second_phase_fine_tunes_the_first_checkpoint_on_another_cohort(trained, cohort, tmp_path):
     second = train_model(
-        cohort, weights=trained.checkpoint, train_cohort="external", epochs=1, out=tmp_path / "p2.pt", **FAST
+        cohort,
+        None,
+        fast(),
+        weights=trained.checkpoint,
+        train_cohort="external",
+        out=tmp_path / "p2.pt",
+        **FAST,
     )
     assert second.settings["model"] == "resnet18"
     assert second.settings["train_cases"] == 10 and second.settings["val_cases"] == 6
@@ -112,7 +125,7 @@ def test_a_backbone_about_to_be_fine_tuned_is_not_announced_as_untrained(cohort,
     from Rad4XCNNLogic.features.backbones import build_backbone
 
     with caplog.at_level("INFO", logger="Rad4XCNNLogic"):
-        train_model(cohort.cases[:24], "resnet18", epochs=1, out=tmp_path / "t.pt", **FAST)
+        train_model(cohort.cases[:24], "resnet18", fast(), out=tmp_path / "t.pt", **FAST)
     assert "has random weights" not in caplog.text
     assert "starts from random weights (seed 0) and is fine-tuned" in caplog.text
     caplog.clear()
@@ -123,24 +136,29 @@ def test_a_backbone_about_to_be_fine_tuned_is_not_announced_as_untrained(cohort,
 
 def test_missing_validation_split_is_carved_from_train(cohort, tmp_path):
     only_train = [replace(c, split="train") for c in cohort.cases if c.cohort == "internal"][:40]
-    result = train_model(only_train, "resnet18", epochs=1, val_fraction=0.25, out=tmp_path / "v.pt", **FAST)
+    result = train_model(only_train, "resnet18", fast(val_fraction=0.25), out=tmp_path / "v.pt", **FAST)
     assert result.settings["val_cases"] == 10 and result.settings["train_cases"] == 30
 
 
 def test_training_bad_input(cohort, tmp_path):
     benign = [c for c in cohort.cases if c.label == "benign"]
     with pytest.raises(Rad4XCNNError, match="training needs at least two classes"):
-        train_model(benign, "resnet18", epochs=1, out=tmp_path / "x.pt", **FAST)
+        train_model(benign, "resnet18", fast(), out=tmp_path / "x.pt", **FAST)
     val_one_class = [c for c in cohort.cases if c.split == "train" or c.label == "benign"]
     with pytest.raises(Rad4XCNNError, match="the validation AUC needs cases of at least two classes"):
-        train_model(val_one_class, "resnet18", epochs=1, out=tmp_path / "x.pt", **FAST)
+        train_model(val_one_class, "resnet18", fast(), out=tmp_path / "x.pt", **FAST)
     with pytest.raises(Rad4XCNNError, match="no case of cohort 'site9'"):
-        train_model(cohort, "resnet18", train_cohort="site9", out=tmp_path / "x.pt", **FAST)
+        train_model(cohort, "resnet18", fast(), train_cohort="site9", out=tmp_path / "x.pt", **FAST)
     with pytest.raises(Rad4XCNNError, match="no labelled case in the train split"):
         no_train = [replace(c, split="test") for c in cohort.cases]
-        train_model(no_train, "resnet18", out=tmp_path / "x.pt", **FAST)
+        train_model(no_train, "resnet18", fast(), out=tmp_path / "x.pt", **FAST)
     with pytest.raises(Rad4XCNNError, match="unknown model 'resnet1B'"):
-        train_model(cohort, "resnet1B", out=tmp_path / "x.pt", **FAST)
+        train_model(cohort, "resnet1B", fast(), out=tmp_path / "x.pt", **FAST)
+    # a section built in Python is checked once against its options' rules, naming the setting
+    with pytest.raises(Rad4XCNNError, match=r"training\.batch_size"):
+        train_model(cohort, "resnet18", fast(batch_size=1), out=tmp_path / "x.pt", **FAST)
+    with pytest.raises(Rad4XCNNError, match=r"training\.val_fraction"):
+        train_model(cohort, "resnet18", fast(val_fraction=1.0), out=tmp_path / "x.pt", **FAST)
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -173,3 +191,29 @@ def test_roc_auc_matches_scikit_learn():
     p3 = rng.dirichlet(np.ones(3), 60)
     assert roc_auc(y3, p3) == pytest.approx(metrics.roc_auc_score(y3, p3, multi_class="ovr"))
     assert np.isnan(roc_auc([1, 1], np.array([[0.2, 0.8], [0.4, 0.6]])))
+
+
+def test_deep_and_train_commands_run_their_stage_on_the_checkpoint_they_are_given(trained, cohort, tmp_path):
+    """``deep --weights CHECKPOINT`` names the checkpoint's model and, as the run's deep stage, extracts its
+    random-weights control unless ``--controls none``; ``train --weights CHECKPOINT`` starts from it."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.cohort.manifest import write_manifest
+
+    manifest = str(write_manifest(cohort.subset(cohort="internal"), tmp_path / "m.csv"))
+    common = ["--manifest", manifest, "--weights", str(trained.checkpoint), "--input-size", "32"]
+    common += ["--device", "cpu", "--no-progress"]
+    assert main(["-q", "deep", *common, "--out", str(tmp_path / "d.csv")]) == 0
+    both = pd.read_csv(tmp_path / "d.csv", index_col=0)
+    assert {c.rsplit("_", 1)[0] for c in both.columns} == {"resnet18", "resnet18-random"}
+    assert (tmp_path / "d.json").is_file()  # its settings, beside it
+    assert main(["-q", "deep", *common, "--controls", "none", "--out", str(tmp_path / "o" / "d.csv")]) == 0
+    alone = pd.read_csv(tmp_path / "o" / "d.csv", index_col=0)
+    pd.testing.assert_frame_equal(alone, both[alone.columns])
+    assert {c.rsplit("_", 1)[0] for c in alone.columns} == {"resnet18"}
+
+    argv = ["-q", "train", *common, "--epochs", "1", "--out", str(tmp_path / "t" / "p2.pt")]
+    assert main(argv) == 0
+    _, _, meta = load_checkpoint(tmp_path / "t" / "p2.pt")
+    assert meta["training"]["base_weights"]["sha256"] == file_sha256(trained.checkpoint)
+    assert (tmp_path / "t" / "training_history.csv").is_file()

@@ -12,6 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "explain"))
 from test_probes import planted_tables
 
 from Rad4XCNNLogic.explain.probes import PROBE_COLUMNS, run_probes
+from Rad4XCNNLogic.explain.settings import ProbeConfig
 from Rad4XCNNLogic.explain.similarity import cka_table
 from Rad4XCNNLogic.run.concepts_report import by_layer_and_family, concepts_section
 from Rad4XCNNLogic.run.config import config_from_dict
@@ -20,7 +21,7 @@ from Rad4XCNNLogic.run.report import write_report
 
 def _probe_files(folder: Path) -> None:
     deep, control, rad, train, held = planted_tables(n=100, p=12)
-    result = run_probes(deep, rad, train, held, control=control, bootstrap=20)
+    result = run_probes(deep, rad, train, held, ProbeConfig(bootstrap=20), control=control)
     result.probes[list(PROBE_COLUMNS)].to_csv(folder / "probes.csv", index=False)
     groups = {("net", "layer4"): list(deep.columns)}
     cka = cka_table(
