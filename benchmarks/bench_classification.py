@@ -150,7 +150,7 @@ def bench_classify(frame, cohort, explained, jobs: int, n_bootstrap: int) -> Non
         for cols in result.feature_sets.values():
             X = frame.loc[train, cols].to_numpy()
             for name in ("rf", "xgb", "svm"):
-                full = make_pipeline(name, probability=False)
+                full = make_pipeline(name, correlation_threshold=None, probability=False)
                 pipe = Pipeline(full.steps[1:])
                 grid = {f"{classifier_param_prefix(full)}{k}": v for k, v in DEFAULT_GRIDS[name].items()}
                 cv = StratifiedKFold(5, shuffle=True, random_state=0)

@@ -128,10 +128,12 @@ def bench_one_n(n: int, args: argparse.Namespace, backends: list[str], gpu: str 
         return
     runs = [(b, args.permutations) for b in backends if b != "torch:cuda" and args.permutations]
     if gpu and args.gpu_permutations:
-        permutation_null(deep, rad, 10, backend="torch:cuda")  # warm-up
+        permutation_null(deep, rad, n_permutations=10, backend="torch:cuda")  # warm-up
         runs.append(("torch:cuda", args.gpu_permutations))
     for backend, count in runs:
-        seconds, null = timed(lambda b=backend, k=count: permutation_null(deep, rad, k, backend=b), 1)
+        seconds, null = timed(
+            lambda b=backend, k=count: permutation_null(deep, rad, n_permutations=k, backend=b), 1
+        )
         where = gpu if backend == "torch:cuda" else backend
         line = (
             f"  {count:,} permutations, {where}: {seconds:8.2f} s ({count / seconds:,.0f}/s; "
@@ -191,8 +193,8 @@ def bench_stratified(n: int, args: argparse.Namespace, backend: str, permutation
         return
     count = args.permutations
     pooled, within, ratio = _pairs(
-        lambda: permutation_null(deep, rad, count, backend=backend),
-        lambda: permutation_null(deep, rad, count, backend=backend, strata=strata),
+        lambda: permutation_null(deep, rad, n_permutations=count, backend=backend),
+        lambda: permutation_null(deep, rad, n_permutations=count, backend=backend, strata=strata),
         max(1, args.repeat // 2),
     )
     print(

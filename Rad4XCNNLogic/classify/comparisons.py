@@ -384,7 +384,7 @@ def compare_feature_sets(
     pairs: Sequence[ComparisonPair] | None = None,
     controls: Mapping[str, str] | None = None,
     compare: Sequence[str] | None = None,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int,
     confidence: float = 0.95,
     seed: int = 0,
 ):
@@ -415,7 +415,9 @@ def compare_feature_sets(
 
     Examples
     --------
-    >>> table = compare_feature_sets(result.predictions, classes=result.classes)  # doctest: +SKIP
+    >>> table = compare_feature_sets(  # doctest: +SKIP
+    ...     result.predictions, classes=result.classes, n_bootstrap=1000
+    ... )
     """
     import pandas as pd
 

@@ -216,7 +216,7 @@ def evaluate_predictions(
     y: np.ndarray,
     proba: np.ndarray,
     *,
-    n_bootstrap: int = 1000,
+    n_bootstrap: int,
     confidence: float = 0.95,
     rng: np.random.Generator | int | None = 0,
     score: np.ndarray | None = None,

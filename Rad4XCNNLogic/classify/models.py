@@ -32,7 +32,7 @@ def make_pipeline(
     classifier: str,
     *,
     seed: int = 0,
-    correlation_threshold: float | None = 0.95,
+    correlation_threshold: float | None,
     select_k: int | None = None,
     balanced: bool = True,
     probability: bool = True,
@@ -51,7 +51,8 @@ def make_pipeline(
 
     Examples
     --------
-    >>> pipe = make_pipeline("svm", seed=0).set_params(clf__estimator__C=10.0)  # doctest: +SKIP
+    >>> pipe = make_pipeline("svm", seed=0, correlation_threshold=0.95)  # doctest: +SKIP
+    >>> pipe.set_params(clf__estimator__C=10.0)  # doctest: +SKIP
     >>> pipe.fit(X_train, y_train).predict_proba(X_test)  # doctest: +SKIP
     """
     from sklearn.pipeline import Pipeline

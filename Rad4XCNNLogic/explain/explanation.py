@@ -297,8 +297,8 @@ def _per_model_thresholds(
 ) -> tuple[dict[str, float] | None, dict[str, float] | None]:
     if not nulls:
         return None, None
-    thresholds = {model: permutation_threshold(null, alpha) for model, null in nulls.items()}
-    suggested = {model: suggest_threshold(null, alpha) for model, null in nulls.items()}
+    thresholds = {model: permutation_threshold(null, alpha=alpha) for model, null in nulls.items()}
+    suggested = {model: suggest_threshold(null, alpha=alpha) for model, null in nulls.items()}
     for model, boundary in thresholds.items():
         if threshold <= boundary:
             log.warning(
@@ -478,7 +478,7 @@ def explain(
     if permutations:
         start = time.perf_counter()
         nulls = permutation_null_prepared(test_prep, permutations, seed, progress)
-        permutation_threshold(next(iter(nulls.values())), alpha)  # fails early if too few permutations
+        permutation_threshold(next(iter(nulls.values())), alpha=alpha)  # fails early if too few permutations
         timings["permutations"] = time.perf_counter() - start
     intervals = None
     if bootstrap:

@@ -71,8 +71,8 @@ def permutation_null_prepared(
 def permutation_null(
     deep_df: pd.DataFrame,
     radiomic_df: pd.DataFrame,
-    n_permutations: int = 1000,
     *,
+    n_permutations: int,
     seed: int = 0,
     backend: str = "auto",
     chunk_size: int | None = None,
@@ -99,7 +99,7 @@ def permutation_null(
     --------
     >>> rng = np.random.default_rng(1)
     >>> deep = pd.DataFrame(rng.normal(size=(40, 5))); rad = pd.DataFrame(rng.normal(size=(40, 3)))
-    >>> null = permutation_null(deep, rad, 50, backend="numpy")
+    >>> null = permutation_null(deep, rad, n_permutations=50, backend="numpy")
     >>> null.shape, bool((null > 0).all() and (null <= 1).all())
     ((50,), True)
     """
@@ -119,7 +119,7 @@ def check_alpha(alpha: float) -> None:
         raise Rad4XCNNError(f"alpha {problem}")
 
 
-def permutation_threshold(null: np.ndarray, alpha: float = 0.05) -> float:
+def permutation_threshold(null: np.ndarray, *, alpha: float) -> float:
     """The |rho| above which a pair is significant with family-wise error at most ``alpha``.
 
     A pair is significant when its permutation p-value ``(1 + #{null >= |rho|}) / (P + 1)`` is at most
@@ -151,7 +151,7 @@ def fwer_pvalues(rho: np.ndarray, null: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(rho), np.nan, out)
 
 
-def suggest_threshold(null: np.ndarray, alpha: float = 0.05, step: float = 0.05) -> float:
+def suggest_threshold(null: np.ndarray, *, alpha: float, step: float = 0.05) -> float:
     """A threshold ``M`` to start from: the permutation threshold rounded up to a multiple of ``step``.
 
     Every pair with |rho| >= the suggestion is significant with family-wise error at most ``alpha``; the
@@ -162,7 +162,7 @@ def suggest_threshold(null: np.ndarray, alpha: float = 0.05, step: float = 0.05)
     >>> suggest_threshold(np.linspace(0.1, 0.5, 99), alpha=0.05)
     0.5
     """
-    threshold = permutation_threshold(null, alpha)
+    threshold = permutation_threshold(null, alpha=alpha)
     suggestion = math.ceil(round(threshold / step, 9)) * step
     if suggestion <= threshold:  # the boundary itself is not significant (strict inequality)
         suggestion += step
@@ -306,8 +306,8 @@ def bootstrap_intervals(
     deep_df: pd.DataFrame,
     radiomic_df: pd.DataFrame,
     pairs: Sequence[tuple[str, str]],
-    n_boot: int = 200,
     *,
+    n_boot: int,
     confidence: float = 0.95,
     seed: int = 0,
     backend: str = "auto",
@@ -325,7 +325,7 @@ def bootstrap_intervals(
     >>> rad = pd.DataFrame({"original_firstorder_Mean": rng.normal(size=60)})
     >>> deep = pd.DataFrame({"resnet50_0": rad.iloc[:, 0] + rng.normal(size=60)})
     >>> pairs = [("resnet50_0", "original_firstorder_Mean")]
-    >>> ci = bootstrap_intervals(deep, rad, pairs, 100, backend="numpy")
+    >>> ci = bootstrap_intervals(deep, rad, pairs, n_boot=100, backend="numpy")
     >>> bool(ci["ci_low"].iloc[0] < ci["ci_high"].iloc[0])
     True
     """

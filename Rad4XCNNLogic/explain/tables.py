@@ -72,8 +72,8 @@ def pairs_table(
     nulls: Mapping[str, np.ndarray] | None = None,
     intervals: pd.DataFrame | None = None,
     clusters: RadiomicClusters | None = None,
-    threshold: float = 1.0,
-    level: float = 0.05,
+    threshold: float,
+    level: float,
 ) -> pd.DataFrame:
     """One row per kept pair, deep features in table order and the strongest partner first.
 

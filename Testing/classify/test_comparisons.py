@@ -255,7 +255,9 @@ def test_multiclass_comparison_has_no_delong_p():
 
 def test_no_pairs_gives_an_empty_table(named_result):
     preds = named_result.predictions
-    only = compare_feature_sets(preds[preds["feature_set"] == "deep"], classes=named_result.classes)
+    only = compare_feature_sets(
+        preds[preds["feature_set"] == "deep"], classes=named_result.classes, n_bootstrap=300
+    )
     assert list(only.columns) == list(COMPARISON_COLUMNS) and only.empty
 
 

@@ -155,8 +155,8 @@ def test_row_order_does_not_matter():
     a = spearman(deep, rad, backend="numpy")
     b = spearman(deep.sample(frac=1, random_state=1), rad.sample(frac=1, random_state=2), backend="numpy")
     assert np.array_equal(a.rho, b.rho) and a.cases == b.cases
-    null_a = permutation_null(deep, rad, 30, seed=3, backend="numpy")
-    null_b = permutation_null(deep.iloc[::-1], rad, 30, seed=3, backend="numpy")
+    null_a = permutation_null(deep, rad, n_permutations=30, seed=3, backend="numpy")
+    null_b = permutation_null(deep.iloc[::-1], rad, n_permutations=30, seed=3, backend="numpy")
     assert np.array_equal(null_a, null_b)
 
 
@@ -174,9 +174,9 @@ def test_too_few_cases_is_a_clear_error():
     deep, rad = tables(n=6, seed=9)
     assert spearman(deep, rad, backend="numpy").n_cases == 6
     with pytest.raises(Rad4XCNNError, match="permutation test needs at least 8 cases, got 6"):
-        permutation_null(deep, rad, 10, backend="numpy")
+        permutation_null(deep, rad, n_permutations=10, backend="numpy")
     with pytest.raises(Rad4XCNNError, match="bootstrap intervals need at least 8 cases"):
-        bootstrap_intervals(deep, rad, [("resnet50_0", rad.columns[0])], 10, backend="numpy")
+        bootstrap_intervals(deep, rad, [("resnet50_0", rad.columns[0])], n_boot=10, backend="numpy")
 
 
 def test_no_shared_case_id_names_both_sides():
@@ -247,7 +247,9 @@ def test_read_feature_table_keeps_ids_as_text_and_refuses_duplicate_headers(tmp_
 # ------------------------------------------------------------------------------------ permutation test
 def test_permutation_null_is_the_max_abs_rho_of_shuffled_cases():
     deep, rad = tables(n=30, n_deep=6, n_rad=5, ties=True, seed=15)
-    null = permutation_null(deep, rad, 20, seed=4, backend="numpy", chunk_size=2, single_precision=False)
+    null = permutation_null(
+        deep, rad, n_permutations=20, seed=4, backend="numpy", chunk_size=2, single_precision=False
+    )
     # Recompute the first shuffle by hand: the same seeded permutation applied to the deep table.
     perm = np.random.default_rng(4).permuted(np.tile(np.arange(30), (20, 1)), axis=1)[0]
     shuffled = deep.sort_index().to_numpy()[perm]
@@ -255,10 +257,10 @@ def test_permutation_null_is_the_max_abs_rho_of_shuffled_cases():
     assert null[0] == pytest.approx(np.abs(ref).max(), abs=1e-12)
     for backend, chunk in (("torch:cpu", 4), ("numpy", 6)):  # either side shuffled, either backend
         other = permutation_null(
-            deep, rad, 20, seed=4, backend=backend, chunk_size=chunk, single_precision=False
+            deep, rad, n_permutations=20, seed=4, backend=backend, chunk_size=chunk, single_precision=False
         )
         assert np.allclose(other, null, atol=1e-12, rtol=0)
-        single = permutation_null(deep, rad, 20, seed=4, backend=backend, chunk_size=chunk)
+        single = permutation_null(deep, rad, n_permutations=20, seed=4, backend=backend, chunk_size=chunk)
         assert np.allclose(single, null, atol=1e-6, rtol=0)  # float32 products: rounding only
 
 
@@ -270,7 +272,7 @@ def test_permutation_threshold_and_fwer_pvalues_agree():
     p = fwer_pvalues(rho, null)
     assert p[0] > 0.05 >= p[1]  # strictly above the threshold is significant
     assert p[2] == 1.0 and np.isnan(p[3])
-    assert suggest_threshold(null, 0.05) == pytest.approx(np.ceil(threshold / 0.05) * 0.05)
+    assert suggest_threshold(null, alpha=0.05) == pytest.approx(np.ceil(threshold / 0.05) * 0.05)
     with pytest.raises(Rad4XCNNError, match="use at least 19"):
         permutation_threshold(null[:10], alpha=0.05)
 
@@ -282,8 +284,8 @@ def test_permutation_threshold_controls_the_family_wise_error():
     for seed in range(n_seeds):
         deep, rad = tables(n=25, n_deep=6, n_rad=5, seed=1000 + seed)
         observed = np.nanmax(np.abs(spearman(deep, rad, backend="numpy").rho))
-        null = permutation_null(deep, rad, 99, seed=seed, backend="numpy")
-        false_alarms += observed > permutation_threshold(null, alpha)
+        null = permutation_null(deep, rad, n_permutations=99, seed=seed, backend="numpy")
+        false_alarms += observed > permutation_threshold(null, alpha=alpha)
     rate = false_alarms / n_seeds
     # Binomial(150, 0.1): mean 15, sd 3.7; the band is about +-2.7 sd.
     assert 0.035 <= rate <= 0.17, rate
@@ -298,17 +300,17 @@ def test_bootstrap_intervals_cover_the_estimate_and_repeat_with_the_seed():
         {"cnn_0": np.maximum(x + 0.7 * rng.normal(size=120), 0), "cnn_1": rng.normal(size=120)}
     )
     pairs = [("cnn_0", "original_firstorder_Mean"), ("cnn_1", "original_glcm_Contrast")]
-    ci = bootstrap_intervals(deep, rad, pairs, 200, seed=1, backend="numpy")
+    ci = bootstrap_intervals(deep, rad, pairs, n_boot=200, seed=1, backend="numpy")
     rho = spearman(deep, rad, backend="numpy").frame()
     for d, r in pairs:
         low, high = ci.loc[(d, r)]
         assert low < rho.loc[d, r] < high
     strong, null = ci.loc[pairs[0]], ci.loc[pairs[1]]
     assert strong["ci_low"] > 0.5 and null["ci_low"] < 0 < null["ci_high"]
-    again = bootstrap_intervals(deep, rad, pairs, 200, seed=1, backend="torch:cpu")
+    again = bootstrap_intervals(deep, rad, pairs, n_boot=200, seed=1, backend="torch:cpu")
     assert np.allclose(again.to_numpy(), ci.to_numpy(), atol=1e-12)
     with pytest.raises(Rad4XCNNError, match="unknown feature pair"):
-        bootstrap_intervals(deep, rad, [("cnn_9", "original_firstorder_Mean")], 10, backend="numpy")
+        bootstrap_intervals(deep, rad, [("cnn_9", "original_firstorder_Mean")], n_boot=10, backend="numpy")
 
 
 # ------------------------------------------------------------------------------------------ persistence

@@ -129,7 +129,14 @@ def test_within_null_is_the_max_rho_within_of_within_shuffles(backend, chunk):
     deep.loc[strata != "a", "cnn_3"] = 0.0
     rad.loc[strata == "a", rad.columns[1]] = 1.0  # and a pair with no stratum where both vary
     null = permutation_null(
-        deep, rad, 15, seed=2, backend=backend, chunk_size=chunk, strata=strata, single_precision=False
+        deep,
+        rad,
+        n_permutations=15,
+        seed=2,
+        backend=backend,
+        chunk_size=chunk,
+        strata=strata,
+        single_precision=False,
     )
     prep = prepare_within(prepare_tables(deep, rad, "numpy", None, 0.5), strata)
     cases = prep.aligned.cases  # grouped by stratum: the order the permutations index
@@ -148,12 +155,12 @@ def test_within_bootstrap_covers_the_estimate_and_repeats():
     deep = pd.DataFrame({"cnn_0": latent + 0.7 * rng.normal(size=100) - site})
     strata = pd.Series(site.astype(str), index=deep.index)
     pairs = [("cnn_0", "original_firstorder_Mean")]
-    ci = bootstrap_intervals(deep, rad, pairs, 200, strata=strata, backend="numpy", seed=1)
-    again = bootstrap_intervals(deep, rad, pairs, 200, strata=strata, backend="torch:cpu", seed=1)
+    ci = bootstrap_intervals(deep, rad, pairs, n_boot=200, strata=strata, backend="numpy", seed=1)
+    again = bootstrap_intervals(deep, rad, pairs, n_boot=200, strata=strata, backend="torch:cpu", seed=1)
     rho = spearman_within(deep, rad, strata, backend="numpy").rho[0, 0]
     assert ci["ci_low"].iloc[0] < rho < ci["ci_high"].iloc[0] and rho > 0.5
     np.testing.assert_allclose(ci.to_numpy(), again.to_numpy(), atol=1e-12)
-    pooled = bootstrap_intervals(deep, rad, pairs, 200, backend="numpy", seed=1)
+    pooled = bootstrap_intervals(deep, rad, pairs, n_boot=200, backend="numpy", seed=1)
     assert pooled["ci_high"].iloc[0] < 0.3  # pooled, the shift reverses the sign
 
 
@@ -175,11 +182,11 @@ def test_stratified_permutation_fwer_holds_its_level_under_site_and_class_shifts
     alpha, rejected, rejected_pooled, runs = 0.05, 0, 0, 200
     for seed in range(runs):
         deep, rad, strata = _shifted_null_tables(seed)
-        null = permutation_null(deep, rad, 99, seed=seed, backend="numpy", strata=strata)
+        null = permutation_null(deep, rad, n_permutations=99, seed=seed, backend="numpy", strata=strata)
         rho = spearman_within(deep, rad, strata, backend="numpy").rho
         rejected += bool((fwer_pvalues(rho, null) <= alpha).any())
         if seed < 20:
-            pooled_null = permutation_null(deep, rad, 99, seed=seed, backend="numpy")
+            pooled_null = permutation_null(deep, rad, n_permutations=99, seed=seed, backend="numpy")
             pooled_rho = spearman(deep, rad, backend="numpy").rho
             rejected_pooled += bool((fwer_pvalues(pooled_rho, pooled_null) <= alpha).any())
     # Exact under exchangeability within strata: the rate is alpha up to binomial noise (sd 0.015 here).
