@@ -155,7 +155,8 @@ def road_scores(
     categories: Sequence[int],
     percentiles: Sequence[int] = DEFAULT_PERCENTILES,
     seed: int = 0,
-    batch_size: int = 32,
+    *,
+    batch_size: int,
 ) -> dict[str, np.ndarray]:
     """ROAD (Rong et al. 2022) of each image's map, removing exact fractions of its pixels.
 
@@ -170,7 +171,7 @@ def road_scores(
 
     Examples
     --------
-    >>> road_scores(net, x, cams, [1, 0])["combined"]  # doctest: +SKIP
+    >>> road_scores(net, x, cams, [1, 0], batch_size=32)["combined"]  # doctest: +SKIP
     array([0.21, 0.05], dtype=float32)
     """
     import torch
@@ -240,7 +241,8 @@ def deletion_insertion_auc(
     cams: np.ndarray,
     categories: Sequence[int],
     steps: int = DEFAULT_STEPS,
-    batch_size: int = 32,
+    *,
+    batch_size: int,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Deletion and insertion AUC (Petsiuk et al. 2018) of each image's map: ``(deletion, insertion)``.
@@ -256,7 +258,7 @@ def deletion_insertion_auc(
 
     Examples
     --------
-    >>> deletion, insertion = deletion_insertion_auc(net, x, cams, [1, 1])  # doctest: +SKIP
+    >>> deletion, insertion = deletion_insertion_auc(net, x, cams, [1, 1], batch_size=32)  # doctest: +SKIP
     """
     import torch
 
@@ -347,7 +349,8 @@ def faithfulness_scores(
     masks: Sequence[np.ndarray | None],
     percentiles: Sequence[int] = DEFAULT_PERCENTILES,
     steps: int = DEFAULT_STEPS,
-    batch_size: int = 32,
+    *,
+    batch_size: int,
     seed: int = 0,
 ) -> dict[str, dict[str, np.ndarray]]:
     """ROAD and deletion / insertion AUC of each method's maps of a batch and of its baselines on the same
@@ -467,7 +470,6 @@ def randomisation_rows(
     *,
     steps: str = "cascade",
     seed: int = 0,
-    batch_size: int = 32,
     input_size: int = 224,
     compute: Any = None,
 ) -> list[dict[str, Any]]:

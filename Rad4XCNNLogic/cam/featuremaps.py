@@ -326,7 +326,7 @@ def compute_feature_maps(
     from_run: str | os.PathLike | None = None,
     top: int | None = None,
     pairs: pd.DataFrame | None = None,
-    params: str | os.PathLike | RadiomicsParams = "paper",
+    params: str | os.PathLike | RadiomicsParams,
     kernel_radius: int = DEFAULT_KERNEL_RADIUS,
     cam_dir: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -354,7 +354,9 @@ def compute_feature_maps(
 
     Examples
     --------
-    >>> maps = compute_feature_maps(cohort, "original_glcm_Contrast", out_dir="fm")  # doctest: +SKIP
+    >>> maps = compute_feature_maps(
+    ...     cohort, "original_glcm_Contrast", params="paper", out_dir="fm"
+    ... )  # doctest: +SKIP
     """
     import pandas as pd
 

@@ -435,7 +435,7 @@ def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> Non
                  for lc in batch_loaded]  # fmt: skip
         scores = faithfulness_scores(
             net, x, chosen, input_maps, masks, checks.road_percentiles, checks.deletion_steps,
-            mapper.batch_size, checks.seed,
+            batch_size=mapper.batch_size, seed=checks.seed,
         )  # fmt: skip
     out.check_seconds["faithfulness"] += time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -481,7 +481,7 @@ def _record_case(
                 "label": case.label,
                 "has_lesion": bool(case.has_lesion),
                 **class_fields(plan.loaded.class_names, *predictions, row),
-                **map_metrics(cam, mask, crop, checks.pointing_tolerance),
+                **map_metrics(cam, mask, crop, tolerance=checks.pointing_tolerance),
                 "flags": ";".join(flags),
                 **faithful,
                 "randomisation_similarity": final_step.get((row, method), float("nan")),

@@ -52,18 +52,18 @@ def map_peak(cam: np.ndarray) -> tuple[int, int] | None:
     return int(rows[i]), int(cols[i])
 
 
-def pointing_game(cam: np.ndarray, mask: np.ndarray | None, tolerance: float = 0.0) -> float:
+def pointing_game(cam: np.ndarray, mask: np.ndarray | None, *, tolerance: float) -> float:
     """1.0 if the map's maximum lies inside the mask (within ``tolerance`` pixels), else 0.0.
 
     Where several pixels share the maximum, it is a hit if at least half of them are inside. NaN without a
     mask or for an all-zero map. (Zhang et al.'s pointing game uses a 15-pixel tolerance on natural
-    images; 0, the default here, asks for the maximum to be inside the lesion itself.)
+    images; 0, the CAM settings' default, asks for the maximum to be inside the lesion itself.)
 
     Examples
     --------
     >>> cam = np.zeros((5, 5)); cam[1, 1] = 1.0
     >>> mask = np.zeros((5, 5), bool); mask[0:2, 0:2] = True
-    >>> pointing_game(cam, mask), pointing_game(cam, ~mask)
+    >>> pointing_game(cam, mask, tolerance=0), pointing_game(cam, ~mask, tolerance=0)
     (1.0, 0.0)
     """
     if mask is None or not np.any(mask):
@@ -128,7 +128,7 @@ def spearman_agreement(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def map_metrics(
-    cam: np.ndarray, mask: np.ndarray | None, crop: SquareCrop | None = None, tolerance: float = 0.0
+    cam: np.ndarray, mask: np.ndarray | None, crop: SquareCrop | None = None, *, tolerance: float
 ) -> dict[str, Any]:
     """The per-map measurements, for a map in image geometry.
 
@@ -149,7 +149,7 @@ def map_metrics(
     return {
         "energy_inside": energy_inside(cam, mask if has_mask else None),
         "energy_chance": chance,
-        "pointing_hit": pointing_game(cam, mask if has_mask else None, tolerance),
+        "pointing_hit": pointing_game(cam, mask if has_mask else None, tolerance=tolerance),
         "peak_row": peak[0] if peak else None,
         "peak_col": peak[1] if peak else None,
         "max_value": float(np.max(cam)) if np.size(cam) else float("nan"),

@@ -53,7 +53,7 @@ class CamMethod:
         """The name used in file names (``gradcam++`` -> ``gradcampp``)."""
         return self.name.replace("+", "p")
 
-    def make(self, model, target_modules: list, reshape_transform=None, batch_size: int = 32, progress=False):
+    def make(self, model, target_modules: list, reshape_transform=None, *, batch_size: int, progress=False):
         """The CAM object for ``model`` at ``target_modules`` (see the class docstring)."""
         return self.factory(model, target_modules, reshape_transform, batch_size, progress)
 
@@ -210,7 +210,7 @@ def _scorecam_class():
     from pytorch_grad_cam import ScoreCAM
 
     class BatchedScoreCAM(_RawMaps, ScoreCAM):
-        def __init__(self, model, target_layers, reshape_transform=None, batch_size=32, progress=False):
+        def __init__(self, model, target_layers, reshape_transform=None, *, batch_size, progress=False):
             super().__init__(model, target_layers, reshape_transform=reshape_transform)
             self.batch_size = max(1, int(batch_size))
             self.progress = bool(progress)
@@ -326,7 +326,7 @@ _IMPLEMENTATIONS = {
 METHODS: dict[str, CamMethod] = {name: _IMPLEMENTATIONS[name] for name in METHOD_NAMES}
 
 
-def make_cam(method: str, model, layer, batch_size: int = 32, progress: bool = False):
+def make_cam(method: str, model, layer, *, batch_size: int, progress: bool = False):
     """The CAM object of ``method`` for ``model`` at ``layer``, with the layer's token reshape.
 
     ``layer`` is a :class:`~Rad4XCNNLogic.cam.layers.TargetLayer`.
@@ -334,7 +334,7 @@ def make_cam(method: str, model, layer, batch_size: int = 32, progress: bool = F
     from Rad4XCNNLogic.cam.layers import ActivationTransform
 
     transform = ActivationTransform(layer.prefix_tokens, layer.grid)
-    return METHODS[method].make(model, [layer.module], transform, batch_size, progress)
+    return METHODS[method].make(model, [layer.module], transform, batch_size=batch_size, progress=progress)
 
 
 @dataclass
@@ -357,7 +357,7 @@ class MapComputer:
 
         ids = list(ids) if ids is not None else [str(i) for i in range(len(x))]
         try:
-            cam = make_cam(method, net, layer, self.batch_size, self.progress)
+            cam = make_cam(method, net, layer, batch_size=self.batch_size, progress=self.progress)
             try:
                 if method == "scorecam":
                     cam.case_ids = ids

@@ -140,7 +140,7 @@ class _TorchOps(NumpyOps):
         return a.to(self.torch.float32)
 
 
-def resolve_backend(backend: str = "auto") -> NumpyOps:
+def resolve_backend(backend: str) -> NumpyOps:
     """Return the array backend: ``"numpy"``, ``"torch"`` (GPU if present, else CPU), ``"torch:cpu"``,
     ``"torch:cuda"``, or ``"auto"`` (torch on a GPU when one is present, numpy otherwise).
 

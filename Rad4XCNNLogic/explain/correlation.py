@@ -553,7 +553,7 @@ def spearman(
     deep_df: pd.DataFrame,
     radiomic_df: pd.DataFrame,
     *,
-    backend: str = "auto",
+    backend: str,
     chunk_size: int | None = None,
     max_missing_fraction: float = 0.5,
     progress: bool = False,

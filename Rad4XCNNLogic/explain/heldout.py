@@ -90,7 +90,7 @@ def remeasure(
     sets: pd.Series | Mapping[str, str],
     *,
     strata: pd.Series | None = None,
-    backend: str = "auto",
+    backend: str,
     min_stratum: int = MIN_STRATUM,
 ) -> HeldOut:
     """Re-measure an explanation's explained pairs on each held-out set of cases.
@@ -111,7 +111,8 @@ def remeasure(
 
     Examples
     --------
-    >>> held = remeasure(explanation, deep, rad, manifest.set_index("case_id")["cohort"])  # doctest: +SKIP
+    >>> cohorts = manifest.set_index("case_id")["cohort"]  # doctest: +SKIP
+    >>> held = remeasure(explanation, deep, rad, cohorts, backend="numpy")  # doctest: +SKIP
     """
     sets = pd.Series(sets, dtype=object).dropna().astype(str)
     sets.index = sets.index.map(str)

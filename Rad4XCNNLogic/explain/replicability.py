@@ -57,7 +57,7 @@ def replicate(
     threshold: float,
     *,
     fdr: float | None = None,
-    backend: str = "auto",
+    backend: str,
     chunk_size: int | None = None,
     max_missing_fraction: float = 0.5,
     progress: bool = False,
@@ -70,7 +70,8 @@ def replicate(
 
     Examples
     --------
-    >>> rep = replicate(deep, rad, manifest.set_index("case_id")["cohort"], 0.6)  # doctest: +SKIP
+    >>> cohorts = manifest.set_index("case_id")["cohort"]  # doctest: +SKIP
+    >>> rep = replicate(deep, rad, cohorts, 0.6, backend="numpy")  # doctest: +SKIP
     >>> rep.summary[["cohort_a", "cohort_b", "n_replicated", "rho_agreement"]]  # doctest: +SKIP
     """
     check_threshold(threshold, fdr)

@@ -442,7 +442,7 @@ def spearman_within(
     radiomic_df: pd.DataFrame,
     strata: pd.Series | pd.DataFrame,
     *,
-    backend: str = "auto",
+    backend: str,
     chunk_size: int | None = None,
     max_missing_fraction: float = 0.5,
     min_stratum: int = MIN_STRATUM,

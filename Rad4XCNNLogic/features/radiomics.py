@@ -473,7 +473,7 @@ def _run_dask(
 # --------------------------------------------------------------------------------------------- public
 def extract_radiomics(
     cohort: Cohort | Sequence[Case],
-    params: str | os.PathLike | RadiomicsParams = "paper",
+    params: str | os.PathLike | RadiomicsParams,
     *,
     jobs: int | None = None,
     cache_dir: str | os.PathLike | None = None,

@@ -110,8 +110,8 @@ def test_a_sparse_random_map_no_longer_scores_like_the_true_map():
     model = BrightModel().eval()
     x, true = bright_cases(3)
     sparse = sparse_random_maps(3)
-    road_true = road_scores(model, x, true, [1, 1, 1], seed=0)["combined"]
-    road_sparse = road_scores(model, x, sparse, [1, 1, 1], seed=0)["combined"]
+    road_true = road_scores(model, x, true, [1, 1, 1], seed=0, batch_size=32)["combined"]
+    road_sparse = road_scores(model, x, sparse, [1, 1, 1], seed=0, batch_size=32)["combined"]
     assert (road_true > 0.3).all()
     assert (np.abs(road_sparse) < 0.05).all()
 
@@ -186,4 +186,4 @@ def test_a_random_map_that_puts_deletion_before_insertion_is_no_better_than_a_ra
     assert table.loc["true", "beats_baselines"] and table.loc["true", "cases_shuffled"] == 5
     assert table.loc["true", "road_gain_shuffled_low"] > 0 and table.loc["true", "insdel_gain_random_low"] > 0
     # a batch whose every method failed scores no baseline either
-    assert faithfulness_scores(model, x, [1] * n, {}, masks) == {}
+    assert faithfulness_scores(model, x, [1] * n, {}, masks, batch_size=32) == {}

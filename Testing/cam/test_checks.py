@@ -83,14 +83,14 @@ def region_case():
 def test_road_and_deletion_insertion_reward_the_map_of_what_the_model_uses():
     model = RegionModel().eval()
     x, good, bad = region_case()
-    road_good = road_scores(model, x, good, [1])
-    road_bad = road_scores(model, x, bad, [1])
+    road_good = road_scores(model, x, good, [1], batch_size=32)
+    road_bad = road_scores(model, x, bad, [1], batch_size=32)
     assert road_good["combined"][0] > 0.05 > -0.05 > road_bad["combined"][0]
     np.testing.assert_allclose(road_good["combined"], (road_good["lerf"] - road_good["morf"]) / 2)
     # seeded imputation noise: the same scores twice
-    assert road_scores(model, x, good, [1])["combined"][0] == road_good["combined"][0]
-    deletion_good, insertion_good = deletion_insertion_auc(model, x, good, [1], steps=8)
-    deletion_bad, insertion_bad = deletion_insertion_auc(model, x, bad, [1], steps=8)
+    assert road_scores(model, x, good, [1], batch_size=32)["combined"][0] == road_good["combined"][0]
+    deletion_good, insertion_good = deletion_insertion_auc(model, x, good, [1], steps=8, batch_size=32)
+    deletion_bad, insertion_bad = deletion_insertion_auc(model, x, bad, [1], steps=8, batch_size=32)
     assert deletion_good[0] < insertion_good[0]
     assert deletion_good[0] < deletion_bad[0] - 0.1
     assert insertion_good[0] > insertion_bad[0] + 0.1

@@ -47,7 +47,13 @@ def cohort(tmp_path):
 def test_mean_map_is_the_window_mean_in_the_image_geometry(cohort, tmp_path):
     out = tmp_path / "maps"
     result = compute_feature_maps(
-        cohort, "original_firstorder_Mean", cases="big", kernel_radius=1, out_dir=out, keep_maps=True
+        cohort,
+        "original_firstorder_Mean",
+        cases="big",
+        kernel_radius=1,
+        out_dir=out,
+        keep_maps=True,
+        params="paper",
     )
     loaded = cohort.cases[0].load()
     value = result.maps[("big", "original_firstorder_Mean")]
@@ -89,18 +95,24 @@ def test_names_are_checked_and_shape_features_skipped(cohort):
     with pytest.raises(Rad4XCNNError, match=r"unknown radiomic feature 'Contrast' \(expected <image type>"):
         check_feature_names("Contrast")
     result = compute_feature_maps(
-        cohort, "original_shape2D_Elongation,original_firstorder_Median", cases="big", kernel_radius=1
+        cohort,
+        "original_shape2D_Elongation,original_firstorder_Median",
+        cases="big",
+        kernel_radius=1,
+        params="paper",
     )
     assert result.skipped == ["original_shape2D_Elongation"]
     assert list(result.table["feature"]) == ["original_firstorder_Median"]
     with pytest.raises(
         Rad4XCNNError, match=r"no feature with a voxel-based form among original_shape2D_MeshSurface"
     ):
-        compute_feature_maps(cohort, "original_shape2D_MeshSurface", cases="big")
+        compute_feature_maps(cohort, "original_shape2D_MeshSurface", cases="big", params="paper")
 
 
 def test_a_kernel_larger_than_the_lesion_fails_that_case_only(cohort, tmp_path):
-    result = compute_feature_maps(cohort, "original_firstorder_Mean,original_glcm_Contrast", kernel_radius=2)
+    result = compute_feature_maps(
+        cohort, "original_firstorder_Mean,original_glcm_Contrast", kernel_radius=2, params="paper"
+    )
     assert set(result.table["case_id"]) == {"big"}
     assert len(result.failures) == 1 and result.failures[0].case_id == "thin"
     assert (
@@ -108,14 +120,16 @@ def test_a_kernel_larger_than_the_lesion_fails_that_case_only(cohort, tmp_path):
         in result.failures[0].problem
     )
     with pytest.raises(Rad4XCNNError, match=r"no feature map: every case failed.*thin.*kernel of radius 2"):
-        compute_feature_maps(cohort, "original_firstorder_Mean", cases="thin", kernel_radius=2)
+        compute_feature_maps(
+            cohort, "original_firstorder_Mean", cases="thin", kernel_radius=2, params="paper"
+        )
     with pytest.raises(Rad4XCNNError, match=r"kernel radius must be at least 1 pixel, got 0"):
-        compute_feature_maps(cohort, "original_firstorder_Mean", kernel_radius=0)
+        compute_feature_maps(cohort, "original_firstorder_Mean", kernel_radius=0, params="paper")
 
 
 def test_agreement_with_the_cams_is_written_beside_the_maps(cohort, tmp_path):
     first = compute_feature_maps(
-        cohort, "original_firstorder_Mean", cases="big", kernel_radius=1, keep_maps=True
+        cohort, "original_firstorder_Mean", cases="big", kernel_radius=1, keep_maps=True, params="paper"
     )
     value = first.maps[("big", "original_firstorder_Mean")]
     like = cohort.cases[0].load().image
@@ -125,7 +139,13 @@ def test_agreement_with_the_cams_is_written_beside_the_maps(cohort, tmp_path):
     write_image(cams / "big_eigencam_raw.nrrd", value.astype(np.float32), like=like)  # raw: not compared
     out = tmp_path / "maps"
     compute_feature_maps(
-        cohort, "original_firstorder_Mean", cases="big", kernel_radius=1, cam_dir=cams, out_dir=out
+        cohort,
+        "original_firstorder_Mean",
+        cases="big",
+        kernel_radius=1,
+        cam_dir=cams,
+        out_dir=out,
+        params="paper",
     )
     agreement = pd.read_csv(out / "featuremap_agreement.csv").set_index("method")["spearman"]
     assert agreement["gradcam"] == pytest.approx(1.0) and agreement["eigencam"] == pytest.approx(-1.0)
@@ -138,8 +158,10 @@ def test_agreement_with_the_cams_is_written_beside_the_maps(cohort, tmp_path):
 
 def test_parallel_workers_give_the_same_maps(cohort):
     names = "original_firstorder_Mean,original_glcm_Contrast"
-    serial = compute_feature_maps(cohort, names, cases="big", kernel_radius=1, keep_maps=True)
-    parallel = compute_feature_maps(cohort, names, cases="big", kernel_radius=1, keep_maps=True, jobs=2)
+    serial = compute_feature_maps(cohort, names, cases="big", kernel_radius=1, keep_maps=True, params="paper")
+    parallel = compute_feature_maps(
+        cohort, names, cases="big", kernel_radius=1, keep_maps=True, jobs=2, params="paper"
+    )
     assert serial.maps.keys() == parallel.maps.keys()
     for key, value in serial.maps.items():
         np.testing.assert_array_equal(value, parallel.maps[key])
@@ -174,7 +196,15 @@ def test_features_are_picked_from_a_run(cohort, tmp_path):
     assert names == ["original_glcm_Contrast"] and list(pairs["deep_feature"]) == ["m_1"]
     assert features_from_run(run, 2)[0] == ["original_glcm_Contrast", "original_firstorder_Mean"]
     result = compute_feature_maps(
-        cohort, names, cases="big", from_run=run, top=1, pairs=pairs, kernel_radius=1, out_dir=tmp_path / "fm"
+        cohort,
+        names,
+        cases="big",
+        from_run=run,
+        top=1,
+        pairs=pairs,
+        kernel_radius=1,
+        out_dir=tmp_path / "fm",
+        params="paper",
     )
     assert list(result.table["feature"]) == ["original_glcm_Contrast"]
     settings = json.loads((tmp_path / "fm" / "featuremaps.json").read_text())["settings"]
@@ -182,7 +212,7 @@ def test_features_are_picked_from_a_run(cohort, tmp_path):
     with pytest.raises(Rad4XCNNError, match=r"--top must be at least 1"):
         features_from_run(run, 0)
     with pytest.raises(Rad4XCNNError, match=r"name the radiomic features \(--features\), or give a run"):
-        compute_feature_maps(cohort, None, cases="big")
+        compute_feature_maps(cohort, None, cases="big", params="paper")
 
 
 def test_cli_featuremaps_and_case(cohort, tmp_path, capsys):
@@ -257,7 +287,7 @@ def test_3d_mean_map_uses_a_3d_kernel_in_the_volume_geometry(tmp_path, capsys):
     with pytest.raises(
         Rad4XCNNError, match=r"\(5 x 5 x 5 voxels\) is larger than the lesion \(4 x 10 x 12 voxels"
     ):
-        compute_feature_maps(cohort, "original_firstorder_Mean", kernel_radius=2)
+        compute_feature_maps(cohort, "original_firstorder_Mean", kernel_radius=2, params="paper")
 
 
 def test_3d_agreement_with_a_cam_volume(tmp_path):
@@ -267,7 +297,7 @@ def test_3d_agreement_with_a_cam_volume(tmp_path):
     cams = tmp_path / "cam"
     write_image(cams / "ct01_gradcam.nrrd", image, like=like)  # a "CAM" that is the image itself
     result = compute_feature_maps(
-        cohort, "original_firstorder_Mean", kernel_radius=1, cam_dir=cams, keep_maps=True
+        cohort, "original_firstorder_Mean", kernel_radius=1, cam_dir=cams, keep_maps=True, params="paper"
     )
     assert list(result.agreement["method"]) == ["gradcam"]
     value = result.maps[("ct01", "original_firstorder_Mean")]

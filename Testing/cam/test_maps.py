@@ -133,7 +133,7 @@ def test_gradcam_of_the_trained_detector_points_at_the_blob(blob_detector):
     metrics = result.metrics.set_index("case_id")
     assert (metrics["predicted_class"] == "blob").mean() >= 0.9
     assert (metrics["target_class"] == metrics["predicted_class"]).all()
-    hits = [pointing_game(result.maps[(c, "gradcam")], blobs[c]) for c in test_blobs]
+    hits = [pointing_game(result.maps[(c, "gradcam")], blobs[c], tolerance=0) for c in test_blobs]
     assert np.mean(hits) >= 0.8
     assert metrics["pointing_hit"].mean() >= 0.8  # the region of interest holds the blob
     for case_id in test_blobs:
@@ -160,7 +160,7 @@ def test_eigencam_of_the_detector_points_at_the_blob_for_either_svd_sign(
     section = CamConfig(methods=["eigencam"], target_layer="layer3", faithfulness=False, randomisation="none")
     result = compute_cams(cohort, blob_detector["checkpoint"], section, **args)
     assert seen  # the SVD ran with the sign this test forces
-    hits = [pointing_game(result.maps[(c, "eigencam")], blobs[c]) for c in test_blobs]
+    hits = [pointing_game(result.maps[(c, "eigencam")], blobs[c], tolerance=0) for c in test_blobs]
     assert np.mean(hits) >= 0.8
     assert (result.metrics["flags"] == "").mean() >= 0.8
 
@@ -339,34 +339,34 @@ def test_metrics_on_hand_made_maps():
     cam[3, 3], cam[8, 8] = 3.0, 1.0
     assert energy_inside(cam, mask) == pytest.approx(0.75)
     assert np.isnan(energy_inside(cam, None)) and np.isnan(energy_inside(np.zeros((10, 10)), mask))
-    assert pointing_game(cam, mask) == 1.0
-    assert pointing_game(cam, ~mask) == 0.0
-    assert np.isnan(pointing_game(cam, np.zeros((10, 10), bool)))
-    assert np.isnan(pointing_game(np.zeros((10, 10)), mask))
+    assert pointing_game(cam, mask, tolerance=0) == 1.0
+    assert pointing_game(cam, ~mask, tolerance=0) == 0.0
+    assert np.isnan(pointing_game(cam, np.zeros((10, 10), bool), tolerance=0))
+    assert np.isnan(pointing_game(np.zeros((10, 10)), mask, tolerance=0))
     near = np.zeros((10, 10))
     near[3, 7] = 1.0  # 3 pixels right of the mask
-    assert pointing_game(near, mask) == 0.0
+    assert pointing_game(near, mask, tolerance=0) == 0.0
     assert pointing_game(near, mask, tolerance=3) == 1.0
     assert pointing_game(near, mask, tolerance=2) == 0.0
     ties = np.zeros((10, 10))
     ties[3, 3] = ties[8, 8] = 1.0  # one of two maxima inside: a hit; one of three: a miss
-    assert pointing_game(ties, mask) == 1.0
+    assert pointing_game(ties, mask, tolerance=0) == 1.0
     ties[8, 0] = 1.0
-    assert pointing_game(ties, mask) == 0.0
+    assert pointing_game(ties, mask, tolerance=0) == 0.0
     plateau = np.zeros((10, 10))
     plateau[1:4, 6:9] = 1.0
     assert map_peak(plateau) == (2, 7)  # the tied maximum nearest their centroid
     assert map_peak(np.zeros((4, 4))) is None
 
     crop = SquareCrop(top=0, left=0, side=10, image_shape=(10, 10))
-    m = map_metrics(cam, mask, crop)
+    m = map_metrics(cam, mask, crop, tolerance=0)
     assert m["energy_inside"] == pytest.approx(0.75) and m["pointing_hit"] == 1.0
     assert m["energy_chance"] == pytest.approx(9 / 100) and (m["peak_row"], m["peak_col"]) == (3, 3)
     assert m["max_value"] == 3.0 and m["empty"] is False
-    none = map_metrics(cam, None, crop)
+    none = map_metrics(cam, None, crop, tolerance=0)
     assert np.isnan(none["energy_inside"]) and np.isnan(none["pointing_hit"])
     assert np.isnan(none["energy_chance"])
-    assert map_metrics(np.zeros((10, 10)), mask, crop)["empty"] is True
+    assert map_metrics(np.zeros((10, 10)), mask, crop, tolerance=0)["empty"] is True
 
 
 def test_agreement_on_hand_made_maps():

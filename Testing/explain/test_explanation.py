@@ -326,7 +326,7 @@ def test_replicability_across_two_cohorts():
 def test_replicability_needs_two_cohorts(data):
     deep, rad, _ = data
     with pytest.raises(Rad4XCNNError, match="at least two cohorts"):
-        replicate(deep, rad, pd.Series("internal", index=deep.index), 0.6)
+        replicate(deep, rad, pd.Series("internal", index=deep.index), 0.6, backend="numpy")
 
 
 def test_name_parsing():

@@ -309,9 +309,9 @@ def test_kept_pairs_are_remeasured_on_held_out_cases():
     manual = spearman_within_pair(deep, rad, strata, held[held == "test"].index, out.pairs.iloc[0])
     assert out.pairs["rho_heldout_test"].iloc[0] == pytest.approx(manual, abs=1e-12)
     with pytest.raises(Rad4XCNNError, match=r"1 held-out case\(s\) were used by the explanation"):
-        remeasure(result, deep, rad, pd.Series({train[0]: "test"}), strata=strata)
+        remeasure(result, deep, rad, pd.Series({train[0]: "test"}), strata=strata, backend="numpy")
     with pytest.raises(Rad4XCNNError, match="needs the strata"):
-        remeasure(result, deep, rad, held)
+        remeasure(result, deep, rad, held, backend="numpy")
 
 
 def spearman_within_pair(deep, rad, strata, cases, row):

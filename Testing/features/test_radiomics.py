@@ -55,7 +55,7 @@ def serial(cohort):
     return extract_radiomics(cohort, "paper", jobs=1, progress=False)
 
 
-def _direct(image_path, mask_path, params="paper"):
+def _direct(image_path, mask_path, params):
     """PyRadiomics called directly on the files, as its documentation shows."""
     from radiomics import featureextractor
 
@@ -124,7 +124,7 @@ def test_pixel_surface_uses_the_pixel_spacing(tmp_path):
     manifest = write_manifest_rows(
         tmp_path / "m.csv", [{"case_id": "a", "image": "img.nrrd", "mask": "msk.nrrd"}]
     )
-    result = extract_radiomics(read_manifest(manifest), jobs=1, progress=False)
+    result = extract_radiomics(read_manifest(manifest), "paper", jobs=1, progress=False)
     expected = (mask > 0).sum() * 0.5 * 0.8
     assert result.features.loc["a", "original_shape2D_PixelSurface"] == pytest.approx(expected, rel=1e-12)
     assert result.diagnostics.loc["a", "Image-original_Spacing"] == "(0.5, 0.8)"
@@ -192,7 +192,7 @@ def test_force2d_in_a_users_file_is_warned_about(cohort, tmp_path, caplog):
 def test_pyradiomics_is_quiet_and_the_root_logger_untouched(cohort):
     root = logging.getLogger()
     before = (root.level, list(root.handlers))
-    extract_radiomics(cohort.cases[:1], jobs=1, progress=False)
+    extract_radiomics(cohort.cases[:1], "paper", jobs=1, progress=False)
     import radiomics
 
     assert radiomics.logger.level == logging.WARNING
@@ -203,7 +203,7 @@ def test_pyradiomics_is_quiet_and_the_root_logger_untouched(cohort):
 def test_cached_rerun_is_identical_and_does_not_call_pyradiomics(cohort, serial, tmp_path, monkeypatch):
     from radiomics import featureextractor
 
-    first = extract_radiomics(cohort, jobs=1, cache_dir=tmp_path / "cache", progress=False)
+    first = extract_radiomics(cohort, "paper", jobs=1, cache_dir=tmp_path / "cache", progress=False)
     assert (first.cache_hits, first.cache_misses) == (0, 7)
     pd.testing.assert_frame_equal(first.features, serial.features)
     paths1 = write_radiomics(first, tmp_path / "run1" / "radiomics.csv")
@@ -212,7 +212,7 @@ def test_cached_rerun_is_identical_and_does_not_call_pyradiomics(cohort, serial,
         raise AssertionError("PyRadiomics was called on a cached case")
 
     monkeypatch.setattr(featureextractor.RadiomicsFeatureExtractor, "execute", refuse)
-    again = extract_radiomics(cohort, jobs=1, cache_dir=tmp_path / "cache", progress=False)
+    again = extract_radiomics(cohort, "paper", jobs=1, cache_dir=tmp_path / "cache", progress=False)
     assert (again.cache_hits, again.cache_misses) == (7, 0)
     pd.testing.assert_frame_equal(again.features, first.features, check_exact=True)
     pd.testing.assert_frame_equal(again.diagnostics, first.diagnostics, check_exact=True)
@@ -224,9 +224,9 @@ def test_cached_rerun_is_identical_and_does_not_call_pyradiomics(cohort, serial,
 def test_cache_recomputes_only_what_changed_or_is_missing(cohort, tmp_path):
     cache = tmp_path / "cache"
     # an interrupted run: only the first three cases reached the cache
-    partial = extract_radiomics(cohort.cases[:3], jobs=1, cache_dir=cache, progress=False)
+    partial = extract_radiomics(cohort.cases[:3], "paper", jobs=1, cache_dir=cache, progress=False)
     assert partial.cache_misses == 3
-    resumed = extract_radiomics(cohort, jobs=1, cache_dir=cache, progress=False)
+    resumed = extract_radiomics(cohort, "paper", jobs=1, cache_dir=cache, progress=False)
     assert (resumed.cache_hits, resumed.cache_misses) == (3, 4)
     # other parameters: nothing of the cache applies
     own = tmp_path / "own.yaml"
@@ -244,7 +244,7 @@ def test_cache_recomputes_only_what_changed_or_is_missing(cohort, tmp_path):
     from dataclasses import replace
 
     cases = [replace(c, masks=(tmp_mask,)) if c.case_id == case.case_id else c for c in cohort.cases]
-    after = extract_radiomics(cases, jobs=1, cache_dir=cache, progress=False)
+    after = extract_radiomics(cases, "paper", jobs=1, cache_dir=cache, progress=False)
     assert (after.cache_hits, after.cache_misses) == (6, 1)
     surface = after.features.loc[case.case_id, "original_shape2D_PixelSurface"]
     assert surface == resumed.features.loc[case.case_id, "original_shape2D_PixelSurface"] - 1
@@ -252,7 +252,7 @@ def test_cache_recomputes_only_what_changed_or_is_missing(cohort, tmp_path):
 
 def _extract_into(manifest, cache, out, queue):
     try:
-        result = extract_radiomics(read_manifest(manifest), jobs=1, cache_dir=cache, progress=False)
+        result = extract_radiomics(read_manifest(manifest), "paper", jobs=1, cache_dir=cache, progress=False)
         write_radiomics(result, out)
         queue.put("ok")
     except BaseException as exc:  # reported to the test
@@ -274,20 +274,22 @@ def test_two_processes_writing_one_cache_at_once(cohort_manifest, serial, tmp_pa
         written = pd.read_csv(out, index_col=0)
         pd.testing.assert_frame_equal(written, serial.features, check_names=False, check_index_type=False)
     assert not list(cache.rglob("*.tmp"))
-    again = extract_radiomics(read_manifest(cohort_manifest), jobs=1, cache_dir=cache, progress=False)
+    again = extract_radiomics(
+        read_manifest(cohort_manifest), "paper", jobs=1, cache_dir=cache, progress=False
+    )
     assert again.cache_hits == 7
 
 
 # --------------------------------------------------------------------------------- processes and Dask
 def test_parallel_results_equal_serial_ones(cohort, serial):
-    parallel = extract_radiomics(cohort, jobs=2, chunk_size=1, progress=False)
+    parallel = extract_radiomics(cohort, "paper", jobs=2, chunk_size=1, progress=False)
     assert list(parallel.features.index) == list(serial.features.index)  # the cohort's order
     pd.testing.assert_frame_equal(parallel.features, serial.features, check_exact=True)
     assert parallel.features.columns.tolist() == serial.features.columns.tolist()
 
 
 def test_column_order_does_not_depend_on_the_case_order(cohort, serial):
-    backwards = extract_radiomics(list(reversed(cohort.cases[:3])), jobs=1, progress=False)
+    backwards = extract_radiomics(list(reversed(cohort.cases[:3])), "paper", jobs=1, progress=False)
     assert backwards.features.columns.tolist() == serial.features.columns.tolist()
     assert backwards.features.index.tolist() == [c.case_id for c in reversed(cohort.cases[:3])]
 
@@ -305,11 +307,11 @@ def test_dask_results_equal_local_ones(cohort, serial, dask_cluster):
     from distributed import Client
 
     by_address = extract_radiomics(
-        cohort, scheduler=dask_cluster.scheduler_address, chunk_size=2, progress=False
+        cohort, "paper", scheduler=dask_cluster.scheduler_address, chunk_size=2, progress=False
     )
     pd.testing.assert_frame_equal(by_address.features, serial.features, check_exact=True)
     with Client(dask_cluster, set_as_default=False) as client:
-        by_client = extract_radiomics(cohort.cases[:3], scheduler=client, progress=False)
+        by_client = extract_radiomics(cohort.cases[:3], "paper", scheduler=client, progress=False)
         assert client.status == "running"  # a client we were given is not closed
     pd.testing.assert_frame_equal(by_client.features, serial.features.iloc[:3], check_exact=True)
 
@@ -328,7 +330,7 @@ def test_unreachable_scheduler_is_a_one_line_error(cohort, monkeypatch):
     with pytest.raises(
         Rad4XCNNError, match=re.escape("cannot reach the Dask scheduler at tcp://127.0.0.1:9")
     ):
-        extract_radiomics(cohort.cases[:1], scheduler="tcp://127.0.0.1:9", progress=False)
+        extract_radiomics(cohort.cases[:1], "paper", scheduler="tcp://127.0.0.1:9", progress=False)
 
 
 # ------------------------------------------------------------------------------------------ bad input
@@ -356,7 +358,7 @@ def test_bad_cases_are_failures_and_the_run_goes_on(tmp_path, make_case):
     vanished.write_bytes((tmp_path / "img" / "good.png").read_bytes())
     cohort.cases.append(__import__("dataclasses").replace(cohort["good"], case_id="vanished", image=vanished))
     vanished.unlink()  # deleted after the manifest was read
-    result = extract_radiomics(cohort, jobs=2, chunk_size=1, progress=False)
+    result = extract_radiomics(cohort, "paper", jobs=2, chunk_size=1, progress=False)
     assert list(result.features.index) == ["good", "good2"]
     problems = {f.case_id: f.problem for f in result.failures}
     assert {f.stage for f in result.failures} == {"radiomics"}
@@ -377,9 +379,9 @@ def test_cases_without_lesion_are_left_out_unless_asked(tmp_path, make_case):
     cohort = _bad_cohort(
         tmp_path, make_case, {"lesion": None, "normal": empty}, normal={"has_lesion": "false"}
     )
-    default = extract_radiomics(cohort, jobs=1, progress=False)
+    default = extract_radiomics(cohort, "paper", jobs=1, progress=False)
     assert list(default.features.index) == ["lesion"] and not default.failures
-    everything = extract_radiomics(cohort, jobs=1, progress=False, lesion_only=False)
+    everything = extract_radiomics(cohort, "paper", jobs=1, progress=False, lesion_only=False)
     assert [(f.case_id, f.problem) for f in everything.failures] == [
         ("normal", "mask is empty (no lesion pixel): no radiomic features")
     ]
@@ -391,7 +393,7 @@ def test_nan_features_are_reported_per_feature(tmp_path, make_case, caplog):
     sparse[10:40:2, 20:60:2] = 255
     cohort = _bad_cohort(tmp_path, make_case, {"good": None, "sparse": sparse, "good2": None})
     with caplog.at_level(logging.WARNING, logger="Rad4XCNNLogic"):
-        result = extract_radiomics(cohort, jobs=1, progress=False)
+        result = extract_radiomics(cohort, "paper", jobs=1, progress=False)
     assert not result.failures and len(result.features) == 3
     glcm = [c for c in result.features.columns if parse_radiomic_name(c).feature_class == "glcm"]
     assert len(glcm) == 5 * 24
@@ -405,20 +407,20 @@ def test_nan_features_are_reported_per_feature(tmp_path, make_case, caplog):
 def test_constant_features_are_flagged(tmp_path, make_case):
     # the same lesion outline in three different images: every shape feature is constant
     cohort = _bad_cohort(tmp_path, make_case, {"a": None, "b": None, "c": None})
-    result = extract_radiomics(cohort, jobs=1, progress=False)
+    result = extract_radiomics(cohort, "paper", jobs=1, progress=False)
     shape = [c for c in result.features.columns if parse_radiomic_name(c).feature_class == "shape2D"]
     assert set(shape) <= set(result.constant)
     assert "original_firstorder_Mean" not in result.constant
     assert result.quality.loc[shape, "constant"].all()
-    single = extract_radiomics(cohort.cases[:1], jobs=1, progress=False)
+    single = extract_radiomics(cohort.cases[:1], "paper", jobs=1, progress=False)
     assert single.constant == []  # one case: nothing to compare
 
 
 def test_bad_jobs_and_chunk_size(cohort):
     with pytest.raises(Rad4XCNNError, match="jobs must be at least 1"):
-        extract_radiomics(cohort, jobs=0, progress=False)
+        extract_radiomics(cohort, "paper", jobs=0, progress=False)
     with pytest.raises(Rad4XCNNError, match="chunk_size must be at least 1"):
-        extract_radiomics(cohort, chunk_size=0, progress=False)
+        extract_radiomics(cohort, "paper", chunk_size=0, progress=False)
 
 
 # -------------------------------------------------------------------------------------- outputs and CLI
@@ -446,7 +448,7 @@ def test_write_radiomics_outputs(serial, tmp_path):
 
 def test_progress_events_reach_a_parent_process(cohort, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("RAD4XCNN_PROGRESS", "jsonl")
-    extract_radiomics(cohort.cases[:2], jobs=1, progress=True)
+    extract_radiomics(cohort.cases[:2], "paper", jobs=1, progress=True)
     events = [json.loads(line.split(" ", 1)[1]) for line in capsys.readouterr().out.splitlines()]
     assert events[-1] == {
         "event": "progress",
@@ -521,7 +523,7 @@ def test_float_images_match_pyradiomics_on_float64(tmp_path):
     manifest = write_manifest_rows(
         tmp_path / "m.csv", [{"case_id": "f", "image": "img.nrrd", "mask": "msk.nrrd"}]
     )
-    ours = extract_radiomics(read_manifest(manifest), jobs=1, progress=False).features.loc["f"]
+    ours = extract_radiomics(read_manifest(manifest), "paper", jobs=1, progress=False).features.loc["f"]
     img = sitk.Cast(sitk.ReadImage(str(tmp_path / "img.nrrd")), sitk.sitkFloat64)
     msk = sitk.ReadImage(str(tmp_path / "msk.nrrd"))
     direct = featureextractor.RadiomicsFeatureExtractor(str(preset_path("paper"))).execute(img, msk)
