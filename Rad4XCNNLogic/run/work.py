@@ -150,10 +150,7 @@ def deep_stage(
     settings beside it (``deep_features.json``)."""
     import pandas as pd
 
-    from Rad4XCNNLogic.cohort.manifest import refuse_volumes
     from Rad4XCNNLogic.features.deep import extract_deep_features
-
-    refuse_volumes(cohort, "deep features")
 
     frames, failures, per_model = [], [], {}
     for job in jobs:
@@ -174,6 +171,8 @@ def deep_stage(
             progress=progress,
             seed=seed,
             include_normal=include_normal,
+            planes=deep.planes,
+            max_slices=deep.max_slices,
         )
         features = result.features
         architecture = result.settings["model"]
