@@ -147,3 +147,62 @@ def window_to_volume(values: np.ndarray, window: SliceWindow, shape: Sequence[in
     out = map_coordinates(np.asarray(values, np.float64), [u, v], order=1, mode="constant", cval=0.0)
     inside = (u >= -0.5) & (u <= window.size - 0.5) & (v >= -0.5) & (v <= window.size - 0.5)
     return np.where(inside, out, 0.0).astype(np.float32)
+
+
+class SliceDataset:
+    """A map-style dataset of volumes' lesion slices as grey model inputs, for fine-tuning in 2.5D.
+
+    The same item protocol as :class:`~Rad4XCNNLogic.features.preprocessing.CaseDataset`, one item per
+    slice: ``cases[i]`` is item ``i``'s case (so a slice carries its case's label), ``case_index[i]`` the
+    position of that case in the cases given, for pooling slice predictions per case. Building it reads
+    each volume once and keeps its slices' inputs (float16: 100 kB a slice at 224 pixels), so that epochs
+    do not read the volumes again; a case that cannot be read gives one item whose problem is the reader's.
+    With ``augment`` (any truthy value) a slice is flipped left-right half the time, from an RNG seeded by
+    ``(seed, epoch, i)``; the 2D ultrasound augmentation does not apply to volume slices.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence,
+        config: PreprocessConfig,
+        planes: str = "axial",
+        max_slices: int | None = None,
+        augment=None,
+        seed: int = 0,
+    ):
+        self.augment, self.seed, self.epoch = augment, int(seed), 0
+        self.cases, self.case_index, self.items = [], [], []
+        for k, case in enumerate(cases):
+            try:
+                grey, _ = volume_inputs(case.load(), config, planes, max_slices)
+            except CaseError as exc:
+                items = [exc.problem]
+            else:
+                items = list(grey.astype(np.float16))
+            self.items += items
+            self.cases += [case] * len(items)
+            self.case_index += [k] * len(items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
+        item = self.items[index]
+        if isinstance(item, str):
+            return index, None, item
+        array = item.astype(np.float32)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            if rng.random() < 0.5:
+                array = array[:, ::-1]
+        return index, np.ascontiguousarray(array), None
+
+
+def per_case(case_index: Sequence[int], items: Sequence[int], proba: np.ndarray, labels: Sequence[int]):
+    """Slice predictions averaged per case: (the cases' mean class probabilities, their labels)."""
+    groups: dict[int, list[int]] = {}
+    for row, item in enumerate(items):
+        groups.setdefault(int(case_index[item]), []).append(row)
+    order = sorted(groups)
+    mean = np.stack([proba[groups[k]].mean(axis=0) for k in order])
+    return mean, [labels[groups[k][0]] for k in order]

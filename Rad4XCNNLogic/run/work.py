@@ -58,10 +58,7 @@ def train_stage(
     checkpoint and ``training_history.csv``."""
     import pandas as pd
 
-    from Rad4XCNNLogic.cohort.manifest import refuse_volumes
     from Rad4XCNNLogic.features.training import train_model
-
-    refuse_volumes(cohort, "fine-tuning and deep features")
 
     common = dict(
         device=device,
@@ -78,6 +75,8 @@ def train_stage(
         dtype=training.dtype,
         seed=seed,
         progress=progress,
+        planes=deep.planes,
+        max_slices=deep.max_slices,
     )
     history, failures, models, texts = [], [], {}, []
     for job in jobs:

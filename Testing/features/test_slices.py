@@ -33,12 +33,12 @@ SMALL = {"model": "resnet18", "input_size": 64, "device": "cpu", "progress": Fal
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory):
-    """Four small synthetic volumes with anisotropic spacing."""
+    """Six small synthetic volumes with anisotropic spacing."""
     from Rad4XCNNLogic.cohort.synthetic3d import make_synthetic_volumes
 
     out = tmp_path_factory.mktemp("vol")
     return read_manifest(
-        make_synthetic_volumes(out, n=4, seed=3, shape=(32, 32, 12), spacing=(0.6, 0.9, 2.5))
+        make_synthetic_volumes(out, n=6, seed=3, shape=(32, 32, 12), spacing=(0.6, 0.9, 2.5))
     )
 
 
@@ -151,3 +151,35 @@ def test_the_deep_stage_records_the_pooling(volumes, tmp_path):
     side = json.loads(out.with_name("deep_features.json").read_text())
     assert side["resnet18"]["settings"]["volumes"]["pooling"] == ["mean", "max"]
     assert side["resnet18"]["settings"]["volumes"]["max_slices"] == 3
+
+
+def test_slice_predictions_average_per_case():
+    from Rad4XCNNLogic.features.slices import per_case
+
+    proba = np.array([[0.9, 0.1], [0.5, 0.5], [0.2, 0.8], [0.4, 0.6]])
+    mean, labels = per_case([0, 0, 1, 1], [2, 0, 1, 3], proba, [1, 0, 0, 1])
+    # rows hold items 2, 0, 1, 3: case 0 (items 0, 1) is rows 1 and 2, case 1 (items 2, 3) rows 0 and 3
+    np.testing.assert_allclose(mean, [[0.35, 0.65], [0.65, 0.35]])
+    assert labels == [0, 1]
+
+
+def test_fine_tuning_learns_from_volume_slices(volumes, tmp_path):
+    from Rad4XCNNLogic.features.slices import SliceDataset
+    from Rad4XCNNLogic.features.training import train_model
+
+    val_ids = {"vol0002", "vol0006"}  # one benign, one malignant: a validation AUC per case
+    cases = [replace(c, split="val" if c.case_id in val_ids else "train") for c in volumes.cases]
+    train = [c for c in cases if c.split == "train"]
+    result = train_model(
+        cases, "resnet18", epochs=1, batch_size=8, input_size=64, device="cpu", out=tmp_path / "m.pt",
+        max_slices=3, progress=False,
+    )  # fmt: skip
+    assert len(result.history) == 1 and np.isfinite(result.history[-1]["train_loss"])
+    assert result.settings["volumes"]["max_slices"] == 3 and result.settings["val_cases"] == 2
+    dataset = SliceDataset(train, result.backbone.preprocess, max_slices=3)
+    assert result.settings["volumes"]["train_slices"] > result.settings["train_cases"]
+    assert len(dataset) > len(train) and {c.label for c in dataset.cases} <= {c.label for c in train}
+    features = extract_deep_features(
+        volumes, weights=tmp_path / "m.pt", device="cpu", progress=False, max_slices=3
+    )
+    assert features.features.shape == (len(volumes), 1024)
