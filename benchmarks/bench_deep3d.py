@@ -32,7 +32,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         manifest = make_synthetic_volumes(folder, n=args.n, seed=0, shape=(128, 128, 64))
         cohort = read_manifest(manifest)
-        extract_deep_features(cohort.cases[:1], args.model, device="cpu", progress=False, max_slices=2)  # warm
+        warm = cohort.cases[:1]
+        extract_deep_features(warm, args.model, device="cpu", progress=False, max_slices=2)
         t0 = time.perf_counter()
         result = extract_deep_features(
             cohort, args.model, device="cpu", progress=False, max_slices=args.max_slices
