@@ -38,6 +38,13 @@ from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
 log = logging.getLogger(__name__)
 
 STAGE = "cam"
+#: How the slices' checks become one row per case and method (recorded in ``cam_run.json``).
+AGGREGATION = (
+    "per case and method: energy_inside, energy_chance and pointing_hit on the map volume inside the 3D "
+    "lesion; faithfulness scores, target probability and randomisation similarity by their mean over the "
+    "slices; flags by their union (flagged_slices: slices with any); agreement and the randomisation "
+    "cascade by their mean over the slices"
+)
 #: Separates a volume case's id from its slice's in the 2D cases made from the slices.
 SLICE_MARK = "@"
 
@@ -275,7 +282,7 @@ def compute_cam_volumes(
         "volumes": {
             "planes": planes,
             "max_slices": int(max_slices),
-            "aggregation": __doc__.split("* ")[-1].strip(),
+            "aggregation": AGGREGATION,
         },
         "cases": len(metrics["case_id"].unique()) if len(metrics) else 0,
     }
