@@ -39,6 +39,29 @@ def deep_columns(model: str, n: int, stage: int | None = None) -> list[str]:
     return [f"{prefix}_{i}" for i in range(int(n))]
 
 
+#: How the slice features of a volume (2.5D) are pooled into one vector per case, in column order.
+SLICE_POOLINGS = ("mean", "max")
+
+
+def slice_pooled_widths(widths: Iterable[int]) -> list[int]:
+    """The widths of the column blocks (the final features, or each layer's) of a volume's pooled features.
+
+    A block of ``n`` slice features becomes ``n * len(SLICE_POOLINGS)`` columns under the same prefix:
+    ``<model>_0 .. <model>_{n-1}`` the means over slices, ``<model>_{n} .. <model>_{2n-1}`` the maxima. The
+    names stay those of 2D deep features, so every reader of deep columns takes them as they are; which
+    pooling a column holds is :func:`slice_pooling`.
+
+    >>> slice_pooled_widths([512]), slice_pooling(515, 512)
+    ([1024], ('max', 3))
+    """
+    return [int(w) * len(SLICE_POOLINGS) for w in widths]
+
+
+def slice_pooling(index: int, width: int) -> tuple[str, int]:
+    """The pooling and the slice feature of column ``index`` in a pooled block of ``width`` slice features."""
+    return SLICE_POOLINGS[int(index) // int(width)], int(index) % int(width)
+
+
 #: The layer of a backbone's pre-logits features (columns ``<model>_<index>``) when layers are listed.
 FINAL_LAYER = "pre_logits"
 _LAYER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")

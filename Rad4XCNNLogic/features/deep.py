@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
-from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
 from Rad4XCNNLogic.features.preprocessing import (
     CaseDataset,
@@ -30,7 +30,13 @@ from Rad4XCNNLogic.features.preprocessing import (
 )
 from Rad4XCNNLogic.features.settings import DEEP
 from Rad4XCNNLogic.infra.progress import ProgressBar
-from Rad4XCNNLogic.names import FINAL_LAYER, deep_columns, layer_columns
+from Rad4XCNNLogic.names import (
+    FINAL_LAYER,
+    SLICE_POOLINGS,
+    deep_columns,
+    layer_columns,
+    slice_pooled_widths,
+)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import pandas as pd
@@ -158,7 +164,47 @@ def _run_batches(loader, forward, pending, config, dev, channels_last: bool, chu
     return chunk, forward_seconds
 
 
-def _feature_frame(vectors, cases, failures, architecture: str, stage, plan):
+def _pool_slices(feats: np.ndarray, widths: Sequence[int]) -> np.ndarray:
+    """One case's slice features ``(slices, n)`` pooled over slices: per block of ``widths`` (one per layer),
+    its mean then its max (the order :func:`~Rad4XCNNLogic.names.slice_pooled_widths` names)."""
+    parts, start = [], 0
+    for width in widths:
+        block = feats[:, start : start + width]
+        parts += [block.mean(axis=0), block.max(axis=0)]
+        start += width
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+def _run_volumes(pending, forward, config, dev, chunk: int, bar, store: _Store, volumes: dict):
+    """The 2.5D path: each volume case's lesion slices (:mod:`~Rad4XCNNLogic.features.slices`) through
+    ``forward`` in batches of ``chunk`` slices, pooled per case by mean and max. Returns (the batch size
+    that fitted, seconds spent forward, slices run)."""
+    import torch
+
+    from Rad4XCNNLogic.features.slices import volume_inputs
+
+    forward_seconds, n_slices = 0.0, 0
+    with torch.inference_mode():
+        for case in pending:
+            try:
+                grey, _ = volume_inputs(case.load(), config, volumes["planes"], volumes["max_slices"])
+            except CaseError as exc:
+                store.failures.append(CaseFailure(case.case_id, STAGE, exc.problem))
+                log.warning("case %s: %s", case.case_id, exc.problem)
+                bar.update(1)
+                continue
+            t0 = time.perf_counter()
+            x = normalize_batch(torch.from_numpy(grey)[:, None].to(dev), config)
+            out, chunk = forward_with_backoff(forward, x, chunk)
+            feats = out.cpu().numpy()
+            forward_seconds += time.perf_counter() - t0
+            n_slices += len(grey)
+            store.put(case.case_id, _pool_slices(feats, volumes["widths"] or [feats.shape[1]]))
+            bar.update(1)
+    return chunk, forward_seconds, n_slices
+
+
+def _feature_frame(vectors, cases, failures, architecture: str, stage, plan, pooled: bool = False):
     """The cases x features table, in the cases' order; refuses no vector at all, or vectors of two sizes."""
     import pandas as pd
 
@@ -173,8 +219,47 @@ def _feature_frame(vectors, cases, failures, architecture: str, stage, plan):
     return pd.DataFrame(
         matrix,
         index=pd.Index(order, name="case_id"),
-        columns=_columns(architecture, matrix.shape[1], stage, plan),
+        columns=_columns(architecture, matrix.shape[1], stage, plan, pooled),
     )
+
+
+def _on_device(backbone: Backbone, dev) -> tuple[Any, bool]:
+    """The network in eval mode on ``dev`` (channels-last on CUDA), and whether it is channels-last."""
+    import torch
+
+    channels_last = dev.type == "cuda"
+    net = backbone.model.eval().to(dev)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True  # every batch has the same shape: let cuDNN pick its fastest
+    return net, channels_last
+
+
+def _stage_and_plan(backbone: Backbone, stage: int | None, layers):
+    """The checked stage, and the plan of the listed layers (None without layers)."""
+    from Rad4XCNNLogic.features.backbones import check_stage
+    from Rad4XCNNLogic.features.layers import resolve_layers
+
+    stage = check_stage(backbone.model, backbone.name, stage)
+    if layers is None:
+        return stage, None
+    if stage is not None:
+        raise Rad4XCNNError("give either an intermediate stage or layers, not both")
+    return stage, resolve_layers(backbone.model, backbone.name, layers)
+
+
+def _volume_settings(cases: Sequence[Case], planes: str, max_slices: int) -> dict | None:
+    """The 2.5D settings of a cohort of volumes (planes, slices per plane, pooling), None for 2D images."""
+    if not any(case.dims == 3 for case in cases):
+        return None
+    if any(case.dims != 3 for case in cases):
+        raise Rad4XCNNError("the cohort mixes 2D images and volumes; give one kind per run")
+    from Rad4XCNNLogic.features.slices import planes_of
+
+    planes_of(planes)
+    if max_slices < 1:
+        raise Rad4XCNNError(f"max_slices must be at least 1, got {max_slices}")
+    return {"planes": planes, "max_slices": int(max_slices), "pooling": list(SLICE_POOLINGS)}
 
 
 def _cases_of(cohort, include_normal: bool) -> list[Case]:
@@ -233,6 +318,8 @@ def extract_deep_features(
     cache_dir: str | os.PathLike | None = None,
     progress: bool = True,
     seed: int = 0,
+    planes: str = DEEP.planes,
+    max_slices: int = DEEP.max_slices,
 ) -> DeepFeaturesResult:
     """Deep features of every lesion case of a cohort.
 
@@ -258,6 +345,8 @@ def extract_deep_features(
         autocast with channels-last on CUDA: faster, but about 3 significant digits, extra rank ties and
         a rho that depends on the device).
     cache_dir : folder of the on-disk cache; None for no cache.
+    planes, max_slices : volumes (2.5D, :mod:`~Rad4XCNNLogic.features.slices`): slice features pooled by mean
+        and max per case (:func:`~Rad4XCNNLogic.names.slice_pooled_widths`); the settings' ``volumes`` say so.
 
     Examples
     --------
@@ -270,8 +359,7 @@ def extract_deep_features(
     import timm
     import torch
 
-    from Rad4XCNNLogic.features.backbones import check_stage, resolve_device, resolve_dtype
-    from Rad4XCNNLogic.features.layers import resolve_layers
+    from Rad4XCNNLogic.features.backbones import resolve_device, resolve_dtype
     from Rad4XCNNLogic.infra.storage import ResultCache, settings_hash
 
     started = time.perf_counter()
@@ -282,19 +370,13 @@ def extract_deep_features(
     compute_dtype = resolve_dtype(dtype, dev)
     backbone = _backbone(model, weights, pretrained, seed, input_size, margin)
     config = backbone.preprocess
-    stage = check_stage(backbone.model, backbone.name, stage)
-    plan = None
-    if layers is not None:
-        if stage is not None:
-            raise Rad4XCNNError("give either an intermediate stage or layers, not both")
-        plan = resolve_layers(backbone.model, backbone.name, layers)
-    channels_last = dev.type == "cuda"
-    net = backbone.model.eval().to(dev)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True  # every batch has the same shape: let cuDNN pick its fastest
+    stage, plan = _stage_and_plan(backbone, stage, layers)
+    net, channels_last = _on_device(backbone, dev)
 
     cache_settings = _cache_settings(backbone, stage, plan, dev.type, compute_dtype)
+    volumes = _volume_settings(cases, planes, max_slices)
+    if volumes is not None:
+        cache_settings["volumes"] = dict(volumes)
     cache = ResultCache(cache_dir, "deep") if cache_dir is not None else None
     settings_key = settings_hash(cache_settings)
 
@@ -305,25 +387,26 @@ def extract_deep_features(
         log.info("deep features: %d of %d cases from the cache %s", cache_hits, len(cases), cache.root)
 
     workers = default_workers(dev.type, len(pending), batch_size) if num_workers is None else int(num_workers)
+    loading = {"batch_size": batch_size, "num_workers": workers, "device_type": dev.type, "seed": seed}
     chunk, forward_seconds = batch_size, 0.0
     if pending:
         forward = _forward(net, plan, stage, dev.type, compute_dtype)
-        loader = make_loader(
-            CaseDataset(pending, config),
-            batch_size=batch_size,
-            num_workers=workers,
-            device_type=dev.type,
-            seed=seed,
-        )
         desc = f"deep features ({backbone.architecture})"
         bar = ProgressBar(len(pending), desc=desc, stage=STAGE, unit="img", enabled=progress)
         store = _Store(vectors, failures, cache, keys)
         with bar:
-            chunk, forward_seconds = _run_batches(
-                loader, forward, pending, config, dev, channels_last, batch_size, bar, store
-            )
+            if volumes is not None:
+                widths = None if plan is None else [layer.channels for layer in plan]
+                chunk, forward_seconds, volumes["slices_computed"] = _run_volumes(
+                    pending, forward, config, dev, batch_size, bar, store, {**volumes, "widths": widths}
+                )
+            else:
+                loader = make_loader(CaseDataset(pending, config), **loading)
+                chunk, forward_seconds = _run_batches(
+                    loader, forward, pending, config, dev, channels_last, batch_size, bar, store
+                )
 
-    frame = _feature_frame(vectors, cases, failures, backbone.architecture, stage, plan)
+    frame = _feature_frame(vectors, cases, failures, backbone.architecture, stage, plan, volumes is not None)
     seconds = time.perf_counter() - started
     computed = len(frame) - cache_hits
     settings = {
@@ -353,6 +436,7 @@ def extract_deep_features(
         "forward_seconds": round(forward_seconds, 3),
         "images_per_second": round(computed / seconds, 2) if computed and seconds > 0 else None,
         "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        **({"volumes": volumes} if volumes is not None else {}),
     }
     log.info(
         "deep features: %d cases x %d features (%s, %s on %s), %d failed, %.1f s",
@@ -367,10 +451,16 @@ def extract_deep_features(
     return DeepFeaturesResult(frame, failures, settings, cache_hits, computed)
 
 
-def _columns(model: str, n: int, stage: int | None, plan) -> list[str]:
-    """The column names of ``n`` features: the stage's, or each planned layer's block in turn."""
+def _columns(model: str, n: int, stage: int | None, plan, pooled: bool = False) -> list[str]:
+    """The column names of ``n`` features: the stage's, or each planned layer's block in turn (each block
+    twice as wide when slices were pooled by mean and max)."""
     if plan is None:
         return deep_columns(model, n, stage)
+    if pooled:
+        plan = [
+            replace(layer, channels=w)
+            for layer, w in zip(plan, slice_pooled_widths([x.channels for x in plan]), strict=True)
+        ]
     if sum(layer.channels for layer in plan) != n:
         raise Rad4XCNNError(
             f"{model}: the layers give {n} features, not the {sum(layer.channels for layer in plan)} their "

@@ -28,6 +28,8 @@ TRAINED = "trained"
 #: The words that mean "no weights: random initialisation from the seed".
 RANDOM_WORDS = ("none", "null", "random")
 WEIGHT_KINDS = ("random", IMAGENET, TRAINED, "file")
+#: The planes of a volume's 2D slices for 2.5D deep features (``deep.planes``).
+PLANES = ("axial", "triplanar")
 
 
 def weights_kind(weights: str | None) -> str:
@@ -173,6 +175,15 @@ class DeepConfig:
         None, "model input size in pixels (null: the model's or checkpoint's)", minimum=16
     )
     num_workers: int | None = option(None, "image-decoding worker processes (null: automatic)", minimum=0)
+    planes: str = option(
+        "axial",
+        "volumes (2.5D): the lesion's slices through the 2D network: axial, or triplanar (axial, coronal "
+        "and sagittal slices through the lesion)",
+        choices=PLANES,
+    )
+    max_slices: int = option(
+        16, "volumes (2.5D): at most this many lesion slices per plane, spread evenly", minimum=1
+    )
 
 
 #: The section's defaults, which the extraction's keyword defaults are.

@@ -26,7 +26,7 @@ from Rad4XCNNLogic.cohort.manifest import Case, Cohort, LoadedCase
 from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
-from Rad4XCNNLogic.features.settings import TrainingConfig
+from Rad4XCNNLogic.features.settings import DEEP, TrainingConfig
 from Rad4XCNNLogic.infra.progress import ProgressBar
 from Rad4XCNNLogic.infra.settings import check_section
 
@@ -270,24 +270,41 @@ class _Data:
 
     @classmethod
     def of(
-        cls, train, val, index_of, config, augmenter, batch, val_batch, workers, device_type, seed
+        cls,
+        train,
+        val,
+        index_of,
+        config,
+        augmenter,
+        batch,
+        val_batch,
+        workers,
+        device_type,
+        seed,
+        volumes=None,
     ) -> _Data:
         from Rad4XCNNLogic.features.preprocessing import CaseDataset, make_loader
 
-        train_set = CaseDataset(train, config, augment=augmenter, seed=seed)
-        val_set = CaseDataset(val, config)
+        if volumes is not None:  # 2.5D: one item per lesion slice, labelled with its case's label
+            from Rad4XCNNLogic.features.slices import SliceDataset
+
+            train_set = SliceDataset(train, config, **volumes, augment=augmenter, seed=seed)
+            val_set = SliceDataset(val, config, **volumes)
+        else:
+            train_set = CaseDataset(train, config, augment=augmenter, seed=seed)
+            val_set = CaseDataset(val, config)
         train_loader = make_loader(
             train_set,
             batch_size=batch,
             num_workers=workers,
             device_type=device_type,
             shuffle=True,
-            drop_last=len(train) % batch == 1,  # a batch of one breaks batch norm
+            drop_last=len(train_set) % batch == 1,  # a batch of one breaks batch norm
             seed=seed,
         )
         val_loader = make_loader(val_set, batch_size=val_batch, num_workers=workers, device_type=device_type)
-        y_train = np.array([index_of[c.label] for c in train])
-        y_val = np.array([index_of[c.label] for c in val])
+        y_train = np.array([index_of[c.label] for c in train_set.cases])
+        y_val = np.array([index_of[c.label] for c in val_set.cases])
         return cls(train_set, val_set, y_train, y_val, train_loader, val_loader)
 
 
@@ -367,11 +384,12 @@ class _Step:
         return total_loss, seen
 
     def validate(self, loader, dataset, y) -> tuple[list, list, float]:
-        """(class probabilities per batch, labels, summed loss) over the validation batches."""
+        """(class probabilities per batch, labels, summed loss) over the validation batches; for slices of
+        volumes, the probabilities and labels are per case, the slices' probabilities averaged."""
         import torch
 
         self.net.eval()
-        probs, labels, val_loss = [], [], 0.0
+        probs, labels, val_loss, items = [], [], 0.0, []
         with torch.inference_mode():
             for indices, grey, bad in loader:
                 self.note_failures(dataset, bad)
@@ -383,6 +401,12 @@ class _Step:
                 val_loss += float(self.criterion(logits, target)) * len(indices)
                 probs.append(torch.softmax(logits, dim=1).cpu().numpy())
                 labels.extend(y[indices].tolist())
+                items.extend(indices)
+        if probs and hasattr(dataset, "case_index"):
+            from Rad4XCNNLogic.features.slices import per_case
+
+            mean, case_labels = per_case(dataset.case_index, items, np.concatenate(probs), labels)
+            return [mean], case_labels, val_loss * len(case_labels) / len(labels)
         return probs, labels, val_loss
 
 
@@ -493,6 +517,8 @@ def train_model(
     include_normal: bool = False,
     seed: int = 0,
     progress: bool = True,
+    planes: str = DEEP.planes,
+    max_slices: int = DEEP.max_slices,
 ) -> TrainResult:
     """Fine-tune a backbone to classify the cohort's labels; the best epoch (validation AUC) is saved.
 
@@ -515,6 +541,8 @@ def train_model(
         image-decoding workers (``deep.num_workers``; None: automatic).
     weight_decay, warmup_epochs : AdamW with linear warm-up then cosine decay to 0.
     train_cohort : train and validate on this cohort only (two-phase protocol).
+    planes, max_slices : volumes (2.5D): the network learns from the lesion slices, each with its case's label
+        (:class:`~Rad4XCNNLogic.features.slices.SliceDataset`); validation averages them per case.
 
     Examples
     --------
@@ -556,16 +584,17 @@ def train_model(
     dev = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, dev)
     channels_last = dev.type == "cuda"
-    net = net.to(dev)
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
+    net = net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev)
     torch.manual_seed(seed)  # dropout, stochastic depth
 
     augmenter = UltrasoundAugmentation() if section.augment else None
     if num_workers is None:
         num_workers = default_workers(dev.type, len(train), batch_size)
     batch = min(batch_size, len(train))
-    data = _Data.of(train, val, index_of, config, augmenter, batch, batch_size, num_workers, dev.type, seed)
+    volumes = {"planes": planes, "max_slices": max_slices} if any(c.dims == 3 for c in train + val) else None
+    data = _Data.of(
+        train, val, index_of, config, augmenter, batch, batch_size, num_workers, dev.type, seed, volumes
+    )
     y_train = data.y_train
     counts = Counter(y_train.tolist())
     class_weight = _class_weight(y_train, counts, len(class_names), dev)
@@ -592,6 +621,7 @@ def train_model(
         "num_workers": num_workers,
         "base_weights": backbone.weights.to_dict(),
         "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        **({"volumes": {**volumes, "train_slices": len(data.train_set)}} if volumes else {}),
     }
     log.info(
         "training %s on %d cases, validating on %d (%s), %s on %s",
@@ -613,13 +643,10 @@ def train_model(
             if not checkpoint.epoch(epoch, epochs, patience, step, data, optimizer, scheduler, bar):
                 break
     checkpoint.save()
-    history, best_auc, best_epoch, out = (
-        checkpoint.history,
-        checkpoint.best_auc,
-        checkpoint.best_epoch,
-        checkpoint.out,
-    )
-    best = checkpoint.best_backbone(net, backbone.weights)
+    c = checkpoint
+    best = c.best_backbone(net, backbone.weights)
     settings["seconds"] = round(time.perf_counter() - started, 3)
-    log.info("best validation AUC %.4f at epoch %d; checkpoint %s", best_auc, best_epoch, out)
-    return TrainResult(out, history, float(best_auc), best_epoch, class_names, best, failures, settings)
+    log.info("best validation AUC %.4f at epoch %d; checkpoint %s", c.best_auc, c.best_epoch, c.out)
+    return TrainResult(
+        c.out, c.history, float(c.best_auc), c.best_epoch, class_names, best, failures, settings
+    )

@@ -407,6 +407,7 @@ def plan_cam(run: Pipeline) -> Plan:
             seed=cfg.seed,
             cases=cases,
             progress=run.progress,
+            deep=cfg.deep,
         )
         summary["model"] = label
         return summary

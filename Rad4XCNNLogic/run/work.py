@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,7 @@ def train_stage(
     checkpoint and ``training_history.csv``."""
     import pandas as pd
 
-    from Rad4XCNNLogic.cohort.manifest import refuse_volumes
     from Rad4XCNNLogic.features.training import train_model
-
-    refuse_volumes(cohort, "fine-tuning and deep features")
 
     common = dict(
         device=device,
@@ -70,6 +68,8 @@ def train_stage(
         num_workers=deep.num_workers,
         seed=seed,
         progress=progress,
+        planes=deep.planes,
+        max_slices=deep.max_slices,
     )
     history, failures, models, texts = [], [], {}, []
     for job in jobs:
@@ -144,10 +144,7 @@ def deep_stage(
     settings beside it (``deep_features.json``)."""
     import pandas as pd
 
-    from Rad4XCNNLogic.cohort.manifest import refuse_volumes
     from Rad4XCNNLogic.features.deep import extract_deep_features
-
-    refuse_volumes(cohort, "deep features")
 
     frames, failures, per_model = [], [], {}
     for job in jobs:
@@ -168,6 +165,8 @@ def deep_stage(
             progress=progress,
             seed=seed,
             include_normal=include_normal,
+            planes=deep.planes,
+            max_slices=deep.max_slices,
         )
         features = result.features
         architecture = result.settings["model"]
@@ -646,14 +645,19 @@ def cam_stage(
     cases: Sequence[str] | None = None,
     model: str | None = None,
     progress: bool = True,
+    deep: DeepConfig | None = None,
 ) -> dict:
     """Saliency maps of ``cases`` (default: every case) with each method of ``cam``, and their metrics,
-    into ``<out_dir>/cam/``. The maps go to a fresh folder that replaces ``cam/`` only once every map is
-    done, so that a failed run keeps the previous maps and a new gallery leaves no stale ones."""
+    into ``<out_dir>/cam/`` (for volumes, map volumes from the slices ``deep`` chooses). The maps go to a
+    fresh folder that replaces ``cam/`` only once every map is done, so that a failed run keeps the
+    previous maps and a new gallery leaves no stale ones."""
     from Rad4XCNNLogic.cam.maps import compute_cams
-    from Rad4XCNNLogic.cohort.manifest import refuse_volumes
+    from Rad4XCNNLogic.cam.volumes import compute_cam_volumes, is_volume_cohort
 
-    refuse_volumes(cohort, "saliency maps")
+    compute = compute_cams
+    if is_volume_cohort(cohort):  # 2.5D: slice-wise maps put back into each volume
+        section = deep or DeepConfig()
+        compute = partial(compute_cam_volumes, planes=section.planes, max_slices=section.max_slices)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -661,7 +665,7 @@ def cam_stage(
     final = out_dir / RunFiles.CAM
     try:
         # compute_cams writes each case's maps as it goes and the tables at the end: once.
-        result = compute_cams(
+        result = compute(
             cohort,
             checkpoint,
             cam,

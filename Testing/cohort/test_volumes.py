@@ -194,22 +194,9 @@ def test_two_d_cases_keep_their_reading(tmp_path, make_case):
 
 
 def test_stages_not_built_for_volumes_stop_in_one_line(tmp_path):
-    from Rad4XCNNLogic.features.settings import DEEP
-    from Rad4XCNNLogic.run.work import deep_stage
-
     manifest = write_manifest_rows(tmp_path / "m.csv", [_write_case(tmp_path, "ct01")])
-    with pytest.raises(
-        Rad4XCNNError, match=r"^3D volumes \(case ct01\): deep features need the 2.5D extractor"
-    ):
-        deep_stage(
-            read_manifest(manifest),
-            [],
-            tmp_path / "deep.csv",
-            deep=DEEP,
-            device="cpu",
-            seed=0,
-            cache_dir=None,
-        )
+    with pytest.raises(Rad4XCNNError, match=r"^3D volumes \(case ct01\): saliency maps need"):
+        refuse_volumes(read_manifest(manifest), "saliency maps")
     unchecked = read_manifest(manifest, check_files=False)  # no header read: the first case's is asked
     with pytest.raises(Rad4XCNNError, match=r"^3D volumes \(case ct01\): saliency maps need"):
         refuse_volumes(unchecked, "saliency maps")

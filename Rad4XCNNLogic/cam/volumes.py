@@ -1,0 +1,295 @@
+"""Saliency maps of volumes (2.5D): slice-wise maps of the 2D network, put back into the volume.
+
+Each volume case gives its lesion slices as the deep features and the fine-tuning see them
+(:mod:`~Rad4XCNNLogic.features.slices`: a square window in millimetres around the lesion's in-plane box).
+Every slice window becomes a 2D case of its own (its grey input, and the lesion's in-plane box as its
+region, so that the 2D crop is the window itself) and goes through :func:`~Rad4XCNNLogic.cam.maps.
+compute_cams` with every check of the 2D maps: the sanity flags, ROAD and deletion / insertion with their
+baselines, and the randomisation test. Per case and method:
+
+* the map volume ``<case_id>_<method>.nrrd``: each slice's map put back into its place (linear, in the
+  image's own voxels), 0 outside the processed slices and windows, in the image's geometry (size, spacing,
+  origin and direction);
+* ``energy_inside``, ``energy_chance`` and ``pointing_hit`` measured on the map volume inside the 3D lesion
+  (chance: the lesion's share of the voxels the windows cover);
+* the slices' checks aggregated: faithfulness scores, target probability and randomisation similarity by
+  their mean over the slices, the flags by their union (``flagged_slices`` counts the slices with any), the
+  method agreement by its mean over the slices, the randomisation cascade by its mean per step.
+
+The windows' baseline "shuffled within the lesion" shuffles within the lesion's in-plane box, the region
+the 2D pipeline is given.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from Rad4XCNNLogic.cohort.manifest import Case
+from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
+
+log = logging.getLogger(__name__)
+
+STAGE = "cam"
+#: How the slices' checks become one row per case and method (recorded in ``cam_run.json``).
+AGGREGATION = (
+    "per case and method: energy_inside, energy_chance and pointing_hit on the map volume inside the 3D "
+    "lesion; faithfulness scores, target probability and randomisation similarity by their mean over the "
+    "slices; flags by their union (flagged_slices: slices with any); agreement and the randomisation "
+    "cascade by their mean over the slices"
+)
+#: Separates a volume case's id from its slice's in the 2D cases made from the slices.
+SLICE_MARK = "@"
+
+
+def is_volume_cohort(cohort) -> bool:
+    """Whether a cohort (or list of cases) holds volumes; read without checking files, the first image's
+    header says."""
+    from Rad4XCNNLogic.cohort.volumes import image_info
+
+    cases = list(getattr(cohort, "cases", cohort))
+    if cases and all(c.dims is None for c in cases):
+        info = image_info(cases[0].image) if cases[0].image.exists() else None
+        return bool(info and info[0] == 3)
+    return any(c.dims == 3 for c in cases)
+
+
+def _slice_cases(cases: Sequence[Case], config, planes: str, max_slices: int, folder: Path, failures: list):
+    """Each volume case's slice windows written as 2D cases (grey NRRD and box PNG) into ``folder``;
+    returns (the 2D cases, {case_id: (loaded volume case, windows)})."""
+    from Rad4XCNNLogic.cohort.imageio import write_image
+    from Rad4XCNNLogic.features.slices import volume_inputs
+
+    made, volumes = [], {}
+    for case in cases:
+        try:
+            loaded = case.load()
+            grey, windows = volume_inputs(loaded, config, planes, max_slices)
+        except CaseError as exc:
+            failures.append(CaseFailure(case.case_id, STAGE, exc.problem))
+            log.warning("%s", exc)
+            continue
+        volumes[case.case_id] = (loaded, windows)
+        size = config.input_size
+        margin = float(config.margin)
+        lo = round(size * margin / (1 + 2 * margin))
+        box = np.zeros((size, size), np.uint8)
+        box[lo : size - lo, lo : size - lo] = 255  # the crop around it, grown by the margin, is the window
+        for k, array in enumerate(grey):
+            sid = f"{case.case_id}{SLICE_MARK}{k}"
+            image = write_image(folder / f"{sid}.nrrd", array.astype(np.float32))
+            mask = write_image(folder / f"{sid}_box.png", box)
+            made.append(replace(case, case_id=sid, image=image, masks=(mask,), dims=2, has_lesion=True))
+    return made, volumes
+
+
+def _volume_maps(result, case_id: str, loaded, windows, methods) -> dict[str, np.ndarray]:
+    """Each method's slice maps of a case put back into its volume (0 where no slice window lies)."""
+    from Rad4XCNNLogic.features.slices import window_to_volume
+
+    shape = loaded.image.shape
+    out = {}
+    for method in methods:
+        volume = np.zeros(shape, np.float32)
+        for k, window in enumerate(windows):
+            cam = result.maps.get((f"{case_id}{SLICE_MARK}{k}", method))
+            if cam is None:
+                continue
+            plane = window_to_volume(cam, window, shape)
+            index = [slice(None)] * 3
+            index[window.axis] = window.index
+            current = volume[tuple(index)]
+            volume[tuple(index)] = np.maximum(current, plane)  # triplanar: planes crossing keep the larger
+        out[method] = volume
+    return out
+
+
+def _covered(loaded, windows) -> np.ndarray:
+    """The voxels the slice windows cover."""
+    from Rad4XCNNLogic.features.slices import window_to_volume
+
+    shape = loaded.image.shape
+    covered = np.zeros(shape, bool)
+    for window in windows:
+        plane = window_to_volume(np.ones((window.size, window.size)), window, shape) > 0
+        index = [slice(None)] * 3
+        index[window.axis] = window.index
+        covered[tuple(index)] |= plane
+    return covered
+
+
+def lesion_measures(cam: np.ndarray, mask: np.ndarray | None, covered: np.ndarray) -> dict:
+    """``energy_inside``, ``energy_chance`` and ``pointing_hit`` of a map volume inside the 3D lesion.
+
+    >>> cam = np.zeros((2, 3, 3)); cam[1, 1, 1] = 3.0; cam[0, 0, 0] = 1.0
+    >>> mask = np.zeros((2, 3, 3), bool); mask[1, 1, :] = True
+    >>> lesion_measures(cam, mask, np.ones_like(mask))
+    {'energy_inside': 0.75, 'energy_chance': 0.16666666666666666, 'pointing_hit': 1.0}
+    """
+    nan = float("nan")
+    total = float(cam.sum())
+    if mask is None or not mask.any() or total <= 0:
+        return {"energy_inside": nan, "energy_chance": nan, "pointing_hit": nan}
+    chance = float(mask[covered].mean()) if covered.any() else nan
+    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return {
+        "energy_inside": float(cam[mask].sum()) / total,
+        "energy_chance": chance,
+        "pointing_hit": float(mask[peak]),
+    }
+
+
+def _aggregate(result, volumes: dict, methods, out_dir: Path | None):
+    """The per-slice tables of ``result`` as per-case tables (see the module's text); writes the volumes."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.cam.images import CAM_SUBDIR
+
+    metrics = result.metrics.copy()
+    metrics.insert(0, "volume", metrics["case_id"].str.rsplit(SLICE_MARK, n=1).str[0])
+    rows, files = [], {}
+    for case_id, (loaded, windows) in volumes.items():
+        maps = _volume_maps(result, case_id, loaded, windows, methods)
+        covered = _covered(loaded, windows)
+        mask = loaded.mask if loaded.case.has_lesion else None
+        for method, cam in maps.items():
+            part = metrics[(metrics["volume"] == case_id) & (metrics["method"] == method)]
+            if part.empty:
+                continue
+            numeric = part.select_dtypes("number").drop(
+                columns=["pointing_hit", "peak_row", "peak_col"], errors="ignore"
+            )
+            flags = sorted({f for text in part["flags"] for f in str(text).split(";") if f})
+            row = {
+                **numeric.mean().to_dict(),
+                "case_id": case_id,
+                "method": method,
+                "label": loaded.case.label,
+                "has_lesion": bool(loaded.case.has_lesion),
+                "target_class": part["target_class"].mode().iloc[0]
+                if part["target_class"].notna().any()
+                else None,
+                "predicted_class": part["predicted_class"].mode().iloc[0]
+                if part["predicted_class"].notna().any()
+                else None,
+                **lesion_measures(cam, mask, covered),
+                "peak_row": None,
+                "peak_col": None,
+                "max_value": float(cam.max()),
+                "empty": bool(cam.max() <= 0),
+                "flags": ";".join(flags),
+                "slices": len(part),
+                "flagged_slices": int((part["flags"].astype(str) != "").sum()),
+            }
+            rows.append(row)
+            if out_dir is not None:
+                folder = Path(out_dir) / CAM_SUBDIR
+                folder.mkdir(parents=True, exist_ok=True)
+                path = folder / f"{case_id}_{method}.nrrd"
+                write_volume(path, cam, loaded.image)
+                files[(case_id, method)] = {"nrrd": path}
+    columns = [*result.metrics.columns, "slices", "flagged_slices"]
+    table = pd.DataFrame(rows).reindex(columns=columns)
+    table["pointing_hit"] = table["pointing_hit"].astype("Float64").round().astype("Int8")
+    table["peak_row"] = table["peak_row"].astype("Int64")
+    table["peak_col"] = table["peak_col"].astype("Int64")
+
+    def per_case(frame, keys):
+        if frame is None or frame.empty:
+            return frame
+        frame = frame.copy()
+        frame["case_id"] = frame["case_id"].str.rsplit(SLICE_MARK, n=1).str[0]
+        numeric = [c for c in frame.columns if c not in keys and pd.api.types.is_numeric_dtype(frame[c])]
+        return frame.groupby(keys, sort=False, as_index=False)[numeric].mean()
+
+    agreement = per_case(result.agreement, ["case_id", "method_a", "method_b"])
+    randomisation = per_case(result.randomisation, ["case_id", "method", "step"])
+    return table, agreement, randomisation, files
+
+
+def write_volume(path: str | os.PathLike, array: np.ndarray, like) -> Path:
+    """Write ``array`` (``[z, y, x]``) as an NRRD in ``like``'s geometry (a :class:`Volume`), atomically."""
+    import SimpleITK as sitk
+
+    from Rad4XCNNLogic.infra.storage import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        target = tmp.with_name(tmp.name + ".nrrd")
+        sitk.WriteImage(like.to_sitk(np.asarray(array, np.float32)), os.fspath(target), True)
+        os.replace(target, tmp)
+    return path
+
+
+def compute_cam_volumes(
+    cohort,
+    checkpoint,
+    settings=None,
+    *,
+    model: str | None = None,
+    cases=None,
+    device: str = "auto",
+    out_dir: str | os.PathLike | None = None,
+    planes: str = "axial",
+    max_slices: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+):
+    """Saliency map volumes of a cohort of volumes, with the checks per slice aggregated per case (see the
+    module's text); the arguments as :func:`~Rad4XCNNLogic.cam.maps.compute_cams`, and ``planes``,
+    ``max_slices`` as for the deep features. Returns a :class:`~Rad4XCNNLogic.cam.maps.CamResult` whose
+    tables are per case (``slices`` and ``flagged_slices`` added to the metrics), ``maps`` empty, and
+    ``files`` the map volumes; with ``out_dir``, they and the tables are in ``<out_dir>/cam/``."""
+    from Rad4XCNNLogic.cam.maps import CamResult, compute_cams, select_cases, write_cams
+    from Rad4XCNNLogic.cam.model import load_cam_model
+
+    failures: list[CaseFailure] = []
+    chosen = select_cases(cohort, cases, failures)
+    config = load_cam_model(checkpoint, model, seed).preprocess
+    scratch = Path(tempfile.mkdtemp(prefix="rad4xcnn-slices-"))
+    try:
+        made, volumes = _slice_cases(chosen, config, planes, max_slices, scratch, failures)
+        if not made:
+            raise Rad4XCNNError(
+                f"no saliency map: all {len(chosen)} volume cases failed (first: {failures[0]})"
+            )
+        result = compute_cams(
+            made,
+            checkpoint,
+            settings,
+            model=model,
+            device=device,
+            keep_maps=True,
+            seed=seed,
+            progress=progress,
+        )
+        methods = list(result.settings["methods"])
+        metrics, agreement, randomisation, files = _aggregate(result, volumes, methods, out_dir)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    for failure in result.failures:
+        case_id = failure.case_id.rsplit(SLICE_MARK, 1)[0]
+        failures.append(CaseFailure(case_id, STAGE, f"slice {failure.case_id}: {failure.problem}"))
+    settings_out = {
+        **result.settings,
+        "volumes": {
+            "planes": planes,
+            "max_slices": int(max_slices),
+            "aggregation": AGGREGATION,
+        },
+        "cases": len(metrics["case_id"].unique()) if len(metrics) else 0,
+    }
+    final = CamResult(
+        metrics, agreement, {}, files, failures, settings_out, {c.case_id: c for c in chosen}, {}, {},
+        randomisation,
+    )  # fmt: skip
+    if out_dir is not None:
+        write_cams(final, out_dir, maps=False)
+    return final
