@@ -445,6 +445,7 @@ def _control_comparison(result, deep, rad, strata, controls, explain: ExplainCon
         n_boot=explain.control_bootstrap,
         strata=strata,
         seed=seed,
+        estimates=table,
     )
     table = table.merge(intervals, on=["model", "control", "M"], how="left")
     verdicts = control_verdicts(table, result.threshold)
