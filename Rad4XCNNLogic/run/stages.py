@@ -390,6 +390,8 @@ def plan_cam(run: Pipeline) -> Plan:
     trained = checkpoint == run.path(RunFiles.checkpoint(label))
     settings = {
         "cam": asdict(camc),
+        # the lesion slices of volumes (2.5D) that are mapped
+        "slices": {"planes": cfg.deep.planes, "max_slices": cfg.deep.max_slices},
         "model": label,
         "seed": cfg.seed,
         "checkpoint": "trained" if trained else file_sha256(checkpoint),
