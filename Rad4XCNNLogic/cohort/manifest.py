@@ -386,27 +386,6 @@ def read_manifest(
     return cohort
 
 
-def refuse_volumes(cohort: Cohort | Sequence[Case], what: str) -> None:
-    """Stop a stage that does not handle 3D volumes yet, in one line, before it reads any volume.
-
-    >>> try:
-    ...     refuse_volumes([Case("ct01", Path("ct01.nrrd"), (), dims=3)], "deep features")
-    ... except Rad4XCNNError as exc:
-    ...     print(exc)
-    3D volumes (case ct01): deep features need the 2.5D extractor, not yet built; radiomics works on volumes
-    """
-    cases = list(cohort.cases if isinstance(cohort, Cohort) else cohort)
-    if cases and all(c.dims is None for c in cases):  # read without checking files: ask the first header
-        info = image_info(cases[0].image) if cases[0].image.exists() else None
-        cases = [replace(cases[0], dims=info[0])] if info else []
-    volume = next((c for c in cases if c.dims == 3), None)
-    if volume is not None:
-        raise Rad4XCNNError(
-            f"3D volumes (case {volume.case_id}): {what} need the 2.5D extractor, not yet built; "
-            "radiomics works on volumes"
-        )
-
-
 def _with_dimensions(cases: list[Case], manifest: str) -> list[Case]:
     """Each case with its dimensionality read from its image header; 2D and 3D mixed is an error."""
     result = []

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from Rad4XCNNLogic.cohort.manifest import Case, format_summary, read_manifest, refuse_volumes
+from Rad4XCNNLogic.cohort.manifest import Case, format_summary, read_manifest
 from Rad4XCNNLogic.cohort.volumes import Volume, read_volume
 from Rad4XCNNLogic.errors import CaseError, Rad4XCNNError
 from Testing.conftest import write_manifest_rows, write_png
@@ -191,15 +191,6 @@ def test_two_d_cases_keep_their_reading(tmp_path, make_case):
     assert case.dims == 2 and "dims" not in read_manifest(manifest).summary()
     assert type(case.load().image).__name__ == "Image2D"
     assert Case("x", case.image, case.masks).load().image.shape == (60, 80)  # no header read beforehand
-
-
-def test_stages_not_built_for_volumes_stop_in_one_line(tmp_path):
-    manifest = write_manifest_rows(tmp_path / "m.csv", [_write_case(tmp_path, "ct01")])
-    with pytest.raises(Rad4XCNNError, match=r"^3D volumes \(case ct01\): saliency maps need"):
-        refuse_volumes(read_manifest(manifest), "saliency maps")
-    unchecked = read_manifest(manifest, check_files=False)  # no header read: the first case's is asked
-    with pytest.raises(Rad4XCNNError, match=r"^3D volumes \(case ct01\): saliency maps need"):
-        refuse_volumes(unchecked, "saliency maps")
 
 
 def test_a_multi_frame_dicom_file_stays_a_refused_2d_case(tmp_path, make_case):
