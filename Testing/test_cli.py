@@ -156,22 +156,7 @@ def test_none_on_the_command_line_is_not_a_left_out_flag():
     assert settings_from_args(build_parser().parse_args(base)) == {}
 
 
-def test_demo_dims_3_runs_the_3d_profile_and_says_what_it_leaves_out(tmp_path, capsys):
-    """The 3D demo profile: a synthetic cohort of volumes, paper3d radiomics and 3D voxel-based maps."""
-    import pandas as pd
-
-    from Rad4XCNNLogic.cohort.volumes import read_volume
-
-    out = tmp_path / "demo3d"
-    assert main(["demo", "--dims", "3", "--n", "3", "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out.strip().splitlines()
-    assert printed[-1].startswith("3D demo: radiomics and feature maps only; deep features")
-    radiomics = pd.read_csv(out / "run" / "radiomics.csv", index_col=0)
-    assert len(radiomics) == 3 and "original_shape_VoxelVolume" in radiomics.columns
-    assert not any(c.startswith("original_shape2D") for c in radiomics.columns)
-    maps = sorted((out / "run" / "featuremaps").glob("*.nrrd"))
-    assert len(maps) == 4  # 2 cases x firstorder Mean and GLCM Contrast
-    image = read_volume(out / "cohort" / pd.read_csv(out / "cohort" / "manifest.csv")["image"].iloc[0])
-    assert read_volume(maps[0]).array.shape == image.array.shape
-    assert main(["demo", "--dims", "3", "--external", "5", "--out", str(out)]) == 2
+def test_demo_dims_3_refuses_an_external_cohort(tmp_path, capsys):
+    """The 3D demo (run end to end in Testing/run/test_volumes_run.py) has one cohort."""
+    assert main(["demo", "--dims", "3", "--external", "5", "--out", str(tmp_path / "demo3d")]) == 2
     assert "--external is for the 2D demo" in capsys.readouterr().err

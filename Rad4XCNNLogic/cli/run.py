@@ -59,17 +59,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _demo3d(args: argparse.Namespace) -> int:
-    """``demo --dims 3``: the 3D profile (Rad4XCNNLogic.run.demo3d), what runs on volumes today."""
-    from Rad4XCNNLogic.run.demo3d import LEFT_OUT, run_demo3d
+    """``demo --dims 3``: the 3D profile (Rad4XCNNLogic.run.demo3d): the pipeline on synthetic volumes."""
+    from Rad4XCNNLogic.run.demo3d import run_demo3d
 
     if args.external is not None:
         raise UsageError("--external is for the 2D demo: the 3D demo has one cohort")
     out = Path(args.out or "demo3d_run")
     result = run_demo3d(out, args.n or 24, seed=value(args, "seed"), progress=show_progress(args))
-    print(f"radiomics:    {result.radiomics} ({result.summary.get('text', '')})")
+    status = _print_run(result.run)
     print(f"feature maps: {result.maps} in {result.featuremaps} (NRRD in each volume's geometry)")
-    print(LEFT_OUT)
-    return 0
+    return status
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -1,22 +1,16 @@
-"""The 3D demo profile (``rad4xcnn demo --dims 3``): a small synthetic cohort of CT-like volumes and what
-runs on volumes today: 3D radiomics (``paper3d``) and voxel-based feature maps with a 3D kernel.
-
-Deep features, fine-tuning, the explanation, classification and saliency maps on volumes need the 2.5D
-extractor, which is not built yet: the profile leaves them out and says so in one line (:data:`LEFT_OUT`).
+"""The 3D demo profile (``rad4xcnn demo --dims 3``): a small synthetic cohort of CT-like volumes through the
+whole pipeline (``rad4xcnn run``: 3D radiomics with ``paper3d``, 2.5D deep features of a ResNet18
+fine-tuned on the lesion slices beside its random-weights control, the explanation, the classifiers, CAM
+volumes and the report), then voxel-based feature maps with a 3D kernel for the largest lesions.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-#: The one line the 3D demo prints about the stages it cannot run yet.
-LEFT_OUT = (
-    "3D demo: radiomics and feature maps only; deep features, fine-tuning, the explanation, classification "
-    "and CAMs on volumes need the 2.5D extractor, not yet built"
-)
-#: The 3D demo's volumes: (rows, columns, slices), small enough for a laptop in about a minute.
+#: The 3D demo's volumes: (rows, columns, slices), small enough for a laptop in a few minutes.
 DEMO3D_SHAPE = (32, 32, 16)
 #: The voxel-based maps the demo draws (a first-order and a texture feature), and their kernel radius.
 DEMO3D_FEATURES = ("original_firstorder_Mean", "original_glcm_Contrast")
@@ -25,13 +19,46 @@ DEMO3D_KERNEL_RADIUS = 1
 
 @dataclass
 class Demo3DResult:
-    """What the 3D demo wrote: the cohort's manifest, ``radiomics.csv``, the feature-map folder."""
+    """What the 3D demo wrote: the cohort's manifest, the run (a
+    :class:`~Rad4XCNNLogic.run.runner.RunResult`) and the feature-map folder with its number of maps."""
 
     manifest: Path
-    radiomics: Path
+    run: object
     featuremaps: Path
-    summary: dict = field(default_factory=dict)
     maps: int = 0
+
+
+def demo3d_config(out: str | os.PathLike, manifest: str | os.PathLike, seed: int = 0):
+    """The 3D demo's run settings: every stage on volumes with demo budgets (64 px slices, at most 4 lesion
+    slices per case, 4 epochs, fewer resamples than a study would use)."""
+    from Rad4XCNNLogic.run.config import load_config
+
+    return load_config(
+        None,
+        {
+            "manifest": str(manifest),
+            "out": str(out),
+            "seed": seed,
+            "training": {
+                "pretrained": False,
+                "epochs": 4,
+                "batch_size": 16,
+                "patience": 2,
+                "input_size": 64,
+                "learning_rate": 1e-3,
+            },
+            "models": [{"name": "resnet18", "weights": "trained"}],
+            "deep": {"input_size": 64, "max_slices": 4},
+            "explain": {"permutations": 200, "bootstrap": 50, "control_bootstrap": 50},
+            "classification": {
+                "classifiers": ["rf", "svm"],
+                "cv_folds": 3,
+                "n_bootstrap": 200,
+                "repeated_splits": 3,
+            },
+            "cam": {"methods": ["gradcam", "eigencam"], "gallery": 4, "randomisation": "all"},
+        },
+    )
 
 
 def run_demo3d(
@@ -45,8 +72,9 @@ def run_demo3d(
     progress: bool = True,
 ) -> Demo3DResult:
     """Write the synthetic 3D cohort (if not there yet, for the same ``n``, ``seed`` and ``shape``) under
-    ``out/cohort``, then ``out/run/radiomics.csv`` (``paper3d``) and the voxel-based maps of
-    :data:`DEMO3D_FEATURES` for the ``map_cases`` largest lesions in ``out/run/featuremaps``."""
+    ``out/cohort``, run the pipeline on it into ``out/run`` (:func:`demo3d_config`; a re-run recomputes
+    nothing), then the voxel-based maps of :data:`DEMO3D_FEATURES` for the ``map_cases`` largest lesions in
+    ``out/run/featuremaps``."""
     import json
 
     import pandas as pd
@@ -54,8 +82,7 @@ def run_demo3d(
     from Rad4XCNNLogic.cam.featuremaps import compute_feature_maps
     from Rad4XCNNLogic.cohort.manifest import read_manifest
     from Rad4XCNNLogic.cohort.synthetic3d import make_synthetic_volumes
-    from Rad4XCNNLogic.run.config import load_config
-    from Rad4XCNNLogic.run.work import radiomics_stage
+    from Rad4XCNNLogic.run.runner import run_pipeline
 
     out = Path(out)
     cohort_dir, run_dir = out / "cohort", out / "run"
@@ -70,16 +97,8 @@ def run_demo3d(
         print(f"writing the synthetic 3D cohort ({n} volumes of {'x'.join(map(str, shape))}) to {cohort_dir}")
         manifest = make_synthetic_volumes(cohort_dir, n, seed=seed, separation=separation, shape=shape)
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
-    # the default preset, paper, is read as paper3d on volumes
-    cfg = load_config(None, {"manifest": str(manifest), "out": str(run_dir)})
+    result = run_pipeline(demo3d_config(run_dir, manifest, seed), progress=progress)
     cohort = read_manifest(manifest)
-    summary = radiomics_stage(
-        cohort,
-        run_dir / "radiomics.csv",
-        radiomics=cfg.radiomics,
-        cache_dir=run_dir / "cache" / "radiomics",
-        progress=progress,
-    )
     # the largest lesions: a small one may be thinner than the kernel's 3 slices
     factors = pd.read_csv(cohort_dir / "factors.csv", dtype={"case_id": str}).set_index("case_id")
     sizes = factors["lesion_volume_mm3"].reindex([c.case_id for c in cohort.cases if c.has_lesion])
@@ -92,6 +111,4 @@ def run_demo3d(
         kernel_radius=DEMO3D_KERNEL_RADIUS,
         out_dir=run_dir / "featuremaps",
     )
-    return Demo3DResult(
-        manifest, run_dir / "radiomics.csv", run_dir / "featuremaps", summary, len(maps.table)
-    )
+    return Demo3DResult(manifest, result, run_dir / "featuremaps", len(maps.table))
