@@ -252,13 +252,17 @@ def _distinct_values(array: np.ndarray) -> np.ndarray:
 
 def write_image(path: str | os.PathLike, array: np.ndarray, like: Image2D | None = None) -> Path:
     """Write ``array`` to ``path`` (format from the suffix), in ``like``'s geometry when given, atomically."""
+    array = np.asarray(array)
+    ref = like if like is not None else Image2D(array if array.ndim == 2 else array[..., 0])
+    return write_sitk(path, ref.to_sitk(array))
+
+
+def write_sitk(path: str | os.PathLike, img) -> Path:
+    """Write a ``SimpleITK.Image`` to ``path`` atomically, compressed, in the format of its suffix."""
     import SimpleITK as sitk
 
     from Rad4XCNNLogic.infra.storage import atomic_path
 
-    array = np.asarray(array)
-    ref = like if like is not None else Image2D(array if array.ndim == 2 else array[..., 0])
-    img = ref.to_sitk(array)
     path = Path(path)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     with atomic_path(path) as tmp:

@@ -122,19 +122,11 @@ def write_volume(path: Path, array: np.ndarray, spacing: tuple[float, float, flo
     """Write a (slices, rows, cols) array as a compressed NRRD (or any SimpleITK format) with ``spacing``."""
     import SimpleITK as sitk
 
-    from Rad4XCNNLogic.infra.storage import atomic_path
+    from Rad4XCNNLogic.cohort.imageio import write_sitk
 
     img = sitk.GetImageFromArray(array)
     img.SetSpacing(tuple(float(s) for s in spacing))
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    with atomic_path(path) as tmp:
-        target = tmp.with_name(tmp.name + suffix)
-        try:
-            sitk.WriteImage(img, os.fspath(target), True)
-            os.replace(target, tmp)
-        finally:
-            if target.exists():
-                target.unlink()
+    write_sitk(path, img)
 
 
 def make_synthetic_volumes(

@@ -6,9 +6,12 @@ volumes and the report), then voxel-based feature maps with a 3D kernel for the 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 #: The 3D demo's volumes: (rows, columns, slices), small enough for a laptop in a few minutes.
 DEMO3D_SHAPE = (32, 32, 16)
@@ -94,7 +97,12 @@ def run_demo3d(
     except (OSError, ValueError):
         same = False
     if not same:
-        print(f"writing the synthetic 3D cohort ({n} volumes of {'x'.join(map(str, shape))}) to {cohort_dir}")
+        log.info(
+            "writing the synthetic 3D cohort (%d volumes of %s) to %s",
+            n,
+            "x".join(map(str, shape)),
+            cohort_dir,
+        )
         manifest = make_synthetic_volumes(cohort_dir, n, seed=seed, separation=separation, shape=shape)
         spec_file.write_text(json.dumps(spec), encoding="utf-8")
     result = run_pipeline(demo3d_config(run_dir, manifest, seed), progress=progress)
