@@ -146,6 +146,9 @@ class Pipeline:
         self.records: dict[str, StageRecord] = {stage.name: StageRecord(stage.name) for stage in STAGES}
         self.inputs: dict | None = None
         self.state: _RunState | None = None
+        #: backbone key -> a weights file its fine-tuning starts from; a run starts every backbone from
+        #: ``training.pretrained`` (``rad4xcnn train --weights FILE`` gives one)
+        self.start_weights: dict[str, str] = {}
         self.started = _now()
 
     # ----------------------------------------------------------------------------------------- helpers

@@ -186,9 +186,7 @@ def plan_train(run: Pipeline) -> Plan:
         elif len(tc.phases) == 2:
             # the second phase: the same manifest, that cohort's train split (val early-stops)
             finetune = run.load_cohort().subset(cohort=tc.phases[1])
-        # a stage command may start a backbone from a file (its --weights); the run starts every one from
-        # training.pretrained
-        start = getattr(run, "start_weights", {})
+        start = run.start_weights  # a file a backbone starts from (train --weights), else pretrained or not
         jobs = [
             work.TrainJob(
                 m.key,
