@@ -237,7 +237,7 @@ def ridge_probe(
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(120, 30))
     >>> y = x[:, :1] + 0.1 * rng.normal(size=(120, 1))
-    >>> fit = ridge_probe(x[:80], y[:80], x[80:], y[80:], folds=4, bootstrap=0)
+    >>> fit = ridge_probe(x[:80], y[:80], x[80:], y[80:], penalties=[1.0, 10.0, 100.0], folds=4, bootstrap=0)
     >>> bool(fit.r2[0] > 0.9)
     True
     """
@@ -326,7 +326,7 @@ def cv_r2(fit: ProbeFit, y_train) -> np.ndarray:
     --------
     >>> rng = np.random.default_rng(0)
     >>> x = rng.normal(size=(120, 10)); y = x[:, :1] + 0.3 * rng.normal(size=(120, 1))
-    >>> fit = ridge_probe(x[:80], y[:80], x[80:], y[80:], folds=4, bootstrap=0)
+    >>> fit = ridge_probe(x[:80], y[:80], x[80:], y[80:], penalties=[1.0, 10.0, 100.0], folds=4, bootstrap=0)
     >>> bool(0.8 < cv_r2(fit, y[:80])[0] < 1)
     True
     """
