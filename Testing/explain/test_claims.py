@@ -349,6 +349,7 @@ def _report(out):
 
 
 def test_the_report_names_attenuated_and_reversed_pairs_and_each_counts_error(tmp_path):
+    pytest.importorskip("jinja2")  # the report's template engine (not in the light Python 3.12 set)
     deep, rad, strata = planted()
     argv = _write(tmp_path, deep, rad, _manifest(list(deep.index), list(strata)))
     out = tmp_path / "o"
@@ -367,6 +368,7 @@ def test_the_report_names_attenuated_and_reversed_pairs_and_each_counts_error(tm
 
 @pytest.mark.parametrize("like", [False, True])
 def test_the_report_opens_with_the_control_verdict(tmp_path, like):
+    pytest.importorskip("jinja2")  # the report's template engine (not in the light Python 3.12 set)
     deep, rad = control_tables(control_like_trained=like)
     cases = list(deep.index)
     labels = ["benign" if i % 2 else "malignant" for i in range(len(cases))]
