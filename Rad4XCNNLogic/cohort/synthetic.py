@@ -239,9 +239,8 @@ def make_synthetic_cohort(
     --------
     >>> manifest = make_synthetic_cohort("synthetic", n=40, seed=1)  # doctest: +SKIP
     """
-    import pandas as pd
 
-    from Rad4XCNNLogic.infra.storage import write_csv_atomic, write_json_atomic
+    from Rad4XCNNLogic.infra.storage import write_json_atomic
 
     check_proportions(n, n_external, separation, malignant_fraction, normal_fraction)
     if fmt not in ("png", "nrrd"):
@@ -265,20 +264,9 @@ def make_synthetic_cohort(
             mask_path = out / "masks" / f"{case_id}_mask.{fmt}"
             _write(image_path, image, fmt)
             _write(mask_path, (mask * 255).astype(np.uint8), fmt)
-            manifest_rows.append(
-                {
-                    "case_id": case_id,
-                    "image": f"images/{image_path.name}",
-                    "mask": f"masks/{mask_path.name}",
-                    "label": label,
-                    "cohort": cohort,
-                    "has_lesion": "false" if label == NORMAL else "true",
-                }
-            )
+            manifest_rows.append(manifest_row(case_id, image_path, mask_path, label, cohort))
             factor_rows.append({"case_id": case_id, "label": label, "cohort": cohort, **factors})
-    manifest_path = out / "manifest.csv"
-    write_csv_atomic(manifest_path, pd.DataFrame(manifest_rows), index=False)
-    write_csv_atomic(out / "factors.csv", pd.DataFrame(factor_rows), index=False, float_format="%.6g")
+    manifest_path = write_cohort_tables(out, manifest_rows, factor_rows)
     spec = SyntheticSpec(
         n, n_external, malignant_fraction, normal_fraction, (rows, cols), separation, seed, fmt
     )
@@ -330,3 +318,28 @@ def _write(path: Path, array: np.ndarray, fmt: str) -> None:
             Image.fromarray(array).save(tmp, format="PNG")
     else:
         write_image(path, array, Image2D(array, spacing=(0.1, 0.1)))
+
+
+def manifest_row(case_id: str, image_path: Path, mask_path: Path, label: str, cohort: str) -> dict:
+    """The manifest row of a synthetic case written under ``images/`` and ``masks/``."""
+    return {
+        "case_id": case_id,
+        "image": f"images/{image_path.name}",
+        "mask": f"masks/{mask_path.name}",
+        "label": label,
+        "cohort": cohort,
+        "has_lesion": "false" if label == NORMAL else "true",
+    }
+
+
+def write_cohort_tables(out: Path, manifest_rows: list[dict], factor_rows: list[dict]) -> Path:
+    """Write a synthetic cohort's ``manifest.csv`` and ``factors.csv`` (its planted factors); returns the
+    manifest's path."""
+    import pandas as pd
+
+    from Rad4XCNNLogic.infra.storage import write_csv_atomic
+
+    manifest_path = out / "manifest.csv"
+    write_csv_atomic(manifest_path, pd.DataFrame(manifest_rows), index=False)
+    write_csv_atomic(out / "factors.csv", pd.DataFrame(factor_rows), index=False, float_format="%.6g")
+    return manifest_path

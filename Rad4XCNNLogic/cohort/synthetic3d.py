@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from Rad4XCNNLogic.cohort.synthetic import BENIGN, MALIGNANT, NORMAL
+from Rad4XCNNLogic.cohort.synthetic import BENIGN, MALIGNANT, NORMAL, manifest_row, write_cohort_tables
 from Rad4XCNNLogic.errors import Rad4XCNNError
 
 #: (low, high) of each factor per class; documented in the module docstring.
@@ -150,10 +150,9 @@ def make_synthetic_volumes(
     --------
     >>> manifest = make_synthetic_volumes("synthetic3d", n=20, shape=(32, 32, 16))  # doctest: +SKIP
     """
-    import pandas as pd
 
     from Rad4XCNNLogic.cohort.synthetic import check_proportions, class_sequence
-    from Rad4XCNNLogic.infra.storage import write_csv_atomic, write_json_atomic
+    from Rad4XCNNLogic.infra.storage import write_json_atomic
 
     check_proportions(n, n_external, separation, malignant_fraction, normal_fraction)
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
@@ -178,20 +177,9 @@ def make_synthetic_volumes(
             mask_path = out / "masks" / f"{case_id}_mask.nrrd"
             write_volume(image_path, image, spacing)
             write_volume(mask_path, mask.astype(np.uint8), spacing)
-            manifest_rows.append(
-                {
-                    "case_id": case_id,
-                    "image": f"images/{image_path.name}",
-                    "mask": f"masks/{mask_path.name}",
-                    "label": label,
-                    "cohort": cohort,
-                    "has_lesion": "false" if label == NORMAL else "true",
-                }
-            )
+            manifest_rows.append(manifest_row(case_id, image_path, mask_path, label, cohort))
             factor_rows.append({"case_id": case_id, "label": label, "cohort": cohort, **factors})
-    manifest_path = out / "manifest.csv"
-    write_csv_atomic(manifest_path, pd.DataFrame(manifest_rows), index=False)
-    write_csv_atomic(out / "factors.csv", pd.DataFrame(factor_rows), index=False, float_format="%.6g")
+    manifest_path = write_cohort_tables(out, manifest_rows, factor_rows)
     write_json_atomic(
         out / "synthetic.json",
         {
