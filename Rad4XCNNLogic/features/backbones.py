@@ -190,7 +190,11 @@ def check_model_name(name: str) -> str:
     """
     import timm
 
+    from Rad4XCNNLogic.features import volume_nets
+
     name = str(name).strip()
+    if volume_nets.is_volume_net(name) or name.startswith("monai_"):
+        return volume_nets.check_volume_net(name)
     if name and timm.is_model(name):
         if "." in name:  # a pretrained tag: check it exists, and name the ones that do
             try:
@@ -213,6 +217,10 @@ def model_default_cfg(name: str) -> dict[str, Any]:
     """timm's default configuration of a model name (input size, mean, std, classifier...), or {}."""
     import timm
 
+    from Rad4XCNNLogic.features import volume_nets
+
+    if volume_nets.is_volume_net(name):
+        return volume_nets.default_cfg(name)
     try:
         cfg = timm.models.get_pretrained_cfg(name)
     except RuntimeError:
@@ -270,6 +278,18 @@ def _create(name: str, num_classes: int, input_size: int | None, seed: int, pret
     import timm
     import torch
 
+    from Rad4XCNNLogic.features import volume_nets
+
+    if volume_nets.is_volume_net(name):
+        if pretrained:
+            raise Rad4XCNNError(
+                f"{name} is a 3D network without ImageNet weights: give a weights file (a MONAI or "
+                "MedicalNet state dict, or a checkpoint of 'rad4xcnn train'), or train it from random "
+                "weights (weights: trained with training.pretrained: false)"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return volume_nets.create(name, num_classes)
     kwargs: dict[str, Any] = {"num_classes": num_classes}
     cfg_d = model_default_cfg(name)
     default = (cfg_d.get("input_size") or (3, 224, 224))[-1]
@@ -436,6 +456,7 @@ def build_backbone(
     >>> bb.preprocess.input_size, bb.weights.random_init
     (224, True)
     """
+    from Rad4XCNNLogic.features import volume_nets
     from Rad4XCNNLogic.infra.storage import file_sha256
 
     if weights is not None and str(weights).strip().lower() == IMAGENET:
@@ -502,10 +523,11 @@ def build_backbone(
             info = WeightsInfo("random", seed=seed)
             log.warning(
                 "%s has random weights (seed %d): no weights were given, so its features come from an "
-                "untrained network (fine for testing the pipeline, meaningless to explain); use --weights "
-                "imagenet, a weights file or a checkpoint from 'rad4xcnn train'",
+                "untrained network (fine for testing the pipeline, meaningless to explain); use %sa weights "
+                "file or a checkpoint from 'rad4xcnn train'",
                 name,
                 seed,
+                "" if volume_nets.is_volume_net(name) else "--weights imagenet, ",
             )
     pre = PreprocessConfig.for_model(
         name, input_size=input_size, margin=0.1 if margin is None else margin, pretrained_cfg=cfg
@@ -568,8 +590,8 @@ def pooled_features(model, x: torch.Tensor, stage: int | None = None) -> torch.T
         out = model.forward_head(model.forward_features(x), pre_logits=True)
     else:
         out = model.forward_intermediates(x, indices=[stage], intermediates_only=True, stop_early=True)[0]
-    if out.ndim == 4:
-        out = out.mean(dim=(2, 3))
+    if out.ndim >= 4:  # feature maps (B, C, H, W), or (B, C, D, H, W) of a 3D network
+        out = out.mean(dim=tuple(range(2, out.ndim)))
     elif out.ndim == 3:  # tokens (B, N, C) from a model without NCHW intermediates
         out = out.mean(dim=1)
     return out.flatten(1)
@@ -628,6 +650,12 @@ def save_checkpoint(
         "versions": {"rad4xcnn": __version__, "torch": torch.__version__, "timm": timm.__version__},
         **(extra or {}),
     }
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+
+    if is_volume_net(name):
+        import monai
+
+        payload["versions"]["monai"] = monai.__version__
     payload = {k: (v if k == "state_dict" else _plain(v)) for k, v in payload.items()}
     path = Path(path)
     with atomic_path(path) as tmp:

@@ -21,6 +21,7 @@ import numpy as np
 from Rad4XCNNLogic.cohort.manifest import Case, Cohort
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
+from Rad4XCNNLogic.features.cubes import CubeDataset
 from Rad4XCNNLogic.features.preprocessing import (
     CaseDataset,
     default_workers,
@@ -204,6 +205,22 @@ def _run_volumes(pending, forward, config, dev, chunk: int, bar, store: _Store, 
     return chunk, forward_seconds, n_slices
 
 
+def _compute(pending, forward, config, dev, channels_last: bool, bar, store, volumes, plan, loading: dict):
+    """The pending cases' vectors into ``store``: images in batches, a 3D network's cubes in batches, or
+    each volume's slices (2.5D, whose count goes into ``volumes``). Returns (the batch size that fitted,
+    seconds spent forward)."""
+    batch_size = loading["batch_size"]
+    if volumes is not None and volumes.get("network") != "3d":
+        widths = None if plan is None else [layer.channels for layer in plan]
+        chunk, forward_seconds, volumes["slices_computed"] = _run_volumes(
+            pending, forward, config, dev, batch_size, bar, store, {**volumes, "widths": widths}
+        )
+        return chunk, forward_seconds
+    dataset = CaseDataset(pending, config) if volumes is None else CubeDataset(pending, config)
+    loader = make_loader(dataset, **loading)
+    return _run_batches(loader, forward, pending, config, dev, channels_last, batch_size, bar, store)
+
+
 def _feature_frame(vectors, cases, failures, architecture: str, stage, plan, pooled: bool = False):
     """The cases x features table, in the cases' order; refuses no vector at all, or vectors of two sizes."""
     import pandas as pd
@@ -224,10 +241,13 @@ def _feature_frame(vectors, cases, failures, architecture: str, stage, plan, poo
 
 
 def _on_device(backbone: Backbone, dev) -> tuple[Any, bool]:
-    """The network in eval mode on ``dev`` (channels-last on CUDA), and whether it is channels-last."""
+    """The network in eval mode on ``dev`` (channels-last on CUDA for a 2D network), and whether it is
+    channels-last."""
     import torch
 
-    channels_last = dev.type == "cuda"
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+
+    channels_last = dev.type == "cuda" and not is_volume_net(backbone.name)
     net = backbone.model.eval().to(dev)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
@@ -248,12 +268,29 @@ def _stage_and_plan(backbone: Backbone, stage: int | None, layers):
     return stage, resolve_layers(backbone.model, backbone.name, layers)
 
 
-def _volume_settings(cases: Sequence[Case], planes: str, max_slices: int) -> dict | None:
-    """The 2.5D settings of a cohort of volumes (planes, slices per plane, pooling), None for 2D images."""
+def _volume_settings(cases: Sequence[Case], planes: str, max_slices: int, backbone: Backbone) -> dict | None:
+    """The settings of a cohort of volumes, None for 2D images: for a 2D network (2.5D) the planes, slices
+    per plane and pooling; for a 3D network the cube it sees."""
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+
+    native = is_volume_net(backbone.name)
     if not any(case.dims == 3 for case in cases):
+        if native:
+            raise Rad4XCNNError(
+                f"{backbone.name} is a 3D network and the cohort holds 2D images; give a 2D (timm) model"
+            )
         return None
     if any(case.dims != 3 for case in cases):
         raise Rad4XCNNError("the cohort mixes 2D images and volumes; give one kind per run")
+    if native:
+        import monai
+
+        side = backbone.preprocess.input_size
+        return {
+            "network": "3d",
+            "input": f"one cube of {side} x {side} x {side} voxels around the lesion, isotropic in mm",
+            "monai": monai.__version__,
+        }
     from Rad4XCNNLogic.features.slices import planes_of
 
     planes_of(planes)
@@ -327,12 +364,12 @@ def extract_deep_features(
     ----------
     cohort : a :class:`Cohort` (or a list of cases). Cases with ``has_lesion=false`` are left out unless
         ``include_normal`` (then their whole image is the crop).
-    model : a timm name, or a :class:`~Rad4XCNNLogic.features.backbones.Backbone` already built. None: the
-    checkpoint's
-        model when ``weights`` is a rad4xcnn checkpoint, else ``resnet50``.
+    model : a timm name, a 3D network's name (``monai_resnet18``, ...; volumes only, see
+        :mod:`~Rad4XCNNLogic.features.volume_nets` and :mod:`~Rad4XCNNLogic.features.cubes`), or a
+        :class:`~Rad4XCNNLogic.features.backbones.Backbone` already built. None: the checkpoint's model when
+        ``weights`` is a rad4xcnn checkpoint, else ``resnet50``.
     weights, pretrained, seed : see :func:`~Rad4XCNNLogic.features.backbones.build_backbone` (no weights:
-    random
-        initialisation from ``seed``, and the settings say so).
+        random initialisation from ``seed``, and the settings say so).
     device : ``auto`` (CUDA, else MPS, else CPU), ``cpu``, ``cuda`` or ``mps``.
     batch_size : images per forward pass; on CUDA out-of-memory it is halved and the run goes on.
     num_workers : decoding processes (None: see :func:`default_workers`).
@@ -345,8 +382,9 @@ def extract_deep_features(
         autocast with channels-last on CUDA: faster, but about 3 significant digits, extra rank ties and
         a rho that depends on the device).
     cache_dir : folder of the on-disk cache; None for no cache.
-    planes, max_slices : volumes (2.5D, :mod:`~Rad4XCNNLogic.features.slices`): slice features pooled by mean
-        and max per case (:func:`~Rad4XCNNLogic.names.slice_pooled_widths`); the settings' ``volumes`` say so.
+    planes, max_slices : volumes through a 2D network (2.5D, :mod:`~Rad4XCNNLogic.features.slices`): slice
+        features pooled by mean and max per case (:func:`~Rad4XCNNLogic.names.slice_pooled_widths`); the
+        settings' ``volumes`` say so. A 3D network sees one cube per case instead and ignores them.
 
     Examples
     --------
@@ -374,7 +412,8 @@ def extract_deep_features(
     net, channels_last = _on_device(backbone, dev)
 
     cache_settings = _cache_settings(backbone, stage, plan, dev.type, compute_dtype)
-    volumes = _volume_settings(cases, planes, max_slices)
+    volumes = _volume_settings(cases, planes, max_slices, backbone)
+    native = volumes is not None and volumes.get("network") == "3d"
     if volumes is not None:
         cache_settings["volumes"] = dict(volumes)
     cache = ResultCache(cache_dir, "deep") if cache_dir is not None else None
@@ -395,18 +434,12 @@ def extract_deep_features(
         bar = ProgressBar(len(pending), desc=desc, stage=STAGE, unit="img", enabled=progress)
         store = _Store(vectors, failures, cache, keys)
         with bar:
-            if volumes is not None:
-                widths = None if plan is None else [layer.channels for layer in plan]
-                chunk, forward_seconds, volumes["slices_computed"] = _run_volumes(
-                    pending, forward, config, dev, batch_size, bar, store, {**volumes, "widths": widths}
-                )
-            else:
-                loader = make_loader(CaseDataset(pending, config), **loading)
-                chunk, forward_seconds = _run_batches(
-                    loader, forward, pending, config, dev, channels_last, batch_size, bar, store
-                )
+            chunk, forward_seconds = _compute(
+                pending, forward, config, dev, channels_last, bar, store, volumes, plan, loading
+            )
 
-    frame = _feature_frame(vectors, cases, failures, backbone.architecture, stage, plan, volumes is not None)
+    pooled = volumes is not None and not native  # 2.5D: slice features pooled by mean and max
+    frame = _feature_frame(vectors, cases, failures, backbone.architecture, stage, plan, pooled)
     seconds = time.perf_counter() - started
     computed = len(frame) - cache_hits
     settings = {

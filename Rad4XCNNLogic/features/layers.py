@@ -117,8 +117,8 @@ def pooled_layers(model, x: torch.Tensor, layers: Sequence[Layer]) -> torch.Tens
 
 
 def _pool(out: torch.Tensor) -> torch.Tensor:
-    if out.ndim == 4:
-        return out.mean(dim=(2, 3))
+    if out.ndim >= 4:  # (B, C, H, W), or (B, C, D, H, W) of a 3D network
+        return out.mean(dim=tuple(range(2, out.ndim)))
     if out.ndim == 3:  # tokens (B, N, C) from a model without NCHW intermediates
         return out.mean(dim=1)
     return out.flatten(1)

@@ -81,10 +81,13 @@ def grey_input(loaded: LoadedCase, config: PreprocessConfig) -> tuple[np.ndarray
 def normalize_batch(grey: torch.Tensor, config: PreprocessConfig) -> torch.Tensor:
     """``(B, 1, H, W)`` grey inputs to ``(B, 3, H, W)`` normalised with the model's mean and std.
 
-    Done on the device, so that workers move one channel instead of three.
+    Done on the device, so that workers move one channel instead of three. Cubes ``(B, 1, D, H, W)`` of a
+    3D network stay one channel, normalised with the first mean and std.
     """
     import torch
 
+    if grey.ndim == 5:
+        return (grey - float(config.mean[0])) * (1.0 / float(config.std[0]))
     mean = torch.tensor(config.mean, dtype=grey.dtype, device=grey.device).view(1, 3, 1, 1)
     inv_std = 1.0 / torch.tensor(config.std, dtype=grey.dtype, device=grey.device).view(1, 3, 1, 1)
     return (grey.expand(-1, 3, -1, -1) - mean) * inv_std

@@ -84,7 +84,12 @@ def check_device_name(device: str) -> str | None:
 class ModelConfig:
     """One backbone whose deep features are explained."""
 
-    name: str = option("resnet50", "timm model name (resnet50, densenet121, vit_base_patch16_224, ...)")
+    name: str = option(
+        "resnet50",
+        "timm model name (resnet50, densenet121, vit_base_patch16_224, ...), or for volumes a native 3D "
+        "network: monai_resnet10, monai_resnet18, monai_resnet34, monai_resnet50, monai_densenet121 "
+        "(needs rad4xcnn[volumes3d])",
+    )
     weights: str | None = option(
         None,
         "null: random initialisation from the seed; 'imagenet': timm's pretrained weights (online); "
@@ -123,7 +128,11 @@ class ModelConfig:
 class TrainingConfig:
     """Fine-tuning of every backbone whose ``weights`` is ``trained`` (the paper fine-tunes its CNNs)."""
 
-    pretrained: bool = option(True, "start from ImageNet weights (needs network access or timm's cache)")
+    pretrained: bool = option(
+        True,
+        "start from ImageNet weights (needs network access or timm's cache); a 3D network has none and "
+        "starts from random weights",
+    )
     epochs: int = option(30, "maximum number of epochs", minimum=1)
     batch_size: int = option(32, "training batch size (at least 2, for batch normalisation)", minimum=2)
     learning_rate: float = option(3e-4, "AdamW learning rate", minimum=0)

@@ -27,6 +27,7 @@ from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
 from Rad4XCNNLogic.features.settings import DEEP, TrainingConfig
+from Rad4XCNNLogic.features.volume_nets import is_volume_net
 from Rad4XCNNLogic.infra.progress import ProgressBar
 from Rad4XCNNLogic.infra.settings import check_section
 
@@ -285,7 +286,12 @@ class _Data:
     ) -> _Data:
         from Rad4XCNNLogic.features.preprocessing import CaseDataset, make_loader
 
-        if volumes is not None:  # 2.5D: one item per lesion slice, labelled with its case's label
+        if volumes is not None and volumes.get("network") == "3d":  # one cube per case
+            from Rad4XCNNLogic.features.cubes import CubeDataset
+
+            train_set = CubeDataset(train, config, augment=augmenter, seed=seed)
+            val_set = CubeDataset(val, config)
+        elif volumes is not None:  # 2.5D: one item per lesion slice, labelled with its case's label
             from Rad4XCNNLogic.features.slices import SliceDataset
 
             train_set = SliceDataset(train, config, **volumes, augment=augmenter, seed=seed)
@@ -306,6 +312,33 @@ class _Data:
         y_train = np.array([index_of[c.label] for c in train_set.cases])
         y_val = np.array([index_of[c.label] for c in val_set.cases])
         return cls(train_set, val_set, y_train, y_val, train_loader, val_loader)
+
+
+def _volume_input(model: str, cases: Sequence[Case], planes: str, max_slices: int) -> dict | None:
+    """How volume cases reach the network: None for 2D images, one cube per case for a 3D network,
+    the lesion slices (2.5D) for a 2D network."""
+    volumes = any(c.dims == 3 for c in cases)
+    if is_volume_net(model):
+        if not volumes:
+            raise Rad4XCNNError(
+                f"{model} is a 3D network and the cohort holds 2D images; give a 2D (timm) model"
+            )
+        return {"network": "3d"}
+    return {"planes": planes, "max_slices": max_slices} if volumes else None
+
+
+def _starts_pretrained(model: str | None, weights, pretrained: bool) -> bool:
+    """Whether training starts from ImageNet's weights: a file or checkpoint is the start, and a 3D network
+    has no ImageNet weights (it starts from random ones)."""
+    if is_volume_net(model) and pretrained and weights is None:
+        log.info("%s has no ImageNet weights: training.pretrained does not apply, it starts at random", model)
+        return False
+    return pretrained and weights is None
+
+
+def _volume_record(volumes: dict, train_set) -> dict:
+    """The training's ``volumes`` settings: with the slices trained on for 2.5D."""
+    return {**volumes, "train_slices": len(train_set)} if "planes" in volumes else dict(volumes)
 
 
 def _optimiser(net, lr: float, weight_decay: float, warmup_epochs: int, epochs: int, steps: int):
@@ -561,7 +594,7 @@ def train_model(
     section = check_section(settings or TrainingConfig(), "training")
     epochs, batch_size, patience = section.epochs, section.batch_size, section.patience
     lr, input_size, dtype = section.learning_rate, section.input_size, section.dtype
-    pretrained = section.pretrained and weights is None  # a file or checkpoint is the start
+    pretrained = _starts_pretrained(model, weights, section.pretrained)
     started = time.perf_counter()
     train, val, failures = _select_cases(cohort, train_cohort, include_normal, section.val_fraction, seed)
 
@@ -583,7 +616,7 @@ def train_model(
 
     dev = resolve_device(device)
     compute_dtype = resolve_dtype(dtype, dev)
-    channels_last = dev.type == "cuda"
+    channels_last = dev.type == "cuda" and not is_volume_net(backbone.name)  # for 2D networks
     net = net.to(dev, memory_format=torch.channels_last) if channels_last else net.to(dev)
     torch.manual_seed(seed)  # dropout, stochastic depth
 
@@ -591,7 +624,7 @@ def train_model(
     if num_workers is None:
         num_workers = default_workers(dev.type, len(train), batch_size)
     batch = min(batch_size, len(train))
-    volumes = {"planes": planes, "max_slices": max_slices} if any(c.dims == 3 for c in train + val) else None
+    volumes = _volume_input(backbone.name, train + val, planes, max_slices)
     data = _Data.of(
         train, val, index_of, config, augmenter, batch, batch_size, num_workers, dev.type, seed, volumes
     )
@@ -621,7 +654,7 @@ def train_model(
         "num_workers": num_workers,
         "base_weights": backbone.weights.to_dict(),
         "versions": {"torch": torch.__version__, "timm": timm.__version__},
-        **({"volumes": {**volumes, "train_slices": len(data.train_set)}} if volumes else {}),
+        **({"volumes": _volume_record(volumes, data.train_set)} if volumes else {}),
     }
     log.info(
         "training %s on %d cases, validating on %d (%s), %s on %s",

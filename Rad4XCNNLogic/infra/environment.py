@@ -26,6 +26,7 @@ RECORDED_PACKAGES = (
     "torch",
     "torchvision",
     "timm",
+    "monai",
     "scikit-learn",
     "xgboost",
     "grad-cam",
