@@ -122,7 +122,9 @@ def register(sub, parents: dict) -> None:
     )
     add_setting(p, "manifest", "--manifest")
     add_setting(p, "out", "--out")
-    p.add_argument("--model", action="append", help="timm backbone (repeat for several)")
+    p.add_argument(
+        "--model", action="append", help="timm backbone, or a 3D network on volumes (repeat for several)"
+    )
     p.add_argument(
         "--weights",
         action="append",
