@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from Rad4XCNNLogic.features.volume_nets import VOLUME_NETS
 from Rad4XCNNLogic.infra.interval import Interval
 from Rad4XCNNLogic.infra.settings import UNIT_OPEN, option
 
@@ -87,8 +88,7 @@ class ModelConfig:
     name: str = option(
         "resnet50",
         "timm model name (resnet50, densenet121, vit_base_patch16_224, ...), or for volumes a native 3D "
-        "network: monai_resnet10, monai_resnet18, monai_resnet34, monai_resnet50, monai_densenet121 "
-        "(needs rad4xcnn[volumes3d])",
+        f"network: {', '.join(VOLUME_NETS)} (needs rad4xcnn[volumes3d])",
     )
     weights: str | None = option(
         None,
