@@ -14,7 +14,7 @@ import difflib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -376,6 +376,7 @@ class _Checks:
     top_fraction: float
     keep: bool
     out_dir: Any
+    lesions: Mapping = field(default_factory=dict)
 
 
 @dataclass
@@ -431,7 +432,8 @@ def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> Non
     scores = {}
     if checks.faithfulness and chosen is not None:
         size = plan.config.input_size
-        masks = [lesion_on_input(lc.mask if lc.case.has_lesion else None, out.crops[lc.case_id], size)
+        masks = [checks.lesions[lc.case_id] if lc.case_id in checks.lesions
+                 else lesion_on_input(lc.mask if lc.case.has_lesion else None, out.crops[lc.case_id], size)
                  for lc in batch_loaded]  # fmt: skip
         scores = faithfulness_scores(
             net, x, chosen, input_maps, masks, checks.road_percentiles, checks.deletion_steps,
@@ -515,6 +517,7 @@ def compute_cams(
     randomisation_threshold: float = RANDOMISATION_THRESHOLD,
     seed: int = 0,
     progress: bool = True,
+    input_lesions: Mapping[str, np.ndarray | None] | None = None,
 ) -> CamResult:
     """Saliency maps of each case, in the image's geometry, with their measurements and checks.
 
@@ -559,6 +562,10 @@ def compute_cams(
     randomisation_threshold : the median Spearman at or above which a method fails the randomisation test.
     seed : seeds random weights (a model name without checkpoint), ROAD's noise, the tie order of deletion
         and insertion, and the randomised weights.
+    input_lesions : for callers whose cases' mask is not their lesion (the slices of a volume,
+        :mod:`.volumes`): ``{case_id: boolean lesion on the model input's grid, or None}``, the lesion the
+        baseline "shuffled within the lesion" uses for those cases (None or empty: no such baseline, NaN)
+        instead of the case's mask through its crop.
 
     Examples
     --------
@@ -584,6 +591,7 @@ def compute_cams(
     checks = _Checks(
         MapComputer(int(batch_size), progress, dev), names, faithfulness, list(road_percentiles),
         deletion_steps, randomisation, seed, pointing_tolerance, top_fraction, keep, out_dir,
+        _input_lesions(input_lesions, config.input_size),
     )  # fmt: skip
     out = _Collected(failures, method_seconds=dict.fromkeys(names, 0.0))
     case_map = {c.case_id: c for c in all_cases}
@@ -632,14 +640,8 @@ def compute_cams(
     )
     log.info(
         "CAMs: %d cases x %d methods (%s, layer %s, %s), %d failed, %.1f s",
-        n_cases,
-        len(names),
-        loaded_model.name,
-        layer.name,
-        dev,
-        len(failures),
-        settings["seconds"],
-    )
+        n_cases, len(names), loaded_model.name, layer.name, dev, len(failures), settings["seconds"],
+    )  # fmt: skip
     result = CamResult(
         metrics, agreement_frame, out.maps_kept, out.files, failures, settings, case_map, out.crops,
         out.raw_kept, randomisation_frame,
@@ -647,6 +649,18 @@ def compute_cams(
     if out_dir is not None:
         write_cams(result, out_dir, maps=False)
     return result
+
+
+def _input_lesions(lesions, size: int) -> dict[str, np.ndarray | None]:
+    """The lesions given on the model input's grid, checked: boolean, ``size`` x ``size``; empty: None."""
+    out: dict[str, np.ndarray | None] = {}
+    for case_id, mask in (lesions or {}).items():
+        if mask is not None and np.shape(mask) != (size, size):
+            raise Rad4XCNNError(
+                f"case {case_id}: its lesion on the input is {np.shape(mask)}, the model input {size}x{size}"
+            )
+        out[case_id] = None if mask is None or not np.any(mask) else np.asarray(mask, bool)
+    return out
 
 
 def _settings(loaded_model, layer, names, target_index, channels, feature_grid, dev, config, **extra) -> dict:

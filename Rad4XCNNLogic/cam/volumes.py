@@ -2,8 +2,8 @@
 
 Each volume case gives its lesion slices as the deep features and the fine-tuning see them
 (:mod:`~Rad4XCNNLogic.features.slices`: a square window in millimetres around the lesion's in-plane box).
-Every slice window becomes a 2D case of its own (its grey input, and the lesion's in-plane box as its
-region, so that the 2D crop is the window itself) and goes through :func:`~Rad4XCNNLogic.cam.maps.
+Every slice window becomes a 2D case of its own (its grey input, and a box as its region, so that the 2D
+crop is the window itself) and goes through :func:`~Rad4XCNNLogic.cam.maps.
 compute_cams` with every check of the 2D maps: the sanity flags, ROAD and deletion / insertion with their
 baselines, and the randomisation test. Per case and method:
 
@@ -16,8 +16,13 @@ baselines, and the randomisation test. Per case and method:
   their mean over the slices, the flags by their union (``flagged_slices`` counts the slices with any), the
   method agreement by its mean over the slices, the randomisation cascade by its mean per step.
 
-The windows' baseline "shuffled within the lesion" shuffles within the lesion's in-plane box, the region
-the 2D pipeline is given.
+The windows' baseline "shuffled within the lesion" shuffles each slice's map within that slice's lesion:
+the 3D mask's cross-section on the slice, on the window's model-input grid (:func:`window_lesion`, the
+samples of the grey input, nearest voxel), given to :func:`~Rad4XCNNLogic.cam.maps.compute_cams` as
+``input_lesions``; the box only places the crop. A window that holds none of its slice's lesion (a thin
+edge of it that the samples step over) has no such baseline (NaN, as a 2D case without lesion), and the
+case's ``*_shuffled`` scores are the mean over its other slices. The slices' own ``energy_inside`` and
+``pointing_hit`` (against the box) are replaced by the measures inside the 3D lesion above.
 """
 
 from __future__ import annotations
@@ -61,13 +66,38 @@ def is_volume_cohort(cohort) -> bool:
     return any(c.dims == 3 for c in cases)
 
 
+def window_lesion(mask: np.ndarray | None, window) -> np.ndarray | None:
+    """The 3D lesion's cross-section on a window's slice, on the window's ``size x size`` model-input grid
+    (the samples of the grey input, :meth:`~Rad4XCNNLogic.features.slices.SliceWindow.coordinates`; nearest
+    voxel, outside the volume none); None where the window holds none of it.
+
+    >>> from Rad4XCNNLogic.features.slices import SliceWindow
+    >>> mask = np.zeros((3, 4, 4), bool); mask[1, 2, 1:3] = True
+    >>> window_lesion(mask, SliceWindow(0, 1, (1.0, 0.0), (1.0, 1.0), 3)).astype(int)
+    array([[0, 0, 0],
+           [0, 1, 1],
+           [0, 0, 0]])
+    >>> window_lesion(mask, SliceWindow(0, 0, (1.0, 0.0), (1.0, 1.0), 3)) is None
+    True
+    """
+    from scipy.ndimage import map_coordinates
+
+    if mask is None:
+        return None
+    plane = np.take(np.asarray(mask), window.index, axis=window.axis).astype(np.float32)
+    rows, cols = window.coordinates()
+    lesion = map_coordinates(plane, [rows, cols], order=0, mode="constant", cval=0.0) > 0.5
+    return lesion if lesion.any() else None
+
+
 def _slice_cases(cases: Sequence[Case], config, planes: str, max_slices: int, folder: Path, failures: list):
     """Each volume case's slice windows written as 2D cases (grey NRRD and box PNG) into ``folder``;
-    returns (the 2D cases, {case_id: (loaded volume case, windows)})."""
+    returns (the 2D cases, {case_id: (loaded volume case, windows)}, {2D case_id: its slice's lesion on the
+    model input or None})."""
     from Rad4XCNNLogic.cohort.imageio import write_image
     from Rad4XCNNLogic.features.slices import volume_inputs
 
-    made, volumes = [], {}
+    made, volumes, lesions = [], {}, {}
     for case in cases:
         try:
             loaded = case.load()
@@ -82,12 +112,14 @@ def _slice_cases(cases: Sequence[Case], config, planes: str, max_slices: int, fo
         lo = round(size * margin / (1 + 2 * margin))
         box = np.zeros((size, size), np.uint8)
         box[lo : size - lo, lo : size - lo] = 255  # the crop around it, grown by the margin, is the window
+        mask = loaded.mask if case.has_lesion else None
         for k, array in enumerate(grey):
             sid = f"{case.case_id}{SLICE_MARK}{k}"
+            lesions[sid] = window_lesion(mask, windows[k])
             image = write_image(folder / f"{sid}.nrrd", array.astype(np.float32))
-            mask = write_image(folder / f"{sid}_box.png", box)
-            made.append(replace(case, case_id=sid, image=image, masks=(mask,), dims=2, has_lesion=True))
-    return made, volumes
+            written = write_image(folder / f"{sid}_box.png", box)
+            made.append(replace(case, case_id=sid, image=image, masks=(written,), dims=2, has_lesion=True))
+    return made, volumes, lesions
 
 
 def _volume_maps(result, case_id: str, loaded, windows, methods) -> dict[str, np.ndarray]:
@@ -255,7 +287,7 @@ def compute_cam_volumes(
     config = load_cam_model(checkpoint, model, seed).preprocess
     scratch = Path(tempfile.mkdtemp(prefix="rad4xcnn-slices-"))
     try:
-        made, volumes = _slice_cases(chosen, config, planes, max_slices, scratch, failures)
+        made, volumes, lesions = _slice_cases(chosen, config, planes, max_slices, scratch, failures)
         if not made:
             raise Rad4XCNNError(
                 f"no saliency map: all {len(chosen)} volume cases failed (first: {failures[0]})"
@@ -269,6 +301,7 @@ def compute_cam_volumes(
             keep_maps=True,
             seed=seed,
             progress=progress,
+            input_lesions=lesions,
         )
         methods = list(result.settings["methods"])
         metrics, agreement, randomisation, files = _aggregate(result, volumes, methods, out_dir)
