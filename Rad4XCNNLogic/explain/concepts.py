@@ -114,8 +114,8 @@ def _layer_gradients(model, layer: str, x: torch.Tensor, target: int) -> torch.T
     finally:
         handle.remove()
     grad = captured["a"].grad
-    if grad.ndim == 4:  # (B, C, H, W): v added at every position
-        return grad.sum(dim=(2, 3))
+    if grad.ndim >= 4:  # (B, C, H, W), or (B, C, D, H, W) of a 3D network: v added at every position
+        return grad.sum(dim=tuple(range(2, grad.ndim)))
     if grad.ndim == 3:  # ViT tokens: the pooled feature is the CLS token where there is one
         cls = (
             getattr(model, "cls_token", None) is not None and int(getattr(model, "num_prefix_tokens", 0)) > 0
@@ -238,7 +238,7 @@ def concept_sensitivity(
     from Rad4XCNNLogic.errors import CaseError
     from Rad4XCNNLogic.explain.probes import layer_groups
     from Rad4XCNNLogic.features.backbones import load_checkpoint
-    from Rad4XCNNLogic.features.preprocessing import preprocess_case
+    from Rad4XCNNLogic.features.cubes import network_input
 
     log = logging.getLogger(__name__)
     columns = layer_groups(deep.columns).get((model, layer))
@@ -264,7 +264,7 @@ def concept_sensitivity(
     inputs = []
     for case in cases:
         try:
-            inputs.append(preprocess_case(case.load(), preprocess)[0])
+            inputs.append(network_input(case.load(), preprocess, str(meta.get("model_name"))))
         except CaseError as exc:
             log.warning("%s: left out of the concept sensitivity", exc)
     batches = [torch.stack(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]

@@ -130,3 +130,22 @@ class CubeDataset:
             if flips:
                 cube = np.flip(cube, axis=flips)
         return index, np.ascontiguousarray(cube, dtype=np.float32), None
+
+
+def network_input(loaded: LoadedCase, config: PreprocessConfig, model_name: str):
+    """One case as a network's single input, normalised: the cube ``(1, S, S, S)`` of a 3D network, the
+    crop ``(3, H, W)`` of a 2D network on a 2D image. A volume through a 2D network is several slices
+    (2.5D), not one input: a :class:`CaseError` says so."""
+    import torch
+
+    from Rad4XCNNLogic.features.preprocessing import normalize_batch, preprocess_case
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+
+    if is_volume_net(model_name):
+        cube, _ = volume_cube(loaded, config)
+        return normalize_batch(torch.from_numpy(cube)[None, None], config)[0]
+    if getattr(loaded.image, "ndim", 2) == 3:
+        raise CaseError(
+            loaded.case_id, f"{model_name} sees a volume as several slices (2.5D), not as one input"
+        )
+    return preprocess_case(loaded, config)[0]

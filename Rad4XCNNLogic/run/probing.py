@@ -106,7 +106,12 @@ def probe_stage(
             f"[{row['selectivity_ci_low']:+.2f}, {row['selectivity_ci_high']:+.2f}])"
         )
     concepts = None
-    if checkpoint is not None:
+    if checkpoint is not None and not _one_input_per_case(cohort, checkpoint):
+        log.warning(
+            "concept sensitivity left out: the checkpoint's 2D network sees each volume as several slices "
+            "(2.5D), and the sensitivity needs one input per case (a native 3D network has one)"
+        )
+    elif checkpoint is not None:
         from Rad4XCNNLogic.explain.concepts import concept_sensitivity
 
         model, layer = _concept_layer(list(result.pairs), concept_layer)
@@ -153,3 +158,15 @@ def _concept_layer(probed: list[tuple[str, str]], wanted: str | None) -> tuple[s
         known = ", ".join(f"{m}.{lay}" for m, lay in probed)
         raise Rad4XCNNError(f"concept layer {wanted!r} was not probed; the layers probed are {known}")
     return key
+
+
+def _one_input_per_case(cohort, checkpoint: Path) -> bool:
+    """Whether the checkpoint's network sees each case as one input: 2D images, or volumes through a
+    native 3D network (not volumes through a 2D network, 2.5D)."""
+    from Rad4XCNNLogic.features.backbones import read_weights_file
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+
+    if not any(case.dims == 3 for case in cohort.cases):
+        return True
+    meta = read_weights_file(checkpoint)[1] or {}
+    return is_volume_net(str(meta.get("model_name")))

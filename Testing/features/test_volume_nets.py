@@ -17,9 +17,14 @@ pytest.importorskip("monai")
 
 from Rad4XCNNLogic.cohort.manifest import Case, LoadedCase, read_manifest  # noqa: E402
 from Rad4XCNNLogic.cohort.volumes import Volume  # noqa: E402
-from Rad4XCNNLogic.errors import Rad4XCNNError  # noqa: E402
+from Rad4XCNNLogic.errors import CaseError, Rad4XCNNError  # noqa: E402
 from Rad4XCNNLogic.features.backbones import build_backbone, pooled_features  # noqa: E402
-from Rad4XCNNLogic.features.cubes import CubeDataset, cube_to_volume, volume_cube  # noqa: E402
+from Rad4XCNNLogic.features.cubes import (  # noqa: E402
+    CubeDataset,
+    cube_to_volume,
+    network_input,
+    volume_cube,
+)
 from Rad4XCNNLogic.features.deep import extract_deep_features  # noqa: E402
 from Rad4XCNNLogic.features.layers import pooled_layers, resolve_layers  # noqa: E402
 from Rad4XCNNLogic.features.settings import TrainingConfig  # noqa: E402
@@ -199,3 +204,30 @@ def test_fine_tuning_a_3d_network_on_volumes(volumes, tmp_path):
     assert np.allclose(reread.features.to_numpy(), direct.features.to_numpy(), atol=1e-5)
     meta = torch.load(result.checkpoint, weights_only=True)
     assert meta["model_name"] == "monai_resnet10" and "monai" in meta["versions"]
+
+
+def test_one_input_per_case_a_cube_for_a_3d_network_and_none_for_2d_slices():
+    loaded = _ball_case()
+    config = build_backbone("monai_resnet10", input_size=SIDE).preprocess
+    x = network_input(loaded, config, "monai_resnet10")
+    cube, _ = volume_cube(loaded, config)
+    assert x.shape == (1, SIDE, SIDE, SIDE) and torch.equal(x[0], torch.from_numpy(cube))  # mean 0, std 1
+    with pytest.raises(CaseError, match="case ball: resnet18 sees a volume as several slices"):
+        network_input(loaded, config, "resnet18")
+
+
+def test_the_concept_sensitivity_of_a_3d_network_is_its_logit_along_a_direction():
+    from Rad4XCNNLogic.explain.concepts import directional_derivatives
+
+    net = build_backbone("monai_resnet10", seed=0, num_classes=2).model.double()
+    x = torch.rand(2, 1, SIDE, SIDE, SIDE, dtype=torch.float64)
+    direction = np.random.default_rng(0).normal(size=256)
+    derivative = directional_derivatives(net, "layer3", x, direction[None], 1)[:, 0]
+    # moving layer3's output by eps * direction at every voxel moves the logit by eps * derivative
+    eps, shift = 1e-7, torch.from_numpy(direction).view(1, -1, 1, 1, 1)
+    with torch.no_grad():
+        base = net(x)[:, 1]
+        handle = net.layer3.register_forward_hook(lambda _m, _i, out: out + eps * shift)
+        moved = net(x)[:, 1]
+        handle.remove()
+    assert np.allclose(((moved - base) / eps).numpy(), derivative, rtol=1e-3, atol=1e-6)
