@@ -155,8 +155,10 @@ def check_model(values: Mapping[str, Any], kind: str = "cohort") -> None:
     """Stop in one line before a ``kind`` run starts when its network cannot run on its images: a native 3D
     network on 2D images or with ImageNet weights (parameters.model_problem)."""
     from Rad4XCNNLib import parameters as settings
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
 
-    settings.check_model(values, input_dims(values, kind))
+    if is_volume_net(values.get("Backbone")):  # a 2D network runs on either: no image is read for it
+        settings.check_model(values, input_dims(values, kind))
 
 
 def install_plan(group: str = "pipeline", values: Mapping[str, Any] | None = None, kind: str = "cohort"):

@@ -107,7 +107,7 @@ def test_no_deps_needs_cover_what_the_packages_declare():
         listed = {deps._name(n).lower().replace("_", "-") for n in needs}
         assert declared - provided <= listed, (package, declared - provided - listed)
     if not checked:
-        pytest.skip("none of grad-cam, timm, pyradiomics-bhklab is installed here")
+        pytest.skip("none of grad-cam, timm, pyradiomics-bhklab, monai is installed here")
 
 
 def test_simpleitk_is_never_installed():

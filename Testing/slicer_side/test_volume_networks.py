@@ -141,7 +141,13 @@ def test_install_plan_checks_the_network_then_adds_monai(mrml, tmp_path, monkeyp
     session.install_plan("pipeline", {"Backbone": NET, "WeightsSource": "random", "CaseImage": ct}, "case")
     session.install_plan("pipeline", {"Backbone": "resnet50", "CaseImage": _image_node(2)}, "case")
     session.install_plan("module")
-    assert asked == [("pipeline", ["monai"]), ("pipeline", []), ("module", [])]
+    empty = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")  # no image: not read for a 2D net
+    session.install_plan("pipeline", {"Backbone": "resnet50", "CaseImage": empty}, "case")
+    assert asked == [("pipeline", ["monai"]), ("pipeline", []), ("module", []), ("pipeline", [])]
     with pytest.raises(Rad4XCNNError, match="without ImageNet weights"):
         session.install_plan("pipeline", {"Backbone": NET, "CaseImage": ct}, "case")
-    assert len(asked) == 3
+    with pytest.raises(Rad4XCNNError, match="holds no image data"):
+        session.install_plan(
+            "pipeline", {"Backbone": NET, "WeightsSource": "random", "CaseImage": empty}, "case"
+        )
+    assert len(asked) == 4
