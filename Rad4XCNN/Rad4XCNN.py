@@ -343,7 +343,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onRunCohort(self):
         values = settings.read_all(self._parameterNode)
         with slicer.util.tryWithErrorDisplay(_("Could not start the run.")):
-            if not self._ensure("pipeline") or not self.logic.ensureRadiomics():
+            if not self._ensure("pipeline", values=values) or not self.logic.ensureRadiomics():
                 return
             with slicer.util.WaitCursor():
                 estimate = self.logic.cpuEstimate(values)
@@ -376,7 +376,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onExplainCase(self):
         values = settings.read_all(self._parameterNode)
         with slicer.util.tryWithErrorDisplay(_("Could not explain this case.")):
-            if not self._ensure("pipeline"):
+            if not self._ensure("pipeline", values=values, kind="case"):
                 return
             self._startJob(self.logic.startCaseRun(values, self._parameterNode))
 
@@ -400,10 +400,10 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Could not apply the new M."), waitCursor=True):
             self.ui.summaryLabel.text = self.logic.applyThreshold(self._parameterNode, value)
 
-    def _ensure(self, group):
-        """Install what ``group`` needs (after asking), with Run, Explain and Load disabled meanwhile."""
+    def _ensure(self, group, **run):
+        """Install what ``group`` and the ``run`` need (after asking), with Run, Explain and Load disabled."""
         try:
-            return self.logic.ensureDependencies(group, onStart=self.updateGUIFromParameterNode)
+            return self.logic.ensureDependencies(group, onStart=self.updateGUIFromParameterNode, **run)
         finally:
             self.updateGUIFromParameterNode()
 
@@ -440,7 +440,7 @@ class Rad4XCNNWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onEstimate(self):
         values = settings.read_all(self._parameterNode)
         with slicer.util.tryWithErrorDisplay(_("Could not estimate the run time."), waitCursor=True):
-            if not self._ensure("pipeline"):
+            if not self._ensure("pipeline", values=values):
                 return
             self.ui.estimateLabel.text = self.logic.cpuEstimate(values, cpuOnly=False).text()
 
@@ -531,13 +531,14 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         return node
 
     # ------------------------------------------------------------------------------------ dependencies
-    def ensureDependencies(self, group="pipeline", askConfirmation=True, inTesting=False, onStart=None):
-        """Install what ``group`` needs after asking the user; True when everything is there.
-
-        Nothing is installed while Slicer runs its tests (``slicer.app.testingEnabled()``, a static method
-        added by Base/QTCore/qSlicerBaseQTCorePythonQtDecorators.h at v5.10.0), unless ``inTesting``.
-        """
-        plan = dependencies.check(group)
+    def ensureDependencies(
+        self, group="pipeline", askConfirmation=True, inTesting=False, onStart=None, **run
+    ):
+        """Install what ``group`` and the ``run`` (its settings ``values`` and ``kind``: session.install_plan,
+        which checks its network first) need after asking the user; True when everything is there. Nothing is
+        installed while Slicer runs its tests (``slicer.app.testingEnabled()``, a static method added by
+        Base/QTCore/qSlicerBaseQTCorePythonQtDecorators.h at v5.10.0), unless ``inTesting``."""
+        plan = session.install_plan(group, **run)
         if plan.empty:
             return True
         torchMissing = any(r.source == "pytorch" for r in plan.missing)
@@ -553,7 +554,7 @@ class Rad4XCNNLogic(ScriptedLoadableModuleLogic):
         ):
             return False
         self.runPlan(plan, onStart)
-        still = dependencies.check(group)
+        still = session.install_plan(group, **run)
         if not still.empty:
             slicer.util.errorDisplay(
                 "Some packages are still missing: "

@@ -6,7 +6,10 @@ Nothing here imports a heavy package: packages are looked up with ``importlib.ut
 constraints file that pins every distribution already installed (:func:`constraints_text`), so that an
 install never replaces a package of Slicer's (numpy, scipy, SimpleITK, vtk, ...). SimpleITK is never
 installed; packages whose declared dependencies would pull torch or the GUI build of OpenCV (timm,
-grad-cam, pyradiomics-bhklab) are installed with ``--no-deps`` and their real needs listed here.
+grad-cam, pyradiomics-bhklab, monai) are installed with ``--no-deps`` and their real needs listed here.
+
+Optional packages (MONAI, for the native 3D networks) belong to no group: they are installed only when the
+settings of a run need them (:func:`extra_requirements`, passed to :func:`check` as ``extra``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class Requirement:
     module: str
     requirement: str
     purpose: str
+    #: the groups that need it; none for an optional package, which settings ask for (extra_requirements)
     groups: tuple[str, ...] = ("pipeline",)
     #: "pytorch": through the PyTorch extension; "radiomics": from SlicerRadiomics or PyPI; "pip": PyPI.
     source: str = "pip"
@@ -51,6 +55,11 @@ class Requirement:
     def specifier(self) -> str:
         """The version part of the requirement, e.g. ``>=1.4``."""
         return self.requirement[len(self.name) :].strip()
+
+    @property
+    def optional(self) -> bool:
+        """True for a package no group needs: it is installed only when a setting asks for it."""
+        return not self.groups
 
 
 # Floors are those of pyproject.toml (Testing/slicer_side/test_dependencies.py checks that they agree).
@@ -73,6 +82,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("pytorch_grad_cam", "grad-cam>=1.5.4", "saliency maps (CAMs)"),
     Requirement("matplotlib", "matplotlib>=3.8", "report plots"),
     Requirement("jinja2", "jinja2>=3.1", "the HTML report"),
+    Requirement("monai", "monai>=1.3", "native 3D networks for volumes", groups=()),
 )
 
 #: The module that the PyTorch extension adds to Slicer, and the one of SlicerRadiomics.
@@ -87,10 +97,27 @@ def _installed(module: str, find_spec: Callable = importlib.util.find_spec) -> b
         return False
 
 
+def extra_requirements(backbone: str | None) -> tuple[Requirement, ...]:
+    """The optional requirements that a run with the network ``backbone`` needs besides its group's: MONAI
+    for a native 3D network (``monai_resnet18``, ...; the engine's list), nothing for a timm name.
+
+    Examples
+    --------
+    >>> [r.requirement for r in extra_requirements("monai_resnet18")], extra_requirements("resnet50")
+    (['monai>=1.3'], ())
+    """
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+
+    return tuple(r for r in REQUIREMENTS if r.module == "monai") if is_volume_net(backbone) else ()
+
+
 def missing_requirements(
-    group: str = "pipeline", find_spec: Callable = importlib.util.find_spec
+    group: str = "pipeline",
+    find_spec: Callable = importlib.util.find_spec,
+    extra: Iterable[Requirement] = (),
 ) -> list[Requirement]:
-    """The requirements of ``group`` ("module" or "pipeline") whose package cannot be found.
+    """The requirements of ``group`` ("module" or "pipeline"), and the ``extra`` ones (optional packages
+    that the settings need: :func:`extra_requirements`), whose package cannot be found.
 
     Examples
     --------
@@ -99,7 +126,9 @@ def missing_requirements(
     """
     if group not in GROUPS:
         raise ValueError(f"unknown group {group!r}; expected one of {', '.join(GROUPS)}")
-    return [r for r in REQUIREMENTS if group in r.groups and not _installed(r.module, find_spec)]
+    extra = list(extra)
+    wanted = [r for r in REQUIREMENTS if group in r.groups or r in extra]
+    return [r for r in wanted if not _installed(r.module, find_spec)]
 
 
 #: Slicer's own packages: never installed by the module (Slicer's SimpleITK carries Slicer's IO classes).
@@ -108,7 +137,8 @@ NEVER_INSTALL = ("SimpleITK",)
 #: PyTorch extension brings). grad-cam declares opencv-python-headless (cv2, imported by its base class
 #: through ``pytorch_grad_cam.utils.image``), ttach, tqdm, matplotlib, scikit-learn (``kpca_cam`` is imported
 #: by the package) and scipy; timm declares huggingface_hub, pyyaml and safetensors; pyradiomics-bhklab
-#: declares SimpleITK, which must stay Slicer's, so it too goes in without its declared dependencies.
+#: declares SimpleITK, which must stay Slicer's, so it too goes in without its declared dependencies; monai
+#: declares torch (each release raises its floor) and numpy, Slicer's (listed, so pip checks it is there).
 NO_DEPS_NEEDS: dict[str, tuple[str, ...]] = {
     "grad-cam": (
         "opencv-python-headless>=4.8",
@@ -121,6 +151,7 @@ NO_DEPS_NEEDS: dict[str, tuple[str, ...]] = {
     ),
     "timm": ("huggingface_hub>=0.20", "pyyaml>=6.0", "safetensors>=0.4"),
     "pyradiomics-bhklab": ("PyWavelets>=1.4", "pykwalify>=1.8", "six>=1.16"),
+    "monai": ("numpy>=1.24",),
 }
 #: In Slicer on Linux and Windows, XGBoost comes as its CPU-only distribution: the full one pulls NVIDIA's
 #: NCCL library (hundreds of MB) that a CPU classifier of a few hundred cases never uses.
@@ -273,10 +304,15 @@ def install_plan(
     return InstallPlan(missing, steps, refused)
 
 
-def check(group: str = "pipeline", find_spec: Callable = importlib.util.find_spec) -> InstallPlan:
-    """The install plan for ``group`` in this Python, detecting the PyTorch and SlicerRadiomics extensions."""
+def check(
+    group: str = "pipeline",
+    find_spec: Callable = importlib.util.find_spec,
+    extra: Iterable[Requirement] = (),
+) -> InstallPlan:
+    """The install plan for ``group`` and the ``extra`` requirements of the settings
+    (:func:`extra_requirements`) in this Python, detecting the PyTorch and SlicerRadiomics extensions."""
     return install_plan(
-        missing_requirements(group, find_spec),
+        missing_requirements(group, find_spec, extra),
         pytorch_extension=_installed(PYTORCH_EXTENSION_MODULE, find_spec),
         radiomics_extension=_installed(RADIOMICS_EXTENSION_MODULE, find_spec),
     )
@@ -454,12 +490,13 @@ class PackageRow:
     required: str
     installed: str | None
     source: str
+    optional: bool = False
 
     @property
     def status(self) -> str:
-        """``ok``, ``missing`` or ``too old`` (below the project's floor)."""
+        """``ok``, ``missing``, ``too old`` (below the project's floor), or ``optional, not installed``."""
         if self.installed is None:
-            return "missing"
+            return "optional, not installed" if self.optional else "missing"
         from packaging.specifiers import InvalidSpecifier, SpecifierSet
         from packaging.version import InvalidVersion
 
@@ -484,7 +521,7 @@ def package_rows(installed: Mapping[str, str] | None = None) -> list[PackageRow]
         names = [r.name, *(["pyradiomics"] if r.source == "radiomics" else [])]
         names += [_name(CPU_DISTRIBUTIONS[r.name])] if r.name in CPU_DISTRIBUTIONS else []
         version = next((versions[n.lower()] for n in names if n.lower() in versions), None)
-        rows.append(PackageRow(r.name, r.purpose, r.specifier, version, r.source))
+        rows.append(PackageRow(r.name, r.purpose, r.specifier, version, r.source, r.optional))
     return rows
 
 
@@ -494,10 +531,12 @@ NOT_UPGRADED = ("numpy", "scipy", "SimpleITK", "pillow")
 
 
 def upgrade_plan(rows: list[PackageRow]) -> InstallPlan:
-    """The package panel's *Upgrade*: what is missing installed as on a first run, and the packages only
-    Rad4XCNN uses upgraded (pip ``--upgrade`` within the project's floors, all else held by the
-    constraints). Slicer's packages and torch (reinstalled from the Device panel) are not touched."""
-    missing = [r for r in REQUIREMENTS if r.name in {row.name for row in rows if row.installed is None}]
+    """The package panel's *Upgrade*: what is missing installed as on a first run (an optional package
+    only once a run needs it), and the packages only Rad4XCNN uses upgraded (pip ``--upgrade`` within the
+    project's floors, all else held by the constraints). Slicer's packages and torch (reinstalled from the
+    Device panel) are not touched."""
+    absent = {row.name for row in rows if row.installed is None}
+    missing = [r for r in REQUIREMENTS if r.name in absent and not r.optional]
     plan = install_plan(missing, pytorch_extension=True, radiomics_extension=False)
     upgradable = {
         row.name

@@ -193,16 +193,24 @@ def estimate_run_time(cases: int, rates: Rates, processes: int = 1, efficiency: 
     return Estimate(cases, cases * rates.deep, radiomics)
 
 
-def measure_rates(backbone: str = "resnet50", input_size: int = 224, repeats: int = 2) -> Rates:
+def measure_rates(backbone: str = "resnet50", input_size: int | None = None, repeats: int = 2) -> Rates:
     """Time one image through ``backbone`` (random weights, nothing downloaded, CPU) and the paper's
-    radiomics on a small image, on this computer. Takes a few seconds (the model is built once)."""
+    radiomics on a small image, on this computer. Takes a few seconds (the model is built once). The image
+    is ``input_size`` pixels a side (224 by default); for a native 3D network, one grey cube of that many
+    voxels a side (the network's default cube by default), as a case goes through it."""
     import torch
 
     from Rad4XCNNLib.radiomics_check import compute_reference_features
     from Rad4XCNNLogic.features.backbones import build_backbone
+    from Rad4XCNNLogic.features.volume_nets import CUBE_SIZE, is_volume_net
 
     model = build_backbone(backbone, weights=None).model.eval()
-    batch = torch.zeros(1, 3, input_size, input_size)
+    if is_volume_net(backbone):
+        input_size = input_size or CUBE_SIZE
+        batch = torch.zeros(1, 1, input_size, input_size, input_size)
+    else:
+        input_size = input_size or 224
+        batch = torch.zeros(1, 3, input_size, input_size)
     with torch.inference_mode():
         model(batch)  # the first pass allocates; it is not timed
         start = time.perf_counter()

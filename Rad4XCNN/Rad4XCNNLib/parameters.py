@@ -17,6 +17,7 @@ from typing import Any
 
 from Rad4XCNNLogic.errors import Rad4XCNNError
 from Rad4XCNNLogic.features.settings import DEVICES, PRESETS
+from Rad4XCNNLogic.features.volume_nets import VOLUME_NETS, is_volume_net
 from Rad4XCNNLogic.run.config import setting
 
 MODULE_NAME = "Rad4XCNN"
@@ -33,8 +34,9 @@ def split_items(text: str) -> list[str]:
     return [item.strip() for item in str(text).split(",") if item.strip()]
 
 
-#: Suggested backbones (any timm model name may be typed in).
-BACKBONES = ("resnet50", "densenet121", "resnet18", "vit_base_patch16_224")
+#: Suggested backbones: 2D timm networks (any timm model name may be typed in), then the engine's native 3D
+#: networks (MONAI), for volumes only.
+BACKBONES = ("resnet50", "densenet121", "resnet18", "vit_base_patch16_224", *VOLUME_NETS)
 WEIGHT_SOURCES = ("imagenet", "checkpoint", "random")
 RADIOMICS_PRESETS = (*PRESETS, "file")
 #: Colour maps offered for feature maps (Slicer's built-in colour nodes, found in every scene, plus heat).
@@ -166,16 +168,31 @@ class Parameter:
 
 PARAMETERS: tuple[Parameter, ...] = (
     # the model shared by the case and the cohort
-    Parameter("Backbone", "text", "resnet50", "backboneComboBox", "timm model name", choices=BACKBONES),
+    Parameter(
+        "Backbone",
+        "text",
+        "resnet50",
+        "backboneComboBox",
+        "a timm model name (2D; a volume goes through it slice by slice), or a native 3D network "
+        "(monai_*), for CT and MR volumes only: MONAI is installed when a run first needs it",
+        choices=BACKBONES,
+    ),
     Parameter(
         "WeightsSource",
         "choice",
         "imagenet",
         "weightsSourceComboBox",
-        "ImageNet weights (timm downloads them once), a fine-tuned checkpoint file, or random weights",
+        "ImageNet weights (timm downloads them once), a fine-tuned checkpoint file, or random weights; a 3D "
+        "network has no ImageNet weights",
         choices=WEIGHT_SOURCES,
     ),
-    Parameter("WeightsPath", "path", "", "weightsPathLineEdit", "checkpoint file (.pt, .pth, .safetensors)"),
+    Parameter(
+        "WeightsPath",
+        "path",
+        "",
+        "weightsPathLineEdit",
+        "checkpoint file (.pt, .pth, .safetensors); for a 3D network also a MONAI or MedicalNet weights file",
+    ),
     Parameter.of_setting("Device", "choice", "device", "deviceComboBox", choices=DEVICES),
     # the case
     Parameter(
@@ -368,6 +385,42 @@ def write_all(node, values: Mapping[str, Any]) -> None:
         node.EndModify(was_modifying)
 
 
+# ------------------------------------------------------------------------------------------ the network
+def model_problem(values: Mapping[str, Any], dims: int | None = None) -> str | None:
+    """What to do instead, in one line, when the network of the settings ``values`` cannot run: a native 3D
+    network on 2D images (``dims``: 2 or 3, the dimensions of the run's images; None when not known) or
+    with ImageNet weights (it has none). None when it can.
+
+    Examples
+    --------
+    >>> model_problem({"Backbone": "monai_resnet18", "WeightsSource": "random"}, dims=3) is None
+    True
+    >>> model_problem({"Backbone": "monai_resnet18", "WeightsSource": "imagenet"})[:55]
+    'monai_resnet18 is a 3D network without ImageNet weights'
+    """
+    backbone = str(values.get("Backbone") or "").strip()
+    if not is_volume_net(backbone):
+        return None
+    if dims == 2:
+        return (
+            f"{backbone} is a 3D network, for CT or MR volumes, and these images are 2D: choose a 2D "
+            f"backbone ({', '.join(b for b in BACKBONES if not is_volume_net(b))}, or any timm name)"
+        )
+    if (values.get("WeightsSource") or BY_NAME["WeightsSource"].default) == "imagenet":
+        return (
+            f"{backbone} is a 3D network without ImageNet weights: set Weights to 'checkpoint' with a MONAI "
+            "or MedicalNet weights file (or a rad4xcnn checkpoint), or to 'random' to try the pipeline"
+        )
+    return None
+
+
+def check_model(values: Mapping[str, Any], dims: int | None = None) -> None:
+    """Raise :func:`model_problem`'s line as a :class:`Rad4XCNNError` when there is one."""
+    problem = model_problem(values, dims)
+    if problem:
+        raise Rad4XCNNError(problem)
+
+
 # --------------------------------------------------------------------------------------- command lines
 def weights_argument(values: Mapping[str, Any]) -> str | None:
     """The ``--weights`` value of the settings: ``imagenet``, a checkpoint path, or None (random)."""
@@ -409,6 +462,7 @@ def run_configuration(values: Mapping[str, Any], manifest: str | Path, out: str 
     backbone = str(values.get("Backbone") or "").strip()
     if not backbone:
         raise Rad4XCNNError("choose a backbone network")
+    check_model(values)  # a 3D network's weights (its images are checked where they are known)
     config = {
         "manifest": str(manifest),
         "out": str(out),

@@ -10,6 +10,7 @@ current, and removes a case's temporary folder once its results are in the scene
 
 from __future__ import annotations
 
+import csv
 import logging
 import shutil
 import tempfile
@@ -113,6 +114,64 @@ class RunSession:
             log.debug("removed the case folder %s", self.folder)
 
 
+# ----------------------------------------------------------------------------- before a run starts
+def input_dims(values: Mapping[str, Any], kind: str = "cohort") -> int | None:
+    """2 or 3: the dimensions of the images a ``kind`` run ("cohort" or "case") of the settings ``values``
+    reads (the case's image, the scene's first image with a segmentation, or the manifest's first image,
+    from its header); None when that is not known yet (nothing chosen, an unreadable file)."""
+    from Rad4XCNNLib import bridge
+
+    if kind == "case":
+        node = values.get("CaseImage")
+    elif values.get("CohortSource") == "scene":
+        from Rad4XCNNLib import masks
+
+        node = next((pair.volume for pair in masks.scene_image_segmentation_pairs()), None)
+    else:
+        return manifest_dims(values.get("ManifestPath") or "")
+    return None if node is None else 3 if bridge.is_volume_3d(node) else 2
+
+
+def manifest_dims(manifest: str | Path) -> int | None:
+    """2 or 3: the dimensions of a manifest's first image, read from its header alone (the engine refuses a
+    manifest that mixes them); None without a readable manifest or image."""
+    from Rad4XCNNLogic.cohort.volumes import image_info
+
+    path = Path(manifest)
+    if not path.is_file():
+        return None
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = csv.DictReader(handle)
+            rows.fieldnames = [str(name).strip().lower() for name in rows.fieldnames or ()]
+            image = next((row["image"].strip() for row in rows if (row.get("image") or "").strip()), "")
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    info = image_info(path.resolve().parent / image) if image else None
+    return info[0] if info else None
+
+
+def check_model(values: Mapping[str, Any], kind: str = "cohort") -> None:
+    """Stop in one line before a ``kind`` run starts when its network cannot run on its images: a native 3D
+    network on 2D images or with ImageNet weights (parameters.model_problem)."""
+    from Rad4XCNNLib import parameters as settings
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+
+    if is_volume_net(values.get("Backbone")):  # a 2D network runs on either: no image is read for it
+        settings.check_model(values, input_dims(values, kind))
+
+
+def install_plan(group: str = "pipeline", values: Mapping[str, Any] | None = None, kind: str = "cohort"):
+    """What to install before a ``kind`` run of the settings ``values`` (:func:`check_model` first): the
+    packages of ``group`` and the optional ones its network needs (MONAI for a 3D network)."""
+    from Rad4XCNNLib import dependencies
+
+    if values is None:
+        return dependencies.check(group)
+    check_model(values, kind)
+    return dependencies.check(group, extra=dependencies.extra_requirements(values.get("Backbone")))
+
+
 def start_cohort_run(values: Mapping[str, Any], parameter_node=None, env=None) -> RunSession:
     """Start ``rad4xcnn run`` on the manifest (or on the scene's image/segmentation pairs, exported into the
     run folder) with the run configuration of the settings ``values``; the session keeps the folder."""
@@ -120,6 +179,7 @@ def start_cohort_run(values: Mapping[str, Any], parameter_node=None, env=None) -
 
     if not values.get("OutputFolder"):
         raise Rad4XCNNError("choose an output folder")
+    check_model(values, "cohort")
     out = Path(values["OutputFolder"])
     out.mkdir(parents=True, exist_ok=True)
     if values.get("CohortSource") == "scene":
@@ -140,6 +200,7 @@ def start_case_run(values: Mapping[str, Any], parameter_node=None, env=None) -> 
     against the run folder; the folder is removed once the case is shown (or the run fails)."""
     from Rad4XCNNLib import results as mrml_results
 
+    check_model(values, "case")
     folder = Path(tempfile.mkdtemp(prefix="rad4xcnn-case-"))
     try:
         argv = mrml_results.case_command(values, folder)

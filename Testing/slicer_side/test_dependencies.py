@@ -36,6 +36,10 @@ def test_requirement_floors_agree_with_pyproject():
     declared = {m.lower() for m in re.findall(r'"([A-Za-z0-9_.\-]+(?:\[[^\]]*\])?[<>=!~][^"]*)"', text)}
     for requirement in deps.REQUIREMENTS:
         assert requirement.requirement.lower() in declared, requirement.requirement
+    # an optional package is the floor of its pyproject extra (MONAI: volumes3d), not of a core dependency
+    (volumes3d,) = re.findall(r"^volumes3d = \[(.*)\]$", text, re.MULTILINE)
+    assert [r.requirement for r in deps.REQUIREMENTS if r.optional] == ["monai>=1.3"]
+    assert '"monai>=1.3"' in volumes3d
 
 
 def test_fresh_slicer_with_the_pytorch_extension():
@@ -103,7 +107,7 @@ def test_no_deps_needs_cover_what_the_packages_declare():
         listed = {deps._name(n).lower().replace("_", "-") for n in needs}
         assert declared - provided <= listed, (package, declared - provided - listed)
     if not checked:
-        pytest.skip("none of grad-cam, timm, pyradiomics-bhklab is installed here")
+        pytest.skip("none of grad-cam, timm, pyradiomics-bhklab, monai is installed here")
 
 
 def test_simpleitk_is_never_installed():
@@ -230,3 +234,66 @@ def test_an_upgrade_leaves_its_packages_out_of_the_constraints(tmp_path):
     assert args == ["-c", str(tmp_path / "rad4xcnn-constraints.txt"), "--upgrade", "pandas>=2.0"]
     pinned = (tmp_path / "rad4xcnn-constraints.txt").read_text()
     assert "numpy==2.1.0" in pinned and "pandas==" not in pinned
+
+
+# ------------------------------------------------------------------------- optional: MONAI's 3D networks
+def test_monai_is_optional_and_planned_only_for_a_3d_network():
+    without_monai = _hiding("monai")
+    assert deps.check("pipeline", without_monai).empty  # a 2D run installs no MONAI
+    assert deps.extra_requirements("resnet50") == () and deps.extra_requirements(None) == ()
+    extra = deps.extra_requirements("monai_resnet18")
+    assert [(r.name, r.requirement, r.optional) for r in extra] == [("monai", "monai>=1.3", True)]
+    assert deps.check("pipeline", _hiding(), extra).empty  # installed: nothing to do
+    plan = deps.check("pipeline", without_monai, extra)
+    assert [r.name for r in plan.missing] == ["monai"]
+    # MONAI declares torch (and numpy): it goes in without its declared dependencies, after its real need
+    assert [(s.kind, s.requirements, s.no_deps) for s in plan.steps] == [
+        ("pip", ("numpy>=1.24",), False),
+        ("pip", ("monai>=1.3",), True),
+    ]
+    assert "monai (native 3D networks for volumes)" in plan.message()
+
+
+def test_fresh_slicer_with_a_3d_network_gets_torch_first_and_monai_without_dependencies():
+    find_spec = _hiding("torch", "torchvision", "timm", "monai")
+    plan = deps.check("pipeline", find_spec, deps.extra_requirements("monai_densenet121"))
+    assert [(s.kind, s.no_deps) for s in plan.steps] == [("pytorch", False), ("pip", False), ("pip", True)]
+    assert plan.steps[2].requirements == ("timm>=1.0", "monai>=1.3")
+    assert not any(r.startswith(("torch", "SimpleITK")) for r in plan.pip_requirements())
+
+
+def test_monai_install_runs_under_the_constraints_that_hold_torch(tmp_path):
+    """Slicer 5.10 (pip arguments) and 5.12 (slicer.packaging): torch, numpy pinned, MONAI with --no-deps."""
+    from types import SimpleNamespace
+
+    plan = deps.check("pipeline", _hiding("monai"), deps.extra_requirements("monai_resnet10"))
+    held = {"torch": "2.5.1+cu121", "numpy": "2.1.0"}
+    calls = []
+    old = SimpleNamespace(util=SimpleNamespace(pip_install=lambda args: calls.append(list(args))))
+    deps.run_plan(plan, tmp_path, old, installed=lambda: held)
+    constraints = str(tmp_path / "rad4xcnn-constraints.txt")
+    assert calls == [["-c", constraints, "numpy>=1.24"], ["-c", constraints, "--no-deps", "monai>=1.3"]]
+    pins = (tmp_path / "rad4xcnn-constraints.txt").read_text().splitlines()
+    assert "torch==2.5.1+cu121" in pins and "numpy==2.1.0" in pins
+    kwargs = []
+    new = SimpleNamespace(
+        packaging=SimpleNamespace(pip_install=lambda regular, **k: kwargs.append((regular, k)))
+    )
+    deps.run_plan(plan, tmp_path, new, installed=lambda: held)
+    ((regular, options),) = kwargs
+    assert regular == ["numpy>=1.24"] and options["no_deps_requirements"] == ["monai>=1.3"]
+    assert options["constraints"] == constraints
+
+
+def test_package_panel_shows_monai_as_optional_and_upgrade_leaves_it_out():
+    rows = {row.name: row for row in deps.package_rows({"numpy": "2.1.0"})}
+    assert rows["monai"].status == "optional, not installed" and rows["torch"].status == "missing"
+    assert (
+        rows["monai"].text()
+        == "monai - (needs >=1.3; native 3D networks for volumes): optional, not installed"
+    )
+    plan = deps.upgrade_plan(list(rows.values()))
+    assert "monai" not in {r.name for r in plan.missing}
+    assert not any("monai" in r for step in plan.steps for r in step.requirements)
+    installed = deps.upgrade_plan(deps.package_rows({"numpy": "2.1.0", "monai": "1.3.2"}))
+    assert "monai>=1.3" in installed.steps[-1].requirements and installed.steps[-1].upgrade

@@ -116,6 +116,14 @@ def test_measure_rates_on_this_computer():
     assert device.estimate_run_time(10, rates).total == pytest.approx(10 * (rates.deep + rates.radiomics))
 
 
+def test_measure_rates_of_a_3d_network_times_one_cube():
+    """A native 3D network takes one grey cube per case, not a 2D RGB image (which it would refuse)."""
+    pytest.importorskip("monai")
+    pytest.importorskip("radiomics")
+    rates = device.measure_rates("monai_resnet10", input_size=16, repeats=1)
+    assert rates.backbone == "monai_resnet10" and rates.input_size == 16 and 0 < rates.deep < 30
+
+
 # ------------------------------------------------------------------------------------------ guistate
 class _Node:
     def __init__(self, cls):
