@@ -71,9 +71,12 @@ def show_deep(args: argparse.Namespace, run, summary: dict) -> int:
         }[w["source"]]
         print(f"  {key} ({s['model']}) weights: {source}")
         print(f"    {info['cache_hits']} from the cache, {info['computed']} computed in {s['seconds']:.1f} s")
+    side = first["preprocess"]["input_size"]
+    native = (first.get("volumes") or {}).get("network") == "3d"
+    shown = f"a cube of {side}^3 voxels" if native else f"{side} px"
     print(
         f"  {first['device']}, {first['dtype']}, batch {first['batch_size_used']}, "
-        f"input {first['preprocess']['input_size']} px, margin {first['preprocess']['margin']}"
+        f"input {shown}, margin {first['preprocess']['margin']}"
     )
     print_failures(run.load_cohort().failures + summary["failures"], "the deep features")
     return 0

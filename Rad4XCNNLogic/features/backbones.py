@@ -284,8 +284,8 @@ def _create(name: str, num_classes: int, input_size: int | None, seed: int, pret
         if pretrained:
             raise Rad4XCNNError(
                 f"{name} is a 3D network without ImageNet weights: give a weights file (a MONAI or "
-                "MedicalNet state dict, or a checkpoint of 'rad4xcnn train'), or train it from random "
-                "weights (weights: trained with training.pretrained: false)"
+                "MedicalNet state dict, or a checkpoint of 'rad4xcnn train'), or fine-tune it from random "
+                "weights (weights: trained)"
             )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
