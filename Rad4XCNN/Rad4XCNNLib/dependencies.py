@@ -6,7 +6,9 @@ Nothing here imports a heavy package: packages are looked up with ``importlib.ut
 constraints file that pins every distribution already installed (:func:`constraints_text`), so that an
 install never replaces a package of Slicer's (numpy, scipy, SimpleITK, vtk, ...). SimpleITK is never
 installed; packages whose declared dependencies would pull torch or the GUI build of OpenCV (timm,
-grad-cam, pyradiomics-bhklab, monai) are installed with ``--no-deps`` and their real needs listed here.
+grad-cam, pyradiomics-bhklab) are installed with ``--no-deps`` and their real needs listed here. MONAI goes
+in with its declared dependencies (torch, numpy): the constraints hold both, so pip picks a MONAI release
+that supports the torch already there instead of replacing it.
 
 Optional packages (MONAI, for the native 3D networks) belong to no group: they are installed only when the
 settings of a run need them (:func:`extra_requirements`, passed to :func:`check` as ``extra``).
@@ -137,8 +139,9 @@ NEVER_INSTALL = ("SimpleITK",)
 #: PyTorch extension brings). grad-cam declares opencv-python-headless (cv2, imported by its base class
 #: through ``pytorch_grad_cam.utils.image``), ttach, tqdm, matplotlib, scikit-learn (``kpca_cam`` is imported
 #: by the package) and scipy; timm declares huggingface_hub, pyyaml and safetensors; pyradiomics-bhklab
-#: declares SimpleITK, which must stay Slicer's, so it too goes in without its declared dependencies; monai
-#: declares torch (each release raises its floor) and numpy, Slicer's (listed, so pip checks it is there).
+#: declares SimpleITK, which must stay Slicer's, so it too goes in without its declared dependencies. (MONAI
+#: is not here: each release raises its torch floor, so it is installed with its dependencies under the
+#: constraints, and pip chooses the newest release that fits the installed torch.)
 NO_DEPS_NEEDS: dict[str, tuple[str, ...]] = {
     "grad-cam": (
         "opencv-python-headless>=4.8",
@@ -151,7 +154,6 @@ NO_DEPS_NEEDS: dict[str, tuple[str, ...]] = {
     ),
     "timm": ("huggingface_hub>=0.20", "pyyaml>=6.0", "safetensors>=0.4"),
     "pyradiomics-bhklab": ("PyWavelets>=1.4", "pykwalify>=1.8", "six>=1.16"),
-    "monai": ("numpy>=1.24",),
 }
 #: In Slicer on Linux and Windows, XGBoost comes as its CPU-only distribution: the full one pulls NVIDIA's
 #: NCCL library (hundreds of MB) that a CPU classifier of a few hundred cases never uses.

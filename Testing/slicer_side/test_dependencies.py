@@ -246,24 +246,22 @@ def test_monai_is_optional_and_planned_only_for_a_3d_network():
     assert deps.check("pipeline", _hiding(), extra).empty  # installed: nothing to do
     plan = deps.check("pipeline", without_monai, extra)
     assert [r.name for r in plan.missing] == ["monai"]
-    # MONAI declares torch (and numpy): it goes in without its declared dependencies, after its real need
-    assert [(s.kind, s.requirements, s.no_deps) for s in plan.steps] == [
-        ("pip", ("numpy>=1.24",), False),
-        ("pip", ("monai>=1.3",), True),
-    ]
+    # MONAI goes in with its declared dependencies (torch, numpy), which the constraints hold
+    assert [(s.kind, s.requirements, s.no_deps) for s in plan.steps] == [("pip", ("monai>=1.3",), False)]
     assert "monai (native 3D networks for volumes)" in plan.message()
 
 
-def test_fresh_slicer_with_a_3d_network_gets_torch_first_and_monai_without_dependencies():
+def test_fresh_slicer_with_a_3d_network_gets_torch_first_then_monai_under_its_pins():
     find_spec = _hiding("torch", "torchvision", "timm", "monai")
     plan = deps.check("pipeline", find_spec, deps.extra_requirements("monai_densenet121"))
     assert [(s.kind, s.no_deps) for s in plan.steps] == [("pytorch", False), ("pip", False), ("pip", True)]
-    assert plan.steps[2].requirements == ("timm>=1.0", "monai>=1.3")
+    assert "monai>=1.3" in plan.steps[1].requirements and plan.steps[2].requirements == ("timm>=1.0",)
     assert not any(r.startswith(("torch", "SimpleITK")) for r in plan.pip_requirements())
 
 
 def test_monai_install_runs_under_the_constraints_that_hold_torch(tmp_path):
-    """Slicer 5.10 (pip arguments) and 5.12 (slicer.packaging): torch, numpy pinned, MONAI with --no-deps."""
+    """Slicer 5.10 (pip arguments) and 5.12 (slicer.packaging): torch and numpy pinned, so pip picks a MONAI
+    release that fits them rather than replacing them."""
     from types import SimpleNamespace
 
     plan = deps.check("pipeline", _hiding("monai"), deps.extra_requirements("monai_resnet10"))
@@ -272,7 +270,7 @@ def test_monai_install_runs_under_the_constraints_that_hold_torch(tmp_path):
     old = SimpleNamespace(util=SimpleNamespace(pip_install=lambda args: calls.append(list(args))))
     deps.run_plan(plan, tmp_path, old, installed=lambda: held)
     constraints = str(tmp_path / "rad4xcnn-constraints.txt")
-    assert calls == [["-c", constraints, "numpy>=1.24"], ["-c", constraints, "--no-deps", "monai>=1.3"]]
+    assert calls == [["-c", constraints, "monai>=1.3"]]
     pins = (tmp_path / "rad4xcnn-constraints.txt").read_text().splitlines()
     assert "torch==2.5.1+cu121" in pins and "numpy==2.1.0" in pins
     kwargs = []
@@ -281,7 +279,7 @@ def test_monai_install_runs_under_the_constraints_that_hold_torch(tmp_path):
     )
     deps.run_plan(plan, tmp_path, new, installed=lambda: held)
     ((regular, options),) = kwargs
-    assert regular == ["numpy>=1.24"] and options["no_deps_requirements"] == ["monai>=1.3"]
+    assert regular == ["monai>=1.3"] and not options.get("no_deps_requirements")
     assert options["constraints"] == constraints
 
 
