@@ -164,7 +164,10 @@ def show_train(args: argparse.Namespace, run, summary: dict) -> int:
             f"{info['epochs_run']} ({s['train_cases']} train / {s['val_cases']} val cases, "
             f"{s['seconds']:.0f} s on {s['device']})"
         )
-        if s["base_weights"]["random_init"]:
+        if s["base_weights"]["random_init"] and (s.get("volumes") or {}).get("network") == "3d":
+            print("  started from random weights: a 3D network has no ImageNet weights (--weights FILE takes")
+            print("  a MONAI or MedicalNet state dict)")
+        elif s["base_weights"]["random_init"]:
             print("  started from random weights (no --weights): expect less than with --weights imagenet")
     print_failures(run.load_cohort().failures + summary["failures"], "training")
     return 0

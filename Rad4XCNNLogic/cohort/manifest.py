@@ -369,6 +369,8 @@ def read_manifest(
         )
     if check_files and require_images:
         cases = _with_dimensions(cases, path.name)
+    elif require_images:
+        cases = _with_first_dimensions(cases)
     cohort = Cohort(cases, failures, path)
     if check_images:
         cohort = validate_images(cohort)
@@ -384,6 +386,17 @@ def read_manifest(
     for failure in cohort.failures:
         log.warning("%s", failure)
     return cohort
+
+
+def _with_first_dimensions(cases: list[Case]) -> list[Case]:
+    """Every case with the dimensionality of the first image whose header can be read, for a manifest read
+    without checking its files (a run's cohort.csv, checked when the run read it: one kind per cohort), so
+    that volumes are known as volumes; cases unchanged when no header can be read."""
+    for case in cases:
+        info = image_info(case.image) if case.image.exists() else None
+        if info is not None:
+            return [c if c.dims is not None else replace(c, dims=info[0]) for c in cases]
+    return cases
 
 
 def _with_dimensions(cases: list[Case], manifest: str) -> list[Case]:

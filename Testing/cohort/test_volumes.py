@@ -183,6 +183,12 @@ def test_summary_names_volumes_and_spacing(tmp_path):
     assert (tmp_path / "images" / "vol0001.nrrd").read_bytes() == (
         again.parent / "images" / "vol0001.nrrd"
     ).read_bytes()
+    # read without checking the files (a stage command reading a run's cohort.csv): still volumes, known
+    # from the first header, so that splitting skips the 2D image hash and training takes 3D inputs
+    unchecked = read_manifest(manifest, check_files=False)
+    assert unchecked.dims == 3 and all(c.dims == 3 for c in unchecked.cases)
+    (tmp_path / "images" / "vol0001.nrrd").unlink()
+    assert read_manifest(manifest, check_files=False).dims == 3  # the first readable header decides
 
 
 def test_two_d_cases_keep_their_reading(tmp_path, make_case):
