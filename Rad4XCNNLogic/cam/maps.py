@@ -470,6 +470,9 @@ def _record_case(
     image_maps = {m: map_to_image(v[row], crop) for m, v in input_maps.items()}
     raw_maps = {m: raw_map_to_image(v[row], crop, config.input_size) for m, v in input_raw.items()}
     mask = loaded.mask if case.has_lesion else None
+    if case.case_id in checks.lesions:  # the caller's lesion on the model input, carried onto the image
+        lesion = checks.lesions[case.case_id]
+        mask = None if lesion is None else map_to_image(lesion.astype(np.float32), crop) >= 0.5
     flagged: set[str] = set()
     for method, cam in image_maps.items():
         flags = map_flags(input_raw[method][row], cam, mask, crop.box_in_image)
@@ -564,8 +567,8 @@ def compute_cams(
         and insertion, and the randomised weights.
     input_lesions : for callers whose cases' mask is not their lesion (the slices of a volume,
         :mod:`.volumes`): ``{case_id: boolean lesion on the model input's grid, or None}``, the lesion the
-        baseline "shuffled within the lesion" uses for those cases (None or empty: no such baseline, NaN)
-        instead of the case's mask through its crop.
+        baseline "shuffled within the lesion" and the sanity flags and measures use for those cases (None or
+        empty: no such baseline, NaN) instead of the case's mask through its crop.
 
     Examples
     --------

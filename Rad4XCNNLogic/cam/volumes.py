@@ -21,8 +21,9 @@ the 3D mask's cross-section on the slice, on the window's model-input grid (:fun
 samples of the grey input, nearest voxel), given to :func:`~Rad4XCNNLogic.cam.maps.compute_cams` as
 ``input_lesions``; the box only places the crop. A window that holds none of its slice's lesion (a thin
 edge of it that the samples step over) has no such baseline (NaN, as a 2D case without lesion), and the
-case's ``*_shuffled`` scores are the mean over its other slices. The slices' own ``energy_inside`` and
-``pointing_hit`` (against the box) are replaced by the measures inside the 3D lesion above.
+case's ``*_shuffled`` scores are the mean over its other slices. The sanity flags (``outside``) read the
+same cross-sections; the slices' own ``energy_inside`` and ``pointing_hit`` are replaced by the measures
+inside the 3D lesion above.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 pytest.importorskip("torch")
 pytest.importorskip("pytorch_grad_cam")
 
-from Rad4XCNNLogic.cam import faithfulness
+from Rad4XCNNLogic.cam import faithfulness, maps
 from Rad4XCNNLogic.cam.settings import CamConfig
 from Rad4XCNNLogic.cam.volumes import compute_cam_volumes, lesion_measures
 from Rad4XCNNLogic.cohort.manifest import Case
@@ -73,8 +73,16 @@ def test_slices_shuffle_within_their_own_cross_section(oblique, tmp_path, monkey
         shuffles.append((np.asarray(cams), list(masks), out))
         return out
 
+    flag_masks = []
+    real_flags = maps.map_flags
+
+    def flags_spy(raw, cam, mask=None, box=None, **kwargs):
+        flag_masks.append(mask)
+        return real_flags(raw, cam, mask, box, **kwargs)
+
     monkeypatch.setattr(faithfulness, "faithfulness_scores", scores_spy)
     monkeypatch.setattr(faithfulness, "shuffled_within", shuffle_spy)
+    monkeypatch.setattr(maps, "map_flags", flags_spy)
     section = CamConfig(methods=["eigencam"], target_layer="layer2", randomisation="none", deletion_steps=2)
     result = compute_cam_volumes([case], net, section, device="cpu", out_dir=tmp_path, progress=False)
 
@@ -92,6 +100,9 @@ def test_slices_shuffle_within_their_own_cross_section(oblique, tmp_path, monkey
         assert 0 < expected[k].sum() < box / 4  # much smaller than the box
         assert grey[k][used[k]].mean() > grey[k][~used[k]].mean() + 0.5  # where the bright lesion is
     assert not expected[3].any() and used[3] is None  # the window's samples miss the lesion on slice 4
+    # the sanity flags ("outside": no energy in the lesion) read the same cross-sections
+    assert all(np.array_equal(m, e) for m, e in zip(flag_masks[:3], expected[:3], strict=True))
+    assert flag_masks[3] is None
     shuffled = np.concatenate([out["eigencam"]["road_combined_shuffled"] for _, out in calls])
     assert np.isfinite(shuffled[:3]).all() and np.isnan(shuffled[3])  # as a 2D case without lesion
 
