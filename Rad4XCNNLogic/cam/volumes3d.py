@@ -275,13 +275,13 @@ def compute_cube_cams(
     failures = [] if failures is None else failures
     section = checked_section(settings, top_fraction)
     names = section.methods
+    cases = list(cases)
+    if not cases:
+        raise Rad4XCNNError("no case to compute saliency maps for")
     plan = plan_model(
         checkpoint, model, seed, device, names, section.target_class, section.target_layer,
         section.batch_size, volume=True,
     )  # fmt: skip
-    cases = list(cases)
-    if not cases:
-        raise Rad4XCNNError("no case to compute saliency maps for")
     mapper = MapComputer(int(section.batch_size), progress, plan.device)
     out = _Gathered(failures, method_seconds=dict.fromkeys(names, 0.0))
     options = {
