@@ -23,6 +23,7 @@ __all__ = [
     "overlay_image",
     "raw_map_to_image",
     "write_case_maps",
+    "write_volume",
 ]
 
 CAM_SUBDIR = "cam"
@@ -177,3 +178,17 @@ def write_case_maps(
             del paths["raw"]
         written[method] = paths
     return written
+
+
+def write_volume(path: str | os.PathLike, array: np.ndarray, like) -> Path:
+    """Write ``array`` (``[z, y, x]``) as an NRRD in ``like``'s geometry (a :class:`Volume`), atomically."""
+    import SimpleITK as sitk
+
+    from Rad4XCNNLogic.infra.storage import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        target = tmp.with_name(tmp.name + ".nrrd")
+        sitk.WriteImage(like.to_sitk(np.asarray(array, np.float32)), os.fspath(target), True)
+        os.replace(target, tmp)
+    return path

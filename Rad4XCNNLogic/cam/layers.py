@@ -206,15 +206,19 @@ class ActivationTransform:
         return x.clone()
 
 
-def probe_layer(net, layer: TargetLayer, size: int, device) -> tuple[int, tuple[int, int]]:
-    """Run one blank input and check the target layer gives a feature map: ``(channels, (h, w))``."""
+def probe_layer(
+    net, layer: TargetLayer, size: int, device, *, volume: bool = False
+) -> tuple[int, tuple[int, ...]]:
+    """Run one blank input and check the target layer gives a feature map: ``(channels, grid)``, the grid
+    ``(h, w)``, or ``(d, h, w)`` for a 3D network (``volume``: a one-channel cube of ``size`` a side)."""
     import torch
 
     seen: list[Any] = []
+    shape = (1, 1, size, size, size) if volume else (1, 3, size, size)
     handle = layer.module.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
         with torch.no_grad():
-            net(torch.zeros(1, 3, size, size, device=device))
+            net(torch.zeros(*shape, device=device))
     finally:
         handle.remove()
     if not seen:
@@ -229,9 +233,10 @@ def probe_layer(net, layer: TargetLayer, size: int, device) -> tuple[int, tuple[
             "name one of its sub-modules"
         )
     shaped = ActivationTransform(layer.prefix_tokens, layer.grid)(out)
-    if shaped.ndim != 4:
+    if shaped.ndim != len(shape):
+        what = "(batch, channels, depth, height, width)" if volume else "(batch, channels, height, width)"
         raise Rad4XCNNError(
             f"target layer {layer.name} gives outputs of shape {tuple(out.shape)}, not a feature map "
-            "(batch, channels, height, width); name a convolutional stage or a transformer block"
+            f"{what}; name a convolutional stage or a transformer block"
         )
-    return int(shaped.shape[1]), (int(shaped.shape[2]), int(shaped.shape[3]))
+    return int(shaped.shape[1]), tuple(int(n) for n in shaped.shape[2:])

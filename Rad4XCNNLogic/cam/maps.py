@@ -236,7 +236,7 @@ def select_cases(cohort, cases, failures: list[CaseFailure]) -> list[Case]:
     return all_cases
 
 
-def _checked_section(settings: CamConfig | None, top_fraction: float) -> CamConfig:
+def checked_section(settings: CamConfig | None, top_fraction: float) -> CamConfig:
     """The cam section (None: its defaults) with its methods' names: the methods checked against the
     registry (other spellings, a hint for a misspelt name), the rest once by the section's options."""
     section = CamConfig() if settings is None else settings
@@ -273,7 +273,7 @@ def _load_batch(chunk, config, failures: list, crops: dict) -> tuple[list[Loaded
     return batch_loaded, inputs
 
 
-def _batch_maps(mapper, names, net, layer, x, targets, ids, failures: list, seconds: dict):
+def batch_maps(mapper, names, net, layer, x, targets, ids, failures: list, seconds: dict):
     """(maps, raw maps) of a batch by each method, on the input grid; a method failing on the batch is
     recorded for its cases and the other methods go on. Adds each method's time to ``seconds``."""
     input_maps: dict[str, np.ndarray] = {}
@@ -296,7 +296,7 @@ def _batch_maps(mapper, names, net, layer, x, targets, ids, failures: list, seco
     return input_maps, input_raw
 
 
-def _metrics_table(metric_rows: list[dict]):
+def metrics_table(metric_rows: list[dict]):
     """The per-(case, method) metrics with their documented columns and types."""
     import pandas as pd
 
@@ -309,7 +309,7 @@ def _metrics_table(metric_rows: list[dict]):
 
 
 @dataclass
-class _ModelPlan:
+class ModelPlan:
     """The network the maps are computed on, where, at which layer and for which class."""
 
     loaded: Any
@@ -323,12 +323,23 @@ class _ModelPlan:
     feature_grid: Any
 
 
-def _plan_model(checkpoint, model, seed, device, names, target_class, target_layer, batch_size) -> _ModelPlan:
+def plan_model(
+    checkpoint, model, seed, device, names, target_class, target_layer, batch_size, *, volume: bool = False
+) -> ModelPlan:
     """Load the model, refuse class-specific methods without a classifier head, warn about a classifier
-    not trained for the task, and find the target layer (its channels and grid)."""
+    not trained for the task, and find the target layer (its channels and grid). ``volume``: the maps are
+    of cubes through a native 3D network (:mod:`~Rad4XCNNLogic.cam.volumes3d`); a 3D network is refused
+    otherwise, in one line."""
     from Rad4XCNNLogic.features.backbones import resolve_device
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
 
     loaded_model = load_cam_model(checkpoint, model, seed)
+    if is_volume_net(loaded_model.name) != bool(volume):
+        raise Rad4XCNNError(
+            f"{loaded_model.name} is a 3D network and the cohort holds 2D images; give a 2D (timm) model"
+            if not volume
+            else f"{loaded_model.name} is not a 3D network; its volume maps are the 2.5D ones (cam.volumes)"
+        )
     config = loaded_model.preprocess
     dev = resolve_device(device)
     net = loaded_model.net.eval().to(dev)
@@ -350,7 +361,14 @@ def _plan_model(checkpoint, model, seed, device, names, target_class, target_lay
         )
     target_index = target_index_of(target_class, loaded_model.class_names)
     layer = resolve_target_layer(net, target_layer, config.input_size)
-    channels, feature_grid = probe_layer(net, layer, config.input_size, dev)
+    channels, feature_grid = probe_layer(net, layer, config.input_size, dev, volume=volume)
+    if all(n == 1 for n in feature_grid):
+        log.warning(
+            "target layer %s has a 1-cell grid at input size %d: every map is constant; name an earlier "
+            "layer (target_layer) or use a larger input",
+            layer.name,
+            config.input_size,
+        )
     if "scorecam" in names:
         log.info(
             "ScoreCAM: %d forward passes per case (one per channel of %s), %d at a time",
@@ -358,7 +376,7 @@ def _plan_model(checkpoint, model, seed, device, names, target_class, target_lay
             layer.name,
             batch_size,
         )
-    return _ModelPlan(loaded_model, config, dev, net, n_out, target_index, layer, channels, feature_grid)
+    return ModelPlan(loaded_model, config, dev, net, n_out, target_index, layer, channels, feature_grid)
 
 
 @dataclass(frozen=True)
@@ -396,7 +414,7 @@ class _Collected:
     mapped: int = 0
 
 
-def _predict(plan: _ModelPlan, x, n_cases: int):
+def predict_batch(plan: ModelPlan, x, n_cases: int):
     """(probabilities, predicted, explained class indices, CAM targets) of a batch; all None (and no target)
     for a network without a classifier head, where only class-agnostic methods run."""
     import torch
@@ -411,7 +429,7 @@ def _predict(plan: _ModelPlan, x, n_cases: int):
     return probs, predicted, chosen, [ClassifierOutputTarget(int(i)) for i in chosen]
 
 
-def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> None:
+def _run_batch(plan: ModelPlan, checks: _Checks, chunk, out: _Collected) -> None:
     """Maps of one batch of cases by every method, their checks (faithfulness, randomisation), and each
     case's measures, agreement, files and kept maps into ``out``."""
     import torch
@@ -423,9 +441,9 @@ def _run_batch(plan: _ModelPlan, checks: _Checks, chunk, out: _Collected) -> Non
         return
     ids = [lc.case_id for lc in batch_loaded]
     x = torch.stack(inputs).to(plan.device)
-    probs, predicted, chosen, targets = _predict(plan, x, len(ids))
+    probs, predicted, chosen, targets = predict_batch(plan, x, len(ids))
     net, layer, mapper = plan.net, plan.layer, checks.mapper
-    input_maps, input_raw = _batch_maps(
+    input_maps, input_raw = batch_maps(
         mapper, checks.names, net, layer, x, targets, ids, out.failures, out.method_seconds
     )
     t0 = time.perf_counter()
@@ -581,14 +599,14 @@ def compute_cams(
     import pandas as pd
 
     started = time.perf_counter()
-    section = _checked_section(settings, top_fraction)
+    section = checked_section(settings, top_fraction)
     names, target_class, target_layer = section.methods, section.target_class, section.target_layer
     batch_size, pointing_tolerance, faithfulness = section.batch_size, section.tolerance, section.faithfulness
     deletion_steps, randomisation = section.deletion_steps, section.randomisation
     failures: list[CaseFailure] = []
     all_cases = select_cases(cohort, cases, failures)
 
-    plan = _plan_model(checkpoint, model, seed, device, names, target_class, target_layer, batch_size)
+    plan = plan_model(checkpoint, model, seed, device, names, target_class, target_layer, batch_size)
     loaded_model, config, dev, layer = plan.loaded, plan.config, plan.device, plan.layer
     keep = (out_dir is None) if keep_maps is None else bool(keep_maps)
     checks = _Checks(
@@ -606,13 +624,13 @@ def compute_cams(
 
     if not out.metric_rows and failures:
         raise Rad4XCNNError(f"no saliency map: all {len(all_cases)} cases failed (first: {failures[0]})")
-    metrics = _metrics_table(out.metric_rows)
+    metrics = metrics_table(out.metric_rows)
     agreement_frame = pd.DataFrame(
         out.agreement, columns=["case_id", "method_a", "method_b", "spearman", iou_column(top_fraction)]
     )
     randomisation_frame = pd.DataFrame(out.random_rows, columns=RANDOMISATION_COLUMNS)
     n_cases = metrics["case_id"].nunique()
-    settings = _settings(
+    settings = run_settings(
         loaded_model,
         layer,
         names,
@@ -666,7 +684,9 @@ def _input_lesions(lesions, size: int) -> dict[str, np.ndarray | None]:
     return out
 
 
-def _settings(loaded_model, layer, names, target_index, channels, feature_grid, dev, config, **extra) -> dict:
+def run_settings(
+    loaded_model, layer, names, target_index, channels, feature_grid, dev, config, **extra
+) -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     import timm

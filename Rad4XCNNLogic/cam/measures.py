@@ -187,3 +187,25 @@ def agreement_rows(
 
 def iou_column(fraction: float) -> str:
     return f"top{round(100 * float(fraction))}_iou"
+
+
+def lesion_measures(cam: np.ndarray, mask: np.ndarray | None, covered: np.ndarray) -> dict:
+    """``energy_inside``, ``energy_chance`` and ``pointing_hit`` of a map volume inside the 3D lesion;
+    ``covered``: the voxels the model saw (the chance level is the lesion's share of them).
+
+    >>> cam = np.zeros((2, 3, 3)); cam[1, 1, 1] = 3.0; cam[0, 0, 0] = 1.0
+    >>> mask = np.zeros((2, 3, 3), bool); mask[1, 1, :] = True
+    >>> lesion_measures(cam, mask, np.ones_like(mask))
+    {'energy_inside': 0.75, 'energy_chance': 0.16666666666666666, 'pointing_hit': 1.0}
+    """
+    nan = float("nan")
+    total = float(cam.sum())
+    if mask is None or not mask.any() or total <= 0:
+        return {"energy_inside": nan, "energy_chance": nan, "pointing_hit": nan}
+    chance = float(mask[covered].mean()) if covered.any() else nan
+    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    return {
+        "energy_inside": float(cam[mask].sum()) / total,
+        "energy_chance": chance,
+        "pointing_hit": float(mask[peak]),
+    }

@@ -198,10 +198,11 @@ def _scorecam_class():
 
     The library builds every masked input of a batch at once (``images x channels x 3 x H x W``: 1.2 GB
     per image for ResNet50 at 224 px), records the target layer's activations of every masked forward
-    pass, and draws a tqdm bar per image. Here the masked inputs are built ``batch_size`` channels at a
-    time, the activation hooks are paused while scoring, and progress goes through
-    :func:`Rad4XCNNLogic.infra.progress.track`. The weights are the same: the softmax over channels of the
-    target score of the input multiplied by each channel's upsampled, min-max normalised activation.
+    pass, draws a tqdm bar per image, and upsamples in 2D only. Here the masked inputs are built
+    ``batch_size`` channels at a time, the activation hooks are paused while scoring, progress goes through
+    :func:`Rad4XCNNLogic.infra.progress.track`, and a 3D network's activations are upsampled trilinearly
+    onto its cube. The weights are the same: the softmax over channels of the target score of the input
+    multiplied by each channel's upsampled, min-max normalised activation.
     """
     global _SCORECAM_CLASS
     if _SCORECAM_CLASS is not None:
@@ -219,7 +220,9 @@ def _scorecam_class():
         def get_cam_weights(self, input_tensor, target_layer, targets, activations, grads):
             activations_t = torch.as_tensor(activations, device=self.device)
             n_images, n_channels = activations_t.shape[:2]
-            size = input_tensor.shape[-2:]
+            size = input_tensor.shape[2:]  # (H, W), or (D, H, W) for a 3D network's cubes
+            mode = "trilinear" if len(size) == 3 else "bilinear"
+            spread = (slice(None),) + (None,) * len(size)  # a value per channel over its grid
             weights = np.zeros((n_images, n_channels), dtype=np.float32)
             with torch.no_grad(), _hooks_paused(self):
                 for b in range(n_images):
@@ -235,13 +238,11 @@ def _scorecam_class():
                         unit="batch",
                     ):
                         chunk = activations_t[b : b + 1, start : start + self.batch_size]
-                        up = torch.nn.functional.interpolate(
-                            chunk, size=size, mode="bilinear", align_corners=True
-                        )
+                        up = torch.nn.functional.interpolate(chunk, size=size, mode=mode, align_corners=True)
                         up = up[0]
                         flat = up.reshape(up.shape[0], -1)
                         low, high = flat.min(dim=1).values, flat.max(dim=1).values
-                        up = (up - low[:, None, None]) / (high - low + 1e-8)[:, None, None]
+                        up = (up - low[spread]) / (high - low + 1e-8)[spread]
                         outputs = self.model(image * up[:, None])
                         scores.append(torch.stack([targets[b](o) for o in outputs]).float().cpu())
                     weights[b] = torch.softmax(torch.cat(scores), dim=0).numpy()

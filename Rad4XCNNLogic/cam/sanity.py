@@ -49,6 +49,7 @@ def map_flags(
     mask: np.ndarray | None = None,
     box: tuple[int, int, int, int] | None = None,
     *,
+    region: np.ndarray | None = None,
     saturation_level: float = SATURATION_LEVEL,
     saturation_share: float = SATURATION_SHARE,
 ) -> list[str]:
@@ -56,6 +57,8 @@ def map_flags(
 
     ``raw`` is the method's map before ReLU and scaling (on the target layer's grid), ``cam`` the scaled map
     in image geometry, ``mask`` the lesion, ``box`` the crop's part of the image ``(row0, col0, row1, col1)``.
+    A map volume of a 3D network gives instead its ``region``, the voxels its cube covers (boolean, the
+    map's shape): any number of dimensions works.
 
     * ``non-finite``: the raw map holds NaN or infinity;
     * ``constant``: the raw map has one value everywhere (scaled, it says nothing);
@@ -84,6 +87,8 @@ def map_flags(
         flags.append("constant")
         return flags
     window = cam if box is None else cam[box[0] : box[2], box[1] : box[3]]
+    if region is not None:
+        window = cam[np.asarray(region, bool)]
     top = float(window.max()) if window.size else 0.0
     if top <= 0.0:
         flags.append("empty")

@@ -38,10 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
+from Rad4XCNNLogic.cam.images import write_volume
+from Rad4XCNNLogic.cam.measures import lesion_measures
 from Rad4XCNNLogic.cohort.manifest import Case
 from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError
 
 log = logging.getLogger(__name__)
+
+__all__ = ["compute_cam_volumes", "is_volume_cohort", "lesion_measures", "write_volume"]
 
 STAGE = "cam"
 #: How the slices' checks become one row per case and method (recorded in ``cam_run.json``).
@@ -158,27 +162,6 @@ def _covered(loaded, windows) -> np.ndarray:
     return covered
 
 
-def lesion_measures(cam: np.ndarray, mask: np.ndarray | None, covered: np.ndarray) -> dict:
-    """``energy_inside``, ``energy_chance`` and ``pointing_hit`` of a map volume inside the 3D lesion.
-
-    >>> cam = np.zeros((2, 3, 3)); cam[1, 1, 1] = 3.0; cam[0, 0, 0] = 1.0
-    >>> mask = np.zeros((2, 3, 3), bool); mask[1, 1, :] = True
-    >>> lesion_measures(cam, mask, np.ones_like(mask))
-    {'energy_inside': 0.75, 'energy_chance': 0.16666666666666666, 'pointing_hit': 1.0}
-    """
-    nan = float("nan")
-    total = float(cam.sum())
-    if mask is None or not mask.any() or total <= 0:
-        return {"energy_inside": nan, "energy_chance": nan, "pointing_hit": nan}
-    chance = float(mask[covered].mean()) if covered.any() else nan
-    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
-    return {
-        "energy_inside": float(cam[mask].sum()) / total,
-        "energy_chance": chance,
-        "pointing_hit": float(mask[peak]),
-    }
-
-
 def _aggregate(result, volumes: dict, methods, out_dir: Path | None):
     """The per-slice tables of ``result`` as per-case tables (see the module's text); writes the volumes."""
     import pandas as pd
@@ -247,20 +230,6 @@ def _aggregate(result, volumes: dict, methods, out_dir: Path | None):
     return table, agreement, randomisation, files
 
 
-def write_volume(path: str | os.PathLike, array: np.ndarray, like) -> Path:
-    """Write ``array`` (``[z, y, x]``) as an NRRD in ``like``'s geometry (a :class:`Volume`), atomically."""
-    import SimpleITK as sitk
-
-    from Rad4XCNNLogic.infra.storage import atomic_path
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        target = tmp.with_name(tmp.name + ".nrrd")
-        sitk.WriteImage(like.to_sitk(np.asarray(array, np.float32)), os.fspath(target), True)
-        os.replace(target, tmp)
-    return path
-
-
 def compute_cam_volumes(
     cohort,
     checkpoint,
@@ -279,13 +248,30 @@ def compute_cam_volumes(
     module's text); the arguments as :func:`~Rad4XCNNLogic.cam.maps.compute_cams`, and ``planes``,
     ``max_slices`` as for the deep features. Returns a :class:`~Rad4XCNNLogic.cam.maps.CamResult` whose
     tables are per case (``slices`` and ``flagged_slices`` added to the metrics), ``maps`` empty, and
-    ``files`` the map volumes; with ``out_dir``, they and the tables are in ``<out_dir>/cam/``."""
+    ``files`` the map volumes; with ``out_dir``, they and the tables are in ``<out_dir>/cam/``.
+
+    A checkpoint of a native 3D network (``monai_*``) gets its maps on each case's cube instead, with the
+    checks in 3D (:func:`~Rad4XCNNLogic.cam.volumes3d.compute_cube_cams`; ``planes`` and ``max_slices``
+    do not apply); given 2D images it is refused in one line."""
     from Rad4XCNNLogic.cam.maps import CamResult, compute_cams, select_cases, write_cams
     from Rad4XCNNLogic.cam.model import load_cam_model
+    from Rad4XCNNLogic.features.volume_nets import is_volume_net
 
     failures: list[CaseFailure] = []
     chosen = select_cases(cohort, cases, failures)
-    config = load_cam_model(checkpoint, model, seed).preprocess
+    cam_model = load_cam_model(checkpoint, model, seed)
+    if is_volume_net(cam_model.name):
+        from Rad4XCNNLogic.cam.volumes3d import compute_cube_cams
+
+        if not is_volume_cohort(chosen):
+            raise Rad4XCNNError(
+                f"{cam_model.name} is a 3D network and the cohort holds 2D images; give a 2D (timm) model"
+            )
+        return compute_cube_cams(
+            chosen, checkpoint, settings, model=model, device=device, out_dir=out_dir, seed=seed,
+            progress=progress, failures=failures,
+        )  # fmt: skip
+    config = cam_model.preprocess
     scratch = Path(tempfile.mkdtemp(prefix="rad4xcnn-slices-"))
     try:
         made, volumes, lesions = _slice_cases(chosen, config, planes, max_slices, scratch, failures)
