@@ -163,6 +163,12 @@ WRITES = {
 }
 
 
+#: Stage commands whose own work (fine-tuning, a network's forward passes) is most of the test's time: run
+#: with relative paths only, since their file flags are made by the same code as those of explain,
+#: classify, radiomics and cam (cli/stagecmd.py), which run with absolute paths too.
+HEAVY = ("train", "deep")
+
+
 @pytest.mark.parametrize("mode", ["relative, inside the run folder", "absolute, from elsewhere"])
 def test_every_stage_command_takes_relative_and_absolute_paths(layout, run_folder, mode, monkeypatch):
     relative = mode.startswith("relative")
@@ -173,7 +179,8 @@ def test_every_stage_command_takes_relative_and_absolute_paths(layout, run_folde
     def name(path: Path) -> str:
         return _rel(path, cwd) if relative else str(path)
 
-    for argv in _stage_commands(run_folder, out, name):
+    commands = _stage_commands(run_folder, out, name)
+    for argv in commands if relative else [c for c in commands if c[0] not in HEAVY]:
         assert main(["-q", *argv]) == 0, argv
         target = Path(argv[argv.index("--out") + 1] if "--out" in argv else argv[argv.index("--write") + 1])
         target = (cwd / target) / WRITES[argv[0]]
