@@ -313,3 +313,19 @@ def compute_cam_volumes(
     if out_dir is not None:
         write_cams(final, out_dir, maps=False)
     return final
+
+
+def compute_maps(cohort, checkpoint, settings=None, *, deep=None, **kwargs):
+    """The saliency maps of a cohort, whatever it holds, as the run's CAM stage and ``rad4xcnn case`` make
+    them: :func:`~Rad4XCNNLogic.cam.maps.compute_cams` for 2D images, :func:`compute_cam_volumes` for
+    volumes (a 3D network's cubes, or the slices ``deep``, a ``deep`` section, chooses for a 2D network).
+    ``kwargs`` as for :func:`~Rad4XCNNLogic.cam.maps.compute_cams`."""
+    from Rad4XCNNLogic.cam.maps import compute_cams
+    from Rad4XCNNLogic.features.settings import DEEP
+
+    if not is_volume_cohort(cohort):
+        return compute_cams(cohort, checkpoint, settings, **kwargs)
+    section = deep or DEEP
+    return compute_cam_volumes(
+        cohort, checkpoint, settings, planes=section.planes, max_slices=section.max_slices, **kwargs
+    )

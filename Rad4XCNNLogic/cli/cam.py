@@ -149,14 +149,16 @@ def cmd_case(args: argparse.Namespace) -> int:
         f"(parameters: {params})"
     )
     if args.cam:
-        from Rad4XCNNLogic.cam.maps import compute_cams
+        from Rad4XCNNLogic.cam.volumes import compute_maps
 
         cfg = config_from_args(args)
-        # writes <out>/cam/<case>_<method>.nrrd in the image's geometry, which the module overlays
-        cams = compute_cams(
+        # writes <out>/cam/<case>_<method>.nrrd in the image's geometry, which the module overlays; a volume
+        # case's maps are volumes, as in the run
+        cams = compute_maps(
             cohort,
             args.weights,
             dataclasses.replace(cfg.cam, methods=[args.cam]),
+            deep=cfg.deep,
             model=args.model or (None if args.weights else "resnet50"),  # a checkpoint names its model
             device=cfg.device,
             out_dir=out,

@@ -17,7 +17,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -652,13 +651,7 @@ def cam_stage(
     into ``<out_dir>/cam/`` (for volumes, map volumes from the slices ``deep`` chooses). The maps go to a
     fresh folder that replaces ``cam/`` only once every map is done, so that a failed run keeps the
     previous maps and a new gallery leaves no stale ones."""
-    from Rad4XCNNLogic.cam.maps import compute_cams
-    from Rad4XCNNLogic.cam.volumes import compute_cam_volumes, is_volume_cohort
-
-    compute = compute_cams
-    if is_volume_cohort(cohort):  # 2.5D: slice-wise maps put back into each volume
-        section = deep or DeepConfig()
-        compute = partial(compute_cam_volumes, planes=section.planes, max_slices=section.max_slices)
+    from Rad4XCNNLogic.cam.volumes import compute_maps
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -666,10 +659,11 @@ def cam_stage(
     final = out_dir / RunFiles.CAM
     try:
         # compute_cams writes each case's maps as it goes and the tables at the end: once.
-        result = compute(
+        result = compute_maps(
             cohort,
             checkpoint,
             cam,
+            deep=deep,
             model=model,
             cases=cases,
             device=device,

@@ -52,8 +52,25 @@ def test_a_cohort_of_volumes_runs_end_to_end(tmp_path):
     side = json.loads((run / "deep_features.json").read_text())
     assert side["resnet18"]["settings"]["volumes"]["pooling"] == ["mean", "max"]
 
+    # one case against the run (what the Slicer module's "Explain one case" runs): its map is a volume too
+    first = cohort.iloc[[0]].assign(image=lambda f: [str(manifest.parent / p) for p in f["image"]])
+    first["mask"] = [str(manifest.parent / p) for p in first["mask"]]
+    first.to_csv(tmp_path / "one.csv", index=False)
+    case_argv = [
+        "case",
+        "--manifest",
+        str(tmp_path / "one.csv"),
+        "--run",
+        str(run),
+        "--out",
+        str(tmp_path / "one"),
+    ]
+    case_argv += ["--weights", str(run / "models" / "resnet18.pt"), "--cam", "eigencam", "--device", "cpu"]
+    assert main(case_argv) == 0
+
     maps = sorted((run / "cam").glob("*_eigencam.nrrd"))
     assert len(maps) == 2
+    maps.append(tmp_path / "one" / "cam" / f"{first['case_id'].iloc[0]}_eigencam.nrrd")
     images = dict(zip(cohort["case_id"], cohort["image"], strict=True))
     for path in maps:
         case_id = path.name.removesuffix("_eigencam.nrrd")
