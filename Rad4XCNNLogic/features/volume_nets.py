@@ -198,7 +198,7 @@ def _classes():
         def reset_classifier(self, num_classes: int) -> None:
             self.fc = self._classifier(int(num_classes))
             self.num_classes = int(num_classes)
-            self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": int(num_classes)}
+            self.pretrained_cfg = self.default_cfg = {**self.pretrained_cfg, "num_classes": int(num_classes)}
 
     class DenseNet3D(_TimmFace, densenet.DenseNet121):
         _POINTS = ("denseblock1", "denseblock2", "denseblock3", "norm5")
@@ -231,6 +231,6 @@ def _classes():
             self.class_layers = torch.nn.Sequential()
             self.class_layers.add_module("out", self._classifier(int(num_classes)))
             self.num_classes = int(num_classes)
-            self.pretrained_cfg = {**self.pretrained_cfg, "num_classes": int(num_classes)}
+            self.pretrained_cfg = self.default_cfg = {**self.pretrained_cfg, "num_classes": int(num_classes)}
 
     return ResNet3D, DenseNet3D
