@@ -331,14 +331,13 @@ def plan_model(
     of cubes through a native 3D network (:mod:`~Rad4XCNNLogic.cam.volumes3d`); a 3D network is refused
     otherwise, in one line."""
     from Rad4XCNNLogic.features.backbones import resolve_device
-    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+    from Rad4XCNNLogic.features.volume_nets import check_images, is_volume_net
 
     loaded_model = load_cam_model(checkpoint, model, seed)
-    if is_volume_net(loaded_model.name) != bool(volume):
+    check_images(loaded_model.name, bool(volume))
+    if volume and not is_volume_net(loaded_model.name):
         raise Rad4XCNNError(
-            f"{loaded_model.name} is a 3D network and the cohort holds 2D images; give a 2D (timm) model"
-            if not volume
-            else f"{loaded_model.name} is not a 3D network; its volume maps are the 2.5D ones (cam.volumes)"
+            f"{loaded_model.name} is not a 3D network; its volume maps are the 2.5D ones (cam.volumes)"
         )
     config = loaded_model.preprocess
     dev = resolve_device(device)

@@ -255,7 +255,7 @@ def compute_cam_volumes(
     do not apply); given 2D images it is refused in one line."""
     from Rad4XCNNLogic.cam.maps import CamResult, compute_cams, select_cases, write_cams
     from Rad4XCNNLogic.cam.model import load_cam_model
-    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+    from Rad4XCNNLogic.features.volume_nets import check_images, is_volume_net
 
     failures: list[CaseFailure] = []
     chosen = select_cases(cohort, cases, failures)
@@ -263,10 +263,7 @@ def compute_cam_volumes(
     if is_volume_net(cam_model.name):
         from Rad4XCNNLogic.cam.volumes3d import compute_cube_cams
 
-        if not is_volume_cohort(chosen):
-            raise Rad4XCNNError(
-                f"{cam_model.name} is a 3D network and the cohort holds 2D images; give a 2D (timm) model"
-            )
+        check_images(cam_model.name, is_volume_cohort(chosen))
         return compute_cube_cams(
             chosen, checkpoint, settings, model=model, device=device, out_dir=out_dir, seed=seed,
             progress=progress, failures=failures,

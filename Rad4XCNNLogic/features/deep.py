@@ -271,14 +271,11 @@ def _stage_and_plan(backbone: Backbone, stage: int | None, layers):
 def _volume_settings(cases: Sequence[Case], planes: str, max_slices: int, backbone: Backbone) -> dict | None:
     """The settings of a cohort of volumes, None for 2D images: for a 2D network (2.5D) the planes, slices
     per plane and pooling; for a 3D network the cube it sees."""
-    from Rad4XCNNLogic.features.volume_nets import is_volume_net
+    from Rad4XCNNLogic.features.volume_nets import check_images, is_volume_net
 
     native = is_volume_net(backbone.name)
+    check_images(backbone.name, any(case.dims == 3 for case in cases))
     if not any(case.dims == 3 for case in cases):
-        if native:
-            raise Rad4XCNNError(
-                f"{backbone.name} is a 3D network and the cohort holds 2D images; give a 2D (timm) model"
-            )
         return None
     if any(case.dims != 3 for case in cases):
         raise Rad4XCNNError("the cohort mixes 2D images and volumes; give one kind per run")

@@ -27,7 +27,7 @@ from Rad4XCNNLogic.cohort.roi import SquareCrop
 from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.backbones import Backbone, PreprocessConfig
 from Rad4XCNNLogic.features.settings import DEEP, TrainingConfig
-from Rad4XCNNLogic.features.volume_nets import is_volume_net
+from Rad4XCNNLogic.features.volume_nets import check_images, is_volume_net
 from Rad4XCNNLogic.infra.progress import ProgressBar
 from Rad4XCNNLogic.infra.settings import check_section
 
@@ -318,11 +318,8 @@ def _volume_input(model: str, cases: Sequence[Case], planes: str, max_slices: in
     """How volume cases reach the network: None for 2D images, one cube per case for a 3D network,
     the lesion slices (2.5D) for a 2D network."""
     volumes = any(c.dims == 3 for c in cases)
+    check_images(model, volumes)
     if is_volume_net(model):
-        if not volumes:
-            raise Rad4XCNNError(
-                f"{model} is a 3D network and the cohort holds 2D images; give a 2D (timm) model"
-            )
         return {"network": "3d"}
     return {"planes": planes, "max_slices": max_slices} if volumes else None
 

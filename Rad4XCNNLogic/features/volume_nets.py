@@ -46,6 +46,19 @@ def is_volume_net(name: str | None) -> bool:
     return str(name or "").split(".")[0] in VOLUME_NETS
 
 
+def check_images(name: str, volumes: bool) -> None:
+    """Refuse, in one line, a native 3D network given 2D images (``volumes`` false); the rule of every stage.
+
+    >>> check_images("resnet18", volumes=False)  # a 2D network runs on either
+    >>> check_images("monai_resnet18", volumes=False)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    Rad4XCNNLogic.errors.Rad4XCNNError: monai_resnet18 is a 3D network and the cohort holds 2D images; ...
+    """
+    if is_volume_net(name) and not volumes:
+        raise Rad4XCNNError(f"{name} is a 3D network and the cohort holds 2D images; give a 2D (timm) model")
+
+
 def check_volume_net(name: str) -> str:
     """``name`` if it is a 3D network and MONAI is installed; else a one-line error that says what to do."""
     import difflib
