@@ -247,30 +247,33 @@ def checked_section(settings: CamConfig | None, top_fraction: float) -> CamConfi
     return section
 
 
+def load_prepared(chunk, prepare, failures: list) -> list[tuple[LoadedCase, Any]]:
+    """``(loaded case, prepare(loaded case))`` for each case of a batch; a case that cannot be read or
+    prepared is recorded in ``failures`` (one line naming it) and the others go on."""
+    done = []
+    for case in chunk:
+        try:
+            loaded = case.load()
+            done.append((loaded, prepare(loaded)))
+        except CaseError as exc:
+            failures.append(CaseFailure(case.case_id, STAGE, exc.problem))
+            log.warning("%s", exc)
+        except (ValueError, OSError, RuntimeError, MemoryError) as exc:
+            problem = f"preprocessing failed: {type(exc).__name__}: {first_line(exc, 200)}"
+            failures.append(CaseFailure(case.case_id, STAGE, problem))
+            log.warning("case %s: %s", case.case_id, problem)
+    return done
+
+
 def _load_batch(chunk, config, failures: list, crops: dict) -> tuple[list[LoadedCase], list]:
     """The cases of a batch loaded and preprocessed (their crops into ``crops``); a case that cannot be is
     recorded in ``failures`` and the others go on."""
     from Rad4XCNNLogic.features.preprocessing import preprocess_case
 
-    batch_loaded: list[LoadedCase] = []
-    inputs = []
-    for case in chunk:
-        try:
-            loaded = case.load()
-            x, crop = preprocess_case(loaded, config)
-        except CaseError as exc:
-            failures.append(CaseFailure(case.case_id, STAGE, exc.problem))
-            log.warning("%s", exc)
-            continue
-        except (ValueError, OSError, RuntimeError, MemoryError) as exc:
-            problem = f"preprocessing failed: {type(exc).__name__}: {first_line(exc, 200)}"
-            failures.append(CaseFailure(case.case_id, STAGE, problem))
-            log.warning("case %s: %s", case.case_id, problem)
-            continue
-        batch_loaded.append(loaded)
-        inputs.append(x)
-        crops[case.case_id] = crop
-    return batch_loaded, inputs
+    done = load_prepared(chunk, lambda loaded: preprocess_case(loaded, config), failures)
+    for loaded, (_, crop) in done:
+        crops[loaded.case_id] = crop
+    return [loaded for loaded, _ in done], [x for _, (x, _) in done]
 
 
 def batch_maps(mapper, names, net, layer, x, targets, ids, failures: list, seconds: dict):

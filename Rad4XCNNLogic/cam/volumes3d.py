@@ -42,6 +42,7 @@ from Rad4XCNNLogic.cam.maps import (
     ModelPlan,
     batch_maps,
     checked_section,
+    load_prepared,
     metrics_table,
     plan_model,
     predict_batch,
@@ -54,7 +55,7 @@ from Rad4XCNNLogic.cam.model import class_fields
 from Rad4XCNNLogic.cam.sanity import RANDOMISATION_THRESHOLD, map_flags
 from Rad4XCNNLogic.cam.settings import CamConfig
 from Rad4XCNNLogic.cohort.manifest import Case
-from Rad4XCNNLogic.errors import CaseError, CaseFailure, Rad4XCNNError, first_line
+from Rad4XCNNLogic.errors import CaseFailure, Rad4XCNNError
 from Rad4XCNNLogic.features.cubes import CubeWindow, cube_to_volume, volume_cube
 from Rad4XCNNLogic.infra.progress import track
 
@@ -122,22 +123,8 @@ class _Gathered:
 def _load_cubes(chunk: Sequence[Case], config, failures: list) -> list[tuple[Any, np.ndarray, CubeWindow]]:
     """The cases of a batch as ``(loaded, cube, window)``; a case that cannot be read is recorded in
     ``failures`` and the others go on."""
-    loaded_cubes = []
-    for case in chunk:
-        try:
-            loaded = case.load()
-            cube, window = volume_cube(loaded, config)
-        except CaseError as exc:
-            failures.append(CaseFailure(case.case_id, STAGE, exc.problem))
-            log.warning("%s", exc)
-            continue
-        except (ValueError, OSError, RuntimeError, MemoryError) as exc:
-            problem = f"preprocessing failed: {type(exc).__name__}: {first_line(exc, 200)}"
-            failures.append(CaseFailure(case.case_id, STAGE, problem))
-            log.warning("case %s: %s", case.case_id, problem)
-            continue
-        loaded_cubes.append((loaded, cube, window))
-    return loaded_cubes
+    done = load_prepared(chunk, lambda loaded: volume_cube(loaded, config), failures)
+    return [(loaded, cube, window) for loaded, (cube, window) in done]
 
 
 def _checks(plan: ModelPlan, section: CamConfig, x, chosen, targets, input_maps, items, mapper, options):
